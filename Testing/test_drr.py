@@ -74,5 +74,5 @@ def test_drr_output_sits_on_detector_plane():
 
 def test_2d_image_is_rejected_as_ct():
     img = Volume.from_geometry(np.zeros((1, 64, 64), np.float32), (1.0, 1.0, 1.0))
-    with pytest.raises(ValueError, match="ct: a 3D volume is needed"):
+    with pytest.raises(ValueError, match="ct: expected a 3D volume"):
         render_drr(img, CArmGeometry())

@@ -242,7 +242,7 @@ class CArmGeometry:
     # ---- presets ------------------------------------------------------------------------------
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> CArmGeometry:
+    def preset(cls, preset: str, **overrides: Any) -> CArmGeometry:
         """Chest radiograph presets with X2CT-GAN's distances (SID 949 mm, source-patient 541 mm).
 
         ``"pa"``: frontal, source posterior, detector anterior (primary 0).
@@ -250,17 +250,17 @@ class CArmGeometry:
         Default detector 256 x 256 pixels of 2.8 mm, i.e. about 408 mm at the isocentre.
         """
         angles = {"pa": 0.0, "lateral": 90.0}
-        if name not in angles:
-            raise ValueError(f"CArmGeometry.preset: unknown preset {name!r}; allowed: {sorted(angles)}")
+        if preset not in angles:
+            raise ValueError(f"CArmGeometry.preset: unknown preset {preset!r}; allowed: {sorted(angles)}")
         base = dict(
-            primary_angle_deg=angles[name],
+            primary_angle_deg=angles[preset],
             secondary_angle_deg=0.0,
             sid_mm=X2CT_SID_MM,
             sod_mm=X2CT_SOD_MM,
             detector_rows=256,
             detector_cols=256,
             pixel_spacing_mm=(2.8, 2.8),
-            name=name.upper() if name == "pa" else "Lateral",
+            name="PA" if preset == "pa" else "Lateral",
         )
         base.update(overrides)
         return cls.from_dict(base)

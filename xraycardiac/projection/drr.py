@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from xraycardiac.geometry import CArmGeometry
+from xraycardiac.io import require_3d
 from xraycardiac.volume import Volume
 
 MU_WATER_PER_MM = 0.0193  # linear attenuation of water at ~70 keV effective energy, 1/mm
@@ -57,14 +58,6 @@ def hu_to_mu(hu: np.ndarray | torch.Tensor, mu_water_per_mm: float = MU_WATER_PE
     if isinstance(hu, torch.Tensor):
         return (mu_water_per_mm * (1.0 + hu / 1000.0)).clamp_min(0.0)
     return np.clip(mu_water_per_mm * (1.0 + np.asarray(hu, dtype=np.float32) / 1000.0), 0.0, None)
-
-
-def _check_volume(volume: Volume, name: str) -> None:
-    if min(volume.array.shape) < 2:
-        raise ValueError(
-            f"{name}: a 3D volume is needed (at least 2 voxels along each axis), got shape "
-            f"(K, J, I) = {volume.array.shape}; is this a 2D image?"
-        )
 
 
 def ray_integrals(
@@ -150,7 +143,7 @@ def render_drr(ct: Volume, geometry: CArmGeometry, config: DRRConfig = DRRConfig
         detector plane in RAS (``geometry.detector_ijk_to_ras()``), with the projection matrix and
         geometry in ``meta``.
     """
-    _check_volume(ct, "ct")
+    require_3d(ct, "ct")
     mu = hu_to_mu(torch.as_tensor(np.ascontiguousarray(ct.array), dtype=torch.float32), config.mu_water_per_mm)
     img = ray_integrals(
         mu[None].to(device), ct.ijk_to_ras, geometry, _default_step(ct, config), config.max_samples_per_chunk
@@ -182,7 +175,7 @@ def project_labels(
     Returns:
         ``(lengths, ids)``: (L, rows, cols) float32 path lengths in mm and the L label ids.
     """
-    _check_volume(labels, "labels")
+    require_3d(labels, "labels")
     arr = np.asarray(labels.array)
     ids = sorted(int(x) for x in np.unique(arr) if x != 0) if label_ids is None else [int(x) for x in label_ids]
     if not ids:

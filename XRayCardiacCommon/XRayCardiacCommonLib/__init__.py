@@ -1,0 +1,50 @@
+"""Slicer-side helpers shared by the XRayCardiac modules: MRML <-> ``xraycardiac`` data and jobs.
+
+Importable with slicer-core alone (no Qt, no ctk), so the module logic is testable with pytest on a
+plain ``vtkMRMLScene``. Importing this package imports ``xraycardiac``: module widgets import it only
+after the Python dependencies are installed.
+"""
+
+from __future__ import annotations
+
+from XRayCardiacCommonLib.jobs import (
+    JobCancelled,
+    JobError,
+    JobHandle,
+    JobStatus,
+    describe_error,
+    job_python,
+    start_job_from_nodes,
+)
+from XRayCardiacCommonLib.mrml_io import (
+    ATTRIBUTE_PREFIX,
+    GEOMETRY_ATTRIBUTE,
+    PROJECTION_MATRIX_ATTRIBUTE,
+    export_node,
+    format_projection_matrix,
+    node_from_volume,
+    parse_projection_matrix,
+    read_provenance,
+    set_provenance,
+    volume_from_node,
+)
+
+__all__ = [
+    "ATTRIBUTE_PREFIX",
+    "GEOMETRY_ATTRIBUTE",
+    "PROJECTION_MATRIX_ATTRIBUTE",
+    "JobCancelled",
+    "JobError",
+    "JobHandle",
+    "JobStatus",
+    "describe_error",
+    "export_node",
+    "format_projection_matrix",
+    "job_python",
+    "node_from_volume",
+    "parse_projection_matrix",
+    "read_provenance",
+    "set_provenance",
+    "start_job_from_nodes",
+    "volume_from_node",
+]

@@ -1,0 +1,161 @@
+"""The ``xraycardiac`` command line: every verb builds a job spec and runs the same job code as the GUI.
+
+Imports of torch and the pipelines happen inside the commands, so ``xraycardiac --help`` and
+``xraycardiac models list`` answer at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from xraycardiac.models.cli import app as models_app
+
+app = typer.Typer(
+    help="SlicerXRayCardiac research pipelines (research use only, not for clinical decisions).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(models_app, name="models", help="List, import and export model weights (sha256 checked).")
+
+
+def _run_with_progress(spec: Any, subprocess: bool = False) -> dict:
+    """Run a job, drawing its JSON progress events as a rich progress bar; errors exit with code 1."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from xraycardiac.jobs import JobError, run_in_subprocess, run_job
+
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+        TimeRemainingColumn(), transient=False,
+    ) as bar:  # fmt: skip
+        task = bar.add_task(spec.pipeline, total=1.0)
+
+        def on_event(event: dict) -> None:
+            if event.get("event") == "progress":
+                bar.update(task, completed=event["progress"], description=f"{spec.pipeline}: {event['stage']}")
+            elif event.get("event") == "log":
+                bar.console.print(f"[dim]{event.get('message', '')}[/dim]")
+
+        try:
+            return (run_in_subprocess if subprocess else run_job)(spec, on_event=on_event)
+        except (JobError, ValueError, FileNotFoundError, RuntimeError) as e:
+            bar.console.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(1) from e
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder (must not exist or be empty).")] = Path("demo_out"),
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N] | mps")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Offline demo: DRRs of the bundled real chest CT and of a procedural chest phantom, with a report."""
+    from xraycardiac.demo import run_demo
+
+    try:
+        report = run_demo(out, device=device, overwrite=overwrite)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
+    typer.echo(f"report: {report}")
+
+
+@app.command()
+def drr(
+    ct: Annotated[Path, typer.Argument(help="CT volume (NRRD, NIfTI, MHA or a DICOM series folder), HU.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    view: Annotated[
+        list[str],
+        typer.Option(
+            help="A view: 'pa', 'lateral', or 'NAME:PRIMARY:SECONDARY' in degrees (+LAO/-RAO, +CRA/-CAU). "
+            "Repeat for several views."
+        ),
+    ] = ["pa"],  # noqa: B006 -- typer reads defaults, never mutates them
+    labels: Annotated[Path | None, typer.Option(help="Label map on the CT grid: per-label path lengths.")] = None,
+    sid_mm: Annotated[float, typer.Option(help="Source to detector distance (mm) for custom views.")] = 1200.0,
+    sod_mm: Annotated[float, typer.Option(help="Source to isocentre distance (mm) for custom views.")] = 800.0,
+    size: Annotated[int, typer.Option(help="Detector rows = columns (pixels) for custom views.")] = 256,
+    pixel_mm: Annotated[float, typer.Option(help="Detector pixel spacing (mm) for custom views.")] = 1.2,
+    step_mm: Annotated[float | None, typer.Option(help="Ray sample spacing (mm); default half a voxel.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N] | mps")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Simulate radiographs (DRRs) of a CT for C-arm views; writes NRRD + PNG + geometry JSON per view."""
+    from xraycardiac.jobs import JobSpec
+
+    views: list[dict[str, Any]] = []
+    for v in view:
+        if v.lower() in ("pa", "lateral"):
+            views.append({"name": "PA" if v.lower() == "pa" else "Lateral", "preset": v.lower()})
+            continue
+        parts = v.split(":")
+        try:
+            name, primary, secondary = parts[0], float(parts[1]), float(parts[2])
+        except (IndexError, ValueError) as e:
+            raise typer.BadParameter(f"--view {v!r}: expected 'pa', 'lateral' or NAME:PRIMARY:SECONDARY") from e
+        views.append(
+            dict(name=name, primary_angle_deg=primary, secondary_angle_deg=secondary, sid_mm=sid_mm,
+                 sod_mm=sod_mm, detector_rows=size, detector_cols=size, pixel_spacing_mm=[pixel_mm, pixel_mm])
+        )  # fmt: skip
+    inputs = {"ct": str(ct)} | ({"labels": str(labels)} if labels else {})
+    params = {"views": views, "device": device, "step_mm": step_mm, "overwrite": overwrite}
+    summary = _run_with_progress(JobSpec("drr", inputs, params, str(out)))
+    for name, files in summary["views"].items():
+        typer.echo(f"{name}: {out / files['image']}")
+
+
+@app.command()
+def phantom(
+    out: Annotated[Path, typer.Option(help="Output folder for chest_ct.nrrd and chest_labels.nrrd.")],
+    seed: Annotated[int, typer.Option(help="Random seed of the anatomical variation.")] = 0,
+    size: Annotated[int, typer.Option(help="Voxels along each axis.")] = 96,
+    spacing_mm: Annotated[float, typer.Option(help="Isotropic voxel size (mm).")] = 4.0,
+) -> None:
+    """Write a procedural chest CT phantom (HU) and its label map."""
+    from xraycardiac.io import write_volume
+    from xraycardiac.phantoms import ChestPhantomConfig, make_chest_phantom
+
+    ct, lab = make_chest_phantom(ChestPhantomConfig(shape_ijk=(size, size, size), spacing_mm=spacing_mm, seed=seed))
+    out.mkdir(parents=True, exist_ok=True)
+    typer.echo(write_volume(ct, out / "chest_ct.nrrd"))
+    typer.echo(write_volume(lab, out / "chest_labels.nrrd"))
+
+
+@app.command()
+def geometry(dicom: Annotated[Path, typer.Argument(help="A DICOM XA/RF file.")]) -> None:
+    """Print the C-arm geometry (and projection matrix) of a DICOM XA/RF image as JSON."""
+    from xraycardiac.geometry import geometry_from_dicom
+
+    try:
+        g = geometry_from_dicom(dicom)
+    except (ValueError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
+    typer.echo(json.dumps(g.to_dict(), indent=2))
+
+
+@app.command()
+def run(
+    job: Annotated[Path, typer.Argument(help="A job.json (pipeline, inputs, params, output_dir).")],
+    subprocess: Annotated[bool, typer.Option(help="Run in a child process, as the Slicer module does.")] = False,
+) -> None:
+    """Run any job spec (the same code path as the Slicer modules)."""
+    from xraycardiac.jobs import JobSpec
+
+    try:
+        spec = JobSpec.from_json(job)
+    except (ValueError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    summary = _run_with_progress(spec, subprocess=subprocess)
+    json.dump(summary, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    app()

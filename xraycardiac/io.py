@@ -1,0 +1,464 @@
+"""Read and write volumes and 2D images with their geometry in patient RAS.
+
+All file I/O goes through SimpleITK. ITK keeps images in patient **LPS**; the library works in
+**RAS** (see ``xraycardiac.volume``). The conversion happens here and nowhere else: the first two
+rows of the direction matrix and the first two origin coordinates change sign,
+
+    ijk_to_ras[:3, :3] = F @ direction_lps @ diag(spacing),   ijk_to_ras[:3, 3] = F @ origin_lps,
+    F = diag(-1, -1, 1).
+
+SimpleITK's arrays are already indexed (z, y, x) = (K, J, I), so voxel arrays pass through unchanged.
+A 2D file (PNG, a 2D NRRD, a single-frame DICOM) comes back as a volume with K = 1; its third axis is
+the LPS z axis (RAS S) with a spacing of 1 mm.
+
+Metadata: ``Volume.meta`` entries whose values are str, int, float, bool or (JSON-serialisable) lists
+are stored as key/value pairs ``xraycardiac_<key> = <JSON>`` in NRRD and MetaImage headers and are
+read back into ``meta``; NIfTI has no room for them and drops them. ``read_volume`` also records
+``source_path``, ``source_format`` and, for DICOM, ``modality`` and ``series_instance_uid``.
+
+Outputs are written to a temporary file in the destination directory, then renamed over the target
+with ``os.replace``, so a crash never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xraycardiac.volume import Volume
+
+__all__ = [
+    "META_PREFIX",
+    "SUPPORTED_READ_FORMATS",
+    "SUPPORTED_WRITE_EXTENSIONS",
+    "read_volume",
+    "require_2d",
+    "require_3d",
+    "write_png",
+    "write_volume",
+]
+
+_log = logging.getLogger(__name__)
+
+META_PREFIX = "xraycardiac_"
+"""Prefix of the header keys that carry ``Volume.meta`` entries."""
+
+SUPPORTED_READ_FORMATS = (
+    "NRRD (.nrrd, .nhdr), NIfTI (.nii, .nii.gz), MetaImage (.mha, .mhd), "
+    "DICOM (a series directory or a single file), 2D images (.png, .jpg, .tif, .bmp)"
+)
+SUPPORTED_WRITE_EXTENSIONS = (".nrrd", ".nii", ".nii.gz", ".mha")
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+_FORMAT_NAMES = {
+    "NrrdImageIO": "nrrd",
+    "NiftiImageIO": "nifti",
+    "MetaImageIO": "metaimage",
+    "GDCMImageIO": "dicom",
+    "PNGImageIO": "png",
+    "JPEGImageIO": "jpeg",
+    "TIFFImageIO": "tiff",
+    "BMPImageIO": "bmp",
+}
+
+_DICOM_TAG = re.compile(r"^[0-9a-fA-F]{4}\|[0-9a-fA-F]{4}$")
+
+# DICOM tags read into meta (SimpleITK spells them "gggg|eeee", lower case).
+_DICOM_META_TAGS = {
+    "modality": "0008|0060",
+    "series_instance_uid": "0020|000e",
+    "series_description": "0008|103e",
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Geometry conversion
+# --------------------------------------------------------------------------------------------------
+
+
+def _image_to_volume(image: Any, meta: dict[str, Any]) -> Volume:
+    """Convert a SimpleITK image (2D or 3D, LPS) to a RAS ``Volume``; 2D becomes K = 1."""
+    import SimpleITK as sitk
+
+    dim = image.GetDimension()
+    if dim not in (2, 3):
+        raise ValueError(f"expected a 2D or 3D image, got {dim} dimensions")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        image = _to_scalar(image)
+    array = sitk.GetArrayFromImage(image)
+    spacing = np.ones(3)
+    origin = np.zeros(3)
+    direction = np.eye(3)
+    spacing[:dim] = image.GetSpacing()
+    origin[:dim] = image.GetOrigin()
+    direction[:dim, :dim] = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dim, dim)
+    if dim == 2:
+        array = array[None, ...]
+    m = np.eye(4)
+    m[:3, :3] = _LPS_TO_RAS @ direction @ np.diag(spacing)
+    m[:3, 3] = _LPS_TO_RAS @ origin
+    return Volume(array=array, ijk_to_ras=m, meta=meta)
+
+
+def _to_scalar(image: Any) -> Any:
+    """Reduce an RGB(A) image to luminance (ITU-R BT.601 weights); other vector images are refused."""
+    import SimpleITK as sitk
+
+    n = image.GetNumberOfComponentsPerPixel()
+    if n not in (3, 4):
+        raise ValueError(f"expected a scalar, RGB or RGBA image, got {n} components per pixel")
+    rgb = sitk.GetArrayFromImage(image).astype(np.float32)[..., :3]
+    luma = rgb @ np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
+    out = sitk.GetImageFromArray(luma, isVector=False)
+    out.CopyInformation(image)
+    return out
+
+
+def _volume_to_image(volume: Volume) -> Any:
+    """Convert a RAS ``Volume`` to a 3D SimpleITK image in LPS (K = 1 stays a one-slice 3D image)."""
+    import SimpleITK as sitk
+
+    array = np.ascontiguousarray(volume.array)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    elif array.dtype == np.float16:
+        array = array.astype(np.float32)
+    image = sitk.GetImageFromArray(array, isVector=False)
+    spacing = volume.spacing
+    direction_lps = _LPS_TO_RAS @ volume.directions
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetOrigin([float(v) for v in _LPS_TO_RAS @ volume.origin])
+    image.SetDirection([float(v) for v in direction_lps.reshape(-1)])
+    return image
+
+
+# --------------------------------------------------------------------------------------------------
+# Metadata
+# --------------------------------------------------------------------------------------------------
+
+
+def _encode_meta(meta: dict[str, Any]) -> dict[str, str]:
+    """``Volume.meta`` -> header key/values (JSON strings); unsupported entries are skipped with a log line."""
+    out: dict[str, str] = {}
+    for key, value in meta.items():
+        if not isinstance(key, str) or not key or ":=" in key or "\n" in key or "=" in key:
+            _log.debug("meta key %r not written to the file header (not a plain name)", key)
+            continue
+        if isinstance(value, np.generic):
+            value = value.item()
+        if not isinstance(value, (str, int, float, list)):  # bool is an int
+            _log.debug("meta[%r] of type %s not written to the file header", key, type(value).__name__)
+            continue
+        try:
+            out[META_PREFIX + key] = json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            _log.debug("meta[%r] is not JSON-serialisable; not written to the file header", key)
+    return out
+
+
+def _decode_meta(reader: Any) -> dict[str, Any]:
+    """Header key/values written by ``_encode_meta`` -> meta entries."""
+    meta: dict[str, Any] = {}
+    for key in reader.GetMetaDataKeys():
+        if not key.startswith(META_PREFIX):
+            continue
+        raw = reader.GetMetaData(key)
+        try:
+            meta[key[len(META_PREFIX) :]] = json.loads(raw)
+        except json.JSONDecodeError:
+            meta[key[len(META_PREFIX) :]] = raw  # written by another tool: keep the text
+    return meta
+
+
+def _dicom_meta(get: Any, has: Any) -> dict[str, Any]:
+    """DICOM tags of interest -> meta entries, given getter/has-key callables."""
+    meta: dict[str, Any] = {}
+    for name, tag in _DICOM_META_TAGS.items():
+        if has(tag):
+            value = get(tag).strip()
+            if value:
+                meta[name] = value
+    return meta
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------------
+
+
+def _unreadable(path: Path, reason: str) -> ValueError:
+    reason = reason.strip().splitlines()[-1] if reason.strip() else "unknown reason"
+    return ValueError(
+        f"{path}: cannot read this file as an image ({reason}). Supported formats: {SUPPORTED_READ_FORMATS}."
+    )
+
+
+def read_volume(path: str | os.PathLike[str], series_uid: str | None = None) -> Volume:
+    """Read a volume or a 2D image with its geometry converted to RAS.
+
+    Args:
+        path: an image file (NRRD, NIfTI, MetaImage, a single DICOM file, PNG/JPEG/TIFF/BMP) or a
+            directory holding one DICOM series.
+        series_uid: for a DICOM directory holding several series, the SeriesInstanceUID to read.
+
+    Returns:
+        Volume with array (K, J, I) (K = 1 for 2D inputs; RGB inputs are reduced to luminance),
+        ``ijk_to_ras`` in RAS mm, and meta holding ``source_path``, ``source_format``, DICOM
+        ``modality`` / ``series_instance_uid`` where available and any ``xraycardiac_*`` header entries.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file cannot be read as an image, the directory holds no DICOM series, or it
+            holds several and ``series_uid`` does not pick one of them.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"read_volume: {path} does not exist")
+    if path.is_dir():
+        return _read_dicom_series(path, series_uid)
+    if series_uid is not None:
+        raise ValueError(
+            f"read_volume: series_uid={series_uid!r} applies to a DICOM directory, not to file {path}"
+        )
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise _unreadable(path, str(exc)) from exc
+    io_name = (
+        reader.GetMetaData("ITK_InputFilterName") if reader.HasMetaDataKey("ITK_InputFilterName") else ""
+    )
+    if not io_name and any(_DICOM_TAG.match(key) for key in reader.GetMetaDataKeys()):
+        io_name = "GDCMImageIO"  # GDCM does not set ITK_InputFilterName; its keys are DICOM tags
+    meta = _decode_meta(reader)
+    if io_name == "GDCMImageIO":
+        meta.update(_dicom_meta(reader.GetMetaData, reader.HasMetaDataKey))
+    meta["source_path"] = str(path)
+    meta["source_format"] = _FORMAT_NAMES.get(io_name, io_name or "unknown")
+    try:
+        return _image_to_volume(image, meta)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}. Supported formats: {SUPPORTED_READ_FORMATS}.") from exc
+
+
+def _read_dicom_series(directory: Path, series_uid: str | None) -> Volume:
+    """Read one DICOM series from ``directory`` (slices sorted by GDCM along the slice normal)."""
+    import SimpleITK as sitk
+
+    series_ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(directory)) or ())
+    if not series_ids:
+        raise ValueError(
+            f"read_volume: directory {directory} holds no DICOM series. "
+            f"Give a DICOM series directory or an image file; supported formats: {SUPPORTED_READ_FORMATS}."
+        )
+    if series_uid is None:
+        if len(series_ids) > 1:
+            raise ValueError(
+                f"read_volume: directory {directory} holds {len(series_ids)} DICOM series; pick one with "
+                f"series_uid=, one of: {', '.join(series_ids)}"
+            )
+        series_uid = series_ids[0]
+    elif series_uid not in series_ids:
+        raise ValueError(
+            f"read_volume: series_uid={series_uid!r} is not in directory {directory}; "
+            f"it holds: {', '.join(series_ids)}"
+        )
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(directory), series_uid)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise _unreadable(directory, str(exc)) from exc
+    meta = _dicom_meta(lambda tag: reader.GetMetaData(0, tag), lambda tag: reader.HasMetaDataKey(0, tag))
+    meta["series_instance_uid"] = series_uid
+    meta["source_path"] = str(directory)
+    meta["source_format"] = "dicom-series"
+    return _image_to_volume(image, meta)
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------------
+
+
+def _write_extension(path: Path) -> str:
+    """The lower-case extension of ``path`` among the writable ones, or a ValueError."""
+    name = path.name.lower()
+    for ext in SUPPORTED_WRITE_EXTENSIONS:
+        if name.endswith(ext):
+            return ext
+    hint = ""
+    if name.endswith((".nhdr", ".mhd")):
+        hint = " Detached headers cannot be written atomically; use .nrrd or .mha."
+    raise ValueError(
+        f"write_volume: cannot write {path}: the extension must be one of "
+        f"{', '.join(SUPPORTED_WRITE_EXTENSIONS)}.{hint}"
+    )
+
+
+def _temp_sibling(path: Path, ext: str) -> Path:
+    """A fresh hidden file name next to ``path`` that keeps the extension (writers choose by extension)."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{ext}")
+
+
+def _check_parent(path: Path, func: str) -> None:
+    if not path.parent.is_dir():
+        raise FileNotFoundError(
+            f"{func}: output directory {path.parent} does not exist (writing {path.name})"
+        )
+
+
+def write_volume(volume: Volume, path: str | os.PathLike[str], compress: bool = True) -> Path:
+    """Write a volume to NRRD, NIfTI or MetaImage (chosen by extension), atomically.
+
+    Args:
+        volume: the volume; its RAS geometry is converted to the file's LPS (NIfTI: RAS on disk, as
+            ITK handles it). K = 1 volumes are written as one-slice 3D images so that their full
+            3D placement survives.
+        path: destination ending in .nrrd, .nii, .nii.gz or .mha; its directory must exist.
+        compress: compress the voxel data (gzip) where the format allows; .nii is never compressed.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: unsupported extension.
+        FileNotFoundError: the destination directory does not exist.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    ext = _write_extension(path)
+    _check_parent(path, "write_volume")
+    image = _volume_to_image(volume)
+    if ext in (".nrrd", ".mha"):
+        for key, value in _encode_meta(volume.meta).items():
+            image.SetMetaData(key, value)
+    tmp = _temp_sibling(path, ext)
+    try:
+        writer = sitk.ImageFileWriter()
+        writer.SetFileName(str(tmp))
+        writer.SetUseCompression(bool(compress))
+        writer.Execute(image)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def write_png(
+    array2d: np.ndarray, path: str | os.PathLike[str], window: Sequence[float] | None = None
+) -> Path:
+    """Write an 8-bit grey-level PNG preview, atomically.
+
+    Args:
+        array2d: (rows, cols) values, or (1, rows, cols) as a K = 1 volume array. Row 0 is the top.
+        path: destination .png file; its directory must exist.
+        window: (low, high) values mapped to 0 and 255 (e.g. HU (-1000, 1000)); values outside are
+            clipped. If None, the finite minimum and maximum of the image are used.
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: array2d is not 2D, the window is not (low, high) with low < high, or the path
+            does not end in .png.
+        FileNotFoundError: the destination directory does not exist.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    a = np.asarray(array2d)
+    if a.ndim == 3 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim != 2 or a.size == 0:
+        raise ValueError(f"write_png: array2d must have shape (rows, cols) or (1, rows, cols), got {a.shape}")
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"write_png: path must end in .png, got {path}")
+    _check_parent(path, "write_png")
+    a = a.astype(np.float64)
+    finite = np.isfinite(a)
+    if window is None:
+        lo, hi = (float(a[finite].min()), float(a[finite].max())) if finite.any() else (0.0, 1.0)
+    else:
+        if len(window) != 2 or not np.all(np.isfinite(window)) or not window[0] < window[1]:
+            raise ValueError(
+                f"write_png: window must be (low, high) finite values with low < high, got {window}"
+            )
+        lo, hi = float(window[0]), float(window[1])
+    scaled = np.zeros_like(a) if hi <= lo else (np.clip(a, lo, hi) - lo) / (hi - lo)
+    pixels = np.where(finite, np.round(scaled * 255.0), 0.0).astype(np.uint8)
+    tmp = _temp_sibling(path, ".png")
+    try:
+        Image.fromarray(pixels).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks for pipeline inputs
+# --------------------------------------------------------------------------------------------------
+
+
+def require_3d(volume: Volume, name: str) -> Volume:
+    """Check that ``volume`` is a 3D volume (a CT), not a 2D image.
+
+    Args:
+        volume: the input to check.
+        name: the parameter name to put in the error message.
+
+    Returns:
+        ``volume``, unchanged.
+
+    Raises:
+        ValueError: K == 1 or any of I, J, K is < 2.
+    """
+    i, j, k = volume.shape_ijk
+    if min(i, j, k) < 2:
+        raise ValueError(
+            f"{name}: expected a 3D volume (a CT) with at least 2 voxels along I, J and K, got a "
+            f"{'2D image' if k == 1 else 'degenerate volume'} of size (I, J, K) = ({i}, {j}, {k})"
+        )
+    return volume
+
+
+def require_2d(volume: Volume, name: str) -> Volume:
+    """Check that ``volume`` is a 2D image (K = 1, e.g. a radiograph), not a 3D volume.
+
+    Args:
+        volume: the input to check.
+        name: the parameter name to put in the error message.
+
+    Returns:
+        ``volume``, unchanged.
+
+    Raises:
+        ValueError: K != 1, or the image has fewer than 2 rows or columns.
+    """
+    i, j, k = volume.shape_ijk
+    if k != 1 or min(i, j) < 2:
+        what = f"a 3D volume with {k} slices" if k != 1 else "a degenerate image"
+        raise ValueError(
+            f"{name}: expected a 2D image (a radiograph, K = 1) with at least 2 rows and columns, got "
+            f"{what} of size (I, J, K) = ({i}, {j}, {k})"
+        )
+    return volume
