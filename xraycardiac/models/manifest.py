@@ -374,7 +374,7 @@ def resolve_entry(name: str, version: str | None = None) -> ModelEntry:
     present = [e for e in candidates if e.path is not None and e.path.is_file()]
     entry = (present or candidates)[0]
     assert entry.path is not None
-    pass
+    verify_file(entry.path, entry.sha256, model=_label(entry))
     return entry
 
 

@@ -124,7 +124,8 @@ class ChestPhantomConfig:
         torso_half_width_mm: range of the torso's lateral semi-axis (x), mm.
         torso_half_depth_mm: range of the torso's antero-posterior semi-axis (y), mm.
         fat_thickness_mm: range of the subcutaneous fat layer thickness, mm.
-        heart_scale: range of the factor on the heart's semi-axes (62, 50, 44) mm.
+        heart_scale: range of the factor on the heart's semi-axes, (62, 50, 44) mm for an average
+            chest and scaled with the size of the chest cavity.
         heart_shift_mm: range of the heart's shift along each of x, y, z, mm.
         lung_height_scale: range of the factor on the apex-to-dome lung height (195 mm).
         rib_spacing_mm: range of the z distance between consecutive ribs, mm.
@@ -256,6 +257,22 @@ def _smooth_polyline(points: np.ndarray, radii: np.ndarray, iterations: int = 3)
 def _inside_ellipse(X: np.ndarray, Y: np.ndarray, cy: float, ax: float, ay: float) -> np.ndarray:
     """Points inside the axis-aligned ellipse centred at (0, cy) with semi-axes (ax, ay)."""
     return (X / ax) ** 2 + ((Y - cy) / ay) ** 2 <= 1.0
+
+
+def _drop_specks(mask: np.ndarray, min_fraction: float = 0.05) -> np.ndarray:
+    """Keep the connected components of mask holding at least min_fraction of the largest one.
+
+    Used for the lungs, whose mask is a remainder: at coarse spacing thin pockets between the
+    mediastinal structures would otherwise survive as specks.
+    """
+    comps, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    sizes = np.bincount(comps.ravel())
+    sizes[0] = 0
+    keep = sizes >= min_fraction * sizes.max()
+    keep[0] = False
+    return keep[comps]
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -397,7 +414,9 @@ def make_chest_phantom(config: ChestPhantomConfig | None = None) -> tuple[Volume
     u = _unit(np.array([-0.62, 0.51, -0.59]))  # long axis, base -> apex (left, anterior, inferior)
     v = _unit(np.cross(u, [0.0, 0.0, 1.0]))
     w = np.cross(u, v)
-    semi = heart_scale * np.array([62.0, 50.0, 44.0])
+    # The heart follows the size of the chest (semi-axes quoted for a 140 x 82 mm cavity) times heart_scale.
+    cavity_factor = math.sqrt(ac * bc / (140.0 * 82.0))
+    semi = heart_scale * cavity_factor * np.array([62.0, 50.0, 44.0])
     hc = np.array([-0.22 * ac, cy + 0.2 * bc, z_dome_l + 40.0]) + heart_shift
     dx, dy, dz = X - hc[0], Y - hc[1], Z - hc[2]
     q = sum(((e[0] * dx + e[1] * dy + e[2] * dz) / s) ** 2 for e, s in zip((u, v, w), semi, strict=True))
@@ -465,7 +484,7 @@ def make_chest_phantom(config: ChestPhantomConfig | None = None) -> tuple[Volume
     # ---- lungs: what is left of the thoracic cavity between apex and diaphragm ----
     half_med = np.where(Z > z_carina, 22.0, 10.0)
     exclusion = (np.abs(X) <= half_med) | pericardium | aorta_margin | airway_margin | spine_margin
-    lung = cavity & above & (Z < z_top) & ~exclusion
+    lung = _drop_specks(cavity & above & (Z < z_top) & ~exclusion)
     hu[pericardium & ~lung] = HU["pericardial_fat"]
 
     # ---- liver (diaphragm/liver region) and gastric bubble on the left ----
