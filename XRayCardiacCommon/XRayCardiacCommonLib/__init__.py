@@ -24,7 +24,7 @@ from XRayCardiacCommonLib.mrml_io import (
     format_projection_matrix,
     node_from_volume,
     parse_projection_matrix,
-    read_provenance,
+    read_attributes,
     set_provenance,
     volume_from_node,
 )
@@ -43,7 +43,7 @@ __all__ = [
     "job_python",
     "node_from_volume",
     "parse_projection_matrix",
-    "read_provenance",
+    "read_attributes",
     "set_provenance",
     "start_job_from_nodes",
     "volume_from_node",

@@ -38,7 +38,7 @@ __all__ = [
     "format_projection_matrix",
     "node_from_volume",
     "parse_projection_matrix",
-    "read_provenance",
+    "read_attributes",
     "set_provenance",
     "volume_from_node",
 ]
@@ -246,7 +246,7 @@ def set_provenance(node: Any, provenance: Mapping[str, Any]) -> None:
             node.SetAttribute(attribute, text)
 
 
-def read_provenance(node: Any) -> dict[str, Any]:
+def read_attributes(node: Any) -> dict[str, Any]:
     """All ``XRayCardiac.*`` attributes of ``node``, prefix removed, JSON values decoded."""
     out: dict[str, Any] = {}
     for attribute in node.GetAttributeNames() or ():

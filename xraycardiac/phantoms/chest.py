@@ -124,7 +124,7 @@ class ChestPhantomConfig:
         torso_half_width_mm: range of the torso's lateral semi-axis (x), mm.
         torso_half_depth_mm: range of the torso's antero-posterior semi-axis (y), mm.
         fat_thickness_mm: range of the subcutaneous fat layer thickness, mm.
-        heart_scale: range of the factor on the heart's semi-axes, (62, 50, 44) mm for an average
+        heart_scale: range of the factor on the heart's semi-axes, (60, 48, 42) mm for an average
             chest and scaled with the size of the chest cavity.
         heart_shift_mm: range of the heart's shift along each of x, y, z, mm.
         lung_height_scale: range of the factor on the apex-to-dome lung height (195 mm).
@@ -415,8 +415,8 @@ def make_chest_phantom(config: ChestPhantomConfig | None = None) -> tuple[Volume
     v = _unit(np.cross(u, [0.0, 0.0, 1.0]))
     w = np.cross(u, v)
     # The heart follows the size of the chest (semi-axes quoted for a 140 x 82 mm cavity) times heart_scale.
-    cavity_factor = math.sqrt(ac * bc / (140.0 * 82.0))
-    semi = heart_scale * cavity_factor * np.array([62.0, 50.0, 44.0])
+    cavity_factor = min(max(math.sqrt(ac * bc / (140.0 * 82.0)), 0.85), 1.1)
+    semi = heart_scale * cavity_factor * np.array([60.0, 48.0, 42.0])
     hc = np.array([-0.22 * ac, cy + 0.2 * bc, z_dome_l + 40.0]) + heart_shift
     dx, dy, dz = X - hc[0], Y - hc[1], Z - hc[2]
     q = sum(((e[0] * dx + e[1] * dy + e[2] * dz) / s) ** 2 for e, s in zip((u, v, w), semi, strict=True))
@@ -481,17 +481,6 @@ def make_chest_phantom(config: ChestPhantomConfig | None = None) -> tuple[Volume
     cord = (rc <= 7.0) & ~column
     spine_margin = (np.abs(X) <= vb_rx + 10.0) & (yv <= vb_ry + 8.0)
 
-    # ---- lungs: what is left of the thoracic cavity between apex and diaphragm ----
-    half_med = np.where(Z > z_carina, 22.0, 10.0)
-    exclusion = (np.abs(X) <= half_med) | pericardium | aorta_margin | airway_margin | spine_margin
-    lung = _drop_specks(cavity & above & (Z < z_top) & ~exclusion)
-    hu[pericardium & ~lung] = HU["pericardial_fat"]
-
-    # ---- liver (diaphragm/liver region) and gastric bubble on the left ----
-    liver = cavity & ~above & (X > -0.3 * ac) & (Z > z_dome_r - 170.0)
-    bubble = ((X + 0.45 * ac) / 30.0) ** 2 + ((Y - cy) / 25.0) ** 2 + ((Z - (z_dome_l - 30.0)) / 14.0) ** 2 <= 1
-    bubble &= cavity & ~above & ~liver
-
     # ---- ribs and sternum ----
     theta = np.abs(np.arctan2(X[0], -(Y[0] - cy)))  # (J, I): 0 posterior midline, pi anterior
     t_dir = np.sign(X[0])
@@ -514,6 +503,17 @@ def make_chest_phantom(config: ChestPhantomConfig | None = None) -> tuple[Volume
         & (Z <= z_rib1 - 10.0)
         & (Z >= z_rib1 - 180.0)
     )
+
+    # ---- lungs: what is left of the thoracic cavity between apex and diaphragm ----
+    half_med = np.where(Z > z_carina, 22.0, 10.0)
+    exclusion = (np.abs(X) <= half_med) | pericardium | aorta_margin | airway_margin | spine_margin | ribs
+    lung = _drop_specks(cavity & above & (Z < z_top) & ~exclusion)
+    hu[pericardium & ~lung] = HU["pericardial_fat"]
+
+    # ---- liver (diaphragm/liver region) and gastric bubble on the left ----
+    liver = cavity & ~above & (X > -0.3 * ac) & (Z > z_dome_r - 170.0)
+    bubble = ((X + 0.45 * ac) / 30.0) ** 2 + ((Y - cy) / 25.0) ** 2 + ((Z - (z_dome_l - 30.0)) / 14.0) ** 2 <= 1
+    bubble &= cavity & ~above & ~liver
 
     # ---- compose labels and HU (later structures win) ----
     labels[lung] = LABELS["lungs"]
