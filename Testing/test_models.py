@@ -224,8 +224,10 @@ def test_packaged_weights_are_listed_and_verified(
 def test_hash_cache_trusts_only_settled_files(tmp_path: Path, xraycardiac_home: Path) -> None:
     f = tmp_path / "w.bin"
     f.write_bytes(b"a" * 1000)
+    tick = f.stat().st_mtime_ns
     first = sha256_file(f)
-    _flip_byte(f, 10)  # rewritten right away, maybe within the same timestamp tick: must still be seen
+    _flip_byte(f, 10)
+    os.utime(f, ns=(tick, tick))  # rewritten within the same timestamp tick: must still be seen
     assert sha256_file(f) != first, "a freshly rewritten file got its old digest from the cache"
     # A settled file (mtime well in the past) is hashed once; a later change of mtime re-hashes it.
     old = time.time() - 3600

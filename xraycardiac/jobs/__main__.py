@@ -60,7 +60,12 @@ class _LogHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self._write(
-                {"event": "log", "level": record.levelname.lower(), "message": record.getMessage(), "logger": record.name}
+                {
+                    "event": "log",
+                    "level": record.levelname.lower(),
+                    "message": record.getMessage(),
+                    "logger": record.name,
+                }
             )
         except Exception:
             self.handleError(record)
@@ -104,7 +109,9 @@ def _main(argv: list[str] | None, write: _EventWriter) -> int:
     parser = _Parser(prog="python -m xraycardiac.jobs", description="Run one xraycardiac job.")
     parser.add_argument("pipeline", help="pipeline name; must match the job spec")
     parser.add_argument("job_json", help="path of the job spec (job.json)")
-    parser.add_argument("--work-dir", default=None, help="empty or new folder for the job's files while it runs")
+    parser.add_argument(
+        "--work-dir", default=None, help="empty or new folder for the job's files while it runs"
+    )
     try:
         args = parser.parse_args(argv)
         spec = JobSpec.from_json(args.job_json)

@@ -150,7 +150,9 @@ def get(name: str) -> Pipeline:
     if name not in _PIPELINES:
         msg = f"unknown pipeline {name!r}; known pipelines: {sorted(_PIPELINES)}"
         if _IMPORT_ERRORS:
-            msg += "; modules that failed to import: " + "; ".join(f"{m} ({e})" for m, e in _IMPORT_ERRORS.items())
+            msg += "; modules that failed to import: " + "; ".join(
+                f"{m} ({e})" for m, e in _IMPORT_ERRORS.items()
+            )
         raise ValueError(msg)
     return _PIPELINES[name]
 

@@ -59,7 +59,12 @@ class JobError(RuntimeError):
     """
 
     def __init__(
-        self, message: str, *, error_type: str | None = None, returncode: int | None = None, stderr_tail: str = ""
+        self,
+        message: str,
+        *,
+        error_type: str | None = None,
+        returncode: int | None = None,
+        stderr_tail: str = "",
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -90,7 +95,9 @@ class JobTerminated(BaseException):
 # ------------------------------------------------------------------------------------ in-process
 
 
-def run_job(spec: JobSpec, on_event: EventSink | None = None, work_dir: str | os.PathLike[str] | None = None) -> dict:
+def run_job(
+    spec: JobSpec, on_event: EventSink | None = None, work_dir: str | os.PathLike[str] | None = None
+) -> dict:
     """Run a job in this process: validate, run the pipeline in a work folder, move it into place.
 
     Events sent to ``on_event``: ``start`` (pipeline, pid, work_dir, output_dir), ``progress``
@@ -170,7 +177,14 @@ def _run(spec: JobSpec, emit: EventSink, work_dir: str | os.PathLike[str] | None
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    emit({"event": "done", "summary": summary, "output_dir": str(out), "duration_s": round(time.monotonic() - t0, 3)})
+    emit(
+        {
+            "event": "done",
+            "summary": summary,
+            "output_dir": str(out),
+            "duration_s": round(time.monotonic() - t0, 3),
+        }
+    )
     return summary
 
 
@@ -213,19 +227,27 @@ def new_work_dir(output_dir: Path) -> Path:
 def _checked_summary(summary: Any, work: Path, pipeline: str) -> dict:
     """A JSON round-tripped copy of the pipeline's summary, after checking its listed outputs exist."""
     if not isinstance(summary, dict):
-        raise TypeError(f"pipeline {pipeline!r} returned {type(summary).__name__}; it must return a dict summary")
+        raise TypeError(
+            f"pipeline {pipeline!r} returned {type(summary).__name__}; it must return a dict summary"
+        )
     try:
         summary = json.loads(json.dumps(summary))
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"pipeline {pipeline!r} returned a summary that is not JSON-serialisable: {exc}") from exc
+        raise TypeError(
+            f"pipeline {pipeline!r} returned a summary that is not JSON-serialisable: {exc}"
+        ) from exc
     if (work / REPORT_NAME).exists():
-        raise RuntimeError(f"pipeline {pipeline!r} wrote {REPORT_NAME}, a file name reserved for the job report")
+        raise RuntimeError(
+            f"pipeline {pipeline!r} wrote {REPORT_NAME}, a file name reserved for the job report"
+        )
     outputs = summary.get("outputs", {})
     if not isinstance(outputs, dict):
         raise TypeError(f"pipeline {pipeline!r}: summary['outputs'] must map names to file names")
     for key, name in outputs.items():
         if not isinstance(name, str) or os.path.isabs(name) or ".." in Path(name).parts:
-            raise RuntimeError(f"pipeline {pipeline!r}: output {key!r} = {name!r} must be a path inside the output folder")
+            raise RuntimeError(
+                f"pipeline {pipeline!r}: output {key!r} = {name!r} must be a path inside the output folder"
+            )
         if not (work / name).exists():
             raise RuntimeError(f"pipeline {pipeline!r} lists output {key!r} = {name!r} but did not write it")
     return summary
@@ -364,7 +386,9 @@ class JobProcess:
         _LIVE.add(self)
 
     @classmethod
-    def start(cls, spec: JobSpec, python: str | None = None, env: dict[str, str | None] | None = None) -> JobProcess:
+    def start(
+        cls, spec: JobSpec, python: str | None = None, env: dict[str, str | None] | None = None
+    ) -> JobProcess:
         """Check the spec, then launch the job in a child process and return at once.
 
         Args:
@@ -465,7 +489,9 @@ class JobProcess:
         status = self.status
         if status == "cancelled":
             return JobCancelled(
-                f"job {self.spec.pipeline!r} was cancelled", returncode=self._proc.returncode, stderr_tail=self.stderr_tail
+                f"job {self.spec.pipeline!r} was cancelled",
+                returncode=self._proc.returncode,
+                stderr_tail=self.stderr_tail,
             )
         if status != "failed":
             return None
@@ -474,8 +500,13 @@ class JobProcess:
         else:
             rc = self._proc.returncode
             how = f"was killed by signal {-rc}" if rc is not None and rc < 0 else f"exited with code {rc}"
-            message, error_type = f"job process for pipeline {self.spec.pipeline!r} {how} without reporting an error", None
-        return JobError(message, error_type=error_type, returncode=self._proc.returncode, stderr_tail=self.stderr_tail)
+            message, error_type = (
+                f"job process for pipeline {self.spec.pipeline!r} {how} without reporting an error",
+                None,
+            )
+        return JobError(
+            message, error_type=error_type, returncode=self._proc.returncode, stderr_tail=self.stderr_tail
+        )
 
     def poll(self, timeout: float = 0.0) -> list[dict[str, Any]]:
         """Events received since the last call, oldest first.
@@ -526,7 +557,9 @@ class JobProcess:
             if self._proc.poll() is None:
                 self._cancelled = True
                 if os.name == "nt":
-                    subprocess.run(["taskkill", "/T", "/F", "/PID", str(self.pid)], capture_output=True, check=False)
+                    subprocess.run(
+                        ["taskkill", "/T", "/F", "/PID", str(self.pid)], capture_output=True, check=False
+                    )
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         self._proc.wait(timeout)
                 else:
@@ -683,7 +716,9 @@ def run_in_subprocess(
             if not job.running:
                 break
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {spec.pipeline!r} did not finish within {timeout} s; it was cancelled")
+                raise TimeoutError(
+                    f"job {spec.pipeline!r} did not finish within {timeout} s; it was cancelled"
+                )
         for event in job.poll():
             if on_event is not None:
                 on_event(event)

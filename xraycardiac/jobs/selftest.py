@@ -64,7 +64,9 @@ def selftest(spec: JobSpec, work_dir: Path, progress: Progress) -> dict[str, Any
             if fail_at is not None and i == fail_at:
                 raise RuntimeError(f"selftest failed on purpose before file {i} (params.fail_at = {fail_at})")
             name = f"file_{i:03d}.txt"
-            (work_dir / name).write_text(f"selftest file {i} of {n_files}, pid {os.getpid()}\n", encoding="utf-8")
+            (work_dir / name).write_text(
+                f"selftest file {i} of {n_files}, pid {os.getpid()}\n", encoding="utf-8"
+            )
             outputs[name.removesuffix(".txt")] = name
             progress("writing files", (i + 1) / n_files, file=name, **extra)
     finally:

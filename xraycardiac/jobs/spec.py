@@ -69,7 +69,9 @@ class JobSpec:
                 f"got {self.pipeline!r}"
             )
         if not isinstance(self.inputs, Mapping):
-            raise ValueError(f"inputs must be an object mapping names to paths, got {type(self.inputs).__name__}")
+            raise ValueError(
+                f"inputs must be an object mapping names to paths, got {type(self.inputs).__name__}"
+            )
         inputs: dict[str, str] = {}
         for key, value in self.inputs.items():
             if not isinstance(key, str) or not key:

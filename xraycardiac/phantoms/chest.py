@@ -140,7 +140,7 @@ class ChestPhantomConfig:
     torso_half_width_mm: tuple[float, float] = (150.0, 180.0)
     torso_half_depth_mm: tuple[float, float] = (100.0, 125.0)
     fat_thickness_mm: tuple[float, float] = (6.0, 20.0)
-    heart_scale: tuple[float, float] = (0.85, 1.15)
+    heart_scale: tuple[float, float] = (0.9, 1.1)
     heart_shift_mm: tuple[float, float] = (-10.0, 10.0)
     lung_height_scale: tuple[float, float] = (0.9, 1.1)
     rib_spacing_mm: tuple[float, float] = (22.0, 28.0)
