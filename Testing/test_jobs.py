@@ -384,3 +384,10 @@ def test_job_killed_hard_is_reported_and_cleaned_up(tmp_path: Path) -> None:
     assert "signal 9" in str(info.value), str(info.value)
     assert job.status == "failed", job.status
     assert os.listdir(tmp_path) == [], os.listdir(tmp_path)
+
+
+def test_start_with_missing_interpreter_leaves_nothing(tmp_path: Path) -> None:
+    spec = JobSpec("selftest", {}, {"n_files": 1}, str(tmp_path / "out"))
+    with pytest.raises(FileNotFoundError):
+        JobProcess.start(spec, python=str(tmp_path / "no-such-python"))
+    assert os.listdir(tmp_path) == [], os.listdir(tmp_path)

@@ -114,7 +114,10 @@ def ensurePythonDependencies(requirementsPath: str, requester: str) -> bool:
     """
     if not _ensureTorch():
         return False
-    packaging = getattr(slicer, "packaging", None)
+    try:
+        import slicer.packaging as packaging
+    except ImportError:  # Slicer versions before slicer.packaging
+        packaging = None
     try:
         if packaging is not None and hasattr(packaging, "pip_ensure"):
             packaging.pip_ensure(packaging.load_requirements(requirementsPath), requester=requester)
@@ -206,7 +209,9 @@ class JobProgress:
         """True while a job is being tracked."""
         return self._poll is not None
 
-    def track(self, poll: Callable[[], Any], cancel: Callable[[], None], onFinished: Callable[[Any], None]) -> None:
+    def track(
+        self, poll: Callable[[], Any], cancel: Callable[[], None], onFinished: Callable[[Any], None]
+    ) -> None:
         """Start showing a job's progress.
 
         Raises:
@@ -296,8 +301,9 @@ class XRayCardiacCommonTest(ScriptedLoadableModuleTest):
 
     def test_volume_round_trip(self) -> None:
         import numpy as np
-        from xraycardiac.volume import Volume
         from XRayCardiacCommonLib.mrml_io import node_from_volume, volume_from_node
+
+        from xraycardiac.volume import Volume
 
         directions = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
         volume = Volume.from_geometry(

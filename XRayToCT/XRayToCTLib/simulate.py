@@ -36,9 +36,17 @@ from XRayCardiacCommonLib.mrml_io import (
     volume_from_node,
 )
 
-from xraycardiac.geometry import X2CT_SID_MM, X2CT_SOD_MM
 from xraycardiac.io import read_volume, require_2d, require_3d
 from xraycardiac.jobs.drr import view_geometry
+from XRayToCTLib.choices import (
+    DEFAULT_DETECTOR_COLS,
+    DEFAULT_DETECTOR_ROWS,
+    DEFAULT_PIXEL_SPACING_MM,
+    DEFAULT_SID_MM,
+    DEFAULT_SOD_MM,
+    DEVICE_CHOICES,
+    POSE_CHOICES,
+)
 
 __all__ = [
     "DEVICE_CHOICES",
@@ -50,8 +58,6 @@ __all__ = [
 ]
 
 PIPELINE = "drr"
-POSE_CHOICES = ("PA", "Lateral", "PA + lateral", "Custom")
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
 # pose -> (view name, CArmGeometry preset) for each view it renders
 _PRESET_VIEWS: dict[str, tuple[tuple[str, str], ...]] = {
     "PA": (("PA", "pa"),),
@@ -77,13 +83,13 @@ def custom_view_name(primary_angle_deg: float, secondary_angle_deg: float) -> st
 
 def build_views(
     pose: str,
-    detector_rows: int = 256,
-    detector_cols: int = 256,
-    pixel_spacing_mm: float = 2.8,
+    detector_rows: int = DEFAULT_DETECTOR_ROWS,
+    detector_cols: int = DEFAULT_DETECTOR_COLS,
+    pixel_spacing_mm: float = DEFAULT_PIXEL_SPACING_MM,
     primary_angle_deg: float = 0.0,
     secondary_angle_deg: float = 0.0,
-    sid_mm: float = X2CT_SID_MM,
-    sod_mm: float = X2CT_SOD_MM,
+    sid_mm: float = DEFAULT_SID_MM,
+    sod_mm: float = DEFAULT_SOD_MM,
 ) -> list[dict[str, Any]]:
     """The ``params.views`` list of the ``drr`` job for a pose choice and a detector.
 
