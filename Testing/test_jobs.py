@@ -25,7 +25,7 @@ from xraycardiac.jobs import (
     run_in_subprocess,
     run_job,
 )
-from xraycardiac.jobs.runner import parse_event_line
+from xraycardiac.jobs.process import parse_event_line
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 """Run an ``xraycardiac`` job in a separate process on behalf of a Slicer module, without Qt.
 
 The core library runs every pipeline as ``python -m xraycardiac.jobs`` in a child process that
-reports JSON-line events (``xraycardiac.jobs.runner.JobProcess``). This file adds what the Slicer
+reports JSON-line events (``xraycardiac.jobs.JobProcess``). This file adds what the Slicer
 modules need on top:
 
 * ``job_python()`` chooses the interpreter: ``PythonSlicer`` inside Slicer (a plain ``python`` would
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from xraycardiac.io import write_volume
-from xraycardiac.jobs.runner import JobCancelled, JobError, JobProcess
+from xraycardiac.jobs import JobCancelled, JobError, JobProcess
 from xraycardiac.jobs.spec import JobSpec
 from xraycardiac.volume import Volume
 from XRayCardiacCommonLib.mrml_io import export_node

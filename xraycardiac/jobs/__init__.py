@@ -13,15 +13,9 @@ Importing this package is light (no torch): pipeline modules are imported on fir
 
 from __future__ import annotations
 
+from xraycardiac.jobs.process import JobProcess, run_in_subprocess
 from xraycardiac.jobs.registry import PIPELINE_MODULES, Progress, get, names, register
-from xraycardiac.jobs.runner import (
-    REPORT_NAME,
-    JobCancelled,
-    JobError,
-    JobProcess,
-    run_in_subprocess,
-    run_job,
-)
+from xraycardiac.jobs.runner import REPORT_NAME, JobCancelled, JobError, run_job
 from xraycardiac.jobs.spec import JobSpec
 
 __all__ = [

@@ -92,7 +92,9 @@ def run_drr(spec: JobSpec, work_dir: Path, progress: Progress) -> dict[str, Any]
     labels = None
     if "labels" in spec.inputs:
         labels = require_3d(read_volume(spec.inputs["labels"]), "inputs.labels")
-        if labels.array.shape != ct.array.shape or not np.allclose(labels.ijk_to_ras, ct.ijk_to_ras, atol=1e-3):
+        if labels.array.shape != ct.array.shape or not np.allclose(
+            labels.ijk_to_ras, ct.ijk_to_ras, atol=1e-3
+        ):
             raise ValueError("drr: inputs.labels must lie on the same voxel grid as inputs.ct")
     geometries = [view_geometry(v, ct.center_ras()) for v in views]
     names = [g.name for g in geometries]

@@ -1,0 +1,7 @@
+"""Procedural phantoms with exact ground truth (label maps, geometry): chest CT so far."""
+
+from __future__ import annotations
+
+from xraycardiac.phantoms.chest import HU, LABELS, ChestPhantomConfig, make_chest_phantom, write_phantom_pair
+
+__all__ = ["HU", "LABELS", "ChestPhantomConfig", "make_chest_phantom", "write_phantom_pair"]
