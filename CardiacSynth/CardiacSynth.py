@@ -6,7 +6,8 @@ other XRayCardiac modules; it gets fields, and the module a ``CardiacSynthLib`` 
 features land.
 """
 
-from __future__ import annotations
+# No "from __future__ import annotations" here: parameterNodeWrapper reads the field types with
+# typing.get_type_hints, which needs them evaluated in this module as Slicer loads it.
 
 from typing import Any
 

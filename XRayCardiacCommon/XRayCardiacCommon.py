@@ -132,7 +132,7 @@ def ensurePythonDependencies(requirementsPath: str, requester: str) -> bool:
         ):
             return False
         with slicer.util.WaitCursor():
-            slicer.util.pip_install(missing)
+            slicer.util.pip_install(" ".join(missing))
         return True
     except RuntimeError as exc:  # pip_ensure raises RuntimeError when the user declines
         logging.info(f"{requester}: Python packages not installed: {exc}")
@@ -196,7 +196,7 @@ class JobProgress:
         self.progressBar.setRange(0, 100)
         self.progressBar.setValue(0)
         self.cancelButton.enabled = False
-        self.cancelButton.clicked.connect(self.cancel)
+        self.cancelButton.connect("clicked(bool)", self.cancel)
         self._timer = qt.QTimer()
         self._timer.setInterval(intervalMs)
         self._timer.timeout.connect(self._onTimeout)

@@ -5,7 +5,8 @@ process (progress bar, Cancel) -> one 2D volume node per view with its projectio
 provenance as node attributes. All computation is in the core library; nothing here does math.
 """
 
-from __future__ import annotations
+# No "from __future__ import annotations" here: parameterNodeWrapper reads the field types with
+# typing.get_type_hints, which needs them evaluated in this module as Slicer loads it.
 
 from typing import Annotated, Any
 

@@ -162,7 +162,19 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _maxrss_mb() -> float:
+def _peak_rss_mb() -> float:
+    """The process's RSS high-water mark (VmHWM) in MB.
+
+    ``resource.getrusage(...).ru_maxrss`` is not used directly: in a child started by fork + exec it
+    also holds the parent's RSS at the fork, which here (the parent holds the CT) exceeds the child's.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kB
 
 
@@ -344,7 +356,7 @@ def worker(renderer: str, view: str, work: Path, n: int, repeats: int, threads: 
         extra = info.pop("extra", None)
         gc.collect()
         reset = _reset_peak_rss()
-        base = _maxrss_mb()
+        base = _peak_rss_mb()
         times = []
         for i in range(repeats + 1):
             t = time.perf_counter()
@@ -352,7 +364,7 @@ def worker(renderer: str, view: str, work: Path, n: int, repeats: int, threads: 
             dt = time.perf_counter() - t
             if i > 0:  # the first call is the warm-up
                 times.append(dt)
-        peak = _maxrss_mb()
+        peak = _peak_rss_mb()
         extras = extra() if extra is not None else {}
     np.save(work / f"img_{view}_{renderer}.npy", np.asarray(img, dtype=np.float32))
     for key, value in extras.items():

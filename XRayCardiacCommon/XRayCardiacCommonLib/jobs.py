@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from xraycardiac.io import write_volume
-from xraycardiac.jobs import JobCancelled, JobError, JobProcess
-from xraycardiac.jobs.spec import JobSpec
+from xraycardiac.jobs import JobCancelled, JobError, JobProcess, JobSpec
 from xraycardiac.volume import Volume
 from XRayCardiacCommonLib.mrml_io import export_node
 

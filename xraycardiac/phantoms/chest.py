@@ -21,12 +21,13 @@ Anatomy (label, nominal HU before smoothing and noise; see ``LABELS`` and ``HU``
   bronchus, descending left-anterolateral of the spine to the bottom of the volume.
 - 5 spine: vertebral bodies (cancellous 280 HU, cortical shell 800 HU) with intervertebral discs
   (90 HU, included in the label so the column is one piece) and posterior elements (lamina ring,
-  transverse and spinous processes, 650 HU) along the whole z range, posterior midline.
+  transverse and spinous processes, 650 HU, kept inside the back muscles) along the whole z range,
+  posterior midline.
 - 6 ribs: twelve pairs of curved bony bands (900 HU) just outside the pleural cavity, sloping down
   anteriorly, the upper three tighter, the last two floating; the sternum (500 HU) is included.
 - 7 liver: the diaphragm/liver region (55 HU) below the right dome.
-- 8 airways: trachea and main bronchi lumen (-1000 HU), not in the original brief's list but needed
-  for a recognisable radiograph; it is an extra label, the others keep their numbers.
+- 8 airways: trachea and main bronchi lumen (-1000 HU), which a radiograph shows; an addition after
+  the seven tissue labels, so that those keep their numbers.
 
 The CT is then blurred with a Gaussian (``smoothing_sigma_mm``, partial volume) and given white
 Gaussian noise (``noise_std_hu``), and clipped to [-1024, 3071] HU. The label map is not blurred.
@@ -92,7 +93,7 @@ _Z_LUNG_APEX_MM = 125.0  # lung apices; everything else in z hangs from this and
 _LUNG_HEIGHT_MM = 195.0  # apex to right diaphragm dome at lung_height_scale = 1
 _LEFT_DOME_DROP_MM = 15.0  # the left dome sits lower than the right one (liver under the right)
 _WALL_MM = 12.0  # chest-wall muscle inside the fat layer (anterior/lateral)
-_POSTERIOR_WALL_EXTRA_MM = 10.0  # back muscles are thicker: the cavity centre is shifted anteriorly
+_POSTERIOR_WALL_EXTRA_MM = 20.0  # back muscles are thicker: the cavity centre is shifted anteriorly
 _VERTEBRA_PERIOD_MM = 27.0  # body + disc
 _DISC_MM = 6.0
 _RIB_HALF_HEIGHT_MM = 5.0
@@ -110,7 +111,9 @@ def _check_range(name: str, value: tuple[float, float], positive: bool = True) -
     )
     if not ok:
         need = "0 < lo <= hi" if positive else "lo <= hi"
-        raise ValueError(f"ChestPhantomConfig.{name}: expected a finite (lo, hi) pair with {need}, got {value!r}")
+        raise ValueError(
+            f"ChestPhantomConfig.{name}: expected a finite (lo, hi) pair with {need}, got {value!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,9 @@ class ChestPhantomConfig:
         ):
             raise ValueError(f"ChestPhantomConfig.shape_ijk: expected three integers >= 16, got {shape!r}")
         if not (math.isfinite(self.spacing_mm) and self.spacing_mm > 0):
-            raise ValueError(f"ChestPhantomConfig.spacing_mm: expected a finite value > 0 mm, got {self.spacing_mm}")
+            raise ValueError(
+                f"ChestPhantomConfig.spacing_mm: expected a finite value > 0 mm, got {self.spacing_mm}"
+            )
         if not (isinstance(self.seed, (int, np.integer)) and self.seed >= 0):
             raise ValueError(f"ChestPhantomConfig.seed: expected a non-negative integer, got {self.seed!r}")
         for name in ("torso_half_width_mm", "torso_half_depth_mm", "heart_scale", "lung_height_scale"):
@@ -166,8 +171,13 @@ class ChestPhantomConfig:
         _check_range("fat_thickness_mm", self.fat_thickness_mm, positive=False)
         _check_range("heart_shift_mm", self.heart_shift_mm, positive=False)
         if self.fat_thickness_mm[0] < 0:
-            raise ValueError(f"ChestPhantomConfig.fat_thickness_mm: expected lo >= 0, got {self.fat_thickness_mm!r}")
-        if self.torso_half_depth_mm[0] - self.fat_thickness_mm[1] - _WALL_MM - _POSTERIOR_WALL_EXTRA_MM < 40:
+            raise ValueError(
+                f"ChestPhantomConfig.fat_thickness_mm: expected lo >= 0, got {self.fat_thickness_mm!r}"
+            )
+        if (
+            self.torso_half_depth_mm[0] - self.fat_thickness_mm[1] - _WALL_MM - _POSTERIOR_WALL_EXTRA_MM / 2
+            < 40
+        ):
             raise ValueError(
                 "ChestPhantomConfig: torso_half_depth_mm minus fat_thickness_mm leaves no room for the "
                 f"chest cavity (need lo(depth) - hi(fat) >= 62 mm, got {self.torso_half_depth_mm!r}, "
@@ -243,7 +253,9 @@ class _Grid:
                 mask[sl] |= dist <= radius
 
 
-def _smooth_polyline(points: np.ndarray, radii: np.ndarray, iterations: int = 3) -> tuple[np.ndarray, np.ndarray]:
+def _smooth_polyline(
+    points: np.ndarray, radii: np.ndarray, iterations: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
     """Chaikin corner cutting of a polyline (and its radii), keeping both end points."""
     pr = np.concatenate([points, radii[:, None]], axis=1)
     for _ in range(iterations):
@@ -262,8 +274,8 @@ def _inside_ellipse(X: np.ndarray, Y: np.ndarray, cy: float, ax: float, ay: floa
 def _drop_specks(mask: np.ndarray, min_fraction: float = 0.05) -> np.ndarray:
     """Keep the connected components of mask holding at least min_fraction of the largest one.
 
-    Used for the lungs, whose mask is a remainder: at coarse spacing thin pockets between the
-    mediastinal structures would otherwise survive as specks.
+    Used for masks that are remainders of other shapes (lungs, aorta, liver): at coarse spacing thin
+    pockets between structures would otherwise survive as specks of a few voxels.
     """
     comps, n = ndimage.label(mask)
     if n <= 1:
@@ -380,8 +392,8 @@ def make_chest_phantom(config: ChestPhantomConfig | None = None) -> tuple[Volume
 
     # Spine: vertebral body centre projects into the cavity posteriorly; mild thoracic kyphosis.
     vb_rx, vb_ry = 20.0, 16.0
-    y_vb0 = cy - bc + 18.0
-    y_vb = y_vb0 - 8.0 * np.exp(-(((grid.z - z_carina) / 150.0) ** 2))  # (K,)
+    y_vb0 = cy - bc + 10.0
+    y_vb = y_vb0 - 5.0 * np.exp(-(((grid.z - z_carina) / 150.0) ** 2))  # (K,)
     y_tr = y_vb0 + vb_ry + 10.0  # trachea centre, anterior of the oesophagus
 
     # ---- body, fat, muscle ----
@@ -475,8 +487,10 @@ def make_chest_phantom(config: ChestPhantomConfig | None = None) -> tuple[Volume
     level = (phase >= 3.0) & (phase <= body_h - 2.0)
     ring = level & (rc <= 15.0) & (rc > 7.0)
     transverse = level & (phase <= body_h - 6.0) & (np.abs(X) <= 30.0) & (np.abs(yc) <= 5.0)
-    spinous = level & (np.abs(X) <= 5.0) & (yc <= -12.0) & (yc >= -38.0)
-    posterior = (ring | transverse | spinous) & ~column
+    spinous = level & (np.abs(X) <= 5.0) & (yc <= -12.0) & (yc >= -32.0)
+    # Posterior elements stay inside the back muscles (a thin patient gets shorter processes).
+    in_muscle = _inside_ellipse(X[0], Y[0], 0.0, a - fat - 4.0, b - fat - 4.0)
+    posterior = (ring | transverse | spinous) & ~column & in_muscle
     spine = column | posterior
     cord = (rc <= 7.0) & ~column
     spine_margin = (np.abs(X) <= vb_rx + 10.0) & (yv <= vb_ry + 8.0)
@@ -512,7 +526,9 @@ def make_chest_phantom(config: ChestPhantomConfig | None = None) -> tuple[Volume
 
     # ---- liver (diaphragm/liver region) and gastric bubble on the left ----
     liver = cavity & ~above & (X > -0.3 * ac) & (Z > z_dome_r - 170.0)
-    bubble = ((X + 0.45 * ac) / 30.0) ** 2 + ((Y - cy) / 25.0) ** 2 + ((Z - (z_dome_l - 30.0)) / 14.0) ** 2 <= 1
+    bubble = ((X + 0.45 * ac) / 30.0) ** 2 + ((Y - cy) / 25.0) ** 2 + (
+        (Z - (z_dome_l - 30.0)) / 14.0
+    ) ** 2 <= 1
     bubble &= cavity & ~above & ~liver
 
     # ---- compose labels and HU (later structures win) ----
@@ -538,6 +554,11 @@ def make_chest_phantom(config: ChestPhantomConfig | None = None) -> tuple[Volume
     hu[ribs] = HU["rib"]
     labels[sternum] = LABELS["ribs"]
     hu[sternum] = HU["sternum"]
+    # Rasterised remainders (aorta cut by the heart, liver cut by the spine) can leave specks of a few
+    # voxels; they become body soft tissue (their HU is soft tissue already).
+    for name in ("aorta", "liver"):
+        mask = labels == LABELS[name]
+        labels[mask & ~_drop_specks(mask)] = LABELS["body"]
     del q, qv, rc, yc, yv, exclusion, column, is_body, shell, posterior
 
     # ---- lung vessels and texture ----
@@ -564,7 +585,9 @@ def make_chest_phantom(config: ChestPhantomConfig | None = None) -> tuple[Volume
     }
     spacing = (grid.spacing,) * 3
     origin = tuple(float(v) for v in grid.origin)
-    ct = Volume.from_geometry(hu.astype(np.float32, copy=False), spacing, origin, meta={**meta, "quantity": "HU"})
+    ct = Volume.from_geometry(
+        hu.astype(np.float32, copy=False), spacing, origin, meta={**meta, "quantity": "HU"}
+    )
     label_vol = Volume.from_geometry(
         labels, spacing, origin, meta={**meta, "quantity": "label", "labels_json": json.dumps(LABELS)}
     )
@@ -576,4 +599,6 @@ def write_phantom_pair(out_dir: str | Path, config: ChestPhantomConfig | None = 
     from xraycardiac.io import write_volume
 
     ct, labels = make_chest_phantom(config)
-    return write_volume(ct, Path(out_dir) / "chest_ct.nrrd"), write_volume(labels, Path(out_dir) / "chest_labels.nrrd")
+    return write_volume(ct, Path(out_dir) / "chest_ct.nrrd"), write_volume(
+        labels, Path(out_dir) / "chest_labels.nrrd"
+    )
