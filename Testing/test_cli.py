@@ -42,14 +42,18 @@ def test_drr_command_writes_views(tmp_path):
 def test_drr_command_errors_are_readable(tmp_path):
     result = runner.invoke(app, ["drr", str(tmp_path / "nope.nrrd"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "nope.nrrd" in result.output, result.output
-    result = runner.invoke(app, ["drr", str(tmp_path / "x.nrrd"), "--out", str(tmp_path / "o"), "--view", "LAO"])
+    result = runner.invoke(
+        app, ["drr", str(tmp_path / "x.nrrd"), "--out", str(tmp_path / "o"), "--view", "LAO"]
+    )
     assert result.exit_code == 2 and "NAME:PRIMARY:SECONDARY" in result.output, result.output
     assert not (tmp_path / "o").exists()
 
 
 def test_run_command_with_job_json(tmp_path):
     job = tmp_path / "job.json"
-    job.write_text(json.dumps({"pipeline": "selftest", "params": {"n_files": 2, "delay_s": 0.0}, "output_dir": "o"}))
+    job.write_text(
+        json.dumps({"pipeline": "selftest", "params": {"n_files": 2, "delay_s": 0.0}, "output_dir": "o"})
+    )
     result = runner.invoke(app, ["run", str(job)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "o").is_dir()

@@ -59,7 +59,11 @@ def test_water_sphere_central_path_length():
     lengths, ids = project_labels(labels, g, config=DRRConfig(step_mm=0.25))
     assert ids == [1]
     assert lengths[0, 32, 32] == pytest.approx(80.0, abs=1.5)
-    np.testing.assert_allclose(lengths[0] * float(hu_to_mu(np.float32(0.0))), drr, atol=0.02)
+    # nearest-neighbour labels vs trilinear CT: the same sphere, to within a voxel at the rim
+    diff_mm = np.abs(lengths[0] - drr / float(hu_to_mu(np.float32(0.0))))
+    assert diff_mm.mean() < 0.5 and diff_mm.max() < 2.0, (
+        f"label vs CT path length: mean {diff_mm.mean():.3f} mm, max {diff_mm.max():.3f} mm"
+    )
 
 
 def test_drr_output_sits_on_detector_plane():

@@ -36,20 +36,24 @@ VIEWS = [
 def test_drr_job_writes_every_view(small_ct, tmp_path):
     vol, ct_path, lab_path = small_ct
     out = tmp_path / "out"
-    summary = run_job(JobSpec("drr", {"ct": str(ct_path), "labels": str(lab_path)}, {"views": VIEWS}, str(out)))
+    summary = run_job(
+        JobSpec("drr", {"ct": str(ct_path), "labels": str(lab_path)}, {"views": VIEWS}, str(out))
+    )
     assert set(summary["views"]) == {"PA", "LAO30"}
     for name, files in summary["views"].items():
         img = read_volume(out / files["image"])
         record = json.loads((out / files["geometry"]).read_text())
-        g = CArmGeometry.from_dict({k: v for k, v in record.items() if k != "label_ids"})
+        g = CArmGeometry.from_dict(record)
         assert img.array.shape == (1, g.detector_rows, g.detector_cols)
         np.testing.assert_allclose(img.spacing[:2], g.pixel_spacing_mm[::-1], rtol=1e-6)
         np.testing.assert_allclose(img.ijk_to_ras, g.detector_ijk_to_ras(), atol=1e-4)
         np.testing.assert_allclose(np.array(record["projection_matrix"]), g.projection_matrix(), rtol=1e-9)
-        assert np.allclose(g.isocenter_ras_mm, vol.center_ras()), "null isocentre must default to the CT centre"
+        assert np.allclose(g.isocenter_ras_mm, vol.center_ras()), (
+            "null isocentre must default to the CT centre"
+        )
         assert img.array.std() > 0 and (out / files["png"]).stat().st_size > 100
         lengths = read_volume(out / files["labels"])
-        assert record["label_ids"] == [1, 2] and lengths.array.shape[0] == 2
+        assert files["label_ids"] == lengths.meta["label_ids"] == [1, 2] and lengths.array.shape[0] == 2
         assert lengths.array.max() > 10.0, f"path length through the cube only {lengths.array.max():.1f} mm"
     assert (out / "job_report.json").is_file()
 
@@ -58,7 +62,9 @@ def test_drr_job_in_child_process(small_ct, tmp_path):
     _, ct_path, _ = small_ct
     events = []
     out = tmp_path / "child"
-    run_in_subprocess(JobSpec("drr", {"ct": str(ct_path)}, {"views": VIEWS[:1]}, str(out)), on_event=events.append)
+    run_in_subprocess(
+        JobSpec("drr", {"ct": str(ct_path)}, {"views": VIEWS[:1]}, str(out)), on_event=events.append
+    )
     stages = [e["stage"] for e in events if e.get("event") == "progress"]
     assert "rendering PA" in stages and (out / "PA.nrrd").is_file()
 
@@ -83,7 +89,9 @@ def test_bad_parameters_leave_no_output(small_ct, tmp_path, params, match):
 
 
 def test_2d_image_as_ct_is_refused(tmp_path):
-    img = write_volume(Volume.from_geometry(np.zeros((1, 32, 32), np.float32), (1, 1, 1)), tmp_path / "xray.nrrd")
+    img = write_volume(
+        Volume.from_geometry(np.zeros((1, 32, 32), np.float32), (1, 1, 1)), tmp_path / "xray.nrrd"
+    )
     out = tmp_path / "o"
     with pytest.raises(JobError, match="inputs.ct: expected a 3D volume"):
         run_in_subprocess(JobSpec("drr", {"ct": str(img)}, {"views": VIEWS[:1]}, str(out)))
@@ -107,4 +115,6 @@ def test_nan_spacing_is_refused(tmp_path):
 
 def test_missing_ct_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.nrrd"):
-        run_job(JobSpec("drr", {"ct": str(tmp_path / "missing.nrrd")}, {"views": VIEWS[:1]}, str(tmp_path / "o")))
+        run_job(
+            JobSpec("drr", {"ct": str(tmp_path / "missing.nrrd")}, {"views": VIEWS[:1]}, str(tmp_path / "o"))
+        )

@@ -8,6 +8,7 @@ provenance as node attributes. All computation is in the core library; nothing h
 # No "from __future__ import annotations" here: parameterNodeWrapper reads the field types with
 # typing.get_type_hints, which needs them evaluated in this module as Slicer loads it.
 
+import traceback
 from typing import Annotated, Any
 
 import slicer
@@ -164,8 +165,13 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         try:
             run = self.logic.startSimulation(self._parameterNode)
-        except ValueError as exc:
+        except ValueError as exc:  # a bad input or setting: the message names it
             XRayCardiacCommon.showError(str(exc))
+            return
+        except Exception as exc:
+            XRayCardiacCommon.showError(
+                f"Could not start the simulation: {exc}", details=traceback.format_exc()
+            )
             return
         self._run = run
         self.progress.track(run.poll, lambda: self.logic.cancelSimulation(run), self._onSimulationFinished)
@@ -184,7 +190,9 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 if status.state == "error":
                     XRayCardiacCommon.showError(status.message, details=status.details)
         except Exception as exc:
-            XRayCardiacCommon.showError(f"Importing the radiographs failed: {exc}")
+            XRayCardiacCommon.showError(
+                f"Importing the radiographs failed: {exc}", details=traceback.format_exc()
+            )
         finally:
             self._updateGuiState()
 

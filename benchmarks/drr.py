@@ -23,10 +23,14 @@ What is compared, and why it is fair:
   of all chords, fewer inside each ray; that default is also rendered once and its NCC printed).
 * Time: median wall time of one image over ``--repeats`` calls after one warm-up, each renderer in a
   fresh subprocess with ``torch.set_num_threads(--threads)``; only the render call is timed.
-* Memory: peak RSS growth during rendering. Each subprocess resets the kernel's RSS high-water mark
-  (``/proc/self/clear_refs``) once its scene is built, then reads ``resource.getrusage`` ``ru_maxrss``
-  before and after the timed calls; the difference is the renderer's working memory (the shared
-  140 MB volume is excluded). Without ``clear_refs`` it falls back to the plain ``ru_maxrss`` delta.
+* Memory: peak RSS growth during rendering, from the kernel's RSS high-water mark (VmHWM, what
+  ``resource.getrusage`` reports as ``ru_maxrss`` in a process that did not fork-exec from a bigger
+  one). Each subprocess resets the mark (``/proc/self/clear_refs``) once its scene is built and reads
+  it before and after the timed calls; the difference is the renderer's working memory (the shared
+  volume is excluded). Allocations under glibc's mmap threshold (<= 32 MB) that a renderer frees and
+  reuses count once; torch's profiler would count allocations, not resident memory.
+* The machine may be shared: the 1-minute load average before and after the runs is printed, and
+  the minimum time is shown next to the median.
 """
 
 from __future__ import annotations
@@ -196,7 +200,9 @@ def _build_ours(work: Path, view: str, n: int, threads: int) -> tuple[Callable[[
     return call, {"api": "xraycardiac.projection.ray_integrals(mu[None], ijk_to_ras, geometry, step_mm)"}
 
 
-def _build_ours_render_drr(work: Path, view: str, n: int, threads: int) -> tuple[Callable[[], np.ndarray], dict]:
+def _build_ours_render_drr(
+    work: Path, view: str, n: int, threads: int
+) -> tuple[Callable[[], np.ndarray], dict]:
     from xraycardiac.geometry import CArmGeometry
     from xraycardiac.projection import DRRConfig, render_drr
     from xraycardiac.volume import Volume
@@ -209,7 +215,9 @@ def _build_ours_render_drr(work: Path, view: str, n: int, threads: int) -> tuple
     def call() -> np.ndarray:
         return render_drr(ct, geometry, config).array[0]
 
-    return call, {"api": "xraycardiac.projection.render_drr(ct_hu, geometry, DRRConfig(step_mm)) incl. HU->mu"}
+    return call, {
+        "api": "xraycardiac.projection.render_drr(ct_hu, geometry, DRRConfig(step_mm)) incl. HU->mu"
+    }
 
 
 def _build_nanodrr(work: Path, view: str, n: int, threads: int) -> tuple[Callable[[], np.ndarray], dict]:
@@ -266,7 +274,9 @@ def _build_nanodrr(work: Path, view: str, n: int, threads: int) -> tuple[Callabl
         return {"pose_api_image": drr(subject, rt_inv, n_samples=n, backend="torch")[0, 0].numpy()}
 
     check["extra"] = extra
-    check["api"] = 'nanodrr.drr.render(subject, ..., rt_inv=I, src=our source, tgt=our pixels, backend="torch")'
+    check["api"] = (
+        'nanodrr.drr.render(subject, ..., rt_inv=I, src=our source, tgt=our pixels, backend="torch")'
+    )
     return call, check
 
 
@@ -300,7 +310,8 @@ def _build_diffdrr(work: Path, view: str, n: int, threads: int) -> tuple[Callabl
     with torch.no_grad():
         p_src, p_tgt = drr.detector(pose_t, None)
     err = max(
-        np.abs(p_tgt[0].double().numpy() - ray["targets"]).max(), np.abs(p_src[0, 0].double().numpy() - ray["src"]).max()
+        np.abs(p_tgt[0].double().numpy() - ray["targets"]).max(),
+        np.abs(p_src[0, 0].double().numpy() - ray["src"]).max(),
     )
     check = {
         "pose_api": "DRR(reverse_x_axis=False, reorient=I) + RigidTransform([u, -v, beam | source])",
@@ -384,8 +395,24 @@ def worker(renderer: str, view: str, work: Path, n: int, repeats: int, threads: 
 
 
 def _run_worker(args: argparse.Namespace, renderer: str, view: str, work: Path) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", renderer, "--view", view, "--work", str(work)]
-    cmd += ["--n-samples", str(args.n_samples), "--repeats", str(args.repeats), "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        renderer,
+        "--view",
+        view,
+        "--work",
+        str(work),
+    ]
+    cmd += [
+        "--n-samples",
+        str(args.n_samples),
+        "--repeats",
+        str(args.repeats),
+        "--threads",
+        str(args.threads),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if res.returncode != 0:
@@ -449,7 +476,9 @@ def main(argv: list[str] | None = None) -> int:
 
         sp = ", ".join(f"{s:.3f}" for s in ct.spacing)
         print(f"DRR benchmark: CT {source}")
-        print(f"  shape (K, J, I) = {mu.shape}, spacing (I, J, K) = ({sp}) mm, float32 mu = hu_to_mu(HU) (1/mm)")
+        print(
+            f"  shape (K, J, I) = {mu.shape}, spacing (I, J, K) = ({sp}) mm, float32 mu = hu_to_mu(HU) (1/mm)"
+        )
         print(f"  torch {torch.__version__}, threads = {args.threads} for every renderer, CPU")
         print(
             f"  detector {args.size} x {args.size} px of {args.pixel_mm} mm, SID 949 mm, SOD 541 mm, "
@@ -459,29 +488,41 @@ def main(argv: list[str] | None = None) -> int:
             f"  samples per ray N = {args.n_samples} on each ray's own chord through the volume, all renderers: "
             "ours step_mm = max chord / (N - 0.5) (midpoints, N per ray);"
         )
-        print("  nanodrr n_samples = N (midpoints of its per-ray clip); diffdrr n_points = N (linspace over per-ray chord)")
+        print(
+            "  nanodrr n_samples = N (midpoints of its per-ray clip); diffdrr n_points = N (linspace over per-ray chord)"
+        )
         for view, (mx, step) in chords.items():
             print(f"  view {view}: longest chord {mx:.1f} mm -> our step_mm = {step:.4f}")
-        print(f"  time: median of {args.repeats} calls after 1 warm-up; memory: peak RSS growth while rendering")
-        print("  (clear_refs reset of the high-water mark after set-up, then resource.getrusage ru_maxrss delta)")
+        print(
+            f"  time: median (and min) of {args.repeats} calls after 1 warm-up, one fresh subprocess per renderer"
+        )
+        print(
+            "  memory: peak RSS growth while rendering (VmHWM = ru_maxrss, reset via clear_refs after set-up)"
+        )
         print(f"  set-up {time.perf_counter() - t0:.1f} s\n")
 
+        load0 = os.getloadavg()[0]
         records: dict[tuple[str, str], dict] = {}
         for view in views:
             for r in renderers:
                 records[view, r] = _run_worker(args, r, view, work)
+        load1 = os.getloadavg()[0]
         if args.save_dir:
             out = Path(args.save_dir)
             out.mkdir(parents=True, exist_ok=True)
             for f in work.glob("img_*.npy"):
                 (out / f.name).write_bytes(f.read_bytes())
         _print_table(args, views, renderers, records, work)
+        print(
+            f"\n1-min load average before / after the runs: {load0:.2f} / {load1:.2f} on {os.cpu_count()} CPUs "
+            "(one renderer at a time adds ~1; more means other work shared the machine)"
+        )
     return 0
 
 
 def _print_table(args, views, renderers, records, work: Path) -> None:
     header = (
-        f"{'view':<11} {'renderer':<16} {'image':>9} {'samples/ray':>11} {'median s':>9} "
+        f"{'view':<11} {'renderer':<16} {'image':>9} {'samples/ray':>11} {'median s':>9} {'min s':>7} "
         f"{'peak MB':>8} {'NCC w/ ours':>11} {'t(ours)/t':>9}"
     )
     print(header)
@@ -504,7 +545,7 @@ def _print_table(args, views, renderers, records, work: Path) -> None:
             ratio = ours_t / med[view, r] if ours_t is not None else float("nan")
             print(
                 f"{view:<11} {r:<16} {f'{args.size}x{args.size}':>9} {args.n_samples:>11} {med[view, r]:>9.3f} "
-                f"{records[view, r]['peak_mb']:>8.0f} {c:>11.5f} {ratio:>9.2f}"
+                f"{min(records[view, r]['times_s']):>7.3f} {records[view, r]['peak_mb']:>8.0f} {c:>11.5f} {ratio:>9.2f}"
             )
     print("\nAPIs and checks of the geometry mapping:")
     for r in renderers:

@@ -37,7 +37,9 @@ def _run_with_progress(spec: Any, subprocess: bool = False) -> dict:
 
         def on_event(event: dict) -> None:
             if event.get("event") == "progress":
-                bar.update(task, completed=event["progress"], description=f"{spec.pipeline}: {event['stage']}")
+                bar.update(
+                    task, completed=event["progress"], description=f"{spec.pipeline}: {event['stage']}"
+                )
             elif event.get("event") == "log":
                 bar.console.print(f"[dim]{event.get('message', '')}[/dim]")
 
@@ -76,12 +78,20 @@ def drr(
             "Repeat for several views."
         ),
     ] = ["pa"],  # noqa: B006 -- typer reads defaults, never mutates them
-    labels: Annotated[Path | None, typer.Option(help="Label map on the CT grid: per-label path lengths.")] = None,
-    sid_mm: Annotated[float, typer.Option(help="Source to detector distance (mm) for custom views.")] = 1200.0,
-    sod_mm: Annotated[float, typer.Option(help="Source to isocentre distance (mm) for custom views.")] = 800.0,
+    labels: Annotated[
+        Path | None, typer.Option(help="Label map on the CT grid: per-label path lengths.")
+    ] = None,
+    sid_mm: Annotated[
+        float, typer.Option(help="Source to detector distance (mm) for custom views.")
+    ] = 1200.0,
+    sod_mm: Annotated[
+        float, typer.Option(help="Source to isocentre distance (mm) for custom views.")
+    ] = 800.0,
     size: Annotated[int, typer.Option(help="Detector rows = columns (pixels) for custom views.")] = 256,
     pixel_mm: Annotated[float, typer.Option(help="Detector pixel spacing (mm) for custom views.")] = 1.2,
-    step_mm: Annotated[float | None, typer.Option(help="Ray sample spacing (mm); default half a voxel.")] = None,
+    step_mm: Annotated[
+        float | None, typer.Option(help="Ray sample spacing (mm); default half a voxel.")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N] | mps")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
@@ -97,7 +107,9 @@ def drr(
         try:
             name, primary, secondary = parts[0], float(parts[1]), float(parts[2])
         except (IndexError, ValueError) as e:
-            raise typer.BadParameter(f"--view {v!r}: expected 'pa', 'lateral' or NAME:PRIMARY:SECONDARY") from e
+            raise typer.BadParameter(
+                f"--view {v!r}: expected 'pa', 'lateral' or NAME:PRIMARY:SECONDARY"
+            ) from e
         views.append(
             dict(name=name, primary_angle_deg=primary, secondary_angle_deg=secondary, sid_mm=sid_mm,
                  sod_mm=sod_mm, detector_rows=size, detector_cols=size, pixel_spacing_mm=[pixel_mm, pixel_mm])
@@ -120,7 +132,9 @@ def phantom(
     from xraycardiac.io import write_volume
     from xraycardiac.phantoms import ChestPhantomConfig, make_chest_phantom
 
-    ct, lab = make_chest_phantom(ChestPhantomConfig(shape_ijk=(size, size, size), spacing_mm=spacing_mm, seed=seed))
+    ct, lab = make_chest_phantom(
+        ChestPhantomConfig(shape_ijk=(size, size, size), spacing_mm=spacing_mm, seed=seed)
+    )
     out.mkdir(parents=True, exist_ok=True)
     typer.echo(write_volume(ct, out / "chest_ct.nrrd"))
     typer.echo(write_volume(lab, out / "chest_labels.nrrd"))
@@ -142,7 +156,9 @@ def geometry(dicom: Annotated[Path, typer.Argument(help="A DICOM XA/RF file.")])
 @app.command()
 def run(
     job: Annotated[Path, typer.Argument(help="A job.json (pipeline, inputs, params, output_dir).")],
-    subprocess: Annotated[bool, typer.Option(help="Run in a child process, as the Slicer module does.")] = False,
+    subprocess: Annotated[
+        bool, typer.Option(help="Run in a child process, as the Slicer module does.")
+    ] = False,
 ) -> None:
     """Run any job spec (the same code path as the Slicer modules)."""
     from xraycardiac.jobs import JobSpec

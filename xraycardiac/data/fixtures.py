@@ -378,3 +378,28 @@ def load_real_ct(
         meta={"source": source, "source_path": str(mask_path), "quantity": "label"},
     )
     return ct_vol, label_vol, read_structures(csv_path)
+
+
+# Coarse chest structures of the real CT, numbered like the chest phantom's LABELS where they exist.
+CHEST_GROUPS: dict[str, tuple[int, tuple[str, ...]]] = {
+    "lungs": (2, ("lung",)),
+    "heart": (3, ("heart",)),
+    "aorta": (4, ("aorta",)),
+    "spine": (5, ("vertebrae",)),
+    "ribs": (6, ("rib", "sternum", "costal_cartilages")),
+}
+
+
+def group_chest_labels(labels: Volume, label_names: dict[int, str]) -> tuple[Volume, dict[int, str]]:
+    """Merge the TotalSegmentator structures into the coarse groups of ``CHEST_GROUPS``.
+
+    Returns:
+        A uint8 label map on the same grid (0 = everything else) and its id -> group name.
+    """
+    out = np.zeros(labels.array.shape, dtype=np.uint8)
+    names: dict[int, str] = {}
+    for group, (value, prefixes) in CHEST_GROUPS.items():
+        ids = sorted({i for p in prefixes for i in label_ids(label_names, p)})
+        out[np.isin(labels.array, ids)] = value
+        names[value] = group
+    return Volume(out, labels.ijk_to_ras.copy(), meta={"labels": names}), names

@@ -77,7 +77,11 @@ def geometry_from_dicom(source: str | Path | pydicom.Dataset, frame_name: str = 
             "source": label,
             "table_top_mm": [
                 float(getattr(ds, k)) if getattr(ds, k, None) not in (None, "") else None
-                for k in ("TableTopLateralPosition", "TableTopLongitudinalPosition", "TableTopVerticalPosition")
+                for k in (
+                    "TableTopLateralPosition",
+                    "TableTopLongitudinalPosition",
+                    "TableTopVerticalPosition",
+                )
             ],
         },
     )

@@ -16,7 +16,7 @@ Outputs, per view ``<name>``: ``<name>.nrrd`` (the DRR, a K = 1 volume on the de
 with the detector pixel spacing; value = line integral of mu), ``<name>.png`` (preview, bone
 bright), ``<name>.geometry.json`` (the :class:`CArmGeometry` fields and its 3x4 projection
 matrix) and, with a label map, ``<name>.labels.nrrd`` (slice k = path length in mm through label
-``label_ids[k]``, listed in the NRRD's ``xraycardiac_label_ids`` and in the geometry JSON).
+``label_ids[k]``, listed in the NRRD's ``xraycardiac_label_ids`` and in the summary).
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def run_drr(spec: JobSpec, work_dir: Path, progress: Progress) -> dict[str, Any]
             stack = Volume(lengths, geometry.detector_ijk_to_ras(), meta={"label_ids": ids, "unit": "mm"})
             files["labels"] = f"{geometry.name}.labels.nrrd"
             write_volume(stack, work_dir / files["labels"])
-            record["label_ids"] = ids
+            files["label_ids"] = ids
         files["geometry"] = f"{geometry.name}.geometry.json"
         (work_dir / files["geometry"]).write_text(json.dumps(record, indent=2))
         summary["views"][geometry.name] = files
