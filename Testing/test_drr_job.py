@@ -40,7 +40,7 @@ def test_drr_job_writes_every_view(small_ct, tmp_path):
         JobSpec("drr", {"ct": str(ct_path), "labels": str(lab_path)}, {"views": VIEWS}, str(out))
     )
     assert set(summary["views"]) == {"PA", "LAO30"}
-    for name, files in summary["views"].items():
+    for files in summary["views"].values():
         img = read_volume(out / files["image"])
         record = json.loads((out / files["geometry"]).read_text())
         g = CArmGeometry.from_dict(record)
