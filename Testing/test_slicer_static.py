@@ -383,3 +383,22 @@ def test_qt_in_lib_is_caught(broken: Path, line: str) -> None:
     path.write_text(path.read_text(encoding="utf-8") + f"\n{line}\n", encoding="utf-8")
     problems = check_lib_has_no_qt(broken)
     assert len(problems) == 1, problems
+
+
+def test_slicer_requirements_match_the_library_dependencies():
+    """Slicer installs exactly what pyproject asks for, less torch (the PyTorch extension's)."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    wanted = sorted(d.replace(" ", "") for d in project if not d.startswith("torch"))
+    req = REPO / "XRayCardiacCommon" / "Resources" / "requirements.txt"
+    lines = [ln.strip() for ln in req.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    assert sorted(lines) == wanted, f"{req} differs from pyproject.toml: {sorted(set(lines) ^ set(wanted))}"
+
+
+def test_extension_bundles_the_core_library():
+    cmake = (REPO / "CMakeLists.txt").read_text()
+    assert "install(DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR}/xraycardiac" in cmake
+    for url_var in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        url = cmake.split(f"set({url_var} ")[1].split(")")[0].strip('"')
+        local = url.split("/main/")[1]
+        assert (REPO / local).is_file(), f"{url_var} points to {local}, which is not in the repository"

@@ -13,6 +13,7 @@ The MRML <-> ``xraycardiac`` helpers (no Qt) are in ``XRayCardiacCommonLib``.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -96,17 +97,23 @@ def _missingRequirements(requirements: list[str]) -> list[str]:
     return missing
 
 
-def ensurePythonDependencies(requirementsPath: str, requester: str) -> bool:
+# Third-party packages of the bundled ``xraycardiac`` library (the library itself ships inside the
+# extension; see the top-level CMakeLists.txt). Testing/test_slicer_static.py keeps this file equal
+# to pyproject.toml's dependencies less torch.
+REQUIREMENTS_PATH = os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
+
+
+def ensurePythonDependencies(requester: str, requirementsPath: str = REQUIREMENTS_PATH) -> bool:
     """Install what a module needs before its first run; asks the user before each installation.
 
     torch comes first, from the PyTorch extension (a plain pip install would pick a CUDA build that
-    may not match the driver); then the packages of ``requirementsPath`` (the ``xraycardiac``
-    library) with ``slicer.packaging.pip_ensure``, or ``slicer.util.pip_install`` on Slicer
+    may not match the driver); then the packages of ``requirementsPath`` (what the bundled
+    ``xraycardiac`` library imports) with ``slicer.packaging.pip_ensure``, or ``slicer.util.pip_install`` on Slicer
     versions that lack it.
 
     Args:
-        requirementsPath: a requirements.txt (one requirement per line).
         requester: module name shown in the confirmation dialog.
+        requirementsPath: a requirements.txt (one requirement per line).
 
     Returns:
         True when everything is installed; False when the user declined or installation failed

@@ -161,7 +161,7 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.simulateButton.toolTip = "Select an input CT volume."
 
     def onSimulateButton(self) -> None:
-        if not XRayCardiacCommon.ensurePythonDependencies(self.resourcePath("requirements.txt"), "XRayToCT"):
+        if not XRayCardiacCommon.ensurePythonDependencies("XRayToCT"):
             return
         try:
             run = self.logic.startSimulation(self._parameterNode)
