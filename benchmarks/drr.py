@@ -21,14 +21,17 @@ What is compared, and why it is fair:
   midpoints on its per-ray clip (box half a voxel wider than ours). diffdrr: ``n_points = N`` with
   per-ray ``alphamin/alphamax`` = the chord (its Trilinear default spreads N points over the union
   of all chords, fewer inside each ray; that default is also rendered once and its NCC printed).
-* Time: median wall time of one image over ``--repeats`` calls after one warm-up, each renderer in a
-  fresh subprocess with ``torch.set_num_threads(--threads)``; only the render call is timed.
+* Time: median wall time of one image over ``--repeats`` calls after one warm-up, with
+  ``torch.set_num_threads(--threads)``; only the render call is timed. Per view, one subprocess builds
+  every renderer's scene and calls them in turn, rotating the order each round, so a change in the
+  machine's load (it may be shared) hits all renderers alike.
 * Memory: peak RSS growth during rendering, from the kernel's RSS high-water mark (VmHWM, what
   ``resource.getrusage`` reports as ``ru_maxrss`` in a process that did not fork-exec from a bigger
   one). Each subprocess resets the mark (``/proc/self/clear_refs``) once its scene is built and reads
   it before and after the timed calls; the difference is the renderer's working memory (the shared
-  volume is excluded). Allocations under glibc's mmap threshold (<= 32 MB) that a renderer frees and
-  reuses count once; torch's profiler would count allocations, not resident memory.
+  volume is excluded); this runs separately, one fresh subprocess per renderer and view. Allocations
+  under glibc's mmap threshold (<= 32 MB) that a renderer frees and reuses count once; torch's
+  profiler would count allocations, not resident memory.
 * The machine may be shared: the 1-minute load average before and after the runs is printed, and
   the minimum time is shown next to the median.
 """
@@ -355,69 +358,81 @@ BUILDERS = {
 }
 
 
-def worker(renderer: str, view: str, work: Path, n: int, repeats: int, threads: int) -> None:
-    """Build one renderer's scene, time it, and write its image and a JSON record into ``work``."""
+def time_worker(renderers: list[str], view: str, work: Path, n: int, repeats: int, threads: int) -> None:
+    """Build every renderer's scene in this process and time them interleaved, one call each per round.
+
+    Round 0 is the warm-up. The order rotates every round, so a change of the machine's load during
+    the run is shared by all renderers instead of falling on whichever ran last. Writes each image,
+    the times and the geometry checks into ``work``.
+    """
     import gc
 
     import torch
 
     torch.set_num_threads(threads)
     with torch.no_grad():
-        call, info = BUILDERS[renderer](work, view, n, threads)
-        extra = info.pop("extra", None)
+        built = {r: BUILDERS[r](work, view, n, threads) for r in renderers}
+        gc.collect()
+        times: dict[str, list[float]] = {r: [] for r in renderers}
+        imgs: dict[str, np.ndarray] = {}
+        for i in range(repeats + 1):
+            k = i % len(renderers)
+            for r in renderers[k:] + renderers[:k]:
+                t = time.perf_counter()
+                imgs[r] = built[r][0]()
+                if i > 0:
+                    times[r].append(time.perf_counter() - t)
+        for r in renderers:
+            info = dict(built[r][1])
+            extra = info.pop("extra", None)
+            for key, value in (extra() if extra is not None else {}).items():
+                np.save(work / f"img_{view}_{r}_{key}.npy", np.asarray(value, dtype=np.float32))
+            np.save(work / f"img_{view}_{r}.npy", np.asarray(imgs[r], dtype=np.float32))
+            record = {"times_s": times[r], "threads": torch.get_num_threads(), **info}
+            (work / f"rec_{view}_{r}.json").write_text(json.dumps(record))
+
+
+def memory_worker(renderer: str, view: str, work: Path, n: int, threads: int) -> None:
+    """Peak RSS growth of one renderer over two calls, alone in a fresh process, into ``work``."""
+    import gc
+
+    import torch
+
+    torch.set_num_threads(threads)
+    with torch.no_grad():
+        call, _ = BUILDERS[renderer](work, view, n, threads)
         gc.collect()
         reset = _reset_peak_rss()
         base = _peak_rss_mb()
-        times = []
-        for i in range(repeats + 1):
-            t = time.perf_counter()
-            img = call()
-            dt = time.perf_counter() - t
-            if i > 0:  # the first call is the warm-up
-                times.append(dt)
+        for _ in range(2):
+            call()
         peak = _peak_rss_mb()
-        extras = extra() if extra is not None else {}
-    np.save(work / f"img_{view}_{renderer}.npy", np.asarray(img, dtype=np.float32))
-    for key, value in extras.items():
-        np.save(work / f"img_{view}_{renderer}_{key}.npy", np.asarray(value, dtype=np.float32))
-    record = {
-        "times_s": times,
-        "peak_mb": peak - base,
-        "process_peak_mb": peak,
-        "hwm_reset": reset,
-        "threads": torch.get_num_threads(),
-        **info,
-    }
-    (work / f"rec_{view}_{renderer}.json").write_text(json.dumps(record))
+    record = {"peak_mb": peak - base, "process_peak_mb": peak, "hwm_reset": reset}
+    (work / f"mem_{view}_{renderer}.json").write_text(json.dumps(record))
 
 
 # ---- parent: set up, run workers, print the table --------------------------------------------------------
 
 
-def _run_worker(args: argparse.Namespace, renderer: str, view: str, work: Path) -> dict:
+def _run_worker(
+    args: argparse.Namespace, mode: str, renderers: list[str], view: str, work: Path
+) -> str | None:
+    """Run a worker subprocess; returns None, or the last line of its error output."""
     cmd = [
         sys.executable,
         str(Path(__file__).resolve()),
         "--worker",
-        renderer,
-        "--view",
-        view,
-        "--work",
-        str(work),
+        mode,
+        "--renderers",
+        ",".join(renderers),
     ]
-    cmd += [
-        "--n-samples",
-        str(args.n_samples),
-        "--repeats",
-        str(args.repeats),
-        "--threads",
-        str(args.threads),
-    ]
+    cmd += ["--view", view, "--work", str(work), "--n-samples", str(args.n_samples)]
+    cmd += ["--repeats", str(args.repeats), "--threads", str(args.threads)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if res.returncode != 0:
-        return {"error": (res.stderr.strip().splitlines() or ["?"])[-1]}
-    return json.loads((work / f"rec_{view}_{renderer}.json").read_text())
+        return (res.stderr.strip().splitlines() or ["?"])[-1]
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -436,8 +451,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--view", default=None, help=argparse.SUPPRESS)
     p.add_argument("--work", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.worker is not None:
-        worker(args.worker, args.view, Path(args.work), args.n_samples, args.repeats, args.threads)
+    if args.worker == "time":
+        renderers = args.renderers.split(",")
+        time_worker(renderers, args.view, Path(args.work), args.n_samples, args.repeats, args.threads)
+        return 0
+    if args.worker == "memory":
+        memory_worker(args.renderers, args.view, Path(args.work), args.n_samples, args.threads)
         return 0
     if args.n_samples < 2:
         raise ValueError(f"--n-samples: expected >= 2, got {args.n_samples}")
@@ -494,18 +513,33 @@ def main(argv: list[str] | None = None) -> int:
         for view, (mx, step) in chords.items():
             print(f"  view {view}: longest chord {mx:.1f} mm -> our step_mm = {step:.4f}")
         print(
-            f"  time: median (and min) of {args.repeats} calls after 1 warm-up, one fresh subprocess per renderer"
+            f"  time: median (and min) of {args.repeats} calls after 1 warm-up round; per view all renderers "
+            "share one subprocess and are called in turn (rotating order)"
         )
         print(
-            "  memory: peak RSS growth while rendering (VmHWM = ru_maxrss, reset via clear_refs after set-up)"
+            "  memory: peak RSS growth over 2 calls, each renderer alone in a fresh subprocess "
+            "(VmHWM = ru_maxrss, reset via clear_refs after set-up)"
         )
         print(f"  set-up {time.perf_counter() - t0:.1f} s\n")
 
         load0 = os.getloadavg()[0]
         records: dict[tuple[str, str], dict] = {}
         for view in views:
+            err = _run_worker(args, "time", renderers, view, work)
             for r in renderers:
-                records[view, r] = _run_worker(args, r, view, work)
+                rec_file = work / f"rec_{view}_{r}.json"
+                records[view, r] = json.loads(rec_file.read_text()) if err is None else {"error": err}
+        for view in views:
+            for r in renderers:
+                if "error" in records[view, r]:
+                    continue
+                err = _run_worker(args, "memory", [r], view, work)
+                mem = (
+                    {"peak_mb": float("nan")}
+                    if err
+                    else json.loads((work / f"mem_{view}_{r}.json").read_text())
+                )
+                records[view, r].update(mem)
         load1 = os.getloadavg()[0]
         if args.save_dir:
             out = Path(args.save_dir)

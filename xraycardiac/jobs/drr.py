@@ -102,17 +102,31 @@ def run_drr(spec: JobSpec, work_dir: Path, progress: Progress) -> dict[str, Any]
         raise ValueError(f"drr: view names must be unique, got {names}")
 
     summary: dict[str, Any] = {"views": {}, "device": str(device), "xraycardiac_version": __version__}
+    parts = len(geometries) * (2 if labels is not None else 1)  # progress: one part per rendering
+
+    def within(stage: str, part: int, name: str):
+        return lambda f: progress(stage, (part + f) / parts, view=name)
+
     for n, geometry in enumerate(geometries):
-        progress(f"rendering {geometry.name}", n / len(geometries), view=geometry.name)
-        drr = render_drr(ct, geometry, config, device=str(device))
+        part = n * parts // len(geometries)
+        progress(f"rendering {geometry.name}", part / parts, view=geometry.name)
+        drr = render_drr(
+            ct, geometry, config, str(device), within(f"rendering {geometry.name}", part, geometry.name)
+        )
         drr.meta.update({"source_ct": Path(spec.inputs["ct"]).name, "xraycardiac_version": __version__})
         files = {"image": f"{geometry.name}.nrrd", "png": f"{geometry.name}.png"}
         write_volume(drr, work_dir / files["image"])
         write_png(drr.array[0], work_dir / files["png"], window=_png_window(drr.array[0]))
         record = geometry.to_dict()
         if labels is not None:
-            progress(f"projecting labels {geometry.name}", (n + 0.5) / len(geometries), view=geometry.name)
-            lengths, ids = project_labels(labels, geometry, config=config, device=str(device))
+            stage = f"projecting labels {geometry.name}"
+            lengths, ids = project_labels(
+                labels,
+                geometry,
+                config=config,
+                device=str(device),
+                progress=within(stage, part + 1, geometry.name),
+            )
             from xraycardiac.volume import Volume
 
             stack = Volume(lengths, geometry.detector_ijk_to_ras(), meta={"label_ids": ids, "unit": "mm"})

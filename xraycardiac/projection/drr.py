@@ -19,7 +19,7 @@ intensity would be ``exp(-value)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,6 +128,7 @@ def ray_integrals(
     geometry: CArmGeometry,
     step_mm: float,
     max_samples_per_chunk: int = 8_000_000,
+    progress: Callable[[float], None] | None = None,
 ) -> torch.Tensor:
     """Line integrals through a multi-channel volume for every detector pixel (trilinear sampling).
 
@@ -137,6 +138,7 @@ def ray_integrals(
         geometry: the C-arm view.
         step_mm: sample spacing along each ray in mm.
         max_samples_per_chunk: memory bound.
+        progress: called with the fraction of rays done after each chunk.
 
     Returns:
         (C, rows, cols) tensor: integral of each channel along the ray, in channel units x mm.
@@ -149,6 +151,8 @@ def ray_integrals(
                                    max_samples_per_chunk, channels.device, channels.dtype):  # fmt: skip
         samples = F.grid_sample(vol, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         out[:, sl] = samples[0, :, 0].sum(dim=-1) * w[None, :]
+        if progress is not None:
+            progress(sl.stop / out.shape[1])
     return out.reshape(c, geometry.detector_rows, geometry.detector_cols)
 
 
@@ -177,7 +181,11 @@ def _default_step(volume: Volume, config: DRRConfig) -> float:
 
 
 def render_drr(
-    ct: Volume, geometry: CArmGeometry, config: DRRConfig = DRRConfig(), device: str = "cpu"
+    ct: Volume,
+    geometry: CArmGeometry,
+    config: DRRConfig = DRRConfig(),
+    device: str = "cpu",
+    progress: Callable[[float], None] | None = None,
 ) -> Volume:
     """Render the DRR of a CT (HU) for one C-arm view.
 
@@ -186,6 +194,7 @@ def render_drr(
         geometry: the view.
         config: ray sampling and attenuation.
         device: torch device string.
+        progress: called with the fraction of rays done, chunk by chunk.
 
     Returns:
         A K = 1 volume of shape (1, rows, cols) holding the line integral of mu, placed on the
@@ -211,6 +220,7 @@ def project_labels(
     label_ids: list[int] | None = None,
     config: DRRConfig = DRRConfig(),
     device: str = "cpu",
+    progress: Callable[[float], None] | None = None,
 ) -> tuple[np.ndarray, list[int]]:
     """Per-label path length (mm) through a label map for one view.
 
@@ -222,6 +232,7 @@ def project_labels(
         labels: integer label map (K, J, I).
         geometry: the view.
         label_ids: labels to project; default all non-zero labels present. Others count as background.
+        progress: called with the fraction of rays done, chunk by chunk.
 
     Returns:
         ``(lengths, ids)``: (L, rows, cols) float32 path lengths in mm and the L label ids.
@@ -246,6 +257,8 @@ def project_labels(
         idx = F.grid_sample(vol, grid, mode="nearest", padding_mode="zeros", align_corners=True)[0, 0, 0]
         idx = idx.round().long().T  # (n, r)
         out[:, sl] = out[:, sl].scatter_add(0, idx, w[None, :].expand_as(idx).contiguous())
+        if progress is not None:
+            progress(sl.stop / n_rays)
     lengths = out[1:].reshape(len(ids), geometry.detector_rows, geometry.detector_cols)
     return lengths.cpu().numpy().astype(np.float32), ids
 
