@@ -204,9 +204,8 @@ def render_drr(
     require_3d(ct, "ct")
     mu, ijk_to_ras = _crop_to_support(hu_to_mu(ct.array, config.mu_water_per_mm), ct.ijk_to_ras)
     mu_t = torch.as_tensor(np.ascontiguousarray(mu), dtype=torch.float32, device=device)
-    img = ray_integrals(
-        mu_t[None], ijk_to_ras, geometry, _default_step(ct, config), config.max_samples_per_chunk
-    )
+    step = _default_step(ct, config)
+    img = ray_integrals(mu_t[None], ijk_to_ras, geometry, step, config.max_samples_per_chunk, progress)
     return Volume(
         array=img.cpu().numpy().astype(np.float32),
         ijk_to_ras=geometry.detector_ijk_to_ras(),
