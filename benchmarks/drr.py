@@ -133,22 +133,15 @@ def rays(
 
 
 def support_box(mu: np.ndarray, ijk_to_ras: np.ndarray) -> tuple[tuple[int, int, int], np.ndarray]:
-    """Shape and affine of the bounding box of mu > 0 grown by one voxel.
+    """Shape and affine of the grid ``render_drr`` really marches: its crop to mu > 0 (+1 voxel).
 
-    ``render_drr`` crops its volume this way before marching (zero adds nothing to the integral), so
-    at a given step its rays can carry fewer samples than ``ray_integrals`` on the full grid; the
-    table reports the count it really uses.
+    At a given step the cropped rays can carry fewer samples than ``ray_integrals`` on the full
+    grid; the table reports the count it really uses.
     """
-    box = []
-    for axis in range(3):
-        hit = np.nonzero((mu > 0).any(axis=tuple(a for a in range(3) if a != axis)))[0]
-        if hit.size == 0:
-            return mu.shape, ijk_to_ras
-        box.append((max(int(hit[0]) - 1, 0), min(int(hit[-1]) + 2, mu.shape[axis])))
-    (k0, k1), (j0, j1), (i0, i1) = box
-    m = ijk_to_ras.copy()
-    m[:3, 3] = ijk_to_ras[:3, :3] @ np.array([i0, j0, k0], dtype=np.float64) + ijk_to_ras[:3, 3]
-    return (k1 - k0, j1 - j0, i1 - i0), m
+    from xraycardiac.projection.drr import _support_box
+
+    box, affine = _support_box(mu > 0, ijk_to_ras)
+    return mu[box].shape, affine
 
 
 def ncc(a: np.ndarray, b: np.ndarray) -> float:

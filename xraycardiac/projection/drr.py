@@ -40,12 +40,12 @@ class DRRConfig:
     Attributes:
         step_mm: distance between samples along a ray; None = half the smallest voxel spacing.
         mu_water_per_mm: attenuation of water used to turn HU into mu.
-        max_samples_per_chunk: bound on ray samples held in memory at once (x 12 bytes x channels).
+        max_samples_per_chunk: bound on ray samples held in memory at once (x 12 bytes + 4 x channels).
     """
 
     step_mm: float | None = None
     mu_water_per_mm: float = MU_WATER_PER_MM
-    max_samples_per_chunk: int = 8_000_000
+    max_samples_per_chunk: int = 2_000_000
 
     def __post_init__(self) -> None:
         if self.step_mm is not None and not (math.isfinite(self.step_mm) and self.step_mm > 0):
@@ -119,7 +119,26 @@ def _ray_chunks(
         sl = slice(start, min(start + chunk, rows * cols))
         t = tn_t[sl, None] + dt_t[sl, None] * frac[None, :]  # (r, n)
         grid = torch.addcmul(s_t[None, None, :], t[..., None], d_t[sl, None, :])  # (r, n, 3)
-        yield sl, grid[None, None], w_t[sl]
+        yield sl, grid, w_t[sl]
+
+
+def _sample_rays(volume: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:
+    """``grid_sample`` of a (C, K, J, I) volume at (r, n, 3) normalised points -> (C, r, n).
+
+    PyTorch's CPU 3D ``grid_sample`` parallelises over the batch dimension only, so on the CPU the
+    rays are split into one batch entry per thread over an expanded (not copied) volume; this
+    alone makes rendering ~1.7x faster on 2 cores (benchmarks/drr.py).
+    """
+    r, n, _ = grid.shape
+    b = max(1, min(torch.get_num_threads(), r)) if grid.device.type == "cpu" else 1
+    per = -(-r // b)  # ceil
+    if per * b != r:
+        grid = torch.cat([grid, grid.new_zeros((per * b - r, n, 3))])
+    vol = volume[None].expand(b, *volume.shape)
+    out = F.grid_sample(
+        vol, grid.reshape(b, 1, per, n, 3), mode=mode, padding_mode="zeros", align_corners=True
+    )
+    return out[:, :, 0].permute(1, 0, 2, 3).reshape(volume.shape[0], per * b, n)[:, :r]
 
 
 def ray_integrals(
@@ -127,7 +146,7 @@ def ray_integrals(
     ijk_to_ras: np.ndarray,
     geometry: CArmGeometry,
     step_mm: float,
-    max_samples_per_chunk: int = 8_000_000,
+    max_samples_per_chunk: int = 2_000_000,
     progress: Callable[[float], None] | None = None,
 ) -> torch.Tensor:
     """Line integrals through a multi-channel volume for every detector pixel (trilinear sampling).
@@ -146,33 +165,31 @@ def ray_integrals(
     c = channels.shape[0]
     out = torch.empty((c, geometry.detector_rows * geometry.detector_cols), dtype=channels.dtype,
                       device=channels.device)  # fmt: skip
-    vol = channels[None]
     for sl, grid, w in _ray_chunks(tuple(channels.shape[1:]), ijk_to_ras, geometry, step_mm,
                                    max_samples_per_chunk, channels.device, channels.dtype):  # fmt: skip
-        samples = F.grid_sample(vol, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        out[:, sl] = samples[0, :, 0].sum(dim=-1) * w[None, :]
+        out[:, sl] = _sample_rays(channels, grid, "bilinear").sum(dim=-1) * w[None, :]
         if progress is not None:
             progress(sl.stop / out.shape[1])
     return out.reshape(c, geometry.detector_rows, geometry.detector_cols)
 
 
-def _crop_to_support(array: np.ndarray, ijk_to_ras: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Crop a volume to the bounding box of its non-zero voxels (+1 voxel), adjusting the affine.
+def _support_box(nonzero: np.ndarray, ijk_to_ras: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray]:
+    """Bounding box (+1 voxel) of the True voxels of a (K, J, I) mask, and the cropped grid's affine.
 
-    Zero voxels add nothing to a line integral, and zero is also what the sampler reads outside
-    the box, so the integral is unchanged while rays get shorter (empty-space skipping).
+    Voxels outside the box add nothing to a line integral, and zero is also what the sampler reads
+    outside a volume, so cropping leaves integrals unchanged while rays get shorter
+    (empty-space skipping).
     """
-    if not array.any():
-        return array, ijk_to_ras
+    if not nonzero.any():
+        return (slice(None),) * 3, ijk_to_ras
     box = []
     for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hit = np.nonzero(array.any(axis=other))[0]
-        box.append((max(int(hit[0]) - 1, 0), min(int(hit[-1]) + 2, array.shape[axis])))
-    (k0, k1), (j0, j1), (i0, i1) = box
+        hit = np.flatnonzero(nonzero.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append(slice(max(int(hit[0]) - 1, 0), min(int(hit[-1]) + 2, nonzero.shape[axis])))
     m = ijk_to_ras.copy()
-    m[:3, 3] = ijk_to_ras[:3, :3] @ np.array([i0, j0, k0], dtype=np.float64) + ijk_to_ras[:3, 3]
-    return array[k0:k1, j0:j1, i0:i1], m
+    m[:3, 3] = ijk_to_ras[:3, :3] @ np.array([box[2].start, box[1].start, box[0].start], dtype=np.float64)
+    m[:3, 3] += ijk_to_ras[:3, 3]
+    return tuple(box), m
 
 
 def _default_step(volume: Volume, config: DRRConfig) -> float:
@@ -202,8 +219,11 @@ def render_drr(
         geometry in ``meta``.
     """
     require_3d(ct, "ct")
-    mu, ijk_to_ras = _crop_to_support(hu_to_mu(ct.array, config.mu_water_per_mm), ct.ijk_to_ras)
-    mu_t = torch.as_tensor(np.ascontiguousarray(mu), dtype=torch.float32, device=device)
+    box, ijk_to_ras = _support_box(np.asarray(ct.array) > -1000.0, ct.ijk_to_ras)  # mu > 0 <=> HU > -1000
+    mu_t = torch.tensor(ct.array[box], dtype=torch.float32, device=device)
+    mu_t.mul_(config.mu_water_per_mm / 1000.0).add_(config.mu_water_per_mm).clamp_(
+        min=0.0
+    )  # hu_to_mu in place
     step = _default_step(ct, config)
     img = ray_integrals(mu_t[None], ijk_to_ras, geometry, step, config.max_samples_per_chunk, progress)
     return Volume(
@@ -247,14 +267,14 @@ def project_labels(
     channel = np.zeros(arr.shape, dtype=np.float32)
     for n, label in enumerate(ids, start=1):
         channel[arr == label] = n
-    channel, ijk_to_ras = _crop_to_support(channel, labels.ijk_to_ras)
-    vol = torch.as_tensor(np.ascontiguousarray(channel), device=device)[None, None]
+    box, ijk_to_ras = _support_box(channel > 0, labels.ijk_to_ras)
+    channel = channel[box]
+    vol = torch.as_tensor(np.ascontiguousarray(channel), device=device)[None]
     n_rays = geometry.detector_rows * geometry.detector_cols
     out = torch.zeros((len(ids) + 1, n_rays), dtype=torch.float32, device=device)
     for sl, grid, w in _ray_chunks(tuple(channel.shape), ijk_to_ras, geometry, _default_step(labels, config),
                                    config.max_samples_per_chunk, device):  # fmt: skip
-        idx = F.grid_sample(vol, grid, mode="nearest", padding_mode="zeros", align_corners=True)[0, 0, 0]
-        idx = idx.round().long().T  # (n, r)
+        idx = _sample_rays(vol, grid, "nearest")[0].round().long().T  # (n, r)
         out[:, sl] = out[:, sl].scatter_add(0, idx, w[None, :].expand_as(idx).contiguous())
         if progress is not None:
             progress(sl.stop / n_rays)
