@@ -5,3 +5,8 @@ from __future__ import annotations
 from xraycardiac.phantoms.chest import HU, LABELS, ChestPhantomConfig, make_chest_phantom, write_phantom_pair
 
 __all__ = ["HU", "LABELS", "ChestPhantomConfig", "make_chest_phantom", "write_phantom_pair"]
+
+# Coronary trees on the chest phantom's heart (procedural, exact ground truth).
+from xraycardiac.phantoms.coronary import CoronaryPhantomConfig, HeartEllipsoid, make_coronary_tree  # noqa: E402
+
+__all__ += ["CoronaryPhantomConfig", "HeartEllipsoid", "make_coronary_tree"]
