@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from xraycardiac.demo import DEMO_VIEWS, run_demo
 from xraycardiac.io import read_volume
@@ -15,7 +16,7 @@ def test_demo_writes_report_and_every_view(tmp_path):
     report = run_demo(tmp_path / "demo", device="cpu")
     html = report.read_text()
     images = re.findall(r"<img src='([^']+)'", html)
-    assert len(images) == 2 * (1 + len(DEMO_VIEWS)), f"report shows {len(images)} images"
+    assert len(images) == 2 * (1 + len(DEMO_VIEWS)) + 3, f"report shows {len(images)} images"
     for rel in images:
         assert (report.parent / rel).is_file(), f"report links a missing image {rel}"
     for case in ("real_chest_ct", "chest_phantom"):
@@ -27,6 +28,21 @@ def test_demo_writes_report_and_every_view(tmp_path):
             assert lengths.array[heart].max() > 50.0, (
                 f"{case}: heart path length {lengths.array[heart].max()} mm"
             )
+    # coronary section: a view pair whose stored geometry reproduces the tree's projection in the mask
+    from xraycardiac.coronary import CoronaryTree
+    from xraycardiac.geometry import CArmGeometry
+
+    cor = report.parent / "coronary"
+    tree = CoronaryTree.load_json(cor / "tree.json")
+    for n in (1, 2):
+        g = CArmGeometry.load_json(cor / f"view{n}.geometry.json")
+        mask = np.asarray(Image.open(cor / f"mask{n}.png")) > 127
+        uv = np.round(g.project(tree.points[tree.tree == 0])).astype(int)
+        ok = (uv[:, 0] >= 0) & (uv[:, 0] < g.detector_cols) & (uv[:, 1] >= 0) & (uv[:, 1] < g.detector_rows)
+        hit = mask[uv[ok, 1], uv[ok, 0]].mean()
+        assert ok.mean() > 0.5 and hit > 0.99, (
+            f"view {n}: {ok.mean():.2f} of the tree in field, {hit:.3f} on the mask"
+        )
     # the PA view is radiological: the heart (patient's left) projects right of the image centre
     pa = read_volume(report.parent / "real_chest_ct_drr" / "PA.labels.nrrd")
     heart = pa.array[pa.meta["label_ids"].index(3)]
