@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
+from xraycardiac.coronary.cli import app as coronary_app
 from xraycardiac.models.cli import app as models_app
 
 app = typer.Typer(
@@ -21,6 +22,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(models_app, name="models", help="List, import and export model weights (sha256 checked).")
+app.add_typer(
+    coronary_app, name="coronary", help="Synthetic coronary angiography data (trees, view pairs, matches)."
+)
 
 
 def _run_with_progress(spec: Any, subprocess: bool = False) -> dict:

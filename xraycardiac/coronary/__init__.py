@@ -1,44 +1,45 @@
 """Coronary angiography engine (Zhao et al. 2025): centreline trees, views, projections, correspondences.
 
-Each module's public names are imported below, one import line per module, and listed in ``__all__``.
+The public names are loaded on first use (PEP 562), so ``xraycardiac.coronary.cli`` and the command
+line start without importing torch.
 """
 
 from __future__ import annotations
 
-from xraycardiac.coronary.correspondences import (
-    GTMatches,
-    Keypoints3D,
-    ground_truth_matches,
-    sample_keypoints,
-)
-from xraycardiac.coronary.projection import OutsideFieldOfViewError, VesselProjection, project_vessels
-from xraycardiac.coronary.render_physics import PhysicsRendererConfig, contrast_to_noise, render_angiogram
-from xraycardiac.coronary.tree import CoronaryTree
-from xraycardiac.coronary.views import (
-    LCA_VIEWS,
-    RCA_VIEWS,
-    ViewSamplingConfig,
-    angle_between_views,
-    check_view_pair,
-    sample_view_pair,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "LCA_VIEWS",
-    "RCA_VIEWS",
-    "CoronaryTree",
-    "GTMatches",
-    "Keypoints3D",
-    "OutsideFieldOfViewError",
-    "PhysicsRendererConfig",
-    "VesselProjection",
-    "ViewSamplingConfig",
-    "angle_between_views",
-    "check_view_pair",
-    "contrast_to_noise",
-    "ground_truth_matches",
-    "project_vessels",
-    "render_angiogram",
-    "sample_keypoints",
-    "sample_view_pair",
-]
+_EXPORTS = {
+    "CoronaryTree": "tree",
+    "GTMatches": "correspondences",
+    "Keypoints3D": "correspondences",
+    "ground_truth_matches": "correspondences",
+    "sample_keypoints": "correspondences",
+    "OutsideFieldOfViewError": "projection",
+    "VesselProjection": "projection",
+    "project_vessels": "projection",
+    "PhysicsRendererConfig": "render_physics",
+    "contrast_to_noise": "render_physics",
+    "render_angiogram": "render_physics",
+    "LCA_VIEWS": "views",
+    "RCA_VIEWS": "views",
+    "ViewSamplingConfig": "views",
+    "angle_between_views": "views",
+    "check_view_pair": "views",
+    "sample_view_pair": "views",
+    "CoronaryPairDataset": "dataset",
+    "collate_pairs": "dataset",
+    "list_samples": "dataset",
+    "labelmap_surface": "from_labelmap",
+    "tree_from_labelmap": "from_labelmap",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'xraycardiac.coronary' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"xraycardiac.coronary.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value

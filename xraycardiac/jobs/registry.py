@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 PIPELINE_MODULES: tuple[str, ...] = (
     "xraycardiac.jobs.selftest",
     "xraycardiac.jobs.drr",
+    "xraycardiac.jobs.coronary_synth",
 )
 
 EventSink = Callable[[dict[str, Any]], None]

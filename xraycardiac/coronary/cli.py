@@ -1,0 +1,135 @@
+"""``xraycardiac coronary ...``: the synthetic coronary angiography commands.
+
+``synth`` writes view pairs straight into ``--out`` (one atomic sample folder at a time) through
+:func:`xraycardiac.jobs.coronary_synth.synthesize`, the function the ``coronary-synth`` job runs
+for the GUI, so rerunning a killed command resumes it and ``--shard i/N`` runs may share one
+folder. Heavy imports (torch, the coronary engine) happen inside the command, so ``--help`` is quick.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    help="Synthetic coronary angiography: view pairs with ground-truth correspondences (research use only).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+# SynthConfig field -> the option that sets it (where the names differ)
+_OPTION_OF = {"image_size": "--size", "pixel_spacing_mm": "--pixel-mm"}
+
+
+@app.callback()
+def _coronary() -> None:
+    """Synthetic coronary angiography: view pairs with ground-truth correspondences (research use only)."""
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="Dataset folder (created; an existing one is continued).")],
+    trees: Annotated[
+        int, typer.Option(min=1, max=99_999, help="Number of coronary trees (indices 0..N-1).")
+    ] = 10,
+    pairs_per_tree: Annotated[int, typer.Option(min=1, max=100, help="View pairs per tree.")] = 4,
+    renderer: Annotated[
+        str, typer.Option(help="physics | diffusion (diffusion: not available yet).")
+    ] = "physics",
+    shard: Annotated[str, typer.Option(help="i/N: make the trees t with t % N == i (0 <= i < N).")] = "0/1",
+    seed: Annotated[int, typer.Option(min=0, help="Base seed: tree t uses seed + t.")] = 0,
+    size: Annotated[
+        int | None, typer.Option(min=8, max=8192, help="Detector rows = columns in pixels (default 512).")
+    ] = None,
+    pixel_mm: Annotated[
+        float | None,
+        typer.Option(
+            min=0.01,
+            help="Detector pixel size (mm) (default 0.3-0.4 mm x 512 / size: the field of view of 512 pixels).",
+        ),
+    ] = None,
+    keypoint_spacing_mm: Annotated[
+        float, typer.Option(min=0.1, help="Arc-length spacing of the centreline keypoints (mm).")
+    ] = 5.0,
+    overlap_px: Annotated[
+        float, typer.Option(min=0.0, help="Overlap radius of the ambiguity flags (pixels).")
+    ] = 3.0,
+    injection: Annotated[
+        str, typer.Option(help="alternate (LCA for even trees, RCA for odd) | left | right | both.")
+    ] = "alternate",
+    voxel_mm: Annotated[
+        float | None,
+        typer.Option(
+            min=0.05, help="Tube voxel size (mm) (default: the pixel size at the isocentre, within 0.25-0.5)."
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option(help="Projection device: cpu | cuda[:N] | auto.")] = "cpu",
+    resume: Annotated[
+        bool, typer.Option(help="Keep this shard's samples already in --out and make the rest.")
+    ] = True,
+) -> None:
+    """Synthesize coronary angiogram view pairs (images, masks, thickness, geometry, GT matches) into --out."""
+    from xraycardiac.jobs.coronary_synth import SynthConfig, check_renderer, parse_shard
+
+    try:
+        check_renderer(renderer)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--renderer") from e
+    try:
+        shard_ij = parse_shard(shard)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--shard") from e
+    if device == "auto":
+        from xraycardiac.runtime import select_device
+
+        device = str(select_device("auto"))
+    try:
+        config = SynthConfig(
+            trees=trees, pairs_per_tree=pairs_per_tree, renderer=renderer, seed=seed, injection=injection,
+            image_size=size, pixel_spacing_mm=pixel_mm, keypoint_spacing_mm=keypoint_spacing_mm,
+            overlap_px=overlap_px, voxel_mm=voxel_mm, device=device,
+        )  # fmt: skip
+    except ValueError as e:
+        name = str(e).split(":", 1)[0]
+        option = _OPTION_OF.get(name, f"--{name.replace('_', '-')}")
+        raise typer.BadParameter(str(e), param_hint=option) from e
+    summary = _synthesize_with_progress(config, out, shard_ij, resume)
+    typer.echo(
+        f"shard {summary['shard']}: {summary['written']} pair(s) written, {summary['resumed']} already there, "
+        f"{summary['skipped']} skipped (outside the field of view) in {summary['seconds']:.1f} s; "
+        f"{out} holds {summary['counts']['samples']} sample(s) of {summary['counts']['trees']} tree(s)"
+    )
+    for s in summary["skipped_pairs"]:
+        typer.echo(f"  skipped {s['sample']}: {s['reason']}")
+
+
+def _synthesize_with_progress(config: Any, out: Path, shard: tuple[int, int], resume: bool) -> dict:
+    """Run ``synthesize`` under a rich progress bar; known errors print one line and exit 1."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from xraycardiac.jobs.coronary_synth import synthesize
+    from xraycardiac.jobs.registry import Progress as Reporter
+
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(), TimeRemainingColumn(),
+    ) as bar:  # fmt: skip
+        task = bar.add_task("coronary synth", total=1.0)
+
+        def on_event(event: dict) -> None:
+            if event.get("event") == "progress":
+                bar.update(task, completed=event["progress"], description=event["stage"])
+
+        try:
+            return synthesize(config, out, shard=shard, resume=resume, progress=Reporter(on_event))
+        except (ValueError, FileExistsError, FileNotFoundError) as e:
+            bar.console.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(1) from e
+        except KeyboardInterrupt:
+            bar.console.print(
+                f"interrupted; the samples written so far are kept: rerun the same command to resume {out}"
+            )
+            raise typer.Exit(130) from None

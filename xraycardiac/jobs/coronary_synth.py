@@ -1,0 +1,626 @@
+"""Pipeline ``coronary-synth``: synthetic coronary angiogram view pairs with ground-truth correspondences.
+
+Zhao et al. 2025, Fig. 1: procedural coronary tree -> two clinically used C-arm views -> vessel
+masks and path-length maps -> rendered angiograms -> ground-truth keypoint matches. For each tree
+t of this shard: ``make_coronary_tree(seed + t)``; for each pair k: ``sample_view_pair`` centred on
+the centroid of the opacified tree (see below), ``project_vessels`` of the
+opacified tree in both views, ``ground_truth_matches``, two physics renderings, and
+``write_sample`` (format: :mod:`xraycardiac.coronary.dataset`).
+
+Injection: an angiogram shows one selectively injected coronary tree, so by default
+("alternate") even trees give left-coronary pairs (LCA views, LCA opacified) and odd trees
+right-coronary pairs; "left" / "right" fix the side; "both" opacifies both trees (LCA views for
+even trees, RCA views for odd ones).
+
+Randomness: pair (t, k) draws everything from ``SeedSequence([seed, t, k])`` (split into views,
+background, view-1 and view-2 rendering), never from a shared stream, so a pair's bytes do not
+depend on which other pairs ran before it: that is what makes resuming and sharding exact. Both
+views of a pair get the same background generator state, hence the same patient anatomy (spine,
+ribs, lungs, heart) seen from the two angles, while each view draws its own exposure, contrast
+concentration and noise (two acquisitions, two injections).
+
+Isocentre: the operator centres the C-arm on the injected artery, so the nominal isocentre (before
+the view sampler's jitter) is the centroid of the opacified tree's centreline. Measured on 12
+phantom trees x 4 pairs at the default 512 x 512 detector: 98 % of the keypoints fall in the
+field on average (worst view pair 90 %), against 96 % (worst 74 %) with the heart ellipsoid's
+centre, which the opacified tree covers only on one side.
+
+Resumable and sharded: :func:`synthesize` writes into one dataset folder, one atomic sample at a
+time, and skips samples whose folder exists; shard "i/N" takes the trees t with t % N == i. The
+CLI (``xraycardiac coronary synth --out DIR``) calls it directly on DIR, so a killed or preempted
+run continues where it stopped when rerun, and N shards may share DIR. The registered job (GUI)
+calls the same function: into its fresh work folder (the dataset then appears at ``output_dir``
+whole, when the job succeeds), or, given ``inputs.dataset`` (an existing folder), into that
+folder in place with the same resume rules, its ``output_dir`` receiving only the job report.
+A pair whose tree projects outside the field of view of either view is skipped and reported
+(``OutsideFieldOfViewError``), never failing the run.
+
+Job spec::
+
+    {"pipeline": "coronary-synth",
+     "inputs": {"dataset": "existing_dataset_dir"},            # optional: write there, in place
+     "params": {"trees": 10, "pairs_per_tree": 4, "renderer": "physics", "seed": 0, "shard": "0/1",
+                "image_size": 512, "pixel_spacing_mm": null, "keypoint_spacing_mm": 5.0,
+                "overlap_px": 3.0, "injection": "alternate", "voxel_mm": null, "device": "cpu",
+                "resume": true, "renderer_config": {}, "phantom_config": {}},
+     "output_dir": "out/"}
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xraycardiac.jobs.registry import Progress, register
+from xraycardiac.jobs.spec import JobSpec
+
+__all__ = [
+    "INJECTIONS",
+    "RENDERERS",
+    "SynthConfig",
+    "check_renderer",
+    "parse_shard",
+    "prepare_dataset_dir",
+    "record_shard",
+    "run_coronary_synth",
+    "synthesize",
+]
+
+RENDERERS = ("physics", "diffusion")
+INJECTIONS = ("alternate", "left", "right", "both")
+_REFERENCE_SIZE = 512  # the view sampler's default detector, whose field of view smaller images keep
+_SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+PARAMS = (
+    "trees",
+    "pairs_per_tree",
+    "renderer",
+    "seed",
+    "shard",
+    "image_size",
+    "pixel_spacing_mm",
+    "keypoint_spacing_mm",
+    "overlap_px",
+    "injection",
+    "voxel_mm",
+    "device",
+    "resume",
+    "renderer_config",
+    "phantom_config",
+)
+
+ProgressFn = Callable[..., None]
+
+
+def check_renderer(name: str) -> str:
+    """Return ``name`` if it is a renderer this version can run; a ValueError saying why not otherwise."""
+    if name == "diffusion":
+        raise ValueError(
+            "renderer 'diffusion': the mask-conditioned diffusion renderer is not available yet in this "
+            "version of xraycardiac; use renderer 'physics'"
+        )
+    if name not in RENDERERS:
+        raise ValueError(f"renderer: expected one of {RENDERERS}, got {name!r}")
+    return name
+
+
+def parse_shard(shard: str | tuple[int, int]) -> tuple[int, int]:
+    """``"i/N"`` (or (i, N)) -> (i, N) with 0 <= i < N; a ValueError naming ``shard`` otherwise."""
+    if isinstance(shard, tuple | list) and len(shard) == 2:
+        i, n = shard
+    else:
+        m = _SHARD.match(str(shard))
+        if m is None:
+            raise ValueError(f"shard: expected 'i/N' with 0 <= i < N (e.g. '0/4'), got {shard!r}")
+        i, n = int(m.group(1)), int(m.group(2))
+    if not (isinstance(i, int) and isinstance(n, int) and n >= 1 and 0 <= i < n):
+        raise ValueError(f"shard: expected 'i/N' with N >= 1 and 0 <= i < N (e.g. '0/4'), got {shard!r}")
+    return i, n
+
+
+def _positive_int(name: str, value: Any, upper: int | None = None) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    if not ok or (upper is not None and value > upper):
+        limit = f" and <= {upper}" if upper is not None else ""
+        raise ValueError(f"{name}: expected an integer >= 1{limit}, got {value!r}")
+
+
+def _positive_number(name: str, value: Any) -> None:
+    if not (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    ):
+        raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """What a synthesis run makes (the same for every shard of one dataset).
+
+    Attributes:
+        trees: number of trees, indices 0..trees-1 (a shard takes its part of them).
+        pairs_per_tree: view pairs per tree, 1..100.
+        renderer: "physics" ("diffusion" is not available yet in this version).
+        seed: base seed (>= 0); tree t uses phantom seed ``seed + t``, pair (t, k) draws from
+            ``SeedSequence([seed, t, k])``.
+        injection: "alternate" (default: LCA for even trees, RCA for odd), "left", "right", "both".
+        image_size: detector (rows, cols) in pixels, or one int for a square; None = 512 x 512.
+        pixel_spacing_mm: detector pixel size in mm, a number or a (lo, hi) range drawn per view;
+            None = the view sampler's (0.3, 0.4) mm scaled by 512 / max(image_size), which keeps
+            the field of view of a 512-pixel detector (~150-200 mm).
+        keypoint_spacing_mm: arc-length spacing of the centreline keypoints, mm.
+        overlap_px: radius of the overlap ambiguity flag, pixels.
+        voxel_mm: voxel size of the rasterised tube, mm; None = the smallest detector pixel seen
+            at the isocentre (lowest spacing x lowest SOD / highest SID), clipped to [0.25, 0.5].
+        device: torch device of the projection ray marcher ("cpu", "cuda", "auto").
+        renderer_config: ``PhysicsRendererConfig`` overrides (field -> value).
+        phantom_config: ``CoronaryPhantomConfig`` overrides (all but ``seed``).
+    """
+
+    trees: int = 10
+    pairs_per_tree: int = 4
+    renderer: str = "physics"
+    seed: int = 0
+    injection: str = "alternate"
+    image_size: int | tuple[int, int] | None = None
+    pixel_spacing_mm: float | tuple[float, float] | None = None
+    keypoint_spacing_mm: float = 5.0
+    overlap_px: float = 3.0
+    voxel_mm: float | None = None
+    device: str = "cpu"
+    renderer_config: Mapping[str, Any] = field(default_factory=dict)
+    phantom_config: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from xraycardiac.coronary.dataset import MAX_PAIRS_PER_TREE, MAX_TREES
+
+        _positive_int("trees", self.trees, MAX_TREES)
+        _positive_int("pairs_per_tree", self.pairs_per_tree, MAX_PAIRS_PER_TREE)
+        check_renderer(self.renderer)
+        if not (isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0):
+            raise ValueError(f"seed: expected an integer >= 0, got {self.seed!r}")
+        if self.injection not in INJECTIONS:
+            raise ValueError(f"injection: expected one of {INJECTIONS}, got {self.injection!r}")
+        size = self.image_size
+        if size is not None:
+            size = (size, size) if isinstance(size, int) and not isinstance(size, bool) else tuple(size)
+            if len(size) != 2:
+                raise ValueError(f"image_size: expected an int or (rows, cols), got {self.image_size!r}")
+            for s in size:
+                _positive_int("image_size", s, 8192)
+            object.__setattr__(self, "image_size", size)
+        px = self.pixel_spacing_mm
+        if px is not None:
+            px = (px, px) if isinstance(px, int | float) and not isinstance(px, bool) else tuple(px)
+            if len(px) != 2 or not px[0] <= px[1]:
+                raise ValueError(
+                    f"pixel_spacing_mm: expected a number or (lo, hi) with lo <= hi, got {self.pixel_spacing_mm!r}"
+                )
+            for p in px:
+                _positive_number("pixel_spacing_mm", p)
+            object.__setattr__(self, "pixel_spacing_mm", tuple(float(p) for p in px))
+        _positive_number("keypoint_spacing_mm", self.keypoint_spacing_mm)
+        if not (
+            isinstance(self.overlap_px, int | float)
+            and math.isfinite(self.overlap_px)
+            and self.overlap_px >= 0
+        ):
+            raise ValueError(f"overlap_px: expected a number >= 0 pixels, got {self.overlap_px!r}")
+        if self.voxel_mm is not None:
+            _positive_number("voxel_mm", self.voxel_mm)
+        for name in ("renderer_config", "phantom_config"):
+            if not isinstance(getattr(self, name), Mapping):
+                raise ValueError(
+                    f"{name}: expected an object of field overrides, got {getattr(self, name)!r}"
+                )
+            object.__setattr__(self, name, dict(getattr(self, name)))
+        if "seed" in self.phantom_config:
+            raise ValueError(
+                "phantom_config: 'seed' is set per tree (seed + tree index); use the seed parameter"
+            )
+        self.view_config()  # fail now on bad detector overrides
+        self.physics_config()
+        self.phantom_for(0)
+
+    # ------------------------------------------------------------------------------ derived configs
+
+    def view_config(self) -> Any:
+        """The ``ViewSamplingConfig`` with this run's detector size and pixel spacing."""
+        from xraycardiac.coronary.views import ViewSamplingConfig
+
+        base = ViewSamplingConfig()
+        rows, cols = self.image_size or (base.detector_rows, base.detector_cols)
+        px = self.pixel_spacing_mm
+        if px is None:
+            scale = _REFERENCE_SIZE / max(rows, cols)
+            px = (base.pixel_spacing_mm[0] * scale, base.pixel_spacing_mm[1] * scale)
+        return ViewSamplingConfig(detector_rows=rows, detector_cols=cols, pixel_spacing_mm=px)
+
+    def resolved_voxel_mm(self) -> float:
+        """The tube voxel size in mm (``voxel_mm`` or its default, see the class docstring)."""
+        if self.voxel_mm is not None:
+            return float(self.voxel_mm)
+        v = self.view_config()
+        at_iso = v.pixel_spacing_mm[0] * v.sod_mm[0] / v.sid_mm[1]
+        return float(min(0.5, max(0.25, at_iso)))
+
+    def physics_config(self) -> Any:
+        """The ``PhysicsRendererConfig`` (defaults plus ``renderer_config``)."""
+        from xraycardiac.coronary.render_physics import PhysicsRendererConfig
+
+        try:
+            return PhysicsRendererConfig(**self.renderer_config)
+        except TypeError as exc:
+            raise ValueError(f"renderer_config: {exc}") from None
+
+    def phantom_for(self, tree_index: int) -> Any:
+        """The ``CoronaryPhantomConfig`` of tree ``tree_index`` (seed = seed + tree_index)."""
+        from xraycardiac.phantoms.coronary import CoronaryPhantomConfig
+
+        try:
+            return CoronaryPhantomConfig(seed=self.seed + tree_index, **self.phantom_config)
+        except TypeError as exc:
+            raise ValueError(f"phantom_config: {exc}") from None
+
+    def side_of(self, tree_index: int) -> tuple[str, tuple[int, ...]]:
+        """(view set "left"/"right", opacified tree ids) of tree ``tree_index``."""
+        alternate = "left" if tree_index % 2 == 0 else "right"
+        if self.injection == "alternate":
+            return alternate, ((0,) if alternate == "left" else (1,))
+        if self.injection == "both":
+            return alternate, (0, 1)
+        return self.injection, ((0,) if self.injection == "left" else (1,))
+
+    def generator_params(self) -> dict[str, Any]:
+        """JSON-ready parameters stored in ``dataset.json`` (what determines every sample's bytes)."""
+        phantom = asdict(self.phantom_for(0))
+        phantom.pop("seed")
+        views = asdict(self.view_config())
+        return {
+            "generator": "xraycardiac.jobs.coronary_synth",
+            "trees": self.trees,
+            "pairs_per_tree": self.pairs_per_tree,
+            "seed": self.seed,
+            "tree_seed": "seed + tree index",
+            "pair_seed": "numpy SeedSequence([seed, tree index, pair index])",
+            "injection": self.injection,
+            "keypoint_spacing_mm": float(self.keypoint_spacing_mm),
+            "overlap_px": float(self.overlap_px),
+            "voxel_mm": self.resolved_voxel_mm(),
+            "views": views,
+            "phantom": phantom,
+        }
+
+    def renderer_params(self) -> dict[str, Any]:
+        """JSON-ready renderer record for ``dataset.json``."""
+        return {"name": self.renderer, "config": asdict(self.physics_config())}
+
+
+# --------------------------------------------------------------------------------------------------
+# Runs into one dataset folder: dataset.json and the shard records
+# --------------------------------------------------------------------------------------------------
+
+# generator keys that may grow between runs into one folder (tree t / pair k never depend on them)
+_EXTENSIBLE = ("trees", "pairs_per_tree")
+
+
+def _first_difference(old: Any, new: Any, where: str) -> str | None:
+    """Path and values of the first difference between two JSON values, None if equal."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            diff = _first_difference(old.get(key), new.get(key), f"{where}.{key}")
+            if diff:
+                return diff
+        return None
+    return None if old == new else f"{where} was {old!r}, now {new!r}"
+
+
+def prepare_dataset_dir(
+    root: str | Path, generator: dict[str, Any], renderer: dict[str, Any]
+) -> dict[str, Any]:
+    """Create ``root`` with its ``dataset.json``, or check that an existing dataset there is compatible.
+
+    A folder may receive several runs (shards, resumed runs, runs with more trees or pairs) as
+    long as everything that determines a sample's content is the same: ``generator`` minus
+    ``trees`` and ``pairs_per_tree`` (tree t and pair k never depend on them) and ``renderer``.
+
+    Args:
+        root: dataset folder; created (with parents) if absent.
+        generator: JSON-ready generator parameters (see ``SynthConfig.generator_params``).
+        renderer: JSON-ready ``{"name": ..., "config": {...}}``.
+
+    Returns:
+        The ``dataset.json`` content now on disk.
+
+    Raises:
+        FileExistsError: ``root`` is a file, or a non-empty folder without ``dataset.json``.
+        ValueError: ``root`` holds a dataset made with other parameters (names the first one).
+    """
+    from xraycardiac.coronary import dataset as ds
+
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise FileExistsError(f"dataset folder {root} exists and is a file; choose a folder")
+    generator, renderer = ds.normalised(generator), ds.normalised(renderer)
+    if (root / ds.INFO_NAME).exists():
+        info = ds.dataset_info(root)
+        old = {k: v for k, v in info.get("generator", {}).items() if k not in _EXTENSIBLE}
+        new = {k: v for k, v in generator.items() if k not in _EXTENSIBLE}
+        diff = _first_difference(old, new, "generator") or _first_difference(
+            info.get("renderer"), renderer, "renderer"
+        )
+        if diff:
+            raise ValueError(
+                f"{root} already holds a coronary pair dataset made with other parameters ({diff}); "
+                "continue it with the same parameters or choose another output folder"
+            )
+        return info
+    if root.is_dir() and any(p.name != ds.INFO_NAME for p in root.iterdir()):
+        raise FileExistsError(
+            f"dataset folder {root} is not empty and holds no {ds.INFO_NAME}; it is not a coronary pair "
+            "dataset: choose an empty or new folder"
+        )
+    from xraycardiac import __version__
+
+    root.mkdir(parents=True, exist_ok=True)
+    info = {
+        "format": ds.DATASET_FORMAT,
+        "format_version": ds.FORMAT_VERSION,
+        "xraycardiac_version": __version__,
+        "layout": "tree_<t:05d>/pair_<t:05d>_<k:02d>/ (see xraycardiac.coronary.dataset)",
+        "generator": generator,
+        "renderer": renderer,
+        "counts": {"trees": 0, "samples": 0},
+        "shards": {},
+    }
+    # two shards starting together write identical content, so a lost race is harmless
+    ds.write_json_atomic(root / ds.INFO_NAME, info)
+    return info
+
+
+def record_shard(root: str | Path, shard: tuple[int, int], record: dict[str, Any]) -> dict[str, Any]:
+    """Store one shard run's record and refresh ``dataset.json``'s counts and shard table.
+
+    Args:
+        root: the dataset folder (``prepare_dataset_dir`` made it).
+        shard: (i, N) of the run.
+        record: JSON-ready summary of the run (trees, written, skipped, resumed, timing ...).
+
+    Returns:
+        The updated ``dataset.json`` content.
+    """
+    from xraycardiac.coronary import dataset as ds
+
+    root = Path(root)
+    i, n = shard
+    (root / "shards").mkdir(exist_ok=True)
+    ds.write_json_atomic(root / "shards" / f"shard_{i}-of-{n}.json", record)
+    info = ds.dataset_info(root)
+    shards = {}
+    for path in sorted((root / "shards").glob("shard_*-of-*.json")):
+        shards[path.stem.removeprefix("shard_").replace("-of-", "/")] = ds.read_json(path, "shard record")
+    samples = ds.list_samples(root)
+    generator = dict(info.get("generator", {}))
+    for key in _EXTENSIBLE:
+        seen = [generator.get(key)] + [s.get("config", {}).get(key) for s in shards.values()]
+        seen = [v for v in seen if isinstance(v, int)]
+        if seen:
+            generator[key] = max(seen)
+    info.update(
+        generator=generator,
+        counts={"trees": len({p.parent.name for p in samples}), "samples": len(samples)},
+        shards=shards,
+    )
+    ds.write_json_atomic(root / ds.INFO_NAME, info)
+    return info
+
+
+# --------------------------------------------------------------------------------------------------
+# Synthesis
+# --------------------------------------------------------------------------------------------------
+
+
+def _isocenter(tree: Any, trees: tuple[int, ...]) -> np.ndarray:
+    """(3,) RAS mm: the centroid of the opacified tree's centreline points (the C-arm's nominal isocentre)."""
+    return np.asarray(tree.points, dtype=np.float64)[np.isin(tree.tree, trees)].mean(axis=0)
+
+
+def _make_pair(
+    config: SynthConfig, tree: Any, tree_index: int, pair_index: int, report: Callable[[str, float], None]
+) -> dict[str, Any]:
+    """Views, projections, matches and renderings of pair (t, k); raises OutsideFieldOfViewError."""
+    from xraycardiac.coronary.correspondences import ground_truth_matches, sample_keypoints
+    from xraycardiac.coronary.projection import project_vessels
+    from xraycardiac.coronary.render_physics import background_line_integral, render_angiogram_detailed
+    from xraycardiac.coronary.views import angle_between_views, sample_view_pair
+
+    side, opacified = config.side_of(tree_index)
+    ss = np.random.SeedSequence([config.seed, tree_index, pair_index])
+    s_views, s_background, s_render1, s_render2 = ss.spawn(4)
+    report("sampling views", 0.0)
+    g1, g2 = sample_view_pair(
+        side, np.random.default_rng(s_views), config.view_config(), _isocenter(tree, opacified)
+    )
+    voxel = config.resolved_voxel_mm()
+    projections = []
+    for v, g in enumerate((g1, g2)):
+        report(f"projecting view {v + 1}", 0.1 + 0.35 * v)
+        projections.append(project_vessels(tree, g, voxel_mm=voxel, trees=opacified, device=config.device))
+    report("ground-truth matches", 0.8)
+    keypoints = sample_keypoints(tree, config.keypoint_spacing_mm, trees=opacified)
+    gt = ground_truth_matches(keypoints, g1, g2, projections[0], projections[1], overlap_px=config.overlap_px)
+    physics = config.physics_config()
+    images, draws = [], []
+    for v, (g, p, s) in enumerate(zip((g1, g2), projections, (s_render1, s_render2), strict=True)):
+        report(f"rendering view {v + 1}", 0.85 + 0.07 * v)
+        # the same background state for both views: one patient, seen from two angles
+        background = background_line_integral(g, physics, np.random.default_rng(s_background))
+        r = render_angiogram_detailed(
+            p.thickness_mm, g, physics, np.random.default_rng(s), background_mu=background
+        )
+        images.append(r.image)
+        draws.append({**r.draw.to_dict(), "i0": r.i0, "window": list(r.window)})
+    meta = {
+        "injection": config.injection,
+        "views_of": side,
+        "opacified_trees": [("left", "right")[t] for t in opacified],
+        "tree_seed": config.seed + tree_index,
+        "pair_seed": [config.seed, tree_index, pair_index],
+        "standard_views": [g1.name, g2.name],
+        "separation_deg": angle_between_views(g1, g2),
+        "voxel_mm": voxel,
+        "renderer": config.renderer,
+        "render_draws": draws,
+    }
+    return {
+        "images": images,
+        "masks": [p.mask for p in projections],
+        "thickness_mm": [p.thickness_mm for p in projections],
+        "geometries": [g1, g2],
+        "gt": gt,
+        "meta": meta,
+    }
+
+
+def synthesize(
+    config: SynthConfig,
+    out: str | Path,
+    shard: str | tuple[int, int] = (0, 1),
+    resume: bool = True,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Make this shard's view pairs in the dataset folder ``out``, skipping the samples already there.
+
+    Args:
+        config: what to make (must match the parameters of a dataset already in ``out``, except
+            ``trees`` and ``pairs_per_tree``, which may grow).
+        out: dataset folder; created if absent.
+        shard: "i/N" or (i, N): this run makes the trees t with t % N == i.
+        resume: True: skip samples of this shard that exist (a rerun continues an interrupted
+            run). False: refuse to start if any of them exists.
+        progress: ``progress(stage, fraction, **extra)`` (e.g. a :class:`Progress`), one or more
+            events per pair; fraction of this shard's pairs done.
+
+    Returns:
+        Summary: ``written``, ``skipped`` (pairs outside the field of view, with reasons in
+        ``skipped_pairs``), ``resumed`` (found complete on disk), ``pairs`` (this shard's total),
+        ``trees`` (this shard's tree indices), ``seconds``, ``seconds_per_written_pair``,
+        ``dataset_dir``, ``shard``, and the dataset ``counts`` after the run.
+
+    Raises:
+        ValueError: a bad shard, or ``out`` holds a dataset made with other parameters.
+        FileExistsError: ``out`` is a file or a foreign non-empty folder, or (``resume`` False)
+            samples of this shard exist already.
+    """
+    from xraycardiac.coronary import dataset as ds
+    from xraycardiac.coronary.projection import OutsideFieldOfViewError
+    from xraycardiac.phantoms.coronary import make_coronary_tree
+
+    i_shard, n_shard = parse_shard(shard)
+    out = Path(out)
+    report_fn = progress if progress is not None else (lambda stage, fraction, **extra: None)
+    t0 = time.monotonic()
+    prepare_dataset_dir(out, config.generator_params(), config.renderer_params())
+    tree_ids = [t for t in range(config.trees) if t % n_shard == i_shard]
+    todo = [(t, k) for t in tree_ids for k in range(config.pairs_per_tree)]
+    existing = {(t, k) for t, k in todo if ds.sample_path(out, t, k).is_dir()}
+    if existing and not resume:
+        t, k = min(existing)
+        raise FileExistsError(
+            f"{out} already holds {len(existing)} sample(s) of shard {i_shard}/{n_shard} (e.g. "
+            f"{ds.sample_name(t, k)}); resume to keep them and make the rest, or choose another folder"
+        )
+    total = max(len(todo), 1)
+    written, resumed, skipped_pairs = 0, 0, []
+    done = 0
+    for t in tree_ids:
+        missing = [k for k in range(config.pairs_per_tree) if (t, k) not in existing]
+        resumed += config.pairs_per_tree - len(missing)
+        done += config.pairs_per_tree - len(missing)
+        if not missing:
+            report_fn(f"tree {t}: all {config.pairs_per_tree} pairs already there", done / total, tree=t)
+            continue
+        report_fn(f"tree {t}: generating the tree", done / total, tree=t)
+        tree = make_coronary_tree(config.phantom_for(t))
+        ds.write_tree(out, t, tree)
+        for k in missing:
+            name = ds.sample_name(t, k)
+
+            def report(
+                stage: str, f: float, _name: str = name, _t: int = t, _k: int = k, _d: int = done
+            ) -> None:
+                report_fn(f"{_name}: {stage}", (_d + f) / total, tree=_t, pair=_k)
+
+            ds.remove_stale_temp(out, t, k)
+            try:
+                pair = _make_pair(config, tree, t, k, report)
+            except OutsideFieldOfViewError as exc:
+                skipped_pairs.append({"sample": name, "reason": str(exc)})
+                done += 1
+                report_fn(f"{name}: skipped (outside the field of view)", done / total, tree=t, pair=k)
+                continue
+            report("writing", 0.97)
+            try:
+                ds.write_sample(out, t, k, **pair)
+                written += 1
+            except FileExistsError:  # another run of the same shard wrote it meanwhile
+                resumed += 1
+            done += 1
+            report_fn(f"{name}: written", done / total, tree=t, pair=k)
+    seconds = time.monotonic() - t0
+    summary: dict[str, Any] = {
+        "dataset_dir": str(out),
+        "shard": f"{i_shard}/{n_shard}",
+        "trees": tree_ids,
+        "pairs": len(todo),
+        "written": written,
+        "skipped": len(skipped_pairs),
+        "resumed": resumed,
+        "skipped_pairs": skipped_pairs,
+        "seconds": round(seconds, 3),
+        "seconds_per_written_pair": round(seconds / written, 3) if written else None,
+        "config": {"trees": config.trees, "pairs_per_tree": config.pairs_per_tree, "device": config.device},
+    }
+    info = record_shard(out, (i_shard, n_shard), summary)
+    summary["counts"] = info["counts"]
+    report_fn("done", 1.0)
+    return summary
+
+
+def config_from_params(params: Mapping[str, Any]) -> SynthConfig:
+    """A :class:`SynthConfig` from job parameters (the names of ``PARAMS``, JSON values)."""
+    keys = (
+        "trees", "pairs_per_tree", "renderer", "seed", "injection", "image_size", "pixel_spacing_mm",
+        "keypoint_spacing_mm", "overlap_px", "voxel_mm", "device", "renderer_config", "phantom_config",
+    )  # fmt: skip
+    kwargs = {k: params[k] for k in keys if k in params and params[k] is not None}
+    for k in ("image_size", "pixel_spacing_mm"):
+        if isinstance(kwargs.get(k), list):
+            kwargs[k] = tuple(kwargs[k])
+    return SynthConfig(**kwargs)
+
+
+@register("coronary-synth")
+def run_coronary_synth(spec: JobSpec, work_dir: Path, progress: Progress) -> dict[str, Any]:
+    """Synthesize view pairs into the work folder, or into ``inputs.dataset`` in place (see the module)."""
+    spec.check_param_names(PARAMS)
+    config = config_from_params(spec.params)
+    if config.device == "auto":
+        from xraycardiac.runtime import select_device
+
+        config = replace(config, device=str(select_device("auto")))
+    shard = spec.param("shard", "0/1", str)
+    resume = spec.param("resume", True, bool)
+    in_place = "dataset" in spec.inputs
+    target = spec.input_path("dataset") if in_place else work_dir
+    summary = synthesize(config, target, shard=shard, resume=resume, progress=progress)
+    summary["outputs"] = {} if in_place else {"dataset": "dataset.json"}
+    if not in_place:  # the work folder becomes output_dir when the job succeeds
+        summary["dataset_dir"] = str(Path(spec.output_dir))
+    summary["in_place"] = in_place
+    return summary
