@@ -7,6 +7,7 @@ from xraycardiac.phantoms.chest import HU, LABELS, ChestPhantomConfig, make_ches
 __all__ = ["HU", "LABELS", "ChestPhantomConfig", "make_chest_phantom", "write_phantom_pair"]
 
 # Coronary trees on the chest phantom's heart (procedural, exact ground truth).
-from xraycardiac.phantoms.coronary import CoronaryPhantomConfig, HeartEllipsoid, make_coronary_tree  # noqa: E402
+from xraycardiac.phantoms.coronary import CoronaryPhantomConfig, make_coronary_tree  # noqa: E402
+from xraycardiac.phantoms.heart import HeartEllipsoid  # noqa: E402
 
 __all__ += ["CoronaryPhantomConfig", "HeartEllipsoid", "make_coronary_tree"]
