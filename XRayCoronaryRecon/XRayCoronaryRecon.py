@@ -1,24 +1,31 @@
-"""XRayCoronaryRecon: X-ray Coronary Reconstruction. This release shows what the module will do; it has no action yet.
+"""XRayCoronaryRecon: X-ray coronary reconstruction. This release: synthetic angiograms.
 
-The panel says which capability is coming and holds no buttons that do nothing. The parameter node
-exists so that the panel follows the same widget -> parameter node -> logic pattern as the
-other XRayCardiac modules; it gets fields, and the module a ``XRayCoronaryReconLib`` package, as the
-features land.
+Widget -> typed parameter node -> ``XRayCoronaryReconLib`` logic -> the core ``coronary-synth`` job
+in a separate process (progress bar, Cancel) -> per view pair two 2D volume nodes on their detector
+planes (projection matrix and C-arm geometry as node attributes), the ground-truth keypoints of each
+view as markups, and the tree's 3D centreline as a model. All computation is in the core library;
+nothing here does math.
 """
 
 # No "from __future__ import annotations" here: parameterNodeWrapper reads the field types with
 # typing.get_type_hints, which needs them evaluated in this module as Slicer loads it.
 
-from typing import Any
+import traceback
+from typing import Annotated, Any
 
 import slicer
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+import vtk
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
+from slicer.util import VTKObservationMixin
+from XRayCoronaryReconLib import DEFAULT_IMAGE_SIZE, DEVICE_CHOICES, INJECTION_CHOICES, MAX_PAIRS
+
+import XRayCardiacCommon
 
 
 class XRayCoronaryRecon(ScriptedLoadableModule):
@@ -31,9 +38,13 @@ class XRayCoronaryRecon(ScriptedLoadableModule):
         self.parent.dependencies = ["XRayCardiacCommon"]
         self.parent.contributors = ["SlicerXRayCardiac developers"]
         self.parent.helpText = (
-            "Coronary reconstruction from two X-ray angiography frames: matched vessel keypoints, a "
-            "refined C-arm calibration and a 3D coronary centreline. Not available yet: this release "
-            "holds the panel only. Research use only; not for clinical decisions."
+            "Synthetic coronary angiograms with exact ground truth: a procedural coronary tree (from a "
+            "seed) seen in K clinically used C-arm view pairs. Each view is a 2D volume on its detector "
+            "plane with its 3x4 projection matrix in the node attribute XRayCardiac.ProjectionMatrix; "
+            "the ground-truth keypoints of each view are a point list on the detector plane (the same "
+            "label in both views is a match); the tree's 3D centreline is a model. Input from a "
+            "coronary segmentation or label map, and reconstruction from two real angiography frames, "
+            "come in later releases. Research use only; not for clinical decisions."
         )
         self.parent.acknowledgementText = (
             "Method: Zhao et al., Leveraging Diffusion Model and Image Foundation Model for Improved "
@@ -44,11 +55,32 @@ class XRayCoronaryRecon(ScriptedLoadableModule):
 
 @parameterNodeWrapper
 class XRayCoronaryReconParameterNode:
-    """What the panel edits; no fields yet (nothing is configurable before the feature lands)."""
+    """What the panel edits; saved with the scene.
+
+    seed: phantom seed of the procedural coronary tree (same seed, same tree, views and images).
+    pairs: number of view pairs K.
+    injection: left / right: the opacified coronary tree and its standard views.
+    imageSize: square detector size in pixels (the field of view stays ~150-200 mm).
+    device: auto / cpu / cuda.
+    """
+
+    seed: Annotated[int, WithinRange(0, 2_000_000_000)] = 0
+    pairs: Annotated[int, WithinRange(1, MAX_PAIRS)] = 2
+    injection: Annotated[str, Choice(list(INJECTION_CHOICES))] = "left"
+    imageSize: Annotated[int, WithinRange(64, 2048)] = DEFAULT_IMAGE_SIZE
+    device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
 
 
-class XRayCoronaryReconWidget(ScriptedLoadableModuleWidget):
-    """The panel: a description of the coming capability."""
+class XRayCoronaryReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: parameter node <-> .ui, Generate / Cancel, progress."""
+
+    def __init__(self, parent: Any = None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic: XRayCoronaryReconLogic | None = None
+        self._parameterNode: XRayCoronaryReconParameterNode | None = None
+        self._parameterNodeGuiTag = None
+        self._run = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -56,36 +88,175 @@ class XRayCoronaryReconWidget(ScriptedLoadableModuleWidget):
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
+
         self.logic = XRayCoronaryReconLogic()
-        self._parameterNode = self.logic.getParameterNode()
-        self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+        self.progress = XRayCardiacCommon.JobProgress(
+            self.ui.progressBar, self.ui.statusLabel, self.ui.cancelButton
+        )
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.generateButton.connect("clicked(bool)", self.onGenerateButton)
+
+        self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        if self._parameterNode is not None:
+        self.progress.cleanup()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNode = None
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGuiState)
+
+    def onSceneStartClose(self, caller: Any, event: Any) -> None:
+        self.progress.cleanup()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller: Any, event: Any) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode: XRayCoronaryReconParameterNode | None) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGuiState)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # Widgets are bound through their "SlicerParameterName" property in the .ui file.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGuiState)
+        self._updateGuiState()
+
+    def _updateGuiState(self, caller: Any = None, event: Any = None) -> None:
+        if self.progress.running:
+            self.ui.generateButton.enabled = False
+            self.ui.generateButton.toolTip = "A synthesis is running; wait for it or cancel it."
+        else:
+            self.ui.generateButton.enabled = self._parameterNode is not None
+            self.ui.generateButton.toolTip = (
+                "Generate the view pairs; per pair two 2D volumes and two keypoint lists are added, "
+                "and the tree's centreline model once."
+            )
+
+    def onGenerateButton(self) -> None:
+        if not XRayCardiacCommon.ensurePythonDependencies("XRayCoronaryRecon"):
+            return
+        try:
+            run = self.logic.startSynthesis(self._parameterNode)
+        except ValueError as exc:  # a bad setting: the message names it
+            XRayCardiacCommon.showError(str(exc))
+            return
+        except Exception as exc:
+            XRayCardiacCommon.showError(
+                f"Could not start the synthesis: {exc}", details=traceback.format_exc()
+            )
+            return
+        self._run = run
+        self.progress.track(run.poll, lambda: self.logic.cancelSynthesis(run), self._onSynthesisFinished)
+        self._updateGuiState()
+
+    def _onSynthesisFinished(self, status: Any) -> None:
+        run, self._run = self._run, None
+        try:
+            if status.state == "done":
+                result = self.logic.finishSynthesis(run)
+                if result["pairs"]:
+                    XRayCardiacCommon.showVolumeInSliceView(result["pairs"][0]["view1"])
+                text = f"Added {len(result['pairs'])} view pair(s) and the centreline model"
+                if result["skipped"]:
+                    text += (
+                        f"; skipped {len(result['skipped'])} pair(s) with the tree outside the field of view"
+                    )
+                self.ui.statusLabel.text = text
+            else:
+                self.logic.cancelSynthesis(run)  # deletes the job's files
+                if status.state == "error":
+                    XRayCardiacCommon.showError(status.message, details=status.details)
+        except Exception as exc:
+            XRayCardiacCommon.showError(
+                f"Importing the synthetic angiograms failed: {exc}", details=traceback.format_exc()
+            )
+        finally:
+            self._updateGuiState()
 
 
 class XRayCoronaryReconLogic(ScriptedLoadableModuleLogic):
-    """Thin logic; the computation will live in the core library ``xraycardiac``."""
+    """Thin logic: parameter node -> ``XRayCoronaryReconLib.synthetic``. Usable from scripts without the GUI.
+
+    ``XRayCoronaryReconLib.synthetic`` is imported inside the methods: it needs ``xraycardiac``,
+    which is installed on first use, after this module has been loaded.
+    """
 
     def getParameterNode(self) -> XRayCoronaryReconParameterNode:
         return XRayCoronaryReconParameterNode(super().getParameterNode())
 
+    def startSynthesis(self, p: XRayCoronaryReconParameterNode) -> Any:
+        """Start the ``coronary-synth`` job (returns at once). Raises ValueError naming a bad parameter."""
+        from XRayCoronaryReconLib.synthetic import SyntheticAngiogramsLogic
+
+        return SyntheticAngiogramsLogic(slicer.mrmlScene).start(
+            seed=p.seed, pairs=p.pairs, injection=p.injection, image_size=p.imageSize, device=p.device
+        )
+
+    def finishSynthesis(self, run: Any) -> dict:
+        """Add the finished job's nodes to the scene; see ``SyntheticAngiogramsLogic.import_results``."""
+        from XRayCoronaryReconLib.synthetic import SyntheticAngiogramsLogic
+
+        return SyntheticAngiogramsLogic(slicer.mrmlScene).import_results(run)
+
+    def cancelSynthesis(self, run: Any) -> None:
+        """Stop a job and delete its files; the scene is not changed."""
+        from XRayCoronaryReconLib.synthetic import SyntheticAngiogramsLogic
+
+        SyntheticAngiogramsLogic(slicer.mrmlScene).cancel(run)
+
+    def synthesize(self, p: XRayCoronaryReconParameterNode, timeoutS: float | None = None) -> dict:
+        """Blocking: start, wait and import. Returns ``finishSynthesis``'s dict."""
+        run = self.startSynthesis(p)
+        try:
+            run.job.wait(timeout_s=timeoutS)
+        except BaseException:
+            self.cancelSynthesis(run)
+            raise
+        return self.finishSynthesis(run)
+
 
 class XRayCoronaryReconTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer: the module's parameter node is created in the scene and reused."""
+    """Runs inside Slicer: one small synthetic view pair with its keypoints and centreline."""
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
 
     def runTest(self) -> None:
         self.setUp()
-        self.test_parameter_node()
+        self.test_synthetic_pair()
 
-    def test_parameter_node(self) -> None:
-        first = XRayCoronaryReconLogic().getParameterNode().parameterNode
-        second = XRayCoronaryReconLogic().getParameterNode().parameterNode
-        self.assertIsNotNone(slicer.mrmlScene.GetNodeByID(first.GetID()))
-        self.assertEqual(first.GetID(), second.GetID())
+    def test_synthetic_pair(self) -> None:
+        from XRayCardiacCommonLib.mrml_io import PROJECTION_MATRIX_ATTRIBUTE, parse_projection_matrix
+
+        self.delayDisplay("Generating one synthetic angiogram pair")
+        logic = XRayCoronaryReconLogic()
+        p = logic.getParameterNode()
+        p.seed, p.pairs, p.injection, p.imageSize, p.device = 1, 1, "left", 128, "cpu"
+        result = logic.synthesize(p, timeoutS=300)
+        self.assertEqual(len(result["pairs"]), 1)
+        pair = result["pairs"][0]
+        for v in (1, 2):
+            image = slicer.util.arrayFromVolume(pair[f"view{v}"])
+            self.assertEqual(image.shape, (1, 128, 128))
+            self.assertGreater(float(image.std()), 0.0)
+            self.assertEqual(
+                parse_projection_matrix(pair[f"view{v}"].GetAttribute(PROJECTION_MATRIX_ATTRIBUTE)).shape,
+                (3, 4),
+            )
+            self.assertGreater(pair[f"keypoints{v}"].GetNumberOfControlPoints(), 0)
+        self.assertGreater(result["centreline"].GetPolyData().GetNumberOfPoints(), 0)
         self.delayDisplay("Test passed")

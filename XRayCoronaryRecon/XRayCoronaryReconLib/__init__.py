@@ -1,0 +1,45 @@
+"""XRayCoronaryRecon logic that talks MRML <-> ``xraycardiac`` (importable with slicer-core, no Qt).
+
+The choices below need nothing but Python, so the module file can build its parameter node from
+them at Slicer start-up, before ``xraycardiac`` is installed; the logic names are imported on
+first use (PEP 562).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+INJECTION_CHOICES = ("left", "right")
+"""Which coronary tree is opacified (selective injection); the views are that tree's standard views."""
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+"""Where the job projects the vessels; ``auto`` = CUDA when available, else the CPU."""
+
+IMAGE_SIZE_CHOICES = ("256", "384", "512", "768", "1024")
+"""Square detector sizes in pixels offered by the panel (the field of view stays ~150-200 mm)."""
+
+MAX_PAIRS = 10
+"""Most view pairs one panel run makes (each pair adds four nodes)."""
+
+DEFAULT_IMAGE_SIZE = 512
+
+_LAZY = {
+    "SyntheticAngiogramsLogic": "XRayCoronaryReconLib.synthetic",
+    "SyntheticRun": "XRayCoronaryReconLib.synthetic",
+}
+
+__all__ = [
+    "DEFAULT_IMAGE_SIZE",
+    "DEVICE_CHOICES",
+    "IMAGE_SIZE_CHOICES",
+    "INJECTION_CHOICES",
+    "MAX_PAIRS",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'XRayCoronaryReconLib' has no attribute {name!r}")
