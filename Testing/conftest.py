@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# Slicer puts every scripted module's folder on sys.path; the module-logic tests import their
+# <Module>Lib packages the same way.
+_REPO = Path(__file__).resolve().parents[1]
+for _folder in ("XRayCardiacCommon", "XRayToCT", "XRayCoronaryRecon"):
+    if str(_REPO / _folder) not in sys.path:
+        sys.path.insert(0, str(_REPO / _folder))
 
 
 @pytest.fixture

@@ -10,33 +10,26 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-for _folder in ("XRayCardiacCommon", "XRayCoronaryRecon"):  # where Slicer puts them on sys.path
-    if str(REPO / _folder) not in sys.path:
-        sys.path.insert(0, str(REPO / _folder))
-
-import slicer  # noqa: E402  (slicer-core, a test dependency: the real MRML scene)
-import vtk  # noqa: E402
-from XRayCardiacCommonLib.jobs import JobCancelled  # noqa: E402
-from XRayCardiacCommonLib.mrml_io import (  # noqa: E402
+import slicer  # slicer-core, a test dependency: the real MRML scene
+import vtk
+from XRayCardiacCommonLib.jobs import JobCancelled
+from XRayCardiacCommonLib.mrml_io import (
     GEOMETRY_ATTRIBUTE,
     PROJECTION_MATRIX_ATTRIBUTE,
     parse_projection_matrix,
     read_attributes,
 )
-from XRayCoronaryReconLib.synthetic import SyntheticAngiogramsLogic  # noqa: E402
+from XRayCoronaryReconLib.synthetic import SyntheticAngiogramsLogic
 
-from xraycardiac.coronary import dataset as ds  # noqa: E402
-from xraycardiac.coronary.tree import CoronaryTree  # noqa: E402
-from xraycardiac.geometry import CArmGeometry  # noqa: E402
-from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize  # noqa: E402
+from xraycardiac.coronary import dataset as ds
+from xraycardiac.coronary.tree import CoronaryTree
+from xraycardiac.geometry import CArmGeometry
+from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize
 
 SEED, IMAGE_SIZE = 3, 128
 

@@ -6,22 +6,15 @@ process on the real chest CT.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-for _folder in ("XRayCardiacCommon", "XRayToCT"):  # where Slicer puts them on sys.path
-    if str(REPO / _folder) not in sys.path:
-        sys.path.insert(0, str(REPO / _folder))
-
-import slicer  # noqa: E402  (slicer-core, a test dependency: the real MRML scene)
-import vtk  # noqa: E402
-from XRayCardiacCommonLib.jobs import JobCancelled, JobError, JobHandle  # noqa: E402
-from XRayCardiacCommonLib.mrml_io import (  # noqa: E402
+import slicer  # slicer-core, a test dependency: the real MRML scene
+import vtk
+from XRayCardiacCommonLib.jobs import JobCancelled, JobError, JobHandle
+from XRayCardiacCommonLib.mrml_io import (
     GEOMETRY_ATTRIBUTE,
     PROJECTION_MATRIX_ATTRIBUTE,
     export_node,
@@ -32,13 +25,13 @@ from XRayCardiacCommonLib.mrml_io import (  # noqa: E402
     set_provenance,
     volume_from_node,
 )
-from XRayToCTLib import choices  # noqa: E402
-from XRayToCTLib.simulate import SimulateRadiographsLogic, build_views, custom_view_name  # noqa: E402
+from XRayToCTLib import choices
+from XRayToCTLib.simulate import SimulateRadiographsLogic, build_views, custom_view_name
 
-import xraycardiac  # noqa: E402
-from xraycardiac.geometry import CArmGeometry  # noqa: E402
-from xraycardiac.io import read_volume  # noqa: E402
-from xraycardiac.volume import Volume  # noqa: E402
+import xraycardiac
+from xraycardiac.geometry import CArmGeometry
+from xraycardiac.io import read_volume
+from xraycardiac.volume import Volume
 
 
 def _oblique_volume(dtype: type = np.int16) -> Volume:
