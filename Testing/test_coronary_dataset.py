@@ -286,8 +286,10 @@ def test_bad_parameters_are_named():
         with pytest.raises(ValueError, match="shard"):
             parse_shard(bad)
     assert parse_shard("1/3") == (1, 3)
-    with pytest.raises(ValueError, match="diffusion renderer is not available yet"):
-        SynthConfig(renderer="diffusion")
+    with pytest.raises(ValueError, match="renderer: expected one of"):
+        SynthConfig(renderer="gan")
+    with pytest.raises(ValueError, match="renderer_config.model: model 'no-such-model' is not known"):
+        SynthConfig(renderer="diffusion", renderer_config={"model": "no-such-model"})
     with pytest.raises(ValueError, match="pairs_per_tree"):
         SynthConfig(pairs_per_tree=101)
     with pytest.raises(ValueError, match="injection"):
@@ -308,8 +310,9 @@ def test_job_writes_a_dataset_or_continues_one_in_place(base, tmp_path):
     )
     summary = run_job(spec)
     assert (summary["written"], summary["resumed"], summary["in_place"]) == (0, 4, True), summary
-    with pytest.raises(ValueError, match="not available yet"):
-        run_job(JobSpec("coronary-synth", params={"renderer": "diffusion"}, output_dir=str(tmp_path / "j3")))
+    bad = {"renderer": "diffusion", "renderer_config": {"model": "no-such-model"}}
+    with pytest.raises(ValueError, match="renderer_config.model: model 'no-such-model' is not known"):
+        run_job(JobSpec("coronary-synth", params=bad, output_dir=str(tmp_path / "j3")))
     assert not (tmp_path / "j3").exists()
 
 
@@ -334,9 +337,14 @@ def test_cli_bad_inputs_name_the_option(tmp_path):
     out = str(tmp_path / "never")
     result = runner.invoke(app, ["synth", "--out", out, "--shard", "3/2"])
     assert result.exit_code == 2 and "--shard" in result.output and "3/2" in result.output, result.output
-    result = runner.invoke(app, ["synth", "--out", out, "--renderer", "diffusion"])
-    assert result.exit_code == 2 and "not available yet" in result.output, result.output
+    result = runner.invoke(app, ["synth", "--out", out, "--renderer", "gan"])
+    assert result.exit_code == 2 and "expected one of" in result.output, result.output
     assert "--renderer" in result.output, result.output
+    result = runner.invoke(
+        app, ["synth", "--out", out, "--renderer", "diffusion", "--diffusion-model", "no-such-model"]
+    )
+    assert result.exit_code == 2 and "'no-such-model' is not known" in result.output, result.output
+    assert "--diffusion-model" in result.output, result.output
     result = runner.invoke(app, ["synth", "--out", out, "--injection", "lad"])
     assert result.exit_code == 2 and "--injection" in result.output, result.output
     result = runner.invoke(app, ["synth", "--out", out, "--trees", "0"])

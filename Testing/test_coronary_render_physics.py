@@ -24,7 +24,8 @@ from xraycardiac.projection import render_drr
 HEART_VIEW = CArmGeometry(
     sid_mm=1100.0, sod_mm=750.0, pixel_spacing_mm=(0.35, 0.35), isocenter_ras_mm=(-30.8, 25.5, -45.0)
 )
-NOISE_FREE = dict(quantum_noise=False, electronic_noise_std=0.0, output_levels=None)
+# noise-free and unprocessed: the display is then a monotone function of the line integral
+NOISE_FREE = dict(quantum_noise=False, electronic_noise_std=0.0, output_levels=None, range_compression=0.0)
 
 
 def vessel_band(
@@ -245,3 +246,19 @@ def test_chest_drr_background_matches_full_resolution_drr_and_is_cached() -> Non
     pooled = PhysicsRendererConfig(background="chest-drr", phantom_pool_size=1)
     assert np.array_equal(background_line_integral(g, pooled, np.random.default_rng(9)),
                           background_line_integral(g, replace(pooled, phantom_seed=0), np.random.default_rng(1)))  # fmt: skip
+
+
+def test_range_compression_gives_vessels_more_grey_levels_on_the_thorax() -> None:
+    """Dynamic range compression: the same vessel spans more of the display's grey range on anatomy."""
+    g = HEART_VIEW
+    t = vessel_band(g, 3.0, row=255.5)
+    vessel = t > 1.0
+    dist = ndimage.distance_transform_edt(~vessel)
+    ring = (dist > 3) & (dist < 10)
+    contrast = {}
+    for k in (0.0, 0.75):
+        cfg = PhysicsRendererConfig(**{**NOISE_FREE, "range_compression": k})
+        img = render_angiogram(t, g, cfg, 5)
+        contrast[k] = float(img[ring].mean() - img[vessel].mean())
+    print(f"3 mm vessel: grey-level contrast {contrast}")
+    assert contrast[0.0] > 0 and contrast[0.75] > 1.5 * contrast[0.0], contrast

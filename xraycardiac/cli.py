@@ -15,6 +15,7 @@ import typer
 
 from xraycardiac.coronary.cli import app as coronary_app
 from xraycardiac.models.cli import app as models_app
+from xraycardiac.train_cli import app as train_app
 
 app = typer.Typer(
     help="SlicerXRayCardiac research pipelines (research use only, not for clinical decisions).",
@@ -22,6 +23,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(models_app, name="models", help="List, import and export model weights (sha256 checked).")
+app.add_typer(train_app, name="train", help="Train models (shared trainer: EMA, checkpoints, resume, DDP).")
 app.add_typer(
     coronary_app, name="coronary", help="Synthetic coronary angiography data (trees, view pairs, matches)."
 )

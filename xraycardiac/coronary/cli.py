@@ -21,7 +21,12 @@ app = typer.Typer(
 
 
 # SynthConfig field -> the option that sets it (where the names differ)
-_OPTION_OF = {"image_size": "--size", "pixel_spacing_mm": "--pixel-mm"}
+_OPTION_OF = {
+    "image_size": "--size",
+    "pixel_spacing_mm": "--pixel-mm",
+    "renderer_config.model": "--diffusion-model",
+    "renderer_config.steps": "--diffusion-steps",
+}
 
 
 @app.callback()
@@ -37,8 +42,15 @@ def synth(
     ] = 10,
     pairs_per_tree: Annotated[int, typer.Option(min=1, max=100, help="View pairs per tree.")] = 4,
     renderer: Annotated[
-        str, typer.Option(help="physics | diffusion (diffusion: not available yet).")
+        str, typer.Option(help="physics | diffusion (the mask-conditioned IDDPM; see --diffusion-model).")
     ] = "physics",
+    diffusion_model: Annotated[
+        str,
+        typer.Option(
+            help="Diffusion renderer: a model name (xraycardiac models list), folder or weights file."
+        ),
+    ] = "angio-diffusion-demo",
+    diffusion_steps: Annotated[int, typer.Option(min=1, help="Diffusion renderer: DDIM steps.")] = 50,
     shard: Annotated[str, typer.Option(help="i/N: make the trees t with t % N == i (0 <= i < N).")] = "0/1",
     seed: Annotated[int, typer.Option(min=0, help="Base seed: tree t uses seed + t.")] = 0,
     size: Annotated[
@@ -91,8 +103,11 @@ def synth(
             trees=trees, pairs_per_tree=pairs_per_tree, renderer=renderer, seed=seed, injection=injection,
             image_size=size, pixel_spacing_mm=pixel_mm, keypoint_spacing_mm=keypoint_spacing_mm,
             overlap_px=overlap_px, voxel_mm=voxel_mm, device=device,
+            renderer_config=(
+                {"model": diffusion_model, "steps": diffusion_steps} if renderer == "diffusion" else {}
+            ),
         )  # fmt: skip
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         name = str(e).split(":", 1)[0]
         option = _OPTION_OF.get(name, f"--{name.replace('_', '-')}")
         raise typer.BadParameter(str(e), param_hint=option) from e

@@ -99,12 +99,7 @@ ProgressFn = Callable[..., None]
 
 
 def check_renderer(name: str) -> str:
-    """Return ``name`` if it is a renderer this version can run; a ValueError saying why not otherwise."""
-    if name == "diffusion":
-        raise ValueError(
-            "renderer 'diffusion': the mask-conditioned diffusion renderer is not available yet in this "
-            "version of xraycardiac; use renderer 'physics'"
-        )
+    """Return ``name`` if it is a renderer (one of ``RENDERERS``); a ValueError naming ``renderer`` otherwise."""
     if name not in RENDERERS:
         raise ValueError(f"renderer: expected one of {RENDERERS}, got {name!r}")
     return name
@@ -145,11 +140,13 @@ class SynthConfig:
     Attributes:
         trees: number of trees, indices 0..trees-1 (a shard takes its part of them).
         pairs_per_tree: view pairs per tree, 1..100.
-        renderer: "physics" ("diffusion" is not available yet in this version).
+        renderer: "physics" (Beer-Lambert, :mod:`~xraycardiac.coronary.render_physics`) or "diffusion"
+            (the mask-conditioned IDDPM, :mod:`~xraycardiac.coronary.render_diffusion`).
         seed: base seed (>= 0); tree t uses phantom seed ``seed + t``, pair (t, k) draws from
             ``SeedSequence([seed, t, k])``.
         injection: "alternate" (default: LCA for even trees, RCA for odd), "left", "right", "both".
-        image_size: detector (rows, cols) in pixels, or one int for a square; None = 512 x 512.
+        image_size: detector (rows, cols) in pixels, or one int for a square; None = 512 x 512 for
+            "physics", the model's own grid for "diffusion" (other sizes are resampled to it).
         pixel_spacing_mm: detector pixel size in mm, a number or a (lo, hi) range drawn per view;
             None = the view sampler's (0.3, 0.4) mm scaled by 512 / max(image_size), which keeps
             the field of view of a 512-pixel detector (~150-200 mm).
@@ -158,7 +155,8 @@ class SynthConfig:
         voxel_mm: voxel size of the rasterised tube, mm; None = the smallest detector pixel seen
             at the isocentre (lowest spacing x lowest SOD / highest SID), clipped to [0.25, 0.5].
         device: torch device of the projection ray marcher ("cpu", "cuda", "auto").
-        renderer_config: ``PhysicsRendererConfig`` overrides (field -> value).
+        renderer_config: ``PhysicsRendererConfig`` overrides (field -> value) for "physics";
+            ``DiffusionSamplingConfig`` fields (model, steps, sampler) for "diffusion".
         phantom_config: ``CoronaryPhantomConfig`` overrides (all but ``seed``).
     """
 
@@ -223,8 +221,8 @@ class SynthConfig:
             raise ValueError(
                 "phantom_config: 'seed' is set per tree (seed + tree index); use the seed parameter"
             )
+        self.renderer_settings()  # fail now on bad renderer settings (and an unknown diffusion model)
         self.view_config()  # fail now on bad detector overrides
-        self.physics_config()
         self.phantom_for(0)
 
     # ------------------------------------------------------------------------------ derived configs
@@ -234,7 +232,11 @@ class SynthConfig:
         from xraycardiac.coronary.views import ViewSamplingConfig
 
         base = ViewSamplingConfig()
-        rows, cols = self.image_size or (base.detector_rows, base.detector_cols)
+        default = (base.detector_rows, base.detector_cols)
+        if self.renderer == "diffusion":
+            size = self.diffusion_model()[0].image_size
+            default = (size, size)
+        rows, cols = self.image_size or default
         px = self.pixel_spacing_mm
         if px is None:
             scale = _REFERENCE_SIZE / max(rows, cols)
@@ -249,14 +251,36 @@ class SynthConfig:
         at_iso = v.pixel_spacing_mm[0] * v.sod_mm[0] / v.sid_mm[1]
         return float(min(0.5, max(0.25, at_iso)))
 
-    def physics_config(self) -> Any:
-        """The ``PhysicsRendererConfig`` (defaults plus ``renderer_config``)."""
+    def renderer_settings(self) -> Any:
+        """``PhysicsRendererConfig`` or ``DiffusionSamplingConfig`` (defaults plus ``renderer_config``)."""
+        from xraycardiac.coronary.render_diffusion import DiffusionSamplingConfig
         from xraycardiac.coronary.render_physics import PhysicsRendererConfig
 
+        cls = PhysicsRendererConfig if self.renderer == "physics" else DiffusionSamplingConfig
         try:
-            return PhysicsRendererConfig(**self.renderer_config)
+            return cls(**self.renderer_config)
         except TypeError as exc:
-            raise ValueError(f"renderer_config: {exc}") from None
+            raise ValueError(f"renderer_config: {exc} (renderer {self.renderer!r})") from None
+
+    def physics_config(self) -> Any:
+        """The ``PhysicsRendererConfig`` (defaults plus ``renderer_config``); renderer "physics" only."""
+        if self.renderer != "physics":
+            raise ValueError(f"physics_config: renderer is {self.renderer!r}")
+        return self.renderer_settings()
+
+    def diffusion_model(self) -> tuple[Any, dict[str, Any]]:
+        """(AngioDiffusionConfig, provenance) of the diffusion model (sha256 checked); renderer "diffusion"."""
+        settings = self.renderer_settings()
+        try:
+            config, source = _cached_model_info(settings.model)
+        except (ValueError, FileNotFoundError) as exc:
+            raise type(exc)(f"renderer_config.model: {exc}") from None
+        if settings.sampler == "ddpm" and settings.steps != config.num_train_timesteps:
+            raise ValueError(
+                f"renderer_config.steps: the DDPM sampler runs the model's full chain of "
+                f"{config.num_train_timesteps} steps, got {settings.steps}; use sampler 'ddim' for fewer"
+            )
+        return config, source
 
     def phantom_for(self, tree_index: int) -> Any:
         """The ``CoronaryPhantomConfig`` of tree ``tree_index`` (seed = seed + tree_index)."""
@@ -297,8 +321,12 @@ class SynthConfig:
         }
 
     def renderer_params(self) -> dict[str, Any]:
-        """JSON-ready renderer record for ``dataset.json``."""
-        return {"name": self.renderer, "config": asdict(self.physics_config())}
+        """JSON-ready renderer record for ``dataset.json`` (for "diffusion": the model's sha256 and config)."""
+        if self.renderer == "physics":
+            return {"name": self.renderer, "config": asdict(self.physics_config())}
+        config, source = self.diffusion_model()
+        settings = asdict(self.renderer_settings())
+        return {"name": self.renderer, "config": {**settings, **source, "model_config": config.to_dict()}}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -425,6 +453,50 @@ def record_shard(root: str | Path, shard: tuple[int, int], record: dict[str, Any
 # --------------------------------------------------------------------------------------------------
 
 
+def _cached_model_info(model: str) -> tuple[Any, dict[str, Any]]:
+    """``model_info`` once per (model, file state) in this process (it hashes the weights)."""
+    from xraycardiac.coronary.render_diffusion import model_info
+
+    key = model
+    p = Path(model)
+    if p.exists():
+        st = p.stat()
+        key = f"{p.resolve()}:{st.st_mtime_ns}:{st.st_size}"
+    if key not in _MODEL_INFO:
+        _MODEL_INFO[key] = model_info(model)
+    return _MODEL_INFO[key]
+
+
+_MODEL_INFO: dict[str, tuple[Any, dict[str, Any]]] = {}
+
+
+def _render_diffusion(
+    config: SynthConfig,
+    projections: list[Any],
+    seed_seq: np.random.SeedSequence,
+    report: Callable[[str, float], None],
+) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
+    """Both views of a pair in one diffusion batch; returns (images, per-view draws)."""
+    from xraycardiac.coronary.render_diffusion import load_renderer
+
+    settings = config.renderer_settings()
+    renderer = load_renderer(settings.model, config.device)
+    seed = int(seed_seq.generate_state(1)[0])
+    masks = np.stack([p.mask for p in projections])
+    thick = np.stack([p.thickness_mm for p in projections])
+
+    def step(i: int, n: int) -> None:
+        report(f"diffusion step {i}/{n}", 0.85 + 0.12 * i / n)
+
+    images = renderer.render(
+        masks, thick, seed=seed, steps=settings.steps, sampler=settings.sampler, progress=step
+    )
+    draws = [
+        {"seed": seed, "batch_index": v, "steps": settings.steps, "sampler": settings.sampler} for v in (0, 1)
+    ]
+    return [im for im in images], draws
+
+
 def _isocenter(tree: Any, trees: tuple[int, ...]) -> np.ndarray:
     """(3,) RAS mm: the centroid of the opacified tree's centreline points (the C-arm's nominal isocentre)."""
     return np.asarray(tree.points, dtype=np.float64)[np.isin(tree.tree, trees)].mean(axis=0)
@@ -437,7 +509,7 @@ def _make_pair(
     from xraycardiac.coronary.correspondences import ground_truth_matches, sample_keypoints
     from xraycardiac.coronary.projection import project_vessels
     from xraycardiac.coronary.render_physics import background_line_integral, render_angiogram_detailed
-    from xraycardiac.coronary.views import angle_between_views, sample_view_pair
+    from xraycardiac.coronary.views import sample_view_pair
 
     side, opacified = config.side_of(tree_index)
     ss = np.random.SeedSequence([config.seed, tree_index, pair_index])
@@ -454,6 +526,11 @@ def _make_pair(
     report("ground-truth matches", 0.8)
     keypoints = sample_keypoints(tree, config.keypoint_spacing_mm, trees=opacified)
     gt = ground_truth_matches(keypoints, g1, g2, projections[0], projections[1], overlap_px=config.overlap_px)
+    if config.renderer == "diffusion":
+        images, draws = _render_diffusion(config, projections, s_render1, report)
+        return _pair_record(
+            config, side, opacified, g1, g2, projections, gt, images, draws, tree_index, pair_index
+        )
     physics = config.physics_config()
     images, draws = [], []
     for v, (g, p, s) in enumerate(zip((g1, g2), projections, (s_render1, s_render2), strict=True)):
@@ -465,6 +542,18 @@ def _make_pair(
         )
         images.append(r.image)
         draws.append({**r.draw.to_dict(), "i0": r.i0, "window": list(r.window)})
+    return _pair_record(
+        config, side, opacified, g1, g2, projections, gt, images, draws, tree_index, pair_index
+    )
+
+
+def _pair_record(
+    config: SynthConfig, side: str, opacified: tuple[int, ...], g1: Any, g2: Any, projections: list[Any],
+    gt: Any, images: list[np.ndarray], draws: list[dict[str, Any]], tree_index: int, pair_index: int,
+) -> dict[str, Any]:  # fmt: skip
+    """The ``write_sample`` keyword arguments of one rendered pair."""
+    from xraycardiac.coronary.views import angle_between_views
+
     meta = {
         "injection": config.injection,
         "views_of": side,
@@ -473,7 +562,7 @@ def _make_pair(
         "pair_seed": [config.seed, tree_index, pair_index],
         "standard_views": [g1.name, g2.name],
         "separation_deg": angle_between_views(g1, g2),
-        "voxel_mm": voxel,
+        "voxel_mm": config.resolved_voxel_mm(),
         "renderer": config.renderer,
         "render_draws": draws,
     }

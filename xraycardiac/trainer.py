@@ -1,0 +1,392 @@
+"""The one trainer every ``xraycardiac train ...`` command uses: config, EMA, checkpoints, exact resume, DDP.
+
+A training run is a model (``torch.nn.Module``), a loss function ``loss_fn(model, batch, generator)
+-> (loss, {name: float})``, a map-style dataset and a :class:`TrainConfig`. :class:`Trainer` owns
+the rest, the same way on a 2-core CPU and under ``torchrun`` on N GPUs:
+
+* **Batches are a pure function of (seed, step)**: step s takes the global batch
+  ``permutation(seed, epoch)[offset : offset + batch_size]`` of the dataset (``epoch, offset`` from
+  ``s * batch_size``; the last partial batch of an epoch wraps into the next permutation), and the
+  loss function gets a ``torch.Generator`` seeded with ``(seed, step, rank)`` for its noise. So a
+  resumed run replays exactly the batches and noise an uninterrupted one would have seen.
+* **Checkpoints** (``out/checkpoint.pt``, written atomically every ``checkpoint_every`` steps and at
+  the end) hold the model, its EMA, the optimizer, the step and both configs (nanoGPT-style);
+  ``fit()`` continues from one when it exists and the configs agree (``steps`` may grow).
+* **EMA** of the weights via ``torch.optim.swa_utils.AveragedModel`` (``ema_decay``; 0 disables);
+  the EMA weights are what :meth:`Trainer.export` writes.
+* **AMP** (bfloat16 autocast) on CUDA when ``amp`` is True; CPU runs in float32.
+* **DDP** when started by ``torchrun`` (``WORLD_SIZE`` > 1): NCCL on CUDA, gloo on CPU; each rank
+  takes its slice of the global batch; rank 0 alone writes files.
+* ``out/log.jsonl``: one JSON line per ``log_every`` steps (step, loss, lr, seconds, metrics).
+
+Learning rate: linear warm-up over ``warmup_steps``, then constant (diffusion practice: DDPM,
+IDDPM and MONAI's generative tutorials train at a constant rate).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["TrainConfig", "Trainer", "batch_indices", "parse_overrides"]
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.jsonl"
+LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor], torch.Generator], tuple[torch.Tensor, dict]]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a model is optimised (what it is lives in the model's own config).
+
+    Attributes:
+        steps: optimisation steps in total (a resumed run continues up to this).
+        batch_size: global batch (split over DDP ranks; must divide by the world size).
+        lr: AdamW learning rate after warm-up.
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear warm-up steps.
+        grad_clip: max gradient norm; 0 = no clipping.
+        ema_decay: EMA decay per step in [0, 1); 0 = no EMA (export the raw weights).
+        amp: bfloat16 autocast on CUDA (ignored on CPU).
+        seed: seeds the batch order, the model's noise and the initial weights.
+        device: "auto", "cpu", "cuda[:N]" or "mps" (under torchrun each rank takes cuda:LOCAL_RANK).
+        num_workers: DataLoader worker processes.
+        log_every: steps between lines of ``log.jsonl``.
+        checkpoint_every: steps between checkpoints (one is always written at the end).
+    """
+
+    steps: int = 2000
+    batch_size: int = 8
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    amp: bool = True
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    log_every: int = 25
+    checkpoint_every: int = 250
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+                raise ValueError(f"TrainConfig.{name}: expected an integer >= 1, got {v!r}")
+        for name in ("warmup_steps", "num_workers", "seed"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+                raise ValueError(f"TrainConfig.{name}: expected an integer >= 0, got {v!r}")
+        for name, lo, hi in (("lr", 0.0, 1.0), ("weight_decay", 0.0, 1.0), ("grad_clip", 0.0, math.inf)):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and not isinstance(v, bool) and lo <= v <= hi):
+                raise ValueError(f"TrainConfig.{name}: expected a number in [{lo}, {hi}], got {v!r}")
+        if not (isinstance(self.ema_decay, int | float) and 0.0 <= self.ema_decay < 1.0):
+            raise ValueError(f"TrainConfig.ema_decay: expected a number in [0, 1), got {self.ema_decay!r}")
+
+
+def parse_overrides(pairs: list[str], *configs: Any) -> list[Any]:
+    """Apply ``key=value`` overrides to frozen dataclass configs (nanoGPT style); unknown keys are errors.
+
+    Each key must name a field of exactly one of ``configs``; the value is parsed as JSON when it
+    parses (numbers, true/false, null, lists), else taken as a string. Lists become tuples.
+
+    Args:
+        pairs: e.g. ``["steps=500", "lr=1e-4", "channels=[16,32,64,64]"]``.
+        configs: the dataclass instances to update.
+
+    Returns:
+        The updated configs, in the order given (their ``__post_init__`` checks the values).
+
+    Raises:
+        ValueError: a pair without "=", or a key no config has (names the allowed keys).
+    """
+    out = list(configs)
+    names = [{f.name for f in fields(c)} for c in configs]
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not sep or not key:
+            raise ValueError(f"override {pair!r}: expected key=value")
+        owners = [i for i, n in enumerate(names) if key in n]
+        if not owners:
+            allowed = sorted(set().union(*names))
+            raise ValueError(f"override {pair!r}: unknown key {key!r}; allowed keys: {', '.join(allowed)}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if isinstance(value, list):
+            value = tuple(value)
+        i = owners[0]
+        out[i] = replace(out[i], **{key: value})
+    return out
+
+
+def batch_indices(step: int, batch_size: int, n: int, seed: int) -> np.ndarray:
+    """Dataset indices of global batch ``step``: a pure function of (step, batch_size, n, seed).
+
+    Epoch e is ``permutation(n)`` drawn from ``SeedSequence([seed, e])``; batches run through the
+    concatenation of epochs 0, 1, 2 ... so every sample is seen once per epoch.
+    """
+    if n < 1:
+        raise ValueError("the training dataset is empty")
+    start = step * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), n)
+        perm = np.random.default_rng(np.random.SeedSequence([seed, epoch])).permutation(n)
+        out.extend(perm[offset : offset + batch_size - len(out)].tolist())
+    return np.asarray(out, dtype=np.int64)
+
+
+class _StepSampler(torch.utils.data.Sampler):
+    """Yields this rank's share of the global batches of steps ``first .. last - 1``."""
+
+    def __init__(self, first: int, last: int, config: TrainConfig, n: int, rank: int, world: int) -> None:
+        self.first, self.last, self.config, self.n, self.rank, self.world = (
+            first,
+            last,
+            config,
+            n,
+            rank,
+            world,
+        )
+
+    def __len__(self) -> int:
+        return self.last - self.first
+
+    def __iter__(self):
+        local = self.config.batch_size // self.world
+        for step in range(self.first, self.last):
+            idx = batch_indices(step, self.config.batch_size, self.n, self.config.seed)
+            yield idx[self.rank * local : (self.rank + 1) * local].tolist()
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Trains ``model`` on ``dataset`` with ``loss_fn`` (see the module docstring).
+
+    Args:
+        model: the network (weights initialised by the caller, seeded by ``config.seed``).
+        loss_fn: ``loss_fn(model, batch, generator) -> (scalar loss, {metric: float})``; ``batch``
+            is the default-collated dict of tensors moved to the device.
+        dataset: map-style dataset of dicts of tensors.
+        config: the :class:`TrainConfig`.
+        out_dir: folder for ``checkpoint.pt`` and ``log.jsonl``.
+        model_config: JSON-ready model config, stored in checkpoints and compared on resume.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss_fn: LossFn,
+        dataset: torch.utils.data.Dataset,
+        config: TrainConfig,
+        out_dir: str | os.PathLike[str],
+        model_config: Mapping[str, Any],
+    ) -> None:
+        from xraycardiac.runtime import select_device
+
+        self.config = config
+        self.model_config = json.loads(json.dumps(dict(model_config)))
+        self.out_dir = Path(out_dir)
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if config.batch_size % self.world:
+            raise ValueError(
+                f"TrainConfig.batch_size: {config.batch_size} does not divide by the {self.world} DDP ranks"
+            )
+        if self.world > 1:
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            cuda = torch.cuda.is_available() and config.device != "cpu"
+            self.device = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
+            if not torch.distributed.is_initialized():
+                torch.distributed.init_process_group("nccl" if cuda else "gloo")
+        else:
+            self.device = select_device(config.device)
+        self.model = model.to(self.device)
+        self.loss_fn = loss_fn
+        self.dataset = dataset
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.ema = None
+        if config.ema_decay > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay))
+        self.step = 0
+        self._ddp = None
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes files (rank 0)."""
+        return self.rank == 0
+
+    # ------------------------------------------------------------------------------ checkpoints
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "train_config": asdict(self.config),
+            "model_config": self.model_config,
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoint.pt`` atomically (rank 0 only) and return its path."""
+        path = self.out_dir / CHECKPOINT
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            _atomic_save(self._state(), path)
+        return path
+
+    def load_checkpoint(self, path: str | os.PathLike[str]) -> int:
+        """Restore model, EMA, optimizer and step from ``path``; returns the step.
+
+        Raises:
+            ValueError: the checkpoint was made with another model config or another training
+                config (other than ``steps``, ``device``, ``num_workers``, ``log_every``,
+                ``checkpoint_every``); names the first differing key.
+        """
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state.get("model_config") != self.model_config:
+            keys = sorted(
+                k
+                for k in set(state.get("model_config", {})) | set(self.model_config)
+                if state.get("model_config", {}).get(k) != self.model_config.get(k)
+            )
+            raise ValueError(
+                f"{path}: checkpoint of another model config (differs in {keys}); use a new --out folder"
+            )
+        free = {"steps", "device", "num_workers", "log_every", "checkpoint_every"}
+        old = {k: v for k, v in state.get("train_config", {}).items() if k not in free}
+        new = {k: v for k, v in asdict(self.config).items() if k not in free}
+        if old != new:
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise ValueError(
+                f"{path}: checkpoint made with another training config (differs in {diff}); "
+                "resume with the same settings or use a new --out folder"
+            )
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        return self.step
+
+    def averaged_model(self) -> torch.nn.Module:
+        """The EMA model (or the raw model when EMA is off), for evaluation and export."""
+        return self.ema.module if self.ema is not None else self.model
+
+    # ------------------------------------------------------------------------------ training
+
+    def _lr(self, step: int) -> float:
+        w = self.config.warmup_steps
+        return self.config.lr * min(1.0, (step + 1) / w) if w > 0 else self.config.lr
+
+    def fit(self, progress: Callable[..., None] | None = None, resume: bool = True) -> dict[str, Any]:
+        """Train up to ``config.steps``, continuing from ``out/checkpoint.pt`` when ``resume``.
+
+        Args:
+            progress: ``progress(stage, fraction, **extra)`` callback (e.g. a job's progress).
+            resume: continue from an existing checkpoint; False with one present is an error.
+
+        Returns:
+            Summary: steps run now, final step, last logged loss, seconds, seconds per step.
+
+        Raises:
+            FileExistsError: a checkpoint exists and ``resume`` is False.
+        """
+        cfg = self.config
+        ckpt = self.out_dir / CHECKPOINT
+        resumed_from = None
+        if ckpt.exists():
+            if not resume:
+                raise FileExistsError(f"{ckpt} exists: resume it or choose another --out folder")
+            resumed_from = self.load_checkpoint(ckpt)
+        first = self.step
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=_StepSampler(first, cfg.steps, cfg, len(self.dataset), self.rank, self.world),
+            num_workers=cfg.num_workers,
+        )
+        net = self._ddp if self._ddp is not None else self.model
+        net.train()
+        amp = cfg.amp and self.device.type == "cuda"
+        t0 = time.monotonic()
+        last: dict[str, Any] = {}
+        running, count = 0.0, 0
+        for batch in loader:
+            step = self.step
+            for group in self.optimizer.param_groups:
+                group["lr"] = self._lr(step)
+            batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(int(np.random.SeedSequence([cfg.seed, step, self.rank]).generate_state(1)[0]))
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=amp):
+                loss, metrics = self.loss_fn(net, batch, gen)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss is {loss.item()} at step {step}; lower lr")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            self.step += 1
+            running += float(loss.detach())
+            count += 1
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                elapsed = time.monotonic() - t0
+                last = {
+                    "step": self.step,
+                    "loss": running / count,
+                    "lr": self._lr(step),
+                    "seconds": round(elapsed, 2),
+                    **{k: float(v) for k, v in metrics.items()},
+                }
+                running, count = 0.0, 0
+                if self.is_main:
+                    self.out_dir.mkdir(parents=True, exist_ok=True)
+                    with open(self.out_dir / LOG, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(last) + "\n")
+                if progress is not None:
+                    done = (self.step - first) / max(cfg.steps - first, 1)
+                    eta = elapsed / max(self.step - first, 1) * (cfg.steps - self.step)
+                    progress(f"step {self.step}/{cfg.steps} loss {last['loss']:.4f}", done, eta_s=round(eta))
+            if self.step % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+        self.save_checkpoint()
+        seconds = time.monotonic() - t0
+        ran = self.step - first
+        return {
+            "steps_run": ran,
+            "step": self.step,
+            "resumed_from": resumed_from,
+            "last_log": last,
+            "seconds": round(seconds, 2),
+            "seconds_per_step": round(seconds / ran, 4) if ran else None,
+            "device": str(self.device),
+            "world_size": self.world,
+        }
