@@ -9,7 +9,9 @@ detector pixel, in this order:
    tissue it displaces (``B`` already counts tissue along the whole ray);
 2. primary photons ``P = I0 exp(-L)``; with ``auto_exposure`` the tube output is set, like a C-arm's
    automatic exposure control, so that a pixel of median background detects ``photons_per_pixel``
-   (``I0 = photons_per_pixel * exp(median B)``), otherwise ``I0 = photons_per_pixel``;
+   (``I0 = photons_per_pixel * exp(median B)``), otherwise ``I0 = photons_per_pixel``; both scaled
+   by the pixel's area over that of a ``photons_pixel_mm`` pixel (binned or larger pixels collect
+   more photons, so a 128-pixel frame of the same field is not 16x noisier per area);
 3. scatter ``S = SPR * (c mean(P) + (1 - c) lowpass(P))``: a uniform share ``c`` and a broad
    Gaussian low-pass of the primary (``scatter_sigma_mm`` at the detector), ``SPR = f / (1 - f)``
    for a mean scatter fraction ``f = S / (S + P)``;
@@ -144,6 +146,8 @@ class PhysicsRendererConfig:
             phantom for the same geometry).
         photons_per_pixel: detected photons per pixel behind the median background with
             ``auto_exposure``, else the incident (unattenuated) count I0; default (400, 1500).
+        photons_pixel_mm: detector pixel size (mm) that ``photons_per_pixel`` refers to; pixels of
+            another size get photons in proportion to their area; None = per pixel, any size.
         auto_exposure: scale I0 so the median background pixel detects ``photons_per_pixel``.
         quantum_noise: draw Poisson noise; False renders the noise-free expectation.
         electronic_noise_std: std of the additive detector noise in detected-photon units; 0 = none;
@@ -179,6 +183,7 @@ class PhysicsRendererConfig:
     mu_iodine_per_mm: tuple[float, float] = (0.05, 0.10)
     background: str = "procedural"
     photons_per_pixel: tuple[float, float] = (400.0, 1500.0)
+    photons_pixel_mm: float | None = 0.35
     auto_exposure: bool = True
     quantum_noise: bool = True
     electronic_noise_std: float = 3.0
@@ -224,6 +229,12 @@ class PhysicsRendererConfig:
             )
         for name, lo in (("phantom_pool_size", 1), ("phantom_shape", 16), ("drr_downsample", 1)):
             check(name, is_int(getattr(self, name)) and getattr(self, name) >= lo, f"an integer >= {lo}")
+        v = self.photons_pixel_mm
+        check(
+            "photons_pixel_mm",
+            v is None or (isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < math.inf),
+            "None or a pixel size > 0 (mm)",
+        )
         for name, lo in (("phantom_seed", 0), ("output_levels", 2)):
             v = getattr(self, name)
             check(name, v is None or (is_int(v) and v >= lo), f"None or an integer >= {lo}")
@@ -442,7 +453,10 @@ def render_angiogram_detailed(
         bg = _check_image("background_mu", background_mu, shape)
 
     line = bg.astype(np.float64) + draw.mu_iodine_per_mm * t
-    i0 = draw.photons_per_pixel * (math.exp(float(np.median(bg))) if cfg.auto_exposure else 1.0)
+    area = 1.0
+    if cfg.photons_pixel_mm is not None:
+        area = float(np.prod(geometry.pixel_spacing_mm)) / cfg.photons_pixel_mm**2
+    i0 = draw.photons_per_pixel * area * (math.exp(float(np.median(bg))) if cfg.auto_exposure else 1.0)
     primary = i0 * np.exp(-line)
     spr = draw.scatter_fraction / (1.0 - draw.scatter_fraction)
     sigma_px = cfg.scatter_sigma_mm / float(np.mean(geometry.pixel_spacing_mm))
