@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from xraycardiac.coronary.tree import CoronaryTree
+from xraycardiac.volume import Volume
 
 
 def make_tree(branches) -> CoronaryTree:
@@ -31,3 +32,18 @@ def make_tree(branches) -> CoronaryTree:
         tree=np.array(tree_id, dtype=np.int64),
         meta={"generator": "test"},
     )
+
+
+def voxelised_tree(seed: int = 3, spacing_mm: float = 0.5) -> tuple[CoronaryTree, Volume]:
+    """(procedural tree ``make_coronary_tree(seed)``, its label map: left tree 1, right tree 2).
+
+    The grid is axis-aligned (RAS directions) with ``spacing_mm`` voxels and covers the tree with a
+    4 mm margin (about 200^3 voxels at 0.5 mm).
+    """
+    from xraycardiac.phantoms.coronary import CoronaryPhantomConfig, make_coronary_tree
+
+    truth = make_coronary_tree(CoronaryPhantomConfig(seed=seed))
+    lo, hi = truth.points.min(axis=0) - 4.0, truth.points.max(axis=0) + 4.0
+    shape_ijk = np.ceil((hi - lo) / spacing_mm).astype(int) + 1
+    grid = Volume.from_geometry(np.zeros(shape_ijk[::-1], np.uint8), (spacing_mm,) * 3, lo)
+    return truth, truth.voxelize(grid)

@@ -3,18 +3,20 @@
 Widget -> typed parameter node -> ``XRayCoronaryReconLib`` logic -> the core ``coronary-synth`` job
 in a separate process (progress bar, Cancel) -> per view pair two 2D volume nodes on their detector
 planes (projection matrix and C-arm geometry as node attributes), the ground-truth keypoints of each
-view as markups, and the tree's 3D centreline as a model. All computation is in the core library;
-nothing here does math.
+view as markups, and the tree's 3D centreline as a model. The tree is procedural (a seed) or comes
+from a coronary label map or segmentation node (exported to a label map by the Lib logic, with
+slicer-core's segmentations logic). All computation is in the core library; nothing here does math.
 """
 
 # No "from __future__ import annotations" here: parameterNodeWrapper reads the field types with
 # typing.get_type_hints, which needs them evaluated in this module as Slicer loads it.
 
 import traceback
-from typing import Annotated, Any
+from typing import Annotated, Any, Union
 
 import slicer
 import vtk
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -23,7 +25,14 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-from XRayCoronaryReconLib import DEFAULT_IMAGE_SIZE, DEVICE_CHOICES, INJECTION_CHOICES, MAX_PAIRS
+from XRayCoronaryReconLib import (
+    DEFAULT_IMAGE_SIZE,
+    DEVICE_CHOICES,
+    INJECTION_CHOICES,
+    MAX_PAIRS,
+    RENDERER_CHOICES,
+    TREE_SOURCE_CHOICES,
+)
 
 import XRayCardiacCommon
 
@@ -38,13 +47,14 @@ class XRayCoronaryRecon(ScriptedLoadableModule):
         self.parent.dependencies = ["XRayCardiacCommon"]
         self.parent.contributors = ["SlicerXRayCardiac developers"]
         self.parent.helpText = (
-            "Synthetic coronary angiograms with exact ground truth: a procedural coronary tree (from a "
-            "seed) seen in K clinically used C-arm view pairs. Each view is a 2D volume on its detector "
-            "plane with its 3x4 projection matrix in the node attribute XRayCardiac.ProjectionMatrix; "
-            "the ground-truth keypoints of each view are a point list on the detector plane (the same "
-            "label in both views is a match); the tree's 3D centreline is a model. Input from a "
-            "coronary segmentation or label map, and reconstruction from two real angiography frames, "
-            "come in later releases. Research use only; not for clinical decisions."
+            "Synthetic coronary angiograms with exact ground truth: a coronary tree (procedural, from a "
+            "seed, or the centreline tree of a coronary label map or segmentation) seen in K clinically "
+            "used C-arm view pairs, rendered by X-ray physics or a diffusion model. Each view is a 2D "
+            "volume on its detector plane with its 3x4 projection matrix in the node attribute "
+            "XRayCardiac.ProjectionMatrix; the ground-truth keypoints of each view are a point list on "
+            "the detector plane (the same label in both views is a match); the tree's 3D centreline is "
+            "a model. Reconstruction from two real angiography frames comes in a later release. "
+            "Research use only; not for clinical decisions."
         )
         self.parent.acknowledgementText = (
             "Method: Zhao et al., Leveraging Diffusion Model and Image Foundation Model for Improved "
@@ -57,16 +67,26 @@ class XRayCoronaryRecon(ScriptedLoadableModule):
 class XRayCoronaryReconParameterNode:
     """What the panel edits; saved with the scene.
 
-    seed: phantom seed of the procedural coronary tree (same seed, same tree, views and images).
+    treeSource: procedural (seed) / label map or segmentation (``inputLabelMap``).
+    seed: phantom seed of the procedural coronary tree, and of the views and renderings.
+    inputLabelMap: coronary label map or segmentation node (tree source "label map / segmentation").
+    leftLabel, rightLabel: label values of the left / right coronary trees in it (0 = none).
     pairs: number of view pairs K.
     injection: left / right: the opacified coronary tree and its standard views.
+    renderer: physics / diffusion (the diffusion model's own 128-pixel grid; imageSize is not used).
     imageSize: square detector size in pixels (the field of view stays ~150-200 mm).
     device: auto / cpu / cuda.
     """
 
+    treeSource: Annotated[str, Choice(list(TREE_SOURCE_CHOICES))] = TREE_SOURCE_CHOICES[0]
     seed: Annotated[int, WithinRange(0, 2_000_000_000)] = 0
+    # typing.Union (not "|"): the parameter node wrapper recognises node unions by typing.Union
+    inputLabelMap: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode, None]  # noqa: UP007
+    leftLabel: Annotated[int, WithinRange(0, 65535)] = 1
+    rightLabel: Annotated[int, WithinRange(0, 65535)] = 2
     pairs: Annotated[int, WithinRange(1, MAX_PAIRS)] = 2
     injection: Annotated[str, Choice(list(INJECTION_CHOICES))] = "left"
+    renderer: Annotated[str, Choice(list(RENDERER_CHOICES))] = "physics"
     imageSize: Annotated[int, WithinRange(64, 2048)] = DEFAULT_IMAGE_SIZE
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
 
@@ -136,11 +156,19 @@ class XRayCoronaryReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._updateGuiState()
 
     def _updateGuiState(self, caller: Any = None, event: Any = None) -> None:
+        p = self._parameterNode
+        fromLabels = p is not None and self.logic.usesLabelMap(p)
+        for widget in (self.ui.inputLabelMapSelector, self.ui.leftLabelSpinBox, self.ui.rightLabelSpinBox):
+            widget.enabled = fromLabels
+        self.ui.imageSizeSpinBox.enabled = p is not None and p.renderer == "physics"
         if self.progress.running:
             self.ui.generateButton.enabled = False
             self.ui.generateButton.toolTip = "A synthesis is running; wait for it or cancel it."
+        elif fromLabels and p.inputLabelMap is None:
+            self.ui.generateButton.enabled = False
+            self.ui.generateButton.toolTip = "Select the coronary label map or segmentation."
         else:
-            self.ui.generateButton.enabled = self._parameterNode is not None
+            self.ui.generateButton.enabled = p is not None
             self.ui.generateButton.toolTip = (
                 "Generate the view pairs; per pair two 2D volumes and two keypoint lists are added, "
                 "and the tree's centreline model once."
@@ -198,12 +226,35 @@ class XRayCoronaryReconLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self) -> XRayCoronaryReconParameterNode:
         return XRayCoronaryReconParameterNode(super().getParameterNode())
 
+    @staticmethod
+    def usesLabelMap(p: XRayCoronaryReconParameterNode) -> bool:
+        """True when the tree comes from ``p.inputLabelMap`` rather than from the seed."""
+        return p.treeSource == TREE_SOURCE_CHOICES[1]
+
     def startSynthesis(self, p: XRayCoronaryReconParameterNode) -> Any:
-        """Start the ``coronary-synth`` job (returns at once). Raises ValueError naming a bad parameter."""
+        """Start the ``coronary-synth`` job (returns at once). Raises ValueError naming a bad parameter.
+
+        Label map / segmentation source: ``p.inputLabelMap`` with its labels (0 = none). Renderer
+        "diffusion": images on the model's own grid (``image_size`` None).
+        """
         from XRayCoronaryReconLib.synthetic import SyntheticAngiogramsLogic
 
+        options: dict = {"renderer": p.renderer}
+        if self.usesLabelMap(p):
+            if p.inputLabelMap is None:
+                raise ValueError("labelmap_node: select the coronary label map or segmentation")
+            options.update(
+                labelmap_node=p.inputLabelMap,
+                left_label=p.leftLabel or None,
+                right_label=p.rightLabel or None,
+            )
         return SyntheticAngiogramsLogic(slicer.mrmlScene).start(
-            seed=p.seed, pairs=p.pairs, injection=p.injection, image_size=p.imageSize, device=p.device
+            seed=p.seed,
+            pairs=p.pairs,
+            injection=p.injection,
+            image_size=p.imageSize if p.renderer == "physics" else None,
+            device=p.device,
+            **options,
         )
 
     def finishSynthesis(self, run: Any) -> dict:

@@ -24,6 +24,18 @@ MAX_PAIRS = 10
 
 DEFAULT_IMAGE_SIZE = 512
 
+RENDERER_CHOICES = ("physics", "diffusion")
+"""How the angiograms are rendered: Beer-Lambert physics, or the mask-conditioned diffusion model."""
+
+DIFFUSION_MODEL = "angio-diffusion-demo"
+"""The diffusion renderer's model (``xraycardiac models list``); its grid (128 px) is the default image size."""
+
+DIFFUSION_STEPS = 50
+"""DDIM steps of the diffusion renderer."""
+
+TREE_SOURCE_CHOICES = ("procedural (seed)", "label map / segmentation")
+"""Where the coronary tree comes from: grown from a seed, or extracted from a coronary label map."""
+
 _LAZY = {
     "SyntheticAngiogramsLogic": "XRayCoronaryReconLib.synthetic",
     "SyntheticRun": "XRayCoronaryReconLib.synthetic",
@@ -32,9 +44,13 @@ _LAZY = {
 __all__ = [
     "DEFAULT_IMAGE_SIZE",
     "DEVICE_CHOICES",
+    "DIFFUSION_MODEL",
+    "DIFFUSION_STEPS",
     "IMAGE_SIZE_CHOICES",
     "INJECTION_CHOICES",
     "MAX_PAIRS",
+    "RENDERER_CHOICES",
+    "TREE_SOURCE_CHOICES",
     *_LAZY,
 ]
 

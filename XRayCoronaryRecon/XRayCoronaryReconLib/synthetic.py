@@ -1,10 +1,15 @@
 """Synthetic coronary angiograms into a scene: the core ``coronary-synth`` job, MRML out.
 
 The synthesis itself is the core pipeline ``coronary-synth`` (``xraycardiac.jobs.coronary_synth``:
-a procedural coronary tree from a seed, K clinically used C-arm view pairs, physics rendering,
-ground-truth keypoints), run in a separate process; this file only starts it and imports the
-dataset it writes (format: :mod:`xraycardiac.coronary.dataset`). One run makes one tree (phantom
-seed = ``seed``) and K pairs of it. For each pair k and view v it adds:
+a coronary tree, K clinically used C-arm view pairs, physics or diffusion rendering, ground-truth
+keypoints), run in a separate process; this file only starts it and imports the dataset it writes
+(format: :mod:`xraycardiac.coronary.dataset`). One run makes one tree and K pairs of it. The tree is
+either procedural (phantom seed = ``seed``) or extracted from a coronary label map in the scene
+(``labelmap_node``: the job's ``inputs.labelmap``, written to NRRD in world RAS; the tree is
+``tree_from_labelmap`` of its ``left_label`` / ``right_label``). A segmentation node is exported to a
+temporary label map node first (``vtkSlicerSegmentationsModuleLogic.ExportAllSegmentsToLabelmapNode``,
+in slicer-core, no Qt), which is removed again: its segments become labels 1, 2, ... in the order of
+the segment list, as Slicer's "Export to label map" numbers them. For each pair k and view v it adds:
 
 * a 2D scalar volume node "<prefix> pair k view v" (one slice, the rendered angiogram as float in
   [0, 1], vessels dark) placed on the detector plane in RAS by ``CArmGeometry.detector_ijk_to_ras``,
@@ -18,10 +23,8 @@ seed = ``seed``) and K pairs of it. For each pair k and view v it adds:
 and once, the 3D centreline of the whole tree (both coronary trees, RAS mm) as a model node
 "<prefix> centreline" with the point arrays ``Radius``, ``Branch``, ``Tree``. Every node carries
 provenance attributes (``Pipeline``, ``PackageVersion``, ``Device``, ``Seed``, ``Parameters``,
-``Sample``). Pairs the job skips (the tree outside the field of view) add no node and are
-reported in the result.
-
-Input from a coronary segmentation / label map is not offered yet: the job's trees are procedural.
+``Sample``; with a label map also ``LabelMapNode``, its name, and ``SourceNode``, its ID). Pairs the
+job skips (the tree outside the field of view) add no node and are reported in the result.
 """
 
 from __future__ import annotations
@@ -32,22 +35,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from XRayCardiacCommonLib.jobs import JobHandle, JobStatus
+import slicer
+from XRayCardiacCommonLib.jobs import JobHandle, JobStatus, start_job_from_nodes
 from XRayCardiacCommonLib.mrml_io import (
     GEOMETRY_ATTRIBUTE,
     PROJECTION_MATRIX_ATTRIBUTE,
     format_projection_matrix,
     node_from_volume,
     set_provenance,
+    volume_from_node,
 )
 
 from xraycardiac.coronary import dataset as ds
 from xraycardiac.coronary.tree import CoronaryTree
 from xraycardiac.geometry import CArmGeometry
+from xraycardiac.jobs.coronary_synth import config_from_params
 from xraycardiac.volume import Volume
-from XRayCoronaryReconLib import DEVICE_CHOICES, INJECTION_CHOICES, MAX_PAIRS
+from XRayCoronaryReconLib import (
+    DEVICE_CHOICES,
+    DIFFUSION_MODEL,
+    DIFFUSION_STEPS,
+    INJECTION_CHOICES,
+    MAX_PAIRS,
+    RENDERER_CHOICES,
+)
 
-__all__ = ["PIPELINE", "SyntheticAngiogramsLogic", "SyntheticRun"]
+__all__ = ["PIPELINE", "SyntheticAngiogramsLogic", "SyntheticRun", "labelmap_volume"]
 
 PIPELINE = "coronary-synth"
 _TREE_INDEX = 0  # one run = one tree (index 0, phantom seed = seed)
@@ -57,19 +70,108 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
+def _class_name(node: Any) -> str:
+    return node.GetClassName() if hasattr(node, "GetClassName") else type(node).__name__
+
+
+def _nodes(scene: Any) -> list[Any]:
+    return [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+
+
+def _segmentation_volume(scene: Any, node: Any, name: str) -> Volume:
+    """A segmentation node as a label map ``Volume`` (segments -> 1, 2, ... in list order), via a temporary node."""
+    if node.GetSegmentation() is None or node.GetSegmentation().GetNumberOfSegments() == 0:
+        raise ValueError(f"{name}: segmentation {node.GetName()!r} has no segment")
+    before = {n.GetID() for n in _nodes(scene)}
+    try:
+        labelmap = scene.AddNewNodeByClass(
+            "vtkMRMLLabelMapVolumeNode", f"{node.GetName()} (temporary export)"
+        )
+        # tight extent around the segments, padded, with the segmentation's parent transform
+        exported = slicer.vtkSlicerSegmentationsModuleLogic.ExportAllSegmentsToLabelmapNode(
+            node, labelmap, slicer.vtkSegmentation.EXTENT_UNION_OF_EFFECTIVE_SEGMENTS_PADDED
+        )
+        if not exported:
+            raise ValueError(f"{name}: segmentation {node.GetName()!r} could not be exported to a label map")
+        return volume_from_node(labelmap, name)
+    finally:
+        # the export also adds a display node and a colour table (and subject hierarchy in a bare scene)
+        for added in reversed([n for n in _nodes(scene) if n.GetID() not in before]):
+            scene.RemoveNode(added)
+
+
+def labelmap_volume(
+    scene: Any, node: Any, left_label: int | None, right_label: int | None, name: str = "labelmap_node"
+) -> Volume:
+    """The coronary label map of ``node`` as a ``Volume`` (world RAS), checked for the requested labels.
+
+    Args:
+        scene: the scene holding ``node`` (a segmentation is exported through a temporary node
+            that is removed again: the scene's nodes are unchanged).
+        node: a ``vtkMRMLLabelMapVolumeNode``, a ``vtkMRMLScalarVolumeNode`` with integer values, or
+            a ``vtkMRMLSegmentationNode`` (segments -> labels 1, 2, ... in segment-list order).
+        left_label: label value of the left coronary tree, or None.
+        right_label: label value of the right coronary tree, or None (may equal ``left_label``).
+        name: the parameter name used in error messages.
+
+    Returns:
+        Volume (K, J, I) of integer labels with the node's IJK-to-world-RAS matrix.
+
+    Raises:
+        ValueError: naming ``name``: another node type, no voxels, a 2D image, non-integer values,
+            or no voxel of either label.
+    """
+    if node is None or not hasattr(node, "IsA"):
+        raise ValueError(f"{name}: expected a label map volume node or a segmentation node, got {node!r}")
+    if node.IsA("vtkMRMLSegmentationNode"):
+        volume = _segmentation_volume(scene, node, name)
+    elif node.IsA("vtkMRMLScalarVolumeNode"):
+        volume = volume_from_node(node, name)
+    else:
+        raise ValueError(
+            f"{name}: expected a label map volume node (vtkMRMLLabelMapVolumeNode, or a scalar volume of "
+            f"integer labels) or a segmentation node, got {_class_name(node)} {node.GetName()!r}"
+        )
+    label = node.GetName()
+    i, j, k = volume.shape_ijk
+    if min(i, j, k) < 2:
+        raise ValueError(f"{name}: {label!r} is not a 3D label map: size (I, J, K) = ({i}, {j}, {k}) voxels")
+    array = volume.array
+    if array.dtype.kind == "f":
+        bad = ~np.isfinite(array) | (array != np.rint(array))
+        if bad.any():
+            raise ValueError(
+                f"{name}: {label!r} holds non-integer values (e.g. {array[bad].flat[0]!r}); expected "
+                "integer labels (a label map or a segmentation, not an image)"
+            )
+    requested = [v for v in dict.fromkeys((left_label, right_label)) if v is not None]
+    if not any(np.any(array == v) for v in requested):
+        values = np.unique(array)
+        shown = ", ".join(str(v) for v in values[:10]) + (", ..." if values.size > 10 else "")
+        raise ValueError(
+            f"{name}: {label!r} has no voxel of left_label {left_label} or right_label {right_label} "
+            f"(values present: {shown}); set the labels the map uses"
+        )
+    return volume
+
+
 @dataclass
 class SyntheticRun:
     """A started ``coronary-synth`` job and what is needed to import its results.
 
     Attributes:
         job: the running job (owns its temporary folder).
-        params: the job parameters.
-        prefix: start of the output node names, e.g. ``"Synthetic angio seed 7"``.
+        params: the job parameters (with a label map, also ``labelmap``: the input node's name).
+        prefix: start of the output node names, e.g. ``"Synthetic angio seed 7"``, or
+            ``"Synthetic angio <label map node name>"``.
+        source: provenance of the input node (``LabelMapNode``: name, ``SourceNode``: ID); empty
+            for a procedural tree.
     """
 
     job: JobHandle
     params: dict[str, Any] = field(default_factory=dict)
     prefix: str = "Synthetic angio"
+    source: dict[str, Any] = field(default_factory=dict)
 
     def poll(self) -> JobStatus:
         """Non-blocking progress update."""
@@ -94,22 +196,40 @@ class SyntheticAngiogramsLogic:
         seed: int = 0,
         pairs: int = 1,
         injection: str = "left",
-        image_size: int = 512,
+        image_size: int | None = None,
         device: str = "auto",
+        labelmap_node: Any = None,
+        left_label: int | None = 1,
+        right_label: int | None = 2,
+        renderer: str = "physics",
+        diffusion_model: str = DIFFUSION_MODEL,
     ) -> SyntheticRun:
         """Check the parameters and start the job; returns at once (the scene is not changed).
 
         Args:
-            seed: phantom seed of the procedural tree, integer >= 0 (the same seed gives the same
-                tree, views and images).
+            seed: integer >= 0: the phantom seed of the procedural tree, and the seed of the views
+                and renderings (the same seed gives the same tree, views and images).
             pairs: number of view pairs K, 1..``MAX_PAIRS``.
             injection: ``"left"`` or ``"right"``: the opacified coronary tree (and its standard views).
             image_size: square detector size in pixels, 64..2048; the pixel size scales so that the
-                field of view stays that of a 512-pixel detector (~150-200 mm).
-            device: ``auto``, ``cpu`` or ``cuda`` (projection ray marcher).
+                field of view stays that of a 512-pixel detector (~150-200 mm). None: 512 for
+                "physics", the model's grid (128 for ``angio-diffusion-demo``) for "diffusion".
+            device: ``auto``, ``cpu`` or ``cuda`` (projection ray marcher, diffusion model).
+            labelmap_node: None (a procedural tree), or the coronary label map the tree is extracted
+                from: a ``vtkMRMLLabelMapVolumeNode``, a ``vtkMRMLScalarVolumeNode`` of integer labels
+                or a ``vtkMRMLSegmentationNode`` (see the module docstring).
+            left_label: with ``labelmap_node``: label of the left coronary tree (integer >= 1), or None.
+            right_label: with ``labelmap_node``: label of the right coronary tree, or None; equal to
+                ``left_label`` when one label holds both trees (ImageCAS).
+            renderer: ``"physics"`` (Beer-Lambert) or ``"diffusion"`` (mask-conditioned diffusion
+                model ``diffusion_model``, ``DIFFUSION_STEPS`` DDIM steps).
+            diffusion_model: the diffusion renderer's model name (``xraycardiac models list``), folder
+                or weights file.
 
         Raises:
-            ValueError: naming the bad parameter, its value and what is allowed.
+            ValueError: naming the bad parameter, its value and what is allowed (an unknown
+                diffusion model: ``renderer_config.model``). FileNotFoundError: the diffusion
+                model's weights are missing.
         """
         if not _is_int(seed) or seed < 0:
             raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
@@ -117,22 +237,61 @@ class SyntheticAngiogramsLogic:
             raise ValueError(f"pairs: expected an integer from 1 to {MAX_PAIRS}, got {pairs!r}")
         if injection not in INJECTION_CHOICES:
             raise ValueError(f"injection: expected one of {list(INJECTION_CHOICES)}, got {injection!r}")
-        if not _is_int(image_size) or not 64 <= image_size <= 2048:
-            raise ValueError(f"image_size: expected an integer from 64 to 2048 pixels, got {image_size!r}")
+        if image_size is not None and (not _is_int(image_size) or not 64 <= image_size <= 2048):
+            raise ValueError(
+                f"image_size: expected an integer from 64 to 2048 pixels or None, got {image_size!r}"
+            )
         device_text = device.strip().lower() if isinstance(device, str) else device
         if device_text not in DEVICE_CHOICES:
             raise ValueError(f"device: expected one of {list(DEVICE_CHOICES)}, got {device!r}")
+        if renderer not in RENDERER_CHOICES:
+            raise ValueError(f"renderer: expected one of {list(RENDERER_CHOICES)}, got {renderer!r}")
         params: dict[str, Any] = {
             "trees": 1,
             "pairs_per_tree": int(pairs),
-            "renderer": "physics",
+            "renderer": renderer,
             "seed": int(seed),
             "injection": injection,
-            "image_size": int(image_size),
             "device": device_text,
         }
-        job = JobHandle.start(PIPELINE, {}, params, python=self.python)
-        return SyntheticRun(job=job, params=params, prefix=f"Synthetic angio seed {int(seed)}")
+        if image_size is not None:
+            params["image_size"] = int(image_size)
+        if renderer == "diffusion":
+            params["renderer_config"] = {"model": diffusion_model, "steps": DIFFUSION_STEPS}
+        config_from_params(params)  # the job's own checks, now (an unknown diffusion model included)
+        if labelmap_node is None:
+            job = JobHandle.start(PIPELINE, {}, params, python=self.python)
+            return SyntheticRun(job=job, params=params, prefix=f"Synthetic angio seed {int(seed)}")
+
+        for name, value in (("left_label", left_label), ("right_label", right_label)):
+            if value is not None and (not _is_int(value) or value < 1):
+                raise ValueError(
+                    f"{name}: expected an integer label >= 1 or None (no such tree), got {value!r}"
+                )
+        if left_label is None and right_label is None:
+            raise ValueError(
+                "left_label, right_label: both are None; give the label of at least one coronary tree"
+            )
+        side_label = left_label if injection == "left" else right_label
+        if side_label is None:
+            raise ValueError(
+                f"{injection}_label: None, but injection {injection!r} opacifies the {injection} coronary tree"
+            )
+        volume = labelmap_volume(self.scene, labelmap_node, left_label, right_label)
+        if left_label != right_label and not np.any(volume.array == side_label):
+            raise ValueError(
+                f"labelmap_node: {labelmap_node.GetName()!r} has no voxel of {injection}_label {side_label}, "
+                f"the tree that injection {injection!r} opacifies"
+            )
+        params["left_label"] = None if left_label is None else int(left_label)
+        params["right_label"] = None if right_label is None else int(right_label)
+        job = start_job_from_nodes(PIPELINE, {"labelmap": volume}, params, python=self.python)
+        return SyntheticRun(
+            job=job,
+            params={**params, "labelmap": labelmap_node.GetName()},
+            prefix=f"Synthetic angio {labelmap_node.GetName()}",
+            source={"LabelMapNode": labelmap_node.GetName(), "SourceNode": labelmap_node.GetID()},
+        )
 
     def import_results(self, run: SyntheticRun) -> dict[str, Any]:
         """Add a finished job's nodes to the scene (see the module docstring), then delete its files.
@@ -161,17 +320,22 @@ class SyntheticAngiogramsLogic:
         seed: int = 0,
         pairs: int = 1,
         injection: str = "left",
-        image_size: int = 512,
+        image_size: int | None = None,
         device: str = "auto",
         timeout_s: float | None = None,
         on_update: Callable[[JobStatus], None] | None = None,
+        **options: Any,
     ) -> dict[str, Any]:
         """``start``, wait (blocking) and ``import_results``: for scripts and tests.
+
+        Args:
+            options: ``start``'s other arguments (``labelmap_node``, ``left_label``, ``right_label``,
+                ``renderer``, ``diffusion_model``).
 
         Raises:
             everything ``start`` and ``import_results`` raise; TimeoutError after ``timeout_s``.
         """
-        run = self.start(seed, pairs, injection, image_size, device)
+        run = self.start(seed, pairs, injection, image_size, device, **options)
         try:
             run.job.wait(timeout_s=timeout_s, on_update=on_update)
         except BaseException:
@@ -189,6 +353,7 @@ class SyntheticAngiogramsLogic:
             "Device": summary.get("config", {}).get("device", run.params.get("device")),
             "Seed": run.params["seed"],
             "Parameters": run.params,
+            **run.source,
         }
         if summary.get("xraycardiac_version"):  # the version that ran the job
             provenance["PackageVersion"] = summary["xraycardiac_version"]

@@ -4,6 +4,10 @@
 :func:`xraycardiac.jobs.coronary_synth.synthesize`, the function the ``coronary-synth`` job runs
 for the GUI, so rerunning a killed command resumes it and ``--shard i/N`` runs may share one
 folder. Heavy imports (torch, the coronary engine) happen inside the command, so ``--help`` is quick.
+
+``synth --labelmap FILE`` takes the (one) tree from a coronary label map instead of growing
+procedural trees: ``--left-label`` / ``--right-label`` give its label values (equal when one label
+holds both trees, as in ImageCAS; 0 skips a side).
 """
 
 from __future__ import annotations
@@ -38,8 +42,13 @@ def _coronary() -> None:
 def synth(
     out: Annotated[Path, typer.Option(help="Dataset folder (created; an existing one is continued).")],
     trees: Annotated[
-        int, typer.Option(min=1, max=99_999, help="Number of coronary trees (indices 0..N-1).")
-    ] = 10,
+        int | None,
+        typer.Option(
+            min=1,
+            max=99_999,
+            help="Number of coronary trees (indices 0..N-1) (default 10; 1 with --labelmap).",
+        ),
+    ] = None,
     pairs_per_tree: Annotated[int, typer.Option(min=1, max=100, help="View pairs per tree.")] = 4,
     renderer: Annotated[
         str, typer.Option(help="physics | diffusion (the mask-conditioned IDDPM; see --diffusion-model).")
@@ -82,6 +91,24 @@ def synth(
     resume: Annotated[
         bool, typer.Option(help="Keep this shard's samples already in --out and make the rest.")
     ] = True,
+    labelmap: Annotated[
+        Path | None,
+        typer.Option(
+            help="Coronary label map (NRRD, NIfTI, MetaImage): its centreline tree replaces the procedural "
+            "one (one tree: --trees 1)."
+        ),
+    ] = None,
+    left_label: Annotated[
+        int, typer.Option(min=0, help="With --labelmap: label value of the left coronary tree (0 = none).")
+    ] = 1,
+    right_label: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="With --labelmap: label value of the right coronary tree (0 = none; equal to --left-label "
+            "when one label holds both trees, as in ImageCAS).",
+        ),
+    ] = 2,
 ) -> None:
     """Synthesize coronary angiogram view pairs (images, masks, thickness, geometry, GT matches) into --out."""
     from xraycardiac.jobs.coronary_synth import SynthConfig, check_renderer, parse_shard
@@ -98,6 +125,9 @@ def synth(
         from xraycardiac.runtime import select_device
 
         device = str(select_device("auto"))
+    if trees is None:
+        trees = 1 if labelmap is not None else 10
+    labels = {"left_label": left_label or None, "right_label": right_label or None} if labelmap else {}
     try:
         config = SynthConfig(
             trees=trees, pairs_per_tree=pairs_per_tree, renderer=renderer, seed=seed, injection=injection,
@@ -106,9 +136,10 @@ def synth(
             renderer_config=(
                 {"model": diffusion_model, "steps": diffusion_steps} if renderer == "diffusion" else {}
             ),
+            labelmap=str(labelmap) if labelmap is not None else None, **labels,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
-        name = str(e).split(":", 1)[0]
+        name = str(e).split(":", 1)[0].split(",")[0]
         option = _OPTION_OF.get(name, f"--{name.replace('_', '-')}")
         raise typer.BadParameter(str(e), param_hint=option) from e
     summary = _synthesize_with_progress(config, out, shard_ij, resume)

@@ -7,6 +7,15 @@ the centroid of the opacified tree (see below), ``project_vessels`` of the
 opacified tree in both views, ``ground_truth_matches``, two physics renderings, and
 ``write_sample`` (format: :mod:`xraycardiac.coronary.dataset`).
 
+Tree from a label map: given ``labelmap`` (a coronary label map file, NRRD / NIfTI / MetaImage, e.g.
+a CCTA segmentation exported from Slicer or an ImageCAS case), the run makes one tree (``trees`` must
+be 1): ``tree_from_labelmap(read_volume(labelmap), left_label, right_label)`` (left tree = tree 0,
+right tree = tree 1; ``left_label == right_label`` when one label holds both trees, as in ImageCAS;
+None skips a side), extracted once, before anything is written. The views, injection and rendering
+are those of a procedural tree; the side that ``injection`` opacifies must be in the map. The map's
+file name, sha256 and labels are stored in ``dataset.json`` (``generator.tree_source``), so a folder
+made from one label map refuses to be continued with another.
+
 Injection: an angiogram shows one selectively injected coronary tree, so by default
 ("alternate") even trees give left-coronary pairs (LCA views, LCA opacified) and odd trees
 right-coronary pairs; "left" / "right" fix the side; "both" opacifies both trees (LCA views for
@@ -38,8 +47,10 @@ A pair whose tree projects outside the field of view of either view is skipped a
 Job spec::
 
     {"pipeline": "coronary-synth",
-     "inputs": {"dataset": "existing_dataset_dir"},            # optional: write there, in place
-     "params": {"trees": 10, "pairs_per_tree": 4, "renderer": "physics", "seed": 0, "shard": "0/1",
+     "inputs": {"dataset": "existing_dataset_dir",             # optional: write there, in place
+                "labelmap": "coronary_labels.nrrd"},           # optional: the tree from a label map
+     "params": {"left_label": 1, "right_label": 2,              # with inputs.labelmap only
+                "trees": 10, "pairs_per_tree": 4, "renderer": "physics", "seed": 0, "shard": "0/1",
                 "image_size": 512, "pixel_spacing_mm": null, "keypoint_spacing_mm": 5.0,
                 "overlap_px": 3.0, "injection": "alternate", "voxel_mm": null, "device": "cpu",
                 "resume": true, "renderer_config": {}, "phantom_config": {}},
@@ -53,6 +64,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +105,8 @@ PARAMS = (
     "resume",
     "renderer_config",
     "phantom_config",
+    "left_label",
+    "right_label",
 )
 
 ProgressFn = Callable[..., None]
@@ -117,6 +131,10 @@ def parse_shard(shard: str | tuple[int, int]) -> tuple[int, int]:
     if not (isinstance(i, int) and isinstance(n, int) and n >= 1 and 0 <= i < n):
         raise ValueError(f"shard: expected 'i/N' with N >= 1 and 0 <= i < N (e.g. '0/4'), got {shard!r}")
     return i, n
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 def _positive_int(name: str, value: Any, upper: int | None = None) -> None:
@@ -158,6 +176,12 @@ class SynthConfig:
         renderer_config: ``PhysicsRendererConfig`` overrides (field -> value) for "physics";
             ``DiffusionSamplingConfig`` fields (model, steps, sampler) for "diffusion".
         phantom_config: ``CoronaryPhantomConfig`` overrides (all but ``seed``).
+        labelmap: path of a coronary label map file (NRRD, NIfTI, MetaImage; read in RAS): tree 0
+            is extracted from it (``trees`` must be 1) instead of grown from ``seed``; None =
+            procedural trees.
+        left_label: label value of the left coronary tree in ``labelmap`` (tree 0), or None to skip it.
+        right_label: label value of the right coronary tree (tree 1), or None to skip it; may equal
+            ``left_label`` when one label holds both trees (ImageCAS).
     """
 
     trees: int = 10
@@ -173,6 +197,9 @@ class SynthConfig:
     device: str = "cpu"
     renderer_config: Mapping[str, Any] = field(default_factory=dict)
     phantom_config: Mapping[str, Any] = field(default_factory=dict)
+    labelmap: str | None = None
+    left_label: int | None = 1
+    right_label: int | None = 2
 
     def __post_init__(self) -> None:
         from xraycardiac.coronary.dataset import MAX_PAIRS_PER_TREE, MAX_TREES
@@ -221,9 +248,34 @@ class SynthConfig:
             raise ValueError(
                 "phantom_config: 'seed' is set per tree (seed + tree index); use the seed parameter"
             )
+        self._check_labelmap()
         self.renderer_settings()  # fail now on bad renderer settings (and an unknown diffusion model)
         self.view_config()  # fail now on bad detector overrides
         self.phantom_for(0)
+
+    def _check_labelmap(self) -> None:
+        """Validate ``labelmap``, ``left_label``, ``right_label`` (and ``trees`` with a label map)."""
+        for name in ("left_label", "right_label"):
+            value = getattr(self, name)
+            if value is not None and not (_is_int(value) and value >= 1):
+                raise ValueError(
+                    f"{name}: expected an integer label >= 1 or None (skip that side), got {value!r}"
+                )
+            if value is not None:
+                object.__setattr__(self, name, int(value))
+        if self.labelmap is None:
+            return
+        if not isinstance(self.labelmap, str | PathLike) or not str(self.labelmap).strip():
+            raise ValueError(f"labelmap: expected the path of a label map file, got {self.labelmap!r}")
+        object.__setattr__(self, "labelmap", str(self.labelmap))
+        if self.left_label is None and self.right_label is None:
+            raise ValueError("left_label, right_label: both are None; a label map needs at least one label")
+        if self.trees != 1:
+            raise ValueError(
+                f"trees: a label map gives one coronary tree, so trees must be 1 with labelmap, got {self.trees}"
+            )
+        if not Path(self.labelmap).is_file():
+            raise FileNotFoundError(f"labelmap: {self.labelmap} does not exist or is not a file")
 
     # ------------------------------------------------------------------------------ derived configs
 
@@ -318,6 +370,22 @@ class SynthConfig:
             "voxel_mm": self.resolved_voxel_mm(),
             "views": views,
             "phantom": phantom,
+            **({"tree_source": self.tree_source()} if self.labelmap is not None else {}),
+        }
+
+    def tree_source(self) -> dict[str, Any] | None:
+        """JSON-ready record of the label map tree 0 comes from (file name, sha256, labels); None if procedural."""
+        if self.labelmap is None:
+            return None
+        from xraycardiac.models.manifest import sha256_file
+
+        path = Path(self.labelmap)
+        return {
+            "kind": "labelmap",
+            "file": path.name,
+            "sha256": sha256_file(path),
+            "left_label": self.left_label,
+            "right_label": self.right_label,
         }
 
     def renderer_params(self) -> dict[str, Any]:
@@ -497,6 +565,63 @@ def _render_diffusion(
     return [im for im in images], draws
 
 
+def labelmap_tree(config: SynthConfig) -> Any:
+    """Tree 0 of a label-map run: ``tree_from_labelmap`` of ``config.labelmap``, checked against the injection.
+
+    Args:
+        config: a config with ``labelmap`` set.
+
+    Returns:
+        The ``CoronaryTree`` (RAS mm; tree 0 = left, 1 = right) with every side ``injection`` opacifies.
+
+    Raises:
+        ValueError: naming ``labelmap`` and the file: unreadable, not 3D, no voxel of the labels,
+            no tubular structure, or no tree on the side that ``injection`` opacifies.
+        FileNotFoundError: the file does not exist.
+    """
+    from xraycardiac.coronary.from_labelmap import tree_from_labelmap
+    from xraycardiac.io import read_volume
+
+    if config.labelmap is None:
+        raise ValueError("labelmap: this run has no label map (its trees are procedural)")
+    path = config.labelmap
+    try:
+        volume = read_volume(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"labelmap: {path} does not exist") from None
+    except ValueError as exc:
+        raise ValueError(f"labelmap: {exc}") from None
+    if min(volume.shape_ijk) < 2:
+        raise ValueError(
+            f"labelmap: {path}: expected a 3D label map, got an image of size (I, J, K) = {volume.shape_ijk}"
+        )
+    try:
+        tree = tree_from_labelmap(volume, config.left_label, config.right_label)
+    except ValueError as exc:
+        reason = str(exc).removeprefix("tree_from_labelmap: ")
+        raise ValueError(f"labelmap: {path}: {reason}") from None
+    found = set(np.unique(tree.tree).tolist())
+    for t in config.side_of(0)[1]:
+        if t in found:
+            continue
+        side = ("left", "right")[t]
+        label = config.left_label if t == 0 else config.right_label
+        if label is None:
+            reason = f"{side}_label is None"
+        elif config.left_label == config.right_label:
+            reason = (
+                f"label {label} holds one tree only, taken as the left one (a right tree is a second "
+                "component of at least 10 % of the first)"
+            )
+        else:
+            reason = f"{side}_label {label} has no voxel in it"
+        raise ValueError(
+            f"labelmap: {path} has no {side} coronary tree ({reason}), but injection {config.injection!r} "
+            f"opacifies it; choose the injection of the tree the map holds, or the {side}_label it uses"
+        )
+    return tree
+
+
 def _isocenter(tree: Any, trees: tuple[int, ...]) -> np.ndarray:
     """(3,) RAS mm: the centroid of the opacified tree's centreline points (the C-arm's nominal isocentre)."""
     return np.asarray(tree.points, dtype=np.float64)[np.isin(tree.tree, trees)].mean(axis=0)
@@ -555,10 +680,11 @@ def _pair_record(
     from xraycardiac.coronary.views import angle_between_views
 
     meta = {
+        **({"tree_source": Path(config.labelmap).name} if config.labelmap is not None else {}),
         "injection": config.injection,
         "views_of": side,
         "opacified_trees": [("left", "right")[t] for t in opacified],
-        "tree_seed": config.seed + tree_index,
+        "tree_seed": None if config.labelmap is not None else config.seed + tree_index,
         "pair_seed": [config.seed, tree_index, pair_index],
         "standard_views": [g1.name, g2.name],
         "separation_deg": angle_between_views(g1, g2),
@@ -601,8 +727,12 @@ def synthesize(
         ``trees`` (this shard's tree indices), ``seconds``, ``seconds_per_written_pair``,
         ``dataset_dir``, ``shard``, and the dataset ``counts`` after the run.
 
+    With ``config.labelmap`` the tree is extracted from the label map (``labelmap_tree``) before
+    anything is written, so a bad label map leaves ``out`` as it was.
+
     Raises:
-        ValueError: a bad shard, or ``out`` holds a dataset made with other parameters.
+        ValueError: a bad shard, or ``out`` holds a dataset made with other parameters, or a bad
+            label map (see ``labelmap_tree``).
         FileExistsError: ``out`` is a file or a foreign non-empty folder, or (``resume`` False)
             samples of this shard exist already.
     """
@@ -614,8 +744,12 @@ def synthesize(
     out = Path(out)
     report_fn = progress if progress is not None else (lambda stage, fraction, **extra: None)
     t0 = time.monotonic()
-    prepare_dataset_dir(out, config.generator_params(), config.renderer_params())
     tree_ids = [t for t in range(config.trees) if t % n_shard == i_shard]
+    given = None
+    if config.labelmap is not None and tree_ids:  # first, so that a bad label map writes nothing
+        report_fn("tree 0: extracting the centreline tree from the label map", 0.0, tree=0)
+        given = labelmap_tree(config)
+    prepare_dataset_dir(out, config.generator_params(), config.renderer_params())
     todo = [(t, k) for t in tree_ids for k in range(config.pairs_per_tree)]
     existing = {(t, k) for t, k in todo if ds.sample_path(out, t, k).is_dir()}
     if existing and not resume:
@@ -634,8 +768,11 @@ def synthesize(
         if not missing:
             report_fn(f"tree {t}: all {config.pairs_per_tree} pairs already there", done / total, tree=t)
             continue
-        report_fn(f"tree {t}: generating the tree", done / total, tree=t)
-        tree = make_coronary_tree(config.phantom_for(t))
+        if given is not None:  # a label-map run has one tree, index 0
+            tree = given
+        else:
+            report_fn(f"tree {t}: generating the tree", done / total, tree=t)
+            tree = make_coronary_tree(config.phantom_for(t))
         ds.write_tree(out, t, tree)
         for k in missing:
             name = ds.sample_name(t, k)
@@ -681,13 +818,28 @@ def synthesize(
     return summary
 
 
-def config_from_params(params: Mapping[str, Any]) -> SynthConfig:
-    """A :class:`SynthConfig` from job parameters (the names of ``PARAMS``, JSON values)."""
+def config_from_params(params: Mapping[str, Any], labelmap: str | None = None) -> SynthConfig:
+    """A :class:`SynthConfig` from job parameters (the names of ``PARAMS``, JSON values).
+
+    Args:
+        params: job parameters; ``left_label`` / ``right_label`` (null = skip that side) need ``labelmap``.
+        labelmap: path of the job's ``inputs.labelmap``, or None.
+    """
     keys = (
         "trees", "pairs_per_tree", "renderer", "seed", "injection", "image_size", "pixel_spacing_mm",
         "keypoint_spacing_mm", "overlap_px", "voxel_mm", "device", "renderer_config", "phantom_config",
     )  # fmt: skip
     kwargs = {k: params[k] for k in keys if k in params and params[k] is not None}
+    for k in ("left_label", "right_label"):
+        if k in params:
+            if labelmap is None:
+                raise ValueError(
+                    f"params.{k}: applies to a label map input (inputs.labelmap), which is not given"
+                )
+            kwargs[k] = params[k]  # null (None) skips that side
+    if labelmap is not None:
+        kwargs["labelmap"] = labelmap
+        kwargs.setdefault("trees", 1)  # a label map is one tree
     for k in ("image_size", "pixel_spacing_mm"):
         if isinstance(kwargs.get(k), list):
             kwargs[k] = tuple(kwargs[k])
@@ -698,7 +850,11 @@ def config_from_params(params: Mapping[str, Any]) -> SynthConfig:
 def run_coronary_synth(spec: JobSpec, work_dir: Path, progress: Progress) -> dict[str, Any]:
     """Synthesize view pairs into the work folder, or into ``inputs.dataset`` in place (see the module)."""
     spec.check_param_names(PARAMS)
-    config = config_from_params(spec.params)
+    unknown = sorted(set(spec.inputs) - {"dataset", "labelmap"})
+    if unknown:
+        raise ValueError(f"inputs: unknown input(s) {unknown}; coronary-synth takes 'dataset' and 'labelmap'")
+    labelmap = str(spec.input_path("labelmap")) if "labelmap" in spec.inputs else None
+    config = config_from_params(spec.params, labelmap)
     if config.device == "auto":
         from xraycardiac.runtime import select_device
 
