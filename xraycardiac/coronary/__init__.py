@@ -1,4 +1,4 @@
-"""Coronary angiography engine (Zhao et al. 2025): centreline trees, views, projections, correspondences.
+"""Coronary angiography engine (Zhao et al. 2025): trees, views, projections, correspondences, renderers, matching.
 
 The public names are loaded on first use (PEP 562), so ``xraycardiac.coronary.cli`` and the command
 line start without importing torch.
@@ -32,6 +32,15 @@ _EXPORTS = {
     "list_samples": "dataset",
     "labelmap_surface": "from_labelmap",
     "tree_from_labelmap": "from_labelmap",
+    "AngioDiffusionConfig": "render_diffusion",
+    "AngioDiffusionRenderer": "render_diffusion",
+    "MatcherConfig": "baselines",
+    "MatchResult": "baselines",
+    "match_orb": "baselines",
+    "match_sift": "baselines",
+    "VesselKeypointConfig": "vessel_keypoints",
+    "detect_vessel_keypoints": "vessel_keypoints",
+    "match_vessel_keypoints": "vessel_keypoints",
 }
 
 __all__ = sorted(_EXPORTS)
