@@ -5,10 +5,14 @@ seed 1000 so that no tree is shared with the seed-0 training sets), or reads one
 runs every baseline on every pair and prints one table. Metrics are those of
 :mod:`xraycardiac.metrics.matching`, computed per pair and averaged over pairs (NaN-aware: a pair
 with no match has no precision); "kp/img" and "matches" are means per pair, "s/pair" the matcher's
-own wall time (detection to filtering, 2 CPU threads). The learned matcher of the paper will join
-this table; there is no peer implementation of these angiography baselines to compare with.
+own wall time (detection to filtering, 2 CPU threads). The evaluation is the library's
+(:func:`xraycardiac.coronary.evaluate.evaluate_matchers`, also ``xraycardiac coronary evaluate``);
+``--methods`` adds the learned matcher of the paper (``matcher:RUN``) and its ablation without the
+foundation mask (``matcher-nofm:RUN``). There is no peer implementation of these angiography
+baselines to compare with.
 
     python benchmarks/coronary_match.py [--trees 6] [--pairs 2] [--size 256] [--seed 1000]
+    python benchmarks/coronary_match.py --data DIR --methods sift,vessel+epipolar,matcher:RUN,matcher-nofm:RUN
     python benchmarks/coronary_match.py --data DIR       # an existing `xraycardiac coronary synth` folder
     python benchmarks/coronary_match.py --keep DIR       # make the set in DIR and keep it
 """
@@ -20,23 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-
-def _methods(tolerance_px: float, ransac_px: float) -> dict:
-    from xraycardiac.coronary.baselines import MatcherConfig, match_orb, match_sift
-    from xraycardiac.coronary.vessel_keypoints import match_vessel_keypoints
-
-    ransac = MatcherConfig(filter="ransac", ransac_threshold_px=ransac_px)
-    epipolar = MatcherConfig(filter="epipolar", epipolar_tolerance_px=tolerance_px)
-    none = MatcherConfig(filter="none")
-    return {
-        "SIFT + RANSAC": (match_sift, ransac),
-        "ORB + RANSAC": (match_orb, ransac),
-        f"SIFT + epipolar {tolerance_px:g}px": (match_sift, epipolar),
-        "vessel kp + NN": (match_vessel_keypoints, none),
-        f"vessel kp + NN + epipolar {tolerance_px:g}px": (match_vessel_keypoints, epipolar),
-    }
+DEFAULT_METHODS = "sift,orb,sift+epipolar,vessel,vessel+epipolar"
 
 
 def _make(out: Path, trees: int, pairs: int, size: int, seed: int) -> None:
@@ -48,10 +36,6 @@ def _make(out: Path, trees: int, pairs: int, size: int, seed: int) -> None:
         f"made {summary['written']} pairs ({summary['skipped']} skipped: outside the field of view) "
         f"in {time.perf_counter() - t0:.0f} s -> {out}"
     )
-
-
-def _fmt(v: float, digits: int = 3) -> str:
-    return "-" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,68 +50,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epipolar-tolerance", type=float, default=3.0, help="epipolar filter tolerance, px")
     parser.add_argument("--ransac-threshold", type=float, default=2.0, help="RANSAC inlier threshold, px")
     parser.add_argument("--threads", type=int, default=2, help="torch / OpenCV threads")
+    parser.add_argument(
+        "--methods",
+        default=DEFAULT_METHODS,
+        help="comma-separated methods of xraycardiac.coronary.evaluate.parse_method, e.g. "
+        "sift,vessel+epipolar,matcher:runs/m1,matcher-nofm:runs/m1",
+    )
+    parser.add_argument("--split", default="all", help="all | train | val | test (default: every pair)")
+    parser.add_argument("--device", default="cpu", help="device of learned matchers")
+    parser.add_argument("--foundation", help="family:/path of the foundation model for matcher: methods")
     args = parser.parse_args(argv)
 
     import cv2
     import torch
 
-    from xraycardiac.coronary.dataset import list_samples, read_sample
-    from xraycardiac.metrics.matching import sample_matching_metrics
+    from xraycardiac.coronary.evaluate import dataset_summary, evaluate_matchers, format_table
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         root = args.data
         if root is None:
             root = args.keep or Path(tmp) / "pairs"
             _make(root, args.trees, args.pairs, args.size, args.seed)
-        samples = [read_sample(p, load_thickness=False) for p in list_samples(root)]
-    if not samples:
-        print(f"no samples in {root}")
-        return 1
-    gt = np.mean([s["keypoints"]["in_field1"].sum() for s in samples])
-    print(
-        f"{len(samples)} pairs of {samples[0]['image1'].shape[1]} x {samples[0]['image1'].shape[0]} px, "
-        f"{gt:.0f} GT keypoints per view on average; OpenCV {cv2.__version__}"
-    )
-    methods = _methods(args.epipolar_tolerance, args.ransac_threshold)
-    methods[next(iter(methods))][0](samples[0]["image1"], samples[0]["image2"])  # warm-up (imports)
-    cols = [
-        ("method", 34), ("kp/img", 7), ("matches", 8), ("n>0", 4), ("P@3", 6), ("P@5", 6), ("R@3", 6), ("R@5", 6),
-        ("epiP@3", 7), ("epiP@5", 7), ("AUC@5", 6), ("AUC@10", 7), ("AUC@20", 7), ("epi err", 8), ("s/pair", 7),
-    ]  # fmt: skip
-    print(" ".join(f"{name:>{w}}" if i else f"{name:<{w}}" for i, (name, w) in enumerate(cols)))
-    for name, (fn, config) in methods.items():
-        rows = []
-        for s in samples:
-            r = fn(s["image1"], s["image2"], s["projection_matrices"], config)
-            m = sample_matching_metrics(r.x1, r.x2, s, keypoints1=r.keypoints1).as_dict()
-            m["kp"] = (len(r.keypoints1) + len(r.keypoints2)) / 2
-            m["seconds"] = r.seconds
-            rows.append(m)
-
-        def mean(key: str, rows: list[dict] = rows) -> float:
-            vals = np.array([r[key] for r in rows], dtype=np.float64)
-            return float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
-
-        values = [
-            f"{mean('kp'):.0f}", f"{mean('num_matches'):.1f}", f"{sum(r['num_matches'] > 0 for r in rows)}",
-            _fmt(mean("precision@3px")), _fmt(mean("precision@5px")),
-            _fmt(mean("recall@3px")), _fmt(mean("recall@5px")),
-            _fmt(mean("epipolar_precision@3px")), _fmt(mean("epipolar_precision@5px")),
-            _fmt(mean("auc@5px")), _fmt(mean("auc@10px")), _fmt(mean("auc@20px")),
-            _fmt(mean("mean_epipolar_error_px"), 1), f"{mean('seconds'):.3f}",
-        ]  # fmt: skip
-        print(
-            f"{name:<{cols[0][1]}} "
-            + " ".join(f"{v:>{w}}" for v, (_, w) in zip(values, cols[1:], strict=True))
-        )
-    print(
-        "P@t: keypoint-correct precision (both ends within t px of one GT keypoint's projections); "
-        "R@t: GT matches recovered; epiP@t: symmetric epipolar distance <= t px under the true geometry; "
-        "AUC@T: cumulative per-GT-match transfer-error AUC; epi err: mean symmetric epipolar distance, px. "
-        "Means over pairs; precision and epi err over the n>0 pairs that have a match ('-': none had)."
-    )
+        try:
+            summary = dataset_summary(root, args.split)
+            shape = summary["image_shape"]
+            print(
+                f"{summary['pairs']} pairs of {shape[1]} x {shape[0]} px, {summary['gt_keypoints_per_view']:.0f} "
+                f"GT keypoints per view on average; OpenCV {cv2.__version__}"
+            )
+            rows = evaluate_matchers(
+                root, methods, args.split, epipolar_tolerance_px=args.epipolar_tolerance,
+                ransac_threshold_px=args.ransac_threshold, device=args.device, foundation=args.foundation,
+            )  # fmt: skip
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"error: {exc}")
+            return 1
+    print(format_table(rows))
     return 0
 
 

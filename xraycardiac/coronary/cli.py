@@ -8,6 +8,13 @@ folder. Heavy imports (torch, the coronary engine) happen inside the command, so
 ``synth --labelmap FILE`` takes the (one) tree from a coronary label map instead of growing
 procedural trees: ``--left-label`` / ``--right-label`` give its label values (equal when one label
 holds both trees, as in ImageCAS; 0 skips a side).
+
+``evaluate`` runs keypoint matchers (SIFT, ORB, the vessel-keypoint baseline, trained
+``matcher:RUN`` models and their ``matcher-nofm:RUN`` ablation) on the pairs of a split and prints
+one table (:func:`xraycardiac.coronary.evaluate.evaluate_matchers`); ``--out`` writes it as JSON::
+
+    xraycardiac coronary evaluate --data synth/ --method sift --method vessel+epipolar
+        --method matcher:runs/matcher --method matcher-nofm:runs/matcher --out results.json
 """
 
 from __future__ import annotations
@@ -179,3 +186,58 @@ def _synthesize_with_progress(config: Any, out: Path, shard: tuple[int, int], re
                 f"interrupted; the samples written so far are kept: rerun the same command to resume {out}"
             )
             raise typer.Exit(130) from None
+
+
+@app.command()
+def evaluate(
+    data: Annotated[Path, typer.Option(help="Coronary pair dataset (xraycardiac coronary synth).")],
+    method: Annotated[
+        list[str],
+        typer.Option(
+            help="A method: sift, orb, vessel [+ransac|+epipolar|+none], matcher:<model or run folder>, "
+            "matcher-nofm:<...> [+epipolar]. Repeat for several."
+        ),
+    ],
+    split: Annotated[str, typer.Option(help="train | val | test | all.")] = "test",
+    out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
+    epipolar_tolerance: Annotated[
+        float, typer.Option(min=0.0, help="Tolerance of the +epipolar filter (pixels).")
+    ] = 3.0,
+    ransac_threshold: Annotated[float, typer.Option(min=0.0, help="RANSAC inlier threshold (pixels).")] = 2.0,
+    foundation: Annotated[
+        str | None,
+        typer.Option(
+            help="family:/path of the foundation model for matcher: (default: the one it was trained with)."
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option(help="Device of learned matchers: cpu | cuda[:N] | auto.")] = "cpu",
+    max_pairs: Annotated[int | None, typer.Option(min=1, help="Evaluate the first N pairs only.")] = None,
+) -> None:
+    """Match every view pair of a split with each method and print precision / recall / AUC side by side."""
+    from rich.console import Console
+
+    from xraycardiac.coronary.evaluate import dataset_summary, evaluate_matchers, format_table, write_results
+
+    console = Console(stderr=True)
+    try:
+        summary = dataset_summary(data, split)
+        console.print(
+            f"{summary['pairs']} pairs of {summary['image_shape']} px, "
+            f"{summary['gt_keypoints_per_view']:.0f} GT keypoints per view on average ({data}, split {split})"
+        )
+        rows = evaluate_matchers(
+            data, method, split, epipolar_tolerance_px=epipolar_tolerance, ransac_threshold_px=ransac_threshold,
+            device=device, foundation=foundation, max_pairs=max_pairs,
+            progress=lambda stage, fraction: console.print(f"[dim]{100 * fraction:5.1f}%  {stage}[/dim]"),
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    typer.echo(format_table(rows))
+    if out is not None:
+        settings = {"epipolar_tolerance_px": epipolar_tolerance, "ransac_threshold_px": ransac_threshold,
+                    "device": device, "foundation": foundation, "max_pairs": max_pairs}  # fmt: skip
+        write_results(
+            rows, out, {"data": str(data), "split": split, "dataset": summary, "settings": settings}
+        )
+        typer.echo(f"results: {out}")

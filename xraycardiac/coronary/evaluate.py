@@ -1,0 +1,414 @@
+"""Evaluate keypoint matchers on the view pairs of a coronary pair dataset (issue 4's comparison table).
+
+Every method is a callable ``sample -> MatchResult`` (:class:`~xraycardiac.coronary.baselines.MatchResult`)
+named by a short string (:func:`parse_method`):
+
+=================================  ==============================================================
+``sift``, ``orb``                  OpenCV keypoints, Lowe's ratio test, RANSAC (USAC MAGSAC++) on
+                                   the fundamental matrix (:mod:`xraycardiac.coronary.baselines`)
+``vessel``                         Frangi/skeleton vessel keypoints, patch NCC, mutual nearest
+                                   neighbours (:mod:`xraycardiac.coronary.vessel_keypoints`), no filter
+``matcher:<model>``                the learned :class:`~xraycardiac.coronary.train_matcher.CoronaryMatcher`
+                                   (a model name, a run / package folder or a weights file), with
+                                   its foundation model's cross-attention mask
+``matcher-nofm:<model>``           the same weights with ``foundation_mask=False`` (the ablation)
+``<any of these>+epipolar``        keep the matches within ``epipolar_tolerance_px`` of the epipolar
+                                   lines of the *known* geometry (what a calibrated C-arm allows)
+``sift+ransac``, ``+none`` ...     the classical methods also take ``+ransac`` or ``+none``
+=================================  ==============================================================
+
+The foundation model of ``matcher:`` is the one its config names (``foundation="dinov2:/path"``,
+from training), or ``foundation=`` given here (the folder moves between machines); a model trained
+without one runs unmasked.
+
+Metrics (:mod:`xraycardiac.metrics.matching`) are computed per pair and averaged over pairs
+NaN-aware, as the benchmark always did: precision and the epipolar error over the pairs that have a
+match, recall and AUC over the pairs that have a GT match; "keypoints_per_image", "matches" and
+"seconds_per_pair" are plain means (seconds: the method's own wall time, detection to filtering,
+after one untimed warm-up call per method).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "METHOD_FORMS",
+    "METRIC_FIELDS",
+    "EvalMethod",
+    "dataset_summary",
+    "evaluate_matchers",
+    "format_table",
+    "parse_method",
+    "write_results",
+]
+
+RESULTS_FORMAT = "xraycardiac.coronary_match_evaluation"
+METHOD_FORMS = (
+    "sift, orb, vessel (each optionally +ransac, +epipolar or +none; default: sift/orb +ransac, vessel +none), "
+    "matcher:<model name, run folder or .pt file>[+epipolar], matcher-nofm:<...>[+epipolar]"
+)
+METRIC_FIELDS = (
+    "keypoints_per_image",
+    "matches",
+    "pairs_with_matches",
+    "gt_matches",
+    "precision@3px",
+    "precision@5px",
+    "recall@3px",
+    "recall@5px",
+    "epipolar_precision@3px",
+    "epipolar_precision@5px",
+    "matching_score@3px",
+    "matching_score@5px",
+    "auc@5px",
+    "auc@10px",
+    "auc@20px",
+    "mean_epipolar_error_px",
+    "seconds_per_pair",
+)
+_CLASSICAL = {"sift": ("SIFT", "ransac"), "orb": ("ORB", "ransac"), "vessel": ("vessel kp + NN", "none")}
+_FILTER_NAMES = {"ransac": "RANSAC", "none": "", "epipolar": "epipolar"}
+
+
+@dataclass
+class EvalMethod:
+    """One parsed method.
+
+    Attributes:
+        spec: the string it was parsed from, e.g. ``"sift+epipolar"``.
+        name: the table's display name, e.g. ``"SIFT + epipolar 3px"``.
+        run: ``run(sample) -> MatchResult`` for a :func:`~xraycardiac.coronary.dataset.read_sample` dict.
+        info: provenance (e.g. the matcher's model, sha256 and foundation model).
+    """
+
+    spec: str
+    name: str
+    run: Callable[[dict[str, Any]], Any]
+    info: dict[str, Any]
+
+
+def _split_filter(spec: str, allowed: Sequence[str]) -> tuple[str, str | None]:
+    """(base, filter or None) of ``base[+filter]``."""
+    base, plus, flt = spec.rpartition("+")
+    if plus and flt in allowed:
+        return base, flt
+    return spec, None
+
+
+def parse_method(
+    spec: str,
+    *,
+    epipolar_tolerance_px: float = 3.0,
+    ransac_threshold_px: float = 2.0,
+    device: str = "cpu",
+    foundation: str | None = None,
+    _foundations: dict[str, Any] | None = None,
+) -> EvalMethod:
+    """Turn a method name into a callable (module docstring for the forms).
+
+    Args:
+        spec: e.g. ``"sift"``, ``"vessel+epipolar"``, ``"matcher:runs/m1"``, ``"matcher-nofm:runs/m1"``.
+        epipolar_tolerance_px: tolerance of the ``+epipolar`` filter, pixels.
+        ransac_threshold_px: inlier threshold of the ``+ransac`` filter, pixels.
+        device: torch device of a learned matcher and its foundation model ("cpu", "cuda", "auto").
+        foundation: ``"family:/path"`` of the foundation model for ``matcher:`` (overrides the spec
+            recorded in the model's config); None = the recorded one, if any.
+
+    Returns:
+        :class:`EvalMethod`.
+
+    Raises:
+        ValueError: an unknown form (lists the allowed ones), or a model that cannot be loaded.
+        FileNotFoundError: a missing model folder / file or foundation folder (with a hint).
+    """
+    from xraycardiac.coronary.baselines import MatcherConfig
+
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"method {spec!r}: expected one of the forms {METHOD_FORMS}")
+    spec = spec.strip()
+    kind, colon, model = spec.partition(":")
+    if colon and kind in ("matcher", "matcher-nofm"):
+        model, flt = _split_filter(model, ("epipolar", "none"))
+        if not model:
+            raise ValueError(
+                f"method {spec!r}: {kind}: needs a model name or run folder, e.g. {kind}:runs/matcher"
+            )
+        return _matcher_method(
+            spec, kind, model, flt, epipolar_tolerance_px, device, foundation, _foundations or {}
+        )
+    base, flt = _split_filter(spec, ("ransac", "epipolar", "none"))
+    if base not in _CLASSICAL:
+        raise ValueError(f"method {spec!r}: unknown; allowed forms: {METHOD_FORMS}")
+    label, default = _CLASSICAL[base]
+    flt = flt or default
+    config = MatcherConfig(
+        filter=flt, epipolar_tolerance_px=epipolar_tolerance_px, ransac_threshold_px=ransac_threshold_px
+    )
+    if base == "vessel":
+        from xraycardiac.coronary.vessel_keypoints import match_vessel_keypoints as fn
+    else:
+        from xraycardiac.coronary import baselines
+
+        fn = baselines.match_sift if base == "sift" else baselines.match_orb
+    suffix = {"ransac": " + RANSAC", "none": "", "epipolar": f" + epipolar {epipolar_tolerance_px:g}px"}[flt]
+
+    def run(sample: dict[str, Any]) -> Any:
+        return fn(sample["image1"], sample["image2"], sample["projection_matrices"], config)
+
+    return EvalMethod(spec, label + suffix, run, {"filter": flt})
+
+
+def _matcher_method(
+    spec: str,
+    kind: str,
+    model: str,
+    flt: str | None,
+    tolerance_px: float,
+    device: str,
+    foundation: str | None,
+    cache: dict[str, Any],
+) -> EvalMethod:
+    """An :class:`EvalMethod` of a learned matcher (``matcher:`` / ``matcher-nofm:``)."""
+    from xraycardiac.coronary.train_matcher import CoronaryMatcher
+
+    masked = kind == "matcher"
+    net = CoronaryMatcher.load(model, device=device, foundation_mask=None if masked else False)
+    fm = None
+    fm_spec = foundation or net.config.foundation
+    if masked and net.config.matcher.foundation_mask and fm_spec is not None:
+        from xraycardiac.coronary.foundation import FoundationSpec, load_foundation
+
+        key = f"{fm_spec}|{net.config.foundation_input_size}|{device}"
+        if key not in cache:
+            try:
+                parsed = FoundationSpec.parse(fm_spec)
+            except FileNotFoundError as exc:
+                raise FileNotFoundError(
+                    f"method {spec!r}: {exc}; the model was trained with foundation {net.config.foundation!r}: "
+                    "pass the folder on this machine (--foundation family:/path), or use matcher-nofm:"
+                ) from None
+            cache[key] = load_foundation(parsed, net.device, input_size=net.config.foundation_input_size)
+        fm = cache[key]
+    tol = tolerance_px if flt == "epipolar" else None
+    label = "matcher" if masked else "matcher w/o FM mask"
+    name = f"{label} ({net.source.get('model')})" + (f" + epipolar {tolerance_px:g}px" if tol else "")
+
+    def run(sample: dict[str, Any]) -> Any:
+        return net.match(
+            sample["image1"], sample["image2"], foundation=fm,
+            projection_matrices=sample["projection_matrices"], epipolar_tolerance_px=tol,
+        )  # fmt: skip
+
+    info = {
+        "filter": flt or "none",
+        "model": dict(net.source),
+        "foundation_mask": fm is not None,
+        "foundation": None if fm is None else {k: fm.info[k] for k in ("family", "folder", "weights_sha256")},
+    }
+    return EvalMethod(spec, name, run, info)
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    a = np.asarray(values, dtype=np.float64)
+    return float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")
+
+
+def _samples(data_dir: str | os.PathLike[str], split: str) -> list[Path]:
+    from xraycardiac.coronary.dataset import SPLITS, list_samples
+
+    if split != "all" and split not in SPLITS:
+        raise ValueError(f"split: expected 'all' or one of {SPLITS}, got {split!r}")
+    paths = list_samples(data_dir, None if split == "all" else split)
+    if not paths:
+        raise ValueError(f"{data_dir}: no sample in split {split!r} (use split 'all' for every sample)")
+    return paths
+
+
+def dataset_summary(data_dir: str | os.PathLike[str], split: str = "test") -> dict[str, Any]:
+    """Pairs, image size and mean in-field GT keypoints per view of a dataset's split (for a table's header)."""
+    from xraycardiac.coronary.dataset import read_json
+
+    paths = _samples(data_dir, split)
+    metas = [read_json(p / "sample.json", "coronary pair sample") for p in paths]
+    gt = [m.get("counts", {}).get(f"view{v}", 0) for m in metas for v in (1, 2)]
+    return {
+        "pairs": len(paths),
+        "image_shape": metas[0].get("image_shape", [None])[0],
+        "gt_keypoints_per_view": float(np.mean(gt)),
+    }
+
+
+def evaluate_matchers(
+    data_dir: str | os.PathLike[str],
+    methods: Sequence[str],
+    split: str = "test",
+    *,
+    epipolar_tolerance_px: float = 3.0,
+    ransac_threshold_px: float = 2.0,
+    device: str = "cpu",
+    foundation: str | None = None,
+    max_pairs: int | None = None,
+    warmup: bool = True,
+    progress: Callable[[str, float], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run each method on every view pair of a split and average the matching metrics.
+
+    Args:
+        data_dir: a coronary pair dataset (``xraycardiac coronary synth``).
+        methods: method names (:func:`parse_method`; all are parsed before any work).
+        split: "train", "val", "test" or "all".
+        epipolar_tolerance_px, ransac_threshold_px, device, foundation: see :func:`parse_method`.
+        max_pairs: evaluate the first N pairs only (None = all).
+        warmup: run each method once on the first pair, untimed (imports, allocator, kernels).
+        progress: ``progress(stage, fraction)``.
+
+    Returns:
+        One row per method, in order: ``method`` (the spec), ``name`` (display name), ``pairs``,
+        every key of :data:`METRIC_FIELDS` (float; NaN where no pair defines it), ``info``
+        (provenance) and ``per_pair`` (the sample name and its metrics, one dict per pair).
+
+    Raises:
+        ValueError: unknown method (lists the allowed forms), bad split or empty split.
+    """
+    from xraycardiac.coronary.dataset import read_sample
+    from xraycardiac.metrics.matching import sample_matching_metrics
+
+    if isinstance(methods, str) or not methods:
+        raise ValueError(
+            f"methods: expected a non-empty list of method names ({METHOD_FORMS}), got {methods!r}"
+        )
+    paths = _samples(data_dir, split)
+    if max_pairs is not None:
+        if not (isinstance(max_pairs, int) and max_pairs >= 1):
+            raise ValueError(f"max_pairs: expected None or an integer >= 1, got {max_pairs!r}")
+        paths = paths[:max_pairs]
+    foundations: dict[str, Any] = {}
+    parsed = [
+        parse_method(
+            m,
+            epipolar_tolerance_px=epipolar_tolerance_px,
+            ransac_threshold_px=ransac_threshold_px,
+            device=device,
+            foundation=foundation,
+            _foundations=foundations,
+        )  # fmt: skip
+        for m in methods
+    ]
+    samples = [read_sample(p, load_thickness=False) for p in paths]
+    rows = []
+    total = len(parsed) * len(samples)
+    for i, method in enumerate(parsed):
+        if warmup:
+            method.run(samples[0])
+        per_pair = []
+        for j, sample in enumerate(samples):
+            if progress is not None:
+                progress(f"{method.name}: pair {j + 1}/{len(samples)}", (i * len(samples) + j) / total)
+            r = method.run(sample)
+            m = sample_matching_metrics(r.x1, r.x2, sample, keypoints1=r.keypoints1).as_dict()
+            m["keypoints_per_image"] = (len(r.keypoints1) + len(r.keypoints2)) / 2
+            m["seconds"] = float(r.seconds)
+            per_pair.append({"sample": f"{paths[j].parent.name}/{paths[j].name}", **m})
+        row: dict[str, Any] = {"method": method.spec, "name": method.name, "pairs": len(samples)}
+        row["keypoints_per_image"] = float(np.mean([p["keypoints_per_image"] for p in per_pair]))
+        row["matches"] = float(np.mean([p["num_matches"] for p in per_pair]))
+        row["pairs_with_matches"] = int(sum(p["num_matches"] > 0 for p in per_pair))
+        row["gt_matches"] = float(np.mean([p["num_gt_matches"] for p in per_pair]))
+        for key in METRIC_FIELDS[4:-1]:
+            row[key] = _nanmean([p.get(key, float("nan")) for p in per_pair])
+        row["seconds_per_pair"] = float(np.mean([p["seconds"] for p in per_pair]))
+        row["info"] = method.info
+        row["per_pair"] = per_pair
+        rows.append(row)
+    if progress is not None:
+        progress("done", 1.0)
+    return rows
+
+
+# --- Output ----------------------------------------------------------------------------------------
+
+_COLUMNS = (
+    ("kp/img", 7, "keypoints_per_image", "{:.0f}"), ("matches", 8, "matches", "{:.1f}"),
+    ("n>0", 4, "pairs_with_matches", "{:d}"), ("P@3", 6, "precision@3px", "{:.3f}"),
+    ("P@5", 6, "precision@5px", "{:.3f}"), ("R@3", 6, "recall@3px", "{:.3f}"), ("R@5", 6, "recall@5px", "{:.3f}"),
+    ("epiP@3", 7, "epipolar_precision@3px", "{:.3f}"), ("epiP@5", 7, "epipolar_precision@5px", "{:.3f}"),
+    ("AUC@5", 6, "auc@5px", "{:.3f}"), ("AUC@10", 7, "auc@10px", "{:.3f}"), ("AUC@20", 7, "auc@20px", "{:.3f}"),
+    ("epi err", 8, "mean_epipolar_error_px", "{:.1f}"), ("s/pair", 7, "seconds_per_pair", "{:.3f}"),
+)  # fmt: skip
+LEGEND = (
+    "P@t: keypoint-correct precision (both ends within t px of one GT keypoint's projections); "
+    "R@t: GT matches recovered; epiP@t: symmetric epipolar distance <= t px under the true geometry; "
+    "AUC@T: cumulative per-GT-match transfer-error AUC; epi err: mean symmetric epipolar distance, px. "
+    "Means over pairs; precision and epi err over the n>0 pairs that have a match ('-': none had)."
+)
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "-"
+    return fmt.format(value)
+
+
+def format_table(rows: Sequence[dict[str, Any]], legend: bool = True) -> str:
+    """The rows of :func:`evaluate_matchers` as a fixed-width text table (plus the legend)."""
+    width = max([34, *(len(r["name"]) for r in rows)])
+    lines = [f"{'method':<{width}} " + " ".join(f"{h:>{w}}" for h, w, _, _ in _COLUMNS)]
+    for r in rows:
+        cells = [_cell(r.get(key), fmt) for _, _, key, fmt in _COLUMNS]
+        lines.append(
+            f"{r['name']:<{width}} "
+            + " ".join(f"{c:>{w}}" for c, (_, w, _, _) in zip(cells, _COLUMNS, strict=True))
+        )
+    if legend:
+        lines.append(LEGEND)
+    return "\n".join(lines)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN / inf -> None, numpy scalars and arrays -> Python, recursively (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_results(
+    rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], meta: dict[str, Any] | None = None
+) -> Path:
+    """Write the rows (and ``meta``: data, split, settings) as strict JSON, atomically; NaN is written as null.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    doc = {
+        "format": RESULTS_FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "intended_use": "research only, not for clinical use",
+        **(meta or {}),
+        "metrics": list(METRIC_FIELDS),
+        "methods": list(rows),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(_json_safe(doc), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
