@@ -2,10 +2,12 @@
 
 Runs ``xraycardiac.jobs.coronary_synth.synthesize`` (the code behind ``xraycardiac coronary synth``)
 in a fresh subprocess per (renderer, image size) so that peak memory is that run's alone, and
-prints one table. Only the physics renderer exists in this release; the diffusion renderer row says
-so instead of a number. There is no peer implementation of this data engine to compare with.
+prints one table. The diffusion renderer (``angio-diffusion-demo``, DDIM 50 steps) samples at its
+model's grid (128 px; other sizes are resampled to it, so they cost about the same); the physics
+renderer renders at the detector size. There is no peer implementation of this data engine to
+compare with.
 
-    python benchmarks/coronary_synth.py [--trees 2] [--pairs 2] [--sizes 256,512] [--device cpu]
+    python benchmarks/coronary_synth.py [--trees 2] [--pairs 2] [--sizes 128,256,512] [--device cpu]
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trees", type=int, default=2)
     parser.add_argument("--pairs", type=int, default=2, help="pairs per tree")
-    parser.add_argument("--sizes", default="256,512", help="detector sizes in pixels, comma separated")
+    parser.add_argument("--sizes", default="128,256,512", help="detector sizes in pixels, comma separated")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     import torch

@@ -41,6 +41,22 @@ _EXPORTS = {
     "VesselKeypointConfig": "vessel_keypoints",
     "detect_vessel_keypoints": "vessel_keypoints",
     "match_vessel_keypoints": "vessel_keypoints",
+    "FoundationSpec": "foundation",
+    "load_foundation": "foundation",
+    "sample_features": "foundation",
+    "KeypointNet": "keypoint_net",
+    "KeypointNetConfig": "keypoint_net",
+    "AttentionMatcher": "attention_matcher",
+    "AttentionMatcherConfig": "attention_matcher",
+    "CoronaryMatcher": "train_matcher",
+    "CoronaryMatcherConfig": "train_matcher",
+    "evaluate_matchers": "evaluate",
+    "CalibrationConfig": "calibration",
+    "refine_second_view": "calibration",
+    "ReconstructionConfig": "reconstruct",
+    "centreline_error_mm": "reconstruct",
+    "reconstruct_tree": "reconstruct",
+    "save_tube_vtp": "reconstruct",
 }
 
 __all__ = sorted(_EXPORTS)
