@@ -27,3 +27,25 @@ def xraycardiac_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     clear_hash_cache()
     yield home
     clear_hash_cache()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op torch thread for a module: tiny tensors on a shared 2-core machine run far slower with two."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_pair_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A coronary pair dataset of 3 trees x 1 pair at 64 x 64 px (seed 0), made once per session."""
+    from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize
+
+    root = tmp_path_factory.mktemp("tiny_pairs") / "pairs"
+    summary = synthesize(SynthConfig(trees=3, pairs_per_tree=1, image_size=64, seed=0), root)
+    assert summary["written"] == 3, summary
+    return root

@@ -31,23 +31,12 @@ TINY = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: tiny tensors on a shared 2-core machine run far slower with two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize
-
-    root = tmp_path_factory.mktemp("matcher_data") / "pairs"
-    summary = synthesize(SynthConfig(trees=3, pairs_per_tree=1, image_size=64, seed=0), root)
-    assert summary["written"] == 3, summary
-    return root
+def data(tiny_pair_dataset: Path) -> Path:
+    return tiny_pair_dataset
 
 
 @pytest.fixture(scope="module")

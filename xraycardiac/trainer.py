@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["TrainConfig", "Trainer", "batch_indices", "parse_overrides"]
+__all__ = ["TrainConfig", "Trainer", "batch_indices", "parse_overrides", "write_model_package"]
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
@@ -171,6 +171,55 @@ class _StepSampler(torch.utils.data.Sampler):
         for step in range(self.first, self.last):
             idx = batch_indices(step, self.config.batch_size, self.n, self.config.seed)
             yield idx[self.rank * local : (self.rank + 1) * local].tolist()
+
+
+def write_model_package(
+    out: str | os.PathLike[str],
+    weights: str | os.PathLike[str],
+    *,
+    name: str,
+    version: str,
+    training_data: str,
+    config: Mapping[str, Any],
+    description: str,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Write ``out/model.json``: the manifest entry of a finished run's weights (an importable package).
+
+    Args:
+        out: the run folder (holding ``weights``).
+        weights: the exported weights file (its sha256 goes into the entry).
+        name, version: manifest name and version.
+        training_data: what the weights were trained on.
+        config: the model's config (JSON-ready).
+        description: one line for listings.
+        command: the command line that made them (default: this process's ``xraycardiac`` argv).
+
+    Returns:
+        The entry written (``xraycardiac models import OUT`` installs it).
+    """
+    import shlex
+    import sys
+
+    from xraycardiac.models import sha256_file
+
+    weights = Path(weights)
+    entry = {
+        "name": name,
+        "version": version,
+        "file": weights.name,
+        "sha256": sha256_file(weights),
+        "licence": "Apache-2.0",
+        "training_data": training_data,
+        "training_command": command or shlex.join(["xraycardiac", *sys.argv[1:]]),
+        "config": dict(config),
+        "description": description,
+    }
+    path = Path(out) / "model.json"
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(entry, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return entry
 
 
 def _atomic_save(obj: Any, path: Path) -> None:

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
-import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -194,8 +192,7 @@ def train_angio_diffusion(
 
     from xraycardiac.coronary.render_diffusion import build_network, build_scheduler, save_weights
     from xraycardiac.diffusion import hybrid_loss
-    from xraycardiac.models import sha256_file
-    from xraycardiac.trainer import TrainConfig, Trainer
+    from xraycardiac.trainer import TrainConfig, Trainer, write_model_package
 
     mcfg = model_config or AngioDiffusionConfig()
     tcfg = train_config or TrainConfig()
@@ -214,22 +211,13 @@ def train_angio_diffusion(
     if not trainer.is_main:
         return summary
     weights = save_weights(trainer.averaged_model(), mcfg, out / "model.pt")
-    entry = {
-        "name": name,
-        "version": version,
-        "file": weights.name,
-        "sha256": sha256_file(weights),
-        "licence": "Apache-2.0",
-        "training_data": f"{len(dataset)} (mask, angiogram) images from {Path(data).name} (split {split})",
-        "training_command": command or shlex.join(["xraycardiac", *sys.argv[1:]]),
-        "config": mcfg.to_dict(),
-        "description": (
+    entry = write_model_package(
+        out, weights, name=name, version=version, command=command, config=mcfg.to_dict(),
+        training_data=f"{len(dataset)} (mask, angiogram) images from {Path(data).name} (split {split})",
+        description=(
             f"mask-conditioned angiogram IDDPM, {mcfg.image_size}x{mcfg.image_size}, {mcfg.condition}, "
             f"{summary['step']} steps x batch {tcfg.batch_size}, EMA {tcfg.ema_decay}; train config "
             + json.dumps(asdict(tcfg), sort_keys=True)
         ),
-    }
-    tmp = out / ".model.json.tmp"
-    tmp.write_text(json.dumps(entry, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "model.json")
+    )  # fmt: skip
     return {**summary, "model": str(weights), "entry": entry}

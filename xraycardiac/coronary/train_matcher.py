@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -639,8 +637,7 @@ def train_coronary_matcher(
             folder holding a checkpoint of other settings.
     """
     from xraycardiac.coronary.foundation import FoundationSpec, load_foundation, sample_features
-    from xraycardiac.models import sha256_file
-    from xraycardiac.trainer import TrainConfig, Trainer
+    from xraycardiac.trainer import TrainConfig, Trainer, write_model_package
 
     cfg = config or CoronaryMatcherConfig()
     tcfg = train_config or TrainConfig()
@@ -686,28 +683,19 @@ def train_coronary_matcher(
         shas = ", ".join(f"{k} {v[:12]}..." for k, v in sorted(info["weights_sha256"].items()))
         fm_text = f"{info['family']} {info['model_class']} ({shas}; not included)"
     shape = dataset.image_shape
-    entry = {
-        "name": name,
-        "version": version,
-        "file": weights.name,
-        "sha256": sha256_file(weights),
-        "licence": "Apache-2.0",
-        "training_data": (
+    entry = write_model_package(
+        out, weights, name=name, version=version, command=command, config=cfg.to_dict(),
+        training_data=(
             f"{len(dataset)} coronary view pairs"
             + (f" of {shape[0]} x {shape[1]} px" if shape else "")
             + f" from {Path(data).name} (split {split})"
         ),
-        "training_command": command or shlex.join(["xraycardiac", *sys.argv[1:]]),
-        "config": cfg.to_dict(),
-        "description": (
+        description=(
             f"coronary keypoint matcher (KeypointNet {list(cfg.keypoint_net.channels)} D={cfg.keypoint_net.descriptor_dim}"
             f" + attention matcher {cfg.matcher.n_layers} layers D={cfg.matcher.descriptor_dim}, foundation mask "
             f"{cfg.matcher.foundation_mask}); foundation model: {fm_text}; {summary['step']} steps x batch "
             f"{tcfg.batch_size}, EMA {tcfg.ema_decay}; train config "
             + json.dumps(asdict(tcfg), sort_keys=True)
         ),
-    }
-    tmp = out / ".model.json.tmp"
-    tmp.write_text(json.dumps(entry, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "model.json")
+    )  # fmt: skip
     return {**summary, "model": str(weights), "entry": entry}
