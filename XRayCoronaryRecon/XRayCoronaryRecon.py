@@ -1,11 +1,14 @@
-"""XRayCoronaryRecon: X-ray coronary reconstruction. This release: synthetic angiograms.
+"""XRayCoronaryRecon: X-ray coronary reconstruction: synthetic angiograms, and 3D reconstruction from two frames.
 
 Widget -> typed parameter node -> ``XRayCoronaryReconLib`` logic -> the core ``coronary-synth`` job
 in a separate process (progress bar, Cancel) -> per view pair two 2D volume nodes on their detector
 planes (projection matrix and C-arm geometry as node attributes), the ground-truth keypoints of each
 view as markups, and the tree's 3D centreline as a model. The tree is procedural (a seed) or comes
 from a coronary label map or segmentation node (exported to a label map by the Lib logic, with
-slicer-core's segmentations logic). All computation is in the core library; nothing here does math.
+slicer-core's segmentations logic). "Reconstruct": two 2D X-ray volumes with their C-arm geometry
+(optional vessel masks) -> the core ``coronary-reconstruct`` job -> matched keypoints (two point lists
+and a table), view 2's refined geometry (node attributes), the 3D centreline (curves per branch) and
+a tube model. All computation is in the core library; nothing here does math.
 """
 
 # No "from __future__ import annotations" here: parameterNodeWrapper reads the field types with
@@ -16,7 +19,7 @@ from typing import Annotated, Any, Union
 
 import slicer
 import vtk
-from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -30,6 +33,8 @@ from XRayCoronaryReconLib import (
     DEVICE_CHOICES,
     INJECTION_CHOICES,
     MAX_PAIRS,
+    RECONSTRUCT_DEFAULT_METHOD,
+    RECONSTRUCT_METHOD_CHOICES,
     RENDERER_CHOICES,
     TREE_SOURCE_CHOICES,
 )
@@ -53,7 +58,9 @@ class XRayCoronaryRecon(ScriptedLoadableModule):
             "volume on its detector plane with its 3x4 projection matrix in the node attribute "
             "XRayCardiac.ProjectionMatrix; the ground-truth keypoints of each view are a point list on "
             "the detector plane (the same label in both views is a match); the tree's 3D centreline is "
-            "a model. Reconstruction from two real angiography frames comes in a later release. "
+            "a model. Reconstruct: from two X-ray frames with their C-arm geometry (and optional vessel "
+            "masks, the accurate path), matched keypoints, a refined geometry of view 2, the 3D "
+            "centreline as curves per branch and a tube model. "
             "Research use only; not for clinical decisions."
         )
         self.parent.acknowledgementText = (
@@ -76,6 +83,12 @@ class XRayCoronaryReconParameterNode:
     renderer: physics / diffusion (the diffusion model's own 128-pixel grid; imageSize is not used).
     imageSize: square detector size in pixels (the field of view stays ~150-200 mm).
     device: auto / cpu / cuda.
+    reconVolume1, reconVolume2: the two X-ray frames (2D volumes with ``XRayCardiac.Geometry``).
+    reconMask1, reconMask2: optional vessel masks of the frames (the accurate path).
+    reconMethod: keypoint matcher; "matcher" uses ``reconMatcherModel`` (name, folder or .pt file).
+    reconFoundation: "family:/folder" of the learned matcher's foundation model, or empty.
+    reconRefine: refine view 2's geometry from the matches.
+    reconDevice: auto / cpu / cuda.
     """
 
     treeSource: Annotated[str, Choice(list(TREE_SOURCE_CHOICES))] = TREE_SOURCE_CHOICES[0]
@@ -89,6 +102,15 @@ class XRayCoronaryReconParameterNode:
     renderer: Annotated[str, Choice(list(RENDERER_CHOICES))] = "physics"
     imageSize: Annotated[int, WithinRange(64, 2048)] = DEFAULT_IMAGE_SIZE
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
+    reconVolume1: Union[vtkMRMLScalarVolumeNode, None]  # noqa: UP007
+    reconVolume2: Union[vtkMRMLScalarVolumeNode, None]  # noqa: UP007
+    reconMask1: Union[vtkMRMLScalarVolumeNode, None]  # noqa: UP007
+    reconMask2: Union[vtkMRMLScalarVolumeNode, None]  # noqa: UP007
+    reconMethod: Annotated[str, Choice(list(RECONSTRUCT_METHOD_CHOICES))] = RECONSTRUCT_DEFAULT_METHOD
+    reconMatcherModel: str = ""
+    reconFoundation: str = ""
+    reconRefine: bool = True
+    reconDevice: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
 
 
 class XRayCoronaryReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -101,6 +123,7 @@ class XRayCoronaryReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._parameterNode: XRayCoronaryReconParameterNode | None = None
         self._parameterNodeGuiTag = None
         self._run = None
+        self._reconRun = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -116,12 +139,17 @@ class XRayCoronaryReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.reconProgress = XRayCardiacCommon.JobProgress(
+            self.ui.reconProgressBar, self.ui.reconStatusLabel, self.ui.reconCancelButton
+        )
         self.ui.generateButton.connect("clicked(bool)", self.onGenerateButton)
+        self.ui.reconstructButton.connect("clicked(bool)", self.onReconstructButton)
 
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         self.progress.cleanup()
+        self.reconProgress.cleanup()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -135,6 +163,7 @@ class XRayCoronaryReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def onSceneStartClose(self, caller: Any, event: Any) -> None:
         self.progress.cleanup()
+        self.reconProgress.cleanup()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller: Any, event: Any) -> None:
@@ -173,6 +202,60 @@ class XRayCoronaryReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 "Generate the view pairs; per pair two 2D volumes and two keypoint lists are added, "
                 "and the tree's centreline model once."
             )
+
+        self.ui.reconMatcherModelLineEdit.enabled = p is not None and p.reconMethod == "matcher"
+        if self.reconProgress.running:
+            self.ui.reconstructButton.enabled = False
+            self.ui.reconstructButton.toolTip = "A reconstruction is running; wait for it or cancel it."
+        elif p is None or p.reconVolume1 is None or p.reconVolume2 is None:
+            self.ui.reconstructButton.enabled = False
+            self.ui.reconstructButton.toolTip = "Select the two X-ray frames (view 1 and view 2)."
+        else:
+            self.ui.reconstructButton.enabled = True
+            self.ui.reconstructButton.toolTip = (
+                "Match, refine view 2 and reconstruct the 3D centreline in a separate process."
+            )
+
+    def onReconstructButton(self) -> None:
+        if not XRayCardiacCommon.ensurePythonDependencies("XRayCoronaryRecon"):
+            return
+        try:
+            run = self.logic.startReconstruction(self._parameterNode)
+        except ValueError as exc:  # a bad setting: the message names it
+            XRayCardiacCommon.showError(str(exc))
+            return
+        except Exception as exc:
+            XRayCardiacCommon.showError(
+                f"Could not start the reconstruction: {exc}", details=traceback.format_exc()
+            )
+            return
+        self._reconRun = run
+        self.ui.reconErrorLabel.text = ""
+        self.reconProgress.track(
+            run.poll, lambda: self.logic.cancelReconstruction(run), self._onReconstructionFinished
+        )
+        self._updateGuiState()
+
+    def _onReconstructionFinished(self, status: Any) -> None:
+        run, self._reconRun = self._reconRun, None
+        try:
+            if status.state == "done":
+                result = self.logic.finishReconstruction(run)
+                self.ui.reconErrorLabel.text = result["text"]
+                self.ui.reconStatusLabel.text = (
+                    f"Added {result['table'].GetNumberOfRows()} matches, "
+                    f"{len(result['branches'])} centreline branches and the tube model"
+                )
+            else:
+                self.logic.cancelReconstruction(run)  # deletes the job's files
+                if status.state == "error":
+                    XRayCardiacCommon.showError(status.message, details=status.details)
+        except Exception as exc:
+            XRayCardiacCommon.showError(
+                f"Importing the reconstruction failed: {exc}", details=traceback.format_exc()
+            )
+        finally:
+            self._updateGuiState()
 
     def onGenerateButton(self) -> None:
         if not XRayCardiacCommon.ensurePythonDependencies("XRayCoronaryRecon"):
@@ -268,6 +351,33 @@ class XRayCoronaryReconLogic(ScriptedLoadableModuleLogic):
         from XRayCoronaryReconLib.synthetic import SyntheticAngiogramsLogic
 
         SyntheticAngiogramsLogic(slicer.mrmlScene).cancel(run)
+
+    def startReconstruction(self, p: XRayCoronaryReconParameterNode) -> Any:
+        """Start the ``coronary-reconstruct`` job (returns at once). Raises ValueError naming a bad parameter."""
+        from XRayCoronaryReconLib.reconstruct import ReconstructLogic, method_spec
+
+        return ReconstructLogic(slicer.mrmlScene).start(
+            p.reconVolume1,
+            p.reconVolume2,
+            mask_node1=p.reconMask1,
+            mask_node2=p.reconMask2,
+            method=method_spec(p.reconMethod, p.reconMatcherModel),
+            foundation=p.reconFoundation or None,
+            refine_calibration=bool(p.reconRefine),
+            device=p.reconDevice,
+        )
+
+    def finishReconstruction(self, run: Any) -> dict:
+        """Add the finished job's nodes to the scene; see ``ReconstructLogic.import_results``."""
+        from XRayCoronaryReconLib.reconstruct import ReconstructLogic
+
+        return ReconstructLogic(slicer.mrmlScene).import_results(run)
+
+    def cancelReconstruction(self, run: Any) -> None:
+        """Stop a job and delete its files; the scene is not changed."""
+        from XRayCoronaryReconLib.reconstruct import ReconstructLogic
+
+        ReconstructLogic(slicer.mrmlScene).cancel(run)
 
     def synthesize(self, p: XRayCoronaryReconParameterNode, timeoutS: float | None = None) -> dict:
         """Blocking: start, wait and import. Returns ``finishSynthesis``'s dict."""

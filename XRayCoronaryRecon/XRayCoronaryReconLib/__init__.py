@@ -36,9 +36,18 @@ DIFFUSION_STEPS = 50
 TREE_SOURCE_CHOICES = ("procedural (seed)", "label map / segmentation")
 """Where the coronary tree comes from: grown from a seed, or extracted from a coronary label map."""
 
+RECONSTRUCT_DEFAULT_METHOD = "vessel+epipolar"
+"""The keypoint matcher of the "Reconstruct" section by default (vessel keypoints, epipolar filter)."""
+
+RECONSTRUCT_METHOD_CHOICES = ("vessel+epipolar", "sift+epipolar", "vessel", "sift", "matcher")
+"""Matchers offered by the "Reconstruct" section; "matcher" (the learned one) takes the model name, folder
+or .pt file typed in the matcher model field."""
+
 _LAZY = {
     "SyntheticAngiogramsLogic": "XRayCoronaryReconLib.synthetic",
     "SyntheticRun": "XRayCoronaryReconLib.synthetic",
+    "ReconstructLogic": "XRayCoronaryReconLib.reconstruct",
+    "ReconstructRun": "XRayCoronaryReconLib.reconstruct",
 }
 
 __all__ = [
@@ -49,6 +58,8 @@ __all__ = [
     "IMAGE_SIZE_CHOICES",
     "INJECTION_CHOICES",
     "MAX_PAIRS",
+    "RECONSTRUCT_DEFAULT_METHOD",
+    "RECONSTRUCT_METHOD_CHOICES",
     "RENDERER_CHOICES",
     "TREE_SOURCE_CHOICES",
     *_LAZY,

@@ -34,6 +34,7 @@ PIPELINE_MODULES: tuple[str, ...] = (
     "xraycardiac.jobs.selftest",
     "xraycardiac.jobs.drr",
     "xraycardiac.jobs.coronary_synth",
+    "xraycardiac.jobs.coronary_reconstruct",
 )
 
 EventSink = Callable[[dict[str, Any]], None]

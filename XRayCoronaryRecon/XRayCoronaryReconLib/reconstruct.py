@@ -1,0 +1,468 @@
+"""Two X-ray frames in a scene -> matched keypoints, refined view 2, 3D centreline: the ``coronary-reconstruct`` job.
+
+The work is the core pipeline ``coronary-reconstruct`` (:mod:`xraycardiac.jobs.coronary_reconstruct`:
+keypoint matching, refinement of view 2's C-arm geometry, 3D centreline reconstruction), run in a
+separate process; this file checks the nodes, writes them as the job's inputs and imports its
+outputs. Input volume nodes are 2D (one slice) scalar volumes carrying ``XRayCardiac.Geometry``
+(a ``CArmGeometry.to_dict()`` JSON: what the "Synthetic angiograms" section and the DICOM XA reader
+store); it is handed to the job as ``geometry1`` / ``geometry2``. Optional vessel mask nodes (label
+maps or scalar volumes, > 0 = vessel, the size of their image) are the accurate path: without them
+the job segments the vessels by Frangi vesselness, which on a 256 px synthetic pair puts the 3D
+centreline ~24 mm off, against sub-millimetre with ground-truth masks.
+
+``import_results`` adds (names start with ``"<view 1 name> recon"``):
+
+* two locked markups point lists "... keypoints view 1/2": the matched keypoints, each at its
+  position ON ITS IMAGE'S DETECTOR PLANE in RAS (recorded geometry, so it overlays the image node),
+  labelled by its match index (the same label in both lists = one match);
+* a table node "... matches": columns index, u1, v1, u2, v2 (pixels, u = column, v = row), score;
+* one markups curve per reconstructed branch "... segment_NNN" (linear curves, locked; each starts
+  at its parent point so the branches connect), a model node "... centreline" (polylines with
+  ``Radius``) and a model node "... tube" (the tube surface), RAS mm;
+* on volume node 2: ``XRayCardiac.Geometry`` / ``XRayCardiac.ProjectionMatrix`` replaced by the
+  refined geometry (when refined), the previous geometry kept once as ``XRayCardiac.GeometryOriginal``
+  (a second run keeps the first original), and ``XRayCardiac.CalibrationRefined``,
+  ``XRayCardiac.ReprojectionErrorBeforePx`` / ``...AfterPx`` (mean over the matches, pixels).
+
+Every added node carries provenance (``Pipeline``, ``PackageVersion``, ``Device``, ``Parameters``,
+``SourceNodes``). On any error nothing is added and volume node 2's attributes are restored.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import vtk
+from XRayCardiacCommonLib.jobs import JobHandle, JobStatus
+from XRayCardiacCommonLib.mrml_io import (
+    ATTRIBUTE_PREFIX,
+    GEOMETRY_ATTRIBUTE,
+    PROJECTION_MATRIX_ATTRIBUTE,
+    format_projection_matrix,
+    set_provenance,
+    volume_from_node,
+)
+
+from xraycardiac.coronary.tree import CoronaryTree
+from xraycardiac.geometry import CArmGeometry
+from xraycardiac.io import write_volume
+from xraycardiac.volume import Volume
+from XRayCoronaryReconLib import DEVICE_CHOICES, RECONSTRUCT_DEFAULT_METHOD, RECONSTRUCT_METHOD_CHOICES
+
+__all__ = [
+    "GEOMETRY_ORIGINAL_ATTRIBUTE",
+    "PIPELINE",
+    "ReconstructLogic",
+    "ReconstructRun",
+    "describe_calibration",
+    "method_spec",
+]
+
+PIPELINE = "coronary-reconstruct"
+GEOMETRY_ORIGINAL_ATTRIBUTE = ATTRIBUTE_PREFIX + "GeometryOriginal"
+_CALIBRATION_ATTRIBUTES = (
+    ATTRIBUTE_PREFIX + "CalibrationRefined",
+    ATTRIBUTE_PREFIX + "ReprojectionErrorBeforePx",
+    ATTRIBUTE_PREFIX + "ReprojectionErrorAfterPx",
+)
+_VIEW2_ATTRIBUTES = (GEOMETRY_ATTRIBUTE, PROJECTION_MATRIX_ATTRIBUTE, GEOMETRY_ORIGINAL_ATTRIBUTE)
+_VIEW2_ATTRIBUTES += _CALIBRATION_ATTRIBUTES
+_TABLE_COLUMNS = ("index", "u1", "v1", "u2", "v2", "score")
+
+
+def method_spec(choice: str, matcher_model: str = "") -> str:
+    """The job's ``method`` string of a panel choice: ``"matcher"`` + a model -> ``"matcher:<model>"``.
+
+    Raises:
+        ValueError: naming ``method`` for an unknown choice, ``matcher_model`` when "matcher" has none.
+    """
+    if choice not in RECONSTRUCT_METHOD_CHOICES:
+        raise ValueError(f"method: expected one of {list(RECONSTRUCT_METHOD_CHOICES)}, got {choice!r}")
+    if choice != "matcher":
+        return choice
+    model = (matcher_model or "").strip()
+    if not model:
+        raise ValueError(
+            "matcher_model: the learned matcher needs a model name, run folder or .pt weights file"
+        )
+    return f"matcher:{model}"
+
+
+def describe_calibration(calibration: dict[str, Any]) -> str:
+    """One line for the panel, e.g. ``"Reprojection error 3.21 px -> 0.05 px (refined, 42 matches)"``."""
+    before = (calibration.get("error_before_px") or {}).get("mean")
+    after = (calibration.get("error_after_px") or {}).get("mean")
+    n = calibration.get("matches", 0)
+    if before is None:
+        return f"Reprojection error: no match ({n} matches); view 2 not refined"
+    if calibration.get("refined"):
+        return f"Reprojection error {before:.2f} px -> {after:.2f} px (view 2 refined, {n} matches)"
+    reason = calibration.get("reason") or "not refined"
+    return f"Reprojection error {before:.2f} px ({n} matches; view 2 not refined: {reason})"
+
+
+def _describe(node: Any) -> str:
+    if node is None or not hasattr(node, "GetClassName"):
+        return repr(node)
+    return f"{node.GetClassName()} {node.GetName()!r}"
+
+
+def _image(node: Any, name: str) -> Volume:
+    """A 2D (one slice) scalar volume node as a ``Volume``; a ValueError naming ``name`` otherwise."""
+    volume = volume_from_node(node, name)
+    if volume.array.shape[0] != 1:
+        raise ValueError(
+            f"{name}: {node.GetName()!r} has {volume.array.shape[0]} slices; expected one 2D X-ray frame"
+        )
+    return volume
+
+
+def _geometry(node: Any, name: str, shape: tuple[int, int]) -> dict[str, Any]:
+    """The node's ``XRayCardiac.Geometry`` dict, parsed and checked against its (rows, cols)."""
+    text = node.GetAttribute(GEOMETRY_ATTRIBUTE)
+    if not text:
+        raise ValueError(
+            f"{name}: {node.GetName()!r} has no C-arm geometry (attribute {GEOMETRY_ATTRIBUTE}); load the "
+            "frame from DICOM XA (the geometry is read from its header) or make it in 'Synthetic angiograms'"
+        )
+    try:
+        data = json.loads(text)
+        geometry = CArmGeometry.from_dict(data)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(
+            f"{name}: {node.GetName()!r}: {GEOMETRY_ATTRIBUTE} is not a C-arm geometry ({exc})"
+        ) from None
+    detector = (geometry.detector_rows, geometry.detector_cols)
+    if detector != tuple(shape):
+        raise ValueError(
+            f"{name}: {node.GetName()!r} is {shape[0]} x {shape[1]} pixels but its geometry's detector is "
+            f"{detector[0]} x {detector[1]}"
+        )
+    return geometry.to_dict()
+
+
+@dataclass
+class ReconstructRun:
+    """A started ``coronary-reconstruct`` job and what is needed to import its results.
+
+    Attributes:
+        job: the running job (owns its temporary folder).
+        params: the job parameters.
+        nodes: the input nodes (``volume1``, ``volume2``, optional ``mask1``, ``mask2``).
+        prefix: start of the output node names.
+    """
+
+    job: JobHandle
+    params: dict[str, Any] = field(default_factory=dict)
+    nodes: dict[str, Any] = field(default_factory=dict)
+    prefix: str = "Coronary recon"
+
+    def poll(self) -> JobStatus:
+        """Non-blocking progress update."""
+        return self.job.poll()
+
+
+class ReconstructLogic:
+    """Start ``coronary-reconstruct`` jobs on two X-ray volume nodes and import their results.
+
+    Args:
+        scene: the ``vtkMRMLScene`` holding the inputs and receiving the outputs.
+        python: interpreter for the job process; None chooses PythonSlicer inside Slicer,
+            ``sys.executable`` elsewhere.
+    """
+
+    def __init__(self, scene: Any, python: str | None = None) -> None:
+        self.scene = scene
+        self.python = python
+
+    def start(
+        self,
+        volume_node1: Any,
+        volume_node2: Any,
+        mask_node1: Any = None,
+        mask_node2: Any = None,
+        method: str = RECONSTRUCT_DEFAULT_METHOD,
+        foundation: str | None = None,
+        refine_calibration: bool = True,
+        device: str = "auto",
+        epipolar_tolerance_px: float = 3.0,
+    ) -> ReconstructRun:
+        """Check the nodes and parameters and start the job; returns at once (the scene is not changed).
+
+        Args:
+            volume_node1, volume_node2: 2D scalar volume nodes (one slice) with ``XRayCardiac.Geometry``;
+                their sizes may differ (each has its own geometry).
+            mask_node1, mask_node2: optional vessel masks (> 0 = vessel) of the size of their image:
+                the accurate path (module docstring); None = Frangi segmentation of the image.
+            method: keypoint matcher (``xraycardiac.coronary.evaluate.METHOD_FORMS``), e.g.
+                ``"vessel+epipolar"``, ``"sift+epipolar"``, ``"matcher:<model or folder>"``.
+            foundation: ``"family:/folder"`` of the learned matcher's foundation model, or None.
+            refine_calibration: refine view 2's geometry from the matches (skipped, and said so,
+                with fewer than 6 matches).
+            device: ``auto``, ``cpu`` or ``cuda``.
+            epipolar_tolerance_px: tolerance of the ``+epipolar`` filter, pixels.
+
+        Raises:
+            ValueError: naming the parameter: a node that is not a 2D scalar volume, a volume without
+                geometry (or one unlike its size), a mask of another size, an empty method, an
+                unknown device, a foundation model with a method that does not use one.
+        """
+        volumes: dict[str, Volume] = {}
+        geometries: dict[str, dict[str, Any]] = {}
+        for v, node in ((1, volume_node1), (2, volume_node2)):
+            name = f"volume_node{v}"
+            volumes[f"image{v}"] = _image(node, name)
+            geometries[f"geometry{v}"] = _geometry(node, name, volumes[f"image{v}"].array.shape[1:])
+        for v, node in ((1, mask_node1), (2, mask_node2)):
+            if node is None:
+                continue
+            mask = _image(node, f"mask_node{v}")
+            shape, expected = mask.array.shape[1:], volumes[f"image{v}"].array.shape[1:]
+            if shape != expected:
+                raise ValueError(
+                    f"mask_node{v}: {node.GetName()!r} is {shape[0]} x {shape[1]} pixels but volume_node{v} "
+                    f"is {expected[0]} x {expected[1]}; a vessel mask must be the size of its image"
+                )
+            volumes[f"mask{v}"] = Volume((mask.array > 0).astype(np.uint8), mask.ijk_to_ras)
+        if not isinstance(method, str) or not method.strip():
+            raise ValueError(
+                f"method: expected a matcher such as {RECONSTRUCT_DEFAULT_METHOD!r}, got {method!r}"
+            )
+        method = method.strip()
+        foundation = foundation.strip() if isinstance(foundation, str) and foundation.strip() else None
+        if foundation is not None and not method.startswith("matcher:"):
+            raise ValueError(
+                f"foundation: only the learned matcher (method 'matcher:<model>') uses a foundation model; "
+                f"method is {method!r}: clear the foundation folder or choose a matcher"
+            )
+        device_text = device.strip().lower() if isinstance(device, str) else device
+        if device_text not in DEVICE_CHOICES:
+            raise ValueError(f"device: expected one of {list(DEVICE_CHOICES)}, got {device!r}")
+        if not isinstance(refine_calibration, bool):
+            raise ValueError(f"refine_calibration: expected True or False, got {refine_calibration!r}")
+        params: dict[str, Any] = {
+            "method": method,
+            "refine_calibration": refine_calibration,
+            "epipolar_tolerance_px": float(epipolar_tolerance_px),
+            "device": device_text,
+        }
+        if foundation is not None:
+            params["foundation"] = foundation
+        job = self._start_job(volumes, geometries, params)
+        nodes = {"volume1": volume_node1, "volume2": volume_node2, "mask1": mask_node1, "mask2": mask_node2}
+        return ReconstructRun(job, params, nodes, prefix=f"{volume_node1.GetName()} recon")
+
+    def _start_job(
+        self, volumes: dict[str, Volume], geometries: dict[str, dict[str, Any]], params: dict[str, Any]
+    ) -> JobHandle:
+        """Write the inputs into a new temporary folder and start the job (the folder goes with the job)."""
+        work_dir = Path(tempfile.mkdtemp(prefix=f"xraycardiac-{PIPELINE}-"))
+        try:
+            (work_dir / "inputs").mkdir()
+            paths: dict[str, Path] = {}
+            for key, volume in volumes.items():
+                paths[key] = write_volume(volume, work_dir / "inputs" / f"{key}.nrrd")
+            for key, data in geometries.items():
+                paths[key] = work_dir / "inputs" / f"{key}.json"
+                paths[key].write_text(json.dumps(data, indent=2), encoding="utf-8")
+            handle = JobHandle.start(PIPELINE, paths, params, work_dir=work_dir, python=self.python)
+        except BaseException:
+            shutil.rmtree(work_dir, ignore_errors=True)
+            raise
+        handle.work_dir = work_dir
+        return handle
+
+    def import_results(self, run: ReconstructRun) -> dict[str, Any]:
+        """Add a finished job's nodes to the scene (module docstring), then delete its files.
+
+        Returns:
+            ``{"keypoints1", "keypoints2": markups, "table": table node, "branches": [curve nodes],
+            "centreline", "tube": model nodes, "calibration": calibration.json dict, "report":
+            report.json dict, "text": describe_calibration(...)}``.
+
+        Raises:
+            JobError: the job failed (the message says why). JobCancelled: it was cancelled.
+            On any error no node is added and volume node 2's attributes are unchanged.
+        """
+        try:
+            status = run.job.result()
+            return self._add_nodes(run, Path(status.output_dir or ""), status.summary or {})
+        finally:
+            run.job.cleanup()
+
+    def cancel(self, run: ReconstructRun) -> None:
+        """Stop the job and delete its files; the scene is not changed."""
+        run.job.cleanup()
+
+    def run(
+        self,
+        volume_node1: Any,
+        volume_node2: Any,
+        timeout_s: float | None = None,
+        on_update: Callable[[JobStatus], None] | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """``start``, wait (blocking) and ``import_results``: for scripts and tests.
+
+        Args:
+            options: ``start``'s other arguments.
+
+        Raises:
+            everything ``start`` and ``import_results`` raise; TimeoutError after ``timeout_s``.
+        """
+        run = self.start(volume_node1, volume_node2, **options)
+        try:
+            run.job.wait(timeout_s=timeout_s, on_update=on_update)
+        except BaseException:
+            self.cancel(run)
+            raise
+        return self.import_results(run)
+
+    # ------------------------------------------------------------------------------------ import
+
+    def _add_nodes(self, run: ReconstructRun, root: Path, summary: dict[str, Any]) -> dict[str, Any]:
+        matches = json.loads((root / "matches.json").read_text(encoding="utf-8"))
+        calibration = json.loads((root / "calibration.json").read_text(encoding="utf-8"))
+        refined = json.loads((root / "geometry2_refined.json").read_text(encoding="utf-8"))
+        report = json.loads((root / "report.json").read_text(encoding="utf-8"))
+        tree = CoronaryTree.load_json(root / "tree.json")
+        x1 = np.asarray(matches["x1"], dtype=np.float64).reshape(-1, 2)
+        x2 = np.asarray(matches["x2"], dtype=np.float64).reshape(-1, 2)
+        scores = np.asarray(matches["scores"], dtype=np.float64).reshape(-1)
+        volume2 = run.nodes["volume2"]
+        g1 = CArmGeometry.from_dict(json.loads(run.nodes["volume1"].GetAttribute(GEOMETRY_ATTRIBUTE)))
+        g2 = CArmGeometry.from_dict(json.loads(volume2.GetAttribute(GEOMETRY_ATTRIBUTE)))
+        provenance = {
+            "Pipeline": PIPELINE,
+            "Device": report.get("device", run.params.get("device")),
+            "Parameters": run.params,
+            "SourceNodes": [n.GetID() for n in run.nodes.values() if n is not None],
+        }
+        if summary.get("xraycardiac_version"):
+            provenance["PackageVersion"] = summary["xraycardiac_version"]
+        saved = {a: volume2.GetAttribute(a) for a in _VIEW2_ATTRIBUTES}
+        added: list[Any] = []
+        result: dict[str, Any] = {"calibration": calibration, "report": report}
+        try:
+            for v, x, g in ((1, x1, g1), (2, x2, g2)):
+                node = self._add_keypoints(f"{run.prefix} keypoints view {v}", x, g, added)
+                result[f"keypoints{v}"] = node
+            result["table"] = self._add_table(f"{run.prefix} matches", x1, x2, scores, added)
+            result["branches"] = self._add_branches(run.prefix, tree, added)
+            result["centreline"] = self._add_model(f"{run.prefix} centreline", tree.to_polydata(), added)
+            result["tube"] = self._add_model(f"{run.prefix} tube", _read_vtp(root / "tube.vtp"), added)
+            for node in added:
+                set_provenance(node, provenance)
+            self._store_calibration(volume2, calibration, refined)
+        except BaseException:
+            for node in reversed(added):
+                self._remove(node)
+            for attribute, value in saved.items():
+                if value is None:
+                    volume2.RemoveAttribute(attribute)
+                else:
+                    volume2.SetAttribute(attribute, value)
+            raise
+        result["text"] = describe_calibration(calibration)
+        return result
+
+    def _store_calibration(self, node: Any, calibration: dict[str, Any], refined: dict[str, Any]) -> None:
+        """The refined geometry and the reprojection errors as attributes of volume node 2."""
+        before = (calibration.get("error_before_px") or {}).get("mean")
+        after = (calibration.get("error_after_px") or {}).get("mean")
+        values = (calibration.get("refined", False), before, after)
+        for attribute, value in zip(_CALIBRATION_ATTRIBUTES, values, strict=True):
+            node.SetAttribute(attribute, json.dumps(value))
+        if not calibration.get("refined"):
+            return
+        if node.GetAttribute(GEOMETRY_ORIGINAL_ATTRIBUTE) is None:  # keep the first original
+            node.SetAttribute(GEOMETRY_ORIGINAL_ATTRIBUTE, node.GetAttribute(GEOMETRY_ATTRIBUTE))
+        geometry = CArmGeometry.from_dict(refined)
+        node.SetAttribute(GEOMETRY_ATTRIBUTE, json.dumps(geometry.to_dict(), sort_keys=True))
+        node.SetAttribute(PROJECTION_MATRIX_ATTRIBUTE, format_projection_matrix(geometry.projection_matrix()))
+
+    def _add_keypoints(self, name: str, uv: np.ndarray, geometry: CArmGeometry, added: list[Any]) -> Any:
+        """A locked point list of the matched pixels at their detector-plane RAS positions, label = match index."""
+        markups = self.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+        added.append(markups)
+        markups.CreateDefaultDisplayNodes()
+        positions = geometry.pixel_to_detector_ras(uv) if len(uv) else np.zeros((0, 3))
+        for i, p in enumerate(positions):
+            markups.AddControlPoint(float(p[0]), float(p[1]), float(p[2]), str(i))
+        markups.SetLocked(True)
+        return markups
+
+    def _add_table(
+        self, name: str, x1: np.ndarray, x2: np.ndarray, scores: np.ndarray, added: list[Any]
+    ) -> Any:
+        """A table node: index, u1, v1, u2, v2 (pixels), score."""
+        table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+        added.append(table)
+        columns = (np.arange(len(x1)), x1[:, 0], x1[:, 1], x2[:, 0], x2[:, 1], scores)
+        for column_name, values in zip(_TABLE_COLUMNS, columns, strict=True):
+            array = vtk.vtkIntArray() if column_name == "index" else vtk.vtkDoubleArray()
+            array.SetName(column_name)
+            array.SetNumberOfValues(len(values))
+            for i, value in enumerate(values):
+                array.SetValue(i, int(value) if column_name == "index" else float(value))
+            table.AddColumn(array)
+        return table
+
+    def _add_branches(self, prefix: str, tree: CoronaryTree, added: list[Any]) -> list[Any]:
+        """One locked linear markups curve per branch, starting at the parent point of its first point."""
+        curves = []
+        for b, name in enumerate(tree.branch_names):
+            index = np.flatnonzero(tree.branch == b)
+            if len(index) == 0:
+                continue
+            parent = int(tree.parents[index[0]])
+            if parent >= 0:
+                index = np.concatenate([[parent], index])
+            if len(index) < 2:
+                continue
+            points = vtk.vtkPoints()
+            for p in tree.points[index]:
+                points.InsertNextPoint(float(p[0]), float(p[1]), float(p[2]))
+            curve = self.scene.AddNewNodeByClass("vtkMRMLMarkupsCurveNode", f"{prefix} {name}")
+            added.append(curve)
+            curve.CreateDefaultDisplayNodes()
+            curve.SetCurveTypeToLinear()
+            curve.SetControlPointPositionsWorld(points)
+            curve.SetLocked(True)
+            curves.append(curve)
+        return curves
+
+    def _add_model(self, name: str, polydata: Any, added: list[Any]) -> Any:
+        model = self.scene.AddNewNodeByClass("vtkMRMLModelNode", name)
+        added.append(model)
+        model.SetAndObservePolyData(polydata)
+        model.CreateDefaultDisplayNodes()
+        return model
+
+    def _remove(self, node: Any) -> None:
+        count = node.GetNumberOfDisplayNodes() if hasattr(node, "GetNumberOfDisplayNodes") else 0
+        displays = [node.GetNthDisplayNode(i) for i in range(count)]
+        for display in displays:
+            if display is not None:
+                self.scene.RemoveNode(display)
+        self.scene.RemoveNode(node)
+
+
+def _read_vtp(path: Path) -> Any:
+    """The polydata of a ``.vtp`` file; a ValueError naming the file when it cannot be read."""
+    reader = vtk.vtkXMLPolyDataReader()
+    reader.SetFileName(str(path))
+    reader.Update()
+    poly = reader.GetOutput()
+    if poly is None or poly.GetNumberOfPoints() == 0:
+        raise ValueError(f"{path.name}: the job's tube model is empty or unreadable")
+    out = vtk.vtkPolyData()
+    out.DeepCopy(poly)
+    return out
