@@ -90,8 +90,8 @@ def _render_case(name: str, ct, labels, work: Path, device: str, sections: list[
     )
 
 
-def _coronary_case(work: Path, sections: list[Section], log) -> None:
-    """A procedural left coronary tree, one standard view pair, physics-rendered angiograms, GT matches."""
+def _coronary_case(work: Path, sections: list[Section], log, device: str = "cpu") -> None:
+    """A procedural left coronary tree, one standard view pair rendered by both renderers, GT matches."""
     from xraycardiac.coronary import (
         PhysicsRendererConfig,
         ViewSamplingConfig,
@@ -102,6 +102,7 @@ def _coronary_case(work: Path, sections: list[Section], log) -> None:
         sample_keypoints,
         sample_view_pair,
     )
+    from xraycardiac.coronary.render_diffusion import DEFAULT_MODEL, load_renderer
     from xraycardiac.coronary.visualize import draw_matches
     from xraycardiac.io import write_png
     from xraycardiac.phantoms import CoronaryPhantomConfig, make_coronary_tree
@@ -121,15 +122,30 @@ def _coronary_case(work: Path, sections: list[Section], log) -> None:
     background = rng.integers(2**31)  # one background generator state for both views: one patient
     images = [render_angiogram(p.thickness_mm, g, PhysicsRendererConfig(), np.random.default_rng([background, n]))
               for n, (p, g) in enumerate(((p1, g1), (p2, g2)))]  # fmt: skip
+    seconds_physics = time.perf_counter() - t0
+    log(
+        {
+            "event": "progress",
+            "stage": f"coronary: diffusion renderer ({DEFAULT_MODEL}, DDIM 50)",
+            "progress": 0.5,
+        }
+    )
+    t1 = time.perf_counter()
+    renderer = load_renderer(DEFAULT_MODEL, device)
+    diffused = renderer.render(
+        np.stack([p1.mask, p2.mask]), np.stack([p1.thickness_mm, p2.thickness_mm]), seed=0
+    )
+    seconds_diffusion = time.perf_counter() - t1
     pngs = []
+    for n, img in enumerate(diffused, start=1):
+        pngs.append(write_png(img, out / f"view{n}_diffusion.png", window=(0.0, 1.0)))
     for n, (img, p, g) in enumerate(zip(images, (p1, p2), (g1, g2), strict=True), start=1):
-        pngs.append(write_png(img, out / f"view{n}_physics.png", window=(0.0, 1.0)))
+        pngs.insert(n - 1, write_png(img, out / f"view{n}_physics.png", window=(0.0, 1.0)))
         write_png(p.mask.astype(np.float32), out / f"mask{n}.png", window=(0.0, 1.0))
         g.save_json(out / f"view{n}.geometry.json")
     x1, x2 = gt.matched_uv()
     ambiguous = gt.ambiguous1[gt.index1[gt.matches[:, 0]]] | gt.ambiguous2[gt.index2[gt.matches[:, 1]]]
     matches_png = draw_matches(images[0], images[1], x1, x2, out / "gt_matches.png", ambiguous=ambiguous)
-    seconds = time.perf_counter() - t0
     epi = gt.epipolar_error_px()
     rows = [[g.name, f"{g.primary_angle_deg:+.1f}", f"{g.secondary_angle_deg:+.1f}", f"{g.sid_mm:.0f}",
              f"{g.sod_mm:.0f}", f"{int(f.sum())}", f"{int(a.sum())}"]
@@ -144,8 +160,12 @@ def _coronary_case(work: Path, sections: list[Section], log) -> None:
                 f"Left tree injected; views {angle_between_views(g1, g2):.0f} deg apart; "
                 f"{len(gt.matches)} ground-truth matches (green; orange = overlap-ambiguous), max epipolar "
                 f"error {epi.max() if len(epi) else 0:.1e} px. Physics renderer (Beer-Lambert iodine on a "
-                f"procedural thorax, scatter, Poisson noise). Made in {seconds:.1f} s. The diffusion renderer "
-                "is not in this release.",
+                f"procedural thorax, scatter, Poisson noise, range compression): {seconds_physics:.1f} s "
+                f"with the projections. Diffusion renderer ({renderer.source['model']} "
+                f"{renderer.source['version']}, sha256 {renderer.source['sha256'][:12]}): the mask-conditioned "
+                f"IDDPM, DDIM 50 steps at its {renderer.config.image_size} px grid, upsampled to "
+                f"{g1.detector_rows} px, {seconds_diffusion:.1f} s for the pair; the demo weights are a small "
+                "CPU-trained model (see `xraycardiac models list` and benchmarks/angio_diffusion_quality.py).",
             ],
             tables=[
                 (
@@ -164,6 +184,8 @@ def _coronary_case(work: Path, sections: list[Section], log) -> None:
             images=[
                 (str(pngs[0]), "view 1, physics"),
                 (str(pngs[1]), "view 2, physics"),
+                (str(pngs[2]), "view 1, diffusion"),
+                (str(pngs[3]), "view 2, diffusion"),
                 (str(matches_png), "GT matches"),
             ],  # fmt: skip
         )
@@ -199,7 +221,7 @@ def run_demo(out: str | Path, device: str = "auto", overwrite: bool = False, log
             f"TotalSegmentator label map ({len(names)} structures, merged into {sorted(groups.values())}), "
             f"resampled to {REAL_CT_SPACING_MM} mm."
         )
-        _coronary_case(work, sections, log)
+        _coronary_case(work, sections, log, device)
         ph_ct, ph_lab = make_chest_phantom(ChestPhantomConfig(seed=0))
         _render_case("chest_phantom", ph_ct, ph_lab, work, device, sections, log)
         sections[-1].paragraphs.append(
