@@ -102,8 +102,9 @@ def _coronary_case(work: Path, sections: list[Section], log, device: str = "cpu"
         sample_keypoints,
         sample_view_pair,
     )
+    from xraycardiac.coronary.reconstruct import centreline_error_mm, reconstruct_tree, save_tube_vtp
     from xraycardiac.coronary.render_diffusion import DEFAULT_MODEL, load_renderer
-    from xraycardiac.coronary.visualize import draw_matches
+    from xraycardiac.coronary.visualize import draw_centrelines, draw_matches
     from xraycardiac.io import write_png
     from xraycardiac.phantoms import CoronaryPhantomConfig, make_coronary_tree
 
@@ -146,6 +147,15 @@ def _coronary_case(work: Path, sections: list[Section], log, device: str = "cpu"
     x1, x2 = gt.matched_uv()
     ambiguous = gt.ambiguous1[gt.index1[gt.matches[:, 0]]] | gt.ambiguous2[gt.index2[gt.matches[:, 1]]]
     matches_png = draw_matches(images[0], images[1], x1, x2, out / "gt_matches.png", ambiguous=ambiguous)
+    log({"event": "progress", "stage": "coronary: 3D centreline from the two vessel masks", "progress": 0.8})
+    t2 = time.perf_counter()
+    rec = reconstruct_tree(p1.mask, p2.mask, g1, g2)  # exact geometry, no seeds: the masks' epipolar geometry
+    rec.tree.save_vtp(out / "reconstruction.vtp")
+    save_tube_vtp(rec.tree, out / "reconstruction_tube.vtp")
+    err = centreline_error_mm(rec.points3d, tree, tree_ids=(0,), geometries=(g1, g2))
+    third = g1.with_(primary_angle_deg=g1.primary_angle_deg + 90.0, name="third view")
+    recon_png = draw_centrelines(tree.points[tree.tree == 0], rec.points3d, third, out / "reconstruction.png")
+    seconds_recon = time.perf_counter() - t2
     epi = gt.epipolar_error_px()
     rows = [[g.name, f"{g.primary_angle_deg:+.1f}", f"{g.secondary_angle_deg:+.1f}", f"{g.sid_mm:.0f}",
              f"{g.sod_mm:.0f}", f"{int(f.sum())}", f"{int(a.sum())}"]
@@ -166,6 +176,11 @@ def _coronary_case(work: Path, sections: list[Section], log, device: str = "cpu"
                 f"IDDPM, DDIM 50 steps at its {renderer.config.image_size} px grid, upsampled to "
                 f"{g1.detector_rows} px, {seconds_diffusion:.1f} s for the pair; the demo weights are a small "
                 "CPU-trained model (see `xraycardiac models list` and benchmarks/angio_diffusion_quality.py).",
+                f"3D centreline from the two vessel masks with the exact geometry (no keypoint seeds; "
+                f"xraycardiac.coronary.reconstruct): {len(rec.points3d)} points, error to the true centreline "
+                f"mean {err['mean']:.2f} mm, p95 {err['p95']:.2f} mm, coverage {100 * err['coverage']:.0f} % "
+                f"(within 2 mm), {seconds_recon:.1f} s; shown from a third angle (red) over the truth "
+                "(grey). Matching real frames with a trained matcher is not in this release.",
             ],
             tables=[
                 (
@@ -187,6 +202,7 @@ def _coronary_case(work: Path, sections: list[Section], log, device: str = "cpu"
                 (str(pngs[2]), "view 1, diffusion"),
                 (str(pngs[3]), "view 2, diffusion"),
                 (str(matches_png), "GT matches"),
+                (str(recon_png), "3D reconstruction (red) over the truth (grey), third view"),
             ],  # fmt: skip
         )
     )
