@@ -13,6 +13,7 @@ command trains with DDP. Heavy imports happen inside the commands, so ``--help``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +31,27 @@ def _train() -> None:
     """Train models on the shared trainer (EMA, checkpoints, exact resume, DDP under torchrun)."""
 
 
+def _train(out: Path, run: Callable[[Callable[..., None]], dict]) -> None:
+    """Run ``run(progress)`` printing progress lines; known errors print one line and exit 1."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+
+    def progress(stage: str, fraction: float, **extra) -> None:
+        eta = extra.get("eta_s")
+        console.print(f"{100 * fraction:5.1f}%  {stage}" + (f"  eta {eta} s" if eta is not None else ""))
+
+    try:
+        summary = run(progress)
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(
+        f"trained to step {summary['step']} ({summary['steps_run']} now, {summary['seconds']} s); "
+        f"model package: {out} (model.pt sha256 {summary.get('entry', {}).get('sha256', '?')[:12]}...)"
+    )
+
+
 @app.command("angio-diffusion")
 def angio_diffusion(
     data: Annotated[Path, typer.Option(help="Coronary pair dataset, or a folder with images/ and masks/.")],
@@ -42,28 +64,15 @@ def angio_diffusion(
     split: Annotated[str, typer.Option(help="train | val | test | all (coronary pair datasets).")] = "train",
 ) -> None:
     """Train the mask-conditioned angiogram IDDPM (the diffusion renderer of `coronary synth`)."""
-    from rich.console import Console
-
     from xraycardiac.coronary.render_diffusion import AngioDiffusionConfig
     from xraycardiac.coronary.train_diffusion import train_angio_diffusion
     from xraycardiac.trainer import TrainConfig, parse_overrides
 
-    console = Console(stderr=True)
-    try:
+    def run(progress: Callable[..., None]) -> dict:
         mcfg, tcfg = parse_overrides(settings or [], AngioDiffusionConfig(), TrainConfig())
+        return train_angio_diffusion(data, out, mcfg, tcfg, name=name, split=split, progress=progress)
 
-        def progress(stage: str, fraction: float, **extra) -> None:
-            eta = extra.get("eta_s")
-            console.print(f"{100 * fraction:5.1f}%  {stage}" + (f"  eta {eta} s" if eta is not None else ""))
-
-        summary = train_angio_diffusion(data, out, mcfg, tcfg, name=name, split=split, progress=progress)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
-    console.print(
-        f"trained to step {summary['step']} ({summary['steps_run']} now, {summary['seconds']} s); "
-        f"model package: {out} (model.pt sha256 {summary.get('entry', {}).get('sha256', '?')[:12]}...)"
-    )
+    _train(out, run)
 
 
 @app.command("coronary-matcher")
@@ -90,25 +99,12 @@ def coronary_matcher(
     """Train the coronary keypoint matcher (KeypointNet + foundation-masked attention matcher, Zhao et al. 2025)."""
     from dataclasses import replace
 
-    from rich.console import Console
-
     from xraycardiac.coronary.train_matcher import parse_matcher_overrides, train_coronary_matcher
 
-    console = Console(stderr=True)
-    try:
+    def run(progress: Callable[..., None]) -> dict:
         mcfg, tcfg = parse_matcher_overrides(settings or [])
         if foundation is not None:
             mcfg = replace(mcfg, foundation=foundation)
+        return train_coronary_matcher(data, out, mcfg, tcfg, name=name, split=split, progress=progress)
 
-        def progress(stage: str, fraction: float, **extra) -> None:
-            eta = extra.get("eta_s")
-            console.print(f"{100 * fraction:5.1f}%  {stage}" + (f"  eta {eta} s" if eta is not None else ""))
-
-        summary = train_coronary_matcher(data, out, mcfg, tcfg, name=name, split=split, progress=progress)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
-    console.print(
-        f"trained to step {summary['step']} ({summary['steps_run']} now, {summary['seconds']} s); "
-        f"model package: {out} (model.pt sha256 {summary.get('entry', {}).get('sha256', '?')[:12]}...)"
-    )
+    _train(out, run)
