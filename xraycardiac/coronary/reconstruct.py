@@ -50,7 +50,7 @@ from xraycardiac.coronary.calibration import (
     refine_second_view,
     triangulate_matches,
 )
-from xraycardiac.coronary.tree import CoronaryTree, _check_output_dir, _temp_sibling
+from xraycardiac.coronary.tree import CoronaryTree, _check_output_dir
 from xraycardiac.geometry import CArmGeometry, fundamental_matrix, triangulate
 
 __all__ = [
@@ -665,9 +665,8 @@ def save_tube_vtp(tree: CoronaryTree, path: str | os.PathLike[str], sides: int =
     flip it to LPS) with ``sides`` (>= 3) polygon sides, to ``path`` (its folder must exist).
     """
     from vtkmodules.vtkFiltersCore import vtkTubeFilter
-    from vtkmodules.vtkIOXML import vtkXMLPolyDataWriter
 
-    from xraycardiac.coronary.tree_vtk import tree_to_polydata
+    from xraycardiac.coronary.tree_vtk import tree_to_polydata, write_polydata
 
     if not (isinstance(sides, int) and sides >= 3):
         raise ValueError(f"save_tube_vtp: sides must be an integer >= 3, got {sides!r}")
@@ -681,17 +680,4 @@ def save_tube_vtp(tree: CoronaryTree, path: str | os.PathLike[str], sides: int =
     tube.SetVaryRadiusToVaryRadiusByAbsoluteScalar()
     tube.CappingOn()
     tube.Update()
-    out = tube.GetOutput()
-    tmp = _temp_sibling(path)
-    try:
-        writer = vtkXMLPolyDataWriter()
-        writer.SetFileName(str(tmp))
-        writer.SetInputData(out)
-        writer.SetDataModeToBinary()
-        if writer.Write() != 1:
-            raise ValueError(f"save_tube_vtp: VTK could not write {tmp}")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_polydata(tube.GetOutput(), path, "save_tube_vtp")

@@ -61,7 +61,6 @@ def save_tree_vtp(tree: CoronaryTree, path: str | os.PathLike[str]) -> Path:
         FileNotFoundError: the destination directory does not exist.
         ValueError: ``meta`` holds a value JSON cannot represent, or VTK failed to write.
     """
-    from vtkmodules.vtkIOXML import vtkXMLPolyDataWriter
 
     path = Path(path)
     _check_output_dir(path, "CoronaryTree.save_vtp")
@@ -71,6 +70,17 @@ def save_tree_vtp(tree: CoronaryTree, path: str | os.PathLike[str]) -> Path:
         raise ValueError(
             f"CoronaryTree.save_vtp: cannot write {path}: meta is not JSON-serialisable ({exc})"
         ) from None
+    return write_polydata(poly, path, "CoronaryTree.save_vtp")
+
+
+def write_polydata(poly: Any, path: Path, who: str) -> Path:
+    """Write ``poly`` as binary ``.vtp`` to a temporary sibling, then rename it to ``path`` (atomic).
+
+    Raises:
+        ValueError: VTK failed to write (named by ``who``, the caller).
+    """
+    from vtkmodules.vtkIOXML import vtkXMLPolyDataWriter
+
     tmp = _temp_sibling(path)
     try:
         writer = vtkXMLPolyDataWriter()
@@ -78,7 +88,7 @@ def save_tree_vtp(tree: CoronaryTree, path: str | os.PathLike[str]) -> Path:
         writer.SetInputData(poly)
         writer.SetDataModeToBinary()
         if writer.Write() != 1:
-            raise ValueError(f"CoronaryTree.save_vtp: VTK could not write {tmp}")
+            raise ValueError(f"{who}: VTK could not write {tmp}")
         os.replace(tmp, path)
     finally:
         if tmp.exists():
