@@ -216,18 +216,21 @@ class XRayCoronaryReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 "Match, refine view 2 and reconstruct the 3D centreline in a separate process."
             )
 
-    def onReconstructButton(self) -> None:
+    def _startJob(self, start: Any, what: str) -> Any:
+        """``start(parameterNode)`` after the first-use dependency check; None (error shown) if it fails."""
         if not XRayCardiacCommon.ensurePythonDependencies("XRayCoronaryRecon"):
-            return
+            return None
         try:
-            run = self.logic.startReconstruction(self._parameterNode)
+            return start(self._parameterNode)
         except ValueError as exc:  # a bad setting: the message names it
             XRayCardiacCommon.showError(str(exc))
-            return
         except Exception as exc:
-            XRayCardiacCommon.showError(
-                f"Could not start the reconstruction: {exc}", details=traceback.format_exc()
-            )
+            XRayCardiacCommon.showError(f"Could not start the {what}: {exc}", details=traceback.format_exc())
+        return None
+
+    def onReconstructButton(self) -> None:
+        run = self._startJob(self.logic.startReconstruction, "reconstruction")
+        if run is None:
             return
         self._reconRun = run
         self.ui.reconErrorLabel.text = ""
@@ -258,17 +261,8 @@ class XRayCoronaryReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._updateGuiState()
 
     def onGenerateButton(self) -> None:
-        if not XRayCardiacCommon.ensurePythonDependencies("XRayCoronaryRecon"):
-            return
-        try:
-            run = self.logic.startSynthesis(self._parameterNode)
-        except ValueError as exc:  # a bad setting: the message names it
-            XRayCardiacCommon.showError(str(exc))
-            return
-        except Exception as exc:
-            XRayCardiacCommon.showError(
-                f"Could not start the synthesis: {exc}", details=traceback.format_exc()
-            )
+        run = self._startJob(self.logic.startSynthesis, "synthesis")
+        if run is None:
             return
         self._run = run
         self.progress.track(run.poll, lambda: self.logic.cancelSynthesis(run), self._onSynthesisFinished)

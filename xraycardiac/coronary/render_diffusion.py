@@ -245,7 +245,8 @@ def build_scheduler(config: AngioDiffusionConfig, sampler: str = "ddpm", steps: 
     return sched
 
 
-def _resize(arr, size: int, mode: str):
+def resize_square(arr, size: int, mode: str):
+    """(B, C, H, W) tensor -> (B, C, size, size): "nearest" (masks) or antialiased "bilinear" (images)."""
     import torch.nn.functional as F
 
     if arr.shape[-2:] == (size, size):
@@ -272,7 +273,7 @@ def encode_condition(mask: Any, thickness_mm: Any | None, config: AngioDiffusion
         m = m[None]
     if m.ndim != 3:
         raise ValueError(f"mask: expected (rows, cols) or (batch, rows, cols), got shape {tuple(m.shape)}")
-    chans = [_resize((m != 0).float()[:, None], config.image_size, "nearest") * 2 - 1]
+    chans = [resize_square((m != 0).float()[:, None], config.image_size, "nearest") * 2 - 1]
     if config.condition == "mask+thickness":
         if thickness_mm is None:
             raise ValueError(
@@ -283,7 +284,7 @@ def encode_condition(mask: Any, thickness_mm: Any | None, config: AngioDiffusion
         if tuple(t.shape) != tuple(m.shape):
             raise ValueError(f"thickness_mm: shape {tuple(t.shape)} differs from the mask's {tuple(m.shape)}")
         t = (t / config.thickness_scale_mm).clamp(0, 1)[:, None]
-        chans.append(_resize(t, config.image_size, "bilinear").clamp(0, 1) * 2 - 1)
+        chans.append(resize_square(t, config.image_size, "bilinear").clamp(0, 1) * 2 - 1)
     return torch.cat(chans, dim=1)
 
 

@@ -101,7 +101,7 @@ def find_pairs(root: str | os.PathLike[str], split: str = "train") -> list[dict[
 def _make_dataset_class() -> type:
     import torch
 
-    from xraycardiac.coronary.render_diffusion import encode_condition
+    from xraycardiac.coronary.render_diffusion import encode_condition, resize_square
 
     class MaskImagePairs(torch.utils.data.Dataset):
         """(image, condition) training items for the angiogram IDDPM.
@@ -130,8 +130,6 @@ def _make_dataset_class() -> type:
             return len(self.items)
 
         def __getitem__(self, index: int) -> dict[str, Any]:
-            import torch.nn.functional as F
-
             it = self.items[index]
             image = _read_grey(it["image"])
             mask = _read_grey(it["mask"]) > 0
@@ -145,10 +143,7 @@ def _make_dataset_class() -> type:
                         f"{it['thickness']}: shape {thick.shape} differs from its image's {image.shape}"
                     )
             cond = encode_condition(mask, thick, self.config)[0]
-            img = torch.from_numpy(image)[None, None]
-            s = self.config.image_size
-            if img.shape[-2:] != (s, s):
-                img = F.interpolate(img, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+            img = resize_square(torch.from_numpy(image)[None, None], self.config.image_size, "bilinear")
             return {"image": img[0] * 2.0 - 1.0, "condition": cond}
 
     return MaskImagePairs
