@@ -393,6 +393,8 @@ class XRayCoronaryReconTest(ScriptedLoadableModuleTest):
     def runTest(self) -> None:
         self.setUp()
         self.test_synthetic_pair()
+        self.setUp()
+        self.test_reconstruct_pair()
 
     def test_synthetic_pair(self) -> None:
         from XRayCardiacCommonLib.mrml_io import PROJECTION_MATRIX_ATTRIBUTE, parse_projection_matrix
@@ -414,4 +416,24 @@ class XRayCoronaryReconTest(ScriptedLoadableModuleTest):
             )
             self.assertGreater(pair[f"keypoints{v}"].GetNumberOfControlPoints(), 0)
         self.assertGreater(result["centreline"].GetPolyData().GetNumberOfPoints(), 0)
+        self.delayDisplay("Test passed")
+
+    def test_reconstruct_pair(self) -> None:
+        from XRayCoronaryReconLib.reconstruct import ReconstructLogic
+
+        self.delayDisplay("Generating a pair, then reconstructing it (vessel keypoints, epipolar filter)")
+        logic = XRayCoronaryReconLogic()
+        p = logic.getParameterNode()
+        p.seed, p.pairs, p.injection, p.imageSize, p.device = 2, 1, "left", 256, "cpu"
+        pair = logic.synthesize(p, timeoutS=300)["pairs"][0]
+        result = ReconstructLogic(slicer.mrmlScene).run(
+            pair["view1"], pair["view2"], timeout_s=300, method="vessel+epipolar", device="cpu"
+        )
+        self.assertGreater(result["keypoints1"].GetNumberOfControlPoints(), 0)
+        self.assertEqual(
+            result["keypoints1"].GetNumberOfControlPoints(), result["keypoints2"].GetNumberOfControlPoints()
+        )
+        self.assertGreater(result["tube"].GetPolyData().GetNumberOfPoints(), 0)
+        self.assertIn("reprojection", result["text"].lower())
+        self.delayDisplay(result["text"])
         self.delayDisplay("Test passed")
