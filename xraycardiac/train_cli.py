@@ -108,3 +108,25 @@ def coronary_matcher(
         return train_coronary_matcher(data, out, mcfg, tcfg, name=name, split=split, progress=progress)
 
     _train(out, run)
+
+
+@app.command("x2ct-autoencoder")
+def x2ct_autoencoder(
+    data: Annotated[Path, typer.Option(help="XRayToCT cache (CT cubes + views, from build_cache).")],
+    out: Annotated[Path, typer.Option(help="Run folder (checkpoint, log, model.pt + model.json).")],
+    settings: Annotated[
+        list[str] | None,
+        typer.Argument(help="key=value overrides of X2CTAutoencoderConfig / TrainConfig fields."),
+    ] = None,
+    name: Annotated[str, typer.Option(help="Model name written into model.json.")] = "x2ct-autoencoder",
+    split: Annotated[str, typer.Option(help="train | val | test | all.")] = "train",
+) -> None:
+    """Train the 3D KL autoencoder of XRayToCT (CLS-DM stage 1) on CT cubes; stores its latent_scale."""
+    from xraycardiac.trainer import TrainConfig, parse_overrides
+    from xraycardiac.xray2ct.autoencoder import X2CTAutoencoderConfig, train_x2ct_autoencoder
+
+    def run(progress: Callable[..., None]) -> dict:
+        mcfg, tcfg = parse_overrides(settings or [], X2CTAutoencoderConfig(), TrainConfig())
+        return train_x2ct_autoencoder(data, out, mcfg, tcfg, name=name, split=split, progress=progress)
+
+    _train(out, run)

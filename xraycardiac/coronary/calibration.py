@@ -51,6 +51,7 @@ they are reported as ``inliers``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,7 @@ from scipy.sparse import coo_matrix
 from xraycardiac.geometry import CArmGeometry, project_points, triangulate
 
 __all__ = [
+    "calibrate_from_matches",
     "LOSSES",
     "PARAMETERS",
     "CalibrationConfig",
@@ -457,3 +459,78 @@ def refine_second_view(
             "refined": list(names),
         },
     )
+
+
+def _errors(values: np.ndarray) -> dict[str, float | None]:
+    """Mean / median of per-match errors (None when there is no match)."""
+    if len(values) == 0:
+        return {"mean": None, "median": None}
+    return {"mean": float(np.mean(values)), "median": float(np.median(values))}
+
+
+def calibrate_from_matches(
+    g1: CArmGeometry,
+    g2: CArmGeometry,
+    x1: np.ndarray,
+    x2: np.ndarray,
+    refine: bool = True,
+    config: CalibrationConfig | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[CArmGeometry, dict[str, Any], np.ndarray | None]:
+    """Refine view 2 from matches when there are enough of them, else keep the recorded geometry.
+
+    The step of the ``coronary-reconstruct`` job and of the pipeline evaluation: with fewer than
+    ``config.min_matches`` matches, or fewer inliers of the refined pose, the recorded view 2 is
+    used and the record says why (``log`` gets the same sentence).
+
+    Args:
+        g1, g2: recorded geometries of the two views.
+        x1, x2: (M, 2) matched pixels (u, v) in views 1 and 2.
+        refine: False = only measure the reprojection error of the recorded geometry.
+        config: :class:`CalibrationConfig` (default: defaults).
+        log: called with a sentence when refinement is skipped.
+
+    Returns:
+        (view 2 to use, record, inlier mask or None): the record (``calibration.json``) holds
+        ``refined``, ``reason``, ``matches``, ``error_before_px`` / ``error_after_px`` (mean, median
+        of the keypoint reprojection error), ``params`` (corrections, degrees / mm) and, when refined,
+        ``inlier_fraction`` and ``summary``.
+    """
+    config = config or CalibrationConfig()
+    before = triangulate_matches(g1, g2, x1, x2)[1] if len(x1) else np.zeros(0)
+    record: dict[str, Any] = {"refined": False, "reason": "", "matches": len(x1)}
+    if not refine:
+        record["reason"] = "refine_calibration is false"
+    elif len(x1) < config.min_matches:
+        record["reason"] = (
+            f"only {len(x1)} matches; refining view 2 needs at least {config.min_matches} "
+            "(the recorded geometry is used)"
+        )
+    if not refine or len(x1) < config.min_matches:
+        if refine and log is not None:
+            log(f"calibration not refined: {record['reason']}")
+        record.update(error_before_px=_errors(before), error_after_px=_errors(before), params={})
+        return g2, record, None
+    result = refine_second_view(g1, g2, x1, x2, config)
+    n_in = int(np.sum(result.inliers))
+    if n_in < config.min_matches:  # the matches agree on no pose: keep the recorded one
+        record.update(
+            reason=(
+                f"only {n_in} of {len(x1)} matches are inliers of the refined pose (at least "
+                f"{config.min_matches} needed); the recorded geometry is used"
+            ),
+            error_before_px=_errors(before), error_after_px=_errors(before), params={},
+            inlier_fraction=n_in / len(x1),
+        )  # fmt: skip
+        if log is not None:
+            log(f"calibration not refined: {record['reason']}")
+        return g2, record, None
+    record.update(
+        refined=True,
+        error_before_px=_errors(result.error_before_px),
+        error_after_px=_errors(result.error_after_px),
+        inlier_fraction=float(np.mean(result.inliers)),
+        params={k: float(v) for k, v in result.params.items()},
+        summary=result.summary(),
+    )
+    return result.geometry, record, np.asarray(result.inliers, dtype=bool)

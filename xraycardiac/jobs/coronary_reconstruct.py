@@ -185,61 +185,11 @@ def _uses_epipolar(method: str) -> bool:
     return method.endswith("+epipolar")
 
 
-def _errors(values: np.ndarray) -> dict[str, float | None]:
-    """Mean / median of per-match errors (None when there is no match)."""
-    if len(values) == 0:
-        return {"mean": None, "median": None}
-    return {"mean": float(np.mean(values)), "median": float(np.median(values))}
-
-
-def _calibrate(
-    g1: Any, g2: Any, x1: np.ndarray, x2: np.ndarray, refine: bool, progress: Progress
-) -> tuple[Any, dict[str, Any], np.ndarray | None]:
-    """(view 2 to use, calibration.json record, inlier mask or None) of the refinement step."""
-    from xraycardiac.coronary.calibration import CalibrationConfig, refine_second_view, triangulate_matches
-
-    before = triangulate_matches(g1, g2, x1, x2)[1] if len(x1) else np.zeros(0)
-    record: dict[str, Any] = {"refined": False, "reason": "", "matches": len(x1)}
-    config = CalibrationConfig()
-    if not refine:
-        record["reason"] = "refine_calibration is false"
-    elif len(x1) < config.min_matches:
-        record["reason"] = (
-            f"only {len(x1)} matches; refining view 2 needs at least {config.min_matches} "
-            "(the recorded geometry is used)"
-        )
-        progress.log(f"calibration not refined: {record['reason']}", level="warning")
-    if not refine or len(x1) < config.min_matches:
-        record.update(error_before_px=_errors(before), error_after_px=_errors(before), params={})
-        return g2, record, None
-    result = refine_second_view(g1, g2, x1, x2, config)
-    n_in = int(np.sum(result.inliers))
-    if n_in < config.min_matches:  # the matches agree on no pose: keep the recorded one
-        record.update(
-            reason=(
-                f"only {n_in} of {len(x1)} matches are inliers of the refined pose (at least "
-                f"{config.min_matches} needed); the recorded geometry is used"
-            ),
-            error_before_px=_errors(before), error_after_px=_errors(before), params={},
-            inlier_fraction=n_in / len(x1),
-        )  # fmt: skip
-        progress.log(f"calibration not refined: {record['reason']}", level="warning")
-        return g2, record, None
-    record.update(
-        refined=True,
-        error_before_px=_errors(result.error_before_px),
-        error_after_px=_errors(result.error_after_px),
-        inlier_fraction=float(np.mean(result.inliers)),
-        params={k: float(v) for k, v in result.params.items()},
-        summary=result.summary(),
-    )
-    return result.geometry, record, np.asarray(result.inliers, dtype=bool)
-
-
 @register(PIPELINE)
 def run_coronary_reconstruct(spec: JobSpec, work_dir: Path, progress: Progress) -> dict[str, Any]:
     """Match, refine view 2 and reconstruct the 3D centreline of two angiograms (module docstring)."""
     from xraycardiac import __version__
+    from xraycardiac.coronary.calibration import calibrate_from_matches
     from xraycardiac.coronary.evaluate import parse_method
     from xraycardiac.coronary.reconstruct import reconstruct_tree, save_tube_vtp
     from xraycardiac.runtime import select_device
@@ -282,7 +232,9 @@ def run_coronary_reconstruct(spec: JobSpec, work_dir: Path, progress: Progress) 
     progress("matching keypoints", 0.4, matches=len(x1))
 
     progress("refining view 2", 0.45)
-    g2_used, calibration, inliers = _calibrate(g1, g2, x1, x2, params["refine_calibration"], progress)
+    g2_used, calibration, inliers = calibrate_from_matches(
+        g1, g2, x1, x2, params["refine_calibration"], log=lambda m: progress.log(m, level="warning")
+    )
     seeds = (x1, x2) if inliers is None else (x1[inliers], x2[inliers])
 
     progress("reconstructing the centreline", 0.55)

@@ -1,0 +1,462 @@
+"""The 3D KL autoencoder of XRayToCT (CLS-DM stage 1): CT cube in [-1, 1] <-> a 4-channel latent.
+
+Network: ``monai.networks.nets.AutoencoderKL`` (3D), with the reparameterisation noise drawn from a
+given ``torch.Generator`` (:class:`X2CTAutoencoderKL`) so training is a pure function of the seed
+and a resumed run replays it exactly. Each level but the last halves the grid: ``len(channels)``
+levels give a downsampling factor ``2 ** (len(channels) - 1)``.
+
+Choices where the paper is silent, from CLS-DM's public configuration and MONAI's 3D LDM tutorial
+(all fields of :class:`X2CTAutoencoderConfig`):
+
+* demo (CPU) size: channels (16, 32, 64), factor 4: a 64³ cube -> 4 x 16³ latent; one residual
+  block per level, no attention (MONAI's mid-block self-attention off too: 4096 tokens at 16³).
+* paper size (``preset("paper")``): channels (32, 64, 128, 128), two residual blocks, factor 8
+  (1/8): a 128³ cube -> 4 x 16³ latent, as CLS-DM's ``ch_mult [1, 2, 4, 4]``, ``z_channels 4``.
+* loss (:func:`autoencoder_loss`): mean L1 reconstruction + ``kl_weight`` x KL(q(z|x) || N(0, I))
+  (summed over latent voxels, averaged over the batch, as MONAI's tutorial). ``kl_weight`` 1e-6
+  (MONAI's tutorial; CLS-DM's config uses 1e-4). No perceptual loss (CLS-DM also sets its weight
+  to 0, and a 3D perceptual network needs pretrained weights this offline project cannot fetch).
+  The patch discriminator of the LDM recipe (CLS-DM: weight 0.5 after 10 000 steps) is **not
+  implemented**: the reconstruction is L1-only, hence somewhat blurrier than an adversarial AE.
+* ``latent_scale``: the LDM scale factor, 1 / std of the latent means over the training cases,
+  computed after training (:func:`compute_latent_scale`) and stored with the weights, so the
+  latent diffusion model sees latents of unit variance.
+
+Weights file: ``torch.save({"format": "xraycardiac.x2ct_autoencoder", "config", "latent_scale",
+"data_config", "state_sha256", "state_dict"})`` loaded with ``weights_only=True``; ``state_sha256``
+is a digest of the tensors, checked on load (a modified or corrupted file is refused). A run folder
+(``model.pt`` + ``model.json`` from ``xraycardiac train x2ct-autoencoder``) is an importable model
+package; loading it also checks the file's sha256 against ``model.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.networks.nets import AutoencoderKL
+
+__all__ = [
+    "WEIGHTS_FORMAT",
+    "X2CTAutoencoderConfig",
+    "X2CTAutoencoderKL",
+    "autoencoder_loss",
+    "build_autoencoder",
+    "compute_latent_scale",
+    "load_autoencoder",
+    "load_weights",
+    "save_weights",
+    "train_x2ct_autoencoder",
+]
+
+WEIGHTS_FORMAT = "xraycardiac.x2ct_autoencoder"
+_EXTRA_KEYS = ("latent_scale", "data_config")  # package keys next to the model config in model.json
+
+
+@dataclass(frozen=True)
+class X2CTAutoencoderConfig:
+    """What the CT autoencoder is (saved next to its weights).
+
+    Attributes:
+        grid: CT cube side in voxels (a multiple of ``downsample_factor``); must equal the cache's.
+        channels: channels per level; ``len(channels) - 1`` halvings (3 levels: 1/4, 4 levels: 1/8).
+        latent_channels: channels of the latent.
+        num_res_blocks: residual blocks per level.
+        attention_levels: self-attention per level (all False at demo size).
+        mid_attention: MONAI's self-attention in the encoder's and decoder's middle block.
+        norm_num_groups: GroupNorm groups (must divide every entry of ``channels``).
+        kl_weight: weight of the KL term of the loss.
+    """
+
+    grid: int = 64
+    channels: tuple[int, ...] = (16, 32, 64)
+    latent_channels: int = 4
+    num_res_blocks: int = 1
+    attention_levels: tuple[bool, ...] = (False, False, False)
+    mid_attention: bool = False
+    norm_num_groups: int = 8
+    kl_weight: float = 1e-6
+
+    def __post_init__(self) -> None:
+        def fail(name: str, expected: str) -> None:
+            raise ValueError(
+                f"X2CTAutoencoderConfig.{name}: expected {expected}, got {getattr(self, name)!r}"
+            )
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+        object.__setattr__(self, "channels", tuple(self.channels))
+        object.__setattr__(self, "attention_levels", tuple(self.attention_levels))
+        if len(self.channels) < 2 or not all(is_int(c) for c in self.channels):
+            fail("channels", "a tuple of at least 2 positive integers")
+        if len(self.attention_levels) != len(self.channels) or not all(
+            isinstance(a, bool) for a in self.attention_levels
+        ):
+            fail("attention_levels", f"{len(self.channels)} booleans (one per level of channels)")
+        if not is_int(self.norm_num_groups) or any(c % self.norm_num_groups for c in self.channels):
+            fail("norm_num_groups", f"an integer dividing every channel count {self.channels}")
+        for name in ("latent_channels", "num_res_blocks"):
+            if not is_int(getattr(self, name)):
+                fail(name, "an integer >= 1")
+        f = self.downsample_factor
+        if not is_int(self.grid) or self.grid % f or self.grid < 2 * f:
+            fail("grid", f"a multiple of the downsampling factor {f} (>= {2 * f} voxels)")
+        if not isinstance(self.mid_attention, bool):
+            fail("mid_attention", "true or false")
+        if not (
+            isinstance(self.kl_weight, int | float) and math.isfinite(self.kl_weight) and self.kl_weight >= 0
+        ):
+            fail("kl_weight", "a finite number >= 0")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> X2CTAutoencoderConfig:
+        """``"demo"`` (64³, factor 4) or ``"paper"`` (128³, factor 8, CLS-DM's public config)."""
+        presets = {
+            "demo": dict(grid=64),
+            "paper": dict(grid=128, channels=(32, 64, 128, 128), num_res_blocks=2,
+                          attention_levels=(False,) * 4, norm_num_groups=32),
+        }  # fmt: skip
+        if name not in presets:
+            raise ValueError(
+                f"X2CTAutoencoderConfig.preset: unknown preset {name!r}; allowed: {sorted(presets)}"
+            )
+        return cls(**{**presets[name], **overrides})
+
+    @property
+    def downsample_factor(self) -> int:
+        """Grid / latent grid: ``2 ** (len(channels) - 1)``."""
+        return 2 ** (len(self.channels) - 1)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        """(C, D, H, W) of one case's latent."""
+        n = self.grid // self.downsample_factor
+        return (self.latent_channels, n, n, n)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "model config") -> X2CTAutoencoderConfig:
+        """The config of a weights file / manifest entry; a ValueError naming ``where`` on unknown keys."""
+        data = {k: v for k, v in data.items() if k not in _EXTRA_KEYS}
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"{where}: unknown X2CTAutoencoderConfig field(s) {unknown}")
+        return cls(**data)
+
+
+class X2CTAutoencoderKL(AutoencoderKL):
+    """MONAI's ``AutoencoderKL`` whose training forward takes the noise generator (exact resume, DDP)."""
+
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encode, sample ``z = mu + sigma * eps`` (eps from ``generator``), decode.
+
+        Args:
+            x: (B, 1, D, H, W) CT in [-1, 1].
+            generator: source of eps (on ``x.device``); None = the global RNG.
+
+        Returns:
+            (reconstruction (B, 1, D, H, W), z_mu, z_sigma (B, C, d, h, w)).
+        """
+        z_mu, z_sigma = self.encode(x)
+        eps = torch.randn(z_sigma.shape, generator=generator, device=z_sigma.device, dtype=z_sigma.dtype)
+        return self.decode(z_mu + eps * z_sigma), z_mu, z_sigma
+
+
+def build_autoencoder(config: X2CTAutoencoderConfig) -> X2CTAutoencoderKL:
+    """The 3D ``AutoencoderKL`` of ``config`` (1 channel in and out), freshly initialised."""
+    levels = len(config.channels)
+    return X2CTAutoencoderKL(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=1,
+        channels=config.channels,
+        num_res_blocks=(config.num_res_blocks,) * levels,
+        attention_levels=config.attention_levels,
+        latent_channels=config.latent_channels,
+        norm_num_groups=config.norm_num_groups,
+        with_encoder_nonlocal_attn=config.mid_attention,
+        with_decoder_nonlocal_attn=config.mid_attention,
+        include_fc=False,
+    )
+
+
+def autoencoder_loss(
+    model: torch.nn.Module,
+    ct: torch.Tensor,
+    kl_weight: float = 1e-6,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """L1 reconstruction + ``kl_weight`` x KL (see the module docstring; no perceptual, no adversarial term).
+
+    Args:
+        model: an :class:`X2CTAutoencoderKL` (or a DDP wrapper of one).
+        ct: (B, 1, D, H, W) CT in [-1, 1].
+        kl_weight: weight of the KL term.
+        generator: noise of the reparameterisation.
+
+    Returns:
+        (scalar loss, {"l1": mean absolute error in unit range, "kl": KL per case (nats)}).
+    """
+    recon, mu, sigma = model(ct, generator=generator)
+    l1 = (recon.float() - ct.float()).abs().mean()
+    mu, sigma = mu.float(), sigma.float()
+    kl = 0.5 * (mu.pow(2) + sigma.pow(2) - 2.0 * torch.log(sigma) - 1.0).flatten(1).sum(1).mean()
+    return l1 + kl_weight * kl, {"l1": float(l1.detach()), "kl": float(kl.detach())}
+
+
+@torch.no_grad()
+def compute_latent_scale(
+    model: X2CTAutoencoderKL,
+    dataset: torch.utils.data.Dataset,
+    max_cases: int | None = 64,
+    device: str = "cpu",
+) -> float:
+    """LDM scale factor: 1 / std of the latent means ``z_mu`` over (up to ``max_cases``) dataset items.
+
+    Raises:
+        ValueError: an empty dataset, or latents of zero spread.
+    """
+    n = len(dataset) if max_cases is None else min(len(dataset), max_cases)
+    if n < 1:
+        raise ValueError("dataset: no case to compute the latent scale on")
+    model = model.to(device).eval()
+    total, total_sq, count = 0.0, 0.0, 0
+    for i in range(n):
+        mu, _ = model.encode(dataset[i]["ct"][None].to(device))
+        mu = mu.double()
+        total, total_sq, count = (
+            total + float(mu.sum()),
+            total_sq + float(mu.pow(2).sum()),
+            count + mu.numel(),
+        )
+    std = math.sqrt(max(total_sq / count - (total / count) ** 2, 0.0))
+    if not std > 1e-12:
+        raise ValueError("latent_scale: the latent means have zero spread (an untrained or broken model)")
+    return 1.0 / std
+
+
+# --- weights ---------------------------------------------------------------------------------------
+
+
+def _state_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over (name, dtype, shape, bytes) of every tensor, in name order."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous().reshape(-1)
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_weights(
+    model: torch.nn.Module,
+    config: X2CTAutoencoderConfig,
+    path: str | os.PathLike[str],
+    latent_scale: float | None = None,
+    data_config: dict[str, Any] | None = None,
+    half: bool = False,
+) -> Path:
+    """Write the weights file (see the module docstring) atomically; float16 tensors when ``half``.
+
+    Args:
+        model: the autoencoder.
+        config: its config.
+        path: destination ``.pt``.
+        latent_scale: LDM scale factor (None before it is computed).
+        data_config: the :class:`~xraycardiac.xray2ct.data.X2CTDataConfig` dict it was trained on.
+        half: store floating tensors as float16 (half the size; outputs change by ~1e-3).
+    """
+    path = Path(path)
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu()
+             for k, v in model.state_dict().items()}  # fmt: skip
+    data = {
+        "format": WEIGHTS_FORMAT,
+        "config": config.to_dict(),
+        "latent_scale": None if latent_scale is None else float(latent_scale),
+        "data_config": data_config,
+        "state_sha256": _state_digest(state),
+        "state_dict": state,
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(data, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_weights(
+    path: str | os.PathLike[str], expected_config: X2CTAutoencoderConfig | None = None, device: str = "cpu"
+) -> tuple[X2CTAutoencoderKL, X2CTAutoencoderConfig, dict[str, Any]]:
+    """(model in eval mode, config, extras {"latent_scale", "data_config"}) from :func:`save_weights`' file.
+
+    Raises:
+        ValueError: unreadable or foreign file, tensors that fail the stored digest (modified or
+            corrupted), a config other than ``expected_config`` (names the differing fields), or
+            weights that do not fit their config.
+    """
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle/zip errors of a foreign or truncated file
+        raise ValueError(f"{path}: not a readable torch weights file ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != WEIGHTS_FORMAT:
+        raise ValueError(f"{path}: not an X2CT autoencoder weights file (format {WEIGHTS_FORMAT!r} expected)")
+    state = data.get("state_dict")
+    if not isinstance(state, dict) or _state_digest(state) != data.get("state_sha256"):
+        raise ValueError(
+            f"{path}: the weights fail their sha256 digest (modified or corrupted file); refused"
+        )
+    config = X2CTAutoencoderConfig.from_dict(data["config"], where=str(path))
+    if expected_config is not None and config != expected_config:
+        a, b = config.to_dict(), expected_config.to_dict()
+        diff = {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+        raise ValueError(f"{path}: weights of another autoencoder config; (file, expected) differ in {diff}")
+    model = build_autoencoder(config)
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit their config ({exc})") from None
+    extras = {"latent_scale": data.get("latent_scale"), "data_config": data.get("data_config")}
+    return model.to(device).eval(), config, extras
+
+
+def load_autoencoder(
+    model: str | os.PathLike[str], expected_config: X2CTAutoencoderConfig | None = None, device: str = "cpu"
+) -> tuple[X2CTAutoencoderKL, X2CTAutoencoderConfig, dict[str, Any]]:
+    """Load by manifest name (sha256-checked), run folder (``model.json`` + weights) or weights file.
+
+    Returns:
+        As :func:`load_weights`, with ``extras["source"]`` = {model, version, file, sha256}.
+
+    Raises:
+        ValueError / FileNotFoundError: unknown name, missing file, sha256 mismatch with
+            ``model.json``, or any :func:`load_weights` error.
+    """
+    from xraycardiac.models import ModelEntry, resolve_entry, sha256_file
+
+    p = Path(model)
+    if p.is_dir():
+        meta = p / "model.json"
+        if not meta.is_file():
+            raise FileNotFoundError(f"{p}: a model folder needs model.json (from xraycardiac train)")
+        entry = ModelEntry.from_dict(json.loads(meta.read_text(encoding="utf-8")), where=str(meta))
+        weights = p / entry.file
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights}: weights file of {meta} not found")
+        sha = sha256_file(weights)
+        if sha != entry.sha256:
+            raise ValueError(
+                f"{weights}: sha256 {sha[:12]}... differs from {meta}'s {entry.sha256[:12]}...; refused"
+            )
+        source = {"model": entry.name, "version": entry.version, "file": str(weights), "sha256": sha}
+    elif p.is_file() or p.suffix in (".pt", ".pth"):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: weights file not found")
+        source = {"model": p.stem, "version": None, "file": str(p), "sha256": sha256_file(p)}
+    else:
+        entry = resolve_entry(str(model))
+        source = {
+            "model": entry.name,
+            "version": entry.version,
+            "file": str(entry.path),
+            "sha256": entry.sha256,
+        }
+    net, config, extras = load_weights(source["file"], expected_config, device)
+    return net, config, {**extras, "source": source}
+
+
+# --- training --------------------------------------------------------------------------------------
+
+
+def train_x2ct_autoencoder(
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    model_config: X2CTAutoencoderConfig | None = None,
+    train_config: Any = None,
+    overrides: Sequence[str] = (),
+    name: str = "x2ct-autoencoder",
+    version: str = "0.1.0",
+    split: str = "train",
+    progress: Callable[..., None] | None = None,
+    command: str | None = None,
+    latent_scale_cases: int = 64,
+) -> dict[str, Any]:
+    """Train (or resume) the CT autoencoder on an XRayToCT cache and write a model package into ``out``.
+
+    Output: ``checkpoint.pt`` (rerun to resume), ``log.jsonl``, ``model.pt`` (EMA weights, float16,
+    with ``latent_scale`` and the cache's data config) and ``model.json`` (manifest entry; its
+    config holds the model config plus ``latent_scale`` and ``data_config``).
+
+    Args:
+        data: cache folder (:func:`xraycardiac.xray2ct.data.build_cache`).
+        out: run folder.
+        model_config: :class:`X2CTAutoencoderConfig` (default: demo size).
+        train_config: :class:`xraycardiac.trainer.TrainConfig` (default: its defaults).
+        overrides: ``key=value`` settings applied on top of both configs (``parse_overrides``).
+        name, version: manifest name and version of the result.
+        split: cache split to train on.
+        progress: ``progress(stage, fraction, **extra)``.
+        command: the command line recorded in ``model.json`` (default: this process's argv).
+        latent_scale_cases: training cases used for ``latent_scale``.
+
+    Returns:
+        The trainer summary plus ``"model"`` (path of model.pt), ``"entry"`` and ``"latent_scale"``.
+
+    Raises:
+        ValueError: a bad cache, or a model ``grid`` other than the cache's.
+    """
+    from xraycardiac.trainer import TrainConfig, Trainer, parse_overrides, write_model_package
+    from xraycardiac.xray2ct.data import X2CTDataset
+
+    mcfg = model_config or X2CTAutoencoderConfig()
+    tcfg = train_config or TrainConfig()
+    if overrides:
+        mcfg, tcfg = parse_overrides(list(overrides), mcfg, tcfg)
+    dataset = X2CTDataset(data, split)
+    if dataset.config.grid != mcfg.grid:
+        raise ValueError(
+            f"grid: the model's grid {mcfg.grid} differs from the cache's {dataset.config.grid} "
+            f"({data}); pass grid={dataset.config.grid}"
+        )
+    torch.manual_seed(tcfg.seed)
+    network = build_autoencoder(mcfg)
+
+    def loss_fn(net: torch.nn.Module, batch: dict[str, torch.Tensor], gen: torch.Generator):
+        return autoencoder_loss(net, batch["ct"], mcfg.kl_weight, gen)
+
+    out = Path(out)
+    trainer = Trainer(network, loss_fn, dataset, tcfg, out, mcfg.to_dict())
+    summary = trainer.fit(progress=progress)
+    if not trainer.is_main:
+        return summary
+    model = trainer.averaged_model()
+    scale = compute_latent_scale(model, dataset, latent_scale_cases, device=str(trainer.device))
+    data_config = dataset.config.to_dict()
+    weights = save_weights(model, mcfg, out / "model.pt", scale, data_config, half=True)
+    entry = write_model_package(
+        out, weights, name=name, version=version, command=command,
+        config={**mcfg.to_dict(), "latent_scale": scale, "data_config": data_config},
+        training_data=f"{len(dataset)} CT cubes ({mcfg.grid}^3) of the XRayToCT cache {Path(data).name} "
+        f"(split {split})",
+        description=(
+            f"3D KL autoencoder (CLS-DM stage 1), {mcfg.grid}^3 -> {'x'.join(map(str, mcfg.latent_shape))}, "
+            f"latent_scale {scale:.4g}, {summary['step']} steps x batch {tcfg.batch_size}, EMA "
+            f"{tcfg.ema_decay}; train config " + json.dumps(asdict(tcfg), sort_keys=True)
+        ),
+    )  # fmt: skip
+    return {**summary, "model": str(weights), "entry": entry, "latent_scale": scale}
