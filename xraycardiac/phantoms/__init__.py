@@ -11,3 +11,13 @@ from xraycardiac.phantoms.coronary import CoronaryPhantomConfig, make_coronary_t
 from xraycardiac.phantoms.heart import HeartEllipsoid  # noqa: E402
 
 __all__ += ["CoronaryPhantomConfig", "HeartEllipsoid", "make_coronary_tree"]
+
+# Cardiac CT phantom: the nine CardiacSynth structures with a CT-like image (exact ground truth).
+from xraycardiac.phantoms.cardiac import (  # noqa: E402
+    CardiacPhantom,
+    CardiacPhantomConfig,
+    build_cardiac_phantom,
+    make_cardiac_phantom,
+)
+
+__all__ += ["CardiacPhantom", "CardiacPhantomConfig", "build_cardiac_phantom", "make_cardiac_phantom"]
