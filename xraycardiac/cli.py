@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
+from xraycardiac.cardiac.cli import app as cardiac_app
 from xraycardiac.coronary.cli import app as coronary_app
 from xraycardiac.models.cli import app as models_app
 from xraycardiac.train_cli import app as train_app
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 app.add_typer(models_app, name="models", help="List, import and export model weights (sha256 checked).")
 app.add_typer(train_app, name="train", help="Train models (shared trainer: EMA, checkpoints, resume, DDP).")
+app.add_typer(cardiac_app, name="cardiac", help="Synthetic cardiac CT for segmentation pretraining.")
 app.add_typer(x2ct_app, name="x2ct", help="CT from one or two radiographs (training cache, generation).")
 app.add_typer(
     coronary_app, name="coronary", help="Synthetic coronary angiography data (trees, view pairs, matches)."

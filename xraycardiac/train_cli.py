@@ -7,6 +7,15 @@ Settings are ``key=value`` arguments naming a field of the model config or of ``
     xraycardiac train coronary-matcher --data synth/ --out runs/matcher --foundation dinov2:/models/dinov2
         steps=20000 batch_size=4 matcher.n_layers=6
 
+XRayToCT (CLS-DM) trains in three stages, each on the frozen results of the one before, and the
+three runs are packed into one x2ct model with ``xraycardiac x2ct bundle`` (see
+:mod:`xraycardiac.xray2ct.bundle`)::
+
+    xraycardiac train x2ct-autoencoder --data cache/ --out runs/ae steps=4000
+    xraycardiac train x2ct-encoder --data cache/ --out runs/enc --autoencoder runs/ae steps=4000
+    xraycardiac train x2ct-ldm --data cache/ --out runs/ldm --autoencoder runs/ae --encoder runs/enc
+    xraycardiac x2ct bundle --autoencoder runs/ae --encoder runs/enc --ldm runs/ldm --out x2ct-demo --install
+
 Rerunning the same command continues from ``OUT/checkpoint.pt``. Under ``torchrun`` the same
 command trains with DDP. Heavy imports happen inside the commands, so ``--help`` is quick.
 """
@@ -128,5 +137,71 @@ def x2ct_autoencoder(
     def run(progress: Callable[..., None]) -> dict:
         mcfg, tcfg = parse_overrides(settings or [], X2CTAutoencoderConfig(), TrainConfig())
         return train_x2ct_autoencoder(data, out, mcfg, tcfg, name=name, split=split, progress=progress)
+
+    _train(out, run)
+
+
+@app.command("x2ct-encoder")
+def x2ct_encoder(
+    data: Annotated[Path, typer.Option(help="XRayToCT cache (CT cubes + views, from build_cache).")],
+    out: Annotated[Path, typer.Option(help="Run folder (checkpoint, log, model.pt + model.json).")],
+    autoencoder: Annotated[
+        str,
+        typer.Option(help="Frozen autoencoder: run folder of train x2ct-autoencoder, weights file or name."),
+    ],
+    settings: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="key=value overrides of XRayEncoderConfig / TrainConfig fields, e.g. n_views=1 (single-view) "
+            "or contrastive_weight=0 (the CLS-DM ablation without contrastive alignment)."
+        ),
+    ] = None,
+    name: Annotated[str, typer.Option(help="Model name written into model.json.")] = "x2ct-encoder",
+    split: Annotated[str, typer.Option(help="train | val | test | all.")] = "train",
+) -> None:
+    """Train the X-ray encoder of XRayToCT (CLS-DM stage 2) against the frozen autoencoder's scaled latent."""
+    from xraycardiac.xray2ct.train import train_x2ct_encoder
+
+    def run(progress: Callable[..., None]) -> dict:
+        return train_x2ct_encoder(
+            data, out, autoencoder, overrides=settings or [], name=name, split=split, progress=progress
+        )
+
+    _train(out, run)
+
+
+@app.command("x2ct-ldm")
+def x2ct_ldm(
+    data: Annotated[Path, typer.Option(help="XRayToCT cache (CT cubes + views, from build_cache).")],
+    out: Annotated[Path, typer.Option(help="Run folder (checkpoint, log, model.pt + model.json).")],
+    autoencoder: Annotated[
+        str,
+        typer.Option(help="Frozen autoencoder: run folder of train x2ct-autoencoder, weights file or name."),
+    ],
+    encoder: Annotated[
+        str,
+        typer.Option(help="Frozen X-ray encoder: run folder of train x2ct-encoder, weights file or name."),
+    ],
+    settings: Annotated[
+        list[str] | None,
+        typer.Argument(help="key=value overrides of X2CTLDMConfig / TrainConfig fields, e.g. sampler=rflow."),
+    ] = None,
+    name: Annotated[str, typer.Option(help="Model name written into model.json.")] = "x2ct-ldm",
+    split: Annotated[str, typer.Option(help="train | val | test | all.")] = "train",
+) -> None:
+    """Train the latent diffusion model of XRayToCT (CLS-DM stage 3), conditioned on the frozen encoder."""
+    from xraycardiac.xray2ct.train import train_x2ct_ldm
+
+    def run(progress: Callable[..., None]) -> dict:
+        return train_x2ct_ldm(
+            data,
+            out,
+            autoencoder,
+            encoder,
+            overrides=settings or [],
+            name=name,
+            split=split,
+            progress=progress,
+        )
 
     _train(out, run)

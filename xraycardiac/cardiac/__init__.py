@@ -1,7 +1,10 @@
 """CardiacSynth core: the label table, cardiac templates and the training-free Mask Generation Module.
 
 ``labels`` and ``templates`` need numpy/scipy/SimpleITK only; ``mgm`` imports torch and MONAI on
-first use (inside its functions), so importing this package stays light.
+first use (inside its functions), so importing this package stays light. The torch-level parts are
+submodules: ``tcdm`` (template-guided conditional diffusion), ``ssv`` (skip-sampling-variance
+confidence), ``cal`` (confidence-aware segmentation pretraining) and ``synth`` (dataset writer, whose
+names are re-exported here).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from xraycardiac.cardiac.mgm import (
     warp_image,
     warp_labels,
 )
+from xraycardiac.cardiac.synth import RENDERERS, CardiacSynthConfig, synthesize_dataset
 from xraycardiac.cardiac.templates import (
     IMAGECAS_MAPPING,
     MMWHS_MAPPING,
@@ -48,6 +52,9 @@ from xraycardiac.cardiac.templates import (
 )
 
 __all__ = [
+    "RENDERERS",
+    "CardiacSynthConfig",
+    "synthesize_dataset",
     "BACKGROUND_HU",
     "CORONARY_LABELS",
     "FINE_LABELS",

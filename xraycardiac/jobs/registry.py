@@ -35,6 +35,8 @@ PIPELINE_MODULES: tuple[str, ...] = (
     "xraycardiac.jobs.drr",
     "xraycardiac.jobs.coronary_synth",
     "xraycardiac.jobs.coronary_reconstruct",
+    "xraycardiac.jobs.x2ct_generate",
+    "xraycardiac.jobs.cardiac_synth",
 )
 
 EventSink = Callable[[dict[str, Any]], None]

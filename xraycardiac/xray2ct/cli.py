@@ -1,5 +1,9 @@
 """``xraycardiac x2ct ...``: the CT-from-radiographs commands.
 
+Commands: ``cache`` (training cache), ``bundle`` (pack three trained parts into one x2ct model
+folder, optionally installing it), ``install`` (install a bundle folder into the model cache),
+``generate`` (the ``x2ct-generate`` job: CT + uncertainty from a PA (+ lateral) radiograph).
+
 ``cache`` turns CT volumes (files, DICOM series, folders of them, or chest phantoms
 ``phantom:<a>-<b>``) into the training cache of :mod:`xraycardiac.xray2ct.data`: each case resampled
 to a cube in a stated HU window, with its PA and lateral DRRs. It is resumable (complete cases are
@@ -7,6 +11,8 @@ skipped) and shardable (``--shard i/N`` runs may share one folder)::
 
     xraycardiac x2ct cache --source phantom:0-199 --out cache/ --preset demo
     xraycardiac x2ct cache --source /data/LIDC-IDRI --out cache/ --preset paper --shard 0/8
+    xraycardiac x2ct bundle --autoencoder runs/ae --encoder runs/enc --ldm runs/ldm --out x2ct-demo --install
+    xraycardiac x2ct generate --pa pa.nrrd --lateral lateral.nrrd --model x2ct-demo --out gen/ --samples 4
 
 Heavy imports happen inside the commands, so ``--help`` answers at once.
 """
@@ -14,7 +20,7 @@ Heavy imports happen inside the commands, so ``--help`` answers at once.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -63,3 +69,110 @@ def cache(
         f"{len(summary['written'])} cases written, {len(summary['skipped'])} already complete "
         f"({summary['cases']} in all, shard {shard}) in {summary['seconds']:.0f} s -> {out}"
     )
+
+
+def _fail(console: Any, exc: BaseException) -> typer.Exit:
+    """Print the error on ``console`` and return the Exit(1) to raise."""
+    console.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(1)
+
+
+@app.command()
+def bundle(
+    autoencoder: Annotated[
+        str, typer.Option(help="Autoencoder run folder (train x2ct-autoencoder), file or name.")
+    ],
+    encoder: Annotated[str, typer.Option(help="Encoder run folder (train x2ct-encoder), file or name.")],
+    ldm: Annotated[str, typer.Option(help="LDM run folder (train x2ct-ldm), file or name.")],
+    out: Annotated[Path, typer.Option(help="Bundle folder to write (absent or empty).")],
+    name: Annotated[
+        str, typer.Option(help="Model name of the bundle (what --model takes once installed).")
+    ] = "x2ct-model",
+    version: Annotated[str, typer.Option(help="Version of the bundle.")] = "0.1.0",
+    install: Annotated[bool, typer.Option(help="Also install it into the model cache.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
+) -> None:
+    """Pack autoencoder + encoder + LDM into one x2ct model folder (checks that the parts fit together)."""
+    from rich.console import Console
+
+    from xraycardiac.xray2ct.bundle import import_bundle, write_bundle
+
+    console = Console(stderr=True)
+    try:
+        info = write_bundle(out, autoencoder, encoder, ldm, name=name, version=version, overwrite=overwrite)
+        entry = import_bundle(out) if install else None
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        raise _fail(console, exc) from exc
+    typer.echo(f"{info['mode']} x2ct model {name} {version} -> {out}")
+    if entry is not None:
+        typer.echo(f"installed as {entry.name} {entry.version} in {entry.directory}")
+
+
+@app.command()
+def install(
+    folder: Annotated[Path, typer.Argument(help="A bundle folder (from `x2ct bundle`).")],
+) -> None:
+    """Install an x2ct model folder into the model cache (every sha256 checked), so --model NAME finds it."""
+    from rich.console import Console
+
+    from xraycardiac.xray2ct.bundle import import_bundle
+
+    console = Console(stderr=True)
+    try:
+        entry = import_bundle(folder)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(console, exc) from exc
+    typer.echo(f"installed {entry.name} {entry.version} in {entry.directory}")
+
+
+@app.command()
+def generate(
+    pa: Annotated[
+        Path, typer.Option(help="PA radiograph: one-slice NRRD/NIfTI or .npy (rows, cols) line integrals.")
+    ],
+    model: Annotated[str, typer.Option(help="x2ct model: an installed name or a bundle folder.")],
+    out: Annotated[
+        Path, typer.Option(help="Output folder (ct.nrrd, uncertainty.nrrd, direct.nrrd, report.json).")
+    ],
+    lateral: Annotated[Path | None, typer.Option(help="Lateral radiograph (biplanar models).")] = None,
+    geometry_pa: Annotated[Path | None, typer.Option(help="C-arm geometry JSON of the PA view.")] = None,
+    geometry_lateral: Annotated[
+        Path | None, typer.Option(help="C-arm geometry JSON of the lateral view.")
+    ] = None,
+    reference: Annotated[
+        Path | None, typer.Option(help="Reference CT (HU) to score the result against.")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Sampler steps (1..25).")] = 20,
+    samples: Annotated[int, typer.Option(help="K samples (>= 2 for the uncertainty).")] = 4,
+    seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N] | mps")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """CT volume + per-voxel uncertainty from a PA (+ lateral) radiograph (the x2ct-generate job)."""
+    from rich.console import Console
+
+    import xraycardiac.jobs.x2ct_generate  # noqa: F401 -- registers the pipeline
+    from xraycardiac.jobs import JobSpec, run_job
+
+    console = Console(stderr=True)
+    named = {"pa": pa, "lateral": lateral, "geometry_pa": geometry_pa, "geometry_lateral": geometry_lateral,
+             "reference": reference}  # fmt: skip
+    inputs = {k: str(v) for k, v in named.items() if v is not None}
+    params = {"model": model, "steps": steps, "samples": samples, "seed": seed, "device": device,
+              "overwrite": overwrite}  # fmt: skip
+
+    def on_event(event: dict) -> None:
+        if event.get("event") == "progress":
+            console.print(f"[dim]{100 * event['progress']:5.1f}%  {event['stage']}[/dim]")
+        elif event.get("event") == "log":
+            console.print(f"[yellow]{event.get('message', '')}[/yellow]")
+
+    try:
+        summary = run_job(JobSpec("x2ct-generate", inputs, params, str(out)), on_event=on_event)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+        raise _fail(console, exc) from exc
+    for key, file in summary["outputs"].items():
+        typer.echo(f"{key}: {out / file}")
+    t = summary["timing_s"]
+    typer.echo(f"{summary['model']['name']} ({summary['model']['mode']}), K={samples}, {steps} steps: "
+               f"{t['generate']:.1f} s sampling, {t['total']:.1f} s in all on {summary['device']}")  # fmt: skip

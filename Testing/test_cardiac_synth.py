@@ -1,0 +1,157 @@
+"""Synthetic cardiac datasets: MGM masks -> images -> confidence, sharded and resumable."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from xraycardiac.cardiac.synth import CardiacSynthConfig, synthesize_dataset
+from xraycardiac.cardiac.templates import template_from_phantom
+from xraycardiac.io import read_volume
+
+
+@pytest.fixture(scope="module")
+def template():
+    from xraycardiac.phantoms.cardiac import CardiacPhantomConfig
+
+    return template_from_phantom(CardiacPhantomConfig(seed=0, shape_ijk=(40, 40, 40), spacing_mm=4.0))
+
+
+def test_warp_dataset_layout_and_correspondence(template, tmp_path):
+    out = tmp_path / "ds"
+    summary = synthesize_dataset(template, out, CardiacSynthConfig(n=2, seed=5))
+    assert summary["written"] == ["case_00000", "case_00001"]
+    datalist = json.loads((out / "datalist.json").read_text())["training"]
+    nnunet = json.loads((out / "dataset.json").read_text())
+    assert nnunet["numTraining"] == 2 and nnunet["labels"]["background"] == 0
+    assert set(nnunet["labels"].values()) == {0, *template.labels_present}
+    for entry in datalist:
+        image, label = read_volume(out / entry["image"]), read_volume(out / entry["label"])
+        conf = read_volume(out / entry["confidence"])
+        assert image.array.shape == label.array.shape == template.image.array.shape
+        assert np.allclose(image.ijk_to_ras, template.image.ijk_to_ras, atol=1e-4)
+        assert np.all(conf.array == 1.0)
+        # the warped template's blood pool is still bright inside the deformed LV label
+        lv = label.array == 1
+        assert lv.sum() > 50
+        assert image.array[lv].mean() > image.array[label.array == 0].mean() + 150
+        # a real deformation: not the template's mask
+        heart = (label.array > 0) | (template.labels.array > 0)
+        changed = np.mean((label.array != template.labels.array)[heart])
+        assert changed > 0.005, f"only {changed:.2%} of the heart's voxels changed label"
+    a, b = (read_volume(out / e["label"]).array for e in datalist)
+    assert np.any(a != b), "two cases drew the same deformation"
+
+
+def test_shards_match_one_run_and_resume_skips(template, tmp_path):
+    cfg = CardiacSynthConfig(n=3, seed=1)
+    whole = synthesize_dataset(template, tmp_path / "a", cfg)
+    s0 = synthesize_dataset(template, tmp_path / "b", cfg, shard=(0, 2))
+    s1 = synthesize_dataset(template, tmp_path / "b", cfg, shard=(1, 2))
+    assert s0["written"] == ["case_00000", "case_00002"] and s1["written"] == ["case_00001"]
+    for name in whole["written"]:
+        x = read_volume(tmp_path / "a" / "labelsTr" / f"{name}.nii.gz").array
+        y = read_volume(tmp_path / "b" / "labelsTr" / f"{name}.nii.gz").array
+        assert np.array_equal(x, y), name
+    again = synthesize_dataset(template, tmp_path / "b", cfg)
+    assert again["written"] == [] and len(again["skipped"]) == 3
+
+
+def test_other_settings_in_the_same_folder_are_refused(template, tmp_path):
+    synthesize_dataset(template, tmp_path, CardiacSynthConfig(n=1, seed=1))
+    with pytest.raises(ValueError, match="other settings"):
+        synthesize_dataset(template, tmp_path, CardiacSynthConfig(n=1, seed=2))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [({"n": 0}, "n"), ({"renderer": "gan"}, "renderer"), ({"renderer": "tcdm"}, "model"),
+     ({"ssv_steps": (10,)}, "ssv_steps")],
+)  # fmt: skip
+def test_bad_config_names_the_field(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        CardiacSynthConfig(**kwargs)
+
+
+def test_bad_shard(template, tmp_path):
+    with pytest.raises(ValueError, match="shard"):
+        synthesize_dataset(template, tmp_path, CardiacSynthConfig(n=1), shard=(2, 2))
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_synth_writes_resumes_and_names_bad_options(tmp_path):
+    from typer.testing import CliRunner
+
+    from xraycardiac.cli import app
+
+    out = tmp_path / "synth"
+    args = ["cardiac", "synth", "--out", str(out), "--n", "2", "--shard", "1/2", "--seed", "3"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "1 cases written" in first.output and (out / "labelsTr" / "case_00001.nii.gz").is_file()
+    assert not (out / "labelsTr" / "case_00000.nii.gz").exists()
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and "0 cases written, 1 already complete" in again.output
+    bad = CliRunner().invoke(app, ["cardiac", "synth", "--out", str(tmp_path / "x"), "--template", str(out)])
+    assert bad.exit_code == 1 and "--template-mask" in bad.output
+    bad = CliRunner().invoke(app, ["cardiac", "synth", "--out", str(tmp_path / "y"), "--ssv-steps", "a,b"])
+    assert bad.exit_code == 1 and "--ssv-steps" in bad.output
+
+
+def test_tcdm_renderer_writes_images_and_ssv_confidence(tmp_path, one_torch_thread):
+    """An untrained tiny TCDM: the plumbing (grid, condition, SSV, files) is checked, not image quality."""
+    import torch
+
+    from xraycardiac.cardiac.tcdm import TCDMConfig, build_tcdm, save_tcdm
+    from xraycardiac.phantoms.cardiac import CardiacPhantomConfig
+
+    small = template_from_phantom(CardiacPhantomConfig(seed=0, shape_ijk=(32, 32, 32), spacing_mm=5.0))
+    torch.manual_seed(0)
+    cfg = TCDMConfig(grid=32, channels=(8, 8, 8), attention_levels=(False, False, False), norm_num_groups=4,
+                     num_train_timesteps=20)  # fmt: skip
+    weights = save_tcdm(build_tcdm(cfg)[0], tmp_path / "tcdm.pt")
+    config = CardiacSynthConfig(n=1, seed=2, renderer="tcdm", model=str(weights), steps=2, ssv_steps=(2, 4),
+                                device="cpu")  # fmt: skip
+    out = tmp_path / "ds"
+    summary = synthesize_dataset(small, out, config)
+    assert summary["written"] == ["case_00000"]
+    image = read_volume(out / "imagesTr" / "case_00000_0000.nii.gz").array
+    conf = read_volume(out / "confidenceTr" / "case_00000.nii.gz").array
+    assert image.shape == conf.shape == (32, 32, 32)
+    assert -1000.0 - 1e-3 <= image.min() and image.max() <= 1000.0 + 1e-3
+    assert 0.0 <= conf.min() and conf.max() <= 1.0 and conf.min() < 1.0, (
+        "2 vs 4 steps should disagree somewhere"
+    )
+    case = json.loads((out / "cases" / "case_00000.json").read_text())
+    assert case["renderer"] == "tcdm" and case["ssv_steps"] == [2, 4]
+    with pytest.raises(ValueError, match="trained on 32"):
+        synthesize_dataset(template_from_phantom(CardiacPhantomConfig(seed=0, shape_ijk=(40, 40, 40), spacing_mm=4.0)),
+                           tmp_path / "other", config)  # fmt: skip
+
+
+def test_cardiac_synth_job_from_files_and_bad_inputs(template, tmp_path):
+    from xraycardiac.io import write_volume
+    from xraycardiac.jobs import JobSpec, run_job
+
+    write_volume(template.image, tmp_path / "image.nrrd")
+    write_volume(template.labels, tmp_path / "labels.nrrd")
+    inputs = {
+        "template_image": str(tmp_path / "image.nrrd"),
+        "template_labels": str(tmp_path / "labels.nrrd"),
+    }
+    events = []
+    summary = run_job(
+        JobSpec("cardiac-synth", inputs, {"n": 1, "seed": 4}, str(tmp_path / "out")), on_event=events.append
+    )
+    assert summary["written"] == ["case_00000"] and summary["labels"] == template.labels_present
+    assert (tmp_path / "out" / "labelsTr" / "case_00000.nii.gz").is_file()
+    assert (tmp_path / "out" / "template_labels.nrrd").is_file()
+    assert any(e.get("event") == "progress" and e["stage"].startswith("case") for e in events)
+    only_image = {"template_image": inputs["template_image"]}
+    with pytest.raises(ValueError, match="template_labels"):
+        run_job(JobSpec("cardiac-synth", only_image, {"n": 1}, str(tmp_path / "bad1")))
+    with pytest.raises(ValueError, match="unknown parameter"):
+        run_job(JobSpec("cardiac-synth", inputs, {"n": 1, "colour": 1}, str(tmp_path / "bad2")))
+    assert not (tmp_path / "bad1").exists() and not (tmp_path / "bad2").exists()

@@ -1,0 +1,699 @@
+"""Template-guided Conditional Diffusion Model (TCDM) of CardiacSynth (FCaS): label map + template -> CT.
+
+Network: a 3D ``monai.networks.nets.DiffusionModelUNet`` (:class:`TCDMUNet`, which only adds its
+:class:`TCDMConfig`) on channel-concatenated inputs, for a target label map M and a template
+(image T, labels L_T) with the deformation between them::
+
+    [ x_t | onehot(M) | T o (id + u) | onehot(L_T) o (id + u) ]      (B, 1 + n + 1 + n, D, H, W)
+
+x_t is the noisy image, one-hots are in {-1, 1}, ``f o (id + u)`` is f resampled at x + u(x)
+(``monai.networks.blocks.Warp``, trilinear, border padding; the one-hot becomes a soft label map).
+u is the Mask Generation Module's DDF in MONAI voxel units (channels along D, H, W): the target at
+x is the template at x + u(x); without a DDF the template is taken as already in the target frame.
+``use_template=False`` drops the template channels: Med-DDPM's mask-only conditioning (ablation).
+
+Bidirectional mechanism (FCaS names it without a formula; this is our reading): template -> target
+is the conditional denoising loss; target -> template maps the model's clean-image estimate x̂0
+back into the template frame with the inverse DDF u⁻ (given by the caller: the MGM integrates -v
+for it, as :func:`random_deformation` does) and asks it to equal the template inside its structures::
+
+    L = |out - target|² + consistency_weight * mean_b( ᾱ_t |x̂0 o (id + u⁻) - T|²_{L_T > 0} )
+
+ᾱ_t (the signal fraction at the sample's timestep) rescales the x̂0 error of noisy steps to the
+noise error's scale (ε-prediction: ᾱ_t |x̂0 - x0|² = (1 - ᾱ_t) |ε̂ - ε|²), so steps where x̂0 is
+amplified noise do not dominate. Without ``inverse_ddf`` the term is 0.
+
+Paper-silent choices (fields of :class:`TCDMConfig`), from Med-DDPM and MONAI's 3D DDPM tutorial:
+1000 timesteps, ``linear_beta``, ε-prediction, MSE; DDIM sampling (eta 0: deterministic given the
+noise). Demo size: levels (8, 16, 32, 32), one residual block each, no attention but MONAI's mid
+block (always there; 8³ = 512 tokens at 64³). HU clipped to ``hu_window`` and mapped to [-1, 1].
+GPU size, e.g.: ``channels=(32, 64, 128, 128) num_res_blocks=2 norm_num_groups=32 grid=128``.
+
+Training (:func:`train_cardiac_tcdm`) reads ``DIR/images/<name>`` (CT, HU) and ``DIR/labels/<name>``
+(cardiac table values, same grid), NIfTI/NRRD/MetaImage, each resampled as an array to ``grid³``
+(trilinear / nearest: the cases should already share a cardiac field of view). Templates: each
+case is its own template under a random diffeomorphism drawn per step (:func:`make_self_template`:
+the DDF and its inverse are known, so the consistency term applies), unless
+``DIR/templates/images/<name>`` + ``DIR/templates/labels/<name>`` give one already in that case's
+frame (u = 0, no consistency term).
+
+Weights: ``torch.save({"format": "xraycardiac.cardiac_tcdm", "config", "sha256", "state_dict"})``,
+loaded with ``weights_only=True``; ``sha256`` digests the config JSON and every tensor, so an edited
+config or tensor is refused. A run folder (``model.pt`` + ``model.json``) is an importable package.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import DiffusionModelUNet
+
+from xraycardiac.cardiac.labels import FINE_LABELS
+
+__all__ = [
+    "PREDICTION_TYPES", "TCDM_FORMAT", "CardiacCTDataset", "TCDMConfig", "TCDMUNet", "build_tcdm",
+    "ddim_sampler", "encode_condition", "find_cases", "load_tcdm", "make_self_template",
+    "random_deformation", "sample_tcdm", "save_tcdm", "tcdm_loss", "template_consistency",
+    "train_cardiac_tcdm", "warp",
+]  # fmt: skip
+
+TCDM_FORMAT = "xraycardiac.cardiac_tcdm"
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass(frozen=True)
+class TCDMConfig:
+    """What the template-conditioned diffusion model is (saved next to its weights).
+
+    Attributes:
+        n_classes: label classes including background 0 (default 10: the nine FCaS structures);
+            label maps must hold values in 0 .. n_classes - 1.
+        grid: training cube side in voxels (cases are resampled to it); a multiple of 2^(levels-1).
+        hu_window: (low, high) HU mapped to [-1, 1].
+        channels: ``DiffusionModelUNet`` channels per level.
+        attention_levels: self-attention per level (MONAI's mid block always has one); all-False
+            is resized to the number of levels.
+        num_res_blocks: residual blocks per level.
+        norm_num_groups: GroupNorm groups (divides every entry of ``channels``).
+        num_head_channels: channels per attention head.
+        num_train_timesteps: T of the diffusion process.
+        schedule: MONAI noise schedule name.
+        prediction_type: "epsilon", "v_prediction" or "sample".
+        use_template: condition on the warped template (False: mask only, Med-DDPM-like ablation).
+        consistency_weight: weight of the target -> template consistency term (>= 0).
+        deform_strength_vox: self-template training: largest velocity magnitude, voxels.
+        deform_control_spacing_vox: self-template training: control-grid spacing of the random
+            velocity (its smoothness), voxels.
+    """
+
+    n_classes: int = 1 + len(FINE_LABELS)
+    grid: int = 64
+    hu_window: tuple[float, float] = (-1000.0, 1000.0)
+    channels: tuple[int, ...] = (8, 16, 32, 32)
+    attention_levels: tuple[bool, ...] = (False, False, False, False)
+    num_res_blocks: int = 1
+    norm_num_groups: int = 8
+    num_head_channels: int = 8
+    num_train_timesteps: int = 1000
+    schedule: str = "linear_beta"
+    prediction_type: str = "epsilon"
+    use_template: bool = True
+    consistency_weight: float = 0.1
+    deform_strength_vox: float = 3.0
+    deform_control_spacing_vox: int = 8
+
+    def __post_init__(self) -> None:
+        def fail(name: str, expected: str) -> None:
+            raise ValueError(f"TCDMConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
+
+        def is_int(v: Any, lo: int = 1) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+        def finite(v: Any) -> bool:
+            return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+        for name in ("channels", "attention_levels", "hu_window"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not is_int(self.n_classes, 2):
+            fail("n_classes", "an integer >= 2 (background + at least one structure)")
+        if not self.channels or not all(is_int(c) for c in self.channels):
+            fail("channels", "a non-empty tuple of positive integers")
+        att = self.attention_levels
+        if len(att) != len(self.channels) and not any(att):  # "no attention" fits any number of levels
+            att = (False,) * len(self.channels)
+            object.__setattr__(self, "attention_levels", att)
+        if len(att) != len(self.channels) or not all(isinstance(a, bool) for a in att):
+            fail("attention_levels", f"{len(self.channels)} booleans (one per level of channels)")
+        if not is_int(self.norm_num_groups) or any(c % self.norm_num_groups for c in self.channels):
+            fail("norm_num_groups", f"an integer dividing every channel count {self.channels}")
+        step = 2 ** (len(self.channels) - 1)
+        if not is_int(self.grid) or self.grid % step:
+            fail("grid", f"a positive multiple of {step} (2^(levels - 1))")
+        ints = ("num_res_blocks", "num_head_channels", "num_train_timesteps", "deform_control_spacing_vox")
+        for name in ints:
+            if not is_int(getattr(self, name)):
+                fail(name, "an integer >= 1")
+        lo_hi = self.hu_window
+        if len(lo_hi) != 2 or not all(finite(v) for v in lo_hi) or not lo_hi[0] < lo_hi[1]:
+            fail("hu_window", "(low, high) finite HU with low < high")
+        from monai.networks.schedulers import NoiseSchedules
+
+        if self.schedule not in NoiseSchedules:
+            fail("schedule", f"one of {sorted(NoiseSchedules)}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            fail("prediction_type", f"one of {PREDICTION_TYPES}")
+        if not isinstance(self.use_template, bool):
+            fail("use_template", "true or false")
+        for name in ("consistency_weight", "deform_strength_vox"):
+            if not (finite(getattr(self, name)) and getattr(self, name) >= 0):
+                fail(name, "a finite number >= 0")
+
+    @property
+    def condition_channels(self) -> int:
+        """Condition channels: onehot(M) (+ warped template image and one-hot labels)."""
+        return self.n_classes + (1 + self.n_classes if self.use_template else 0)
+
+    @property
+    def in_channels(self) -> int:
+        """U-Net input channels: the noisy image plus the condition."""
+        return 1 + self.condition_channels
+
+    def hu_to_unit(self, hu: torch.Tensor) -> torch.Tensor:
+        """HU clipped to ``hu_window`` and mapped linearly to [-1, 1]."""
+        lo, hi = self.hu_window
+        return (hu.float().clamp(lo, hi) - lo) / (hi - lo) * 2.0 - 1.0
+
+    def unit_to_hu(self, x: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] (clipped) back to HU."""
+        lo, hi = self.hu_window
+        return (x.float().clamp(-1.0, 1.0) + 1.0) / 2.0 * (hi - lo) + lo
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "model config") -> TCDMConfig:
+        """The config of a weights file; a ValueError naming ``where`` on unknown keys."""
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"{where}: unknown TCDMConfig field(s) {unknown}")
+        return cls(**data)
+
+
+class TCDMUNet(DiffusionModelUNet):
+    """A 3D ``DiffusionModelUNet`` with its config; ``forward(x (B, in_channels, D, H, W), t (B,))``."""
+
+    def __init__(self, config: TCDMConfig) -> None:
+        super().__init__(
+            spatial_dims=3, in_channels=config.in_channels, out_channels=1, channels=config.channels,
+            attention_levels=config.attention_levels, num_res_blocks=config.num_res_blocks,
+            norm_num_groups=config.norm_num_groups, num_head_channels=config.num_head_channels,
+        )  # fmt: skip
+        self.config = config
+
+
+def build_tcdm(config: TCDMConfig) -> tuple[TCDMUNet, Any]:
+    """(network, training ``DDPMScheduler``) of ``config`` (sample with :func:`sample_tcdm`)."""
+    from monai.networks.schedulers import DDPMScheduler
+
+    scheduler = DDPMScheduler(
+        num_train_timesteps=config.num_train_timesteps, schedule=config.schedule,
+        prediction_type=config.prediction_type, clip_sample=True,
+    )  # fmt: skip
+    return TCDMUNet(config), scheduler
+
+
+# --- inputs and warping ----------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def _warp_module(mode: str, device: str) -> Any:
+    """A cached ``monai.networks.blocks.Warp`` per device (it caches its grid; warning silenced)."""
+    from monai.networks.blocks import Warp
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*grid_sample.*")
+        return Warp(mode=mode, padding_mode="border")
+
+
+def warp(volume: torch.Tensor, ddf: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """``output(x) = volume(x + ddf(x))``: volume (B, C, D, H, W), ddf (B, 3, D, H, W) in voxels (D, H, W)."""
+    return _warp_module(mode, str(ddf.device))(volume.float(), ddf.float())
+
+
+def _labels(labels: Any, n_classes: int, name: str) -> torch.Tensor:
+    """(B, D, H, W) int64 label maps from (D, H, W), (B, D, H, W) or (B, 1, D, H, W); checked."""
+    lab = torch.as_tensor(labels)
+    lab = lab[:, 0] if lab.ndim == 5 and lab.shape[1] == 1 else lab[None] if lab.ndim == 3 else lab
+    if lab.ndim != 4:
+        raise ValueError(f"{name}: expected (D, H, W) or (B, D, H, W) labels, got shape {tuple(lab.shape)}")
+    if lab.is_floating_point() and not torch.equal(lab, lab.round()):
+        raise ValueError(f"{name}: a label map must hold integers, found fractional values")
+    lab = lab.long()
+    lo, hi = int(lab.min()), int(lab.max())
+    if lo < 0 or hi >= n_classes:
+        raise ValueError(
+            f"{name}: label values must be in 0..{n_classes - 1} (TCDMConfig.n_classes = {n_classes}); "
+            f"found {lo}..{hi}"
+        )
+    empty = [i for i in range(lab.shape[0]) if not bool((lab[i] > 0).any())]
+    if empty:
+        raise ValueError(f"{name}: item(s) {empty} of the batch are empty (no label > 0)")
+    return lab
+
+
+def _volume(x: Any, name: str, channels: int, like: tuple[int, ...]) -> torch.Tensor:
+    """A float (B, channels, *spatial) tensor whose batch and grid equal ``like`` = (B, D, H, W)."""
+    v = torch.as_tensor(x).float()
+    want = (like[0], channels, *like[1:])
+    if tuple(v.shape) != want:
+        raise ValueError(f"{name}: expected shape {want} (the mask's batch and grid), got {tuple(v.shape)}")
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError(f"{name}: contains NaN or infinite values")
+    return v
+
+
+def _onehot_pm1(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, D, H, W) labels -> (B, n, D, H, W) one-hot in {-1, 1}."""
+    return F.one_hot(labels, n).permute(0, 4, 1, 2, 3).float() * 2.0 - 1.0
+
+
+def encode_condition(
+    config: TCDMConfig, mask: Any, template_image: Any = None, template_mask: Any = None, ddf: Any = None
+) -> torch.Tensor:
+    """Condition channels (B, ``config.condition_channels``, D, H, W) float32 (see the module docstring).
+
+    Args:
+        config: the model's config.
+        mask: target label map, (D, H, W) or (B, D, H, W) int, values 0 .. n_classes - 1.
+        template_image: (B, 1, D, H, W) template image in [-1, 1], in the template's frame on the
+            mask's grid; ignored when ``config.use_template`` is False.
+        template_mask: (B, D, H, W) template label map (same frame); ignored likewise.
+        ddf: (B, 3, D, H, W) voxel displacement target -> template (MGM's); None = 0.
+
+    Raises:
+        ValueError: labels outside 0 .. n_classes - 1, an empty label map, a template on another grid.
+    """
+    m = _labels(mask, config.n_classes, "mask")
+    like = (m.shape[0], *m.shape[1:])
+    chans = [_onehot_pm1(m, config.n_classes)]
+    if config.use_template:
+        if template_image is None or template_mask is None:
+            raise ValueError("template_image/template_mask: required when TCDMConfig.use_template is True")
+        t_img = _volume(template_image, "template_image", 1, like).to(chans[0].device)
+        t_lab = _labels(template_mask, config.n_classes, "template_mask").to(chans[0].device)
+        if tuple(t_lab.shape) != tuple(m.shape):
+            raise ValueError(
+                f"template_mask: shape {tuple(t_lab.shape)} differs from mask's {tuple(m.shape)}"
+            )
+        t_one = _onehot_pm1(t_lab, config.n_classes)
+        if ddf is not None:
+            d = _volume(ddf, "ddf", 3, like).to(t_img.device)
+            t_img, t_one = warp(t_img, d), warp(t_one, d)
+        chans += [t_img, t_one]
+    return torch.cat(chans, dim=1)
+
+
+def template_consistency(
+    pred_x0: torch.Tensor,
+    template_image: torch.Tensor,
+    template_mask: torch.Tensor,
+    inverse_ddf: torch.Tensor,
+) -> torch.Tensor:
+    """Per-sample consistency (B,): mean of ``(x̂0 o (id + u⁻) - T)²`` over the template's structures.
+
+    Args:
+        pred_x0: (B, 1, D, H, W) clean-image estimate in the target frame, [-1, 1].
+        template_image: (B, 1, D, H, W) template image in its own frame.
+        template_mask: (B, D, H, W) template labels (voxels > 0 are compared).
+        inverse_ddf: (B, 3, D, H, W) voxel displacement template -> target.
+    """
+    back = warp(pred_x0, inverse_ddf.to(pred_x0))
+    fg = (template_mask > 0).to(back)[:, None]
+    err = (back - template_image.to(back)).pow(2) * fg
+    return err.flatten(1).sum(1) / fg.flatten(1).sum(1).clamp(min=1.0)
+
+
+def tcdm_loss(
+    unet: torch.nn.Module, scheduler: Any, batch: dict[str, Any], generator: torch.Generator
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The TCDM training loss of one batch: denoising MSE + the bidirectional consistency term.
+
+    Args:
+        unet: a :class:`TCDMUNet` (or a DDP wrapper of one).
+        scheduler: the training ``DDPMScheduler`` of :func:`build_tcdm`.
+        batch: ``"image"`` (B, 1, D, H, W) in [-1, 1], ``"mask"`` (B, D, H, W) int; with
+            ``use_template``: ``"template_image"`` (B, 1, D, H, W), ``"template_mask"`` (B, D, H, W),
+            optional ``"ddf"`` (target -> template) and ``"inverse_ddf"`` (template -> target),
+            (B, 3, D, H, W) voxels (the consistency term needs ``inverse_ddf``).
+        generator: draws the timesteps and the noise.
+
+    Returns:
+        (scalar loss, {"mse", "consistency"}).
+    """
+    config: TCDMConfig = getattr(unet, "module", unet).config
+    get = batch.get
+    cond = encode_condition(config, batch["mask"], get("template_image"), get("template_mask"), get("ddf"))
+    x0 = _volume(batch["image"], "batch['image']", 1, (cond.shape[0], *cond.shape[2:])).to(cond.device)
+    b, dev = x0.shape[0], generator.device
+    t = torch.randint(0, config.num_train_timesteps, (b,), generator=generator, device=dev).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator, device=dev).to(x0)
+    x_t = scheduler.add_noise(original_samples=x0, noise=noise, timesteps=t)
+    out = unet(torch.cat([x_t, cond], dim=1), timesteps=t).float()
+    if config.prediction_type == "epsilon":
+        target = noise
+    elif config.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(x0, noise, t)
+    else:
+        target = x0
+    mse = (out - target.float()).pow(2).mean()
+    cons = torch.zeros((), device=x0.device)
+    inverse = batch.get("inverse_ddf")
+    if config.use_template and config.consistency_weight > 0 and inverse is not None:
+        abar = scheduler.alphas_cumprod.to(x0.device, torch.float32)[t].view(b, 1, 1, 1, 1)
+        xt, sa, sb = x_t.float(), abar.sqrt(), (1.0 - abar).sqrt()
+        kind = config.prediction_type
+        pred_x0 = {"epsilon": (xt - sb * out) / sa, "v_prediction": sa * xt - sb * out}.get(kind, out)
+        t_img = _volume(batch["template_image"], "template_image", 1, (b, *x0.shape[2:])).to(x0.device)
+        inv = _volume(inverse, "inverse_ddf", 3, (b, *x0.shape[2:])).to(x0.device)
+        per = template_consistency(pred_x0, t_img, torch.as_tensor(batch["template_mask"]).to(x0.device), inv)
+        cons = (abar.view(b) * per).mean()
+    loss = mse + config.consistency_weight * cons
+    return loss, {"mse": float(mse.detach()), "consistency": float(cons.detach())}
+
+
+# --- sampling --------------------------------------------------------------------------------------
+
+
+def ddim_sampler(scheduler: Any, steps: int) -> Any:
+    """A fresh ``DDIMScheduler`` (eta 0, clip to [-1, 1]) on ``scheduler``'s noise schedule, ``steps`` steps.
+
+    Raises:
+        ValueError: ``steps`` not an integer in 1 .. num_train_timesteps.
+    """
+    from monai.networks.schedulers import DDIMScheduler
+
+    n_t = int(scheduler.num_train_timesteps)
+    if not (isinstance(steps, int) and not isinstance(steps, bool) and 1 <= steps <= n_t):
+        raise ValueError(f"steps: expected an integer in 1..{n_t} (the training timesteps), got {steps!r}")
+    ddim = DDIMScheduler(num_train_timesteps=n_t, prediction_type=scheduler.prediction_type, clip_sample=True)
+    ddim.betas, ddim.alphas = scheduler.betas.clone(), scheduler.alphas.clone()
+    ddim.alphas_cumprod = scheduler.alphas_cumprod.clone().float()
+    ddim.set_timesteps(steps)
+    return ddim
+
+
+@torch.no_grad()
+def sample_tcdm(
+    unet: torch.nn.Module, scheduler: Any, cond: torch.Tensor, steps: int,
+    generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """DDIM sampling (eta 0): deterministic given the initial noise.
+
+    Args:
+        unet: the :class:`TCDMUNet` (call ``.eval()`` first; MONAI's has no dropout by default).
+        scheduler: the model's scheduler (any MONAI DDPM/DDIM one; only its noise schedule is used).
+        cond: (B, Cc, D, H, W) from :func:`encode_condition`.
+        steps: DDIM steps, 1 .. num_train_timesteps.
+        generator: draws the initial noise when ``noise`` is None.
+        noise: (B, 1, D, H, W) initial noise (the same noise for different ``steps`` is what
+            Skip-Sampling Variance compares).
+        progress: ``progress(i, n)`` after each step.
+
+    Returns:
+        (B, 1, D, H, W) float32 x0 in [-1, 1].
+
+    Raises:
+        ValueError: ``cond`` with the wrong channels, ``noise`` of the wrong shape or missing.
+    """
+    config: TCDMConfig = getattr(unet, "module", unet).config
+    if cond.ndim != 5 or cond.shape[1] != config.condition_channels:
+        raise ValueError(
+            f"cond: expected (B, {config.condition_channels}, D, H, W) (use_template={config.use_template}), "
+            f"got {tuple(cond.shape)}"
+        )
+    shape = (cond.shape[0], 1, *cond.shape[2:])
+    if noise is None:
+        if generator is None:
+            raise ValueError("generator: required when no noise is given")
+        noise = torch.randn(shape, generator=generator, device=generator.device)
+    if tuple(noise.shape) != shape:
+        raise ValueError(f"noise: expected shape {shape}, got {tuple(noise.shape)}")
+    ddim = ddim_sampler(scheduler, steps)
+    x = noise.to(cond.device, torch.float32)
+    for i, t in enumerate(ddim.timesteps):
+        ts = torch.full((shape[0],), int(t), device=cond.device, dtype=torch.long)
+        out = unet(torch.cat([x, cond], dim=1), timesteps=ts).float()
+        x, _ = ddim.step(out, int(t), x)
+        if progress is not None:
+            progress(i + 1, len(ddim.timesteps))
+    return x.clamp(-1.0, 1.0)
+
+
+# --- weights ---------------------------------------------------------------------------------------
+
+
+def _digest(config: dict[str, Any], state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the canonical config JSON and (name, dtype, shape, bytes) of every tensor."""
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous().reshape(-1)
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_tcdm(unet: TCDMUNet, path: str | os.PathLike[str], half: bool = False) -> Path:
+    """Write the weights file (module docstring) atomically; float16 tensors when ``half``."""
+    path = Path(path)
+    net = getattr(unet, "module", unet)
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu()
+             for k, v in net.state_dict().items()}  # fmt: skip
+    config = net.config.to_dict()
+    data = {"format": TCDM_FORMAT, "config": config, "sha256": _digest(config, state), "state_dict": state}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(data, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_tcdm(
+    source: str | os.PathLike[str], expected_config: TCDMConfig | None = None, device: str = "cpu"
+) -> tuple[TCDMUNet, dict[str, Any]]:
+    """(network in eval mode, provenance) from a weights file, a run folder or a manifest name.
+
+    Raises:
+        FileNotFoundError: missing file or folder without ``model.json``.
+        ValueError: foreign or unreadable file, a digest mismatch (edited config or tensors), a file
+            sha256 other than ``model.json``'s, a config other than ``expected_config``.
+    """
+    from xraycardiac.models import ModelEntry, resolve_entry, sha256_file
+
+    p = Path(source)
+    if p.is_dir():
+        meta = p / "model.json"
+        if not meta.is_file():
+            raise FileNotFoundError(f"{p}: a model folder needs model.json (from xraycardiac train)")
+        entry = ModelEntry.from_dict(json.loads(meta.read_text(encoding="utf-8")), where=str(meta))
+        p = p / entry.file
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: weights file of {meta} not found")
+        if sha256_file(p) != entry.sha256:
+            raise ValueError(f"{p}: sha256 differs from {meta}'s; refused")
+        info = {"model": entry.name, "version": entry.version, "file": str(p), "sha256": entry.sha256}
+    elif p.is_file() or p.suffix in (".pt", ".pth"):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: weights file not found")
+        info = {"model": p.stem, "version": None, "file": str(p), "sha256": sha256_file(p)}
+    else:
+        entry = resolve_entry(str(source))
+        p = Path(entry.path)
+        info = {"model": entry.name, "version": entry.version, "file": str(p), "sha256": entry.sha256}
+    try:
+        data = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle/zip errors of a foreign or truncated file
+        raise ValueError(f"{p}: not a readable torch weights file ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != TCDM_FORMAT:
+        raise ValueError(f"{p}: not a TCDM weights file (format {TCDM_FORMAT!r} expected)")
+    state, cfg = data.get("state_dict"), data.get("config")
+    if not isinstance(state, dict) or not isinstance(cfg, dict) or _digest(cfg, state) != data.get("sha256"):
+        raise ValueError(f"{p}: config or weights fail their sha256 digest (edited or corrupted); refused")
+    config = TCDMConfig.from_dict(cfg, where=str(p))
+    if expected_config is not None and config != expected_config:
+        a, b = config.to_dict(), expected_config.to_dict()
+        diff = {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+        raise ValueError(f"{p}: weights of another TCDM config; (file, expected) differ in {diff}")
+    net = TCDMUNet(config)
+    try:
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except RuntimeError as exc:
+        raise ValueError(f"{p}: weights do not fit their config ({exc})") from None
+    return net.to(device).eval(), info
+
+
+# --- self-templates and training -------------------------------------------------------------------
+
+
+def random_deformation(
+    shape: Sequence[int], strength_vox: float, control_spacing_vox: int, generator: torch.Generator,
+    batch: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """A random diffeomorphism and its inverse: (ddf, inverse_ddf), each (batch, 3, D, H, W) voxels.
+
+    A stationary velocity v (Gaussian noise on a control grid every ``control_spacing_vox`` voxels,
+    trilinearly upsampled, scaled to a largest magnitude of ``strength_vox``) is integrated by
+    scaling and squaring (``monai.networks.blocks.DVF2DDF``, 7 steps): ddf = exp(v), inverse =
+    exp(-v), the MGM's construction. ``warp(warp(f, inverse), ddf) ≈ f``.
+    """
+    from monai.networks.blocks import DVF2DDF
+
+    size = tuple(int(n) for n in shape)
+    coarse = [max(2, math.ceil(n / control_spacing_vox) + 1) for n in size]
+    v = torch.randn((batch, 3, *coarse), generator=generator, device=generator.device)
+    v = F.interpolate(v, size=size, mode="trilinear", align_corners=True)
+    peak = v.norm(dim=1).flatten(1).amax(1).clamp(min=1e-6).view(batch, 1, 1, 1, 1)
+    v = v * (float(strength_vox) / peak)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*grid_sample.*")
+        integrate = DVF2DDF(num_steps=7, mode="bilinear", padding_mode="zeros")
+        return integrate(v), integrate(-v)
+
+
+def make_self_template(
+    batch: dict[str, Any], config: TCDMConfig, generator: torch.Generator
+) -> dict[str, Any]:
+    """The batch with each case as its own deformed template (``template_*``, ``ddf``, ``inverse_ddf``).
+
+    template = case o (id + u⁻) (image trilinear, labels nearest), so the case is the template
+    seen through u: exactly what the MGM gives at synthesis time.
+    """
+    image = torch.as_tensor(batch["image"]).float()
+    labels = _labels(batch["mask"], config.n_classes, "batch['mask']")
+    strength, spacing = config.deform_strength_vox, config.deform_control_spacing_vox
+    ddf, inv = random_deformation(image.shape[2:], strength, spacing, generator, image.shape[0])
+    ddf, inv = ddf.to(image.device), inv.to(image.device)
+    t_lab = warp(labels[:, None].float(), inv, mode="nearest")[:, 0].round().long()
+    out = {**batch, "ddf": ddf, "inverse_ddf": inv}
+    out["template_image"], out["template_mask"] = warp(image, inv), t_lab
+    return out
+
+
+def find_cases(root: str | os.PathLike[str]) -> list[dict[str, Path | None]]:
+    """The training cases of a folder (module docstring): ``{"image", "labels", "template_*"}`` paths.
+
+    Raises:
+        FileNotFoundError: no ``images/`` or ``labels/`` folder.
+        ValueError: an image without its label map, a partial ``templates/`` folder, no case.
+    """
+    root = Path(root)
+    if not ((root / "images").is_dir() and (root / "labels").is_dir()):
+        raise FileNotFoundError(f"{root}: expected the folders images/ and labels/ (files of the same names)")
+    tdir = root / "templates"
+    cases: list[dict[str, Path | None]] = []
+    for img in sorted(p for p in (root / "images").iterdir() if p.name.endswith(_EXTENSIONS)):
+        lab = root / "labels" / img.name
+        if not lab.is_file():
+            raise ValueError(f"{img}: no label map {lab} of the same name")
+        case: dict[str, Path | None] = {"image": img, "labels": lab}
+        t_img, t_lab = tdir / "images" / img.name, tdir / "labels" / img.name
+        if tdir.is_dir() and not (t_img.is_file() and t_lab.is_file()):
+            raise ValueError(f"{tdir}: no template {t_img} + {t_lab} for case {img.name} (give all or none)")
+        case["template_image"], case["template_labels"] = (t_img, t_lab) if tdir.is_dir() else (None, None)
+        cases.append(case)
+    if not cases:
+        raise ValueError(f"{root / 'images'}: no image file ({', '.join(_EXTENSIONS)})")
+    return cases
+
+
+class CardiacCTDataset(torch.utils.data.Dataset):
+    """(image, mask[, template]) training items at ``config.grid³`` (see the module docstring).
+
+    Items: ``"image"`` (1, G, G, G) float32 in [-1, 1], ``"mask"`` (G, G, G) int64 and, with a
+    ``templates/`` folder, ``"template_image"`` / ``"template_mask"`` likewise.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], config: TCDMConfig) -> None:
+        self.root, self.config, self.cases = Path(root), config, find_cases(root)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def _pair(self, image_path: Path, labels_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        from xraycardiac.io import read_volume
+
+        img, lab = read_volume(image_path).array, read_volume(labels_path).array
+        if img.shape != lab.shape:
+            raise ValueError(f"{labels_path}: shape {lab.shape} differs from its image's {img.shape}")
+        g = (self.config.grid,) * 3
+        x = F.interpolate(torch.from_numpy(np.asarray(img, np.float32))[None, None], g, mode="trilinear")
+        y = F.interpolate(torch.from_numpy(np.asarray(lab, np.float32))[None, None], g, mode="nearest")
+        labels = _labels(y[0, 0].round(), self.config.n_classes, str(labels_path))[0]
+        return self.config.hu_to_unit(x[0]), labels
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        case = self.cases[index]
+        image, mask = self._pair(case["image"], case["labels"])
+        item = {"image": image, "mask": mask}
+        if case["template_image"] is not None:
+            pair = self._pair(case["template_image"], case["template_labels"])
+            item["template_image"], item["template_mask"] = pair
+        return item
+
+
+def train_cardiac_tcdm(
+    data_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    overrides: Sequence[str] = (),
+    progress: Callable[..., None] | None = None,
+    model_config: TCDMConfig | None = None,
+    train_config: Any = None,
+    name: str = "cardiac-tcdm",
+    version: str = "0.1.0",
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) the TCDM on the shared trainer and write an importable model package.
+
+    Output folder: ``checkpoint.pt`` (rerun to resume), ``log.jsonl``, ``model.pt`` (EMA weights)
+    and ``model.json`` (manifest entry).
+
+    Args:
+        data_dir: training folder (module docstring).
+        out: run folder.
+        overrides: ``key=value`` settings of :class:`TCDMConfig` and ``TrainConfig``.
+        progress: ``progress(stage, fraction, **extra)``.
+        model_config, train_config: starting configs (defaults: demo size, trainer defaults).
+        name, version, command: manifest name, version and recorded command line.
+
+    Returns:
+        The trainer summary plus ``"model"`` (path of model.pt) and ``"entry"``.
+    """
+    from xraycardiac.trainer import TrainConfig, Trainer, parse_overrides, write_model_package
+
+    mcfg, tcfg = model_config or TCDMConfig(), train_config or TrainConfig()
+    if overrides:
+        mcfg, tcfg = parse_overrides(list(overrides), mcfg, tcfg)
+    dataset = CardiacCTDataset(data_dir, mcfg)
+    torch.manual_seed(tcfg.seed)
+    network, scheduler = build_tcdm(mcfg)
+
+    def loss_fn(net: torch.nn.Module, batch: dict[str, Any], gen: torch.Generator):
+        if mcfg.use_template and "template_image" not in batch:
+            batch = make_self_template(batch, mcfg, gen)
+        return tcdm_loss(net, scheduler, batch, gen)
+
+    out = Path(out)
+    trainer = Trainer(network, loss_fn, dataset, tcfg, out, mcfg.to_dict())
+    summary = trainer.fit(progress=progress)
+    if not trainer.is_main:
+        return summary
+    weights = save_tcdm(trainer.averaged_model(), out / "model.pt", half=True)
+    mode = "given templates" if dataset.cases[0]["template_image"] is not None else "self-templates"
+    entry = write_model_package(
+        out, weights, name=name, version=version, command=command, config=mcfg.to_dict(),
+        training_data=f"{len(dataset)} cardiac CT cases ({mcfg.grid}^3) from {Path(data_dir).name}, {mode}",
+        description=(
+            f"template-conditioned cardiac CT diffusion (TCDM), use_template={mcfg.use_template}, "
+            f"{summary['step']} steps x batch {tcfg.batch_size}; train config "
+            + json.dumps(asdict(tcfg), sort_keys=True)
+        ),
+    )  # fmt: skip
+    return {**summary, "model": str(weights), "entry": entry}
