@@ -155,3 +155,28 @@ def test_cardiac_synth_job_from_files_and_bad_inputs(template, tmp_path):
     with pytest.raises(ValueError, match="unknown parameter"):
         run_job(JobSpec("cardiac-synth", inputs, {"n": 1, "colour": 1}, str(tmp_path / "bad2")))
     assert not (tmp_path / "bad1").exists() and not (tmp_path / "bad2").exists()
+
+
+def test_phantoms_train_tcdm_and_synth_commands_chain(tmp_path):
+    """`cardiac phantoms` -> `train cardiac-tcdm` (2 steps) -> `cardiac synth --renderer tcdm`."""
+    from typer.testing import CliRunner
+
+    from xraycardiac.cli import app
+
+    data, run, out = tmp_path / "phantoms", tmp_path / "tcdm", tmp_path / "synth"
+    r = CliRunner().invoke(app, ["cardiac", "phantoms", "--out", str(data), "--n", "2", "--grid", "32",
+                                 "--spacing-mm", "5"])  # fmt: skip
+    assert r.exit_code == 0 and "2 phantoms written" in r.output, r.output
+    r = CliRunner().invoke(app, ["train", "cardiac-tcdm", "--data", str(data), "--out", str(run), "grid=32",
+                                 "channels=[8,8,8]", "attention_levels=[false,false,false]", "norm_num_groups=4",
+                                 "num_train_timesteps=20", "steps=2", "batch_size=1"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert (run / "model.pt").is_file() and (run / "model.json").is_file()
+    r = CliRunner().invoke(app, ["cardiac", "synth", "--out", str(out), "--n", "1", "--renderer", "tcdm",
+                                 "--model", str(run), "--steps", "2", "--ssv-steps", "2,3", "--phantom-grid", "32",
+                                 "--phantom-spacing-mm", "5", "--device", "cpu"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert (out / "confidenceTr" / "case_00000.nii.gz").is_file()
+    r = CliRunner().invoke(app, ["cardiac", "synth", "--out", str(tmp_path / "bad"), "--renderer", "tcdm",
+                                 "--model", str(run), "--device", "cpu"])  # fmt: skip
+    assert r.exit_code == 1 and "trained on 32" in r.output

@@ -205,3 +205,27 @@ def x2ct_ldm(
         )
 
     _train(out, run)
+
+
+@app.command("cardiac-tcdm")
+def cardiac_tcdm(
+    data: Annotated[
+        Path, typer.Option(help="Folder with images/ and labels/ (e.g. `xraycardiac cardiac phantoms`).")
+    ],
+    out: Annotated[Path, typer.Option(help="Run folder (checkpoint, log, model.pt + model.json).")],
+    settings: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="key=value overrides of TCDMConfig / TrainConfig fields (use_template=false: ablation)."
+        ),
+    ] = None,
+    name: Annotated[str, typer.Option(help="Model name written into model.json.")] = "cardiac-tcdm",
+) -> None:
+    """Train the template-guided conditional diffusion model of CardiacSynth (`cardiac synth --renderer tcdm`)."""
+
+    def run(progress: Callable[..., None]) -> dict:
+        from xraycardiac.cardiac.tcdm import train_cardiac_tcdm
+
+        return train_cardiac_tcdm(data, out, list(settings or ()), progress=progress, name=name)
+
+    _train(out, run)

@@ -38,6 +38,10 @@ def synth(
     phantom_seed: Annotated[
         int, typer.Option(min=0, help="No --template: the cardiac phantom of this seed.")
     ] = 0,
+    phantom_grid: Annotated[int, typer.Option(min=16, help="No --template: phantom voxels per side.")] = 64,
+    phantom_spacing_mm: Annotated[
+        float, typer.Option(min=0.3, max=6.0, help="No --template: phantom voxel size (mm).")
+    ] = 2.5,
     renderer: Annotated[
         str, typer.Option(help="warp (template image deformed) | tcdm (diffusion model).")
     ] = "warp",
@@ -72,7 +76,11 @@ def synth(
         else:
             from xraycardiac.phantoms.cardiac import CardiacPhantomConfig
 
-            tmpl = template_from_phantom(CardiacPhantomConfig(seed=phantom_seed))
+            tmpl = template_from_phantom(
+                CardiacPhantomConfig(
+                    seed=phantom_seed, shape_ijk=(phantom_grid,) * 3, spacing_mm=phantom_spacing_mm
+                )
+            )
         try:
             schedule = tuple(int(s) for s in ssv_steps.split(","))
         except ValueError as exc:
@@ -98,3 +106,41 @@ def synth(
         + (f"; {per_case:.1f} s per case" if per_case else "")
         + f" -> {out}"
     )
+
+
+@app.command()
+def phantoms(
+    out: Annotated[Path, typer.Option(help="Folder receiving images/ and labels/ (TCDM training layout).")],
+    n: Annotated[int, typer.Option(min=1, help="Number of phantoms.")] = 16,
+    seed: Annotated[
+        int, typer.Option(min=0, help="Seed of the first phantom (phantom k uses seed + k).")
+    ] = 0,
+    grid: Annotated[int, typer.Option(min=16, help="Voxels per side.")] = 64,
+    spacing_mm: Annotated[float, typer.Option(min=0.3, max=6.0, help="Voxel size (mm).")] = 2.5,
+) -> None:
+    """Write procedural cardiac phantoms (image in HU + label map) as a training folder for `train cardiac-tcdm`."""
+    from rich.console import Console
+
+    from xraycardiac.io import write_volume
+    from xraycardiac.phantoms.cardiac import CardiacPhantomConfig, make_cardiac_phantom
+
+    console = Console(stderr=True)
+    for sub in ("images", "labels"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    written = 0
+    for k in range(n):
+        name = f"phantom_{seed + k:05d}.nii.gz"
+        if (out / "images" / name).is_file() and (out / "labels" / name).is_file():
+            continue
+        try:
+            image, labels = make_cardiac_phantom(
+                CardiacPhantomConfig(seed=seed + k, shape_ijk=(grid,) * 3, spacing_mm=spacing_mm)
+            )
+        except ValueError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from exc
+        write_volume(labels, out / "labels" / name)  # labels first: the image marks a complete case
+        write_volume(image, out / "images" / name)
+        written += 1
+        console.print(f"[dim]{100 * (k + 1) / n:5.1f}%  {name}[/dim]")
+    typer.echo(f"{written} phantoms written ({n - written} already there) -> {out}")
