@@ -16,7 +16,7 @@ def test_demo_writes_report_and_every_view(tmp_path):
     report = run_demo(tmp_path / "demo", device="cpu")
     html = report.read_text()
     images = re.findall(r"<img src='([^']+)'", html)
-    assert len(images) == 2 * (1 + len(DEMO_VIEWS)) + 6, f"report shows {len(images)} images"
+    assert len(images) == 2 * (1 + len(DEMO_VIEWS)) + 6 + 5, f"report shows {len(images)} images"
     for rel in images:
         assert (report.parent / rel).is_file(), f"report links a missing image {rel}"
     for case in ("real_chest_ct", "chest_phantom"):
@@ -43,6 +43,17 @@ def test_demo_writes_report_and_every_view(tmp_path):
         assert ok.mean() > 0.5 and hit > 0.99, (
             f"view {n}: {ok.mean():.2f} of the tree in field, {hit:.3f} on the mask"
         )
+    # cardiac section: the synthetic case keeps the template's labels, deformed, on the template's grid
+    car = report.parent / "cardiac_synth"
+    template = read_volume(car / "template_labels.nrrd")
+    labels = read_volume(car / "labelsTr" / "case_00000.nii.gz")
+    image = read_volume(car / "imagesTr" / "case_00000_0000.nii.gz")
+    assert labels.array.shape == template.array.shape and np.allclose(
+        labels.ijk_to_ras, template.ijk_to_ras, atol=1e-3
+    )
+    assert set(np.unique(labels.array)) == set(np.unique(template.array))
+    lv, bg = image.array[labels.array == 1].mean(), image.array[labels.array == 0].mean()
+    assert lv > bg + 150, f"synthetic LV blood pool {lv:.0f} HU vs background {bg:.0f} HU"
     # the PA view is radiological: the heart (patient's left) projects right of the image centre
     pa = read_volume(report.parent / "real_chest_ct_drr" / "PA.labels.nrrd")
     heart = pa.array[pa.meta["label_ids"].index(3)]
