@@ -1,15 +1,19 @@
-"""XRayToCT: radiographs <-> CT. This release: simulate radiographs (DRRs) of a CT.
+"""XRayToCT: radiographs <-> CT: simulate radiographs (DRRs) of a CT, and generate a CT from radiographs.
 
-Widget -> typed parameter node -> ``XRayToCTLib`` logic -> the core ``drr`` job in a separate
-process (progress bar, Cancel) -> one 2D volume node per view with its projection matrix and
-provenance as node attributes. All computation is in the core library; nothing here does math.
+Widget -> typed parameter node -> ``XRayToCTLib`` logic -> a core job in a separate process (progress
+bar, Cancel) -> MRML nodes with provenance attributes. "Simulate radiographs": the ``drr`` job, one
+2D volume node per view with its projection matrix and C-arm geometry. "Generate CT": a PA (+ lateral)
+radiograph node (its C-arm geometry from ``XRayCardiac.Geometry`` when present) -> the ``x2ct-generate``
+job (CLS-DM latent diffusion, K samples) -> a CT volume (HU), a per-voxel uncertainty volume (std over
+the samples, HU), optionally the encoder's direct estimate, and with a reference CT a metrics table.
+All computation is in the core library; nothing here does math.
 """
 
 # No "from __future__ import annotations" here: parameterNodeWrapper reads the field types with
 # typing.get_type_hints, which needs them evaluated in this module as Slicer loads it.
 
 import traceback
-from typing import Annotated, Any
+from typing import Annotated, Any, Union
 
 import slicer
 import vtk
@@ -22,6 +26,13 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+from XRayToCTLib import (
+    X2CT_DEFAULT_MODEL,
+    X2CT_DEFAULT_SAMPLES,
+    X2CT_DEFAULT_STEPS,
+    X2CT_MAX_SAMPLES,
+    X2CT_MAX_STEPS,
+)
 from XRayToCTLib.choices import (
     DEFAULT_DETECTOR_COLS,
     DEFAULT_DETECTOR_ROWS,
@@ -48,10 +59,20 @@ class XRayToCT(ScriptedLoadableModule):
             "Simulate chest radiographs (digitally reconstructed radiographs) of a CT for PA, lateral or "
             "any C-arm pose (primary angle + LAO / − RAO, secondary angle + cranial / − caudal). Each "
             "output is a 2D volume on the detector plane with its 3x4 projection matrix in the node "
-            "attribute XRayCardiac.ProjectionMatrix. Reconstruction of a CT from radiographs comes in a "
-            "later release. Research use only; not for clinical decisions."
+            "attribute XRayCardiac.ProjectionMatrix and its C-arm geometry in XRayCardiac.Geometry. "
+            "Generate CT: a 3D CT volume (HU) and a per-voxel uncertainty volume (standard deviation over "
+            "K diffusion samples, HU) from a PA radiograph or a PA + lateral pair (a latent diffusion "
+            "model conditioned on the radiographs, CLS-DM), optionally the encoder's direct estimate, and "
+            "with a reference CT a table of PSNR / SSIM / MAE. Radiographs hold line integrals (what "
+            "'Simulate radiographs' makes); their geometry is read from XRayCardiac.Geometry, else the "
+            "model's default view is assumed (the status says which). Models are installed with "
+            "'xraycardiac x2ct install FOLDER'. Research use only; not for clinical decisions."
         )
-        self.parent.acknowledgementText = "Geometry presets follow X2CT-GAN (Ying et al., CVPR 2019). Part of the SlicerXRayCardiac extension."
+        self.parent.acknowledgementText = (
+            "Geometry presets follow X2CT-GAN (Ying et al., CVPR 2019). CT generation follows CLS-DM (Latent "
+            "Space Consistency for Sparse-View CT Reconstruction) and X-ray2CTPA. Part of the SlicerXRayCardiac "
+            "extension."
+        )
 
 
 @parameterNodeWrapper
@@ -63,7 +84,14 @@ class XRayToCTParameterNode:
     primaryAngleDeg: + LAO, - RAO. secondaryAngleDeg: + cranial, - caudal.
     sidMm / sodMm: source to detector / source to isocentre distances (mm).
     detectorRows / detectorCols / pixelSpacingMm: the detector (pixel size at the detector).
-    device: auto / cpu / cuda.
+    device: auto / cpu / cuda; used by both sections.
+    paVolume: the PA radiograph (one-slice volume of line integrals, ideally with XRayCardiac.Geometry).
+    lateralVolume: the lateral radiograph (biplanar models), or None (single-view models).
+    x2ctModel: x2ct model name (installed) or bundle folder.
+    samplerSteps: sampler steps (1..25). numSamples: K (the uncertainty needs K >= 2).
+    x2ctSeed: noise seed (same inputs, seed and device: same volumes).
+    referenceCT: optional CT (HU) to score the result against (PSNR / SSIM / MAE table).
+    addDirectEstimate: also add the encoder's direct (no diffusion) estimate.
     """
 
     inputCT: vtkMRMLScalarVolumeNode
@@ -76,10 +104,19 @@ class XRayToCTParameterNode:
     detectorCols: Annotated[int, WithinRange(8, 4096)] = DEFAULT_DETECTOR_COLS
     pixelSpacingMm: Annotated[float, WithinRange(0.01, 10.0)] = DEFAULT_PIXEL_SPACING_MM
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
+    # typing.Union (not "|"): the parameter node wrapper recognises node unions by typing.Union
+    paVolume: Union[vtkMRMLScalarVolumeNode, None]  # noqa: UP007
+    lateralVolume: Union[vtkMRMLScalarVolumeNode, None]  # noqa: UP007
+    x2ctModel: str = X2CT_DEFAULT_MODEL
+    samplerSteps: Annotated[int, WithinRange(1, X2CT_MAX_STEPS)] = X2CT_DEFAULT_STEPS
+    numSamples: Annotated[int, WithinRange(1, X2CT_MAX_SAMPLES)] = X2CT_DEFAULT_SAMPLES
+    x2ctSeed: Annotated[int, WithinRange(0, 2_000_000_000)] = 0
+    referenceCT: Union[vtkMRMLScalarVolumeNode, None]  # noqa: UP007
+    addDirectEstimate: bool = False
 
 
 class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel: parameter node <-> .ui, Apply / Cancel, progress."""
+    """The panel: parameter node <-> .ui; Apply / Generate, each with its progress bar and Cancel."""
 
     def __init__(self, parent: Any = None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -88,6 +125,7 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode: XRayToCTParameterNode | None = None
         self._parameterNodeGuiTag = None
         self._run = None
+        self._generateRun = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -101,14 +139,20 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar, self.ui.statusLabel, self.ui.cancelButton
         )
 
+        self.generateProgress = XRayCardiacCommon.JobProgress(
+            self.ui.generateProgressBar, self.ui.generateStatusLabel, self.ui.generateCancelButton
+        )
+
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.simulateButton.connect("clicked(bool)", self.onSimulateButton)
+        self.ui.generateButton.connect("clicked(bool)", self.onGenerateButton)
 
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         self.progress.cleanup()
+        self.generateProgress.cleanup()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -122,6 +166,7 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller: Any, event: Any) -> None:
         self.progress.cleanup()
+        self.generateProgress.cleanup()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller: Any, event: Any) -> None:
@@ -160,6 +205,21 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.simulateButton.enabled = False
             self.ui.simulateButton.toolTip = "Select an input CT volume."
 
+        if self.generateProgress.running:
+            self.ui.generateButton.enabled = False
+            self.ui.generateButton.toolTip = "A CT generation is running; wait for it or cancel it."
+        elif p is None or p.paVolume is None:
+            self.ui.generateButton.enabled = False
+            self.ui.generateButton.toolTip = (
+                "Select the PA radiograph (and the lateral one for a biplanar model)."
+            )
+        elif not p.x2ctModel.strip():
+            self.ui.generateButton.enabled = False
+            self.ui.generateButton.toolTip = "Type an x2ct model name or bundle folder."
+        else:
+            self.ui.generateButton.enabled = True
+            self.ui.generateButton.toolTip = "Generate the CT and its uncertainty in a separate process; the volumes are added to the scene."
+
     def onSimulateButton(self) -> None:
         if not XRayCardiacCommon.ensurePythonDependencies("XRayToCT"):
             return
@@ -184,6 +244,7 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 nodes = self.logic.finishSimulation(run)
                 if nodes:
                     XRayCardiacCommon.showVolumeInSliceView(nodes[0])
+                    self.logic.useAsGenerateInputs(self._parameterNode, nodes)
                 self.ui.statusLabel.text = "Added " + ", ".join(n.GetName() for n in nodes)
             else:
                 self.logic.cancelSimulation(run)  # deletes the job's files
@@ -196,9 +257,49 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         finally:
             self._updateGuiState()
 
+    def onGenerateButton(self) -> None:
+        if not XRayCardiacCommon.ensurePythonDependencies("XRayToCT"):
+            return
+        try:
+            run = self.logic.startGeneration(self._parameterNode)
+        except ValueError as exc:  # a bad input or setting: the message names it
+            XRayCardiacCommon.showError(str(exc))
+            return
+        except Exception as exc:
+            XRayCardiacCommon.showError(
+                f"Could not start the CT generation: {exc}", details=traceback.format_exc()
+            )
+            return
+        self._generateRun = run
+        self.ui.generateResultLabel.text = run.geometry_text()
+        self.generateProgress.track(
+            run.poll, lambda: self.logic.cancelGeneration(run), self._onGenerationFinished
+        )
+        self._updateGuiState()
+
+    def _onGenerationFinished(self, status: Any) -> None:
+        run, self._generateRun = self._generateRun, None
+        try:
+            if status.state == "done":
+                result = self.logic.finishGeneration(run)
+                slicer.util.setSliceViewerLayers(background=result.ct, fit=True)
+                self.ui.generateStatusLabel.text = "Added " + ", ".join(n.GetName() for n in result.nodes)
+                self.ui.generateResultLabel.text = result.text
+            else:
+                self.logic.cancelGeneration(run)  # deletes the job's files
+                self.ui.generateResultLabel.text = ""
+                if status.state == "error":
+                    XRayCardiacCommon.showError(status.message, details=status.details)
+        except Exception as exc:
+            XRayCardiacCommon.showError(
+                f"Importing the generated CT failed: {exc}", details=traceback.format_exc()
+            )
+        finally:
+            self._updateGuiState()
+
 
 class XRayToCTLogic(ScriptedLoadableModuleLogic):
-    """Thin logic: parameter node -> ``XRayToCTLib.simulate``. Usable from scripts without the GUI.
+    """Thin logic: parameter node -> ``XRayToCTLib.simulate`` / ``XRayToCTLib.generate``. Usable from scripts.
 
     ``XRayToCTLib`` is imported inside the methods: it needs ``xraycardiac``, which is installed on
     first use, after this module has been loaded.
@@ -252,9 +353,61 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
             raise
         return self.finishSimulation(run)
 
+    @staticmethod
+    def useAsGenerateInputs(p: XRayToCTParameterNode, nodes: list) -> None:
+        """Select simulated "PA" / "Lateral" radiographs as the Generate CT inputs (other views are left)."""
+        from XRayCardiacCommonLib.mrml_io import read_attributes
+
+        for node in nodes:
+            view = (read_attributes(node).get("Parameters") or {}).get("view") or {}
+            if view.get("preset") == "pa":
+                p.paVolume = node
+            elif view.get("preset") == "lateral":
+                p.lateralVolume = node
+
+    def startGeneration(self, p: XRayToCTParameterNode) -> Any:
+        """Start the ``x2ct-generate`` job (returns at once). Raises ValueError naming a bad parameter."""
+        from XRayToCTLib.generate import GenerateCTLogic
+
+        if not p.paVolume:
+            raise ValueError("pa_node: select the PA radiograph")
+        return GenerateCTLogic(slicer.mrmlScene).start(
+            p.paVolume,
+            p.lateralVolume,
+            model=p.x2ctModel,
+            steps=p.samplerSteps,
+            samples=p.numSamples,
+            seed=p.x2ctSeed,
+            device=p.device,
+            reference_node=p.referenceCT,
+            add_direct=bool(p.addDirectEstimate),
+        )
+
+    def finishGeneration(self, run: Any) -> Any:
+        """Add the finished job's nodes to the scene; see ``GenerateCTLogic.import_results``."""
+        from XRayToCTLib.generate import GenerateCTLogic
+
+        return GenerateCTLogic(slicer.mrmlScene).import_results(run)
+
+    def cancelGeneration(self, run: Any) -> None:
+        """Stop a job and delete its files; the scene is not changed."""
+        from XRayToCTLib.generate import GenerateCTLogic
+
+        GenerateCTLogic(slicer.mrmlScene).cancel(run)
+
+    def generate(self, p: XRayToCTParameterNode, timeoutS: float | None = None) -> Any:
+        """Blocking: start, wait and import. Returns ``finishGeneration``'s ``GenerateResult``."""
+        run = self.startGeneration(p)
+        try:
+            run.job.wait(timeout_s=timeoutS)
+        except BaseException:
+            self.cancelGeneration(run)
+            raise
+        return self.finishGeneration(run)
+
 
 class XRayToCTTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer: simulate PA + lateral radiographs of a box phantom."""
+    """Runs inside Slicer: simulate PA + lateral radiographs of a box phantom; generate a CT from a chest phantom's."""
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
@@ -262,6 +415,8 @@ class XRayToCTTest(ScriptedLoadableModuleTest):
     def runTest(self) -> None:
         self.setUp()
         self.test_simulate_pa_lateral()
+        self.setUp()
+        self.test_generate_ct()
 
     def test_simulate_pa_lateral(self) -> None:
         import numpy as np
@@ -287,4 +442,53 @@ class XRayToCTTest(ScriptedLoadableModuleTest):
             self.assertEqual(
                 parse_projection_matrix(node.GetAttribute(PROJECTION_MATRIX_ATTRIBUTE)).shape, (3, 4)
             )
+        self.delayDisplay("Test passed")
+
+    def test_generate_ct(self) -> None:
+        """Chest phantom (written to a temp file and loaded) -> PA + lateral DRRs -> the installed x2ct model."""
+        import os
+        import tempfile
+
+        from XRayToCTLib.generate import installed_x2ct_models
+
+        logic = XRayToCTLogic()
+        p = logic.getParameterNode()
+        model = p.x2ctModel
+        if model not in installed_x2ct_models():
+            self.delayDisplay(
+                f"Generate CT skipped: x2ct model {model!r} is not installed "
+                "(install one with 'xraycardiac x2ct install FOLDER')"
+            )
+            return
+        from xraycardiac.io import write_volume
+        from xraycardiac.phantoms.chest import ChestPhantomConfig, make_chest_phantom
+
+        self.delayDisplay(
+            f"Simulating PA + lateral radiographs of a chest phantom, then generating with {model!r}"
+        )
+        ct, _ = make_chest_phantom(ChestPhantomConfig(shape_ijk=(64, 64, 64), spacing_mm=6.0, seed=3))
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "chest_phantom.nrrd")
+            write_volume(ct, path)
+            ctNode = slicer.util.loadVolume(path)
+        p.inputCT = ctNode
+        p.pose = "PA + lateral"
+        p.detectorRows = p.detectorCols = 256
+        p.pixelSpacingMm = 2.8
+        p.device = "cpu"
+        views = logic.simulate(p, timeoutS=300)
+        logic.useAsGenerateInputs(p, views)
+        self.assertIs(p.paVolume, views[0])
+        self.assertIs(p.lateralVolume, views[1])
+        p.samplerSteps, p.numSamples, p.x2ctSeed, p.referenceCT = 10, 2, 0, ctNode
+        result = logic.generate(p, timeoutS=600)
+        array = slicer.util.arrayFromVolume(result.ct)
+        self.assertEqual(array.ndim, 3)
+        self.assertEqual(len(set(array.shape)), 1)
+        self.assertIsNotNone(result.uncertainty)
+        self.assertGreater(float(slicer.util.arrayFromVolume(result.uncertainty).max()), 0.0)
+        self.assertEqual(result.table.GetNumberOfRows(), 4)
+        self.assertEqual(result.geometry, {"pa": "node", "lateral": "node"})
+        self.assertEqual(result.ct.GetAttribute("XRayCardiac.Pipeline"), "x2ct-generate")
+        self.delayDisplay(result.text)
         self.delayDisplay("Test passed")
