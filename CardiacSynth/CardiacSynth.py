@@ -1,24 +1,48 @@
-"""CardiacSynth: Cardiac CT Synthesis. This release shows what the module will do; it has no action yet.
+"""CardiacSynth: synthetic cardiac CT volumes with label maps and confidence maps from a template.
 
-The panel says which capability is coming and holds no buttons that do nothing. The parameter node
-exists so that the panel follows the same widget -> parameter node -> logic pattern as the
-other XRayCardiac modules; it gets fields, and the module a ``CardiacSynthLib`` package, as the
-features land.
+Widget -> typed parameter node -> ``CardiacSynthLib`` logic -> the core ``cardiac-synth`` job in a
+separate process (progress bar, Cancel) -> per case a CT volume (HU), a segmentation (the template's
+segment names, colours from the cardiac label table) and a confidence volume, in one subject-hierarchy
+folder. The template is the procedural cardiac phantom, or a CT with its segmentation (segments named
+after the label table: lv, rv, la, ra, myo, aorta, pa, lca, rca, heart) or label map (table values).
+"Export folder" keeps the whole dataset (nnU-Net / MONAI layout) on disk. All computation is in the
+core library; nothing here does math.
+
+Segmentation pretraining is not a button here: ``xraycardiac cardiac pretrain`` (the core's comparison of
+no / plain synthetic / confidence-aware pretraining) needs real fine-tuning and test cases besides the
+synthetic set and has no job pipeline for the panel to run in a separate process. Run it on an exported
+dataset: ``xraycardiac cardiac pretrain --synthetic <export folder> --finetune <cases> --test <cases>``.
 """
 
 # No "from __future__ import annotations" here: parameterNodeWrapper reads the field types with
 # typing.get_type_hints, which needs them evaluated in this module as Slicer loads it.
 
-from typing import Any
+import traceback
+from typing import Annotated, Any, Union
 
+import qt
 import slicer
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+import vtk
+from CardiacSynthLib import (
+    DEFAULT_CASES,
+    DEFAULT_STEPS,
+    DEFAULT_STRENGTH_MM,
+    DEVICE_CHOICES,
+    MAX_CASES,
+    MAX_STRENGTH_MM,
+    RENDERER_CHOICES,
+)
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
+from slicer.util import VTKObservationMixin
+
+import XRayCardiacCommon
 
 
 class CardiacSynth(ScriptedLoadableModule):
@@ -31,9 +55,16 @@ class CardiacSynth(ScriptedLoadableModule):
         self.parent.dependencies = ["XRayCardiacCommon"]
         self.parent.contributors = ["SlicerXRayCardiac developers"]
         self.parent.helpText = (
-            "Synthesis of cardiac CT volumes with label maps and confidence maps from a template CT and"
-            " its segmentation, for segmentation pretraining. Not available yet: this release holds the"
-            " panel only. Research use only; not for clinical decisions."
+            "Synthetic cardiac CT volumes with their label maps and confidence maps, for segmentation "
+            "pretraining. The template is the procedural cardiac phantom, or a cardiac CT (HU) with its "
+            "segmentation (segments named after the label table: lv, rv, la, ra, myo, aorta, pa, lca, rca, "
+            "heart, or the full names such as 'LV blood pool') or label map (the table's values). Each case "
+            "deforms the template's labels by a random, topology-checked diffeomorphism and renders an image "
+            "for them: 'warp' deforms the template CT (confidence 1), 'tcdm' samples the template-conditioned "
+            "diffusion model (confidence from the skip-sampling variance). Each case adds a CT volume, a "
+            "segmentation and a confidence volume; 'Export folder' keeps the whole dataset (nnU-Net / MONAI "
+            "layout), which 'xraycardiac cardiac pretrain --synthetic <folder>' uses for segmentation "
+            "pretraining. Research use only; not for clinical decisions."
         )
         self.parent.acknowledgementText = (
             "Method: FCaS, Fine-grained Cardiac Image Synthesis based on 3D Template Conditional "
@@ -43,11 +74,46 @@ class CardiacSynth(ScriptedLoadableModule):
 
 @parameterNodeWrapper
 class CardiacSynthParameterNode:
-    """What the panel edits; no fields yet (nothing is configurable before the feature lands)."""
+    """What the panel edits; saved with the scene.
+
+    usePhantom: the template is the procedural cardiac phantom (the two nodes below are not used).
+    templateVolume: the template CT (scalar volume, HU).
+    templateSegmentation: its segmentation (segment names from the label table) or label map (table
+        values on the CT's grid).
+    numSamples: number of synthetic cases, 1..MAX_CASES.
+    seed: case i's deformation is drawn from SeedSequence([seed, i]).
+    deformationStrengthMm: largest magnitude of the random deformation's velocity field, mm.
+    renderer: "warp" (the template CT deformed) or "tcdm" (diffusion model ``tcdmModel``).
+    tcdmModel: TCDM model name (``xraycardiac models list``), run folder or weights file ("tcdm").
+    samplerSteps: DDIM steps of each image ("tcdm").
+    exportDir: a new or empty folder that receives the dataset; empty = the dataset is not kept.
+    device: auto / cpu / cuda.
+    """
+
+    usePhantom: bool = True
+    # typing.Union (not "|"): the parameter node wrapper recognises node unions by typing.Union
+    templateVolume: Union[vtkMRMLScalarVolumeNode, None]  # noqa: UP007
+    templateSegmentation: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]  # noqa: UP007
+    numSamples: Annotated[int, WithinRange(1, MAX_CASES)] = DEFAULT_CASES
+    seed: Annotated[int, WithinRange(0, 2_000_000_000)] = 0
+    deformationStrengthMm: Annotated[float, WithinRange(0.0, MAX_STRENGTH_MM)] = DEFAULT_STRENGTH_MM
+    renderer: Annotated[str, Choice(list(RENDERER_CHOICES))] = "warp"
+    tcdmModel: str = ""
+    samplerSteps: Annotated[int, WithinRange(1, 1000)] = DEFAULT_STEPS
+    exportDir: str = ""
+    device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
 
 
-class CardiacSynthWidget(ScriptedLoadableModuleWidget):
-    """The panel: a description of the coming capability."""
+class CardiacSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: parameter node <-> .ui, Generate / Cancel, progress."""
+
+    def __init__(self, parent: Any = None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic: CardiacSynthLogic | None = None
+        self._parameterNode: CardiacSynthParameterNode | None = None
+        self._parameterNodeGuiTag = None
+        self._run = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -55,25 +121,194 @@ class CardiacSynthWidget(ScriptedLoadableModuleWidget):
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
+
         self.logic = CardiacSynthLogic()
-        self._parameterNode = self.logic.getParameterNode()
-        self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+        self.progress = XRayCardiacCommon.JobProgress(
+            self.ui.progressBar, self.ui.statusLabel, self.ui.cancelButton
+        )
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.generateButton.connect("clicked(bool)", self.onGenerateButton)
+        self.ui.exportDirBrowseButton.connect("clicked(bool)", self.onBrowseExportDir)
+
+        self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        if self._parameterNode is not None:
+        self.progress.cleanup()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNode = None
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGuiState)
+
+    def onSceneStartClose(self, caller: Any, event: Any) -> None:
+        self.progress.cleanup()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller: Any, event: Any) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode: CardiacSynthParameterNode | None) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGuiState)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # Widgets are bound through their "SlicerParameterName" property in the .ui file.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGuiState)
+        self._updateGuiState()
+
+    def _updateGuiState(self, caller: Any = None, event: Any = None) -> None:
+        p = self._parameterNode
+        fromNodes = p is not None and not p.usePhantom
+        for widget in (self.ui.templateVolumeSelector, self.ui.templateSegmentationSelector):
+            widget.enabled = fromNodes
+        diffusion = p is not None and p.renderer == "tcdm"
+        for widget in (self.ui.tcdmModelLineEdit, self.ui.samplerStepsSpinBox):
+            widget.enabled = diffusion
+        if self.progress.running:
+            self.ui.generateButton.enabled = False
+            self.ui.generateButton.toolTip = "A synthesis is running; wait for it or cancel it."
+        elif p is None:
+            self.ui.generateButton.enabled = False
+        elif fromNodes and (p.templateVolume is None or p.templateSegmentation is None):
+            self.ui.generateButton.enabled = False
+            self.ui.generateButton.toolTip = (
+                "Select the template CT and its segmentation or label map, or use the phantom template."
+            )
+        elif diffusion and not p.tcdmModel.strip():
+            self.ui.generateButton.enabled = False
+            self.ui.generateButton.toolTip = (
+                "The tcdm renderer needs a TCDM model (name, run folder or file)."
+            )
+        else:
+            self.ui.generateButton.enabled = True
+            self.ui.generateButton.toolTip = (
+                "Generate the cases in a separate process; each adds a CT volume, a segmentation and a "
+                "confidence volume."
+            )
+
+    def onBrowseExportDir(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(
+            slicer.util.mainWindow(), "Export folder (new or empty)", self._parameterNode.exportDir or ""
+        )
+        if folder:
+            self._parameterNode.exportDir = folder
+
+    def onGenerateButton(self) -> None:
+        if not XRayCardiacCommon.ensurePythonDependencies("CardiacSynth"):
+            return
+        try:
+            run = self.logic.startSynthesis(self._parameterNode)
+        except ValueError as exc:  # a bad setting: the message names it
+            XRayCardiacCommon.showError(str(exc))
+            return
+        except Exception as exc:
+            XRayCardiacCommon.showError(
+                f"Could not start the synthesis: {exc}", details=traceback.format_exc()
+            )
+            return
+        self._run = run
+        self.progress.track(run.poll, lambda: self.logic.cancelSynthesis(run), self._onSynthesisFinished)
+        self._updateGuiState()
+
+    def _onSynthesisFinished(self, status: Any) -> None:
+        run, self._run = self._run, None
+        try:
+            if status.state == "done":
+                result = self.logic.finishSynthesis(run)
+                if result["cases"]:
+                    first = result["cases"][0]
+                    slicer.util.setSliceViewerLayers(background=first["image"], fit=True)
+                text = f"Added {len(result['cases'])} case(s): CT, segmentation and confidence each"
+                if result["export_dir"]:
+                    text += f"; dataset exported to {result['export_dir']}"
+                self.ui.statusLabel.text = text
+            else:
+                self.logic.cancelSynthesis(run)  # deletes the job's files
+                if status.state == "error":
+                    XRayCardiacCommon.showError(status.message, details=status.details)
+        except Exception as exc:
+            XRayCardiacCommon.showError(
+                f"Importing the synthetic cases failed: {exc}", details=traceback.format_exc()
+            )
+        finally:
+            self._updateGuiState()
 
 
 class CardiacSynthLogic(ScriptedLoadableModuleLogic):
-    """Thin logic; the computation will live in the core library ``xraycardiac``."""
+    """Thin logic: parameter node -> ``CardiacSynthLib.synthesize``. Usable from scripts without the GUI.
+
+    ``CardiacSynthLib.synthesize`` is imported inside the methods: it needs ``xraycardiac``, which is
+    installed on first use, after this module has been loaded.
+    """
 
     def getParameterNode(self) -> CardiacSynthParameterNode:
         return CardiacSynthParameterNode(super().getParameterNode())
 
+    def startSynthesis(self, p: CardiacSynthParameterNode) -> Any:
+        """Start the ``cardiac-synth`` job (returns at once). Raises ValueError naming a bad parameter."""
+        from CardiacSynthLib.synthesize import CardiacSynthLogic as SynthesisLogic
+
+        template: dict = {}
+        if not p.usePhantom:
+            if p.templateVolume is None and p.templateSegmentation is None:
+                raise ValueError(
+                    "template_volume: select the template CT and its segmentation or label map, or use the "
+                    "phantom template"
+                )
+            template = {
+                "template_volume": p.templateVolume,
+                "template_segmentation_or_labelmap": p.templateSegmentation,
+            }
+        return SynthesisLogic(slicer.mrmlScene).start(
+            n=p.numSamples,
+            seed=p.seed,
+            strength_mm=p.deformationStrengthMm,
+            renderer=p.renderer,
+            model=p.tcdmModel.strip() or None,
+            steps=p.samplerSteps,
+            device=p.device,
+            export_dir=p.exportDir.strip() or None,
+            **template,
+        )
+
+    def finishSynthesis(self, run: Any) -> dict:
+        """Add the finished job's cases to the scene (and export them); see ``import_results``."""
+        from CardiacSynthLib.synthesize import CardiacSynthLogic as SynthesisLogic
+
+        return SynthesisLogic(slicer.mrmlScene).import_results(run)
+
+    def cancelSynthesis(self, run: Any) -> None:
+        """Stop a job and delete its files; the scene is not changed."""
+        from CardiacSynthLib.synthesize import CardiacSynthLogic as SynthesisLogic
+
+        SynthesisLogic(slicer.mrmlScene).cancel(run)
+
+    def synthesize(self, p: CardiacSynthParameterNode, timeoutS: float | None = None) -> dict:
+        """Blocking: start, wait and import. Returns ``finishSynthesis``'s dict."""
+        run = self.startSynthesis(p)
+        try:
+            run.job.wait(timeout_s=timeoutS)
+        except BaseException:
+            self.cancelSynthesis(run)
+            raise
+        return self.finishSynthesis(run)
+
 
 class CardiacSynthTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer: the module's parameter node is created in the scene and reused."""
+    """Runs inside Slicer: the parameter node, and two warp cases of the phantom template."""
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
@@ -81,10 +316,33 @@ class CardiacSynthTest(ScriptedLoadableModuleTest):
     def runTest(self) -> None:
         self.setUp()
         self.test_parameter_node()
+        self.setUp()
+        self.test_phantom_two_cases()
 
     def test_parameter_node(self) -> None:
         first = CardiacSynthLogic().getParameterNode().parameterNode
         second = CardiacSynthLogic().getParameterNode().parameterNode
         self.assertIsNotNone(slicer.mrmlScene.GetNodeByID(first.GetID()))
         self.assertEqual(first.GetID(), second.GetID())
+        self.delayDisplay("Test passed")
+
+    def test_phantom_two_cases(self) -> None:
+        import numpy as np
+
+        self.delayDisplay("Generating two synthetic cases of the phantom template (warp renderer)")
+        logic = CardiacSynthLogic()
+        p = logic.getParameterNode()
+        p.usePhantom, p.numSamples, p.renderer, p.device, p.exportDir = True, 2, "warp", "cpu", ""
+        result = logic.synthesize(p, timeoutS=300)
+        self.assertEqual(len(result["cases"]), 2)
+        for i, case in enumerate(result["cases"]):
+            self.assertEqual(case["image"].GetName(), f"CardiacSynth case {i} image")
+            image = slicer.util.arrayFromVolume(case["image"])
+            self.assertEqual(image.ndim, 3)
+            self.assertGreater(float(image.std()), 0.0)
+            self.assertGreater(case["labels"].GetSegmentation().GetNumberOfSegments(), 0)
+            confidence = slicer.util.arrayFromVolume(case["confidence"])
+            self.assertEqual(confidence.shape, image.shape)
+            self.assertTrue(bool(np.all((confidence >= 0.0) & (confidence <= 1.0))))
+        self.assertIsNone(result["export_dir"])
         self.delayDisplay("Test passed")

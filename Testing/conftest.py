@@ -11,7 +11,7 @@ import pytest
 # Slicer puts every scripted module's folder on sys.path; the module-logic tests import their
 # <Module>Lib packages the same way.
 _REPO = Path(__file__).resolve().parents[1]
-for _folder in ("XRayCardiacCommon", "XRayToCT", "XRayCoronaryRecon"):
+for _folder in ("XRayCardiacCommon", "XRayToCT", "XRayCoronaryRecon", "CardiacSynth"):
     if str(_REPO / _folder) not in sys.path:
         sys.path.insert(0, str(_REPO / _folder))
 
