@@ -32,7 +32,7 @@ Image metrics, per case then mean ± sample std over cases: both volumes clipped
 3D (7³ uniform window, K1 0.01, K2 0.03), slice-wise SSIM (mean 2D SSIM over the axial slices, as
 X2CT), MAE in HU -- :func:`xraycardiac.jobs.x2ct_generate._metrics` (``hu_window_metrics``).
 
-Structures (:func:`chest_structures`) on the clipped HU of prediction and reference alike, so Dice
+Structures (:func:`xraycardiac.metrics.chest_masks.chest_structures`) on the clipped HU of prediction and reference alike, so Dice
 compares like with like; the cube is axis-aligned (I = R, J = A, K = S) and centred on the patient:
 
 * lungs: HU < -400, minus the air connected within its axial slice (4-connectivity) to the anterior
@@ -62,7 +62,6 @@ CUDA also ``torch.cuda.max_memory_allocated``.
 from __future__ import annotations
 
 import json
-import math
 import os
 import resource
 import sys
@@ -74,6 +73,8 @@ from typing import Any
 
 import numpy as np
 
+from xraycardiac.coronary.evaluate import _json_safe
+from xraycardiac.metrics.chest_masks import STRUCTURES, chest_structures, dice, lung_mask
 from xraycardiac.volume import Volume
 from xraycardiac.xray2ct.data import X2CTDataConfig
 
@@ -98,110 +99,9 @@ METHOD_FORMS = (
     "cls-dm:<bundle folder or name>, direct:<bundle>, sart[:N], cgls[:N], mean-prior[:<cache folder>]"
 )
 DEFAULT_SPARSE_ITERATIONS = 20
-STRUCTURES = ("lungs", "heart", "spine")
 IMAGE_METRICS = ("psnr_db", "ssim_3d", "ssim_slicewise", "mae_hu")
-# thresholds of chest_structures (module docstring)
-LUNG_AIR_HU = -400.0
-BONE_HU = 200.0
-SOFT_TISSUE_HU = (0.0, 150.0)
-SPINE_HALF_WIDTH_MM = 35.0
-DISC_BRIDGE_MM = 10.0
-HEART_OPENING_MM = 8.0
-MIN_LUNG_COMPONENT = 0.1
-MEDIASTINUM_LUNG_FRACTION = 0.25
 # TotalSegmentator groups of group_chest_labels compared with each structure
 TS_GROUPS = {"lungs": "lungs", "heart": "heart", "spine": "spine"}
-
-
-# --- structures by thresholds ----------------------------------------------------------------------
-
-
-def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """26-connected labels of ``mask`` and the voxel count of each (index 0 = background, count 0)."""
-    from scipy import ndimage
-
-    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    sizes = np.bincount(lab.ravel(), minlength=n + 1)
-    sizes[0] = 0
-    return lab, sizes
-
-
-def _lungs(hu: np.ndarray) -> np.ndarray:
-    from scipy import ndimage
-
-    air = hu < LUNG_AIR_HU
-    outside = np.zeros_like(air)
-    for k in range(air.shape[0]):  # air reaching the anterior / posterior face of its slice
-        lab, _ = ndimage.label(air[k])
-        ids = np.union1d(lab[0], lab[-1])
-        outside[k] = np.isin(lab, ids[ids > 0])
-    lab, sizes = _components(air & ~outside)
-    if sizes.max() == 0:
-        return np.zeros_like(air)
-    return np.isin(lab, np.flatnonzero(sizes >= MIN_LUNG_COMPONENT * sizes.max()))
-
-
-def _spine(hu: np.ndarray, x_mm: np.ndarray, spacing_mm: float) -> np.ndarray:
-    from scipy import ndimage
-
-    bone = (hu > BONE_HU) & (np.abs(x_mm) <= SPINE_HALF_WIDTH_MM)[None, None, :]
-    r = max(1, math.ceil(DISC_BRIDGE_MM / spacing_mm))
-    bridged = bone | ndimage.binary_closing(bone, structure=np.ones((2 * r + 1, 1, 1), bool))
-    lab, sizes = _components(bridged)
-    if sizes.max() == 0:
-        return bridged
-    extent = np.array([sl[0].stop - sl[0].start for sl in ndimage.find_objects(lab)])  # slices along S
-    best = np.lexsort((sizes[1:], extent))[-1] + 1  # the longest along S, then the largest
-    return lab == best
-
-
-def _heart(hu: np.ndarray, lungs: np.ndarray, spine: np.ndarray, x_mm: np.ndarray, spacing_mm: float):
-    from scipy import ndimage
-    from skimage.morphology import convex_hull_image
-
-    right = (lungs & (x_mm > 0)[None, None, :]).sum(axis=(1, 2))
-    left = (lungs & (x_mm <= 0)[None, None, :]).sum(axis=(1, 2))
-    f = MEDIASTINUM_LUNG_FRACTION
-    both = (right >= max(f * right.max(), 1)) & (left >= max(f * left.max(), 1))
-    hull = np.zeros_like(lungs)
-    for k in np.flatnonzero(both):
-        hull[k] = convex_hull_image(lungs[k])
-    soft = (hu >= SOFT_TISSUE_HU[0]) & (hu <= SOFT_TISSUE_HU[1])
-    tissue = soft & hull & ~lungs & ~ndimage.binary_dilation(spine)
-    r = round(HEART_OPENING_MM / spacing_mm)
-    if r > 0:
-        tissue = ndimage.binary_opening(tissue, iterations=r)
-    lab, sizes = _components(tissue)
-    return lab == sizes.argmax() if sizes.max() > 0 else tissue
-
-
-def chest_structures(hu: np.ndarray, spacing_mm: float) -> dict[str, np.ndarray]:
-    """Lungs, heart and spine of a chest CT cube by HU thresholds (exact rules: the module docstring).
-
-    Args:
-        hu: (K, J, I) CT in HU on an axis-aligned RAS grid (I = R, J = A, K = S) whose centre lies
-            near the patient's midline, as :func:`~xraycardiac.xray2ct.data.prepare_ct`'s cubes and the
-            chest phantoms.
-        spacing_mm: isotropic voxel size (mm).
-
-    Returns:
-        ``{"lungs", "heart", "spine"}``: (K, J, I) bool masks.
-    """
-    a = np.asarray(hu, dtype=np.float32)
-    if a.ndim != 3:
-        raise ValueError(f"hu: expected a (K, J, I) volume, got shape {a.shape}")
-    if not (math.isfinite(spacing_mm) and spacing_mm > 0):
-        raise ValueError(f"spacing_mm: expected a finite voxel size > 0 mm, got {spacing_mm!r}")
-    x_mm = (np.arange(a.shape[2]) - (a.shape[2] - 1) / 2.0) * spacing_mm
-    lungs = _lungs(a)
-    spine = _spine(a, x_mm, spacing_mm)
-    return {"lungs": lungs, "heart": _heart(a, lungs, spine, x_mm, spacing_mm), "spine": spine}
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """2 |a ∩ b| / (|a| + |b|) of two bool masks; NaN when both are empty."""
-    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
-    return 2.0 * int(np.count_nonzero(a & b)) / total if total else math.nan
 
 
 # --- cases -----------------------------------------------------------------------------------------
@@ -301,7 +201,7 @@ def real_ct_case(config: X2CTDataConfig) -> EvalCase:
     from xraycardiac.xray2ct.data import prepare_ct, render_views, view_geometries
 
     ct, labels, names = load_real_ct(downsample_mm=config.spacing_mm / 2.0)
-    lungs = _lungs(np.asarray(ct.array, dtype=np.float32))
+    lungs = lung_mask(np.asarray(ct.array, dtype=np.float32))
     if not lungs.any():
         raise ValueError("real CT: no lung voxels found to centre the cube on")
     centre = ct.ijk_to_ras_points(np.argwhere(lungs)[:, ::-1].mean(axis=0)[None].astype(np.float64))[0]
@@ -732,18 +632,6 @@ def format_x2ct_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items() if not str(k).startswith("_")}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def write_x2ct_results(
     rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], meta: dict[str, Any] | None = None
 ) -> Path:
@@ -756,7 +644,10 @@ def write_x2ct_results(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        tmp.write_text(
+            json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n",
+            encoding="utf-8",
+        )
         os.replace(tmp, path)
     finally:
         if tmp.exists():
