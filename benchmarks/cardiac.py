@@ -1,0 +1,237 @@
+"""CardiacSynth: how good are the synthetic cardiac CTs, and does SSV confidence mean anything? One table each.
+
+Template: the procedural cardiac phantom (seed 0, ``--grid`` voxels at the FOV of the 64^3 x 2.5 mm
+default). For ``--cases`` MGM masks (the same masks for every renderer) each renderer makes an image:
+
+* ``warp``  -- the template CT warped by the MGM deformation (training-free baseline);
+* ``tcdm``  -- the template-conditioned diffusion model (``--model``), DDIM ``--steps``, with
+  skip-sampling-variance confidence over ``--ssv`` step counts (K = 3 by default);
+* ``tcdm-notemplate`` -- the mask-only ablation (``--ablation-model``), when given;
+* ``phantom`` (reference, not a renderer) -- phantoms of other seeds drawn by the generator itself:
+  the realism floor.
+
+Per renderer:
+
+* **fidelity to the mask**: for each structure, the mean |HU - expected HU| of its voxels (the label
+  table's HU); a fixed, training-free "segmenter" by intensity assigns each voxel the nearest expected
+  HU among the background soft tissues (not bone, which would pass for blood) and two tissue classes
+  of the mask: contrast-enhanced blood (every structure above 200 HU: chambers, great vessels,
+  coronaries) and the myocardium; "class agreement" = fraction of heart voxels whose class it gets right;
+* **topology**: Betti numbers (β0, β1, β2) per tissue class of that segmentation vs the mask's (fraction
+  equal), and clDice of each coronary tree against the blood class within 2 voxels of it;
+* **realism**: Fréchet distance and MMD² to the reference phantoms on the features of the fixed
+  random 3D encoder (``xraycardiac.metrics.FixedEncoder``; only ratios in this table mean anything);
+* **SSV check** (tcdm): AUROC of (1 - confidence) for voxels whose HU is off their label's expected HU
+  by more than 3 table standard deviations (and Spearman correlation of confidence and |error|);
+* **cost**: seconds and peak RSS (VmHWM) per synthetic volume, SSV included.
+
+    python benchmarks/cardiac.py [--cases 4] [--grid 32] [--model runs/tcdm32] [--ssv 10,20,50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from functools import partial
+
+import numpy as np
+
+
+def _peak_rss_mb() -> float:
+    try:
+        for line in open("/proc/self/status", encoding="ascii"):
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _reset_peak() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+BLOOD_MIN_HU = 200.0  # structures whose expected HU is above this are contrast-enhanced blood
+
+
+def _tissue_classes(present: list[int]) -> dict[float, list[int]]:
+    """{class centre HU: structures}: contrast-enhanced blood (chambers, vessels) and the myocardium."""
+    from xraycardiac.cardiac.labels import label_info
+
+    blood = [v for v in present if label_info(v).hu_mean >= BLOOD_MIN_HU]
+    other = [v for v in present if v not in blood]
+    classes = {float(np.mean([label_info(v).hu_mean for v in blood])): blood} if blood else {}
+    for v in other:
+        classes.setdefault(float(label_info(v).hu_mean), []).append(v)
+    return classes
+
+
+def _fidelity(hu: np.ndarray, labels: np.ndarray, present: list[int]) -> dict[str, float]:
+    """Intensity 'segmenter' (nearest expected HU, background tissues included) vs the mask, per tissue class."""
+    from scipy import ndimage
+
+    from xraycardiac.cardiac.labels import BACKGROUND_HU, CORONARY_LABELS, label_info
+    from xraycardiac.metrics.topology import betti_numbers, cldice
+
+    classes = _tissue_classes(present)
+    background = [m for m, _ in BACKGROUND_HU.values() if m < BLOOD_MIN_HU]  # bone would pass for blood
+    centres = background + list(classes)
+    ids = [0] * len(background) + list(range(1, len(classes) + 1))
+    seg = np.asarray(ids)[np.argmin(np.abs(hu[..., None] - np.asarray(centres, np.float32)), axis=-1)]
+    truth = np.zeros_like(seg)
+    for c, members in enumerate(classes.values(), start=1):
+        truth[np.isin(labels, members)] = c
+    err = [float(np.mean(np.abs(hu[labels == v] - label_info(v).hu_mean))) for v in present]
+    cls = range(1, len(classes) + 1)
+    betti = [betti_numbers(seg == c) == betti_numbers(truth == c) for c in cls]
+    cor = [v for v in present if v in CORONARY_LABELS]
+    cl = []
+    for v in cor:  # the coronary's class, near the coronary: the segmenter cannot tell blood apart
+        near = ndimage.binary_dilation(labels == v, iterations=2)
+        c = 1 + next(k for k, members in enumerate(classes.values()) if v in members)
+        cl.append(cldice((seg == c) & near, labels == v))
+    return {
+        "hu_error": float(np.mean(err)),
+        "agreement": float(np.mean((seg == truth)[labels > 0])),
+        "betti_equal": float(np.mean(betti)),
+        "cldice": float(np.mean(cl)) if cl else float("nan"),
+    }
+
+
+def _ssv_check(
+    hu: np.ndarray, labels: np.ndarray, confidence: np.ndarray, present: list[int]
+) -> dict[str, float]:
+    from xraycardiac.cardiac.labels import label_info
+    from xraycardiac.cardiac.ssv import confidence_error_auroc, confidence_error_correlation
+
+    mean = np.zeros(hu.shape, dtype=np.float32)  # background: outside the heart mask, not scored
+    std = np.full(hu.shape, 100.0, dtype=np.float32)
+    for v in present:
+        mean[labels == v], std[labels == v] = label_info(v).hu_mean, max(label_info(v).hu_std, 1.0)
+    z = np.abs(hu - mean) / std
+    heart = labels > 0
+    return {
+        "auroc": confidence_error_auroc(confidence, z, 3.0, mask=heart),
+        "spearman": confidence_error_correlation(confidence, z, method="spearman", mask=heart),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Make the masks, render them with each renderer, print the tables."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, default=4)
+    parser.add_argument("--grid", type=int, default=32, help="voxels per side (FOV 160 mm)")
+    parser.add_argument("--model", help="TCDM run folder / name (adds the 'tcdm' renderer)")
+    parser.add_argument("--ablation-model", help="TCDM trained with use_template=false")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--ssv", default="10,20,50", help="SSV DDIM step counts")
+    parser.add_argument("--reference", type=int, default=8, help="reference phantoms (realism floor)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from xraycardiac.cardiac.mgm import generate_masks, warp_image
+    from xraycardiac.cardiac.templates import template_from_phantom
+    from xraycardiac.metrics.realism import EncoderConfig, FixedEncoder, frechet_distance, mmd2_rbf
+    from xraycardiac.phantoms.cardiac import CardiacPhantomConfig, make_cardiac_phantom
+
+    torch.set_num_threads(args.threads)
+    shape, spacing = (args.grid,) * 3, 160.0 / args.grid
+    template = template_from_phantom(CardiacPhantomConfig(seed=0, shape_ijk=shape, spacing_mm=spacing))
+    present = template.labels_present
+    t0 = time.perf_counter()
+    samples, report = generate_masks(template.labels, args.cases, seed=1)
+    mgm_s = (time.perf_counter() - t0) / max(1, report.attempts)
+    print(
+        f"template: cardiac phantom seed 0, {args.grid}^3 at {spacing:g} mm; MGM: {report.accepted} masks in "
+        f"{report.attempts} attempts (rejections {report.rejected}), {mgm_s:.2f} s per attempt"
+    )
+    renderers = {"warp": lambda s: (warp_image(template.image, s.ddf_ras_mm).array, None)}
+    for key, model in (("tcdm", args.model), ("tcdm-notemplate", args.ablation_model)):
+        if model:
+            renderers[key] = _tcdm(model, template, [int(x) for x in args.ssv.split(",")], args.steps)
+    ref_images = [
+        make_cardiac_phantom(CardiacPhantomConfig(seed=500 + k, shape_ijk=shape, spacing_mm=spacing))[0].array
+        for k in range(args.reference)
+    ]
+    floor_images = [
+        make_cardiac_phantom(CardiacPhantomConfig(seed=900 + k, shape_ijk=shape, spacing_mm=spacing))[0].array
+        for k in range(args.reference)
+    ]
+    encoder = FixedEncoder(EncoderConfig(spatial_dims=3, channels=(8, 16, 32)))
+
+    def features(images: list[np.ndarray]) -> np.ndarray:
+        return encoder(np.clip((np.stack(images) + 1000.0) / 2000.0, 0.0, 1.0))
+
+    ref = features(ref_images)
+    rows = [["phantom (floor)", *["–"] * 4, f"{frechet_distance(features(floor_images), ref):.4f}",
+             f"{mmd2_rbf(features(floor_images), ref):.5f}", "–", "–", "–", "–"]]  # fmt: skip
+    for name, render in renderers.items():
+        fid, ssv, images, secs, peaks = [], [], [], [], []
+        for s in samples:
+            _reset_peak()
+            t1 = time.perf_counter()
+            hu, conf = render(s)
+            secs.append(time.perf_counter() - t1)
+            peaks.append(_peak_rss_mb())
+            images.append(hu)
+            fid.append(_fidelity(hu, s.labels.array, present))
+            if conf is not None:
+                ssv.append(_ssv_check(hu, s.labels.array, conf, present))
+        feats = features(images)
+        m = {k: float(np.nanmean([f[k] for f in fid])) for k in fid[0]}
+        auroc = f"{np.nanmean([x['auroc'] for x in ssv]):.3f}" if ssv else "–"
+        rho = f"{np.nanmean([x['spearman'] for x in ssv]):.3f}" if ssv else "–"
+        rows.append([name, f"{m['hu_error']:.0f}", f"{m['agreement']:.3f}", f"{m['betti_equal']:.2f}",
+                     f"{m['cldice']:.3f}", f"{frechet_distance(feats, ref):.4f}", f"{mmd2_rbf(feats, ref):.5f}",
+                     auroc, rho, f"{np.mean(secs):.1f}", f"{max(peaks):.0f}"])  # fmt: skip
+    head = ["renderer", "|HU - expected|", "class agreement", "Betti equal", "coronary clDice", "FD",
+            "MMD²", "SSV AUROC", "SSV Spearman", "s / volume", "peak RSS MB"]  # fmt: skip
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    return 0
+
+
+def _tcdm(model: str, template, schedules: list[int], steps: int):
+    """A renderer ``sample -> (HU, confidence)`` of a TCDM with SSV over ``schedules`` (+ ``steps``)."""
+    import torch
+
+    from xraycardiac.cardiac.ssv import skip_sampling_variance
+    from xraycardiac.cardiac.tcdm import build_tcdm, encode_condition, load_tcdm, sample_tcdm
+
+    unet, _ = load_tcdm(model)
+    cfg = unet.config
+    scheduler = build_tcdm(cfg)[1]
+    t_img = cfg.hu_to_unit(torch.from_numpy(np.asarray(template.image.array, np.float32)))[None, None]
+    t_lab = torch.from_numpy(template.labels.array.astype(np.int64))[None]
+    plan = list(dict.fromkeys([*schedules, steps]))
+
+    def render(sample):
+        kept = {}
+
+        def fn(cond, steps_, generator, noise):
+            x0 = sample_tcdm(unet, scheduler, cond, steps_, generator, noise)
+            if steps_ == steps:
+                kept["x0"] = x0
+            return x0
+
+        cond = encode_condition(cfg, torch.from_numpy(sample.labels.array.astype(np.int64))[None], t_img, t_lab,
+                                torch.from_numpy(sample.ddf_voxel())[None])  # fmt: skip
+        _, _, conf = skip_sampling_variance(
+            partial(fn), cond, plan, generator=torch.Generator().manual_seed(0)
+        )
+        return cfg.unit_to_hu(kept["x0"])[0, 0].numpy(), conf[0, 0].numpy()
+
+    return render
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
