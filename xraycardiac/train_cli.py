@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -40,8 +40,19 @@ def _train() -> None:
     """Train models on the shared trainer (EMA, checkpoints, exact resume, DDP under torchrun)."""
 
 
-def _train(out: Path, run: Callable[[Callable[..., None]], dict]) -> None:
-    """Run ``run(progress)`` printing progress lines; known errors print one line and exit 1."""
+# the options every training command shares
+_CacheOption = Annotated[Path, typer.Option(help="XRayToCT cache (CT cubes + views, from build_cache).")]
+_OutOption = Annotated[Path, typer.Option(help="Run folder (checkpoint, log, model.pt + model.json).")]
+_NameOption = Annotated[str, typer.Option(help="Model name written into model.json.")]
+_SplitOption = Annotated[str, typer.Option(help="train | val | test | all.")]
+_AutoencoderOption = Annotated[
+    str, typer.Option(help="Frozen autoencoder: run folder of train x2ct-autoencoder, weights file or name.")
+]
+
+
+def _train(out: Path, train: Callable[..., dict], *args: Any, **kwargs: Any) -> None:
+    """Run ``train(*args, progress=..., **kwargs)`` printing progress lines; known errors print one
+    line and exit 1."""
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -51,7 +62,7 @@ def _train(out: Path, run: Callable[[Callable[..., None]], dict]) -> None:
         console.print(f"{100 * fraction:5.1f}%  {stage}" + (f"  eta {eta} s" if eta is not None else ""))
 
     try:
-        summary = run(progress)
+        summary = train(*args, progress=progress, **kwargs)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
@@ -64,12 +75,12 @@ def _train(out: Path, run: Callable[[Callable[..., None]], dict]) -> None:
 @app.command("angio-diffusion")
 def angio_diffusion(
     data: Annotated[Path, typer.Option(help="Coronary pair dataset, or a folder with images/ and masks/.")],
-    out: Annotated[Path, typer.Option(help="Run folder (checkpoint, log, model.pt + model.json).")],
+    out: _OutOption,
     settings: Annotated[
         list[str] | None,
         typer.Argument(help="key=value overrides of AngioDiffusionConfig / TrainConfig fields."),
     ] = None,
-    name: Annotated[str, typer.Option(help="Model name written into model.json.")] = "angio-diffusion",
+    name: _NameOption = "angio-diffusion",
     split: Annotated[str, typer.Option(help="train | val | test | all (coronary pair datasets).")] = "train",
 ) -> None:
     """Train the mask-conditioned angiogram IDDPM (the diffusion renderer of `coronary synth`)."""
@@ -77,17 +88,17 @@ def angio_diffusion(
     from xraycardiac.coronary.train_diffusion import train_angio_diffusion
     from xraycardiac.trainer import TrainConfig, parse_overrides
 
-    def run(progress: Callable[..., None]) -> dict:
+    def train(**kwargs: Any) -> dict:
         mcfg, tcfg = parse_overrides(settings or [], AngioDiffusionConfig(), TrainConfig())
-        return train_angio_diffusion(data, out, mcfg, tcfg, name=name, split=split, progress=progress)
+        return train_angio_diffusion(data, out, mcfg, tcfg, **kwargs)
 
-    _train(out, run)
+    _train(out, train, name=name, split=split)
 
 
 @app.command("coronary-matcher")
 def coronary_matcher(
     data: Annotated[Path, typer.Option(help="Coronary pair dataset (xraycardiac coronary synth).")],
-    out: Annotated[Path, typer.Option(help="Run folder (checkpoint, log, model.pt + model.json).")],
+    out: _OutOption,
     settings: Annotated[
         list[str] | None,
         typer.Argument(
@@ -102,53 +113,45 @@ def coronary_matcher(
             "masks cross-attention; its weights are not part of the matcher's."
         ),
     ] = None,
-    name: Annotated[str, typer.Option(help="Model name written into model.json.")] = "coronary-matcher",
-    split: Annotated[str, typer.Option(help="train | val | test | all.")] = "train",
+    name: _NameOption = "coronary-matcher",
+    split: _SplitOption = "train",
 ) -> None:
     """Train the coronary keypoint matcher (KeypointNet + foundation-masked attention matcher, Zhao et al. 2025)."""
     from dataclasses import replace
 
     from xraycardiac.coronary.train_matcher import parse_matcher_overrides, train_coronary_matcher
 
-    def run(progress: Callable[..., None]) -> dict:
+    def train(**kwargs: Any) -> dict:
         mcfg, tcfg = parse_matcher_overrides(settings or [])
         if foundation is not None:
             mcfg = replace(mcfg, foundation=foundation)
-        return train_coronary_matcher(data, out, mcfg, tcfg, name=name, split=split, progress=progress)
+        return train_coronary_matcher(data, out, mcfg, tcfg, **kwargs)
 
-    _train(out, run)
+    _train(out, train, name=name, split=split)
 
 
 @app.command("x2ct-autoencoder")
 def x2ct_autoencoder(
-    data: Annotated[Path, typer.Option(help="XRayToCT cache (CT cubes + views, from build_cache).")],
-    out: Annotated[Path, typer.Option(help="Run folder (checkpoint, log, model.pt + model.json).")],
+    data: _CacheOption,
+    out: _OutOption,
     settings: Annotated[
         list[str] | None,
         typer.Argument(help="key=value overrides of X2CTAutoencoderConfig / TrainConfig fields."),
     ] = None,
-    name: Annotated[str, typer.Option(help="Model name written into model.json.")] = "x2ct-autoencoder",
-    split: Annotated[str, typer.Option(help="train | val | test | all.")] = "train",
+    name: _NameOption = "x2ct-autoencoder",
+    split: _SplitOption = "train",
 ) -> None:
     """Train the 3D KL autoencoder of XRayToCT (CLS-DM stage 1) on CT cubes; stores its latent_scale."""
-    from xraycardiac.trainer import TrainConfig, parse_overrides
-    from xraycardiac.xray2ct.autoencoder import X2CTAutoencoderConfig, train_x2ct_autoencoder
+    from xraycardiac.xray2ct.autoencoder import train_x2ct_autoencoder
 
-    def run(progress: Callable[..., None]) -> dict:
-        mcfg, tcfg = parse_overrides(settings or [], X2CTAutoencoderConfig(), TrainConfig())
-        return train_x2ct_autoencoder(data, out, mcfg, tcfg, name=name, split=split, progress=progress)
-
-    _train(out, run)
+    _train(out, train_x2ct_autoencoder, data, out, overrides=settings or [], name=name, split=split)
 
 
 @app.command("x2ct-encoder")
 def x2ct_encoder(
-    data: Annotated[Path, typer.Option(help="XRayToCT cache (CT cubes + views, from build_cache).")],
-    out: Annotated[Path, typer.Option(help="Run folder (checkpoint, log, model.pt + model.json).")],
-    autoencoder: Annotated[
-        str,
-        typer.Option(help="Frozen autoencoder: run folder of train x2ct-autoencoder, weights file or name."),
-    ],
+    data: _CacheOption,
+    out: _OutOption,
+    autoencoder: _AutoencoderOption,
     settings: Annotated[
         list[str] | None,
         typer.Argument(
@@ -156,28 +159,20 @@ def x2ct_encoder(
             "or contrastive_weight=0 (the CLS-DM ablation without contrastive alignment)."
         ),
     ] = None,
-    name: Annotated[str, typer.Option(help="Model name written into model.json.")] = "x2ct-encoder",
-    split: Annotated[str, typer.Option(help="train | val | test | all.")] = "train",
+    name: _NameOption = "x2ct-encoder",
+    split: _SplitOption = "train",
 ) -> None:
     """Train the X-ray encoder of XRayToCT (CLS-DM stage 2) against the frozen autoencoder's scaled latent."""
     from xraycardiac.xray2ct.train import train_x2ct_encoder
 
-    def run(progress: Callable[..., None]) -> dict:
-        return train_x2ct_encoder(
-            data, out, autoencoder, overrides=settings or [], name=name, split=split, progress=progress
-        )
-
-    _train(out, run)
+    _train(out, train_x2ct_encoder, data, out, autoencoder, overrides=settings or [], name=name, split=split)
 
 
 @app.command("x2ct-ldm")
 def x2ct_ldm(
-    data: Annotated[Path, typer.Option(help="XRayToCT cache (CT cubes + views, from build_cache).")],
-    out: Annotated[Path, typer.Option(help="Run folder (checkpoint, log, model.pt + model.json).")],
-    autoencoder: Annotated[
-        str,
-        typer.Option(help="Frozen autoencoder: run folder of train x2ct-autoencoder, weights file or name."),
-    ],
+    data: _CacheOption,
+    out: _OutOption,
+    autoencoder: _AutoencoderOption,
     encoder: Annotated[
         str,
         typer.Option(help="Frozen X-ray encoder: run folder of train x2ct-encoder, weights file or name."),
@@ -186,25 +181,15 @@ def x2ct_ldm(
         list[str] | None,
         typer.Argument(help="key=value overrides of X2CTLDMConfig / TrainConfig fields, e.g. sampler=rflow."),
     ] = None,
-    name: Annotated[str, typer.Option(help="Model name written into model.json.")] = "x2ct-ldm",
-    split: Annotated[str, typer.Option(help="train | val | test | all.")] = "train",
+    name: _NameOption = "x2ct-ldm",
+    split: _SplitOption = "train",
 ) -> None:
     """Train the latent diffusion model of XRayToCT (CLS-DM stage 3), conditioned on the frozen encoder."""
     from xraycardiac.xray2ct.train import train_x2ct_ldm
 
-    def run(progress: Callable[..., None]) -> dict:
-        return train_x2ct_ldm(
-            data,
-            out,
-            autoencoder,
-            encoder,
-            overrides=settings or [],
-            name=name,
-            split=split,
-            progress=progress,
-        )
-
-    _train(out, run)
+    _train(
+        out, train_x2ct_ldm, data, out, autoencoder, encoder, overrides=settings or [], name=name, split=split
+    )
 
 
 @app.command("cardiac-tcdm")
@@ -212,20 +197,16 @@ def cardiac_tcdm(
     data: Annotated[
         Path, typer.Option(help="Folder with images/ and labels/ (e.g. `xraycardiac cardiac phantoms`).")
     ],
-    out: Annotated[Path, typer.Option(help="Run folder (checkpoint, log, model.pt + model.json).")],
+    out: _OutOption,
     settings: Annotated[
         list[str] | None,
         typer.Argument(
             help="key=value overrides of TCDMConfig / TrainConfig fields (use_template=false: ablation)."
         ),
     ] = None,
-    name: Annotated[str, typer.Option(help="Model name written into model.json.")] = "cardiac-tcdm",
+    name: _NameOption = "cardiac-tcdm",
 ) -> None:
     """Train the template-guided conditional diffusion model of CardiacSynth (`cardiac synth --renderer tcdm`)."""
+    from xraycardiac.cardiac.tcdm import train_cardiac_tcdm
 
-    def run(progress: Callable[..., None]) -> dict:
-        from xraycardiac.cardiac.tcdm import train_cardiac_tcdm
-
-        return train_cardiac_tcdm(data, out, list(settings or ()), progress=progress, name=name)
-
-    _train(out, run)
+    _train(out, train_cardiac_tcdm, data, out, list(settings or ()), name=name)

@@ -37,15 +37,15 @@ the DDF and its inverse are known, so the consistency term applies), unless
 ``DIR/templates/images/<name>`` + ``DIR/templates/labels/<name>`` give one already in that case's
 frame (u = 0, no consistency term).
 
-Weights: ``torch.save({"format": "xraycardiac.cardiac_tcdm", "config", "sha256", "state_dict"})``,
-loaded with ``weights_only=True``; ``sha256`` digests the config JSON and every tensor, so an edited
-config or tensor is refused. A run folder (``model.pt`` + ``model.json``) is an importable package.
+Weights (:mod:`xraycardiac.models.weights`): ``{"format": "xraycardiac.cardiac_tcdm", "config",
+"sha256", "state_dict"}``, loaded with ``weights_only=True``; ``sha256`` digests the config JSON and
+every tensor, so an edited config or tensor is refused. A run folder (``model.pt`` + ``model.json``)
+is an importable package.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import os
@@ -61,6 +61,13 @@ import torch.nn.functional as F
 from monai.networks.nets import DiffusionModelUNet
 
 from xraycardiac.cardiac.labels import FINE_LABELS
+from xraycardiac.models.weights import (
+    JsonConfig,
+    WeightsFormat,
+    load_model_file,
+    locate_model,
+    write_weights_file,
+)
 
 __all__ = [
     "PREDICTION_TYPES", "TCDM_FORMAT", "CardiacCTDataset", "TCDMConfig", "TCDMUNet", "build_tcdm",
@@ -70,12 +77,13 @@ __all__ = [
 ]  # fmt: skip
 
 TCDM_FORMAT = "xraycardiac.cardiac_tcdm"
+_FILE = WeightsFormat(TCDM_FORMAT, "a TCDM", digest_key="sha256", digest_config=True)
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 _EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 @dataclass(frozen=True)
-class TCDMConfig:
+class TCDMConfig(JsonConfig):
     """What the template-conditioned diffusion model is (saved next to its weights).
 
     Attributes:
@@ -180,18 +188,6 @@ class TCDMConfig:
         """[-1, 1] (clipped) back to HU."""
         lo, hi = self.hu_window
         return (x.float().clamp(-1.0, 1.0) + 1.0) / 2.0 * (hi - lo) + lo
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields."""
-        return json.loads(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "model config") -> TCDMConfig:
-        """The config of a weights file; a ValueError naming ``where`` on unknown keys."""
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"{where}: unknown TCDMConfig field(s) {unknown}")
-        return cls(**data)
 
 
 class TCDMUNet(DiffusionModelUNet):
@@ -448,32 +444,10 @@ def sample_tcdm(
 # --- weights ---------------------------------------------------------------------------------------
 
 
-def _digest(config: dict[str, Any], state: dict[str, torch.Tensor]) -> str:
-    """sha256 over the canonical config JSON and (name, dtype, shape, bytes) of every tensor."""
-    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-    for key in sorted(state):
-        t = state[key].detach().cpu().contiguous().reshape(-1)
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def save_tcdm(unet: TCDMUNet, path: str | os.PathLike[str], half: bool = False) -> Path:
     """Write the weights file (module docstring) atomically; float16 tensors when ``half``."""
-    path = Path(path)
     net = getattr(unet, "module", unet)
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu()
-             for k, v in net.state_dict().items()}  # fmt: skip
-    config = net.config.to_dict()
-    data = {"format": TCDM_FORMAT, "config": config, "sha256": _digest(config, state), "state_dict": state}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(data, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_weights_file(path, _FILE, net.config.to_dict(), net, half)
 
 
 def load_tcdm(
@@ -486,48 +460,9 @@ def load_tcdm(
         ValueError: foreign or unreadable file, a digest mismatch (edited config or tensors), a file
             sha256 other than ``model.json``'s, a config other than ``expected_config``.
     """
-    from xraycardiac.models import ModelEntry, resolve_entry, sha256_file
-
-    p = Path(source)
-    if p.is_dir():
-        meta = p / "model.json"
-        if not meta.is_file():
-            raise FileNotFoundError(f"{p}: a model folder needs model.json (from xraycardiac train)")
-        entry = ModelEntry.from_dict(json.loads(meta.read_text(encoding="utf-8")), where=str(meta))
-        p = p / entry.file
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: weights file of {meta} not found")
-        if sha256_file(p) != entry.sha256:
-            raise ValueError(f"{p}: sha256 differs from {meta}'s; refused")
-        info = {"model": entry.name, "version": entry.version, "file": str(p), "sha256": entry.sha256}
-    elif p.is_file() or p.suffix in (".pt", ".pth"):
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: weights file not found")
-        info = {"model": p.stem, "version": None, "file": str(p), "sha256": sha256_file(p)}
-    else:
-        entry = resolve_entry(str(source))
-        p = Path(entry.path)
-        info = {"model": entry.name, "version": entry.version, "file": str(p), "sha256": entry.sha256}
-    try:
-        data = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle/zip errors of a foreign or truncated file
-        raise ValueError(f"{p}: not a readable torch weights file ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != TCDM_FORMAT:
-        raise ValueError(f"{p}: not a TCDM weights file (format {TCDM_FORMAT!r} expected)")
-    state, cfg = data.get("state_dict"), data.get("config")
-    if not isinstance(state, dict) or not isinstance(cfg, dict) or _digest(cfg, state) != data.get("sha256"):
-        raise ValueError(f"{p}: config or weights fail their sha256 digest (edited or corrupted); refused")
-    config = TCDMConfig.from_dict(cfg, where=str(p))
-    if expected_config is not None and config != expected_config:
-        a, b = config.to_dict(), expected_config.to_dict()
-        diff = {k: (a[k], b[k]) for k in a if a[k] != b[k]}
-        raise ValueError(f"{p}: weights of another TCDM config; (file, expected) differ in {diff}")
-    net = TCDMUNet(config)
-    try:
-        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    except RuntimeError as exc:
-        raise ValueError(f"{p}: weights do not fit their config ({exc})") from None
-    return net.to(device).eval(), info
+    found = locate_model(source, what=None)
+    net = load_model_file(found.file, _FILE, TCDMConfig, TCDMUNet, expected_config, device)
+    return net, found.provenance
 
 
 # --- self-templates and training -------------------------------------------------------------------

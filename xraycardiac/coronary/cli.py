@@ -19,6 +19,8 @@ one table (:func:`xraycardiac.coronary.evaluate.evaluate_matchers`); ``--out`` w
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -177,15 +179,28 @@ def _synthesize_with_progress(config: Any, out: Path, shard: tuple[int, int], re
                 bar.update(task, completed=event["progress"], description=event["stage"])
 
         try:
-            return synthesize(config, out, shard=shard, resume=resume, progress=Reporter(on_event))
-        except (ValueError, FileExistsError, FileNotFoundError) as e:
-            bar.console.print(f"[red]error:[/red] {e}")
-            raise typer.Exit(1) from e
+            with _exit_on_error(bar.console, FileExistsError):
+                return synthesize(config, out, shard=shard, resume=resume, progress=Reporter(on_event))
         except KeyboardInterrupt:
             bar.console.print(
                 f"interrupted; the samples written so far are kept: rerun the same command to resume {out}"
             )
             raise typer.Exit(130) from None
+
+
+@contextmanager
+def _exit_on_error(console: Any, *more: type[Exception]) -> Iterator[None]:
+    """Known errors (bad input, missing files, and ``more``) print one red line and exit 1."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError, *more) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
+def _progress_lines(console: Any, prefix: str = "") -> Callable[[str, float], None]:
+    """``progress(stage, fraction)`` printing one dim line per call."""
+    return lambda stage, fraction: console.print(f"[dim]{100 * fraction:5.1f}%  {prefix}{stage}[/dim]")
 
 
 @app.command()
@@ -236,7 +251,7 @@ def evaluate(
     from xraycardiac.coronary.evaluate import dataset_summary, evaluate_matchers, format_table, write_results
 
     console = Console(stderr=True)
-    try:
+    with _exit_on_error(console):
         summary = dataset_summary(data, split)
         console.print(
             f"{summary['pairs']} pairs of {summary['image_shape']} px, "
@@ -244,27 +259,19 @@ def evaluate(
         )
         rows = evaluate_matchers(
             data, method, split, epipolar_tolerance_px=epipolar_tolerance, ransac_threshold_px=ransac_threshold,
-            device=device, foundation=foundation, max_pairs=max_pairs,
-            progress=lambda stage, fraction: console.print(f"[dim]{100 * fraction:5.1f}%  {stage}[/dim]"),
+            device=device, foundation=foundation, max_pairs=max_pairs, progress=_progress_lines(console),
         )  # fmt: skip
-    except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
     typer.echo(format_table(rows))
     meta: dict = {"data": str(data), "split": split, "dataset": summary}
     if pipeline:
         from xraycardiac.coronary.evaluate_pipeline import evaluate_pipeline, format_pipeline_table
 
-        try:
+        with _exit_on_error(console):
             prows = evaluate_pipeline(
                 data, [*method, "gt"], split, perturb_deg=perturb_deg, perturb_mm=perturb_mm,
                 use_masks=not frangi, epipolar_tolerance_px=epipolar_tolerance, device=device,
-                foundation=foundation, max_pairs=max_pairs,
-                progress=lambda stage, fraction: console.print(f"[dim]{100 * fraction:5.1f}%  3D: {stage}[/dim]"),
+                foundation=foundation, max_pairs=max_pairs, progress=_progress_lines(console, "3D: "),
             )  # fmt: skip
-        except (ValueError, FileNotFoundError) as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(1) from exc
         typer.echo(
             f"\n3D centreline error (mm) from {'Frangi vessels' if frangi else 'the vessel masks'}; view 2 "
             f"perturbed by up to {perturb_deg:g} deg / {perturb_mm:g} mm per axis; 'scale-fixed' uses the "

@@ -20,21 +20,32 @@ cosine schedule, lambda_vlb = 1e-3. The demo weights were trained at 128 x 128 o
 pairs (see the manifest entry ``angio-diffusion-demo``): they show what the pipeline does, not what
 a GPU-trained model on real angiograms (ARCADE, XCAD) would give.
 
-Weights file: ``torch.save({"format": "xraycardiac.angio_diffusion", "config": {...}, "state_dict":
-{...}})``, loaded with ``weights_only=True``; a folder holding ``model.json`` + that file (what
-``xraycardiac train angio-diffusion`` writes) is also an importable model package.
+Weights file (:mod:`xraycardiac.models.weights`): ``{"format": "xraycardiac.angio_diffusion",
+"config": {...}, "state_dict": {...}}``, loaded with ``weights_only=True``; a folder holding
+``model.json`` + that file (what ``xraycardiac train angio-diffusion`` writes) is also an importable
+model package.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from xraycardiac.models.weights import (
+    JsonConfig,
+    WeightsFormat,
+    load_model_file,
+    load_state,
+    locate_model,
+    read_model_config,
+    read_weights_file,
+    write_weights_file,
+)
 
 __all__ = [
     "CONDITIONS",
@@ -54,10 +65,11 @@ __all__ = [
 CONDITIONS = ("mask+thickness", "mask")
 DEFAULT_MODEL = "angio-diffusion-demo"
 WEIGHTS_FORMAT = "xraycardiac.angio_diffusion"
+_FILE = WeightsFormat(WEIGHTS_FORMAT, "an angio-diffusion")
 
 
 @dataclass(frozen=True)
-class AngioDiffusionConfig:
+class AngioDiffusionConfig(JsonConfig):
     """What the mask-conditioned diffusion model is (saved next to its weights).
 
     Attributes:
@@ -124,18 +136,6 @@ class AngioDiffusionConfig:
         """Number of condition channels (1 or 2)."""
         return 2 if self.condition == "mask+thickness" else 1
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields."""
-        return json.loads(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "model config") -> AngioDiffusionConfig:
-        """The config of a weights file / manifest entry; a ValueError naming ``where`` on unknown keys."""
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"{where}: unknown AngioDiffusionConfig field(s) {unknown}")
-        return cls(**data)
-
 
 @dataclass(frozen=True)
 class DiffusionSamplingConfig:
@@ -171,30 +171,12 @@ def model_info(model: str) -> tuple[AngioDiffusionConfig, dict[str, Any]]:
     Raises:
         ValueError / FileNotFoundError: unknown name, missing or foreign file.
     """
-    from xraycardiac.models import ModelEntry, resolve_entry, sha256_file
-
-    p = Path(model)
-    if p.is_dir():
-        meta = p / "model.json"
-        if not meta.is_file():
-            raise FileNotFoundError(f"{p}: a model folder needs model.json (from xraycardiac train)")
-        entry = ModelEntry.from_dict(json.loads(meta.read_text(encoding="utf-8")), where=str(meta))
-        weights = p / entry.file
-        if not weights.is_file():
-            raise FileNotFoundError(f"{weights}: weights file of {meta} not found")
-        sha = sha256_file(weights)
-        if sha != entry.sha256:
-            raise ValueError(f"{weights}: sha256 {sha[:12]}... differs from {meta}'s {entry.sha256[:12]}...")
-        source = {"model": entry.name, "version": entry.version, "file": str(weights), "sha256": sha}
-        return AngioDiffusionConfig.from_dict(entry.config, where=str(meta)), source
-    if p.suffix in (".pt", ".pth") or p.is_file():
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: weights file not found")
-        _, config = load_weights(p)
-        return config, {"model": p.stem, "version": None, "file": str(p), "sha256": sha256_file(p)}
-    entry = resolve_entry(model)
-    source = {"model": entry.name, "version": entry.version, "file": str(entry.path), "sha256": entry.sha256}
-    return AngioDiffusionConfig.from_dict(entry.config, where=f"model {entry.name}"), source
+    found = locate_model(model, what=None)
+    if found.entry is None:  # a bare weights file holds its config
+        data, where = read_weights_file(found.file, _FILE)[0], str(found.file)
+    else:
+        data, where = found.config, f"model {found.provenance['model']} ({found.file})"
+    return AngioDiffusionConfig.from_dict(data, where=where), found.provenance
 
 
 def build_network(config: AngioDiffusionConfig):
@@ -292,14 +274,7 @@ def save_weights(
     network, config: AngioDiffusionConfig, path: str | os.PathLike[str], half: bool = True
 ) -> Path:
     """Write ``{"format", "config", "state_dict"}`` atomically (float16 tensors when ``half``)."""
-    import torch
-
-    path = Path(path)
-    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in network.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"format": WEIGHTS_FORMAT, "config": config.to_dict(), "state_dict": state}, tmp)
-    os.replace(tmp, path)
-    return path
+    return write_weights_file(path, _FILE, config.to_dict(), network, half)
 
 
 def load_weights(path: str | os.PathLike[str], device: str = "cpu"):
@@ -308,21 +283,8 @@ def load_weights(path: str | os.PathLike[str], device: str = "cpu"):
     Raises:
         ValueError: not an angio-diffusion weights file, or weights that do not fit the config.
     """
-    import torch
-
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle/zip errors of a foreign or truncated file
-        raise ValueError(f"{path}: not a readable torch weights file ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != WEIGHTS_FORMAT:
-        raise ValueError(f"{path}: not an angio-diffusion weights file (format {WEIGHTS_FORMAT!r} expected)")
-    config = AngioDiffusionConfig.from_dict(data["config"], where=str(path))
-    network = build_network(config)
-    try:
-        network.load_state_dict({k: v.float() for k, v in data["state_dict"].items()})
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit their config ({exc})") from None
-    return network.to(device).eval(), config
+    config, data = read_model_config(path, _FILE, AngioDiffusionConfig)
+    return load_state(build_network(config), data["state_dict"], path, device), config
 
 
 class AngioDiffusionRenderer:
@@ -354,12 +316,10 @@ class AngioDiffusionRenderer:
 
         dev = select_device(device)
         expected, source = model_info(model)
-        network, config = load_weights(source["file"], device=str(dev))
-        if config != expected:
-            raise ValueError(
-                f"{source['file']}: the config stored in the weights differs from its manifest entry's"
-            )
-        return cls(network, config, dev, source)
+        network = load_model_file(
+            source["file"], _FILE, AngioDiffusionConfig, build_network, expected, str(dev)
+        )
+        return cls(network, expected, dev, source)
 
     def render(
         self,

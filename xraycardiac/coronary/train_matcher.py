@@ -55,6 +55,14 @@ from xraycardiac.coronary.attention_matcher import AttentionMatcher, AttentionMa
 from xraycardiac.coronary.baselines import MatchResult
 from xraycardiac.coronary.keypoint_net import KeypointNet, KeypointNetConfig
 from xraycardiac.coronary.matcher_loss import MatcherLossConfig
+from xraycardiac.models.weights import (
+    JsonConfig,
+    WeightsFormat,
+    load_model_file,
+    locate_model,
+    read_weights_file,
+    write_weights_file,
+)
 
 __all__ = [
     "WEIGHTS_FORMAT",
@@ -66,6 +74,7 @@ __all__ = [
 ]
 
 WEIGHTS_FORMAT = "xraycardiac.coronary_matcher"
+_FILE = WeightsFormat(WEIGHTS_FORMAT, "a coronary matcher")
 _SUBCONFIGS = {
     "keypoint_net": KeypointNetConfig,
     "matcher": AttentionMatcherConfig,
@@ -74,7 +83,7 @@ _SUBCONFIGS = {
 
 
 @dataclass(frozen=True)
-class CoronaryMatcherConfig:
+class CoronaryMatcherConfig(JsonConfig):
     """What a :class:`CoronaryMatcher` is and how its training inputs are made.
 
     Attributes:
@@ -138,10 +147,6 @@ class CoronaryMatcherConfig:
         v = self.foundation_input_size
         if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
             raise ValueError(f"{name}.foundation_input_size: expected None or an integer >= 1, got {v!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (sub-configs as nested dicts)."""
-        return json.loads(json.dumps(asdict(self)))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "matcher config") -> CoronaryMatcherConfig:
@@ -410,12 +415,7 @@ class CoronaryMatcher(nn.Module):
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``{"format", "config", "state_dict"}`` (float32) atomically; returns the path."""
-        path = Path(path)
-        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        torch.save({"format": WEIGHTS_FORMAT, "config": self.config.to_dict(), "state_dict": state}, tmp)
-        os.replace(tmp, path)
-        return path
+        return write_weights_file(path, _FILE, self.config.to_dict(), self)
 
     @staticmethod
     def read_weights(path: str | os.PathLike[str]) -> tuple[CoronaryMatcherConfig, dict[str, torch.Tensor]]:
@@ -425,22 +425,8 @@ class CoronaryMatcher(nn.Module):
             FileNotFoundError: no such file.
             ValueError: not a coronary matcher weights file (names the file).
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: coronary matcher weights file not found")
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickle / zip errors of a foreign or truncated file
-            raise ValueError(f"{path}: not a readable torch weights file ({exc})") from None
-        if not isinstance(data, dict) or data.get("format") != WEIGHTS_FORMAT:
-            raise ValueError(
-                f"{path}: not a coronary matcher weights file (format {WEIGHTS_FORMAT!r} expected)"
-            )
-        config = CoronaryMatcherConfig.from_dict(data.get("config", {}), where=str(path))
-        state = data.get("state_dict")
-        if not isinstance(state, dict):
-            raise ValueError(f"{path}: no state_dict in the coronary matcher weights file")
-        return config, state
+        config, state = read_weights_file(path, _FILE)
+        return CoronaryMatcherConfig.from_dict(config, where=str(path)), state
 
     @classmethod
     def load(
@@ -463,60 +449,29 @@ class CoronaryMatcher(nn.Module):
 
         Raises:
             FileNotFoundError: a missing folder file or weights file.
-            ValueError: unknown name, a sha256 that differs from ``model.json``, or a foreign file.
+            ValueError: unknown name, a sha256 that differs from ``model.json``, a config other than
+                the entry's, or a foreign file.
         """
-        from xraycardiac.models import ModelEntry, resolve_entry, sha256_file
         from xraycardiac.runtime import select_device
 
         dev = select_device(str(device)) if not isinstance(device, torch.device) else device
-        p = Path(model)
+        found = locate_model(model, what=None)
         expected = None
-        if p.is_dir():
-            meta = p / "model.json"
-            if not meta.is_file():
-                raise FileNotFoundError(
-                    f"{p}: a matcher folder needs model.json (written at the end of xraycardiac train "
-                    "coronary-matcher; an unfinished run has only checkpoint.pt)"
-                )
-            try:
-                entry = ModelEntry.from_dict(json.loads(meta.read_text(encoding="utf-8")), where=str(meta))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{meta}: not valid JSON ({exc})") from None
-            weights = p / entry.file
-            if not weights.is_file():
-                raise FileNotFoundError(f"{weights}: weights file of {meta} not found")
-            sha = sha256_file(weights)
-            if sha != entry.sha256:
-                raise ValueError(
-                    f"{weights}: sha256 {sha[:12]}... differs from {meta}'s {entry.sha256[:12]}..."
-                )
-            expected = CoronaryMatcherConfig.from_dict(entry.config, where=str(meta))
-            source = {"model": entry.name, "version": entry.version, "file": str(weights), "sha256": sha}
-        elif p.suffix in (".pt", ".pth") or p.is_file():
-            weights = p
-            source = {"model": p.stem, "version": None, "file": str(p), "sha256": None}
-        elif os.sep in str(model) or (os.altsep and os.altsep in str(model)):
-            raise FileNotFoundError(f"{model}: no such run folder or weights file")
-        else:
-            entry = resolve_entry(str(model))
-            weights = entry.path
-            expected = CoronaryMatcherConfig.from_dict(entry.config, where=f"model {entry.name}")
-            source = {"model": entry.name, "version": entry.version, "file": str(weights)}
-            source["sha256"] = entry.sha256
-        config, state = cls.read_weights(weights)
-        if expected is not None and config != expected:
-            raise ValueError(f"{weights}: the config stored in the weights differs from its manifest entry's")
-        if source["sha256"] is None:
-            source["sha256"] = sha256_file(weights)
-        if foundation_mask is not None:  # the ablation: the same weights, another mask switch
-            config = replace(config, matcher=replace(config.matcher, foundation_mask=bool(foundation_mask)))
-        net = cls(config)
-        try:
-            net.load_state_dict({k: v.float() for k, v in state.items()})
-        except RuntimeError as exc:
-            raise ValueError(f"{weights}: weights do not fit their config ({exc})") from None
-        net.source = source
-        return net.to(dev).eval()
+        if found.entry is not None:
+            where = f"model {found.provenance['model']} ({found.file})"
+            expected = CoronaryMatcherConfig.from_dict(found.config, where=where)
+
+        def build(config: CoronaryMatcherConfig) -> CoronaryMatcher:
+            if foundation_mask is None:
+                return cls(config)
+            # the ablation: the same weights, another mask switch
+            return cls(
+                replace(config, matcher=replace(config.matcher, foundation_mask=bool(foundation_mask)))
+            )
+
+        net = load_model_file(found.file, _FILE, CoronaryMatcherConfig, build, expected, str(dev))
+        net.source = found.provenance
+        return net
 
 
 # --- Training --------------------------------------------------------------------------------------

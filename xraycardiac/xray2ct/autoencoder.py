@@ -22,26 +22,36 @@ Choices where the paper is silent, from CLS-DM's public configuration and MONAI'
   computed after training (:func:`compute_latent_scale`) and stored with the weights, so the
   latent diffusion model sees latents of unit variance.
 
-Weights file: ``torch.save({"format": "xraycardiac.x2ct_autoencoder", "config", "latent_scale",
-"data_config", "state_sha256", "state_dict"})`` loaded with ``weights_only=True``; ``state_sha256``
-is a digest of the tensors, checked on load (a modified or corrupted file is refused). A run folder
-(``model.pt`` + ``model.json`` from ``xraycardiac train x2ct-autoencoder``) is an importable model
-package; loading it also checks the file's sha256 against ``model.json``.
+Weights file (:mod:`xraycardiac.models.weights`): ``{"format": "xraycardiac.x2ct_autoencoder",
+"config", "latent_scale", "data_config", "state_sha256", "state_dict"}`` loaded with
+``weights_only=True``; ``state_sha256`` is a digest of the tensors, checked on load (a modified or
+corrupted file is refused). A run folder (``model.pt`` + ``model.json`` from ``xraycardiac train
+x2ct-autoencoder``) is an importable model package; loading it also checks the file's sha256 against
+``model.json``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from monai.networks.nets import AutoencoderKL
+
+from xraycardiac.models.weights import (
+    JsonConfig,
+    WeightsFormat,
+    config_differences,
+    load_state,
+    locate_model,
+    read_model_config,
+    write_weights_file,
+)
 
 __all__ = [
     "WEIGHTS_FORMAT",
@@ -57,11 +67,12 @@ __all__ = [
 ]
 
 WEIGHTS_FORMAT = "xraycardiac.x2ct_autoencoder"
+_FILE = WeightsFormat(WEIGHTS_FORMAT, "an X2CT autoencoder", digest_key="state_sha256")
 _EXTRA_KEYS = ("latent_scale", "data_config")  # package keys next to the model config in model.json
 
 
 @dataclass(frozen=True)
-class X2CTAutoencoderConfig:
+class X2CTAutoencoderConfig(JsonConfig):
     """What the CT autoencoder is (saved next to its weights).
 
     Attributes:
@@ -141,18 +152,13 @@ class X2CTAutoencoderConfig:
         n = self.grid // self.downsample_factor
         return (self.latent_channels, n, n, n)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields."""
-        return json.loads(json.dumps(asdict(self)))
-
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "model config") -> X2CTAutoencoderConfig:
-        """The config of a weights file / manifest entry; a ValueError naming ``where`` on unknown keys."""
-        data = {k: v for k, v in data.items() if k not in _EXTRA_KEYS}
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"{where}: unknown X2CTAutoencoderConfig field(s) {unknown}")
-        return cls(**data)
+    def from_dict(cls, data: Mapping[str, Any], where: str = "model config") -> X2CTAutoencoderConfig:
+        """The config of a weights file / manifest entry (whose package keys ``latent_scale`` and
+        ``data_config`` are skipped); a ValueError naming ``where`` on unknown keys."""
+        if isinstance(data, Mapping):
+            data = {k: v for k, v in data.items() if k not in _EXTRA_KEYS}
+        return super().from_dict(data, where)
 
 
 class X2CTAutoencoderKL(AutoencoderKL):
@@ -251,16 +257,6 @@ def compute_latent_scale(
 # --- weights ---------------------------------------------------------------------------------------
 
 
-def _state_digest(state: dict[str, torch.Tensor]) -> str:
-    """sha256 over (name, dtype, shape, bytes) of every tensor, in name order."""
-    h = hashlib.sha256()
-    for key in sorted(state):
-        t = state[key].detach().cpu().contiguous().reshape(-1)
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def save_weights(
     model: torch.nn.Module,
     config: X2CTAutoencoderConfig,
@@ -279,25 +275,11 @@ def save_weights(
         data_config: the :class:`~xraycardiac.xray2ct.data.X2CTDataConfig` dict it was trained on.
         half: store floating tensors as float16 (half the size; outputs change by ~1e-3).
     """
-    path = Path(path)
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu()
-             for k, v in model.state_dict().items()}  # fmt: skip
-    data = {
-        "format": WEIGHTS_FORMAT,
-        "config": config.to_dict(),
+    extras = {
         "latent_scale": None if latent_scale is None else float(latent_scale),
         "data_config": data_config,
-        "state_sha256": _state_digest(state),
-        "state_dict": state,
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(data, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_weights_file(path, _FILE, config.to_dict(), model, half, extras)
 
 
 def load_weights(
@@ -310,29 +292,13 @@ def load_weights(
             corrupted), a config other than ``expected_config`` (names the differing fields), or
             weights that do not fit their config.
     """
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle/zip errors of a foreign or truncated file
-        raise ValueError(f"{path}: not a readable torch weights file ({exc})") from None
-    if not isinstance(data, dict) or data.get("format") != WEIGHTS_FORMAT:
-        raise ValueError(f"{path}: not an X2CT autoencoder weights file (format {WEIGHTS_FORMAT!r} expected)")
-    state = data.get("state_dict")
-    if not isinstance(state, dict) or _state_digest(state) != data.get("state_sha256"):
-        raise ValueError(
-            f"{path}: the weights fail their sha256 digest (modified or corrupted file); refused"
-        )
-    config = X2CTAutoencoderConfig.from_dict(data["config"], where=str(path))
+    config, data = read_model_config(path, _FILE, X2CTAutoencoderConfig)
     if expected_config is not None and config != expected_config:
         a, b = config.to_dict(), expected_config.to_dict()
-        diff = {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+        diff = {k: (a[k], b[k]) for k in config_differences(config, expected_config)}
         raise ValueError(f"{path}: weights of another autoencoder config; (file, expected) differ in {diff}")
-    model = build_autoencoder(config)
-    try:
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit their config ({exc})") from None
-    extras = {"latent_scale": data.get("latent_scale"), "data_config": data.get("data_config")}
-    return model.to(device).eval(), config, extras
+    model = load_state(build_autoencoder(config), data["state_dict"], path, device)
+    return model, config, {key: data.get(key) for key in _EXTRA_KEYS}
 
 
 def load_autoencoder(
@@ -347,37 +313,9 @@ def load_autoencoder(
         ValueError / FileNotFoundError: unknown name, missing file, sha256 mismatch with
             ``model.json``, or any :func:`load_weights` error.
     """
-    from xraycardiac.models import ModelEntry, resolve_entry, sha256_file
-
-    p = Path(model)
-    if p.is_dir():
-        meta = p / "model.json"
-        if not meta.is_file():
-            raise FileNotFoundError(f"{p}: a model folder needs model.json (from xraycardiac train)")
-        entry = ModelEntry.from_dict(json.loads(meta.read_text(encoding="utf-8")), where=str(meta))
-        weights = p / entry.file
-        if not weights.is_file():
-            raise FileNotFoundError(f"{weights}: weights file of {meta} not found")
-        sha = sha256_file(weights)
-        if sha != entry.sha256:
-            raise ValueError(
-                f"{weights}: sha256 {sha[:12]}... differs from {meta}'s {entry.sha256[:12]}...; refused"
-            )
-        source = {"model": entry.name, "version": entry.version, "file": str(weights), "sha256": sha}
-    elif p.is_file() or p.suffix in (".pt", ".pth"):
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: weights file not found")
-        source = {"model": p.stem, "version": None, "file": str(p), "sha256": sha256_file(p)}
-    else:
-        entry = resolve_entry(str(model))
-        source = {
-            "model": entry.name,
-            "version": entry.version,
-            "file": str(entry.path),
-            "sha256": entry.sha256,
-        }
-    net, config, extras = load_weights(source["file"], expected_config, device)
-    return net, config, {**extras, "source": source}
+    source = locate_model(model, what=None)
+    net, config, extras = load_weights(source.file, expected_config, device)
+    return net, config, {**extras, "source": source.provenance}
 
 
 # --- training --------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from xraycardiac.models.weights import ModelSource, locate_model
 from xraycardiac.xray2ct.autoencoder import X2CTAutoencoderConfig, X2CTAutoencoderKL, load_weights
 from xraycardiac.xray2ct.data import X2CTDataConfig
 from xraycardiac.xray2ct.encoder import XRayEncoder, XRayEncoderConfig, load_encoder
@@ -79,78 +80,10 @@ def view_names(n_views: int) -> tuple[str, ...]:
 
 # --- where a trained part is ----------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class RunSource:
-    """A located weights file of a trained part.
-
-    Attributes:
-        file: the weights file.
-        sha256: its sha256 (checked against ``model.json`` / the manifest where there is one).
-        entry: its manifest entry (``model.json``) as a dict, or None for a bare weights file.
-    """
-
-    file: Path
-    sha256: str
-    entry: dict[str, Any] | None
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """The entry's config (training records such as ``autoencoder_sha256``), or {}."""
-        return dict((self.entry or {}).get("config") or {})
-
-
-def locate_run(source: str | os.PathLike[str], what: str = "model") -> RunSource:
-    """A run folder (``model.json`` + weights), a weights file, or a manifest name -> its weights file.
-
-    Args:
-        source: folder, ``.pt`` file or model name.
-        what: the argument's name for error messages (e.g. "encoder").
-
-    Raises:
-        FileNotFoundError: a missing folder, model.json, or weights file.
-        ValueError: a bad model.json, a sha256 that differs from it, or an unknown model name.
-    """
-    from xraycardiac.models import ModelEntry, resolve_entry, sha256_file
-
-    p = Path(source)
-    if p.is_dir():
-        meta = p / MODEL_JSON
-        if not meta.is_file():
-            raise FileNotFoundError(f"{what}: {p} has no {MODEL_JSON} (a run folder of xraycardiac train)")
-        try:
-            entry = ModelEntry.from_dict(json.loads(meta.read_text(encoding="utf-8")), where=str(meta))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{what}: {meta} is not valid JSON ({exc})") from None
-        weights = p / entry.file
-        if not weights.is_file():
-            raise FileNotFoundError(f"{what}: weights file {weights} of {meta} not found")
-        sha = sha256_file(weights)
-        if sha != entry.sha256:
-            raise ValueError(
-                f"{what}: {weights}: sha256 {sha[:12]}... differs from {meta}'s {entry.sha256[:12]}...; refused"
-            )
-        return RunSource(weights, sha, entry.to_dict())
-    if p.is_file():
-        entry_dict = None
-        meta = p.parent / MODEL_JSON
-        sha = sha256_file(p)
-        if meta.is_file():  # a weights file inside a run folder: keep its training record
-            try:
-                data = json.loads(meta.read_text(encoding="utf-8"))
-            except json.JSONDecodeError:
-                data = None
-            if isinstance(data, dict) and data.get("file") == p.name and data.get("sha256") == sha:
-                entry_dict = data
-        return RunSource(p, sha, entry_dict)
-    if p.suffix in (".pt", ".pth") or len(p.parts) > 1:
-        raise FileNotFoundError(f"{what}: {p} does not exist")
-    try:
-        entry = resolve_entry(str(source))
-    except ValueError as exc:
-        raise ValueError(f"{what}: {exc}") from None
-    assert entry.path is not None
-    return RunSource(entry.path, entry.sha256, entry.to_dict())
+# A located weights file (file, sha256, manifest entry or None) and how it is found: a run folder
+# (model.json + weights), a weights file, or a manifest name; see xraycardiac.models.weights.
+RunSource = ModelSource
+locate_run = locate_model
 
 
 # --- do the parts fit ------------------------------------------------------------------------------
@@ -457,34 +390,12 @@ def _read_bundle_json(path: Path) -> dict[str, Any]:
 
 def _locate_bundle(model: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
     """(folder, manifest entry dict) of a bundle folder or name, bundle.json's sha256 checked."""
-    from xraycardiac.models import ModelEntry, resolve_entry, sha256_file
-
     p = Path(model)
-    if p.is_dir():
-        meta = p / MODEL_JSON
-        if not meta.is_file():
-            raise FileNotFoundError(f"model: {p} has no {MODEL_JSON}; write the bundle with write_bundle")
-        try:
-            entry = ModelEntry.from_dict(json.loads(meta.read_text(encoding="utf-8")), where=str(meta))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"model: {meta} is not valid JSON ({exc})") from None
-        path = p / entry.file
-        if not path.is_file():
-            raise FileNotFoundError(f"model: {path} (named by {meta}) not found")
-        sha = sha256_file(path)
-        if sha != entry.sha256:
-            raise ValueError(
-                f"{path}: sha256 {sha[:12]}... differs from {meta}'s {entry.sha256[:12]}...; refused"
-            )
-        return p, entry.to_dict()
-    if len(p.parts) > 1 or p.exists():
+    if not p.is_dir() and (len(p.parts) > 1 or p.exists()):
         raise FileNotFoundError(f"model: {p} is not a bundle folder")
-    try:
-        entry = resolve_entry(str(model))
-    except ValueError as exc:
-        raise ValueError(f"model: {exc}") from None
-    assert entry.directory is not None
-    return entry.directory, entry.to_dict()
+    found = locate_model(model, "model")
+    assert found.entry is not None  # a folder or a name: both have their entry
+    return found.file.parent, found.entry
 
 
 def load_bundle(model: str | os.PathLike[str], device: str | torch.device = "cpu") -> X2CTBundle:

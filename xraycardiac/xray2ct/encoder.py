@@ -44,19 +44,19 @@ Losses (:func:`encoder_loss`), weights ``contrastive_weight``, ``mse_weight``,
   diffusion model may read the condition as a first guess of the latent).
 * **L1** between the CT estimate and the CT (both in [-1, 1]).
 
-Weights file: ``torch.save({"format": "xraycardiac.x2ct_encoder", "config": {...},
-"state_dict": {...}})``, loaded with ``weights_only=True`` (:func:`save_encoder`,
+Weights file: ``{"format": "xraycardiac.x2ct_encoder", "config": {...}, "state_dict": {...}}``
+(:mod:`xraycardiac.models.weights`, whose ``write_weights_file`` / ``read_weights_file`` /
+``load_model_file`` this module re-exports), loaded with ``weights_only=True`` (:func:`save_encoder`,
 :func:`load_encoder`).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from xraycardiac.models.weights import (
+    JsonConfig,
+    WeightsFormat,
+    load_model_file,
+    read_weights_file,
+    write_weights_file,
+)
 
 __all__ = [
     "ENCODER_FORMAT",
@@ -85,6 +93,7 @@ __all__ = [
 ]
 
 ENCODER_FORMAT = "xraycardiac.x2ct_encoder"
+_FILE = WeightsFormat(ENCODER_FORMAT, "an X-ray encoder")
 FUSIONS = ("concat", "mean")
 _OUTSIDE = 3.0  # normalised coordinate of "behind the source": far outside [-1, 1], samples zero
 
@@ -98,7 +107,7 @@ def _is_num(v: Any) -> bool:
 
 
 @dataclass(frozen=True)
-class XRayEncoderConfig:
+class XRayEncoderConfig(JsonConfig):
     """What the X-ray encoder is (saved next to its weights).
 
     Attributes:
@@ -204,18 +213,6 @@ class XRayEncoderConfig:
         """Input channels of the 3D U-Net after fusion."""
         k = self.n_views if self.fusion == "concat" else 1
         return k * self.lifted_channels_per_view
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields."""
-        return json.loads(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "encoder config") -> XRayEncoderConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are a ValueError naming ``where``."""
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"{where}: unknown XRayEncoderConfig field(s) {unknown}")
-        return cls(**data)
 
 
 # --- lifting ---------------------------------------------------------------------------------------
@@ -608,77 +605,10 @@ def make_encoder_loss_fn(
 # --- weights files ---------------------------------------------------------------------------------
 
 
-def write_weights_file(
-    path: str | os.PathLike[str], fmt: str, config: Mapping[str, Any], module: nn.Module, half: bool = False
-) -> Path:
-    """Write ``{"format", "config", "state_dict"}`` atomically (float16 floats when ``half``)."""
-    path = Path(path)
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu()
-             for k, v in module.state_dict().items()}  # fmt: skip
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"format": fmt, "config": dict(config), "state_dict": state}, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def read_weights_file(
-    path: str | os.PathLike[str], fmt: str
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(config dict, state dict) of a file from :func:`write_weights_file` whose format tag is ``fmt``.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: unreadable, or another format (says which one it is).
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: weights file not found")
-    try:
-        data = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle/zip errors of a foreign or truncated file
-        raise ValueError(f"{p}: not a readable torch weights file ({exc})") from None
-    found = data.get("format") if isinstance(data, dict) else None
-    if found != fmt:
-        raise ValueError(f"{p}: format {found!r}, expected {fmt!r} (a different kind of model file?)")
-    if not isinstance(data.get("config"), dict) or not isinstance(data.get("state_dict"), dict):
-        raise ValueError(f"{p}: {fmt} file without its config or state_dict")
-    return data["config"], data["state_dict"]
-
-
-def load_model_file(
-    path: str | os.PathLike[str],
-    fmt: str,
-    config_cls: type,
-    build: Callable[[Any], nn.Module],
-    expected: Any = None,
-    device: str = "cpu",
-) -> nn.Module:
-    """``build(config)`` loaded with the weights of a :func:`write_weights_file` file, in eval mode.
-
-    Raises:
-        ValueError: foreign file, unknown config fields, weights that do not fit the config, or a
-            config that differs from ``expected`` (lists the differing fields).
-    """
-    cfg_dict, state = read_weights_file(path, fmt)
-    config = config_cls.from_dict(cfg_dict, where=str(path))
-    if expected is not None and config != expected:
-        pairs = [(f.name, getattr(config, f.name), getattr(expected, f.name)) for f in fields(config)]
-        diff = "; ".join(f"{name}: {got!r} != {want!r}" for name, got, want in pairs if got != want)
-        raise ValueError(f"{path}: {config_cls.__name__} differs from the expected one ({diff})")
-    module = build(config)
-    try:
-        module.load_state_dict({k: (v.float() if v.is_floating_point() else v) for k, v in state.items()})
-    except RuntimeError as exc:
-        raise ValueError(
-            f"{path}: weights do not fit their config ({str(exc).splitlines()[0]} ...)"
-        ) from None
-    return module.to(device).eval()
-
-
 def save_encoder(encoder: XRayEncoder, path: str | os.PathLike[str], half: bool = False) -> Path:
     """Write the encoder's config and weights (format ``xraycardiac.x2ct_encoder``) atomically."""
     module = getattr(encoder, "module", encoder)  # DDP / AveragedModel wrappers
-    return write_weights_file(path, ENCODER_FORMAT, module.config.to_dict(), module, half)
+    return write_weights_file(path, _FILE, module.config.to_dict(), module, half)
 
 
 def load_encoder(
@@ -686,4 +616,4 @@ def load_encoder(
 ) -> XRayEncoder:
     """An :class:`XRayEncoder` (eval mode) from :func:`save_encoder`'s file; its config must equal
     ``expected`` when given. Raises ValueError as :func:`load_model_file`."""
-    return load_model_file(path, ENCODER_FORMAT, XRayEncoderConfig, XRayEncoder, expected, device)
+    return load_model_file(path, _FILE, XRayEncoderConfig, XRayEncoder, expected, device)

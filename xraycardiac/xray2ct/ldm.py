@@ -36,16 +36,16 @@ seeded generator (deterministic for a seed on a given device), each decoded by t
 autoencoder (``z / latent_scale``), clipped to [-1, 1]; the result is the voxel-wise mean and the
 voxel-wise standard deviation over the K samples (an uncertainty map; unbiased, so K >= 2).
 
-Weights file: ``torch.save({"format": "xraycardiac.x2ct_ldm", "config": {...}, "state_dict":
-{...}})``, loaded with ``weights_only=True`` (:func:`save_ldm`, :func:`load_ldm`).
+Weights file: ``{"format": "xraycardiac.x2ct_ldm", "config": {...}, "state_dict": {...}}``
+(:mod:`xraycardiac.models.weights`), loaded with ``weights_only=True`` (:func:`save_ldm`, :func:`load_ldm`).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xraycardiac.xray2ct.encoder import (
-    XRayEncoder,
-    check_views,
-    load_model_file,
-    write_weights_file,
-)
+from xraycardiac.models.weights import JsonConfig, WeightsFormat, load_model_file, write_weights_file
+from xraycardiac.xray2ct.encoder import XRayEncoder, check_views
 
 __all__ = [
     "LDM_FORMAT",
@@ -80,6 +76,7 @@ __all__ = [
 ]
 
 LDM_FORMAT = "xraycardiac.x2ct_ldm"
+_FILE = WeightsFormat(LDM_FORMAT, "an X2CT latent diffusion model")
 SAMPLERS = ("ddim", "rflow")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 _BETA_SCHEDULES = ("linear_beta", "scaled_linear_beta", "sigmoid_beta")
@@ -94,7 +91,7 @@ def _is_num(v: Any) -> bool:
 
 
 @dataclass(frozen=True)
-class X2CTLDMConfig:
+class X2CTLDMConfig(JsonConfig):
     """What the latent diffusion model is (saved next to its weights).
 
     Attributes:
@@ -215,19 +212,6 @@ class X2CTLDMConfig:
     def downsample_factor(self) -> int:
         """The latent grid must be a multiple of this (2^(levels - 1))."""
         return 2 ** (len(self.channels) - 1)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields."""
-        d = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "LDM config") -> X2CTLDMConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are a ValueError naming ``where``."""
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"{where}: unknown X2CTLDMConfig field(s) {unknown}")
-        return cls(**data)
 
 
 class ViewEmbedder(nn.Module):
@@ -650,7 +634,7 @@ def make_ldm_loss_fn(
 def save_ldm(unet: nn.Module, path: str | os.PathLike[str], half: bool = False) -> Path:
     """Write the LDM's config and weights (format ``xraycardiac.x2ct_ldm``) atomically."""
     module = getattr(unet, "module", unet)
-    return write_weights_file(path, LDM_FORMAT, module.config.to_dict(), module, half)
+    return write_weights_file(path, _FILE, module.config.to_dict(), module, half)
 
 
 def load_ldm(
@@ -667,4 +651,4 @@ def load_ldm(
         ValueError: foreign file (e.g. an encoder's), unknown config fields, weights that do not fit
             the config, or a config that differs from ``expected`` (lists the differing fields).
     """
-    return load_model_file(path, LDM_FORMAT, X2CTLDMConfig, X2CTDenoiser, expected, device)
+    return load_model_file(path, _FILE, X2CTLDMConfig, X2CTDenoiser, expected, device)
