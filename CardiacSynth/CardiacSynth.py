@@ -17,7 +17,6 @@ dataset: ``xraycardiac cardiac pretrain --synthetic <export folder> --finetune <
 # No "from __future__ import annotations" here: parameterNodeWrapper reads the field types with
 # typing.get_type_hints, which needs them evaluated in this module as Slicer loads it.
 
-import traceback
 from typing import Annotated, Any, Union
 
 import qt
@@ -207,17 +206,10 @@ class CardiacSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.exportDir = folder
 
     def onGenerateButton(self) -> None:
-        if not XRayCardiacCommon.ensurePythonDependencies("CardiacSynth"):
-            return
-        try:
-            run = self.logic.startSynthesis(self._parameterNode)
-        except ValueError as exc:  # a bad setting: the message names it
-            XRayCardiacCommon.showError(str(exc))
-            return
-        except Exception as exc:
-            XRayCardiacCommon.showError(
-                f"Could not start the synthesis: {exc}", details=traceback.format_exc()
-            )
+        run = XRayCardiacCommon.startJob(
+            "CardiacSynth", "synthesis", self.logic.startSynthesis, self._parameterNode
+        )
+        if run is None:
             return
         self._run = run
         self.progress.track(run.poll, lambda: self.logic.cancelSynthesis(run), self._onSynthesisFinished)
@@ -225,26 +217,22 @@ class CardiacSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onSynthesisFinished(self, status: Any) -> None:
         run, self._run = self._run, None
-        try:
-            if status.state == "done":
-                result = self.logic.finishSynthesis(run)
-                if result["cases"]:
-                    first = result["cases"][0]
-                    slicer.util.setSliceViewerLayers(background=first["image"], fit=True)
-                text = f"Added {len(result['cases'])} case(s): CT, segmentation and confidence each"
-                if result["export_dir"]:
-                    text += f"; dataset exported to {result['export_dir']}"
-                self.ui.statusLabel.text = text
-            else:
-                self.logic.cancelSynthesis(run)  # deletes the job's files
-                if status.state == "error":
-                    XRayCardiacCommon.showError(status.message, details=status.details)
-        except Exception as exc:
-            XRayCardiacCommon.showError(
-                f"Importing the synthetic cases failed: {exc}", details=traceback.format_exc()
-            )
-        finally:
-            self._updateGuiState()
+        XRayCardiacCommon.finishJob(
+            status,
+            lambda: self.logic.finishSynthesis(run),
+            lambda: self.logic.cancelSynthesis(run),
+            self._showCases,
+            "synthetic cases",
+        )
+        self._updateGuiState()
+
+    def _showCases(self, result: dict) -> None:
+        if result["cases"]:
+            slicer.util.setSliceViewerLayers(background=result["cases"][0]["image"], fit=True)
+        text = f"Added {len(result['cases'])} case(s): CT, segmentation and confidence each"
+        if result["export_dir"]:
+            text += f"; dataset exported to {result['export_dir']}"
+        self.ui.statusLabel.text = text
 
 
 class CardiacSynthLogic(ScriptedLoadableModuleLogic):
@@ -257,10 +245,15 @@ class CardiacSynthLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self) -> CardiacSynthParameterNode:
         return CardiacSynthParameterNode(super().getParameterNode())
 
-    def startSynthesis(self, p: CardiacSynthParameterNode) -> Any:
-        """Start the ``cardiac-synth`` job (returns at once). Raises ValueError naming a bad parameter."""
+    @staticmethod
+    def _synthesis() -> Any:
+        """``CardiacSynthLib.synthesize.CardiacSynthLogic`` on the application's scene."""
         from CardiacSynthLib.synthesize import CardiacSynthLogic as SynthesisLogic
 
+        return SynthesisLogic(slicer.mrmlScene)
+
+    def startSynthesis(self, p: CardiacSynthParameterNode) -> Any:
+        """Start the ``cardiac-synth`` job (returns at once). Raises ValueError naming a bad parameter."""
         template: dict = {}
         if not p.usePhantom:
             if p.templateVolume is None and p.templateSegmentation is None:
@@ -272,7 +265,7 @@ class CardiacSynthLogic(ScriptedLoadableModuleLogic):
                 "template_volume": p.templateVolume,
                 "template_segmentation_or_labelmap": p.templateSegmentation,
             }
-        return SynthesisLogic(slicer.mrmlScene).start(
+        return self._synthesis().start(
             n=p.numSamples,
             seed=p.seed,
             strength_mm=p.deformationStrengthMm,
@@ -286,25 +279,15 @@ class CardiacSynthLogic(ScriptedLoadableModuleLogic):
 
     def finishSynthesis(self, run: Any) -> dict:
         """Add the finished job's cases to the scene (and export them); see ``import_results``."""
-        from CardiacSynthLib.synthesize import CardiacSynthLogic as SynthesisLogic
-
-        return SynthesisLogic(slicer.mrmlScene).import_results(run)
+        return self._synthesis().import_results(run)
 
     def cancelSynthesis(self, run: Any) -> None:
         """Stop a job and delete its files; the scene is not changed."""
-        from CardiacSynthLib.synthesize import CardiacSynthLogic as SynthesisLogic
-
-        SynthesisLogic(slicer.mrmlScene).cancel(run)
+        self._synthesis().cancel(run)
 
     def synthesize(self, p: CardiacSynthParameterNode, timeoutS: float | None = None) -> dict:
-        """Blocking: start, wait and import. Returns ``finishSynthesis``'s dict."""
-        run = self.startSynthesis(p)
-        try:
-            run.job.wait(timeout_s=timeoutS)
-        except BaseException:
-            self.cancelSynthesis(run)
-            raise
-        return self.finishSynthesis(run)
+        """Blocking: start, wait and import (a failed wait cancels). Returns ``finishSynthesis``'s dict."""
+        return self._synthesis().wait_and_import(self.startSynthesis(p), timeout_s=timeoutS)
 
 
 class CardiacSynthTest(ScriptedLoadableModuleTest):

@@ -4,7 +4,8 @@
   picks the build that fits the GPU driver) and then of ``xraycardiac`` (a module's
   ``Resources/requirements.txt``), each after the user confirms.
 * ``JobProgress``: drives a progress bar, a status label and a Cancel button from a running job,
-  polled on a ``qt.QTimer`` so the GUI never blocks.
+  polled on a ``qt.QTimer`` so the GUI never blocks; ``startJob`` / ``finishJob``: what a panel does
+  when its button starts a job and when the job ends (errors shown, a failed job's files deleted).
 * ``showError`` / ``showVolumeInSliceView``: small GUI conveniences.
 
 The MRML <-> ``xraycardiac`` helpers (no Qt) are in ``XRayCardiacCommonLib``.
@@ -179,6 +180,60 @@ def showVolumeInSliceView(node: Any, viewName: str = "Red") -> None:
     sliceLogic.GetSliceCompositeNode().SetBackgroundVolumeID(node.GetID())
     sliceWidget.mrmlSliceNode().RotateToVolumePlane(node)
     sliceLogic.FitSliceToAll()
+
+
+def startJob(requester: str, what: str, start: Callable[..., Any], *args: Any) -> Any:
+    """A panel button's start of a job: the first-use dependency check, then ``start(*args)``.
+
+    Args:
+        requester: module name shown in the dependency installation dialog.
+        what: the job in words, e.g. ``"simulation"``, for the error message.
+        start: starts the job and returns its run; raises ValueError naming a bad setting.
+        args: ``start``'s arguments (e.g. the parameter node).
+
+    Returns:
+        The run, or None when it did not start (the user has been told why).
+    """
+    if not ensurePythonDependencies(requester):
+        return None
+    try:
+        return start(*args)
+    except ValueError as exc:  # a bad input or setting: the message names it
+        showError(str(exc))
+    except Exception as exc:
+        showError(f"Could not start the {what}: {exc}", details=_traceback())
+    return None
+
+
+def finishJob(
+    status: Any,
+    finish: Callable[[], Any],
+    cancel: Callable[[], None],
+    onResult: Callable[[Any], None],
+    what: str,
+) -> bool:
+    """A panel's end of a job (``JobProgress``'s ``onFinished``): import a done job, else delete its files.
+
+    Args:
+        status: the job's final ``XRayCardiacCommonLib.JobStatus``.
+        finish: adds the done job's outputs to the scene and returns them.
+        cancel: deletes the job's files (a failed or cancelled job); the scene is not changed.
+        onResult: shows ``finish()``'s result in the panel.
+        what: the outputs in words, e.g. ``"radiographs"``, for the error message.
+
+    Returns:
+        True when the outputs were added and shown; False otherwise (a failure has been shown).
+    """
+    try:
+        if status.state == "done":
+            onResult(finish())
+            return True
+        cancel()
+        if status.state == "error":
+            showError(status.message, details=status.details)
+    except Exception as exc:
+        showError(f"Importing the {what} failed: {exc}", details=_traceback())
+    return False
 
 
 class JobProgress:

@@ -14,7 +14,6 @@ a tube model. All computation is in the core library; nothing here does math.
 # No "from __future__ import annotations" here: parameterNodeWrapper reads the field types with
 # typing.get_type_hints, which needs them evaluated in this module as Slicer loads it.
 
-import traceback
 from typing import Annotated, Any, Union
 
 import slicer
@@ -218,15 +217,7 @@ class XRayCoronaryReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def _startJob(self, start: Any, what: str) -> Any:
         """``start(parameterNode)`` after the first-use dependency check; None (error shown) if it fails."""
-        if not XRayCardiacCommon.ensurePythonDependencies("XRayCoronaryRecon"):
-            return None
-        try:
-            return start(self._parameterNode)
-        except ValueError as exc:  # a bad setting: the message names it
-            XRayCardiacCommon.showError(str(exc))
-        except Exception as exc:
-            XRayCardiacCommon.showError(f"Could not start the {what}: {exc}", details=traceback.format_exc())
-        return None
+        return XRayCardiacCommon.startJob("XRayCoronaryRecon", what, start, self._parameterNode)
 
     def onReconstructButton(self) -> None:
         run = self._startJob(self.logic.startReconstruction, "reconstruction")
@@ -241,24 +232,21 @@ class XRayCoronaryReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def _onReconstructionFinished(self, status: Any) -> None:
         run, self._reconRun = self._reconRun, None
-        try:
-            if status.state == "done":
-                result = self.logic.finishReconstruction(run)
-                self.ui.reconErrorLabel.text = result["text"]
-                self.ui.reconStatusLabel.text = (
-                    f"Added {result['table'].GetNumberOfRows()} matches, "
-                    f"{len(result['branches'])} centreline branches and the tube model"
-                )
-            else:
-                self.logic.cancelReconstruction(run)  # deletes the job's files
-                if status.state == "error":
-                    XRayCardiacCommon.showError(status.message, details=status.details)
-        except Exception as exc:
-            XRayCardiacCommon.showError(
-                f"Importing the reconstruction failed: {exc}", details=traceback.format_exc()
-            )
-        finally:
-            self._updateGuiState()
+        XRayCardiacCommon.finishJob(
+            status,
+            lambda: self.logic.finishReconstruction(run),
+            lambda: self.logic.cancelReconstruction(run),
+            self._showReconstruction,
+            "reconstruction",
+        )
+        self._updateGuiState()
+
+    def _showReconstruction(self, result: dict) -> None:
+        self.ui.reconErrorLabel.text = result["text"]
+        self.ui.reconStatusLabel.text = (
+            f"Added {result['table'].GetNumberOfRows()} matches, "
+            f"{len(result['branches'])} centreline branches and the tube model"
+        )
 
     def onGenerateButton(self) -> None:
         run = self._startJob(self.logic.startSynthesis, "synthesis")
@@ -270,27 +258,22 @@ class XRayCoronaryReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def _onSynthesisFinished(self, status: Any) -> None:
         run, self._run = self._run, None
-        try:
-            if status.state == "done":
-                result = self.logic.finishSynthesis(run)
-                if result["pairs"]:
-                    XRayCardiacCommon.showVolumeInSliceView(result["pairs"][0]["view1"])
-                text = f"Added {len(result['pairs'])} view pair(s) and the centreline model"
-                if result["skipped"]:
-                    text += (
-                        f"; skipped {len(result['skipped'])} pair(s) with the tree outside the field of view"
-                    )
-                self.ui.statusLabel.text = text
-            else:
-                self.logic.cancelSynthesis(run)  # deletes the job's files
-                if status.state == "error":
-                    XRayCardiacCommon.showError(status.message, details=status.details)
-        except Exception as exc:
-            XRayCardiacCommon.showError(
-                f"Importing the synthetic angiograms failed: {exc}", details=traceback.format_exc()
-            )
-        finally:
-            self._updateGuiState()
+        XRayCardiacCommon.finishJob(
+            status,
+            lambda: self.logic.finishSynthesis(run),
+            lambda: self.logic.cancelSynthesis(run),
+            self._showSynthesis,
+            "synthetic angiograms",
+        )
+        self._updateGuiState()
+
+    def _showSynthesis(self, result: dict) -> None:
+        if result["pairs"]:
+            XRayCardiacCommon.showVolumeInSliceView(result["pairs"][0]["view1"])
+        text = f"Added {len(result['pairs'])} view pair(s) and the centreline model"
+        if result["skipped"]:
+            text += f"; skipped {len(result['skipped'])} pair(s) with the tree outside the field of view"
+        self.ui.statusLabel.text = text
 
 
 class XRayCoronaryReconLogic(ScriptedLoadableModuleLogic):
@@ -304,6 +287,20 @@ class XRayCoronaryReconLogic(ScriptedLoadableModuleLogic):
         return XRayCoronaryReconParameterNode(super().getParameterNode())
 
     @staticmethod
+    def _synthetic() -> Any:
+        """``XRayCoronaryReconLib.synthetic.SyntheticAngiogramsLogic`` on the application's scene."""
+        from XRayCoronaryReconLib.synthetic import SyntheticAngiogramsLogic
+
+        return SyntheticAngiogramsLogic(slicer.mrmlScene)
+
+    @staticmethod
+    def _reconstruction() -> Any:
+        """``XRayCoronaryReconLib.reconstruct.ReconstructLogic`` on the application's scene."""
+        from XRayCoronaryReconLib.reconstruct import ReconstructLogic
+
+        return ReconstructLogic(slicer.mrmlScene)
+
+    @staticmethod
     def usesLabelMap(p: XRayCoronaryReconParameterNode) -> bool:
         """True when the tree comes from ``p.inputLabelMap`` rather than from the seed."""
         return p.treeSource == TREE_SOURCE_CHOICES[1]
@@ -314,8 +311,6 @@ class XRayCoronaryReconLogic(ScriptedLoadableModuleLogic):
         Label map / segmentation source: ``p.inputLabelMap`` with its labels (0 = none). Renderer
         "diffusion": images on the model's own grid (``image_size`` None).
         """
-        from XRayCoronaryReconLib.synthetic import SyntheticAngiogramsLogic
-
         options: dict = {"renderer": p.renderer}
         if self.usesLabelMap(p):
             if p.inputLabelMap is None:
@@ -325,7 +320,7 @@ class XRayCoronaryReconLogic(ScriptedLoadableModuleLogic):
                 left_label=p.leftLabel or None,
                 right_label=p.rightLabel or None,
             )
-        return SyntheticAngiogramsLogic(slicer.mrmlScene).start(
+        return self._synthetic().start(
             seed=p.seed,
             pairs=p.pairs,
             injection=p.injection,
@@ -336,21 +331,17 @@ class XRayCoronaryReconLogic(ScriptedLoadableModuleLogic):
 
     def finishSynthesis(self, run: Any) -> dict:
         """Add the finished job's nodes to the scene; see ``SyntheticAngiogramsLogic.import_results``."""
-        from XRayCoronaryReconLib.synthetic import SyntheticAngiogramsLogic
-
-        return SyntheticAngiogramsLogic(slicer.mrmlScene).import_results(run)
+        return self._synthetic().import_results(run)
 
     def cancelSynthesis(self, run: Any) -> None:
         """Stop a job and delete its files; the scene is not changed."""
-        from XRayCoronaryReconLib.synthetic import SyntheticAngiogramsLogic
-
-        SyntheticAngiogramsLogic(slicer.mrmlScene).cancel(run)
+        self._synthetic().cancel(run)
 
     def startReconstruction(self, p: XRayCoronaryReconParameterNode) -> Any:
         """Start the ``coronary-reconstruct`` job (returns at once). Raises ValueError naming a bad parameter."""
-        from XRayCoronaryReconLib.reconstruct import ReconstructLogic, method_spec
+        from XRayCoronaryReconLib.reconstruct import method_spec
 
-        return ReconstructLogic(slicer.mrmlScene).start(
+        return self._reconstruction().start(
             p.reconVolume1,
             p.reconVolume2,
             mask_node1=p.reconMask1,
@@ -363,25 +354,15 @@ class XRayCoronaryReconLogic(ScriptedLoadableModuleLogic):
 
     def finishReconstruction(self, run: Any) -> dict:
         """Add the finished job's nodes to the scene; see ``ReconstructLogic.import_results``."""
-        from XRayCoronaryReconLib.reconstruct import ReconstructLogic
-
-        return ReconstructLogic(slicer.mrmlScene).import_results(run)
+        return self._reconstruction().import_results(run)
 
     def cancelReconstruction(self, run: Any) -> None:
         """Stop a job and delete its files; the scene is not changed."""
-        from XRayCoronaryReconLib.reconstruct import ReconstructLogic
-
-        ReconstructLogic(slicer.mrmlScene).cancel(run)
+        self._reconstruction().cancel(run)
 
     def synthesize(self, p: XRayCoronaryReconParameterNode, timeoutS: float | None = None) -> dict:
-        """Blocking: start, wait and import. Returns ``finishSynthesis``'s dict."""
-        run = self.startSynthesis(p)
-        try:
-            run.job.wait(timeout_s=timeoutS)
-        except BaseException:
-            self.cancelSynthesis(run)
-            raise
-        return self.finishSynthesis(run)
+        """Blocking: start, wait and import (a failed wait cancels). Returns ``finishSynthesis``'s dict."""
+        return self._synthetic().wait_and_import(self.startSynthesis(p), timeout_s=timeoutS)
 
 
 class XRayCoronaryReconTest(ScriptedLoadableModuleTest):

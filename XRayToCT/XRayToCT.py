@@ -12,7 +12,6 @@ All computation is in the core library; nothing here does math.
 # No "from __future__ import annotations" here: parameterNodeWrapper reads the field types with
 # typing.get_type_hints, which needs them evaluated in this module as Slicer loads it.
 
-import traceback
 from typing import Annotated, Any, Union
 
 import slicer
@@ -221,17 +220,10 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.generateButton.toolTip = "Generate the CT and its uncertainty in a separate process; the volumes are added to the scene."
 
     def onSimulateButton(self) -> None:
-        if not XRayCardiacCommon.ensurePythonDependencies("XRayToCT"):
-            return
-        try:
-            run = self.logic.startSimulation(self._parameterNode)
-        except ValueError as exc:  # a bad input or setting: the message names it
-            XRayCardiacCommon.showError(str(exc))
-            return
-        except Exception as exc:
-            XRayCardiacCommon.showError(
-                f"Could not start the simulation: {exc}", details=traceback.format_exc()
-            )
+        run = XRayCardiacCommon.startJob(
+            "XRayToCT", "simulation", self.logic.startSimulation, self._parameterNode
+        )
+        if run is None:
             return
         self._run = run
         self.progress.track(run.poll, lambda: self.logic.cancelSimulation(run), self._onSimulationFinished)
@@ -239,36 +231,26 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onSimulationFinished(self, status: Any) -> None:
         run, self._run = self._run, None
-        try:
-            if status.state == "done":
-                nodes = self.logic.finishSimulation(run)
-                if nodes:
-                    XRayCardiacCommon.showVolumeInSliceView(nodes[0])
-                    self.logic.useAsGenerateInputs(self._parameterNode, nodes)
-                self.ui.statusLabel.text = "Added " + ", ".join(n.GetName() for n in nodes)
-            else:
-                self.logic.cancelSimulation(run)  # deletes the job's files
-                if status.state == "error":
-                    XRayCardiacCommon.showError(status.message, details=status.details)
-        except Exception as exc:
-            XRayCardiacCommon.showError(
-                f"Importing the radiographs failed: {exc}", details=traceback.format_exc()
-            )
-        finally:
-            self._updateGuiState()
+        XRayCardiacCommon.finishJob(
+            status,
+            lambda: self.logic.finishSimulation(run),
+            lambda: self.logic.cancelSimulation(run),
+            self._showRadiographs,
+            "radiographs",
+        )
+        self._updateGuiState()
+
+    def _showRadiographs(self, nodes: list) -> None:
+        if nodes:
+            XRayCardiacCommon.showVolumeInSliceView(nodes[0])
+            self.logic.useAsGenerateInputs(self._parameterNode, nodes)
+        self.ui.statusLabel.text = "Added " + ", ".join(n.GetName() for n in nodes)
 
     def onGenerateButton(self) -> None:
-        if not XRayCardiacCommon.ensurePythonDependencies("XRayToCT"):
-            return
-        try:
-            run = self.logic.startGeneration(self._parameterNode)
-        except ValueError as exc:  # a bad input or setting: the message names it
-            XRayCardiacCommon.showError(str(exc))
-            return
-        except Exception as exc:
-            XRayCardiacCommon.showError(
-                f"Could not start the CT generation: {exc}", details=traceback.format_exc()
-            )
+        run = XRayCardiacCommon.startJob(
+            "XRayToCT", "CT generation", self.logic.startGeneration, self._parameterNode
+        )
+        if run is None:
             return
         self._generateRun = run
         self.ui.generateResultLabel.text = run.geometry_text()
@@ -279,23 +261,21 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onGenerationFinished(self, status: Any) -> None:
         run, self._generateRun = self._generateRun, None
-        try:
-            if status.state == "done":
-                result = self.logic.finishGeneration(run)
-                slicer.util.setSliceViewerLayers(background=result.ct, fit=True)
-                self.ui.generateStatusLabel.text = "Added " + ", ".join(n.GetName() for n in result.nodes)
-                self.ui.generateResultLabel.text = result.text
-            else:
-                self.logic.cancelGeneration(run)  # deletes the job's files
-                self.ui.generateResultLabel.text = ""
-                if status.state == "error":
-                    XRayCardiacCommon.showError(status.message, details=status.details)
-        except Exception as exc:
-            XRayCardiacCommon.showError(
-                f"Importing the generated CT failed: {exc}", details=traceback.format_exc()
-            )
-        finally:
-            self._updateGuiState()
+        shown = XRayCardiacCommon.finishJob(
+            status,
+            lambda: self.logic.finishGeneration(run),
+            lambda: self.logic.cancelGeneration(run),
+            self._showGeneratedCT,
+            "generated CT",
+        )
+        if not shown:
+            self.ui.generateResultLabel.text = ""
+        self._updateGuiState()
+
+    def _showGeneratedCT(self, result: Any) -> None:
+        slicer.util.setSliceViewerLayers(background=result.ct, fit=True)
+        self.ui.generateStatusLabel.text = "Added " + ", ".join(n.GetName() for n in result.nodes)
+        self.ui.generateResultLabel.text = result.text
 
 
 class XRayToCTLogic(ScriptedLoadableModuleLogic):
@@ -307,6 +287,20 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
 
     def getParameterNode(self) -> XRayToCTParameterNode:
         return XRayToCTParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def _simulation() -> Any:
+        """``XRayToCTLib.simulate.SimulateRadiographsLogic`` on the application's scene."""
+        from XRayToCTLib.simulate import SimulateRadiographsLogic
+
+        return SimulateRadiographsLogic(slicer.mrmlScene)
+
+    @staticmethod
+    def _generation() -> Any:
+        """``XRayToCTLib.generate.GenerateCTLogic`` on the application's scene."""
+        from XRayToCTLib.generate import GenerateCTLogic
+
+        return GenerateCTLogic(slicer.mrmlScene)
 
     def views(self, p: XRayToCTParameterNode) -> list[dict]:
         """The ``drr`` job's views for the pose and detector in the parameter node."""
@@ -325,33 +319,21 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
 
     def startSimulation(self, p: XRayToCTParameterNode) -> Any:
         """Start the DRR job (returns at once). Raises ValueError naming a bad parameter."""
-        from XRayToCTLib.simulate import SimulateRadiographsLogic
-
         if not p.inputCT:
             raise ValueError("Input CT: select a CT volume")
-        return SimulateRadiographsLogic(slicer.mrmlScene).start(p.inputCT, self.views(p), device=p.device)
+        return self._simulation().start(p.inputCT, self.views(p), device=p.device)
 
     def finishSimulation(self, run: Any) -> list:
         """Add the finished job's radiographs to the scene (one 2D volume node per view)."""
-        from XRayToCTLib.simulate import SimulateRadiographsLogic
-
-        return SimulateRadiographsLogic(slicer.mrmlScene).import_results(run)
+        return self._simulation().import_results(run)
 
     def cancelSimulation(self, run: Any) -> None:
         """Stop a job and delete its files; the scene is not changed."""
-        from XRayToCTLib.simulate import SimulateRadiographsLogic
-
-        SimulateRadiographsLogic(slicer.mrmlScene).cancel(run)
+        self._simulation().cancel(run)
 
     def simulate(self, p: XRayToCTParameterNode, timeoutS: float | None = None) -> list:
-        """Blocking: start, wait and import. Returns the new nodes."""
-        run = self.startSimulation(p)
-        try:
-            run.job.wait(timeout_s=timeoutS)
-        except BaseException:
-            self.cancelSimulation(run)
-            raise
-        return self.finishSimulation(run)
+        """Blocking: start, wait and import (a failed wait cancels). Returns the new nodes."""
+        return self._simulation().wait_and_import(self.startSimulation(p), timeout_s=timeoutS)
 
     @staticmethod
     def useAsGenerateInputs(p: XRayToCTParameterNode, nodes: list) -> None:
@@ -367,11 +349,9 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
 
     def startGeneration(self, p: XRayToCTParameterNode) -> Any:
         """Start the ``x2ct-generate`` job (returns at once). Raises ValueError naming a bad parameter."""
-        from XRayToCTLib.generate import GenerateCTLogic
-
         if not p.paVolume:
             raise ValueError("pa_node: select the PA radiograph")
-        return GenerateCTLogic(slicer.mrmlScene).start(
+        return self._generation().start(
             p.paVolume,
             p.lateralVolume,
             model=p.x2ctModel,
@@ -385,25 +365,15 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
 
     def finishGeneration(self, run: Any) -> Any:
         """Add the finished job's nodes to the scene; see ``GenerateCTLogic.import_results``."""
-        from XRayToCTLib.generate import GenerateCTLogic
-
-        return GenerateCTLogic(slicer.mrmlScene).import_results(run)
+        return self._generation().import_results(run)
 
     def cancelGeneration(self, run: Any) -> None:
         """Stop a job and delete its files; the scene is not changed."""
-        from XRayToCTLib.generate import GenerateCTLogic
-
-        GenerateCTLogic(slicer.mrmlScene).cancel(run)
+        self._generation().cancel(run)
 
     def generate(self, p: XRayToCTParameterNode, timeoutS: float | None = None) -> Any:
-        """Blocking: start, wait and import. Returns ``finishGeneration``'s ``GenerateResult``."""
-        run = self.startGeneration(p)
-        try:
-            run.job.wait(timeout_s=timeoutS)
-        except BaseException:
-            self.cancelGeneration(run)
-            raise
-        return self.finishGeneration(run)
+        """Blocking: start, wait and import (a failed wait cancels). Returns a ``GenerateResult``."""
+        return self._generation().wait_and_import(self.startGeneration(p), timeout_s=timeoutS)
 
 
 class XRayToCTTest(ScriptedLoadableModuleTest):

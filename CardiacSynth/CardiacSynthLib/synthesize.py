@@ -51,7 +51,15 @@ import numpy as np
 import slicer
 import vtk
 from XRayCardiacCommonLib.jobs import JobHandle, JobStatus, start_job_from_nodes
-from XRayCardiacCommonLib.mrml_io import node_from_volume, set_provenance, volume_from_node
+from XRayCardiacCommonLib.jobs_logic import JobLogic, JobRun
+from XRayCardiacCommonLib.mrml_io import (
+    describe_node,
+    node_from_volume,
+    removed_on_error,
+    set_provenance,
+    temporary_nodes,
+    volume_from_node,
+)
 
 from CardiacSynthLib import (
     DEVICE_CHOICES,
@@ -80,25 +88,6 @@ _TABLE_VALUES = frozenset(e.value for e in LABEL_TABLE)
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def _describe(node: Any) -> str:
-    if node is None:
-        return "None"
-    if hasattr(node, "GetClassName"):
-        return f"{node.GetClassName()} {node.GetName()!r}"
-    return type(node).__name__
-
-
-def _nodes(scene: Any) -> list[Any]:
-    return [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
-
-
-def _remove_nodes_added_since(scene: Any, before: set[str], keep: tuple[Any, ...] = ()) -> None:
-    """Remove every node that is not in ``before`` (IDs) and not in ``keep``, newest first."""
-    kept = {n.GetID() for n in keep}
-    for node in reversed([n for n in _nodes(scene) if n.GetID() not in before and n.GetID() not in kept]):
-        scene.RemoveNode(node)
 
 
 def _grid_text(volume: Volume) -> str:
@@ -220,7 +209,7 @@ def _image_volume(node: Any) -> Volume:
         or node.IsA("vtkMRMLLabelMapVolumeNode")
     ):
         raise ValueError(
-            f"{IMAGE_PARAM}: expected the template CT as a scalar volume node (HU), got {_describe(node)}"
+            f"{IMAGE_PARAM}: expected the template CT as a scalar volume node (HU), got {describe_node(node)}"
         )
     volume = volume_from_node(node, IMAGE_PARAM)
     i, j, k = (int(v) for v in volume.shape_ijk)
@@ -299,8 +288,8 @@ def _segmentation_labels(
 ) -> tuple[Volume, dict[int, str]]:
     """A segmentation node as uint8 table labels on the CT's grid, and value -> the template's segment name."""
     ids, names, values = _segment_values(node)
-    before = {n.GetID() for n in _nodes(scene)}
-    try:
+    # the export also adds a display node and a colour table (and subject hierarchy in a bare scene)
+    with temporary_nodes(scene):
         labelmap = scene.AddNewNodeByClass(
             "vtkMRMLLabelMapVolumeNode", f"{node.GetName()} (temporary export)"
         )
@@ -321,9 +310,6 @@ def _segmentation_labels(
             array = np.zeros(image.array.shape, dtype=np.uint8)  # empty segments export no voxels at all
         else:
             array = np.array(slicer.util.arrayFromVolume(labelmap), copy=True)
-    finally:
-        # the export also adds a display node and a colour table (and subject hierarchy in a bare scene)
-        _remove_nodes_added_since(scene, before)
     if array.shape != image.array.shape:
         raise ValueError(
             f"{LABELS_PARAM}: exporting segmentation {node.GetName()!r} gave a grid of {array.shape} voxels, "
@@ -347,11 +333,10 @@ def _segmentation_labels(
 
 
 @dataclass
-class CardiacSynthRun:
-    """A started ``cardiac-synth`` job and what is needed to import its results.
+class CardiacSynthRun(JobRun):
+    """A started ``cardiac-synth`` job (``job``) and what is needed to import its results.
 
     Attributes:
-        job: the running job (owns its temporary folder).
         params: the job parameters (``n``, ``seed``, ``renderer``, ``steps``, ``strength_mm``,
             ``device``; ``model`` for "tcdm"; ``phantom_seed`` for the phantom template).
         template: what the template is, e.g. ``"phantom seed 0"`` or the CT node's name.
@@ -361,30 +346,15 @@ class CardiacSynthRun:
         export_dir: where the dataset is copied on import, or None.
     """
 
-    job: JobHandle
     params: dict[str, Any]
     template: str
     source: dict[str, Any] = field(default_factory=dict)
     segment_names: dict[int, str] = field(default_factory=dict)
     export_dir: Path | None = None
 
-    def poll(self) -> JobStatus:
-        """Non-blocking progress update."""
-        return self.job.poll()
 
-
-class CardiacSynthLogic:
-    """Start ``cardiac-synth`` jobs from scene nodes and import their cases as nodes.
-
-    Args:
-        scene: the ``vtkMRMLScene`` holding the template and receiving the outputs.
-        python: interpreter for the job process; None chooses PythonSlicer inside Slicer,
-            ``sys.executable`` elsewhere.
-    """
-
-    def __init__(self, scene: Any, python: str | None = None) -> None:
-        self.scene = scene
-        self.python = python
+class CardiacSynthLogic(JobLogic[CardiacSynthRun, dict[str, Any]]):
+    """Start ``cardiac-synth`` jobs from scene nodes and import their cases as nodes (``JobLogic``)."""
 
     def start(
         self,
@@ -437,19 +407,19 @@ class CardiacSynthLogic:
             )
         if template_volume is None:
             raise ValueError(
-                f"{IMAGE_PARAM}: template labels {_describe(labels_node)} were given without their CT; "
+                f"{IMAGE_PARAM}: template labels {describe_node(labels_node)} were given without their CT; "
                 "select the template CT, or neither for the phantom template"
             )
         if labels_node is None:
             raise ValueError(
-                f"{LABELS_PARAM}: the template CT {_describe(template_volume)} needs its segmentation or "
+                f"{LABELS_PARAM}: the template CT {describe_node(template_volume)} needs its segmentation or "
                 "label map; select it, or neither for the phantom template"
             )
         image = _image_volume(template_volume)
         segment_names: dict[int, str] = {}
         if not hasattr(labels_node, "IsA"):
             raise ValueError(
-                f"{LABELS_PARAM}: expected a segmentation or label map node, got {_describe(labels_node)}"
+                f"{LABELS_PARAM}: expected a segmentation or label map node, got {describe_node(labels_node)}"
             )
         if labels_node.IsA("vtkMRMLSegmentationNode"):
             labels, segment_names = _segmentation_labels(self.scene, labels_node, image, template_volume)
@@ -458,7 +428,7 @@ class CardiacSynthLogic:
         else:
             raise ValueError(
                 f"{LABELS_PARAM}: expected a segmentation node or a label map volume node, got "
-                f"{_describe(labels_node)}"
+                f"{describe_node(labels_node)}"
             )
         job = start_job_from_nodes(
             PIPELINE, {"template_image": image, "template_labels": labels}, params, python=self.python
@@ -475,47 +445,6 @@ class CardiacSynthLogic:
             segment_names=segment_names,
             export_dir=target,
         )
-
-    def poll(self, run: CardiacSynthRun) -> JobStatus:
-        """Non-blocking progress update of ``run``."""
-        return run.poll()
-
-    def import_results(self, run: CardiacSynthRun) -> dict[str, Any]:
-        """Add a finished job's cases to the scene (module docstring), export them if asked, delete the job's files.
-
-        Returns:
-            ``{"cases": [{"name": "case_00000", "image", "labels", "confidence": node}, ...],
-            "folder": subject-hierarchy folder item ID, "export_dir": str or None,
-            "template": run.template}``, cases in order.
-
-        Raises:
-            JobError: the job failed (the message says why). JobCancelled: it was cancelled.
-            FileNotFoundError / ValueError: an output file is not what the job promises.
-            ValueError / OSError: the export folder is no longer empty, or the copy failed.
-            On any error no node is added.
-        """
-        try:
-            status = run.job.result()
-            before = {n.GetID() for n in _nodes(self.scene)}
-            result = self._add_nodes(run, status)
-            if run.export_dir is not None:
-                try:
-                    exported = export_dataset(status.output_dir or "", run.export_dir)
-                except BaseException:
-                    self._remove_folder(result["folder"])
-                    _remove_nodes_added_since(self.scene, before)
-                    raise
-                result["export_dir"] = str(exported)
-                for case in result["cases"]:
-                    for key in ("image", "labels", "confidence"):
-                        set_provenance(case[key], {"ExportDir": str(exported)})
-            return result
-        finally:
-            run.job.cleanup()
-
-    def cancel(self, run: CardiacSynthRun) -> None:
-        """Stop the job and delete its files; the scene is not changed."""
-        run.job.cleanup()
 
     def run(
         self,
@@ -534,16 +463,22 @@ class CardiacSynthLogic:
             everything ``start`` and ``import_results`` raise; TimeoutError after ``timeout_s``.
         """
         run = self.start(template_volume, template_segmentation_or_labelmap, **options)
-        try:
-            run.job.wait(timeout_s=timeout_s, on_update=on_update)
-        except BaseException:
-            self.cancel(run)
-            raise
-        return self.import_results(run)
+        return self.wait_and_import(run, timeout_s=timeout_s, on_update=on_update)
 
     # ------------------------------------------------------------------------------------ import
 
     def _add_nodes(self, run: CardiacSynthRun, status: JobStatus) -> dict[str, Any]:
+        """A done job's cases in a subject-hierarchy folder (module docstring), exported if asked.
+
+        Returns:
+            ``{"cases": [{"name": "case_00000", "image", "labels", "confidence": node}, ...],
+            "folder": subject-hierarchy folder item ID, "export_dir": str or None,
+            "template": run.template}``, cases in order.
+
+        Raises:
+            FileNotFoundError / ValueError: an output file is not what the job promises.
+            ValueError / OSError: the export folder is no longer empty, or the copy failed.
+        """
         root = Path(status.output_dir or "")
         summary = status.summary or {}
         entries = _read_datalist(root, run.params["n"])
@@ -559,51 +494,59 @@ class CardiacSynthLogic:
         if summary.get("xraycardiac_version"):  # the version that ran the job
             provenance["PackageVersion"] = summary["xraycardiac_version"]
         folder_name = f"{NAME_PREFIX} {run.template} seed {run.params['seed']}"
-        before = {n.GetID() for n in _nodes(self.scene)}
-        folder = None
         result: dict[str, Any] = {"cases": [], "folder": None, "export_dir": None, "template": run.template}
-        try:
-            hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
-            folder = hierarchy.CreateFolderItem(hierarchy.GetSceneItemID(), folder_name)
-            result["folder"] = folder
-            for i, entry in enumerate(entries):
-                case = Path(entry["label"]).name.split(".")[0]
-                info = _read_json(root / "cases" / f"{case}.json")
-                image, labels, confidence = _read_case(root, entry)
-                case_provenance = {**provenance, "Case": case, "CaseSeed": info.get("case_seed")}
-                model = info.get("model")
-                if isinstance(model, dict):
-                    case_provenance["ModelName"] = model.get("model")
-                    case_provenance["ModelSha256"] = model.get("sha256")
-                base = f"{NAME_PREFIX} case {i}"
-                image_node = node_from_volume(
-                    self.scene, image, self.scene.GenerateUniqueName(f"{base} image")
-                )
-                labels_node = self._add_segmentation(
-                    self.scene.GenerateUniqueName(f"{base} labels"), labels, image_node, run.segment_names
-                )
-                confidence_node = node_from_volume(
-                    self.scene, confidence, self.scene.GenerateUniqueName(f"{base} confidence")
-                )
-                display = confidence_node.GetDisplayNode()
-                if display is not None:
-                    display.AutoWindowLevelOff()
-                    display.SetWindowLevelMinMax(0.0, 1.0)
-                nodes = {"image": image_node, "labels": labels_node, "confidence": confidence_node}
-                for key, node in nodes.items():
-                    quantity = {"image": "HU", "labels": "label", "confidence": "confidence [0, 1]"}[key]
-                    set_provenance(node, {**case_provenance, "Quantity": quantity})
-                    item = hierarchy.GetItemByDataNode(node)
-                    if item:
-                        hierarchy.SetItemParent(item, folder)
-                    else:
-                        hierarchy.CreateItem(folder, node)
-                result["cases"].append({"name": case, **nodes})
-        except BaseException:
-            self._remove_folder(folder)
-            _remove_nodes_added_since(self.scene, before)
-            raise
+        quantities = {"image": "HU", "labels": "label", "confidence": "confidence [0, 1]"}
+        with removed_on_error(self.scene):
+            try:  # the folder goes first: removing it needs the hierarchy node, which may be new
+                hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
+                folder = hierarchy.CreateFolderItem(hierarchy.GetSceneItemID(), folder_name)
+                result["folder"] = folder
+                for i, entry in enumerate(entries):
+                    case = Path(entry["label"]).name.split(".")[0]
+                    info = _read_json(root / "cases" / f"{case}.json")
+                    case_provenance = {**provenance, "Case": case, "CaseSeed": info.get("case_seed")}
+                    model = info.get("model")
+                    if isinstance(model, dict):
+                        case_provenance["ModelName"] = model.get("model")
+                        case_provenance["ModelSha256"] = model.get("sha256")
+                    nodes = self._add_case(
+                        f"{NAME_PREFIX} case {i}", *_read_case(root, entry), run.segment_names
+                    )
+                    for key, node in nodes.items():
+                        set_provenance(node, {**case_provenance, "Quantity": quantities[key]})
+                        item = hierarchy.GetItemByDataNode(node)
+                        if item:
+                            hierarchy.SetItemParent(item, folder)
+                        else:
+                            hierarchy.CreateItem(folder, node)
+                    result["cases"].append({"name": case, **nodes})
+                if run.export_dir is not None:
+                    exported = str(export_dataset(status.output_dir or "", run.export_dir))
+                    result["export_dir"] = exported
+                    for case in result["cases"]:
+                        for key in quantities:
+                            set_provenance(case[key], {"ExportDir": exported})
+            except BaseException:
+                self._remove_folder(result["folder"])
+                raise
         return result
+
+    def _add_case(
+        self, base: str, image: Volume, labels: Volume, confidence: Volume, segment_names: dict[int, str]
+    ) -> dict[str, Any]:
+        """The image, labels and confidence nodes of one case (names start with ``base``)."""
+        image_node = node_from_volume(self.scene, image, self.scene.GenerateUniqueName(f"{base} image"))
+        labels_node = self._add_segmentation(
+            self.scene.GenerateUniqueName(f"{base} labels"), labels, image_node, segment_names
+        )
+        confidence_node = node_from_volume(
+            self.scene, confidence, self.scene.GenerateUniqueName(f"{base} confidence")
+        )
+        display = confidence_node.GetDisplayNode()
+        if display is not None:
+            display.AutoWindowLevelOff()
+            display.SetWindowLevelMinMax(0.0, 1.0)
+        return {"image": image_node, "labels": labels_node, "confidence": confidence_node}
 
     def _add_segmentation(
         self, name: str, labels: Volume, image_node: Any, segment_names: dict[int, str]
@@ -612,22 +555,20 @@ class CardiacSynthLogic:
 
         On an error the caller (``_add_nodes``) removes every node added since it started.
         """
-        before = {n.GetID() for n in _nodes(self.scene)}
-        segmentation_node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
-        segmentation_node.CreateDefaultDisplayNodes()
-        segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(image_node)
-        labelmap = node_from_volume(
-            self.scene, labels, f"{name} (temporary import)", node_class="vtkMRMLLabelMapVolumeNode"
-        )
-        imported = slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
-            labelmap, segmentation_node
-        )
-        # remove the temporary label map with its display node (a hierarchy node made on the way stays)
-        keep = [segmentation_node, *(n for n in _nodes(self.scene) if n.IsA("vtkMRMLSubjectHierarchyNode"))]
-        keep += [
-            segmentation_node.GetNthDisplayNode(i) for i in range(segmentation_node.GetNumberOfDisplayNodes())
-        ]
-        _remove_nodes_added_since(self.scene, before, keep=tuple(n for n in keep if n is not None))
+        with temporary_nodes(self.scene) as keep:
+            segmentation_node = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+            segmentation_node.CreateDefaultDisplayNodes()
+            segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(image_node)
+            labelmap = node_from_volume(
+                self.scene, labels, f"{name} (temporary import)", node_class="vtkMRMLLabelMapVolumeNode"
+            )
+            imported = slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
+                labelmap, segmentation_node
+            )
+            # the temporary label map goes with its display node; a hierarchy node made on the way stays
+            displays = range(segmentation_node.GetNumberOfDisplayNodes())
+            keep += [segmentation_node, *(segmentation_node.GetNthDisplayNode(i) for i in displays)]
+            keep.append(slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene))
         if not imported:
             raise ValueError(f"{name}: the case's label map could not be imported into a segmentation")
         segmentation = segmentation_node.GetSegmentation()

@@ -16,16 +16,21 @@ from XRayCardiacCommonLib.jobs import (
     job_python,
     start_job_from_nodes,
 )
+from XRayCardiacCommonLib.jobs_logic import JobLogic, JobRun
 from XRayCardiacCommonLib.mrml_io import (
     ATTRIBUTE_PREFIX,
     GEOMETRY_ATTRIBUTE,
     PROJECTION_MATRIX_ATTRIBUTE,
+    describe_node,
     export_node,
     format_projection_matrix,
     node_from_volume,
+    node_geometry,
     parse_projection_matrix,
     read_attributes,
+    removed_on_error,
     set_provenance,
+    temporary_nodes,
     volume_from_node,
 )
 
@@ -36,15 +41,21 @@ __all__ = [
     "JobCancelled",
     "JobError",
     "JobHandle",
+    "JobLogic",
+    "JobRun",
     "JobStatus",
     "describe_error",
+    "describe_node",
     "export_node",
     "format_projection_matrix",
     "job_python",
     "node_from_volume",
+    "node_geometry",
     "parse_projection_matrix",
     "read_attributes",
+    "removed_on_error",
     "set_provenance",
     "start_job_from_nodes",
+    "temporary_nodes",
     "volume_from_node",
 ]

@@ -9,13 +9,15 @@ modules need on top:
 * ``JobHandle`` owns one job and its private temporary folder, folds the event stream into a
   ``JobStatus`` (stage, fraction done, ETA, final summary), turns failures into a message a user can
   act on, cancels, and deletes the folder when asked.
-* ``start_job_from_nodes`` writes MRML volume nodes to NRRD files in that folder and starts the job.
+* ``start_job_from_nodes`` writes MRML volume nodes to NRRD files (and geometry dicts to JSON) in that
+  folder and starts the job.
 
 Nothing here blocks except ``JobHandle.wait``; a Qt widget calls ``JobHandle.poll`` from a timer.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -333,6 +335,7 @@ def start_job_from_nodes(
     input_nodes: Mapping[str, Any],
     params: Mapping[str, Any],
     python: str | None = None,
+    json_inputs: Mapping[str, Any] | None = None,
 ) -> JobHandle:
     """Write volume nodes to NRRD files in a new temporary folder and start ``pipeline`` on them.
 
@@ -343,6 +346,8 @@ def start_job_from_nodes(
             ``<tmp>/inputs/<name>.nrrd``.
         params: JSON-serialisable pipeline parameters.
         python: interpreter for the child process; ``job_python()`` when None.
+        json_inputs: job input name -> JSON-serialisable data (e.g. a C-arm geometry dict), each
+            written to ``<tmp>/inputs/<name>.json``.
 
     Returns:
         The running job; it owns the temporary folder: call ``cleanup()`` once its outputs are read.
@@ -359,6 +364,9 @@ def start_job_from_nodes(
             paths[key] = (
                 write_volume(item, path) if isinstance(item, Volume) else export_node(item, path, name=key)
             )
+        for key, data in (json_inputs or {}).items():
+            paths[key] = work_dir / "inputs" / f"{key}.json"
+            paths[key].write_text(json.dumps(data, indent=2), encoding="utf-8")
         handle = JobHandle.start(pipeline, paths, params, work_dir=work_dir, python=python)
     except BaseException:
         shutil.rmtree(work_dir, ignore_errors=True)

@@ -10,6 +10,9 @@ RAS (the transform is applied to the matrix); a non-linear parent transform must
 
 Attributes: every attribute the extension writes starts with ``XRayCardiac.`` (``ATTRIBUTE_PREFIX``).
 Strings are stored as they are; anything else is stored as JSON.
+
+Scene: ``removed_on_error`` and ``temporary_nodes`` remove the nodes a block adds to a scene (when it
+fails, or always), so that a failed import or a temporary export leaves the scene as it was.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +38,16 @@ __all__ = [
     "ATTRIBUTE_PREFIX",
     "GEOMETRY_ATTRIBUTE",
     "PROJECTION_MATRIX_ATTRIBUTE",
+    "describe_node",
     "export_node",
     "format_projection_matrix",
     "node_from_volume",
+    "node_geometry",
     "parse_projection_matrix",
     "read_attributes",
+    "removed_on_error",
     "set_provenance",
+    "temporary_nodes",
     "volume_from_node",
 ]
 
@@ -66,7 +74,8 @@ def _numpy_to_matrix(a: np.ndarray) -> vtk.vtkMatrix4x4:
     return m
 
 
-def _describe(node: Any) -> str:
+def describe_node(node: Any) -> str:
+    """E.g. ``"vtkMRMLScalarVolumeNode 'chest'"``, for error messages; ``"None"`` for None."""
     if node is None:
         return "None"
     name = node.GetName() if hasattr(node, "GetName") else None
@@ -91,7 +100,7 @@ def volume_from_node(node: Any, name: str = "node") -> Volume:
     """
     if node is None or not hasattr(node, "IsA") or not node.IsA("vtkMRMLScalarVolumeNode"):
         raise ValueError(
-            f"{name}: expected a scalar volume node (vtkMRMLScalarVolumeNode), got {_describe(node)}"
+            f"{name}: expected a scalar volume node (vtkMRMLScalarVolumeNode), got {describe_node(node)}"
         )
     image = node.GetImageData()
     if image is None or image.GetNumberOfPoints() == 0 or image.GetPointData().GetScalars() is None:
@@ -261,6 +270,40 @@ def read_attributes(node: Any) -> dict[str, Any]:
     return out
 
 
+def node_geometry(node: Any, name: str, shape: tuple[int, int]) -> dict[str, Any] | None:
+    """A radiograph node's ``XRayCardiac.Geometry``, parsed and checked against its image size.
+
+    Args:
+        node: a one-slice volume node.
+        name: the parameter name used in error messages.
+        shape: the image's (rows, cols) in pixels, which the geometry's detector must match.
+
+    Returns:
+        The geometry as ``CArmGeometry.to_dict()``, or None when the node has no such attribute.
+
+    Raises:
+        ValueError: naming ``name`` and the node: not a C-arm geometry, or a detector of another size.
+    """
+    from xraycardiac.geometry import CArmGeometry  # here: the package imports torch (epipolar geometry)
+
+    text = node.GetAttribute(GEOMETRY_ATTRIBUTE)
+    if not text:
+        return None
+    try:
+        geometry = CArmGeometry.from_dict(json.loads(text))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(
+            f"{name}: {node.GetName()!r}: {GEOMETRY_ATTRIBUTE} is not a C-arm geometry ({exc})"
+        ) from None
+    detector = (geometry.detector_rows, geometry.detector_cols)
+    if detector != tuple(shape):
+        raise ValueError(
+            f"{name}: {node.GetName()!r} is {shape[0]} x {shape[1]} pixels but its geometry's detector is "
+            f"{detector[0]} x {detector[1]}"
+        )
+    return geometry.to_dict()
+
+
 def format_projection_matrix(matrix: Any) -> str:
     """A (3, 4) projection matrix as 12 comma-separated numbers, row-major, full float precision."""
     p = np.asarray(matrix, dtype=np.float64)
@@ -285,3 +328,49 @@ def parse_projection_matrix(text: str | None, name: str = PROJECTION_MATRIX_ATTR
     if len(values) != 12 or not all(math.isfinite(v) for v in values):
         raise ValueError(f"{name}: expected 12 finite comma-separated numbers, got {len(values)} in {text!r}")
     return np.asarray(values, dtype=np.float64).reshape(3, 4)
+
+
+# ------------------------------------------------------------------------------------------------
+# Scene
+# ------------------------------------------------------------------------------------------------
+
+
+def _node_ids(scene: Any) -> set[str]:
+    return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+
+def _remove_nodes_added_since(scene: Any, before: set[str], keep: Iterable[Any] = ()) -> None:
+    """Remove every node whose ID is not in ``before`` and that is not in ``keep``, newest first."""
+    kept = before | {n.GetID() for n in keep}
+    added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+    for node in reversed([n for n in added if n.GetID() not in kept]):
+        scene.RemoveNode(node)
+
+
+@contextmanager
+def removed_on_error(scene: Any) -> Iterator[None]:
+    """Remove every node the block adds to ``scene`` (display, storage and helper nodes included) if it raises.
+
+    The import of a job's outputs runs in such a block, so that a failure adds no node.
+    """
+    before = _node_ids(scene)
+    try:
+        yield
+    except BaseException:
+        _remove_nodes_added_since(scene, before)
+        raise
+
+
+@contextmanager
+def temporary_nodes(scene: Any) -> Iterator[list[Any]]:
+    """Remove every node the block adds to ``scene`` when it ends, except those it appends to the yielded list.
+
+    For exports through a temporary node: Slicer's segmentation export also adds a display node and
+    a colour table (and the subject hierarchy node in a bare scene), which go too.
+    """
+    before = _node_ids(scene)
+    keep: list[Any] = []
+    try:
+        yield keep
+    finally:
+        _remove_nodes_added_since(scene, before, keep=[n for n in keep if n is not None])

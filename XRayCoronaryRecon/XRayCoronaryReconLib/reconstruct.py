@@ -31,8 +31,6 @@ Every added node carries provenance (``Pipeline``, ``PackageVersion``, ``Device`
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,19 +38,21 @@ from typing import Any
 
 import numpy as np
 import vtk
-from XRayCardiacCommonLib.jobs import JobHandle, JobStatus
+from XRayCardiacCommonLib.jobs import JobStatus, start_job_from_nodes
+from XRayCardiacCommonLib.jobs_logic import JobLogic, JobRun
 from XRayCardiacCommonLib.mrml_io import (
     ATTRIBUTE_PREFIX,
     GEOMETRY_ATTRIBUTE,
     PROJECTION_MATRIX_ATTRIBUTE,
     format_projection_matrix,
+    node_geometry,
+    removed_on_error,
     set_provenance,
     volume_from_node,
 )
 
 from xraycardiac.coronary.tree import CoronaryTree
 from xraycardiac.geometry import CArmGeometry
-from xraycardiac.io import write_volume
 from xraycardiac.volume import Volume
 from XRayCoronaryReconLib import DEVICE_CHOICES, RECONSTRUCT_DEFAULT_METHOD, RECONSTRUCT_METHOD_CHOICES
 
@@ -108,12 +108,6 @@ def describe_calibration(calibration: dict[str, Any]) -> str:
     return f"Reprojection error {before:.2f} px ({n} matches; view 2 not refined: {reason})"
 
 
-def _describe(node: Any) -> str:
-    if node is None or not hasattr(node, "GetClassName"):
-        return repr(node)
-    return f"{node.GetClassName()} {node.GetName()!r}"
-
-
 def _image(node: Any, name: str) -> Volume:
     """A 2D (one slice) scalar volume node as a ``Volume``; a ValueError naming ``name`` otherwise."""
     volume = volume_from_node(node, name)
@@ -125,62 +119,33 @@ def _image(node: Any, name: str) -> Volume:
 
 
 def _geometry(node: Any, name: str, shape: tuple[int, int]) -> dict[str, Any]:
-    """The node's ``XRayCardiac.Geometry`` dict, parsed and checked against its (rows, cols)."""
-    text = node.GetAttribute(GEOMETRY_ATTRIBUTE)
-    if not text:
+    """The node's ``XRayCardiac.Geometry`` dict, parsed and checked against its (rows, cols); required."""
+    geometry = node_geometry(node, name, shape)
+    if geometry is None:
         raise ValueError(
             f"{name}: {node.GetName()!r} has no C-arm geometry (attribute {GEOMETRY_ATTRIBUTE}); load the "
             "frame from DICOM XA (the geometry is read from its header) or make it in 'Synthetic angiograms'"
         )
-    try:
-        data = json.loads(text)
-        geometry = CArmGeometry.from_dict(data)
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise ValueError(
-            f"{name}: {node.GetName()!r}: {GEOMETRY_ATTRIBUTE} is not a C-arm geometry ({exc})"
-        ) from None
-    detector = (geometry.detector_rows, geometry.detector_cols)
-    if detector != tuple(shape):
-        raise ValueError(
-            f"{name}: {node.GetName()!r} is {shape[0]} x {shape[1]} pixels but its geometry's detector is "
-            f"{detector[0]} x {detector[1]}"
-        )
-    return geometry.to_dict()
+    return geometry
 
 
 @dataclass
-class ReconstructRun:
-    """A started ``coronary-reconstruct`` job and what is needed to import its results.
+class ReconstructRun(JobRun):
+    """A started ``coronary-reconstruct`` job (``job``) and what is needed to import its results.
 
     Attributes:
-        job: the running job (owns its temporary folder).
         params: the job parameters.
         nodes: the input nodes (``volume1``, ``volume2``, optional ``mask1``, ``mask2``).
         prefix: start of the output node names.
     """
 
-    job: JobHandle
     params: dict[str, Any] = field(default_factory=dict)
     nodes: dict[str, Any] = field(default_factory=dict)
     prefix: str = "Coronary recon"
 
-    def poll(self) -> JobStatus:
-        """Non-blocking progress update."""
-        return self.job.poll()
 
-
-class ReconstructLogic:
-    """Start ``coronary-reconstruct`` jobs on two X-ray volume nodes and import their results.
-
-    Args:
-        scene: the ``vtkMRMLScene`` holding the inputs and receiving the outputs.
-        python: interpreter for the job process; None chooses PythonSlicer inside Slicer,
-            ``sys.executable`` elsewhere.
-    """
-
-    def __init__(self, scene: Any, python: str | None = None) -> None:
-        self.scene = scene
-        self.python = python
+class ReconstructLogic(JobLogic[ReconstructRun, dict[str, Any]]):
+    """Start ``coronary-reconstruct`` jobs on two X-ray volume nodes and import their results (``JobLogic``)."""
 
     def start(
         self,
@@ -255,51 +220,9 @@ class ReconstructLogic:
         }
         if foundation is not None:
             params["foundation"] = foundation
-        job = self._start_job(volumes, geometries, params)
+        job = start_job_from_nodes(PIPELINE, volumes, params, python=self.python, json_inputs=geometries)
         nodes = {"volume1": volume_node1, "volume2": volume_node2, "mask1": mask_node1, "mask2": mask_node2}
         return ReconstructRun(job, params, nodes, prefix=f"{volume_node1.GetName()} recon")
-
-    def _start_job(
-        self, volumes: dict[str, Volume], geometries: dict[str, dict[str, Any]], params: dict[str, Any]
-    ) -> JobHandle:
-        """Write the inputs into a new temporary folder and start the job (the folder goes with the job)."""
-        work_dir = Path(tempfile.mkdtemp(prefix=f"xraycardiac-{PIPELINE}-"))
-        try:
-            (work_dir / "inputs").mkdir()
-            paths: dict[str, Path] = {}
-            for key, volume in volumes.items():
-                paths[key] = write_volume(volume, work_dir / "inputs" / f"{key}.nrrd")
-            for key, data in geometries.items():
-                paths[key] = work_dir / "inputs" / f"{key}.json"
-                paths[key].write_text(json.dumps(data, indent=2), encoding="utf-8")
-            handle = JobHandle.start(PIPELINE, paths, params, work_dir=work_dir, python=self.python)
-        except BaseException:
-            shutil.rmtree(work_dir, ignore_errors=True)
-            raise
-        handle.work_dir = work_dir
-        return handle
-
-    def import_results(self, run: ReconstructRun) -> dict[str, Any]:
-        """Add a finished job's nodes to the scene (module docstring), then delete its files.
-
-        Returns:
-            ``{"keypoints1", "keypoints2": markups, "table": table node, "branches": [curve nodes],
-            "centreline", "tube": model nodes, "calibration": calibration.json dict, "report":
-            report.json dict, "text": describe_calibration(...)}``.
-
-        Raises:
-            JobError: the job failed (the message says why). JobCancelled: it was cancelled.
-            On any error no node is added and volume node 2's attributes are unchanged.
-        """
-        try:
-            status = run.job.result()
-            return self._add_nodes(run, Path(status.output_dir or ""), status.summary or {})
-        finally:
-            run.job.cleanup()
-
-    def cancel(self, run: ReconstructRun) -> None:
-        """Stop the job and delete its files; the scene is not changed."""
-        run.job.cleanup()
 
     def run(
         self,
@@ -318,16 +241,20 @@ class ReconstructLogic:
             everything ``start`` and ``import_results`` raise; TimeoutError after ``timeout_s``.
         """
         run = self.start(volume_node1, volume_node2, **options)
-        try:
-            run.job.wait(timeout_s=timeout_s, on_update=on_update)
-        except BaseException:
-            self.cancel(run)
-            raise
-        return self.import_results(run)
+        return self.wait_and_import(run, timeout_s=timeout_s, on_update=on_update)
 
     # ------------------------------------------------------------------------------------ import
 
-    def _add_nodes(self, run: ReconstructRun, root: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    def _add_nodes(self, run: ReconstructRun, status: JobStatus) -> dict[str, Any]:
+        """The nodes of a done job (module docstring), for ``import_results``.
+
+        Returns:
+            ``{"keypoints1", "keypoints2": markups, "table": table node, "branches": [curve nodes],
+            "centreline", "tube": model nodes, "calibration": calibration.json dict, "report":
+            report.json dict, "text": describe_calibration(...)}``. On any error no node is added and
+            volume node 2's attributes are unchanged.
+        """
+        root, summary = Path(status.output_dir or ""), status.summary or {}
         matches = json.loads((root / "matches.json").read_text(encoding="utf-8"))
         calibration = json.loads((root / "calibration.json").read_text(encoding="utf-8"))
         refined = json.loads((root / "geometry2_refined.json").read_text(encoding="utf-8"))
@@ -351,19 +278,18 @@ class ReconstructLogic:
         added: list[Any] = []
         result: dict[str, Any] = {"calibration": calibration, "report": report}
         try:
-            for v, x, g in ((1, x1, g1), (2, x2, g2)):
-                node = self._add_keypoints(f"{run.prefix} keypoints view {v}", x, g, added)
-                result[f"keypoints{v}"] = node
-            result["table"] = self._add_table(f"{run.prefix} matches", x1, x2, scores, added)
-            result["branches"] = self._add_branches(run.prefix, tree, added)
-            result["centreline"] = self._add_model(f"{run.prefix} centreline", tree.to_polydata(), added)
-            result["tube"] = self._add_model(f"{run.prefix} tube", _read_vtp(root / "tube.vtp"), added)
-            for node in added:
-                set_provenance(node, provenance)
-            self._store_calibration(volume2, calibration, refined)
+            with removed_on_error(self.scene):
+                for v, x, g in ((1, x1, g1), (2, x2, g2)):
+                    node = self._add_keypoints(f"{run.prefix} keypoints view {v}", x, g, added)
+                    result[f"keypoints{v}"] = node
+                result["table"] = self._add_table(f"{run.prefix} matches", x1, x2, scores, added)
+                result["branches"] = self._add_branches(run.prefix, tree, added)
+                result["centreline"] = self._add_model(f"{run.prefix} centreline", tree.to_polydata(), added)
+                result["tube"] = self._add_model(f"{run.prefix} tube", _read_vtp(root / "tube.vtp"), added)
+                for node in added:
+                    set_provenance(node, provenance)
+                self._store_calibration(volume2, calibration, refined)
         except BaseException:
-            for node in reversed(added):
-                self._remove(node)
             for attribute, value in saved.items():
                 if value is None:
                     volume2.RemoveAttribute(attribute)
@@ -445,14 +371,6 @@ class ReconstructLogic:
         model.SetAndObservePolyData(polydata)
         model.CreateDefaultDisplayNodes()
         return model
-
-    def _remove(self, node: Any) -> None:
-        count = node.GetNumberOfDisplayNodes() if hasattr(node, "GetNumberOfDisplayNodes") else 0
-        displays = [node.GetNthDisplayNode(i) for i in range(count)]
-        for display in displays:
-            if display is not None:
-                self.scene.RemoveNode(display)
-        self.scene.RemoveNode(node)
 
 
 def _read_vtp(path: Path) -> Any:

@@ -37,12 +37,16 @@ from typing import Any
 import numpy as np
 import slicer
 from XRayCardiacCommonLib.jobs import JobHandle, JobStatus, start_job_from_nodes
+from XRayCardiacCommonLib.jobs_logic import JobLogic, JobRun
 from XRayCardiacCommonLib.mrml_io import (
     GEOMETRY_ATTRIBUTE,
     PROJECTION_MATRIX_ATTRIBUTE,
+    describe_node,
     format_projection_matrix,
     node_from_volume,
+    removed_on_error,
     set_provenance,
+    temporary_nodes,
     volume_from_node,
 )
 
@@ -70,20 +74,11 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
-def _class_name(node: Any) -> str:
-    return node.GetClassName() if hasattr(node, "GetClassName") else type(node).__name__
-
-
-def _nodes(scene: Any) -> list[Any]:
-    return [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
-
-
 def _segmentation_volume(scene: Any, node: Any, name: str) -> Volume:
     """A segmentation node as a label map ``Volume`` (segments -> 1, 2, ... in list order), via a temporary node."""
     if node.GetSegmentation() is None or node.GetSegmentation().GetNumberOfSegments() == 0:
         raise ValueError(f"{name}: segmentation {node.GetName()!r} has no segment")
-    before = {n.GetID() for n in _nodes(scene)}
-    try:
+    with temporary_nodes(scene):
         labelmap = scene.AddNewNodeByClass(
             "vtkMRMLLabelMapVolumeNode", f"{node.GetName()} (temporary export)"
         )
@@ -94,10 +89,6 @@ def _segmentation_volume(scene: Any, node: Any, name: str) -> Volume:
         if not exported:
             raise ValueError(f"{name}: segmentation {node.GetName()!r} could not be exported to a label map")
         return volume_from_node(labelmap, name)
-    finally:
-        # the export also adds a display node and a colour table (and subject hierarchy in a bare scene)
-        for added in reversed([n for n in _nodes(scene) if n.GetID() not in before]):
-            scene.RemoveNode(added)
 
 
 def labelmap_volume(
@@ -130,7 +121,7 @@ def labelmap_volume(
     else:
         raise ValueError(
             f"{name}: expected a label map volume node (vtkMRMLLabelMapVolumeNode, or a scalar volume of "
-            f"integer labels) or a segmentation node, got {_class_name(node)} {node.GetName()!r}"
+            f"integer labels) or a segmentation node, got {describe_node(node)}"
         )
     label = node.GetName()
     i, j, k = volume.shape_ijk
@@ -156,11 +147,10 @@ def labelmap_volume(
 
 
 @dataclass
-class SyntheticRun:
-    """A started ``coronary-synth`` job and what is needed to import its results.
+class SyntheticRun(JobRun):
+    """A started ``coronary-synth`` job (``job``) and what is needed to import its results.
 
     Attributes:
-        job: the running job (owns its temporary folder).
         params: the job parameters (with a label map, also ``labelmap``: the input node's name).
         prefix: start of the output node names, e.g. ``"Synthetic angio seed 7"``, or
             ``"Synthetic angio <label map node name>"``.
@@ -168,28 +158,13 @@ class SyntheticRun:
             for a procedural tree.
     """
 
-    job: JobHandle
     params: dict[str, Any] = field(default_factory=dict)
     prefix: str = "Synthetic angio"
     source: dict[str, Any] = field(default_factory=dict)
 
-    def poll(self) -> JobStatus:
-        """Non-blocking progress update."""
-        return self.job.poll()
 
-
-class SyntheticAngiogramsLogic:
-    """Start ``coronary-synth`` jobs and import their view pairs, keypoints and centreline.
-
-    Args:
-        scene: the ``vtkMRMLScene`` receiving the outputs.
-        python: interpreter for the job process; None chooses PythonSlicer inside Slicer,
-            ``sys.executable`` elsewhere.
-    """
-
-    def __init__(self, scene: Any, python: str | None = None) -> None:
-        self.scene = scene
-        self.python = python
+class SyntheticAngiogramsLogic(JobLogic[SyntheticRun, dict[str, Any]]):
+    """Start ``coronary-synth`` jobs and import their view pairs, keypoints and centreline (``JobLogic``)."""
 
     def start(
         self,
@@ -293,28 +268,6 @@ class SyntheticAngiogramsLogic:
             source={"LabelMapNode": labelmap_node.GetName(), "SourceNode": labelmap_node.GetID()},
         )
 
-    def import_results(self, run: SyntheticRun) -> dict[str, Any]:
-        """Add a finished job's nodes to the scene (see the module docstring), then delete its files.
-
-        Returns:
-            ``{"pairs": [{"view1", "view2", "keypoints1", "keypoints2": node, "sample": name}, ...],
-            "centreline": model node, "skipped": [{"sample", "reason"}, ...]}``, pairs in order.
-
-        Raises:
-            JobError: the job failed (the message says why). JobCancelled: it was cancelled.
-            FileNotFoundError / ValueError: an output file is not what the job promises.
-            On any error no node is added.
-        """
-        try:
-            status = run.job.result()
-            return self._add_nodes(run, status)
-        finally:
-            run.job.cleanup()
-
-    def cancel(self, run: SyntheticRun) -> None:
-        """Stop the job and delete its files; the scene is not changed."""
-        run.job.cleanup()
-
     def run(
         self,
         seed: int = 0,
@@ -336,16 +289,17 @@ class SyntheticAngiogramsLogic:
             everything ``start`` and ``import_results`` raise; TimeoutError after ``timeout_s``.
         """
         run = self.start(seed, pairs, injection, image_size, device, **options)
-        try:
-            run.job.wait(timeout_s=timeout_s, on_update=on_update)
-        except BaseException:
-            self.cancel(run)
-            raise
-        return self.import_results(run)
+        return self.wait_and_import(run, timeout_s=timeout_s, on_update=on_update)
 
     # ------------------------------------------------------------------------------------ import
 
     def _add_nodes(self, run: SyntheticRun, status: JobStatus) -> dict[str, Any]:
+        """The nodes of a done job (module docstring), for ``import_results``.
+
+        Returns:
+            ``{"pairs": [{"view1", "view2", "keypoints1", "keypoints2": node, "sample": name}, ...],
+            "centreline": model node, "skipped": [{"sample", "reason"}, ...]}``, pairs in order.
+        """
         root = Path(status.output_dir or "")
         summary = status.summary or {}
         provenance: dict[str, Any] = {
@@ -358,15 +312,13 @@ class SyntheticAngiogramsLogic:
         if summary.get("xraycardiac_version"):  # the version that ran the job
             provenance["PackageVersion"] = summary["xraycardiac_version"]
         tree = CoronaryTree.load_json(ds.tree_dir(root, _TREE_INDEX) / "tree.json")
-        added: list[Any] = []
         result: dict[str, Any] = {
             "pairs": [],
             "centreline": None,
             "skipped": summary.get("skipped_pairs", []),
         }
-        try:
+        with removed_on_error(self.scene):
             model = self._add_model(f"{run.prefix} centreline", tree)
-            added.append(model)
             set_provenance(model, provenance)
             result["centreline"] = model
             for k in range(run.params["pairs_per_tree"]):
@@ -393,28 +345,18 @@ class SyntheticAngiogramsLogic:
                             GEOMETRY_ATTRIBUTE: geometry_dict,
                         },
                     )
-                    added.append(node)
                     markups = self._add_keypoints(f"{name} keypoints", sample["keypoints"], v, geometry)
-                    added.append(markups)
                     for n in (node, markups):
                         set_provenance(n, {**provenance, "Sample": sample["name"], "View": v})
                     nodes[f"view{v}"], nodes[f"keypoints{v}"] = node, markups
                 result["pairs"].append(nodes)
-        except BaseException:
-            for node in added:
-                self._remove(node)
-            raise
         return result
 
     def _add_model(self, name: str, tree: CoronaryTree) -> Any:
         """A model node holding the tree's centreline polydata (RAS mm)."""
         model = self.scene.AddNewNodeByClass("vtkMRMLModelNode", name)
-        try:
-            model.SetAndObservePolyData(tree.to_polydata())
-            model.CreateDefaultDisplayNodes()
-        except BaseException:
-            self._remove(model)
-            raise
+        model.SetAndObservePolyData(tree.to_polydata())
+        model.CreateDefaultDisplayNodes()
         return model
 
     def _add_keypoints(self, name: str, keypoints: dict[str, Any], view: int, geometry: CArmGeometry) -> Any:
@@ -422,22 +364,11 @@ class SyntheticAngiogramsLogic:
         indices = np.flatnonzero(keypoints[f"in_field{view}"])
         positions = geometry.pixel_to_detector_ras(keypoints[f"uv{view}"][indices])
         markups = self.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
-        try:
-            markups.CreateDefaultDisplayNodes()
-            for n, (i, p) in enumerate(zip(indices, positions, strict=True)):
-                markups.AddControlPoint(float(p[0]), float(p[1]), float(p[2]), str(int(i)))
-                markups.SetNthControlPointDescription(
-                    n, f"{keypoints['kind'][i]} {keypoints['branch'][i]}".strip()
-                )
-            markups.SetLocked(True)  # ground truth: not to be dragged
-        except BaseException:
-            self._remove(markups)
-            raise
+        markups.CreateDefaultDisplayNodes()
+        for n, (i, p) in enumerate(zip(indices, positions, strict=True)):
+            markups.AddControlPoint(float(p[0]), float(p[1]), float(p[2]), str(int(i)))
+            markups.SetNthControlPointDescription(
+                n, f"{keypoints['kind'][i]} {keypoints['branch'][i]}".strip()
+            )
+        markups.SetLocked(True)  # ground truth: not to be dragged
         return markups
-
-    def _remove(self, node: Any) -> None:
-        displays = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
-        for display in displays:
-            if display is not None:
-                self.scene.RemoveNode(display)
-        self.scene.RemoveNode(node)

@@ -33,8 +33,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,16 +40,18 @@ from typing import Any
 
 import numpy as np
 import vtk
-from XRayCardiacCommonLib.jobs import JobHandle, JobStatus
+from XRayCardiacCommonLib.jobs import JobStatus, start_job_from_nodes
+from XRayCardiacCommonLib.jobs_logic import JobLogic, JobRun
 from XRayCardiacCommonLib.mrml_io import (
     GEOMETRY_ATTRIBUTE,
     node_from_volume,
+    node_geometry,
+    removed_on_error,
     set_provenance,
     volume_from_node,
 )
 
-from xraycardiac.geometry import CArmGeometry
-from xraycardiac.io import read_volume, require_3d, write_volume
+from xraycardiac.io import read_volume, require_3d
 from xraycardiac.jobs.x2ct_generate import (
     DEFAULT_SAMPLES,
     DEFAULT_STEPS,
@@ -163,11 +163,10 @@ def installed_x2ct_models() -> list[str]:
 
 
 @dataclass
-class GenerateRun:
-    """A started ``x2ct-generate`` job and what is needed to import its results.
+class GenerateRun(JobRun):
+    """A started ``x2ct-generate`` job (``job``) and what is needed to import its results.
 
     Attributes:
-        job: the running job (owns its temporary folder).
         params: the job parameters (model, steps, samples, seed, device).
         model: ``resolve_model``'s dict.
         geometry: view ("pa", "lateral") -> ``GEOMETRY_FROM_NODE`` (the node's XRayCardiac.Geometry)
@@ -177,17 +176,12 @@ class GenerateRun:
         add_direct: also import the encoder's direct estimate.
     """
 
-    job: JobHandle
     params: dict[str, Any] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
     geometry: dict[str, str] = field(default_factory=dict)
     source_ids: dict[str, str] = field(default_factory=dict)
     prefix: str = "Generated"
     add_direct: bool = False
-
-    def poll(self) -> JobStatus:
-        """Non-blocking progress update."""
-        return self.job.poll()
 
     def geometry_text(self) -> str:
         """E.g. ``"PA geometry from the node; lateral geometry: the model's default view"``."""
@@ -255,12 +249,6 @@ def describe_result(report: dict[str, Any], geometry_text: str = "") -> str:
     return " ".join(lines)
 
 
-def _describe(node: Any) -> str:
-    if node is None or not hasattr(node, "GetClassName"):
-        return repr(node)
-    return f"{node.GetClassName()} {node.GetName()!r}"
-
-
 def _radiograph(node: Any, name: str) -> Volume:
     """A one-slice scalar volume node as a ``Volume``; a ValueError naming ``name`` and the node otherwise."""
     if node is not None and hasattr(node, "IsA") and node.IsA("vtkMRMLLabelMapVolumeNode"):
@@ -279,26 +267,6 @@ def _radiograph(node: Any, name: str) -> Volume:
     return volume
 
 
-def _node_geometry(node: Any, name: str, shape: tuple[int, int]) -> dict[str, Any] | None:
-    """The node's ``XRayCardiac.Geometry`` as a ``CArmGeometry`` dict checked against (rows, cols), or None."""
-    text = node.GetAttribute(GEOMETRY_ATTRIBUTE)
-    if not text:
-        return None
-    try:
-        geometry = CArmGeometry.from_dict(json.loads(text))
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise ValueError(
-            f"{name}: {node.GetName()!r}: {GEOMETRY_ATTRIBUTE} is not a C-arm geometry ({exc})"
-        ) from None
-    detector = (geometry.detector_rows, geometry.detector_cols)
-    if detector != tuple(shape):
-        raise ValueError(
-            f"{name}: {node.GetName()!r} is {shape[0]} x {shape[1]} pixels but its geometry's detector is "
-            f"{detector[0]} x {detector[1]}"
-        )
-    return geometry.to_dict()
-
-
 def _int_in(value: Any, name: str, lo: int, hi: int | None, what: str) -> int:
     """``value`` as an int in [lo, hi]; a ValueError naming ``name`` otherwise (bools refused)."""
     ok = isinstance(value, int | np.integer) and not isinstance(value, bool)
@@ -310,18 +278,8 @@ def _int_in(value: Any, name: str, lo: int, hi: int | None, what: str) -> int:
     return int(value)
 
 
-class GenerateCTLogic:
-    """Start ``x2ct-generate`` jobs on radiograph nodes and import their results.
-
-    Args:
-        scene: the ``vtkMRMLScene`` holding the inputs and receiving the outputs.
-        python: interpreter for the job process; None chooses PythonSlicer inside Slicer,
-            ``sys.executable`` elsewhere.
-    """
-
-    def __init__(self, scene: Any, python: str | None = None) -> None:
-        self.scene = scene
-        self.python = python
+class GenerateCTLogic(JobLogic[GenerateRun, GenerateResult]):
+    """Start ``x2ct-generate`` jobs on radiograph nodes and import their results (``JobLogic``)."""
 
     def start(
         self,
@@ -377,7 +335,7 @@ class GenerateCTLogic:
         nodes = {"pa": pa_node, "lateral": lateral_node}
         geometries: dict[str, dict[str, Any]] = {}
         for view, volume in volumes.items():
-            data = _node_geometry(nodes[view], f"{view}_node", volume.array.shape[1:])
+            data = node_geometry(nodes[view], f"{view}_node", volume.array.shape[1:])
             if data is not None:
                 geometries[f"geometry_{view}"] = data
         if reference_node is not None:
@@ -410,7 +368,7 @@ class GenerateCTLogic:
             )
         params = {"model": resolved["model"], "steps": steps, "samples": samples, "seed": seed,
                   "device": device_text}  # fmt: skip
-        job = self._start_job(volumes, geometries, params)
+        job = start_job_from_nodes(PIPELINE, volumes, params, python=self.python, json_inputs=geometries)
         views = ("pa", "lateral") if lateral_node is not None else ("pa",)
         geometry = {
             v: GEOMETRY_FROM_NODE if f"geometry_{v}" in geometries else GEOMETRY_DEFAULT for v in views
@@ -425,48 +383,6 @@ class GenerateCTLogic:
             prefix=f"{pa_node.GetName()} CT",
             add_direct=bool(add_direct),
         )
-
-    def _start_job(
-        self, volumes: dict[str, Volume], geometries: dict[str, dict[str, Any]], params: dict[str, Any]
-    ) -> JobHandle:
-        """Write the inputs into a new temporary folder and start the job (the folder goes with the job)."""
-        work_dir = Path(tempfile.mkdtemp(prefix=f"xraycardiac-{PIPELINE}-"))
-        try:
-            (work_dir / "inputs").mkdir()
-            paths: dict[str, Path] = {}
-            for key, volume in volumes.items():
-                paths[key] = write_volume(volume, work_dir / "inputs" / f"{key}.nrrd")
-            for key, data in geometries.items():
-                paths[key] = work_dir / "inputs" / f"{key}.json"
-                paths[key].write_text(json.dumps(data, indent=2), encoding="utf-8")
-            handle = JobHandle.start(PIPELINE, paths, params, work_dir=work_dir, python=self.python)
-        except BaseException:
-            shutil.rmtree(work_dir, ignore_errors=True)
-            raise
-        handle.work_dir = work_dir
-        return handle
-
-    def poll(self, run: GenerateRun) -> JobStatus:
-        """Non-blocking progress update of ``run``."""
-        return run.poll()
-
-    def cancel(self, run: GenerateRun) -> None:
-        """Stop the job and delete its files; the scene is not changed."""
-        run.job.cleanup()
-
-    def import_results(self, run: GenerateRun) -> GenerateResult:
-        """Add a finished job's nodes to the scene (module docstring), then delete its files.
-
-        Raises:
-            JobError: the job failed (the message says why). JobCancelled: it was cancelled.
-            ValueError: an output file is not what the job promises (names the file).
-            On any error no node is added.
-        """
-        try:
-            status = run.job.result()
-            return self._add_nodes(run, Path(status.output_dir or ""), status.summary or {})
-        finally:
-            run.job.cleanup()
 
     def run(
         self,
@@ -485,16 +401,17 @@ class GenerateCTLogic:
             everything ``start`` and ``import_results`` raise; TimeoutError after ``timeout_s``.
         """
         run = self.start(pa_node, lateral_node, **options)
-        try:
-            run.job.wait(timeout_s=timeout_s, on_update=on_update)
-        except BaseException:
-            self.cancel(run)
-            raise
-        return self.import_results(run)
+        return self.wait_and_import(run, timeout_s=timeout_s, on_update=on_update)
 
     # ------------------------------------------------------------------------------------ import
 
-    def _add_nodes(self, run: GenerateRun, root: Path, summary: dict[str, Any]) -> GenerateResult:
+    def _add_nodes(self, run: GenerateRun, status: JobStatus) -> GenerateResult:
+        """The nodes of a done job (module docstring), for ``import_results``.
+
+        Raises:
+            ValueError: an output file is not what the job promises (names the file).
+        """
+        root, summary = Path(status.output_dir or ""), status.summary or {}
         report = summary if summary.get("outputs") else _read_report(root)
         outputs = report.get("outputs") or {}
         cube = report.get("cube") or {}
@@ -531,7 +448,7 @@ class GenerateCTLogic:
         contents = {"ct": "mean of the samples (HU)", "uncertainty": "std over the samples (HU)",
                     "direct": "encoder direct estimate (HU)"}  # fmt: skip
         added: dict[str, Any] = {}
-        try:
+        with removed_on_error(self.scene):
             for key, volume in volumes.items():
                 node = node_from_volume(self.scene, volume, self.scene.GenerateUniqueName(names[key]))
                 added[key] = node
@@ -543,10 +460,6 @@ class GenerateCTLogic:
                 )
                 added["table"] = table
                 set_provenance(table, {**provenance, "Content": "image metrics against the reference CT"})
-        except BaseException:
-            for node in reversed(list(added.values())):
-                self._remove(node)
-            raise
         return GenerateResult(
             ct=added["ct"],
             uncertainty=added.get("uncertainty"),
@@ -558,7 +471,10 @@ class GenerateCTLogic:
         )
 
     def _add_metrics_table(self, name: str, metrics: dict[str, Any]) -> Any:
-        """A table node: Metric, CT, Direct estimate, Unit; one row per ``METRIC_ROWS`` entry."""
+        """A table node: Metric, CT, Direct estimate, Unit; one row per ``METRIC_ROWS`` entry.
+
+        On an error the caller (``_add_nodes``) removes it with every other node it added.
+        """
         for volume in ("ct", "direct"):
             missing = [
                 key
@@ -568,41 +484,26 @@ class GenerateCTLogic:
             if missing:
                 raise ValueError(f"{OUTPUTS['report']}: metrics.{volume} lacks {missing}")
         table = self.scene.AddNewNodeByClass("vtkMRMLTableNode", name)
-        try:
-            columns: list[tuple[str, Any, list[Any]]] = [
-                ("Metric", vtk.vtkStringArray(), [label for label, _, _ in METRIC_ROWS]),
-                ("CT", vtk.vtkDoubleArray(), [float(metrics["ct"][key]) for _, key, _ in METRIC_ROWS]),
-                (
-                    "Direct estimate",
-                    vtk.vtkDoubleArray(),
-                    [float(metrics["direct"][key]) for _, key, _ in METRIC_ROWS],
-                ),
-                ("Unit", vtk.vtkStringArray(), [unit for _, _, unit in METRIC_ROWS]),
-            ]
-            for column_name, array, values in columns:
-                array.SetName(column_name)
-                array.SetNumberOfValues(len(values))
-                for i, value in enumerate(values):
-                    array.SetValue(i, value)
-                table.AddColumn(array)
-            table.SetAttribute("XRayCardiac.MetricsWindowHU", json.dumps(metrics.get("window_hu")))
-            table.SetAttribute("XRayCardiac.MetricsMethod", str(metrics.get("method", "")))
-            table.SetAttribute("XRayCardiac.PsnrCapped", json.dumps(bool(metrics["ct"].get("psnr_capped"))))
-        except BaseException:
-            self.scene.RemoveNode(table)
-            raise
+        columns: list[tuple[str, Any, list[Any]]] = [
+            ("Metric", vtk.vtkStringArray(), [label for label, _, _ in METRIC_ROWS]),
+            ("CT", vtk.vtkDoubleArray(), [float(metrics["ct"][key]) for _, key, _ in METRIC_ROWS]),
+            (
+                "Direct estimate",
+                vtk.vtkDoubleArray(),
+                [float(metrics["direct"][key]) for _, key, _ in METRIC_ROWS],
+            ),
+            ("Unit", vtk.vtkStringArray(), [unit for _, _, unit in METRIC_ROWS]),
+        ]
+        for column_name, array, values in columns:
+            array.SetName(column_name)
+            array.SetNumberOfValues(len(values))
+            for i, value in enumerate(values):
+                array.SetValue(i, value)
+            table.AddColumn(array)
+        table.SetAttribute("XRayCardiac.MetricsWindowHU", json.dumps(metrics.get("window_hu")))
+        table.SetAttribute("XRayCardiac.MetricsMethod", str(metrics.get("method", "")))
+        table.SetAttribute("XRayCardiac.PsnrCapped", json.dumps(bool(metrics["ct"].get("psnr_capped"))))
         return table
-
-    def _remove(self, node: Any) -> None:
-        count = node.GetNumberOfDisplayNodes() if hasattr(node, "GetNumberOfDisplayNodes") else 0
-        displays = [node.GetNthDisplayNode(i) for i in range(count)]
-        for display in displays:
-            if display is not None:
-                self.scene.RemoveNode(display)
-        storage = node.GetStorageNode() if hasattr(node, "GetStorageNode") else None
-        if storage is not None:
-            self.scene.RemoveNode(storage)
-        self.scene.RemoveNode(node)
 
 
 def _read_report(root: Path) -> dict[str, Any]:

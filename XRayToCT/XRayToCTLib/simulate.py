@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from XRayCardiacCommonLib.jobs import JobHandle, JobStatus, start_job_from_nodes
+from XRayCardiacCommonLib.jobs import JobStatus, start_job_from_nodes
+from XRayCardiacCommonLib.jobs_logic import JobLogic, JobRun
 from XRayCardiacCommonLib.mrml_io import (
     GEOMETRY_ATTRIBUTE,
     PROJECTION_MATRIX_ATTRIBUTE,
     format_projection_matrix,
     node_from_volume,
+    removed_on_error,
     set_provenance,
     volume_from_node,
 )
@@ -142,40 +144,24 @@ def _check_view(view: Any) -> None:
 
 
 @dataclass
-class SimulationRun:
-    """A started DRR job and what is needed to import its results.
+class SimulationRun(JobRun):
+    """A started DRR job (``job``) and what is needed to import its results.
 
     Attributes:
-        job: the running job (owns its temporary folder).
         ct_name: name of the CT node, used in the output node names.
         ct_id: MRML ID of the CT node.
         views: the requested views.
         params: the job parameters.
     """
 
-    job: JobHandle
     ct_name: str
     ct_id: str
     views: list[dict[str, Any]]
     params: dict[str, Any] = field(default_factory=dict)
 
-    def poll(self) -> JobStatus:
-        """Non-blocking progress update."""
-        return self.job.poll()
 
-
-class SimulateRadiographsLogic:
-    """Build, start and import DRR jobs for a scene.
-
-    Args:
-        scene: the ``vtkMRMLScene`` holding the CT and receiving the outputs.
-        python: interpreter for the job process; None chooses PythonSlicer inside Slicer,
-            ``sys.executable`` elsewhere.
-    """
-
-    def __init__(self, scene: Any, python: str | None = None) -> None:
-        self.scene = scene
-        self.python = python
+class SimulateRadiographsLogic(JobLogic[SimulationRun, list[Any]]):
+    """Build, start and import DRR jobs for a scene (``JobLogic``: poll, cancel, import_results)."""
 
     @staticmethod
     def output_name(ct_name: str, view_name: str) -> str:
@@ -234,29 +220,17 @@ class SimulateRadiographsLogic:
             job=job, ct_name=ct_node.GetName(), ct_id=ct_node.GetID(), views=views, params=params
         )
 
-    def import_results(self, run: SimulationRun) -> list[Any]:
-        """Add one 2D volume node per view of a finished job to the scene, then delete its files.
-
-        Returns:
-            The new nodes, in the order of ``run.views``.
+    def _add_nodes(self, run: SimulationRun, status: JobStatus) -> list[Any]:
+        """One 2D volume node per view of a done job (``import_results``), in the order of ``run.views``.
 
         Raises:
-            JobError: the job failed (the message says why). JobCancelled: it was cancelled.
             ValueError: an output file is not what the ``drr`` job promises.
-            On any error no node is added.
         """
-        try:
-            status = run.job.result()
-            return self._add_nodes(run, status)
-        finally:
-            run.job.cleanup()
-
-    def _add_nodes(self, run: SimulationRun, status: JobStatus) -> list[Any]:
         out = Path(status.output_dir or "")
         summary = status.summary or {}
         outputs = summary.get("views", {})
         nodes: list[Any] = []
-        try:
+        with removed_on_error(self.scene):
             for view in run.views:
                 name = view["name"]
                 files = outputs.get(name)
@@ -284,21 +258,7 @@ class SimulateRadiographsLogic:
                 if summary.get("xraycardiac_version"):  # the version that ran the job
                     provenance["PackageVersion"] = summary["xraycardiac_version"]
                 set_provenance(node, provenance)
-        except BaseException:
-            for node in nodes:
-                self._remove(node)
-            raise
         return nodes
-
-    def _remove(self, node: Any) -> None:
-        display = node.GetDisplayNode()
-        if display is not None:
-            self.scene.RemoveNode(display)
-        self.scene.RemoveNode(node)
-
-    def cancel(self, run: SimulationRun) -> None:
-        """Stop the job and delete its files; the scene is not changed."""
-        run.job.cleanup()
 
     def run(
         self,
@@ -315,9 +275,4 @@ class SimulateRadiographsLogic:
             everything ``start`` and ``import_results`` raise; TimeoutError after ``timeout_s``.
         """
         run = self.start(ct_node, views, device=device, step_mm=step_mm)
-        try:
-            run.job.wait(timeout_s=timeout_s, on_update=on_update)
-        except BaseException:
-            self.cancel(run)
-            raise
-        return self.import_results(run)
+        return self.wait_and_import(run, timeout_s=timeout_s, on_update=on_update)
