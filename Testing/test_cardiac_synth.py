@@ -180,3 +180,29 @@ def test_phantoms_train_tcdm_and_synth_commands_chain(tmp_path):
     r = CliRunner().invoke(app, ["cardiac", "synth", "--out", str(tmp_path / "bad"), "--renderer", "tcdm",
                                  "--model", str(run), "--device", "cpu"])  # fmt: skip
     assert r.exit_code == 1 and "trained on 32" in r.output
+
+
+def test_template_started_sampling_keeps_the_template_and_checks_its_argument(one_torch_thread):
+    """start_strength -> 0 returns (almost) the warped template; 1 is sampling from pure noise."""
+    import torch
+
+    from xraycardiac.cardiac.tcdm import TCDMConfig, build_tcdm, encode_condition, sample_tcdm
+
+    torch.manual_seed(0)
+    cfg = TCDMConfig(n_classes=3, grid=16, channels=(8, 8), attention_levels=(False, False), norm_num_groups=4,
+                     num_train_timesteps=100)  # fmt: skip
+    unet, scheduler = build_tcdm(cfg)
+    mask = torch.zeros((1, 16, 16, 16), dtype=torch.long)
+    mask[:, 4:12, 4:12, 4:12] = 1
+    template = torch.where(mask[:, None] > 0, 0.5, -0.8).float()
+    cond = encode_condition(cfg, mask, template, mask)
+    near = sample_tcdm(
+        unet.eval(), scheduler, cond, 10, torch.Generator().manual_seed(1), start_strength=0.01
+    )
+    far = sample_tcdm(unet, scheduler, cond, 10, torch.Generator().manual_seed(1), start_strength=1.0)
+    d_near, d_far = float((near - template).abs().mean()), float((far - template).abs().mean())
+    assert d_near < 0.1 < d_far, (d_near, d_far)
+    with pytest.raises(ValueError, match="start_strength"):
+        sample_tcdm(unet, scheduler, cond, 10, torch.Generator(), start_strength=0.0)
+    with pytest.raises(ValueError, match="start_strength"):
+        CardiacSynthConfig(start_strength=1.5)

@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ablation-model", help="TCDM trained with use_template=false")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--ssv", default="10,20,50", help="SSV DDIM step counts")
+    parser.add_argument("--start-strength", type=float, default=0.5, help="TCDM template-started sampling")
     parser.add_argument("--reference", type=int, default=8, help="reference phantoms (realism floor)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -156,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     renderers = {"warp": lambda s: (warp_image(template.image, s.ddf_ras_mm).array, None)}
     for key, model in (("tcdm", args.model), ("tcdm-notemplate", args.ablation_model)):
         if model:
-            renderers[key] = _tcdm(model, template, [int(x) for x in args.ssv.split(",")], args.steps)
+            renderers[key] = _tcdm(
+                model, template, [int(x) for x in args.ssv.split(",")], args.steps, args.start_strength
+            )
     ref_images = [
         make_cardiac_phantom(CardiacPhantomConfig(seed=500 + k, shape_ijk=shape, spacing_mm=spacing))[0].array
         for k in range(args.reference)
@@ -200,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _tcdm(model: str, template, schedules: list[int], steps: int):
+def _tcdm(model: str, template, schedules: list[int], steps: int, start_strength: float):
     """A renderer ``sample -> (HU, confidence)`` of a TCDM with SSV over ``schedules`` (+ ``steps``)."""
     import torch
 
@@ -218,7 +221,7 @@ def _tcdm(model: str, template, schedules: list[int], steps: int):
         kept = {}
 
         def fn(cond, steps_, generator, noise):
-            x0 = sample_tcdm(unet, scheduler, cond, steps_, generator, noise)
+            x0 = sample_tcdm(unet, scheduler, cond, steps_, generator, noise, start_strength=start_strength)
             if steps_ == steps:
                 kept["x0"] = x0
             return x0

@@ -53,6 +53,10 @@ def synth(
         str, typer.Option(help="DDIM step counts of the confidence (tcdm), e.g. 10,20,50.")
     ] = "10,20,50",
     strength_mm: Annotated[float, typer.Option(min=0.0, help="MGM deformation strength (mm).")] = 4.0,
+    start_strength: Annotated[
+        float,
+        typer.Option(min=0.01, max=1.0, help="tcdm: start from the template noised this far (1 = noise)."),
+    ] = 0.5,
     seed: Annotated[int, typer.Option(min=0, help="Base seed (case i: SeedSequence([seed, i])).")] = 0,
     shard: Annotated[str, typer.Option(help="i/N: make cases i, i+N, ... only.")] = "0/1",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "auto",
@@ -88,7 +92,7 @@ def synth(
                 f"--ssv-steps: expected integers separated by commas, got {ssv_steps!r}"
             ) from exc
         config = CardiacSynthConfig(
-            n=n, seed=seed, renderer=renderer, model=model, steps=steps, ssv_steps=schedule,
+            n=n, seed=seed, renderer=renderer, model=model, steps=steps, ssv_steps=schedule, start_strength=start_strength,
             mgm=replace(MGMConfig(), strength_mm=strength_mm), device=device,
         )  # fmt: skip
         summary = synthesize_dataset(

@@ -397,9 +397,14 @@ def ddim_sampler(scheduler: Any, steps: int) -> Any:
 def sample_tcdm(
     unet: torch.nn.Module, scheduler: Any, cond: torch.Tensor, steps: int,
     generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, start_strength: float = 1.0,
 ) -> torch.Tensor:  # fmt: skip
     """DDIM sampling (eta 0): deterministic given the initial noise.
+
+    ``start_strength`` < 1 starts from the warped template image of ``cond`` noised to timestep
+    ``round(start_strength * (T - 1))`` and runs only the DDIM steps from there (SDEdit-style
+    template-started sampling: the model keeps the template's appearance where the masks agree and
+    redraws it where they differ); 1 = from pure noise. It needs a model with ``use_template``.
 
     Args:
         unet: the :class:`TCDMUNet` (call ``.eval()`` first; MONAI's has no dropout by default).
@@ -410,14 +415,20 @@ def sample_tcdm(
         noise: (B, 1, D, H, W) initial noise (the same noise for different ``steps`` is what
             Skip-Sampling Variance compares).
         progress: ``progress(i, n)`` after each step.
+        start_strength: in (0, 1]; see above.
 
     Returns:
         (B, 1, D, H, W) float32 x0 in [-1, 1].
 
     Raises:
-        ValueError: ``cond`` with the wrong channels, ``noise`` of the wrong shape or missing.
+        ValueError: ``cond`` with the wrong channels, ``noise`` of the wrong shape or missing, a
+            ``start_strength`` outside (0, 1] or below 1 without a template.
     """
     config: TCDMConfig = getattr(unet, "module", unet).config
+    if not 0.0 < float(start_strength) <= 1.0:
+        raise ValueError(f"start_strength: expected a number in (0, 1], got {start_strength!r}")
+    if start_strength < 1.0 and not config.use_template:
+        raise ValueError("start_strength: below 1 needs a template-conditioned model (use_template=True)")
     if cond.ndim != 5 or cond.shape[1] != config.condition_channels:
         raise ValueError(
             f"cond: expected (B, {config.condition_channels}, D, H, W) (use_template={config.use_template}), "
@@ -432,12 +443,19 @@ def sample_tcdm(
         raise ValueError(f"noise: expected shape {shape}, got {tuple(noise.shape)}")
     ddim = ddim_sampler(scheduler, steps)
     x = noise.to(cond.device, torch.float32)
-    for i, t in enumerate(ddim.timesteps):
-        ts = torch.full((shape[0],), int(t), device=cond.device, dtype=torch.long)
+    timesteps = [int(t) for t in ddim.timesteps]
+    if start_strength < 1.0:
+        t0 = round(float(start_strength) * (int(scheduler.num_train_timesteps) - 1))
+        timesteps = [t for t in timesteps if t <= t0] or timesteps[-1:]
+        a = ddim.alphas_cumprod[timesteps[0]].to(x.device)
+        template = cond[:, config.n_classes : config.n_classes + 1].float()  # the warped template image
+        x = a.sqrt() * template + (1.0 - a).sqrt() * x
+    for i, t in enumerate(timesteps):
+        ts = torch.full((shape[0],), t, device=cond.device, dtype=torch.long)
         out = unet(torch.cat([x, cond], dim=1), timesteps=ts).float()
-        x, _ = ddim.step(out, int(t), x)
+        x, _ = ddim.step(out, t, x)
         if progress is not None:
-            progress(i + 1, len(ddim.timesteps))
+            progress(i + 1, len(timesteps))
     return x.clamp(-1.0, 1.0)
 
 

@@ -5,11 +5,12 @@ Job spec::
     {"pipeline": "cardiac-synth",
      "inputs": {"template_image": "image.nrrd", "template_labels": "labels.nrrd"},  # or none: phantom
      "params": {"n": 4, "seed": 0, "renderer": "warp" | "tcdm", "model": null, "steps": 20,
-                "ssv_steps": [10, 20, 50], "strength_mm": 4.0, "phantom_seed": 0,
+                "ssv_steps": [10, 20, 50], "start_strength": 0.5, "strength_mm": 4.0, "phantom_seed": 0, "phantom_grid": 64,
                 "label_mapping": null, "device": "auto"},
      "output_dir": "out/"}
 
-Without template inputs the template is the procedural cardiac phantom of ``phantom_seed``.
+Without template inputs the template is the procedural cardiac phantom of ``phantom_seed`` on a
+``phantom_grid``^3 grid over its 160 mm field of view (64: 2.5 mm voxels; a TCDM needs its own grid).
 ``label_mapping`` is passed to :func:`xraycardiac.cardiac.templates.load_template` (None, "mmwhs",
 "imagecas" or ``{"file value": table value}``). The output folder is the dataset of
 :func:`xraycardiac.cardiac.synth.synthesize_dataset` (``imagesTr/``, ``labelsTr/``,
@@ -28,7 +29,8 @@ from xraycardiac.jobs.spec import JobSpec
 
 PIPELINE = "cardiac-synth"
 _ALLOWED_PARAMS = {
-    "n", "seed", "renderer", "model", "steps", "ssv_steps", "strength_mm", "phantom_seed", "label_mapping",
+    "n", "seed", "renderer", "model", "steps", "ssv_steps", "start_strength", "strength_mm", "phantom_seed", "phantom_grid",
+    "label_mapping",
     "device",
 }  # fmt: skip
 
@@ -49,7 +51,13 @@ def _template(spec: JobSpec) -> Any:
         return load_template(spec.inputs["template_image"], spec.inputs["template_labels"], mapping)
     from xraycardiac.phantoms.cardiac import CardiacPhantomConfig
 
-    return template_from_phantom(CardiacPhantomConfig(seed=int(spec.params.get("phantom_seed", 0))))
+    grid = spec.params.get("phantom_grid", 64)
+    if not (isinstance(grid, int) and not isinstance(grid, bool) and 16 <= grid <= 256):
+        raise ValueError(f"cardiac-synth: params.phantom_grid must be an integer in 16..256, got {grid!r}")
+    fov_mm = 160.0  # the phantom's default field of view (64 x 2.5 mm)
+    config = CardiacPhantomConfig(seed=int(spec.params.get("phantom_seed", 0)), shape_ijk=(grid,) * 3,
+                                  spacing_mm=fov_mm / grid)  # fmt: skip
+    return template_from_phantom(config)
 
 
 @register(PIPELINE)
@@ -70,6 +78,7 @@ def run_cardiac_synth(spec: JobSpec, work_dir: Path, progress: Progress) -> dict
     config = CardiacSynthConfig(
         n=p.get("n", 4), seed=p.get("seed", 0), renderer=p.get("renderer", "warp"), model=p.get("model"),
         steps=p.get("steps", 20), ssv_steps=tuple(p.get("ssv_steps", (10, 20, 50))), mgm=mgm,
+        start_strength=p.get("start_strength", 0.5),
         device=str(p.get("device", "auto")),
     )  # fmt: skip
     progress("loading the template", 0.0)
