@@ -231,3 +231,32 @@ def test_bundle_round_trips_installs_and_refuses_bad_parts(
     refused = CliRunner().invoke(app, ["x2ct", "bundle", "--autoencoder", str(runs["ae"]), "--encoder", str(wide),
                                        "--ldm", str(runs["ldm"]), "--out", str(tmp_path / "cli_bad")])  # fmt: skip
     assert refused.exit_code == 1 and "latent_channels is 8" in _flat(refused.output)
+
+
+def test_package_bundle_flattens_into_a_weights_folder_that_loads_by_name(
+    runs: dict[str, Path], tmp_path: Path, xraycardiac_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shipped-weights layout: <name>.json + <name>.<part>.pt beside other models' files."""
+    from xraycardiac.models import ModelEntry, manifest
+    from xraycardiac.xray2ct.bundle import load_bundle, package_bundle, write_bundle
+
+    write_bundle(tmp_path / "b", runs["ae"], runs["enc"], runs["ldm"], name="x2ct-flat")
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "encoder.pt").write_bytes(b"another model's file of the same plain name")
+    entry = package_bundle(tmp_path / "b", weights, "x2ct-flat")
+    assert sorted(p.name for p in weights.iterdir()) == [
+        "encoder.pt",
+        "x2ct-flat.autoencoder.pt",
+        "x2ct-flat.encoder.pt",
+        "x2ct-flat.json",
+        "x2ct-flat.ldm.pt",
+    ]
+    (tmp_path / "manifest.json").write_text(json.dumps({"models": [ModelEntry.from_dict(entry).to_dict()]}))
+    monkeypatch.setattr(manifest, "PACKAGED_MANIFEST", tmp_path / "manifest.json")
+    monkeypatch.setattr(manifest, "PACKAGED_WEIGHTS_DIR", weights)
+    loaded = load_bundle("x2ct-flat")
+    assert loaded.mode == "biplanar" and loaded.data_config.grid == 16
+    (weights / "x2ct-flat.ldm.pt").write_bytes(b"tampered")
+    with pytest.raises(ValueError, match="sha256"):
+        load_bundle("x2ct-flat")

@@ -508,3 +508,30 @@ def import_bundle(folder: str | os.PathLike[str]) -> Any:
         for rec in info["files"].values():
             shutil.copyfile(dest / rec["file"], Path(installed.directory) / rec["file"])
     return installed
+
+
+def package_bundle(bundle: str | os.PathLike[str], dest: str | os.PathLike[str], name: str) -> dict[str, Any]:
+    """Copy a bundle folder into a flat weights folder as ``<name>.json`` + ``<name>.<part>.pt``.
+
+    The packaged weights folder (``xraycardiac/models/weights``) holds files of several models side by
+    side, so the parts get the bundle's name as a prefix and the bundle JSON lists those names; the
+    returned manifest entry (``file`` = ``<name>.json``, its sha256) goes into the packaged manifest.
+
+    Raises:
+        ValueError / FileNotFoundError: as :func:`load_bundle` for a bad bundle folder.
+    """
+    from xraycardiac.models import sha256_file
+
+    src = Path(bundle)
+    folder, entry = _locate_bundle(src)
+    info = _read_bundle_json(folder / entry["file"])
+    dest = Path(dest)
+    for part, rec in info["files"].items():
+        target = f"{name}.{part}.pt"
+        shutil.copyfile(folder / rec["file"], dest / target)
+        if sha256_file(dest / target) != rec["sha256"]:
+            raise ValueError(f"{dest / target}: sha256 differs from {folder / entry['file']}'s after copying")
+        rec["file"] = target
+    info["name"] = name
+    _write_json(dest / f"{name}.json", info)
+    return {**entry, "name": name, "file": f"{name}.json", "sha256": sha256_file(dest / f"{name}.json")}
