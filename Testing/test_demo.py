@@ -16,7 +16,7 @@ def test_demo_writes_report_and_every_view(tmp_path):
     report = run_demo(tmp_path / "demo", device="cpu")
     html = report.read_text()
     images = re.findall(r"<img src='([^']+)'", html)
-    assert len(images) == 2 * (1 + len(DEMO_VIEWS)) + 6 + 5, f"report shows {len(images)} images"
+    assert len(images) == 2 * (1 + len(DEMO_VIEWS)) + 6 + 5 + 11, f"report shows {len(images)} images"
     for rel in images:
         assert (report.parent / rel).is_file(), f"report links a missing image {rel}"
     for case in ("real_chest_ct", "chest_phantom"):
@@ -54,6 +54,16 @@ def test_demo_writes_report_and_every_view(tmp_path):
     assert set(np.unique(labels.array)) == set(np.unique(template.array))
     lv, bg = image.array[labels.array == 1].mean(), image.array[labels.array == 0].mean()
     assert lv > bg + 150, f"synthetic LV blood pool {lv:.0f} HU vs background {bg:.0f} HU"
+    # XRayToCT section: the CT generated from the real CT's two DRRs has its lungs where the truth has them
+    from xraycardiac.metrics.chest_masks import dice, lung_mask
+
+    x2ct = report.parent / "x2ct"
+    generated = read_volume(x2ct / "generated" / "ct.nrrd")
+    truth = read_volume(x2ct / "inputs" / "reference_ct.nrrd")
+    assert np.allclose(generated.ijk_to_ras, truth.ijk_to_ras, atol=1e-3)
+    lungs = dice(lung_mask(generated.array), lung_mask(truth.array))
+    assert lungs > 0.5, f"lung Dice of the generated CT {lungs:.2f}"
+    assert read_volume(x2ct / "generated" / "uncertainty.nrrd").array.max() > 0
     # the PA view is radiological: the heart (patient's left) projects right of the image centre
     pa = read_volume(report.parent / "real_chest_ct_drr" / "PA.labels.nrrd")
     heart = pa.array[pa.meta["label_ids"].index(3)]

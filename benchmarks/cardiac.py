@@ -220,9 +220,9 @@ def _tcdm(model: str, template, schedules: list[int], steps: int, start_strength
     def render(sample):
         kept = {}
 
-        def fn(cond, steps_, generator, noise):
-            x0 = sample_tcdm(unet, scheduler, cond, steps_, generator, noise, start_strength=start_strength)
-            if steps_ == steps:
+        def fn(cond, steps: int, generator, noise, keep: int = steps):
+            x0 = sample_tcdm(unet, scheduler, cond, steps, generator, noise, start_strength=start_strength)
+            if steps == keep:
                 kept["x0"] = x0
             return x0
 
