@@ -99,7 +99,9 @@ def parse_overrides(pairs: list[str], *configs: Any) -> list[Any]:
     """Apply ``key=value`` overrides to frozen dataclass configs (nanoGPT style); unknown keys are errors.
 
     Each key must name a field of exactly one of ``configs``; the value is parsed as JSON when it
-    parses (numbers, true/false, null, lists), else taken as a string. Lists become tuples.
+    parses (numbers, true/false, null, lists), else taken as a string. Lists become tuples. Each
+    config is rebuilt once with all its changes, so fields checked together (``channels`` and
+    ``attention_levels``) can change together.
 
     Args:
         pairs: e.g. ``["steps=500", "lr=1e-4", "channels=[16,32,64,64]"]``.
@@ -111,10 +113,10 @@ def parse_overrides(pairs: list[str], *configs: Any) -> list[Any]:
     Raises:
         ValueError: a pair without "=", or a key no config has (names the allowed keys).
     """
-    out = list(configs)
     names = [{f.name for f in fields(c)} for c in configs]
+    changes: list[dict[str, Any]] = [{} for _ in configs]
     for pair in pairs:
-        key, sep, raw = pair.partition("=")
+        key, sep, raw = str(pair).partition("=")
         key = key.strip().lstrip("-").replace("-", "_")
         if not sep or not key:
             raise ValueError(f"override {pair!r}: expected key=value")
@@ -126,11 +128,8 @@ def parse_overrides(pairs: list[str], *configs: Any) -> list[Any]:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
-        if isinstance(value, list):
-            value = tuple(value)
-        i = owners[0]
-        out[i] = replace(out[i], **{key: value})
-    return out
+        changes[owners[0]][key] = tuple(value) if isinstance(value, list) else value
+    return [replace(c, **ch) if ch else c for c, ch in zip(configs, changes, strict=True)]
 
 
 def batch_indices(step: int, batch_size: int, n: int, seed: int) -> np.ndarray:

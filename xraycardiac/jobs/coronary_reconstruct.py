@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from xraycardiac.jobs.inputs import read_geometry_input, read_view
 from xraycardiac.jobs.registry import Progress, register
 from xraycardiac.jobs.spec import JobSpec
 
@@ -77,51 +78,6 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _read_image(spec: JobSpec, key: str) -> np.ndarray:
-    """Input ``key`` (a 2D volume file) as a (rows, cols) float64 array; a ValueError naming ``key``."""
-    from xraycardiac.io import read_volume
-
-    path = spec.input_path(key)
-    try:
-        volume = read_volume(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"inputs.{key}: {path} does not exist") from None
-    except ValueError as exc:
-        raise ValueError(f"inputs.{key}: {exc}") from None
-    array = np.asarray(volume.array, dtype=np.float64)
-    if array.ndim == 3 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim != 2 or min(array.shape) < 8:
-        raise ValueError(
-            f"inputs.{key}: {path.name}: expected a 2D image (one slice) of >= 8 x 8 pixels, "
-            f"got an array of shape {volume.array.shape}"
-        )
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"inputs.{key}: {path.name} holds non-finite values")
-    return array
-
-
-def _read_geometry(spec: JobSpec, key: str, shape: tuple[int, int], image_key: str) -> Any:
-    """Input ``key`` (a ``CArmGeometry`` JSON file), checked against its image's (rows, cols)."""
-    from xraycardiac.geometry import CArmGeometry
-
-    path = spec.input_path(key)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        geometry = CArmGeometry.from_dict(data)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"inputs.{key}: {path} does not exist") from None
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise ValueError(f"inputs.{key}: {path.name} is not a C-arm geometry JSON ({exc})") from None
-    detector = (geometry.detector_rows, geometry.detector_cols)
-    if detector != tuple(shape):
-        raise ValueError(
-            f"inputs.{key}: its detector is {detector[0]} x {detector[1]} pixels (rows x cols) but "
-            f"inputs.{image_key} is {shape[0]} x {shape[1]}; each image needs the geometry of its own frame"
-        )
-    return geometry
-
-
 def _unit_range(image: np.ndarray) -> np.ndarray:
     """The image in [0, 1]: as it is when already there, else by its 0.5 / 99.5 percentiles."""
     if image.min() >= 0.0 and image.max() <= 1.0:
@@ -136,7 +92,7 @@ def _vessel_mask(spec: JobSpec, view: int, image: np.ndarray) -> tuple[np.ndarra
     """(bool vessel mask, source "mask" / "segmented") of view ``view``; a ValueError when it is empty."""
     key = f"mask{view}"
     if key in spec.inputs:
-        mask = _read_image(spec, key) > 0
+        mask = read_view(spec.input_path(key), key) > 0
         if mask.shape != image.shape:
             raise ValueError(
                 f"inputs.{key}: {mask.shape[0]} x {mask.shape[1]} pixels, but inputs.image{view} is "
@@ -197,7 +153,7 @@ def run_coronary_reconstruct(spec: JobSpec, work_dir: Path, progress: Progress) 
     params = _params(spec)
     method = params["method"]
     progress("reading inputs", 0.0)
-    images = [_read_image(spec, f"image{v}") for v in (1, 2)]
+    images = [read_view(spec.input_path(f"image{v}"), f"image{v}") for v in (1, 2)]
     for v in (1, 2):
         if f"geometry{v}" not in spec.inputs:
             why = (
@@ -209,7 +165,7 @@ def run_coronary_reconstruct(spec: JobSpec, work_dir: Path, progress: Progress) 
                 f"inputs.geometry{v}: missing; {why}: give the C-arm geometry of image {v} "
                 "(a CArmGeometry JSON, e.g. read from its DICOM XA header)"
             )
-    g1, g2 = (_read_geometry(spec, f"geometry{v}", images[v - 1].shape, f"image{v}") for v in (1, 2))
+    g1, g2 = (read_geometry_input(spec, f"geometry{v}", images[v - 1].shape, f"image{v}") for v in (1, 2))
     masks = [_vessel_mask(spec, v, _unit_range(images[v - 1])) for v in (1, 2)]
     device = str(select_device(params["device"]))
 

@@ -59,6 +59,7 @@ from typing import Any
 
 import numpy as np
 
+from xraycardiac.jobs.inputs import read_geometry_input, read_view
 from xraycardiac.jobs.registry import Progress, register
 from xraycardiac.jobs.spec import JobSpec
 
@@ -137,70 +138,6 @@ def _check_input_names(spec: JobSpec) -> None:
         raise ValueError("inputs.pa: required (the PA radiograph, a one-slice volume file or a .npy image)")
     if "geometry_lateral" in spec.inputs and "lateral" not in spec.inputs:
         raise ValueError("inputs.geometry_lateral: given without inputs.lateral")
-
-
-def read_view(path: str | os.PathLike[str], key: str) -> np.ndarray:
-    """A radiograph file as a finite (rows, cols) float64 array; a ValueError naming ``inputs.<key>``.
-
-    Args:
-        path: a one-slice volume file (NRRD, NIfTI, MetaImage, ...) or a ``.npy`` (rows, cols) array.
-        key: the input's name, for messages.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"inputs.{key}: {path} does not exist")
-    if path.suffix.lower() == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"inputs.{key}: {path.name} is not a readable .npy array ({exc})") from None
-        if not np.issubdtype(array.dtype, np.number):
-            raise ValueError(f"inputs.{key}: {path.name} holds {array.dtype} values, expected numbers")
-        array = np.asarray(array, dtype=np.float64)
-    else:
-        from xraycardiac.io import read_volume
-
-        try:
-            array = np.asarray(read_volume(path).array, dtype=np.float64)
-        except ValueError as exc:
-            raise ValueError(f"inputs.{key}: {exc}") from None
-    if array.ndim == 3 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim != 2:
-        what = (
-            f"a 3D volume of {array.shape[0]} slices" if array.ndim == 3 else f"an array of {array.ndim} dims"
-        )
-        raise ValueError(
-            f"inputs.{key}: {path.name} is {what} (shape {array.shape}), not a radiograph; expected one "
-            "2D image (rows, cols) or a one-slice volume"
-        )
-    if min(array.shape) < 8:
-        raise ValueError(
-            f"inputs.{key}: {path.name} is {array.shape[0]} x {array.shape[1]} pixels; need >= 8 x 8"
-        )
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"inputs.{key}: {path.name} holds non-finite values")
-    return array
-
-
-def _read_geometry(spec: JobSpec, key: str, shape: tuple[int, int], image_key: str) -> Any:
-    """Input ``key`` (a ``CArmGeometry`` JSON), checked against its image's (rows, cols)."""
-    from xraycardiac.geometry import CArmGeometry
-
-    path = spec.input_path(key)
-    try:
-        geometry = CArmGeometry.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"inputs.{key}: {path} does not exist") from None
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise ValueError(f"inputs.{key}: {path.name} is not a C-arm geometry JSON ({exc})") from None
-    detector = (geometry.detector_rows, geometry.detector_cols)
-    if detector != tuple(shape):
-        raise ValueError(
-            f"inputs.{key}: its detector is {detector[0]} x {detector[1]} pixels (rows x cols) but "
-            f"inputs.{image_key} is {shape[0]} x {shape[1]}"
-        )
-    return geometry
 
 
 def _default_geometry(config: Any, view: str, shape: tuple[int, int], centre: Any) -> Any:
@@ -335,7 +272,7 @@ def run_x2ct_generate(spec: JobSpec, work_dir: Path, progress: Progress) -> dict
         key = f"geometry_{view}"
         given[view] = key in spec.inputs
         if given[view]:
-            geoms[view] = _read_geometry(spec, key, images[view].shape, view)
+            geoms[view] = read_geometry_input(spec, key, images[view].shape, view)
     centre = geoms["pa"].isocenter if "pa" in geoms else np.zeros(3)
     for view in bundle.views:
         if view not in geoms:

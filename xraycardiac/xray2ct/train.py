@@ -38,13 +38,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from xraycardiac.trainer import parse_overrides
 from xraycardiac.xray2ct.bundle import (
     check_autoencoder_data,
     check_encoder_fits,
@@ -71,34 +72,8 @@ from xraycardiac.xray2ct.ldm import X2CTLDMConfig, build_ldm, make_ldm_loss_fn, 
 __all__ = ["apply_overrides", "cache_geometry", "train_x2ct_encoder", "train_x2ct_ldm"]
 
 
-def apply_overrides(pairs: Sequence[str], *configs: Any) -> list[Any]:
-    """``key=value`` overrides of frozen dataclass configs, all keys of one config applied at once.
-
-    The values and key rules are those of :func:`xraycardiac.trainer.parse_overrides` (JSON when it
-    parses, else a string; lists become tuples; ``--key`` and ``key-name`` accepted; a key must name a
-    field of one of ``configs``), but each config is rebuilt once with all its changes, so fields
-    checked together (``channels`` and ``attention_levels``) can change together.
-
-    Raises:
-        ValueError: a pair without "=", or a key no config has (lists the allowed keys).
-    """
-    names = [{f.name for f in fields(c)} for c in configs]
-    changes: list[dict[str, Any]] = [{} for _ in configs]
-    for pair in pairs:
-        key, sep, raw = str(pair).partition("=")
-        key = key.strip().lstrip("-").replace("-", "_")
-        if not sep or not key:
-            raise ValueError(f"override {pair!r}: expected key=value")
-        owners = [i for i, n in enumerate(names) if key in n]
-        if not owners:
-            allowed = sorted(set().union(*names))
-            raise ValueError(f"override {pair!r}: unknown key {key!r}; allowed keys: {', '.join(allowed)}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        changes[owners[0]][key] = tuple(value) if isinstance(value, list) else value
-    return [replace(c, **ch) if ch else c for c, ch in zip(configs, changes, strict=True)]
+apply_overrides = parse_overrides
+"""Kept for callers of the x2ct API: :func:`xraycardiac.trainer.parse_overrides` (all keys at once)."""
 
 
 def cache_geometry(config: X2CTDataConfig, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[int]]:

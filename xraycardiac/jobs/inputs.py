@@ -1,0 +1,81 @@
+"""Reading a job's image and C-arm geometry inputs, with errors that name the input (``inputs.<key>``).
+
+Shared by the jobs that take radiographs / angiograms (``x2ct-generate``, ``coronary-reconstruct``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xraycardiac.jobs.spec import JobSpec
+
+__all__ = ["read_geometry_input", "read_view"]
+
+
+def read_view(path: str | os.PathLike[str], key: str) -> np.ndarray:
+    """A radiograph file as a finite (rows, cols) float64 array; a ValueError naming ``inputs.<key>``.
+
+    Args:
+        path: a one-slice volume file (NRRD, NIfTI, MetaImage, ...) or a ``.npy`` (rows, cols) array.
+        key: the input's name, for messages.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"inputs.{key}: {path} does not exist")
+    if path.suffix.lower() == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"inputs.{key}: {path.name} is not a readable .npy array ({exc})") from None
+        if not np.issubdtype(array.dtype, np.number):
+            raise ValueError(f"inputs.{key}: {path.name} holds {array.dtype} values, expected numbers")
+        array = np.asarray(array, dtype=np.float64)
+    else:
+        from xraycardiac.io import read_volume
+
+        try:
+            array = np.asarray(read_volume(path).array, dtype=np.float64)
+        except ValueError as exc:
+            raise ValueError(f"inputs.{key}: {exc}") from None
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2:
+        what = (
+            f"a 3D volume of {array.shape[0]} slices" if array.ndim == 3 else f"an array of {array.ndim} dims"
+        )
+        raise ValueError(
+            f"inputs.{key}: {path.name} is {what} (shape {array.shape}), not a radiograph; expected one "
+            "2D image (rows, cols) or a one-slice volume"
+        )
+    if min(array.shape) < 8:
+        raise ValueError(
+            f"inputs.{key}: {path.name} is {array.shape[0]} x {array.shape[1]} pixels; need >= 8 x 8"
+        )
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"inputs.{key}: {path.name} holds non-finite values")
+    return array
+
+
+def read_geometry_input(spec: JobSpec, key: str, shape: tuple[int, int], image_key: str) -> Any:
+    """Input ``key`` (a ``CArmGeometry`` JSON), checked against its image's (rows, cols)."""
+    from xraycardiac.geometry import CArmGeometry
+
+    path = spec.input_path(key)
+    try:
+        geometry = CArmGeometry.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"inputs.{key}: {path} does not exist") from None
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"inputs.{key}: {path.name} is not a C-arm geometry JSON ({exc})") from None
+    detector = (geometry.detector_rows, geometry.detector_cols)
+    if detector != tuple(shape):
+        raise ValueError(
+            f"inputs.{key}: its detector is {detector[0]} x {detector[1]} pixels (rows x cols) but "
+            f"inputs.{image_key} is {shape[0]} x {shape[1]}; each image needs the geometry of its own frame"
+        )
+    return geometry
