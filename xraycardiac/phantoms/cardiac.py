@@ -69,7 +69,7 @@ from scipy.interpolate import CubicSpline
 from xraycardiac.cardiac import labels as _table
 from xraycardiac.coronary.tree import CoronaryTree
 from xraycardiac.phantoms.coronary import CoronaryPhantomConfig, make_coronary_tree
-from xraycardiac.phantoms.heart import HeartEllipsoid
+from xraycardiac.phantoms.heart import HeartEllipsoid, tilted_axis
 from xraycardiac.volume import Volume
 
 __all__ = ["CardiacPhantom", "CardiacPhantomConfig", "build_cardiac_phantom", "make_cardiac_phantom"]
@@ -353,12 +353,7 @@ def _draw(cfg: CardiacPhantomConfig, attempt: int) -> CardiacPhantom:
 
     # ---- heart (draw order fixed: part of the determinism contract) ----
     scale = uni(cfg.heart_scale)
-    u = np.asarray(cfg.heart_long_axis_ras, dtype=np.float64)
-    u /= np.linalg.norm(u)
-    tilt = math.radians(uni((0.0, cfg.heart_tilt_deg)))
-    perp = np.cross(u, rng.normal(size=3))
-    perp /= np.linalg.norm(perp)
-    u = math.cos(tilt) * u + math.sin(tilt) * perp
+    u = tilted_axis(rng, cfg.heart_long_axis_ras, cfg.heart_tilt_deg)
     centre = np.asarray(cfg.heart_center_ras_mm) + rng.uniform(-cfg.heart_shift_mm, cfg.heart_shift_mm, 3)
     heart = HeartEllipsoid.from_long_axis(centre, u, scale * np.asarray(cfg.heart_semi_axes_mm))
     fr = _Frame(ras, heart)

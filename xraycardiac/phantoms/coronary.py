@@ -66,7 +66,7 @@ import numpy as np
 from scipy.interpolate import CubicSpline
 
 from xraycardiac.coronary.tree import CoronaryTree
-from xraycardiac.phantoms.heart import HeartEllipsoid
+from xraycardiac.phantoms.heart import HeartEllipsoid, tilted_axis
 
 __all__ = ["CoronaryPhantomConfig", "HeartEllipsoid", "make_coronary_tree"]
 
@@ -377,12 +377,7 @@ def make_coronary_tree(config: CoronaryPhantomConfig | None = None) -> CoronaryT
 
     # ---- heart (fixed draw order from here on: part of the determinism contract) ----
     scale = uni(cfg.heart_scale)
-    u = np.asarray(cfg.heart_long_axis_ras, dtype=np.float64)
-    u /= np.linalg.norm(u)
-    tilt = math.radians(uni((0.0, cfg.heart_tilt_deg)))
-    perp = np.cross(u, rng.normal(size=3))
-    perp /= np.linalg.norm(perp)
-    u = math.cos(tilt) * u + math.sin(tilt) * perp
+    u = tilted_axis(rng, cfg.heart_long_axis_ras, cfg.heart_tilt_deg)
     heart = HeartEllipsoid.from_long_axis(
         cfg.heart_center_ras_mm, u, scale * np.asarray(cfg.heart_semi_axes_mm)
     )

@@ -15,12 +15,13 @@ surface, and by the analytic thorax (``xraycardiac.phantoms.thorax_analytic``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["HeartEllipsoid"]
+__all__ = ["HeartEllipsoid", "tilted_axis"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,3 +129,17 @@ class HeartEllipsoid:
         closest = e2 * y / (t[:, None] + e2)
         dist = np.linalg.norm(y - closest, axis=1)
         return np.where(np.sum((y / e) ** 2, axis=1) >= 1.0, dist, -dist)
+
+
+def tilted_axis(rng: np.random.Generator, axis_ras: Any, max_tilt_deg: float) -> np.ndarray:
+    """``axis_ras`` (normalised) tilted by a uniform angle in [0, max_tilt_deg] towards a random direction.
+
+    The random draws (one uniform, then three normals) are in a fixed order: the procedural phantoms
+    that call it keep their seeded output.
+    """
+    u = np.asarray(axis_ras, dtype=np.float64)
+    u = u / np.linalg.norm(u)
+    tilt = math.radians(float(rng.uniform(0.0, max_tilt_deg)))
+    perp = np.cross(u, rng.normal(size=3))
+    perp /= np.linalg.norm(perp)
+    return math.cos(tilt) * u + math.sin(tilt) * perp
