@@ -6,6 +6,7 @@ Settings are ``key=value`` arguments naming a field of the model config or of ``
     xraycardiac train angio-diffusion --data synth/ --out runs/angio steps=3000 batch_size=16 image_size=256
     xraycardiac train coronary-matcher --data synth/ --out runs/matcher --foundation dinov2:/models/dinov2
         steps=20000 batch_size=4 matcher.n_layers=6
+    xraycardiac train coronary-foundation --data synth/ --out runs/fm    # our offline DINOv2 stand-in
 
 XRayToCT (CLS-DM) trains in three stages, each on the frozen results of the one before, and the
 three runs are packed into one x2ct model with ``xraycardiac x2ct bundle`` (see
@@ -126,6 +127,31 @@ def coronary_matcher(
         if foundation is not None:
             mcfg = replace(mcfg, foundation=foundation)
         return train_coronary_matcher(data, out, mcfg, tcfg, **kwargs)
+
+    _train(out, train, name=name, split=split)
+
+
+@app.command("coronary-foundation")
+def coronary_foundation(
+    data: Annotated[
+        Path, typer.Option(help="Coronary pair dataset of square images (xraycardiac coronary synth).")
+    ],
+    out: _OutOption,
+    settings: Annotated[
+        list[str] | None,
+        typer.Argument(help="key=value overrides of AngioFoundationConfig / TrainConfig fields."),
+    ] = None,
+    name: _NameOption = "angio-foundation",
+    split: _SplitOption = "train",
+) -> None:
+    """Train our small DINOv2-architecture angiogram encoder (the offline stand-in for DINOv2); OUT/foundation
+    is then used as --foundation dinov2:OUT/foundation."""
+    from xraycardiac.coronary.train_foundation import AngioFoundationConfig, train_coronary_foundation
+    from xraycardiac.trainer import TrainConfig, parse_overrides
+
+    def train(**kwargs: Any) -> dict:
+        fcfg, tcfg = parse_overrides(settings or [], AngioFoundationConfig(), TrainConfig())
+        return train_coronary_foundation(data, out, fcfg, tcfg, **kwargs)
 
     _train(out, train, name=name, split=split)
 
