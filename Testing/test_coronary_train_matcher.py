@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,8 @@ def test_training_writes_an_importable_package(run: Path, xraycardiac_home: Path
     entry = json.loads((run / "model.json").read_text())
     assert entry["sha256"] == sha256_file(run / "model.pt")
     config, _ = parse_matcher_overrides(TINY)
-    assert CoronaryMatcherConfig.from_dict(entry["config"]) == config
+    # training records the image side it saw as the size match() resizes to
+    assert CoronaryMatcherConfig.from_dict(entry["config"]) == replace(config, match_size_px=64)
     assert entry["config"]["matcher"]["input_dim"] == 16 and entry["config"]["foundation"] is None
     assert "3 coronary view pairs of 64 x 64 px" in entry["training_data"], entry["training_data"]
     assert (run / "checkpoint.pt").is_file() and len((run / "log.jsonl").read_text().splitlines()) == 3
@@ -196,3 +198,18 @@ def test_training_with_a_foundation_model(data: Path, tmp_path: Path) -> None:
     assert not any("embeddings" in k or "encoder.layer" in k for k in weights), "foundation weights saved"
     result = runner.invoke(app, [*args[:-1], str(tmp_path / "nowhere"), *TINY, "steps=2"])
     assert result.exit_code == 1 and "nowhere" in result.output, result.output
+
+
+def test_match_size_maps_keypoints_back_to_the_input_pixels(run: Path, data: Path) -> None:
+    from xraycardiac.coronary.train_matcher import MatcherTrainingPairs
+
+    net = CoronaryMatcher.load(run)
+    assert net.config.match_size_px == 64
+    image = MatcherTrainingPairs(data, "all")[0]["image1"][0].numpy()
+    ref = net.match(image, image).keypoints1  # native 64 px
+    big = np.kron(image, np.ones((2, 2), np.float32))  # the same view at 128 px
+    got = net.match(big, big).keypoints1
+    assert len(got) > 5 and got.max() > 64, "keypoints are reported in the 128 px input's pixels"
+    expected = 2 * (ref + 0.5) - 0.5
+    d = np.linalg.norm(got[:, None] - expected[None], axis=-1).min(1)
+    assert np.mean(d <= 2.0) >= 0.7, f"only {np.mean(d <= 2.0):.2f} of keypoints map back within 2 px"

@@ -101,6 +101,11 @@ class CoronaryMatcherConfig(JsonConfig):
             matcher does not (pass the foundation model to :meth:`CoronaryMatcher.match`).
         foundation_input_size: longer side of the foundation model's input, pixels; None = the
             model's own ``image_size``.
+        match_size_px: :meth:`CoronaryMatcher.match` resizes each image (bilinear, antialiased,
+            aspect kept) so that its longer side has this many pixels before detection and maps the
+            keypoints back, so that vessels have the pixel scale the matcher was trained at; None =
+            native size. :func:`train_coronary_matcher` sets it to the training images' side
+            when it is None.
     """
 
     keypoint_net: KeypointNetConfig = field(default_factory=KeypointNetConfig)
@@ -111,6 +116,7 @@ class CoronaryMatcherConfig(JsonConfig):
     min_distractor_distance_px: float = 8.0
     foundation: str | None = None
     foundation_input_size: int | None = None
+    match_size_px: int | None = None
 
     def __post_init__(self) -> None:
         name = "CoronaryMatcherConfig"
@@ -144,9 +150,10 @@ class CoronaryMatcherConfig(JsonConfig):
                     f"{name}.foundation: expected None or 'family:/path/to/folder' with family in "
                     f"{', '.join(FAMILIES)}, got {self.foundation!r}"
                 )
-        v = self.foundation_input_size
-        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-            raise ValueError(f"{name}.foundation_input_size: expected None or an integer >= 1, got {v!r}")
+        for key in ("foundation_input_size", "match_size_px"):
+            v = getattr(self, key)
+            if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 8):
+                raise ValueError(f"{name}.{key}: expected None or an integer >= 8 (pixels), got {v!r}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "matcher config") -> CoronaryMatcherConfig:
@@ -320,6 +327,17 @@ class CoronaryMatcher(nn.Module):
 
         return matcher_training_step(self.keypoint_net, self.matcher, batch, foundation, self.config.loss)
 
+    def _working_image(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        """``image`` resized to ``config.match_size_px`` on its longer side (or as is), and the scale used."""
+        side = self.config.match_size_px
+        h, w = image.shape
+        if side is None or max(h, w) == side:
+            return image, 1.0
+        s = side / max(h, w)
+        size = (max(8, round(h * s)), max(8, round(w * s)))
+        x = F.interpolate(torch.from_numpy(image)[None, None], size=size, mode="bilinear", antialias=True)
+        return x[0, 0].numpy(), s
+
     def _detect(self, image: np.ndarray) -> dict[str, torch.Tensor]:
         """KeypointNet detections on one image, replicate-padded to a multiple of the cell."""
         h, w = image.shape
@@ -346,7 +364,8 @@ class CoronaryMatcher(nn.Module):
 
         Args:
             image1, image2: (rows, cols) grey images, float in [0, 1] (or uint8), vessels dark; any
-                size (padded to a multiple of the KeypointNet cell by repeating the edge).
+                size (resized to ``config.match_size_px`` when set, padded to a multiple of the
+                KeypointNet cell by repeating the edge); keypoints come back in their pixels.
             foundation: the loaded foundation model
                 (:func:`~xraycardiac.coronary.foundation.load_foundation`), or any callable
                 ``images (B, 1, H, W) -> (B, C, h, w)`` patch features; None = no cross-attention mask.
@@ -373,7 +392,8 @@ class CoronaryMatcher(nn.Module):
         was_training = self.training
         self.eval()
         t0 = time.perf_counter()
-        det0, det1 = self._detect(a), self._detect(b)
+        (wa, sa), (wb, sb) = self._working_image(a), self._working_image(b)
+        det0, det1 = self._detect(wa), self._detect(wb)
         kp0, kp1 = det0["keypoints"], det1["keypoints"]
         use_fm = foundation is not None and self.config.matcher.foundation_mask
         fdesc0 = fdesc1 = None
@@ -382,21 +402,25 @@ class CoronaryMatcher(nn.Module):
 
             fdesc0, fdesc1 = (
                 sample_features(foundation(torch.from_numpy(img)[None, None]), kp, img.shape).to(self.device)
-                for img, kp in ((a, kp0), (b, kp1))
+                for img, kp in ((wa, kp0), (wb, kp1))
             )
-        size0 = torch.tensor([a.shape[1], a.shape[0]], dtype=torch.float32, device=self.device)
-        size1 = torch.tensor([b.shape[1], b.shape[0]], dtype=torch.float32, device=self.device)
+        size0 = torch.tensor([wa.shape[1], wa.shape[0]], dtype=torch.float32, device=self.device)
+        size1 = torch.tensor([wb.shape[1], wb.shape[0]], dtype=torch.float32, device=self.device)
         out = self.matcher(
             kp0, kp1, det0["descriptors"], det1["descriptors"], size0, size1,
             mask0=det0["mask"], mask1=det1["mask"], fdesc0=fdesc0, fdesc1=fdesc1,
         )  # fmt: skip
         m0, ms0 = out["matches0"][0], out["matching_scores0"][0]
         valid = (m0 >= 0) & det0["mask"][0]
-        x1 = kp0[0][valid].double().cpu().numpy()
-        x2 = kp1[0][m0[valid]].double().cpu().numpy()
+        k0 = (
+            kp0[0].double().cpu().numpy() + 0.5
+        ) / sa - 0.5  # back to the input's pixels (centres at integers)
+        k1 = (kp1[0].double().cpu().numpy() + 0.5) / sb - 0.5
+        valid_np, m0_np = valid.cpu().numpy(), m0.cpu().numpy()
+        x1, x2 = k0[valid_np], k1[m0_np[valid_np]]
         scores = ms0[valid].double().cpu().numpy()
-        keypoints1 = kp0[0][det0["mask"][0]].double().cpu().numpy()
-        keypoints2 = kp1[0][det1["mask"][0]].double().cpu().numpy()
+        keypoints1 = k0[det0["mask"][0].cpu().numpy()]
+        keypoints2 = k1[det1["mask"][0].cpu().numpy()]
         info: dict[str, Any] = {"num_matcher_matches": len(x1), "foundation_mask": use_fm}
         method = "matcher" if use_fm else "matcher-nofm"
         if flt is not None:
@@ -604,6 +628,8 @@ def train_coronary_matcher(
             f"{data}: images of {dataset.image_shape[0]} x {dataset.image_shape[1]} pixels are not a multiple "
             f"of keypoint_net.cell={cell}; synthesize with another --size or set keypoint_net.cell"
         )
+    if cfg.match_size_px is None and dataset.image_shape is not None:
+        cfg = replace(cfg, match_size_px=int(max(dataset.image_shape)))
     torch.manual_seed(tcfg.seed)
     model = CoronaryMatcher(cfg)
     out = Path(out)
