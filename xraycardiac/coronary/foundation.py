@@ -109,6 +109,9 @@ class FoundationSpec:
     def parse(cls, text: str) -> FoundationSpec:
         """Parse ``"family:/path/to/folder"`` (the ``--foundation`` option).
 
+        A bare name that is not a folder here names a foundation folder shipped with the package
+        (``dinov2:angio-foundation-demo``, our stand-in from ``xraycardiac train coronary-foundation``).
+
         Raises:
             ValueError: no ``family:`` prefix, empty path or unknown family (names ``foundation``).
             FileNotFoundError: the folder does not exist.
@@ -120,7 +123,13 @@ class FoundationSpec:
                 f"foundation: expected 'family:/path/to/folder' with family in {', '.join(FAMILIES)}, "
                 f"got {text!r}"
             )
-        spec = cls(family, Path(path.strip()))
+        folder = Path(path.strip()).expanduser()
+        if not folder.exists() and len(folder.parts) == 1:
+            from xraycardiac.models.manifest import PACKAGED_WEIGHTS_DIR
+
+            if (PACKAGED_WEIGHTS_DIR / folder.name).is_dir():
+                folder = PACKAGED_WEIGHTS_DIR / folder.name
+        spec = cls(family, folder)
         _check_folder(spec.path)
         return spec
 

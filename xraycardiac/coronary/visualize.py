@@ -16,6 +16,7 @@ def draw_matches(
     path: str | Path,
     ambiguous: np.ndarray | None = None,
     max_lines: int = 200,
+    incorrect: np.ndarray | None = None,
 ) -> Path:
     """Write a PNG with ``image1 | image2`` and one line per match, atomically.
 
@@ -25,6 +26,7 @@ def draw_matches(
         path: destination .png.
         ambiguous: optional (M,) bool; ambiguous matches are drawn orange, the others green.
         max_lines: at most this many lines, evenly subsampled, so the picture stays readable.
+        incorrect: optional (M,) bool; these matches are drawn red (wins over ``ambiguous``).
 
     Returns:
         The written path.
@@ -42,6 +44,8 @@ def draw_matches(
     keep = np.linspace(0, n - 1, min(n, max_lines)).round().astype(int) if n else []
     for m in keep:
         colour = (255, 150, 0) if ambiguous is not None and ambiguous[m] else (0, 220, 0)
+        if incorrect is not None and incorrect[m]:
+            colour = (230, 30, 30)
         (u1, v1), (u2, v2) = x1[m], x2[m]
         draw.line([(float(u1), float(v1)), (float(u2) + a.shape[1], float(v2))], fill=colour, width=1)
         for u, v in ((u1, v1), (u2 + a.shape[1], v2)):
