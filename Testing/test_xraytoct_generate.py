@@ -320,3 +320,13 @@ def test_describe_result_without_metrics() -> None:
         "CT 64³ voxels of 4.0 mm, model x2ct-demo: 4 sample(s) x 20 steps on cpu in 12.3 s"
     )
     assert "PA geometry from the node." in text and "PSNR" not in text, text
+
+
+def test_shipped_single_view_model_takes_the_pa_only(xraycardiac_home) -> None:
+    from xraycardiac.xray2ct.bundle import load_bundle
+
+    info = resolve_model("x2ct-single-demo")
+    assert (info["mode"], info["grid"]) == ("single", 32), info
+    bundle = load_bundle("x2ct-single-demo")
+    assert bundle.views == ("pa",) and bundle.ldm.config.global_embedding, bundle.views
+    assert "x2ct-single-demo" in installed_x2ct_models()
