@@ -350,3 +350,11 @@ def test_epipolar_filter_needs_the_geometry(sample):
             matcher(sample["image1"], sample["image2"], None, MatcherConfig(filter="epipolar"))
     with pytest.raises(ValueError, match="filter"):
         MatcherConfig(filter="magic")
+
+
+def test_ransac_filter_on_degenerate_matches_returns_none() -> None:
+    from xraycardiac.coronary.baselines import MatcherConfig, filter_matches
+
+    x1 = np.stack([np.linspace(0, 100, 12), np.linspace(0, 100, 12)], 1)  # collinear: F is undetermined
+    keep, info = filter_matches(x1, x1 + 3.0, np.ones(12), MatcherConfig(filter="ransac"), None)
+    assert len(keep) == 0 and "fundamental_matrix" not in info

@@ -197,14 +197,17 @@ def filter_matches(
         "ransac": cv2.FM_RANSAC,
     }[config.ransac_method]
     cv2.setRNGSeed(config.seed)
-    f, inliers = cv2.findFundamentalMat(
-        np.ascontiguousarray(x1, dtype=np.float64),
-        np.ascontiguousarray(x2, dtype=np.float64),
-        method,
-        config.ransac_threshold_px,
-        config.ransac_confidence,
-        config.ransac_max_iters,
-    )
+    try:
+        f, inliers = cv2.findFundamentalMat(
+            np.ascontiguousarray(x1, dtype=np.float64),
+            np.ascontiguousarray(x2, dtype=np.float64),
+            method,
+            config.ransac_threshold_px,
+            config.ransac_confidence,
+            config.ransac_max_iters,
+        )
+    except cv2.error:  # USAC asserts on some degenerate sets (e.g. near-collinear points) instead of failing
+        f = inliers = None
     if f is None or inliers is None or f.shape != (3, 3):  # degenerate: OpenCV may stack several F
         return np.zeros(0, dtype=np.int64), info
     info["fundamental_matrix"] = f
