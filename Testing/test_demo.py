@@ -16,7 +16,8 @@ def test_demo_writes_report_and_every_view(tmp_path):
     report = run_demo(tmp_path / "demo", device="cpu")
     html = report.read_text()
     images = re.findall(r"<img src='([^']+)'", html)
-    assert len(images) == 2 * (1 + len(DEMO_VIEWS)) + 6 + 5 + 11, f"report shows {len(images)} images"
+    assert len(images) == 2 * (1 + len(DEMO_VIEWS)) + 7 + 5 + 11, f"report shows {len(images)} images"
+    assert "coronary/learned_matches.png" in images, "the shipped matcher's matches are in the report"
     for rel in images:
         assert (report.parent / rel).is_file(), f"report links a missing image {rel}"
     for case in ("real_chest_ct", "chest_phantom"):
