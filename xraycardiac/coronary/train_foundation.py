@@ -206,24 +206,17 @@ class FoundationTrainingViews(torch.utils.data.Dataset):
     def __init__(
         self, root: str | os.PathLike[str], config: AngioFoundationConfig, split: str = "train"
     ) -> None:
-        from xraycardiac.coronary import dataset as ds
+        from xraycardiac.coronary.train_matcher import MatcherTrainingPairs
 
-        self.root, self.config = Path(root), config
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"training data folder {self.root} not found")
-        self.pairs = ds.CoronaryPairDataset(
-            self.root, split=None if split == "all" else split, load_thickness=False
-        )
-        if len(self.pairs) == 0:
-            raise ValueError(f"{self.root}: the coronary pair dataset has no sample in split {split!r}")
+        # the matcher's training set checks the folder, the split and that all images share one size
+        views = MatcherTrainingPairs(root, split)
+        self.root, self.config, self.pairs = views.root, config, views.pairs
         s = config.image_size
-        for sample in self.pairs.samples:
-            meta = ds.read_json(sample / "sample.json", "coronary pair sample")
-            if any(tuple(shape) != (s, s) for shape in meta.get("image_shape", [])):
-                raise ValueError(
-                    f"{sample}: images of {meta.get('image_shape')} pixels; AngioFoundationConfig.image_size "
-                    f"is {s} (train on a dataset of {s} x {s} images or set image_size)"
-                )
+        if views.image_shape is not None and tuple(views.image_shape) != (s, s):
+            raise ValueError(
+                f"{self.root}: images of {list(views.image_shape)} pixels; AngioFoundationConfig.image_size "
+                f"is {s} (train on a dataset of {s} x {s} images or set image_size)"
+            )
 
     def __len__(self) -> int:
         return len(self.pairs)
