@@ -213,3 +213,29 @@ def test_match_size_maps_keypoints_back_to_the_input_pixels(run: Path, data: Pat
     expected = 2 * (ref + 0.5) - 0.5
     d = np.linalg.norm(got[:, None] - expected[None], axis=-1).min(1)
     assert np.mean(d <= 2.0) >= 0.7, f"only {np.mean(d <= 2.0):.2f} of keypoints map back within 2 px"
+
+
+def test_init_fine_tunes_from_another_matcher(run: Path, data: Path, tmp_path: Path) -> None:
+    """--init copies the weights (one step at a negligible lr keeps them); other shapes are refused."""
+    out = tmp_path / "finetuned"
+    args = ["train", "coronary-matcher", "--data", str(data), "--out", str(out), "--init", str(run)]
+    result = runner.invoke(app, [*args, *TINY, "steps=1", "lr=1e-12"])
+    assert result.exit_code == 0, result.output
+    tuned, start = _weights(out / "model.pt"), _weights(run / "model.pt")
+    far = {k: float((tuned[k] - start[k]).abs().max()) for k in start if tuned[k].is_floating_point()}
+    assert max(far.values()) < 1e-5, (
+        f"fine-tuned weights moved from the init: {max(far.items(), key=lambda kv: kv[1])}"
+    )
+    entry = json.loads((out / "model.json").read_text())
+    assert "initialised from" in entry["description"], entry["description"]
+    fresh = tmp_path / "fresh"
+    train_coronary_matcher(
+        data, fresh, *parse_matcher_overrides([*TINY, "steps=1", "lr=1e-12"]), command="pytest"
+    )
+    assert any(not torch.allclose(_weights(fresh / "model.pt")[k], start[k]) for k in start), (
+        "init had no effect"
+    )
+    other = parse_matcher_overrides([*TINY, "matcher.descriptor_dim=8", "steps=1"])
+    with pytest.raises(ValueError, match=r"init=.*differ from the configured ones"):
+        train_coronary_matcher(data, tmp_path / "other", *other, init=run)
+    assert not (tmp_path / "other" / "model.pt").exists()

@@ -116,6 +116,13 @@ def coronary_matcher(
     ] = None,
     name: _NameOption = "coronary-matcher",
     split: _SplitOption = "train",
+    init: Annotated[
+        str | None,
+        typer.Option(
+            help="Fine-tune: start from this matcher (model name, run folder or .pt) with the same network "
+            "settings, e.g. a 128 px model on 256 px pairs."
+        ),
+    ] = None,
 ) -> None:
     """Train the coronary keypoint matcher (KeypointNet + foundation-masked attention matcher, Zhao et al. 2025)."""
     from dataclasses import replace
@@ -126,7 +133,7 @@ def coronary_matcher(
         mcfg, tcfg = parse_matcher_overrides(settings or [])
         if foundation is not None:
             mcfg = replace(mcfg, foundation=foundation)
-        return train_coronary_matcher(data, out, mcfg, tcfg, **kwargs)
+        return train_coronary_matcher(data, out, mcfg, tcfg, init=init, **kwargs)
 
     _train(out, train, name=name, split=split)
 

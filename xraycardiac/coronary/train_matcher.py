@@ -583,6 +583,22 @@ def _matcher_batch(
     return {k: v.to(device) for k, v in collate_matcher_inputs(items).items()}
 
 
+def _init_from(model: CoronaryMatcher, init: str | os.PathLike[str]) -> str:
+    """Copy the weights of matcher ``init`` into ``model``; returns the note for ``model.json``."""
+    source = CoronaryMatcher.load(init)
+    mine, theirs = model.state_dict(), source.state_dict()
+    wrong = sorted(k for k in mine.keys() | theirs.keys() if k not in mine or k not in theirs
+                   or mine[k].shape != theirs[k].shape)  # fmt: skip
+    if wrong:
+        raise ValueError(
+            f"init={init}: its networks differ from the configured ones in {len(wrong)} tensor(s) "
+            f"(first: {wrong[0]}); give the same keypoint_net / matcher settings as it was trained with"
+        )
+    model.load_state_dict(theirs)
+    src = source.source or {}
+    return f", initialised from {src.get('model', init)} (sha256 {str(src.get('sha256', '?'))[:12]}...)"
+
+
 def train_coronary_matcher(
     data: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -593,6 +609,7 @@ def train_coronary_matcher(
     split: str = "train",
     progress: Callable[..., None] | None = None,
     command: str | None = None,
+    init: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) a :class:`CoronaryMatcher` and write an importable model package into ``out``.
 
@@ -606,6 +623,9 @@ def train_coronary_matcher(
         split: which split of the dataset to train on ("train", "val", "test", "all").
         progress: ``progress(stage, fraction, **extra)``.
         command: the command line recorded in ``model.json`` (default: this process's argv).
+        init: fine-tune: start from this matcher's weights (model name, run folder or ``.pt``); its
+            networks must have ``config``'s shapes (``match_size_px`` and the foundation may differ).
+            A resumed run continues from its checkpoint instead.
 
     Returns:
         The trainer summary plus ``"model"`` (path of model.pt) and ``"entry"`` (the manifest entry).
@@ -613,7 +633,7 @@ def train_coronary_matcher(
     Raises:
         FileNotFoundError: ``data`` or the foundation folder is missing.
         ValueError: an empty split, images of several sizes or not a multiple of the cell, a run
-            folder holding a checkpoint of other settings.
+            folder holding a checkpoint of other settings, an ``init`` model of other shapes.
     """
     from xraycardiac.coronary.foundation import FoundationSpec, load_foundation, sample_features
     from xraycardiac.trainer import TrainConfig, Trainer, write_model_package
@@ -632,6 +652,9 @@ def train_coronary_matcher(
         cfg = replace(cfg, match_size_px=int(max(dataset.image_shape)))
     torch.manual_seed(tcfg.seed)
     model = CoronaryMatcher(cfg)
+    init_text = ""
+    if init is not None:
+        init_text = _init_from(model, init)
     out = Path(out)
     fm_holder: dict[str, Any] = {}
 
@@ -675,7 +698,7 @@ def train_coronary_matcher(
             f"coronary keypoint matcher (KeypointNet {list(cfg.keypoint_net.channels)} D={cfg.keypoint_net.descriptor_dim}"
             f" + attention matcher {cfg.matcher.n_layers} layers D={cfg.matcher.descriptor_dim}, foundation mask "
             f"{cfg.matcher.foundation_mask}); foundation model: {fm_text}; {summary['step']} steps x batch "
-            f"{tcfg.batch_size}, EMA {tcfg.ema_decay}; train config "
+            f"{tcfg.batch_size}, EMA {tcfg.ema_decay}{init_text}; train config "
             + json.dumps(asdict(tcfg), sort_keys=True)
         ),
     )  # fmt: skip
