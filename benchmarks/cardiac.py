@@ -6,7 +6,8 @@ default). For ``--cases`` MGM masks (the same masks for every renderer) each ren
 * ``warp``  -- the template CT warped by the MGM deformation (training-free baseline);
 * ``tcdm``  -- the template-conditioned diffusion model (``--model``), DDIM ``--steps``, with
   skip-sampling-variance confidence over ``--ssv`` step counts (K = 3 by default);
-* ``tcdm-notemplate`` -- the mask-only ablation (``--ablation-model``), when given;
+* ``tcdm-notemplate`` -- the mask-only ablation (``--ablation-model``), when given; it has no template
+  to start from, so it samples from pure noise, and so does the extra row ``tcdm (noise start)``;
 * ``phantom`` (reference, not a renderer) -- phantoms of other seeds drawn by the generator itself:
   the realism floor.
 
@@ -155,10 +156,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{report.attempts} attempts (rejections {report.rejected}), {mgm_s:.2f} s per attempt"
     )
     renderers = {"warp": lambda s: (warp_image(template.image, s.ddf_ras_mm).array, None)}
-    for key, model in (("tcdm", args.model), ("tcdm-notemplate", args.ablation_model)):
+    # the ablation has no template to start from: it samples from pure noise, so the TCDM is also
+    # shown from pure noise (start strength 1) to compare the two at equal sampling
+    plan = [("tcdm", args.model, args.start_strength)]
+    if args.ablation_model:
+        if args.model and args.start_strength < 1.0:
+            plan.append(("tcdm (noise start)", args.model, 1.0))
+        plan.append(("tcdm-notemplate", args.ablation_model, 1.0))
+    for key, model, strength in plan:
         if model:
             renderers[key] = _tcdm(
-                model, template, [int(x) for x in args.ssv.split(",")], args.steps, args.start_strength
+                model, template, [int(x) for x in args.ssv.split(",")], args.steps, strength
             )
     ref_images = [
         make_cardiac_phantom(CardiacPhantomConfig(seed=500 + k, shape_ijk=shape, spacing_mm=spacing))[0].array

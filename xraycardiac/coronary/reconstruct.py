@@ -21,6 +21,19 @@
    p95 error from 2.6 to 1.7 mm: a foreshortened stretch with no correct candidate otherwise takes
    a wrong one). Intersections at less than ``min_crossing_deg`` to the epipolar line are
    ill-conditioned: they carry the path, their depth is interpolated from their neighbours.
+   **Left-right check** (``consistency_mm``, the classical stereo test): the same programme is run
+   from view 2's curves to view 1's, and a view-1 sample is kept only if that reverse matching put
+   a 3D point within ``consistency_mm`` of its own; a wrong vessel picked in one direction is rarely
+   picked in the other. With exact geometry (vessel masks, mean over pairs, 1 mm tolerance):
+
+   | pairs | seeds | mean mm | p95 mm | coverage |
+   |---|---|---|---|---|
+   | 12 at 512 px | SIFT's (~5) | 2.59 -> 0.66 | 12.7 -> 2.8 | 70 -> 63 % |
+   | 12 at 512 px | GT (~65) | 0.62 -> 0.28 | 2.2 -> 0.95 | 85 -> 81 % |
+   | 12 at 256 px | SIFT's (~1) | 2.94 -> 0.60 | 11.4 -> 3.0 | 69 -> 66 % |
+   | 12 at 256 px | GT (~63) | 0.80 -> 0.27 | 4.6 -> 0.88 | 85 -> 79 % |
+
+   It doubles the time of this step (a second programme).
 4. **Smoothing**: Savitzky-Golay (order 2, ``smooth_window`` samples) along the view-1 arc; points
    projecting farther than ``reprojection_tol_px`` from either skeleton are dropped.
 5. **Radii**: each mask's distance transform at the projection times the pixel size at the point's
@@ -90,6 +103,8 @@ class ReconstructionConfig:
             3D distance to its point (per mm) and the cap of that distance (mm).
         seed_veto_mm: candidates farther than this from every seed within reach are excluded, mm
             (None = never); the seed keypoints are 5 mm apart on the synthetic data.
+        consistency_mm: left-right check: a matched sample is kept only when the view-2 -> view-1
+            matching put a point within this distance of its 3D point, mm (None = no check).
         smooth_window: Savitzky-Golay window along a run, samples (odd, >= 3).
         reprojection_tol_px: points projecting farther than this from either skeleton are dropped.
         min_run_samples: matched runs with fewer samples are dropped.
@@ -113,6 +128,7 @@ class ReconstructionConfig:
     seed_weight: float = 1.0
     seed_cap_mm: float = 10.0
     seed_veto_mm: float | None = 5.0
+    consistency_mm: float | None = 1.0
     smooth_window: int = 9
     reprojection_tol_px: float = 1.5
     min_run_samples: int = 5
@@ -132,9 +148,10 @@ class ReconstructionConfig:
             if not (isinstance(v, int) and v >= lo and (name != "smooth_window" or v % 2)):
                 kind = "an odd integer" if name == "smooth_window" else "an integer"
                 raise ValueError(f"ReconstructionConfig.{name}: expected {kind} >= {lo}, got {v!r}")
-        veto = self.seed_veto_mm
+        veto, cons = self.seed_veto_mm, self.consistency_mm
         for name, ok, allowed in (
             ("seed_veto_mm", veto is None or (np.isfinite(veto) and veto > 0), "None or mm > 0"),
+            ("consistency_mm", cons is None or (np.isfinite(cons) and cons > 0), "None or mm > 0"),
             ("min_crossing_deg", 0.0 <= self.min_crossing_deg < 90.0, "degrees in [0, 90)"),
             ("tree_id", self.tree_id in (0, 1), "0 (left) or 1 (right)"),
         ):
@@ -441,6 +458,24 @@ def match_centrelines(
     return out
 
 
+def _consistent(
+    forward: list[CentrelineMatch], back: list[CentrelineMatch], tol_mm: float
+) -> list[CentrelineMatch]:
+    """Forward matches whose 3D point has a view-2 -> view-1 match within ``tol_mm`` (left-right check)."""
+    from scipy.spatial import cKDTree
+
+    if not back:
+        return []
+    tree = cKDTree(np.concatenate([m.points for m in back]))
+    out = []
+    for m in forward:
+        keep = tree.query(m.points)[0] <= tol_mm
+        if keep.any():
+            out.append(CentrelineMatch(m.edge, m.sample[keep], m.uv1[keep], m.uv2[keep], m.points[keep],
+                                       m.run[keep], m.reliable[keep]))  # fmt: skip
+    return out
+
+
 def _smooth_runs(
     matches: list[CentrelineMatch],
     graphs: tuple[CentrelineGraph2D, CentrelineGraph2D],
@@ -589,6 +624,12 @@ def reconstruct_tree(
     if any(len(g.paths) == 0 for g in graphs):
         raise ValueError("reconstruct_tree: no vessel centreline left after pruning the skeletons")
     matches = match_centrelines(graphs[0], graphs[1], g1, g2, seeds, config)
+    inconsistent = 0
+    if config.consistency_mm is not None:
+        back = match_centrelines(graphs[1], graphs[0], g2, g1, None if seeds is None else seeds[::-1], config)
+        before = sum(len(m.sample) for m in matches)
+        matches = _consistent(matches, back, config.consistency_mm)
+        inconsistent = before - sum(len(m.sample) for m in matches)
     pieces, radii, counts = _smooth_runs(matches, graphs, (g1, g2), config)
     if not pieces:
         raise ValueError("reconstruct_tree: no centreline could be matched between the two views")
@@ -596,6 +637,7 @@ def reconstruct_tree(
     tree.meta.update({"view1": g1.to_dict(), "view2": g2.to_dict(), "refined": calibration is not None})
     stats = dict(edges1=len(graphs[0].paths), edges2=len(graphs[1].paths), points=tree.num_points)
     stats.update(matched_samples=int(sum(len(m.sample) for m in matches)), pieces=len(pieces), **counts)
+    stats["inconsistent_dropped"] = inconsistent
     stats["seconds"] = time.perf_counter() - t0
     return ReconstructionResult(tree, tree.points, g2, calibration, graphs, stats)
 
