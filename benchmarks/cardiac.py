@@ -27,6 +27,7 @@ Per renderer:
 * **cost**: seconds and peak RSS (VmHWM) per synthetic volume, SSV included.
 
     python benchmarks/cardiac.py [--cases 4] [--grid 32] [--model runs/tcdm32] [--ssv 10,20,50]
+    python benchmarks/cardiac.py --model cardiac-tcdm-demo --time-grid 64 --threads 2   # the 64^3 cost
 """
 
 from __future__ import annotations
@@ -37,26 +38,7 @@ from functools import partial
 
 import numpy as np
 
-
-def _peak_rss_mb() -> float:
-    try:
-        for line in open("/proc/self/status", encoding="ascii"):
-            if line.startswith("VmHWM:"):
-                return float(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-    except OSError:
-        pass
-
+from xraycardiac.runtime import peak_rss_mb, reset_peak_rss
 
 BLOOD_MIN_HU = 200.0  # structures whose expected HU is above this are contrast-enhanced blood
 
@@ -135,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-strength", type=float, default=0.5, help="TCDM template-started sampling")
     parser.add_argument("--reference", type=int, default=8, help="reference phantoms (realism floor)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--time-grid",
+        type=int,
+        help="only time one volume at this grid: --model's architecture, untrained weights",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -145,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     from xraycardiac.phantoms.cardiac import CardiacPhantomConfig, make_cardiac_phantom
 
     torch.set_num_threads(args.threads)
+    if args.time_grid:
+        return _time_grid(args)
     shape, spacing = (args.grid,) * 3, 160.0 / args.grid
     template = template_from_phantom(CardiacPhantomConfig(seed=0, shape_ijk=shape, spacing_mm=spacing))
     present = template.labels_present
@@ -187,11 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, render in renderers.items():
         fid, ssv, images, secs, peaks = [], [], [], [], []
         for s in samples:
-            _reset_peak()
+            reset_peak_rss()
             t1 = time.perf_counter()
             hu, conf = render(s)
             secs.append(time.perf_counter() - t1)
-            peaks.append(_peak_rss_mb())
+            peaks.append(peak_rss_mb())
             images.append(hu)
             fid.append(_fidelity(hu, s.labels.array, present))
             if conf is not None:
@@ -211,14 +200,45 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _tcdm(model: str, template, schedules: list[int], steps: int, start_strength: float):
-    """A renderer ``sample -> (HU, confidence)`` of a TCDM with SSV over ``schedules`` (+ ``steps``)."""
+def _time_grid(args: argparse.Namespace) -> int:
+    """Seconds and peak RSS of one synthetic volume (SSV included) at ``--time-grid``: the cost of that
+    size with ``--model``'s architecture (untrained weights: the cost does not depend on them)."""
+    from dataclasses import replace
+
+    from xraycardiac.cardiac.mgm import generate_masks
+    from xraycardiac.cardiac.tcdm import TCDMConfig, build_tcdm, load_tcdm
+    from xraycardiac.cardiac.templates import template_from_phantom
+    from xraycardiac.phantoms.cardiac import CardiacPhantomConfig
+
+    g = args.time_grid
+    cfg = replace(load_tcdm(args.model)[0].config if args.model else TCDMConfig(), grid=g)
+    unet = build_tcdm(cfg)[0].eval()
+    template = template_from_phantom(CardiacPhantomConfig(seed=0, shape_ijk=(g,) * 3, spacing_mm=160.0 / g))
+    sample = generate_masks(template.labels, 1, seed=1)[0][0]
+    ssv = [int(x) for x in args.ssv.split(",")]
+    print(
+        f"| {g}^3 volume, channels {list(cfg.channels)} | start strength | s / volume | peak RSS MB |\n|---|---|---|---|"
+    )
+    for strength in sorted({args.start_strength, 1.0}):
+        render = _tcdm(unet, template, ssv, args.steps, strength)
+        reset_peak_rss()
+        t0 = time.perf_counter()
+        render(sample)
+        print(
+            f"| SSV {args.ssv} + kept {args.steps} | {strength:g} | {time.perf_counter() - t0:.1f} | {peak_rss_mb():.0f} |"
+        )
+    return 0
+
+
+def _tcdm(model, template, schedules: list[int], steps: int, start_strength: float):
+    """A renderer ``sample -> (HU, confidence)`` of a TCDM (name / folder, or the network) with SSV over
+    ``schedules`` (+ ``steps``)."""
     import torch
 
     from xraycardiac.cardiac.ssv import skip_sampling_variance
     from xraycardiac.cardiac.tcdm import build_tcdm, encode_condition, load_tcdm, sample_tcdm
 
-    unet, _ = load_tcdm(model)
+    unet = load_tcdm(model)[0] if isinstance(model, str) else model
     cfg = unet.config
     scheduler = build_tcdm(cfg)[1]
     t_img = cfg.hu_to_unit(torch.from_numpy(np.asarray(template.image.array, np.float32)))[None, None]

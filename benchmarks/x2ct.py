@@ -12,6 +12,7 @@ implementation in the bench venv; the baselines are the rows.
 
     python benchmarks/x2ct.py --data CACHE --bundle x2ct-demo [--ablation runs/x2ct-nocontrastive]
     python benchmarks/x2ct.py --tiny /tmp/x2ct-tiny          # 6 phantoms at 16³ and 3-step bundles, ~15 s
+    python benchmarks/x2ct.py --bundle x2ct-demo --time-grid 64 --steps 25 --threads 2   # the 64³ cost
 
 ``--tiny DIR`` builds (or reuses) the test suite's setup in DIR: a 16³ x 16 mm cache of phantoms 0-5
 (test split: phantom 2; val: 3, 4; train: 0, 1, 5) and two 3-step bundles (the model and its
@@ -30,6 +31,8 @@ import platform
 import sys
 import time
 from pathlib import Path
+
+from xraycardiac.runtime import peak_rss_mb, reset_peak_rss
 
 
 def _tiny(root: Path) -> tuple[Path, Path, Path]:
@@ -64,6 +67,44 @@ def _tiny(root: Path) -> tuple[Path, Path, Path]:
     return cache, model, ablation
 
 
+def _time_grid(args: argparse.Namespace) -> int:
+    """Seconds and peak RSS of one generation (K samples) at ``--time-grid``^3 x 4 mm with the first
+    ``--bundle``'s architecture (x2ct-demo by default) and untrained weights: the cost does not depend on them."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from xraycardiac.xray2ct.autoencoder import X2CTAutoencoderConfig, build_autoencoder
+    from xraycardiac.xray2ct.bundle import load_bundle
+    from xraycardiac.xray2ct.data import X2CTDataConfig, cube_ijk_to_ras, view_geometries
+    from xraycardiac.xray2ct.encoder import XRayEncoder, XRayEncoderConfig
+    from xraycardiac.xray2ct.ldm import X2CTLDMConfig, build_ldm, generate
+
+    g = args.time_grid
+    cfgs = load_bundle(args.bundle[0] if args.bundle else "x2ct-demo").info["configs"]
+    data = X2CTDataConfig(grid=g, spacing_mm=4.0, views=("pa", "lateral")[: cfgs["encoder"]["n_views"]])
+    ae = build_autoencoder(X2CTAutoencoderConfig.from_dict({**cfgs["autoencoder"], "grid": g})).eval()
+    enc_cfg = {**cfgs["encoder"], "grid": g, "view_size": data.image_size}
+    encoder = XRayEncoder(XRayEncoderConfig.from_dict(enc_cfg)).eval()
+    ldm = build_ldm(X2CTLDMConfig.from_dict(cfgs["ldm"]))[0].eval()
+    geoms = view_geometries(data, (0.0, 0.0, 0.0))
+    p = np.stack([geoms[v].projection_matrix() for v in data.views])
+    views = torch.rand(1, len(data.views), data.image_size, data.image_size)
+    steps = args.steps or 20
+    print(
+        f"| {g}^3 x 4 mm, {len(data.views)} view(s) | K | DDIM steps | s / volume | peak RSS MB |\n|---|---|---|---|---|"
+    )
+    reset_peak_rss()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        generate(encoder, ae.decode, ldm, views, p, cube_ijk_to_ras(data, (0, 0, 0)), 1.0, n_samples=args.samples,
+                 steps=steps)  # fmt: skip
+    print(f"| untrained, {json.dumps(cfgs['ldm']['channels'])} LDM | {args.samples} | {steps} | "
+          f"{time.perf_counter() - t0:.1f} | {peak_rss_mb():.0f} |")  # fmt: skip
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the arguments, run the evaluation, print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -81,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu | cuda[:N] | auto")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--out", type=Path, help="also write every case's numbers as JSON here")
+    parser.add_argument(
+        "--time-grid", type=int, help="only time one generation at this cube side: the --bundle's architecture, "
+        "untrained weights, 4 mm voxels"
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     import torch
@@ -89,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     from xraycardiac.xray2ct.evaluate import evaluate_x2ct, format_x2ct_table, write_x2ct_results
 
     torch.set_num_threads(args.threads)
+    if args.time_grid:
+        return _time_grid(args)
     bundles, ablations = list(args.bundle), list(args.ablation)
     if args.tiny is not None:
         args.data, model, ablation = _tiny(args.tiny)

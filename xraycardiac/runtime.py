@@ -239,3 +239,41 @@ def configure_logging(level: str | int = "INFO", json_lines: bool = False) -> lo
     logger.setLevel(numeric)
     logger.propagate = False
     return logger
+
+
+def _status_mb(key: str) -> float | None:
+    """A ``/proc/self/status`` field (kB) in MB; None off Linux."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the process's RSS high-water mark (Linux ``/proc/self/clear_refs``); False where it cannot be."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+        return _status_mb("VmHWM") is not None
+    except OSError:
+        return False
+
+
+def rss_mb() -> float | None:
+    """The process's resident set size now (VmRSS), MB; None off Linux."""
+    return _status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float:
+    """The process's RSS high-water mark in MB: VmHWM (since :func:`reset_peak_rss`) on Linux, else
+    ``ru_maxrss`` (since the start; in a fork + exec child it also counts the parent's RSS at the fork)."""
+    hwm = _status_mb("VmHWM")
+    if hwm is not None:
+        return hwm
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)

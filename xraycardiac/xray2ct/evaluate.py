@@ -63,8 +63,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -75,6 +73,7 @@ import numpy as np
 
 from xraycardiac.coronary.evaluate import _json_safe
 from xraycardiac.metrics.chest_masks import STRUCTURES, chest_structures, dice, lung_mask
+from xraycardiac.runtime import peak_rss_mb, reset_peak_rss, rss_mb
 from xraycardiac.volume import Volume
 from xraycardiac.xray2ct.data import X2CTDataConfig
 
@@ -398,30 +397,6 @@ MEMORY_METHOD = {
 }
 
 
-def _status_mb(key: str) -> float | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return _status_mb("VmHWM") is not None
-    except OSError:
-        return False
-
-
-def _ru_maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
-
-
 def _measured(method: X2CTMethod, case: EvalCase, device: Any) -> tuple[np.ndarray, dict[str, Any]]:
     """One method on one case: (HU volume, {seconds, peak_rss_mb, rss_growth_mb, memory[, cuda_peak_mb]})."""
     import torch
@@ -430,14 +405,14 @@ def _measured(method: X2CTMethod, case: EvalCase, device: Any) -> tuple[np.ndarr
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    exact = _reset_peak()
-    before = _status_mb("VmRSS") if exact else _ru_maxrss_mb()
+    exact = reset_peak_rss()
+    before = rss_mb() if exact else peak_rss_mb()
     t0 = time.perf_counter()
     out = np.asarray(method.run(case), dtype=np.float32)
     if cuda:
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
-    peak = _status_mb("VmHWM") if exact else _ru_maxrss_mb()
+    peak = peak_rss_mb()
     cost = {"seconds": seconds, "peak_rss_mb": peak, "rss_growth_mb": max(0.0, peak - before),
             "memory": "vmhwm" if exact else "ru_maxrss"}  # fmt: skip
     if cuda:
