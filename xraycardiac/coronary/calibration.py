@@ -508,32 +508,31 @@ def calibrate_from_matches(
     config = config or CalibrationConfig()
     before = triangulate_matches(g1, g2, x1, x2)[1] if len(x1) else np.zeros(0)
     record: dict[str, Any] = {"refined": False, "reason": "", "matches": len(x1)}
+
+    def keep_recorded(reason: str, **extra: Any) -> tuple[CArmGeometry, dict[str, Any], None]:
+        record.update(
+            reason=reason, error_before_px=_errors(before), error_after_px=_errors(before), params={}
+        )
+        record.update(extra)
+        if refine and log is not None:
+            log(f"calibration not refined: {reason}")
+        return g2, record, None
+
     if not refine:
-        record["reason"] = "refine_calibration is false"
-    elif len(x1) < config.min_matches:
-        record["reason"] = (
+        return keep_recorded("refine_calibration is false")
+    if len(x1) < config.min_matches:
+        return keep_recorded(
             f"only {len(x1)} matches; refining view 2 needs at least {config.min_matches} "
             "(the recorded geometry is used)"
         )
-    if not refine or len(x1) < config.min_matches:
-        if refine and log is not None:
-            log(f"calibration not refined: {record['reason']}")
-        record.update(error_before_px=_errors(before), error_after_px=_errors(before), params={})
-        return g2, record, None
     result = refine_second_view(g1, g2, x1, x2, config)
     n_in = int(np.sum(result.inliers))
     if n_in < config.min_matches:  # the matches agree on no pose: keep the recorded one
-        record.update(
-            reason=(
-                f"only {n_in} of {len(x1)} matches are inliers of the refined pose (at least "
-                f"{config.min_matches} needed); the recorded geometry is used"
-            ),
-            error_before_px=_errors(before), error_after_px=_errors(before), params={},
+        return keep_recorded(
+            f"only {n_in} of {len(x1)} matches are inliers of the refined pose (at least "
+            f"{config.min_matches} needed); the recorded geometry is used",
             inlier_fraction=n_in / len(x1),
-        )  # fmt: skip
-        if log is not None:
-            log(f"calibration not refined: {record['reason']}")
-        return g2, record, None
+        )
     if vessels is not None:
         from xraycardiac.coronary.reconstruct import epipolar_consistency
 
@@ -543,17 +542,11 @@ def calibrate_from_matches(
         }
         record["vessel_consistency"] = scores
         if scores["refined"] <= scores["recorded"]:
-            record.update(
-                reason=(
-                    f"the refined pose explains fewer vessel samples ({scores['refined']}) than the recorded one "
-                    f"({scores['recorded']}): the matches agree on a wrong pose; the recorded geometry is used"
-                ),
-                error_before_px=_errors(before), error_after_px=_errors(before), params={},
+            return keep_recorded(
+                f"the refined pose explains fewer vessel samples ({scores['refined']}) than the recorded one "
+                f"({scores['recorded']}): the matches agree on a wrong pose; the recorded geometry is used",
                 inlier_fraction=n_in / len(x1),
-            )  # fmt: skip
-            if log is not None:
-                log(f"calibration not refined: {record['reason']}")
-            return g2, record, None
+            )
     record.update(
         refined=True,
         error_before_px=_errors(result.error_before_px),
