@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
+from x2ct_helpers import AE, CONFIG, ENC, FAST, LDM, G
 
 from xraycardiac.cli import app
 from xraycardiac.metrics.image import psnr
@@ -31,11 +32,6 @@ from xraycardiac.xray2ct.train import train_x2ct_encoder, train_x2ct_ldm
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-G = 16
-CONFIG = X2CTDataConfig(grid=G, spacing_mm=16.0)
-FAST = ["batch_size=2", "device=cpu", "log_every=1", "warmup_steps=1", "steps=3"]
-ENC = ["cnn_channels=[8,8]", "unet_channels=[8,8]", "feature_channels=4"]
-LDM = ["channels=[8,16]", "attention_levels=[false,false]", "num_train_timesteps=10", "inference_steps=5"]
 # phantom:0-5 splits by their name's hash: train 0, 1, 5; val 3, 4; test 2
 SPLIT = "val"
 
@@ -47,7 +43,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("x2ct_evaluate")
     cache = root / "cache"
     build_cache(["phantom:0-5"], cache, CONFIG)
-    ae_args = ["grid=16", "channels=[8,8,8]", "norm_num_groups=4", *FAST]
+    ae_args = [*AE, *FAST]
     train_x2ct_autoencoder(cache, root / "ae", overrides=ae_args, split="all")
     for tag, extra in (("model", []), ("ablation", ["contrastive_weight=0"])):
         train_x2ct_encoder(

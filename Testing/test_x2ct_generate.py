@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from typer.testing import CliRunner
+from x2ct_helpers import AE, CONFIG, ENC, FAST, LDM, G
 
 import xraycardiac.jobs.x2ct_generate  # noqa: F401 -- registers the pipeline
 from xraycardiac.cli import app
@@ -18,16 +19,10 @@ from xraycardiac.projection import MU_WATER_PER_MM
 from xraycardiac.volume import Volume
 from xraycardiac.xray2ct.autoencoder import train_x2ct_autoencoder
 from xraycardiac.xray2ct.bundle import write_bundle
-from xraycardiac.xray2ct.data import X2CTDataConfig, build_cache, cube_ijk_to_ras, view_geometries
+from xraycardiac.xray2ct.data import build_cache, cube_ijk_to_ras, view_geometries
 from xraycardiac.xray2ct.train import train_x2ct_encoder, train_x2ct_ldm
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-G = 16
-FAST = ["batch_size=2", "device=cpu", "log_every=1", "warmup_steps=1", "steps=3"]
-ENC = ["cnn_channels=[8,8]", "unet_channels=[8,8]", "feature_channels=4"]
-LDM = ["channels=[8,16]", "attention_levels=[false,false]", "num_train_timesteps=10", "inference_steps=5"]
-CONFIG = X2CTDataConfig(grid=G, spacing_mm=16.0)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +32,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("x2ct_generate")
     cache = root / "cache"
     build_cache(["phantom:0-3"], cache, CONFIG)
-    train_x2ct_autoencoder(cache, root / "ae", overrides=["grid=16", "channels=[8,8,8]", "norm_num_groups=4", *FAST],
+    train_x2ct_autoencoder(cache, root / "ae", overrides=[*AE, *FAST],
                            split="all")  # fmt: skip
     for mode, extra in (("bi", []), ("single", ["n_views=1"])):
         train_x2ct_encoder(

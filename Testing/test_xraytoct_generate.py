@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import slicer  # slicer-core, a test dependency: the real MRML scene
 import vtk
+from x2ct_helpers import AE, CONFIG, ENC, FAST, LDM, G
 from XRayCardiacCommonLib.jobs import JobCancelled, JobError
 from XRayCardiacCommonLib.mrml_io import GEOMETRY_ATTRIBUTE, node_from_volume, read_attributes
 from XRayToCTLib import (
@@ -43,16 +44,11 @@ from xraycardiac.phantoms.chest import ChestPhantomConfig, make_chest_phantom
 from xraycardiac.volume import Volume
 from xraycardiac.xray2ct.autoencoder import train_x2ct_autoencoder
 from xraycardiac.xray2ct.bundle import import_bundle, write_bundle
-from xraycardiac.xray2ct.data import X2CTDataConfig, build_cache, cube_ijk_to_ras
+from xraycardiac.xray2ct.data import build_cache, cube_ijk_to_ras
 from xraycardiac.xray2ct.train import train_x2ct_encoder, train_x2ct_ldm
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-G = 16
-CONFIG = X2CTDataConfig(grid=G, spacing_mm=16.0)
-FAST = ["batch_size=2", "device=cpu", "log_every=1", "warmup_steps=1", "steps=3"]
-ENC = ["cnn_channels=[8,8]", "unet_channels=[8,8]", "feature_channels=4"]
-LDM = ["channels=[8,16]", "attention_levels=[false,false]", "num_train_timesteps=10", "inference_steps=5"]
 CENTRE = np.array([12.0, -20.0, 30.0])  # the phantom's centre in RAS: the DRRs' (and the CT cube's) isocentre
 PIXELS, PIXEL_MM = 32, 18.4  # a 589 mm detector: holds the 256 mm cube magnified by SID / SOD
 
@@ -80,7 +76,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("xraytoct_generate")
     cache = root / "cache"
     build_cache(["phantom:0-1"], cache, CONFIG)
-    train_x2ct_autoencoder(cache, root / "ae", overrides=["grid=16", "channels=[8,8,8]", "norm_num_groups=4", *FAST],
+    train_x2ct_autoencoder(cache, root / "ae", overrides=[*AE, *FAST],
                            split="all")  # fmt: skip
     train_x2ct_encoder(cache, root / "enc", root / "ae", overrides=[*ENC, *FAST], split="all")
     train_x2ct_ldm(cache, root / "ldm", root / "ae", root / "enc", overrides=[*LDM, *FAST], split="all")
