@@ -70,6 +70,9 @@ def test_config_validation_names_the_field() -> None:
         replace(TINY, prediction_type="x0")
     with pytest.raises(ValueError, match="TCDMConfig.consistency_weight"):
         replace(TINY, consistency_weight=-1.0)
+    for crop in (3, 18):  # TINY's two levels need a multiple of 2; 18 > grid 16
+        with pytest.raises(ValueError, match="TCDMConfig.train_crop_vox"):
+            replace(TINY, train_crop_vox=crop)
     assert TCDMConfig().n_classes == 10 and TCDMConfig().in_channels == 1 + 10 + 1 + 10
 
 
@@ -275,6 +278,12 @@ def test_train_cardiac_tcdm_writes_a_loadable_package(tmp_path: Path) -> None:
         net.config.grid == 16
         and json.loads((tmp_path / "run" / "model.json").read_text())["name"] == info["model"]
     )
+    block = train_cardiac_tcdm(
+        data, tmp_path / "block", overrides=[*overrides, "train_crop_vox=8", "steps=1"]
+    )
+    print(f"1 step on 8^3 blocks: {block['last_log']}")
+    assert np.isfinite(block["last_log"]["loss"]) and "random 8^3 blocks" in block["entry"]["description"]
+    assert load_tcdm(tmp_path / "block")[0].config.train_crop_vox == 8
     bad = tmp_path / "bad"
     (bad / "images").mkdir(parents=True)
     (bad / "labels").mkdir()

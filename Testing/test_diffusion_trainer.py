@@ -16,7 +16,7 @@ from xraycardiac.diffusion import (
     normal_kl,
     sample,
 )
-from xraycardiac.trainer import TrainConfig, Trainer, batch_indices, parse_overrides
+from xraycardiac.trainer import TrainConfig, Trainer, batch_indices, crop_batch, parse_overrides
 
 
 def _oracle(scheduler, x0: torch.Tensor, v_value: float | None):
@@ -180,3 +180,28 @@ def test_parse_overrides_types_and_unknown_keys() -> None:
         parse_overrides(["steps"], TrainConfig())
     with pytest.raises(ValueError, match=r"TrainConfig.steps: expected an integer >= 1, got 0"):
         parse_overrides(["steps=0"], TrainConfig())
+
+
+def test_crop_batch_cuts_one_block_from_every_volume() -> None:
+    g = 12
+    ramp = torch.arange(g**3, dtype=torch.float32).reshape(g, g, g)
+    batch = {"image": ramp[None, None].repeat(2, 1, 1, 1, 1), "mask": ramp[None].repeat(2, 1, 1, 1).long(),
+             "ddf": ramp[None, None].repeat(2, 3, 1, 1, 1), "views": torch.zeros(2, 2, 7, 7), "id": "x"}  # fmt: skip
+    a = crop_batch(batch, 5, torch.Generator().manual_seed(3))
+    b = crop_batch(batch, 5, torch.Generator().manual_seed(3))
+    assert a["image"].shape == (2, 1, 5, 5, 5) and a["mask"].shape == (2, 5, 5, 5)
+    assert a["ddf"].shape == (2, 3, 5, 5, 5) and a["views"] is batch["views"] and a["id"] == "x"
+    corner = int(a["image"][0, 0, 0, 0, 0])
+    k, j, i = corner // g**2, corner // g % g, corner % g
+    print(f"block corner (k, j, i) = {(k, j, i)}")
+    assert torch.equal(a["image"][0, 0], ramp[k : k + 5, j : j + 5, i : i + 5])  # a contiguous block
+    assert torch.equal(a["mask"][1], a["image"][1, 0].long()) and torch.equal(
+        a["ddf"][0, 2], a["image"][0, 0]
+    )
+    assert torch.equal(a["image"], b["image"]), "the block must be a function of the generator"
+    corners = {int(crop_batch(batch, 5, torch.Generator().manual_seed(s))["image"][0, 0, 0, 0, 0])
+               for s in range(20)}  # fmt: skip
+    assert len(corners) > 10, f"only {len(corners)} distinct corners in 20 draws"
+    assert crop_batch(batch, g, torch.Generator())["image"] is batch["image"]
+    with pytest.raises(ValueError, match="train_crop_vox: expected 1 .. 12"):
+        crop_batch(batch, 13, torch.Generator())

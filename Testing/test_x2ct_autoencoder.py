@@ -17,6 +17,7 @@ from xraycardiac.xray2ct.autoencoder import (
     load_autoencoder,
     load_weights,
     save_weights,
+    train_x2ct_autoencoder,
 )
 from xraycardiac.xray2ct.data import X2CTDataConfig, X2CTDataset, build_cache
 
@@ -54,6 +55,8 @@ def test_config_errors_name_the_field_and_shapes() -> None:
         (dict(TINY, channels=(8,), attention_levels=(False,)), "channels"),
         (dict(TINY, kl_weight=-1.0), "kl_weight"),
         (dict(TINY, latent_channels=0), "latent_channels"),
+        (dict(TINY, train_crop_vox=6), "train_crop_vox"),  # not a multiple of the factor 4
+        (dict(TINY, train_crop_vox=20), "train_crop_vox"),  # larger than the cube
     ):
         with pytest.raises(ValueError, match=rf"X2CTAutoencoderConfig\.{field}: expected"):
             X2CTAutoencoderConfig(**kwargs)
@@ -148,3 +151,21 @@ def test_train_command_writes_a_package_and_resumes(
     wrong = runner.invoke(train_app, ["x2ct-autoencoder", "--data", str(cache), "--out", str(tmp_path / "w"),
                                       "grid=32", "channels=[8,8,8]", "steps=1"])  # fmt: skip
     assert wrong.exit_code == 1 and "grid: the model's grid 32 differs from the cache's 16" in wrong.output
+
+
+def test_block_training_reaches_the_loss_and_the_whole_cube_still_encodes(
+    cache: Path, tmp_path: Path
+) -> None:
+    args = [*TINY_ARGS, "batch_size=1", "device=cpu", "log_every=1", "warmup_steps=1", "steps=1"]
+    whole = train_x2ct_autoencoder(cache, tmp_path / "whole", overrides=args, split="all", command="test")
+    block = train_x2ct_autoencoder(
+        cache, tmp_path / "block", overrides=[*args, "train_crop_vox=8"], split="all", command="test"
+    )
+    l1_whole, l1_block = whole["last_log"]["l1"], block["last_log"]["l1"]
+    print(f"step-1 L1: whole 16^3 cube {l1_whole:.5f}, 8^3 block {l1_block:.5f}")
+    assert l1_whole != pytest.approx(l1_block, rel=1e-6), "the block must reach the loss"
+    assert "random 8^3 blocks" in block["entry"]["description"]
+    model, cfg, _ = load_autoencoder(tmp_path / "block")
+    assert cfg.train_crop_vox == 8
+    mu, _ = model.encode(X2CTDataset(cache, "all")[0]["ct"][None])
+    assert mu.shape == (1, 4, 4, 4, 4)

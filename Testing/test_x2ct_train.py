@@ -260,3 +260,33 @@ def test_package_bundle_flattens_into_a_weights_folder_that_loads_by_name(
     (weights / "x2ct-flat.ldm.pt").write_bytes(b"tampered")
     with pytest.raises(ValueError, match="sha256"):
         load_bundle("x2ct-flat")
+
+
+def test_latents_encoded_once_give_the_losses_of_encoding_every_step(runs: dict[str, Path]) -> None:
+    from xraycardiac.xray2ct.autoencoder import load_autoencoder
+    from xraycardiac.xray2ct.data import X2CTDataset
+    from xraycardiac.xray2ct.encoder import load_encoder, make_encoder_loss_fn
+    from xraycardiac.xray2ct.train import _WithLatents, cache_geometry
+
+    dataset = X2CTDataset(runs["cache"], "all")
+    ae, _, extras = load_autoencoder(runs["ae"])
+    scale = extras["latent_scale"]
+
+    def encode(ct: torch.Tensor) -> torch.Tensor:
+        return ae.encode(ct)[0] * scale
+
+    items = _WithLatents(dataset)
+    items.encode(encode, torch.device("cpu"))
+    enc = load_encoder(runs["enc"] / "model.pt")
+    p, a, index = cache_geometry(dataset.config, ("pa", "lateral"))
+    loss_fn = make_encoder_loss_fn(encode, enc.config, p, a)
+    batch = torch.utils.data.default_collate([items[0], items[1]])
+    with torch.no_grad():
+        with_latent, _ = loss_fn(enc, {**batch, "views": batch["views"][:, index]}, torch.Generator())
+        batch.pop("latent")
+        every_step, _ = loss_fn(enc, {**batch, "views": batch["views"][:, index]}, torch.Generator())
+    print(
+        f"encoder loss: cached latents {float(with_latent):.6f}, encoded in the step {float(every_step):.6f}"
+    )
+    assert float(with_latent) == pytest.approx(float(every_step), rel=1e-5, abs=1e-6)
+    assert torch.allclose(items[1]["latent"], encode(dataset[1]["ct"][None])[0], atol=1e-5)

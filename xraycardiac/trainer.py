@@ -37,7 +37,9 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["TrainConfig", "Trainer", "batch_indices", "parse_overrides", "write_model_package"]
+__all__ = [
+    "TrainConfig", "Trainer", "batch_indices", "crop_batch", "parse_overrides", "write_model_package",
+]  # fmt: skip
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
@@ -147,6 +149,39 @@ def batch_indices(step: int, batch_size: int, n: int, seed: int) -> np.ndarray:
         perm = np.random.default_rng(np.random.SeedSequence([seed, epoch])).permutation(n)
         out.extend(perm[offset : offset + batch_size - len(out)].tolist())
     return np.asarray(out, dtype=np.int64)
+
+
+def crop_batch(
+    batch: Mapping[str, Any], size_vox: int, generator: torch.Generator, grid: int | None = None
+) -> dict[str, Any]:
+    """The same random ``size_vox``³ block of every volume in a batch (patch training, as MAISI's).
+
+    A tensor is a volume when its last three dimensions are ``grid``³ (default: those of the first
+    such tensor, i.e. ``batch`` values shaped (B, [C,] G, G, G)); other entries pass unchanged. One
+    corner per batch, drawn from ``generator`` (so a resumed run replays it). A fully convolutional
+    network trained on blocks runs on the whole cube at inference.
+
+    Raises:
+        ValueError: ``size_vox`` larger than the cube, or no volume in the batch.
+    """
+    if grid is None:
+        cubes = [v.shape[-1] for v in batch.values() if torch.is_tensor(v) and v.ndim >= 4
+                 and v.shape[-1] == v.shape[-2] == v.shape[-3]]  # fmt: skip
+        if not cubes:
+            raise ValueError("crop_batch: the batch holds no (…, G, G, G) volume")
+        grid = int(cubes[0])
+    if not 1 <= size_vox <= grid:
+        raise ValueError(f"train_crop_vox: expected 1 .. {grid} (the cube side), got {size_vox}")
+    if size_vox == grid:
+        return dict(batch)
+    lo = torch.randint(0, grid - size_vox + 1, (3,), generator=generator, device=generator.device).tolist()
+    block = tuple(slice(a, a + size_vox) for a in lo)
+    return {
+        k: v[(..., *block)]
+        if torch.is_tensor(v) and v.ndim >= 3 and tuple(v.shape[-3:]) == (grid,) * 3
+        else v
+        for k, v in batch.items()
+    }
 
 
 class _StepSampler(torch.utils.data.Sampler):

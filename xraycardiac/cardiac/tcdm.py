@@ -28,6 +28,10 @@ Paper-silent choices (fields of :class:`TCDMConfig`), from Med-DDPM and MONAI's 
 noise). Demo size: levels (8, 16, 32, 32), one residual block each, no attention but MONAI's mid
 block (always there; 8³ = 512 tokens at 64³). HU clipped to ``hu_window`` and mapped to [-1, 1].
 GPU size, e.g.: ``channels=(32, 64, 128, 128) num_res_blocks=2 norm_num_groups=32 grid=128``.
+``train_crop_vox`` trains on random blocks of the cube, cut after the self-template deformation
+(so the template channels stay aligned; the consistency term's inverse warp reads border values
+where the displacement leaves the block): a 32³ block of a 64³ cube costs ~1/8 per step, and
+the mask and template channels carry the context the block lacks.
 
 Training (:func:`train_cardiac_tcdm`) reads ``DIR/images/<name>`` (CT, HU) and ``DIR/labels/<name>``
 (cardiac table values, same grid), NIfTI/NRRD/MetaImage, each resampled as an array to ``grid³``
@@ -105,6 +109,9 @@ class TCDMConfig(JsonConfig):
         deform_strength_vox: self-template training: largest velocity magnitude, voxels.
         deform_control_spacing_vox: self-template training: control-grid spacing of the random
             velocity (its smoothness), voxels.
+        train_crop_vox: training on random blocks of this side (a multiple of 2^(levels-1)),
+            cut after the self-template deformation, instead of the whole cube; 0: whole cube.
+            The network is fully convolutional and generates the whole cube at sampling time.
     """
 
     n_classes: int = 1 + len(FINE_LABELS)
@@ -122,6 +129,7 @@ class TCDMConfig(JsonConfig):
     consistency_weight: float = 0.1
     deform_strength_vox: float = 3.0
     deform_control_spacing_vox: int = 8
+    train_crop_vox: int = 0
 
     def __post_init__(self) -> None:
         def fail(name: str, expected: str) -> None:
@@ -154,6 +162,9 @@ class TCDMConfig(JsonConfig):
         for name in ints:
             if not is_int(getattr(self, name)):
                 fail(name, "an integer >= 1")
+        crop = self.train_crop_vox
+        if not is_int(crop, 0) or (crop and (crop % step or not step <= crop <= self.grid)):
+            fail("train_crop_vox", f"0 (whole cube) or a multiple of {step} in {step} .. grid {self.grid}")
         lo_hi = self.hu_window
         if len(lo_hi) != 2 or not all(finite(v) for v in lo_hi) or not lo_hi[0] < lo_hi[1]:
             fail("hu_window", "(low, high) finite HU with low < high")
@@ -619,7 +630,7 @@ def train_cardiac_tcdm(
     Returns:
         The trainer summary plus ``"model"`` (path of model.pt) and ``"entry"``.
     """
-    from xraycardiac.trainer import TrainConfig, Trainer, parse_overrides, write_model_package
+    from xraycardiac.trainer import TrainConfig, Trainer, crop_batch, parse_overrides, write_model_package
 
     mcfg, tcfg = model_config or TCDMConfig(), train_config or TrainConfig()
     if overrides:
@@ -631,6 +642,8 @@ def train_cardiac_tcdm(
     def loss_fn(net: torch.nn.Module, batch: dict[str, Any], gen: torch.Generator):
         if mcfg.use_template and "template_image" not in batch:
             batch = make_self_template(batch, mcfg, gen)
+        if mcfg.train_crop_vox:
+            batch = crop_batch(batch, mcfg.train_crop_vox, gen, mcfg.grid)
         return tcdm_loss(net, scheduler, batch, gen)
 
     out = Path(out)
@@ -645,7 +658,9 @@ def train_cardiac_tcdm(
         training_data=f"{len(dataset)} cardiac CT cases ({mcfg.grid}^3) from {Path(data_dir).name}, {mode}",
         description=(
             f"template-conditioned cardiac CT diffusion (TCDM), use_template={mcfg.use_template}, "
-            f"{summary['step']} steps x batch {tcfg.batch_size}; train config "
+            f"{summary['step']} steps x batch {tcfg.batch_size}"
+            + (f" of random {mcfg.train_crop_vox}^3 blocks" if mcfg.train_crop_vox else "")
+            + "; train config "
             + json.dumps(asdict(tcfg), sort_keys=True)
         ),
     )  # fmt: skip

@@ -585,15 +585,18 @@ def make_encoder_loss_fn(
             augmentation), drawn from the trainer's generator so a resumed run replays it.
 
     Returns:
-        The loss function; ``batch`` needs ``"ct"`` (B, 1, D, H, W) and ``"views"`` (B, V, S, S).
+        The loss function; ``batch`` needs ``"ct"`` (B, 1, D, H, W) and ``"views"`` (B, V, S, S); a
+        ``"latent"`` entry (B, C, d, h, w), when there, is used instead of ``encode_latent(ct)``.
     """
 
     def loss_fn(net: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator):
         views = batch["views"]
         if augment is not None:
             views = augment(views, generator)
-        with torch.no_grad():
-            latent = encode_latent(batch["ct"])
+        latent = batch.get("latent")
+        if latent is None:
+            with torch.no_grad():
+                latent = encode_latent(batch["ct"])
         cond, ct_hat = net(
             views, batch.get("projection_matrices", projection_matrices), batch.get("ijk_to_ras", ijk_to_ras)
         )

@@ -613,7 +613,8 @@ def make_ldm_loss_fn(
         augment: optional ``augment(views, generator)`` applied before the encoder and the embedder.
 
     Returns:
-        The loss function; ``batch`` needs ``"ct"`` and ``"views"``.
+        The loss function; ``batch`` needs ``"ct"`` and ``"views"``; a ``"latent"`` entry, when there,
+        is used instead of ``encode_latent(ct)``.
     """
 
     def loss_fn(net: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator):
@@ -623,7 +624,8 @@ def make_ldm_loss_fn(
         p = batch.get("projection_matrices", projection_matrices)
         a = batch.get("ijk_to_ras", ijk_to_ras)
         with torch.no_grad():
-            z0 = encode_latent(batch["ct"])
+            z0 = batch.get("latent")
+            z0 = encode_latent(batch["ct"]) if z0 is None else z0
             cond, _ = encoder(views, p, a)
         cfg = _config_of(net)
         return ldm_loss(net, scheduler, z0, cond, generator, views=views if cfg.global_embedding else None)
