@@ -187,8 +187,8 @@ def test_crop_batch_cuts_one_block_from_every_volume() -> None:
     ramp = torch.arange(g**3, dtype=torch.float32).reshape(g, g, g)
     batch = {"image": ramp[None, None].repeat(2, 1, 1, 1, 1), "mask": ramp[None].repeat(2, 1, 1, 1).long(),
              "ddf": ramp[None, None].repeat(2, 3, 1, 1, 1), "views": torch.zeros(2, 2, 7, 7), "id": "x"}  # fmt: skip
-    a = crop_batch(batch, 5, torch.Generator().manual_seed(3))
-    b = crop_batch(batch, 5, torch.Generator().manual_seed(3))
+    a = crop_batch(batch, 5, torch.Generator().manual_seed(3), g)
+    b = crop_batch(batch, 5, torch.Generator().manual_seed(3), g)
     assert a["image"].shape == (2, 1, 5, 5, 5) and a["mask"].shape == (2, 5, 5, 5)
     assert a["ddf"].shape == (2, 3, 5, 5, 5) and a["views"] is batch["views"] and a["id"] == "x"
     corner = int(a["image"][0, 0, 0, 0, 0])
@@ -199,9 +199,9 @@ def test_crop_batch_cuts_one_block_from_every_volume() -> None:
         a["ddf"][0, 2], a["image"][0, 0]
     )
     assert torch.equal(a["image"], b["image"]), "the block must be a function of the generator"
-    corners = {int(crop_batch(batch, 5, torch.Generator().manual_seed(s))["image"][0, 0, 0, 0, 0])
+    corners = {int(crop_batch(batch, 5, torch.Generator().manual_seed(s), g)["image"][0, 0, 0, 0, 0])
                for s in range(20)}  # fmt: skip
     assert len(corners) > 10, f"only {len(corners)} distinct corners in 20 draws"
-    assert crop_batch(batch, g, torch.Generator())["image"] is batch["image"]
+    assert crop_batch(batch, g, torch.Generator(), g)["image"] is batch["image"]
     with pytest.raises(ValueError, match="train_crop_vox: expected 1 .. 12"):
-        crop_batch(batch, 13, torch.Generator())
+        crop_batch(batch, 13, torch.Generator(), g)

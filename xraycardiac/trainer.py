@@ -152,24 +152,18 @@ def batch_indices(step: int, batch_size: int, n: int, seed: int) -> np.ndarray:
 
 
 def crop_batch(
-    batch: Mapping[str, Any], size_vox: int, generator: torch.Generator, grid: int | None = None
+    batch: Mapping[str, Any], size_vox: int, generator: torch.Generator, grid: int
 ) -> dict[str, Any]:
     """The same random ``size_vox``³ block of every volume in a batch (patch training, as MAISI's).
 
-    A tensor is a volume when its last three dimensions are ``grid``³ (default: those of the first
-    such tensor, i.e. ``batch`` values shaped (B, [C,] G, G, G)); other entries pass unchanged. One
-    corner per batch, drawn from ``generator`` (so a resumed run replays it). A fully convolutional
-    network trained on blocks runs on the whole cube at inference.
+    A tensor is a volume when its last three dimensions are ``grid``³ (``batch`` values shaped
+    (B, [C,] G, G, G)); other entries pass unchanged. One corner per batch, drawn from ``generator``
+    (so a resumed run replays it). A fully convolutional network trained on blocks runs on the whole
+    cube at inference.
 
     Raises:
-        ValueError: ``size_vox`` larger than the cube, or no volume in the batch.
+        ValueError: ``size_vox`` outside 1 .. ``grid``.
     """
-    if grid is None:
-        cubes = [v.shape[-1] for v in batch.values() if torch.is_tensor(v) and v.ndim >= 4
-                 and v.shape[-1] == v.shape[-2] == v.shape[-3]]  # fmt: skip
-        if not cubes:
-            raise ValueError("crop_batch: the batch holds no (…, G, G, G) volume")
-        grid = int(cubes[0])
     if not 1 <= size_vox <= grid:
         raise ValueError(f"train_crop_vox: expected 1 .. {grid} (the cube side), got {size_vox}")
     if size_vox == grid:

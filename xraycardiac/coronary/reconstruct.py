@@ -477,6 +477,19 @@ def _consistent(
     return out
 
 
+def _checked_matches(
+    graphs: tuple[CentrelineGraph2D, ...], g1: CArmGeometry, g2: CArmGeometry,
+    seeds: tuple[np.ndarray, np.ndarray] | None, config: ReconstructionConfig, tol_mm: float | None,
+) -> tuple[list[CentrelineMatch], int]:  # fmt: skip
+    """View-1 -> view-2 curve matches, left-right checked within ``tol_mm`` (None: unchecked); (matches, dropped)."""
+    forward = match_centrelines(graphs[0], graphs[1], g1, g2, seeds, config)
+    if tol_mm is None:
+        return forward, 0
+    back = match_centrelines(graphs[1], graphs[0], g2, g1, None if seeds is None else seeds[::-1], config)
+    kept = _consistent(forward, back, tol_mm)
+    return kept, sum(len(m.sample) for m in forward) - sum(len(m.sample) for m in kept)
+
+
 def epipolar_consistency(
     vessels1: np.ndarray, vessels2: np.ndarray, g1: CArmGeometry, g2: CArmGeometry,
     config: ReconstructionConfig | None = None,
@@ -506,9 +519,7 @@ def epipolar_consistency(
     ]
     if any(len(g.paths) == 0 for g in graphs):
         return 0
-    forward = match_centrelines(graphs[0], graphs[1], g1, g2, None, config)
-    back = match_centrelines(graphs[1], graphs[0], g2, g1, None, config)
-    return int(sum(len(m.sample) for m in _consistent(forward, back, tol)))
+    return int(sum(len(m.sample) for m in _checked_matches(graphs, g1, g2, None, config, tol)[0]))
 
 
 def _smooth_runs(
@@ -658,13 +669,7 @@ def reconstruct_tree(
     graphs = tuple(centreline_graph_2d(m, config.prune_px, config.smooth_sigma_px) for m in masks)
     if any(len(g.paths) == 0 for g in graphs):
         raise ValueError("reconstruct_tree: no vessel centreline left after pruning the skeletons")
-    matches = match_centrelines(graphs[0], graphs[1], g1, g2, seeds, config)
-    inconsistent = 0
-    if config.consistency_mm is not None:
-        back = match_centrelines(graphs[1], graphs[0], g2, g1, None if seeds is None else seeds[::-1], config)
-        before = sum(len(m.sample) for m in matches)
-        matches = _consistent(matches, back, config.consistency_mm)
-        inconsistent = before - sum(len(m.sample) for m in matches)
+    matches, inconsistent = _checked_matches(graphs, g1, g2, seeds, config, config.consistency_mm)
     pieces, radii, counts = _smooth_runs(matches, graphs, (g1, g2), config)
     if not pieces:
         raise ValueError("reconstruct_tree: no centreline could be matched between the two views")
