@@ -120,6 +120,27 @@ def test_exact_geometry_reconstruction(pair, tmp_path):
     assert np.all(lo >= tree.points.min(0) - r - 1e-3) and np.all(hi <= tree.points.max(0) + r + 1e-3)
 
 
+def test_seeds_off_the_epipolar_lines_are_ignored(pair):
+    """Wrong seeds (view-2 points shuffled) are dropped by their epipolar distance: the result is the
+    unseeded one; kept, they veto the correct candidates and the reconstruction collapses."""
+    s, g1, g2, x1, x2, _ = pair
+    wrong = x2[np.random.default_rng(0).permutation(len(x2))]
+    unseeded = _error(reconstruct_tree(s["mask1"], s["mask2"], g1, g2).points3d, pair)
+    result = reconstruct_tree(s["mask1"], s["mask2"], g1, g2, x1, wrong)
+    e = _error(result.points3d, pair)
+    kept = reconstruct_tree(
+        s["mask1"], s["mask2"], g1, g2, x1, wrong, ReconstructionConfig(seed_epipolar_px=None)
+    )
+    e_kept = _error(kept.points3d, pair)
+    print(f"\nno seeds: {_fmt(unseeded)}\nshuffled, filtered ({result.stats['seeds_off_epipolar']} of "
+          f"{len(x1)} dropped): {_fmt(e)}\nshuffled, kept: {_fmt(e_kept)}")  # fmt: skip
+    assert result.stats["seeds_off_epipolar"] >= 0.8 * len(x1), result.stats
+    assert e["mean"] <= unseeded["mean"] + 0.1 and e["coverage"] >= unseeded["coverage"] - 0.05, _fmt(e)
+    assert kept.stats["seeds_off_epipolar"] == 0 and e_kept["coverage"] < e["coverage"] - 0.2, _fmt(e_kept)
+    with pytest.raises(ValueError, match="seed_epipolar_px"):
+        ReconstructionConfig(seed_epipolar_px=0.0)
+
+
 def _perturbed(g2, shift):
     return apply_corrections(
         g2,

@@ -19,7 +19,9 @@
    candidate, so seeds rank candidates but never make skipping cheaper. Candidates farther than
    ``seed_veto_mm`` from every seed in reach are excluded (on 9 synthetic pairs this took the mean
    p95 error from 2.6 to 1.7 mm: a foreshortened stretch with no correct candidate otherwise takes
-   a wrong one). Intersections at less than ``min_crossing_deg`` to the epipolar line are
+   a wrong one). Seeds that break the epipolar constraint of the geometry in use by more than
+   ``seed_epipolar_px`` (symmetric distance) are dropped first: their 3D point lies off both rays
+   and would veto correct candidates. Intersections at less than ``min_crossing_deg`` to the epipolar line are
    ill-conditioned: they carry the path, their depth is interpolated from their neighbours.
    **Left-right check** (``consistency_mm``, the classical stereo test): the same programme is run
    from view 2's curves to view 1's, and a view-1 sample is kept only if that reverse matching put
@@ -104,6 +106,8 @@ class ReconstructionConfig:
             3D distance to its point (per mm) and the cap of that distance (mm).
         seed_veto_mm: candidates farther than this from every seed within reach are excluded, mm
             (None = never); the seed keypoints are 5 mm apart on the synthetic data.
+        seed_epipolar_px: seeds whose symmetric epipolar distance under the geometry in use exceeds
+            this are ignored, pixels (None = keep all).
         consistency_mm: left-right check: a matched sample is kept only when the view-2 -> view-1
             matching put a point within this distance of its 3D point, mm (None = no check).
         smooth_window: Savitzky-Golay window along a run, samples (odd, >= 3).
@@ -129,6 +133,7 @@ class ReconstructionConfig:
     seed_weight: float = 1.0
     seed_cap_mm: float = 10.0
     seed_veto_mm: float | None = 5.0
+    seed_epipolar_px: float | None = 3.0
     consistency_mm: float | None = 1.0
     smooth_window: int = 9
     reprojection_tol_px: float = 1.5
@@ -149,9 +154,10 @@ class ReconstructionConfig:
             if not (isinstance(v, int) and v >= lo and (name != "smooth_window" or v % 2)):
                 kind = "an odd integer" if name == "smooth_window" else "an integer"
                 raise ValueError(f"ReconstructionConfig.{name}: expected {kind} >= {lo}, got {v!r}")
-        veto, cons = self.seed_veto_mm, self.consistency_mm
+        veto, cons, epi = self.seed_veto_mm, self.consistency_mm, self.seed_epipolar_px
         for name, ok, allowed in (
             ("seed_veto_mm", veto is None or (np.isfinite(veto) and veto > 0), "None or mm > 0"),
+            ("seed_epipolar_px", epi is None or (np.isfinite(epi) and epi > 0), "None or pixels > 0"),
             ("consistency_mm", cons is None or (np.isfinite(cons) and cons > 0), "None or mm > 0"),
             ("min_crossing_deg", 0.0 <= self.min_crossing_deg < 90.0, "degrees in [0, 90)"),
             ("tree_id", self.tree_id in (0, 1), "0 (left) or 1 (right)"),
@@ -666,6 +672,13 @@ def reconstruct_tree(
         calibration = refine_second_view(g1, g2, seeds[0], seeds[1], config.calibration)
         g2 = calibration.geometry
         seeds = (seeds[0][calibration.inliers], seeds[1][calibration.inliers])
+    off_epipolar = 0
+    if seeds is not None and config.seed_epipolar_px is not None and len(seeds[0]):
+        from xraycardiac.metrics.matching import symmetric_epipolar_error_px
+
+        p1, p2 = g1.projection_matrix(), g2.projection_matrix()
+        on = symmetric_epipolar_error_px(*seeds, p1, p2) <= config.seed_epipolar_px
+        seeds, off_epipolar = (seeds[0][on], seeds[1][on]), int(np.sum(~on))
     graphs = tuple(centreline_graph_2d(m, config.prune_px, config.smooth_sigma_px) for m in masks)
     if any(len(g.paths) == 0 for g in graphs):
         raise ValueError("reconstruct_tree: no vessel centreline left after pruning the skeletons")
@@ -678,6 +691,7 @@ def reconstruct_tree(
     stats = dict(edges1=len(graphs[0].paths), edges2=len(graphs[1].paths), points=tree.num_points)
     stats.update(matched_samples=int(sum(len(m.sample) for m in matches)), pieces=len(pieces), **counts)
     stats["inconsistent_dropped"] = inconsistent
+    stats["seeds_off_epipolar"] = off_epipolar
     stats["seconds"] = time.perf_counter() - t0
     return ReconstructionResult(tree, tree.points, g2, calibration, graphs, stats)
 
