@@ -20,8 +20,11 @@
    ``seed_veto_mm`` from every seed in reach are excluded (on 9 synthetic pairs this took the mean
    p95 error from 2.6 to 1.7 mm: a foreshortened stretch with no correct candidate otherwise takes
    a wrong one). Seeds that break the epipolar constraint of the geometry in use by more than
-   ``seed_epipolar_px`` (symmetric distance) are dropped first: their 3D point lies off both rays
-   and would veto correct candidates. Intersections at less than ``min_crossing_deg`` to the epipolar line are
+   ``seed_epipolar_px`` (symmetric distance; 3 px, the tolerance of the ``+epipolar`` match filter)
+   are dropped first: their 3D point lies off both rays and would veto correct candidates (learned
+   seeds on the 24 held-out 256 px pairs, exact geometry: mean 1.30 -> 1.24 mm, coverage 46 -> 60 %).
+   The price: correct seeds under a geometry that is off by more than that are dropped too (GT seeds
+   after the one rejected refinement of those pairs). Intersections at less than ``min_crossing_deg`` to the epipolar line are
    ill-conditioned: they carry the path, their depth is interpolated from their neighbours.
    **Left-right check** (``consistency_mm``, the classical stereo test): the same programme is run
    from view 2's curves to view 1's, and a view-1 sample is kept only if that reverse matching put
