@@ -322,7 +322,7 @@ def test_shipped_single_view_model_takes_the_pa_only(xraycardiac_home) -> None:
     from xraycardiac.xray2ct.bundle import load_bundle
 
     info = resolve_model("x2ct-single-demo")
-    assert (info["mode"], info["grid"]) == ("single", 32), info
+    assert (info["mode"], info["grid"]) == ("single", 64), info
     bundle = load_bundle("x2ct-single-demo")
     assert bundle.views == ("pa",) and bundle.ldm.config.global_embedding, bundle.views
     assert "x2ct-single-demo" in installed_x2ct_models()
