@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
+import torch
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -76,6 +77,29 @@ def test_triangulation_recovers_points_within_1e6_mm():
     err = np.abs(xt - x).max()
     assert err < 1e-6, f"triangulation error {err:.3e} mm"
     assert reprojection_error(p1, xt, g1.project(x)).max() < 1e-6
+
+
+def test_triangulating_wrong_matches_stays_finite_and_never_worse_than_the_dlt():
+    # Random pixel pairs are skew rays; some DLT points land far away, where Gauss-Newton used to
+    # diverge until its normal equations were singular (a LinAlgError at 512 px, 30 deg apart).
+    from kornia.geometry.epipolar import triangulate_points
+
+    rng = np.random.default_rng(0)
+    g1 = CArmGeometry(30.0, 20.0, detector_rows=512, detector_cols=512)
+    g2 = CArmGeometry(5.0, 15.0, detector_rows=512, detector_cols=512)
+    p1, p2 = g1.projection_matrix(), g2.projection_matrix()
+    u1, u2 = rng.uniform(0, 511, (20000, 2)), rng.uniform(0, 511, (20000, 2))
+    xt = triangulate(p1, p2, u1, u2)
+    assert np.isfinite(xt).all(), f"{(~np.isfinite(xt).all(axis=1)).sum()} non-finite points"
+
+    def t(a):
+        return torch.from_numpy(np.asarray(a, dtype=np.float64))[None]
+
+    dlt = triangulate_points(t(p1), t(p2), t(u1), t(u2), solver="svd")[0].numpy()
+    err = reprojection_error(p1, xt, u1) ** 2 + reprojection_error(p2, xt, u2) ** 2
+    err_dlt = reprojection_error(p1, dlt, u1) ** 2 + reprojection_error(p2, dlt, u2) ** 2
+    worse = err > err_dlt * (1 + 1e-9) + 1e-9
+    assert not worse.any(), f"{worse.sum()} points refined to a larger error than the DLT gave"
 
 
 def test_fundamental_matrix_and_epipolar_distance():

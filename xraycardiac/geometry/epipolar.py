@@ -82,7 +82,11 @@ def triangulate(p1: np.ndarray, p2: np.ndarray, points1: np.ndarray, points2: np
 
 
 def _gauss_newton_step(x: np.ndarray, views: tuple[tuple[np.ndarray, np.ndarray], ...]) -> np.ndarray:
-    """One batched Gauss-Newton update of (N, 3) points on the summed squared reprojection error."""
+    """One batched Gauss-Newton update of (N, 3) points on the summed squared reprojection error.
+
+    A point keeps its position where the step would not lower its error: a wrong match (two skew rays)
+    can put the DLT point far away, where the normal equations are singular and the step diverges.
+    """
     jtj = np.zeros((len(x), 3, 3))
     jtr = np.zeros((len(x), 3))
     for p, uv in views:
@@ -93,7 +97,17 @@ def _gauss_newton_step(x: np.ndarray, views: tuple[tuple[np.ndarray, np.ndarray]
         jac = (p[None, :2, :3] - (h[:, :2, None] / w[:, :, None]) * p[None, 2:3, :3]) / w[:, :, None]
         jtj += np.einsum("nij,nik->njk", jac, jac)
         jtr += np.einsum("nij,ni->nj", jac, r)
-    return x - np.linalg.solve(jtj, jtr[:, :, None])[:, :, 0]
+    solvable = np.isfinite(jtj).all(axis=(1, 2)) & np.isfinite(jtr).all(axis=1)
+    solvable[solvable] = np.linalg.cond(jtj[solvable]) < 1e12
+    stepped = x.copy()
+    stepped[solvable] -= np.linalg.solve(jtj[solvable], jtr[solvable][:, :, None])[:, :, 0]
+    better = _squared_error(stepped, views) <= _squared_error(x, views)  # NaN compares False
+    return np.where(better[:, None], stepped, x)
+
+
+def _squared_error(x: np.ndarray, views: tuple[tuple[np.ndarray, np.ndarray], ...]) -> np.ndarray:
+    """Summed squared reprojection error (pixels^2) of (N, 3) points over the views, (N,)."""
+    return sum(((project_points(p, x) - uv) ** 2).sum(axis=1) for p, uv in views)
 
 
 def reprojection_error(p: np.ndarray, points_ras: np.ndarray, pixels: np.ndarray) -> np.ndarray:
