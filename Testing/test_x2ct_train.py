@@ -188,6 +188,13 @@ def test_bundle_round_trips_installs_and_refuses_bad_parts(
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="model: .*no-such-model"):
         load_bundle("no-such-model")
+    # a manifest entry whose version is not the one bundle.json was written with
+    relabelled = tmp_path / "relabelled"
+    shutil.copytree(out, relabelled)
+    entry = json.loads((relabelled / "model.json").read_text())
+    (relabelled / "model.json").write_text(json.dumps({**entry, "version": "9.9.9"}))
+    with pytest.raises(ValueError, match=r"bundle.json: model_version '0.1.0' but .* says '9.9.9'"):
+        load_bundle(relabelled)
     # a part whose config does not fit the others, at writing ...
     wide = tmp_path / "wide.pt"
     save_encoder(XRayEncoder(XRayEncoderConfig(view_size=16, grid=16, cnn_channels=(8, 8), unet_channels=(8, 8),

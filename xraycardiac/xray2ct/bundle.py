@@ -417,6 +417,11 @@ def load_bundle(model: str | os.PathLike[str], device: str | torch.device = "cpu
 
     folder, entry = _locate_bundle(model)
     info = _read_bundle_json(folder / entry["file"])
+    if info.get("model_version") != entry["version"]:
+        raise ValueError(
+            f"{folder / entry['file']}: model_version {info.get('model_version')!r} but the manifest entry "
+            f"of {entry['name']!r} says {entry['version']!r}"
+        )
     paths: dict[str, Path] = {}
     shas: dict[str, str] = {}
     for part in PART_FILES:
