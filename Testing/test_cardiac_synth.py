@@ -179,7 +179,7 @@ def test_phantoms_train_tcdm_and_synth_commands_chain(tmp_path):
     assert (out / "confidenceTr" / "case_00000.nii.gz").is_file()
     r = CliRunner().invoke(app, ["cardiac", "synth", "--out", str(tmp_path / "bad"), "--renderer", "tcdm",
                                  "--model", str(run), "--device", "cpu"])  # fmt: skip
-    assert r.exit_code == 1 and "trained on 32" in r.output
+    assert r.exit_code == 1 and "trained on 32" in r.output and str(run) in r.output, r.output  # unwrapped
 
 
 def test_template_started_sampling_keeps_the_template_and_checks_its_argument(one_torch_thread):

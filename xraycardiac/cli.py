@@ -56,7 +56,7 @@ def _run_with_progress(spec: Any, subprocess: bool = False) -> dict:
         try:
             return (run_in_subprocess if subprocess else run_job)(spec, on_event=on_event)
         except (JobError, ValueError, FileNotFoundError, RuntimeError) as e:
-            bar.console.print(f"[red]error:[/red] {e}")
+            bar.console.print(f"[red]error:[/red] {e}", soft_wrap=True)
             raise typer.Exit(1) from e
 
 

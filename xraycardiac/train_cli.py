@@ -65,7 +65,7 @@ def _train(out: Path, train: Callable[..., dict], *args: Any, **kwargs: Any) -> 
     try:
         summary = train(*args, progress=progress, **kwargs)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(1) from exc
     console.print(
         f"trained to step {summary['step']} ({summary['steps_run']} now, {summary['seconds']} s); "

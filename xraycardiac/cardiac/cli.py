@@ -100,7 +100,7 @@ def synth(
             progress=lambda stage, fraction, **_: console.print(f"[dim]{100 * fraction:5.1f}%  {stage}[/dim]"),
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(1) from exc
     per_case = summary["seconds_per_case"]
     typer.echo(
@@ -141,7 +141,7 @@ def phantoms(
                 CardiacPhantomConfig(seed=seed + k, shape_ijk=(grid,) * 3, spacing_mm=spacing_mm)
             )
         except ValueError as exc:
-            console.print(f"[red]error:[/red] {exc}")
+            console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
             raise typer.Exit(1) from exc
         write_volume(labels, out / "labels" / name)  # labels first: the image marks a complete case
         write_volume(image, out / "images" / name)
@@ -181,7 +181,7 @@ def pretrain(
             progress=lambda stage, fraction, **_: console.print(f"[dim]{100 * fraction:5.1f}%  {stage}[/dim]"),
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(1) from exc
     typer.echo(format_pretraining_table(rows))
     if out is not None:

@@ -194,7 +194,7 @@ def _exit_on_error(console: Any, *more: type[Exception]) -> Iterator[None]:
     try:
         yield
     except (ValueError, FileNotFoundError, *more) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(1) from exc
 
 

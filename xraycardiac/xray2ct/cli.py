@@ -67,7 +67,7 @@ def cache(
             progress=lambda stage, fraction: console.print(f"[dim]{100 * fraction:5.1f}%  {stage}[/dim]"),
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(1) from exc
     typer.echo(
         f"{len(summary['written'])} cases written, {len(summary['skipped'])} already complete "
@@ -77,7 +77,7 @@ def cache(
 
 def _fail(console: Any, exc: BaseException) -> typer.Exit:
     """Print the error on ``console`` and return the Exit(1) to raise."""
-    console.print(f"[red]error:[/red] {exc}")
+    console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
     return typer.Exit(1)
 
 
@@ -225,7 +225,7 @@ def evaluate(
                     "samples": samples, "seed": seed, "device": device, "max_cases": max_cases}  # fmt: skip
             write_x2ct_results(rows, out, meta)
     except DataUnavailableError as exc:
-        console.print(f"[red]error:[/red] {exc}\nOr leave the real CT out with --no-real-ct.")
+        console.print(f"[red]error:[/red] {exc}\nOr leave the real CT out with --no-real-ct.", soft_wrap=True)
         raise typer.Exit(1) from exc
     except (ValueError, FileNotFoundError) as exc:
         raise _fail(console, exc) from exc
