@@ -89,6 +89,7 @@ def _gauss_newton_step(x: np.ndarray, views: tuple[tuple[np.ndarray, np.ndarray]
     """
     jtj = np.zeros((len(x), 3, 3))
     jtr = np.zeros((len(x), 3))
+    error = np.zeros(len(x))  # summed squared reprojection error before the step, pixels^2
     for p, uv in views:
         h = x @ p[:, :3].T + p[:, 3]  # (N, 3)
         w = h[:, 2:3]
@@ -97,17 +98,13 @@ def _gauss_newton_step(x: np.ndarray, views: tuple[tuple[np.ndarray, np.ndarray]
         jac = (p[None, :2, :3] - (h[:, :2, None] / w[:, :, None]) * p[None, 2:3, :3]) / w[:, :, None]
         jtj += np.einsum("nij,nik->njk", jac, jac)
         jtr += np.einsum("nij,ni->nj", jac, r)
+        error += (r**2).sum(axis=1)
     solvable = np.isfinite(jtj).all(axis=(1, 2)) & np.isfinite(jtr).all(axis=1)
     solvable[solvable] = np.linalg.cond(jtj[solvable]) < 1e12
     stepped = x.copy()
     stepped[solvable] -= np.linalg.solve(jtj[solvable], jtr[solvable][:, :, None])[:, :, 0]
-    better = _squared_error(stepped, views) <= _squared_error(x, views)  # NaN compares False
-    return np.where(better[:, None], stepped, x)
-
-
-def _squared_error(x: np.ndarray, views: tuple[tuple[np.ndarray, np.ndarray], ...]) -> np.ndarray:
-    """Summed squared reprojection error (pixels^2) of (N, 3) points over the views, (N,)."""
-    return sum(((project_points(p, x) - uv) ** 2).sum(axis=1) for p, uv in views)
+    stepped_error = sum(((project_points(p, stepped) - uv) ** 2).sum(axis=1) for p, uv in views)
+    return np.where((stepped_error <= error)[:, None], stepped, x)  # NaN compares False
 
 
 def reprojection_error(p: np.ndarray, points_ras: np.ndarray, pixels: np.ndarray) -> np.ndarray:
