@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,12 +35,6 @@ CMAKE = shutil.which("cmake")
 LIB_DIR = "lib/Slicer-5.8/qt-scripted-modules"
 CACHES = ("__pycache__", ".pyc")
 
-pytestmark = pytest.mark.skipif(
-    CMAKE is None,
-    reason="cmake is not on PATH, so the extension's install rules (CMake/XRayCardiacPackage.cmake) cannot "
-    "run; install CMake >= 3.16 to run these tests",
-)
-
 
 def _run(args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
     """Run a command; its stdout, or an AssertionError holding the command and both outputs."""
@@ -51,6 +46,11 @@ def _run(args: list[str], cwd: Path | None = None, env: dict[str, str] | None = 
 @pytest.fixture(scope="module")
 def trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """{"build": build-tree copy, "install": installed copy} of the package folder's parent."""
+    if CMAKE is None:
+        pytest.skip(
+            "cmake is not on PATH, so the extension's install rules (CMake/XRayCardiacPackage.cmake) cannot "
+            "run; install CMake >= 3.16 to run this test"
+        )
     root = tmp_path_factory.mktemp("install_rules")
     project, build, prefix = root / "project", root / "build", root / "install"
     project.mkdir()
@@ -112,6 +112,25 @@ def _manifest_files() -> dict[str, str]:
             for rec in bundle["files"].values():
                 named[rec["file"]] = rec["sha256"]
     return named
+
+
+def test_cmakelists_ships_the_package_with_these_rules() -> None:
+    """The extension's CMakeLists.txt calls the tested function with Slicer's scripted-module folders."""
+    cmake = re.sub(r"#.*", "", (REPO / "CMakeLists.txt").read_text(encoding="utf-8"))
+    call = re.search(r"xraycardiac_package\((.*?)\)", cmake, re.S)
+    assert "include(${CMAKE_CURRENT_SOURCE_DIR}/CMake/XRayCardiacPackage.cmake)" in cmake
+    assert call, "CMakeLists.txt does not call xraycardiac_package(...)"
+    assert call.group(1).split() == [
+        "SOURCE",
+        "${CMAKE_CURRENT_SOURCE_DIR}/xraycardiac",
+        "BUILD_DESTINATION",
+        "${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}",
+        "INSTALL_DESTINATION",
+        "${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}",
+    ], call.group(1)
+    assert "install(" not in cmake and "file(COPY" not in cmake, (
+        "a second copy/install rule in CMakeLists.txt"
+    )
 
 
 @pytest.mark.parametrize("tree", ["build", "install"])
