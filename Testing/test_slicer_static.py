@@ -7,7 +7,6 @@ modules and on a deliberately broken copy, so every check is shown to be able to
 from __future__ import annotations
 
 import ast
-import json
 import py_compile
 import re
 import shutil
@@ -275,36 +274,10 @@ def test_top_level_cmake() -> None:
     assert problems == [], "\n".join(problems)
 
 
-def test_extension_catalog_entry() -> None:
-    entry = json.loads((REPO / "SlicerXRayCardiac.json").read_text(encoding="utf-8"))
-    allowed = {
-        "$schema",
-        "category",
-        "scm_url",
-        "scm_revision",
-        "scm_type",
-        "build_dependencies",
-        "dicom_support_rule",
-        "build_subdirectory",
-        "enabled",
-        "tier",
-    }
-    assert set(entry) <= allowed, f"unknown keys {sorted(set(entry) - allowed)}"
-    assert {"$schema", "category", "scm_url"} <= set(entry), sorted(entry)
-    assert entry["build_dependencies"] == ["PyTorch"], entry.get("build_dependencies")
-    assert 1 <= entry["tier"] <= 5, entry["tier"]
-    cmake = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
-    category = re.search(r'set\(EXTENSION_CATEGORY\s+"([^"]+)"\)', cmake)
-    assert category and category.group(1) == entry["category"], (
-        category and category.group(1),
-        entry["category"],
-    )
-
-
 def test_icons_are_128_png() -> None:
     from PIL import Image
 
-    for icon in [REPO / "Resources" / "Icons" / "SlicerXRayCardiac.png"] + [
+    for icon in [REPO / "Resources" / "Icons" / "XRayCardiac.png"] + [
         m / "Resources" / "Icons" / f"{m.name}.png" for m in MODULES
     ]:
         with Image.open(icon) as im:
@@ -393,12 +366,3 @@ def test_slicer_requirements_match_the_library_dependencies():
     req = REPO / "XRayCardiacCommon" / "Resources" / "requirements.txt"
     lines = [ln.strip() for ln in req.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     assert sorted(lines) == wanted, f"{req} differs from pyproject.toml: {sorted(set(lines) ^ set(wanted))}"
-
-
-def test_extension_bundles_the_core_library():
-    cmake = (REPO / "CMakeLists.txt").read_text()
-    assert "install(DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR}/xraycardiac" in cmake
-    for url_var in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
-        url = cmake.split(f"set({url_var} ")[1].split(")")[0].strip('"')
-        local = url.split("/main/")[1]
-        assert (REPO / local).is_file(), f"{url_var} points to {local}, which is not in the repository"

@@ -1,4 +1,4 @@
-"""xraycardiac: X-ray cardiac imaging research pipelines behind the SlicerXRayCardiac extension.
+"""xraycardiac: X-ray cardiac imaging research pipelines behind the XRayCardiac 3D Slicer extension.
 
 Research use only; not for clinical decisions.
 """

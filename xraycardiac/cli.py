@@ -20,7 +20,7 @@ from xraycardiac.train_cli import app as train_app
 from xraycardiac.xray2ct.cli import app as x2ct_app
 
 app = typer.Typer(
-    help="SlicerXRayCardiac research pipelines (research use only, not for clinical decisions).",
+    help="XRayCardiac research pipelines (research use only, not for clinical decisions).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
