@@ -12,7 +12,9 @@ a tube model. All computation is in the core library; nothing here does math.
 """
 
 # No "from __future__ import annotations" here: parameterNodeWrapper reads the field types with
-# typing.get_type_hints, which needs them evaluated in this module as Slicer loads it.
+# typing.get_type_hints, which needs them evaluated in this module as Slicer loads it. The annotations
+# Python evaluates (signatures, class bodies) write no "X | Y" (quoted where needed), so that on Python 3.9
+# (Slicer 5.8) the module still loads and says it needs Slicer 5.10 (Testing/test_slicer_static.py).
 
 from typing import Annotated, Any, Union
 
@@ -67,6 +69,7 @@ class XRayCoronaryRecon(ScriptedLoadableModule):
             "Correspondence Matching in Coronary Angiography (2025). Part of the SlicerXRayCardiac "
             "extension."
         )
+        XRayCardiacCommon.noteUnsupportedSlicer(self.parent)
 
 
 @parameterNodeWrapper
@@ -126,6 +129,8 @@ class XRayCoronaryReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        if XRayCardiacCommon.showUnsupportedSlicer(self):
+            return  # an older Slicer: the panel says why
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/XRayCoronaryRecon.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -147,11 +152,15 @@ class XRayCoronaryReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        if self.logic is None:  # setup stopped on an unsupported Slicer
+            return
         self.progress.cleanup()
         self.reconProgress.cleanup()
         self.removeObservers()
 
     def enter(self) -> None:
+        if self.logic is None:  # setup stopped on an unsupported Slicer
+            return
         self.initializeParameterNode()
 
     def exit(self) -> None:
@@ -172,7 +181,7 @@ class XRayCoronaryReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
 
-    def setParameterNode(self, inputParameterNode: XRayCoronaryReconParameterNode | None) -> None:
+    def setParameterNode(self, inputParameterNode: "XRayCoronaryReconParameterNode | None") -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGuiState)
@@ -360,7 +369,7 @@ class XRayCoronaryReconLogic(ScriptedLoadableModuleLogic):
         """Stop a job and delete its files; the scene is not changed."""
         self._reconstruction().cancel(run)
 
-    def synthesize(self, p: XRayCoronaryReconParameterNode, timeoutS: float | None = None) -> dict:
+    def synthesize(self, p: XRayCoronaryReconParameterNode, timeoutS: "float | None" = None) -> dict:
         """Blocking: start, wait and import (a failed wait cancels). Returns ``finishSynthesis``'s dict."""
         return self._synthetic().wait_and_import(self.startSynthesis(p), timeout_s=timeoutS)
 

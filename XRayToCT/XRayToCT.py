@@ -10,7 +10,9 @@ All computation is in the core library; nothing here does math.
 """
 
 # No "from __future__ import annotations" here: parameterNodeWrapper reads the field types with
-# typing.get_type_hints, which needs them evaluated in this module as Slicer loads it.
+# typing.get_type_hints, which needs them evaluated in this module as Slicer loads it. The annotations
+# Python evaluates (signatures, class bodies) write no "X | Y" (quoted where needed), so that on Python 3.9
+# (Slicer 5.8) the module still loads and says it needs Slicer 5.10 (Testing/test_slicer_static.py).
 
 from typing import Annotated, Any, Union
 
@@ -72,6 +74,7 @@ class XRayToCT(ScriptedLoadableModule):
             "Space Consistency for Sparse-View CT Reconstruction) and X-ray2CTPA. Part of the SlicerXRayCardiac "
             "extension."
         )
+        XRayCardiacCommon.noteUnsupportedSlicer(self.parent)
 
 
 @parameterNodeWrapper
@@ -128,6 +131,8 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        if XRayCardiacCommon.showUnsupportedSlicer(self):
+            return  # an older Slicer: the panel says why
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/XRayToCT.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -150,11 +155,15 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        if self.logic is None:  # setup stopped on an unsupported Slicer
+            return
         self.progress.cleanup()
         self.generateProgress.cleanup()
         self.removeObservers()
 
     def enter(self) -> None:
+        if self.logic is None:  # setup stopped on an unsupported Slicer
+            return
         self.initializeParameterNode()
 
     def exit(self) -> None:
@@ -179,7 +188,7 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if firstVolume and not firstVolume.IsA("vtkMRMLLabelMapVolumeNode"):
                 self._parameterNode.inputCT = firstVolume
 
-    def setParameterNode(self, inputParameterNode: XRayToCTParameterNode | None) -> None:
+    def setParameterNode(self, inputParameterNode: "XRayToCTParameterNode | None") -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGuiState)
@@ -331,7 +340,7 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
         """Stop a job and delete its files; the scene is not changed."""
         self._simulation().cancel(run)
 
-    def simulate(self, p: XRayToCTParameterNode, timeoutS: float | None = None) -> list:
+    def simulate(self, p: XRayToCTParameterNode, timeoutS: "float | None" = None) -> list:
         """Blocking: start, wait and import (a failed wait cancels). Returns the new nodes."""
         return self._simulation().wait_and_import(self.startSimulation(p), timeout_s=timeoutS)
 
@@ -371,7 +380,7 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
         """Stop a job and delete its files; the scene is not changed."""
         self._generation().cancel(run)
 
-    def generate(self, p: XRayToCTParameterNode, timeoutS: float | None = None) -> Any:
+    def generate(self, p: XRayToCTParameterNode, timeoutS: "float | None" = None) -> Any:
         """Blocking: start, wait and import (a failed wait cancels). Returns a ``GenerateResult``."""
         return self._generation().wait_and_import(self.startGeneration(p), timeout_s=timeoutS)
 
