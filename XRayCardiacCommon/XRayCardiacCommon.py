@@ -203,10 +203,16 @@ def _ensurePackages(requester: str, requirementsPath: str, confirm: bool) -> boo
 # keeps this file equal to pyproject.toml's dependencies less torch, vtk and Slicer's own packages.
 REQUIREMENTS_PATH = os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
 
-_INSTALL_HINT = (
-    "Check the network connection and the Python console for pip's messages, restart Slicer and try "
-    "again; or install the packages named above from the Python console with slicer.util.pip_install."
-)
+_INSTALL_HINTS = {
+    "PyTorch": (
+        "Check the network connection, then install PyTorch from the 'PyTorch Utils' module (torch version "
+        "requirement '{torch}'), restart Slicer and try again."
+    ),
+    "the Python packages": (
+        "Check the network connection and the Python console for pip's messages, restart Slicer and try "
+        "again; or install the packages named above from the Python console with slicer.util.pip_install."
+    ),
+}
 
 
 def ensurePythonDependencies(
@@ -244,7 +250,10 @@ def ensurePythonDependencies(
     except DependencyError as exc:
         showError(f"{requester}: {exc}")
     except Exception as exc:
-        showError(f"{requester}: installing {step} failed: {exc}\n\n{_INSTALL_HINT}", details=_traceback())
+        from XRayCardiacCommonLib.dependencies import TORCH_REQUIREMENT
+
+        hint = _INSTALL_HINTS[step].format(torch=TORCH_REQUIREMENT)
+        showError(f"{requester}: installing {step} failed: {exc}\n\n{hint}", details=_traceback())
     return False
 
 
