@@ -86,7 +86,8 @@ class XRayCoronaryReconParameterNode:
     imageSize: square detector size in pixels (the field of view stays ~150-200 mm).
     device: auto / cpu / cuda.
     reconVolume1, reconVolume2: the two X-ray frames (2D volumes with ``XRayCardiac.Geometry``).
-    reconMask1, reconMask2: optional vessel masks of the frames (the accurate path).
+    reconMask1, reconMask2: optional vessel masks of the frames (the accurate path): label maps or scalar
+        volumes; the frame selectors hide label maps (showChildNodeTypes false in the .ui).
     reconMethod: keypoint matcher; "matcher" uses ``reconMatcherModel`` (name, folder or .pt file).
     reconFoundation: "family:/folder" of the learned matcher's foundation model, or empty.
     reconRefine: refine view 2's geometry from the matches.
@@ -106,8 +107,8 @@ class XRayCoronaryReconParameterNode:
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
     reconVolume1: Union[vtkMRMLScalarVolumeNode, None]  # noqa: UP007
     reconVolume2: Union[vtkMRMLScalarVolumeNode, None]  # noqa: UP007
-    reconMask1: Union[vtkMRMLScalarVolumeNode, None]  # noqa: UP007
-    reconMask2: Union[vtkMRMLScalarVolumeNode, None]  # noqa: UP007
+    reconMask1: Union[vtkMRMLScalarVolumeNode, vtkMRMLLabelMapVolumeNode, None]  # noqa: UP007
+    reconMask2: Union[vtkMRMLScalarVolumeNode, vtkMRMLLabelMapVolumeNode, None]  # noqa: UP007
     reconMethod: Annotated[str, Choice(list(RECONSTRUCT_METHOD_CHOICES))] = RECONSTRUCT_DEFAULT_METHOD
     reconMatcherModel: str = ""
     reconFoundation: str = ""
