@@ -300,7 +300,12 @@ class CardiacSynthLogic(ScriptedLoadableModuleLogic):
 
 
 class CardiacSynthTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer: the parameter node, and two warp cases of the phantom template."""
+    """Runs inside Slicer: the parameter node, and two warp cases of the phantom template.
+
+    The tests that run jobs need torch and the library's packages: without them they are skipped with
+    the reason logged (``XRayCardiacCommon.dependenciesForSelfTest``); with
+    ``XRAYCARDIAC_TEST_INSTALL_DEPENDENCIES=1`` they install them first, as a panel's first run does.
+    """
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
@@ -319,6 +324,8 @@ class CardiacSynthTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Test passed")
 
     def test_phantom_two_cases(self) -> None:
+        if not XRayCardiacCommon.dependenciesForSelfTest(self, "CardiacSynth"):
+            return
         import numpy as np
 
         self.delayDisplay("Generating two synthetic cases of the phantom template (warp renderer)")

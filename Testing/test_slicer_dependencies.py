@@ -17,6 +17,7 @@ from XRayCardiacCommonLib.dependencies import (
     SLICER_5_10_VERSIONS,
     SLICER_PACKAGES,
     TORCH_REQUIREMENT,
+    missing_dependencies,
     missing_requirements,
     read_requirements,
     slicer_constraints,
@@ -104,3 +105,10 @@ def test_checks_do_not_import_torch() -> None:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False"
+
+
+def test_missing_dependencies_lists_torch_and_packages(tmp_path) -> None:
+    path = tmp_path / "requirements.txt"
+    path.write_text("numpy>=1\nno-such-package-xraycardiac>=1\n", encoding="utf-8")
+    assert missing_dependencies(path) == ["no-such-package-xraycardiac>=1"]  # torch of this venv is in range
+    assert missing_dependencies(REQUIREMENTS) == [], "this test environment lacks a Slicer-side requirement"

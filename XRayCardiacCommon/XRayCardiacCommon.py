@@ -257,6 +257,49 @@ def ensurePythonDependencies(
     return False
 
 
+SELFTEST_INSTALL_VARIABLE = "XRAYCARDIAC_TEST_INSTALL_DEPENDENCIES"
+"""Set to 1 to let the modules' self-tests install missing dependencies (network; torch is 0.2-3 GB)."""
+
+
+def dependenciesForSelfTest(test: Any, requester: str) -> bool:
+    """First line of a self-test that runs jobs: are the Python dependencies there (installed if allowed)?
+
+    On a fresh Slicer (or the extension build machines, without network) torch and the library's
+    packages are missing. With ``XRAYCARDIAC_TEST_INSTALL_DEPENDENCIES=1`` they are installed through
+    the same code as a panel's first run (``ensurePythonDependencies``, without the confirmations);
+    otherwise the test is skipped with a message that says why and how to run it (as TotalSegmentator's
+    self-test skips its logic test).
+
+    Args:
+        test: the ``ScriptedLoadableModuleTest`` (its ``delayDisplay`` shows the message).
+        requester: the module name, for the messages.
+
+    Returns:
+        True when the test can run; False when it must return at once (skipped, reason logged).
+
+    Raises:
+        AssertionError: installation was asked for and failed (the error has been shown and logged).
+    """
+    from XRayCardiacCommonLib.dependencies import missing_dependencies
+
+    missing = missing_dependencies(REQUIREMENTS_PATH)
+    if not missing:
+        return True
+    if os.environ.get(SELFTEST_INSTALL_VARIABLE) == "1":
+        test.delayDisplay(f"{requester}: installing the Python dependencies: {', '.join(missing)}")
+        if ensurePythonDependencies(requester, confirm=False):
+            return True
+        raise test.failureException(f"{requester}: installing {', '.join(missing)} failed (see the log)")
+    reason = (
+        f"{requester} self-test skipped: the Python dependencies are not installed ({', '.join(missing)}). "
+        f"Open the module and start a job once to install them, or set {SELFTEST_INSTALL_VARIABLE}=1 to let "
+        "the test install them (needs network access)."
+    )
+    logging.warning(reason)
+    test.delayDisplay(reason)
+    return False
+
+
 def _traceback() -> str:
     import traceback
 

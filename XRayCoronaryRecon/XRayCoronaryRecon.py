@@ -376,7 +376,12 @@ class XRayCoronaryReconLogic(ScriptedLoadableModuleLogic):
 
 
 class XRayCoronaryReconTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer: one small synthetic view pair with its keypoints and centreline."""
+    """Runs inside Slicer: one small synthetic view pair with its keypoints and centreline.
+
+    The tests that run jobs need torch and the library's packages: without them they are skipped with
+    the reason logged (``XRayCardiacCommon.dependenciesForSelfTest``); with
+    ``XRAYCARDIAC_TEST_INSTALL_DEPENDENCIES=1`` they install them first, as a panel's first run does.
+    """
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
@@ -388,6 +393,8 @@ class XRayCoronaryReconTest(ScriptedLoadableModuleTest):
         self.test_reconstruct_pair()
 
     def test_synthetic_pair(self) -> None:
+        if not XRayCardiacCommon.dependenciesForSelfTest(self, "XRayCoronaryRecon"):
+            return
         from XRayCardiacCommonLib.mrml_io import PROJECTION_MATRIX_ATTRIBUTE, parse_projection_matrix
 
         self.delayDisplay("Generating one synthetic angiogram pair")
@@ -410,6 +417,8 @@ class XRayCoronaryReconTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Test passed")
 
     def test_reconstruct_pair(self) -> None:
+        if not XRayCardiacCommon.dependenciesForSelfTest(self, "XRayCoronaryRecon"):
+            return
         from XRayCoronaryReconLib.reconstruct import ReconstructLogic
 
         self.delayDisplay("Generating a pair, then reconstructing it (vessel keypoints, epipolar filter)")

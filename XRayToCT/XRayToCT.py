@@ -386,7 +386,12 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
 
 
 class XRayToCTTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer: simulate PA + lateral radiographs of a box phantom; generate a CT from a chest phantom's."""
+    """Runs inside Slicer: simulate PA + lateral radiographs of a box phantom; generate a CT from a chest phantom's.
+
+    The tests that run jobs need torch and the library's packages: without them they are skipped with
+    the reason logged (``XRayCardiacCommon.dependenciesForSelfTest``); with
+    ``XRAYCARDIAC_TEST_INSTALL_DEPENDENCIES=1`` they install them first, as a panel's first run does.
+    """
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
@@ -398,6 +403,8 @@ class XRayToCTTest(ScriptedLoadableModuleTest):
         self.test_generate_ct()
 
     def test_simulate_pa_lateral(self) -> None:
+        if not XRayCardiacCommon.dependenciesForSelfTest(self, "XRayToCT"):
+            return
         import numpy as np
         from XRayCardiacCommonLib.mrml_io import PROJECTION_MATRIX_ATTRIBUTE, parse_projection_matrix
 
@@ -425,6 +432,8 @@ class XRayToCTTest(ScriptedLoadableModuleTest):
 
     def test_generate_ct(self) -> None:
         """Chest phantom (written to a temp file and loaded) -> PA + lateral DRRs -> the installed x2ct model."""
+        if not XRayCardiacCommon.dependenciesForSelfTest(self, "XRayToCT"):
+            return
         import os
         import tempfile
 

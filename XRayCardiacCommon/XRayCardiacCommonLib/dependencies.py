@@ -23,6 +23,7 @@ __all__ = [
     "SLICER_5_10_VERSIONS",
     "TORCH_REQUIREMENT",
     "installed_version",
+    "missing_dependencies",
     "missing_requirements",
     "read_requirements",
     "slicer_constraints",
@@ -85,6 +86,22 @@ def torch_version_problem(requirement: str = TORCH_REQUIREMENT) -> str | None:
         "module, click 'Uninstall PyTorch', restart Slicer, and start the XRayCardiac job again: it installs "
         f"a matching PyTorch. (Or install one there with the version requirement '{requirement}'.)"
     )
+
+
+def missing_dependencies(requirements_path: str | os.PathLike[str]) -> list[str]:
+    """What a module still needs: torch (absent or outside ``TORCH_REQUIREMENT``), then missing requirements.
+
+    Returns:
+        E.g. ``["torch>=2.3,<2.15", "kornia>=0.7,<0.10"]``; an installed torch outside the range is listed
+        as ``"torch>=2.3,<2.15 (installed: 2.1.0)"``. Empty when everything is installed.
+    """
+    missing = []
+    torch = installed_version("torch")
+    if torch is None:
+        missing.append(f"torch{TORCH_REQUIREMENT}")
+    elif torch_version_problem() is not None:
+        missing.append(f"torch{TORCH_REQUIREMENT} (installed: {torch})")
+    return missing + missing_requirements(read_requirements(requirements_path))
 
 
 def slicer_constraints(names: tuple[str, ...] = SLICER_PACKAGES + ("torch", "torchvision")) -> list[str]:
