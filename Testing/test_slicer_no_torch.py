@@ -13,7 +13,8 @@ import json
 import subprocess
 import sys
 
-from test_slicer_static import MODULES, REPO, SLICER_SYS_PATH, load_time_files
+from test_slicer_python39 import SLICER_SYS_PATH, load_time_files
+from test_slicer_static import MODULES, REPO
 
 LIB_PACKAGES = [f"{m.name}Lib" for m in MODULES]
 

@@ -12,7 +12,7 @@ All computation is in the core library; nothing here does math.
 # No "from __future__ import annotations" here: parameterNodeWrapper reads the field types with
 # typing.get_type_hints, which needs them evaluated in this module as Slicer loads it. The annotations
 # Python evaluates (signatures, class bodies) write no "X | Y" (quoted where needed), so that on Python 3.9
-# (Slicer 5.8) the module still loads and says it needs Slicer 5.10 (Testing/test_slicer_static.py).
+# (Slicer 5.8) the module still loads and says it needs Slicer 5.10 (Testing/test_slicer_python39.py).
 
 from typing import Annotated, Any, Union
 

@@ -4,7 +4,7 @@ XRayCardiac needs 3D Slicer 5.10 or newer: 5.10 is the first release on Python 3
 3.9, older than the ``xraycardiac`` library's ``requires-python >= 3.10``). The module files, this file
 and everything they import while Slicer loads them stay importable on Python 3.9, so that an older
 Slicer shows ``unsupported_slicer_message`` instead of a SyntaxError or TypeError trace
-(Testing/test_slicer_static.py checks that). Nothing here imports ``xraycardiac``, Qt or ``slicer``.
+(Testing/test_slicer_python39.py checks that). Nothing here imports ``xraycardiac``, Qt or ``slicer``.
 """
 
 from __future__ import annotations
