@@ -15,7 +15,9 @@ dataset: ``xraycardiac cardiac pretrain --synthetic <export folder> --finetune <
 """
 
 # No "from __future__ import annotations" here: parameterNodeWrapper reads the field types with
-# typing.get_type_hints, which needs them evaluated in this module as Slicer loads it.
+# typing.get_type_hints, which needs them evaluated in this module as Slicer loads it. The annotations
+# Python evaluates (signatures, class bodies) write no "X | Y" (quoted where needed), so that on Python 3.9
+# (Slicer 5.8) the module still loads and says it needs Slicer 5.10 (Testing/test_slicer_python39.py).
 
 from typing import Annotated, Any, Union
 
@@ -69,6 +71,7 @@ class CardiacSynth(ScriptedLoadableModule):
             "Method: FCaS, Fine-grained Cardiac Image Synthesis based on 3D Template Conditional "
             "Diffusion Model. Part of the SlicerXRayCardiac extension."
         )
+        XRayCardiacCommon.noteUnsupportedSlicer(self.parent)
 
 
 @parameterNodeWrapper
@@ -116,6 +119,8 @@ class CardiacSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        if XRayCardiacCommon.showUnsupportedSlicer(self):
+            return  # an older Slicer: the panel says why
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/CardiacSynth.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -134,10 +139,14 @@ class CardiacSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        if self.logic is None:  # setup stopped on an unsupported Slicer
+            return
         self.progress.cleanup()
         self.removeObservers()
 
     def enter(self) -> None:
+        if self.logic is None:  # setup stopped on an unsupported Slicer
+            return
         self.initializeParameterNode()
 
     def exit(self) -> None:
@@ -157,7 +166,7 @@ class CardiacSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
 
-    def setParameterNode(self, inputParameterNode: CardiacSynthParameterNode | None) -> None:
+    def setParameterNode(self, inputParameterNode: "CardiacSynthParameterNode | None") -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGuiState)
@@ -285,13 +294,18 @@ class CardiacSynthLogic(ScriptedLoadableModuleLogic):
         """Stop a job and delete its files; the scene is not changed."""
         self._synthesis().cancel(run)
 
-    def synthesize(self, p: CardiacSynthParameterNode, timeoutS: float | None = None) -> dict:
+    def synthesize(self, p: CardiacSynthParameterNode, timeoutS: "float | None" = None) -> dict:
         """Blocking: start, wait and import (a failed wait cancels). Returns ``finishSynthesis``'s dict."""
         return self._synthesis().wait_and_import(self.startSynthesis(p), timeout_s=timeoutS)
 
 
 class CardiacSynthTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer: the parameter node, and two warp cases of the phantom template."""
+    """Runs inside Slicer: the parameter node, and two warp cases of the phantom template.
+
+    The tests that run jobs need torch and the library's packages: without them they are skipped with
+    the reason logged (``XRayCardiacCommon.dependenciesForSelfTest``); with
+    ``XRAYCARDIAC_TEST_INSTALL_DEPENDENCIES=1`` they install them first, as a panel's first run does.
+    """
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
@@ -310,6 +324,8 @@ class CardiacSynthTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Test passed")
 
     def test_phantom_two_cases(self) -> None:
+        if not XRayCardiacCommon.dependenciesForSelfTest(self, "CardiacSynth"):
+            return
         import numpy as np
 
         self.delayDisplay("Generating two synthetic cases of the phantom template (warp renderer)")

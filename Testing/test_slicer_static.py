@@ -243,13 +243,101 @@ def check_lib_has_no_qt(module: Path) -> list[str]:
     return problems
 
 
+def parameter_node_types(py: Path) -> dict[str, list[str]]:
+    """Field -> the MRML classes its annotation names, for node fields of ``@parameterNodeWrapper`` classes.
+
+    These are the ``nodeTypes`` Slicer's binding sets on the field's qMRMLNodeComboBox
+    (``parameterNodeWrapper.guiConnectors.qMRMLNodeComboBoxToNodeConnector`` -> ``util.getNodeTypes``):
+    ``vtkMRMLScalarVolumeNode`` -> [it]; ``Union[A, B, None]`` -> [A, B]; ``Annotated[T, ...]`` -> T's.
+    """
+
+    def classes(node: ast.AST) -> list[str]:
+        if isinstance(node, ast.Name):
+            return [node.id] if node.id.startswith("vtkMRML") else []
+        if isinstance(node, ast.Subscript):
+            base = node.value.id if isinstance(node.value, ast.Name) else getattr(node.value, "attr", "")
+            args = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+            if base == "Annotated":
+                return classes(args[0])
+            if base in ("Union", "Optional"):
+                return [c for a in args for c in classes(a)]
+        return []
+
+    out = {}
+    for node in ast.walk(ast.parse(py.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ClassDef) and any(
+            getattr(d, "id", getattr(d, "attr", "")) == "parameterNodeWrapper" for d in node.decorator_list
+        ):
+            for s in node.body:
+                if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name) and classes(s.annotation):
+                    out[s.target.id] = classes(s.annotation)
+    return out
+
+
+def _ui_property(widget: ET.Element, name: str) -> ET.Element | None:
+    return next((p for p in widget.findall("property") if p.get("name") == name), None)
+
+
+def check_node_selectors(module: Path) -> list[str]:
+    """Node selectors bound to the parameter node show what the .ui says, after the binding has run.
+
+    The binding overwrites a selector's ``nodeTypes`` with the field's classes (and keeps every other
+    property), so (1) a ``nodeTypes`` written in the .ui must be the field's, and (2) a field that names
+    vtkMRMLScalarVolumeNode but not vtkMRMLLabelMapVolumeNode (a grey-level image) hides label maps (a
+    subclass) with ``showChildNodeTypes`` false or ``hideChildNodeTypes``; a field that takes label maps
+    names vtkMRMLLabelMapVolumeNode.
+    """
+    py, ui = module / f"{module.name}.py", _ui_path(module)
+    if not ui.is_file():
+        return []
+    fields = parameter_node_types(py)
+    problems = []
+    for widget in ET.parse(ui).getroot().iter("widget"):
+        if widget.get("class") != "qMRMLNodeComboBox":
+            continue
+        name = widget.get("name")
+        param = _ui_property(widget, "SlicerParameterName")
+        field = (param.findtext("string") or "").strip() if param is not None else ""
+        if field not in fields:
+            continue
+        bound = fields[field]
+        written = _ui_property(widget, "nodeTypes")
+        if written is not None:
+            ui_types = [(s.text or "").strip() for s in written.iter("string")]
+            if set(ui_types) != set(bound):
+                problems.append(
+                    f"{ui.name}: {name} lists nodeTypes {ui_types}, but the binding of {field!r} sets {bound}"
+                )
+        if "vtkMRMLScalarVolumeNode" in bound and "vtkMRMLLabelMapVolumeNode" not in bound:
+            show = _ui_property(widget, "showChildNodeTypes")
+            hide = _ui_property(widget, "hideChildNodeTypes")
+            hidden = show is not None and (show.findtext("bool") or "").strip() == "false"
+            hidden = hidden or (
+                hide is not None and "vtkMRMLLabelMapVolumeNode" in [s.text for s in hide.iter("string")]
+            )
+            if not hidden:
+                problems.append(
+                    f"{ui.name}: {name} ({field!r}: {bound}) lists label maps; set showChildNodeTypes false "
+                    "or hideChildNodeTypes vtkMRMLLabelMapVolumeNode, or name vtkMRMLLabelMapVolumeNode in "
+                    "the field's type if it takes label maps"
+                )
+    return problems
+
+
 # ------------------------------------------------------------------------------------------ the repo
 
 
 @pytest.mark.parametrize("module", MODULES, ids=MODULE_IDS)
 @pytest.mark.parametrize(
     "check",
-    [check_ui_parses, check_ui_references, check_parameter_names, check_cmake_lists, check_lib_has_no_qt],
+    [
+        check_ui_parses,
+        check_ui_references,
+        check_parameter_names,
+        check_cmake_lists,
+        check_lib_has_no_qt,
+        check_node_selectors,
+    ],
     ids=lambda f: f.__name__,
 )
 def test_module(module: Path, check, tmp_path: Path) -> None:
@@ -359,10 +447,48 @@ def test_qt_in_lib_is_caught(broken: Path, line: str) -> None:
 
 
 def test_slicer_requirements_match_the_library_dependencies():
-    """Slicer installs exactly what pyproject asks for, less torch (the PyTorch extension's) and vtk (Slicer's)."""
+    """Slicer installs exactly what pyproject asks for, less torch (the PyTorch extension's), vtk and the
+    packages Slicer ships (its own builds, never replaced)."""
+    from packaging.requirements import Requirement
+    from XRayCardiacCommonLib.dependencies import SLICER_PACKAGES
+
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    wanted = sorted(d.replace(" ", "") for d in project if not d.startswith(("torch", "vtk")))
+    shipped = {name.lower() for name in (*SLICER_PACKAGES, "torch", "vtk")}
+    wanted = sorted(d.replace(" ", "") for d in project if Requirement(d).name.lower() not in shipped)
     req = REPO / "XRayCardiacCommon" / "Resources" / "requirements.txt"
     lines = [ln.strip() for ln in req.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     assert sorted(lines) == wanted, f"{req} differs from pyproject.toml: {sorted(set(lines) ^ set(wanted))}"
+
+
+def test_parameter_node_types_follow_the_binding() -> None:
+    types = parameter_node_types(REPO / "CardiacSynth" / "CardiacSynth.py")
+    assert types["templateVolume"] == ["vtkMRMLScalarVolumeNode"], types
+    assert types["templateSegmentation"] == ["vtkMRMLSegmentationNode", "vtkMRMLLabelMapVolumeNode"], types
+    assert "numSamples" not in types
+
+
+def test_label_maps_in_an_image_selector_are_caught(broken: Path) -> None:
+    ui = broken / "Resources/UI/XRayToCT.ui"
+    text = ui.read_text(encoding="utf-8")
+    start = text.index('name="paVolumeSelector"')
+    end = text.index("</widget>", start)
+    ui.write_text(
+        text[:start] + text[start:end].replace("<bool>false</bool>", "<bool>true</bool>", 1) + text[end:],
+        encoding="utf-8",
+    )
+    problems = check_node_selectors(broken)
+    assert len(problems) == 1 and "paVolumeSelector" in problems[0] and "label maps" in problems[0], problems
+
+
+def test_ui_node_types_the_binding_replaces_are_caught(broken: Path) -> None:
+    ui = broken / "Resources/UI/XRayToCT.ui"
+    text = ui.read_text(encoding="utf-8")
+    start = text.index('name="referenceCTSelector"')
+    end = text.index("</widget>", start)
+    part = text[start:end].replace(
+        "<string>vtkMRMLScalarVolumeNode</string>", "<string>vtkMRMLVectorVolumeNode</string>", 1
+    )
+    ui.write_text(text[:start] + part + text[end:], encoding="utf-8")
+    problems = check_node_selectors(broken)
+    assert len(problems) == 1 and "referenceCTSelector" in problems[0], problems

@@ -1,8 +1,12 @@
 """XRayCardiacCommon: hidden module with what the XRayCardiac modules share on the Qt side.
 
+* ``noteUnsupportedSlicer`` / ``showUnsupportedSlicer``: on a Slicer older than 5.10 a module still
+  loads and says so (in the log, its help text and its panel) instead of failing with a trace; this
+  file and what it imports at load therefore stay importable on Python 3.9.
 * ``ensurePythonDependencies``: first-use install of torch (through the PyTorch extension, which
-  picks the build that fits the GPU driver) and then of ``xraycardiac`` (a module's
-  ``Resources/requirements.txt``), each after the user confirms.
+  picks the build that fits the GPU driver; an installed torch must be in the tested range) and then
+  of the bundled ``xraycardiac`` library's packages (``Resources/requirements.txt``), each after the user
+  confirms; a failure is shown with what failed and what to do.
 * ``JobProgress``: drives a progress bar, a status label and a Cancel button from a running job,
   polled on a ``qt.QTimer`` so the GUI never blocks; ``startJob`` / ``finishJob``: what a panel does
   when its button starts a job and when the job ends (errors shown, a failed job's files deleted).
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -25,9 +30,7 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
 )
-
-# torch versions the core library is tested with (pyproject.toml pins the same range).
-TORCH_REQUIREMENT = ">=2.3,<2.15"
+from XRayCardiacCommonLib.support import unsupported_slicer_message
 
 
 class XRayCardiacCommon(ScriptedLoadableModule):
@@ -45,6 +48,55 @@ class XRayCardiacCommon(ScriptedLoadableModule):
             "MRML conversion). Research use only; not for clinical decisions."
         )
         self.parent.acknowledgementText = "Part of the SlicerXRayCardiac extension."
+        noteUnsupportedSlicer(self.parent)
+
+
+# ------------------------------------------------------------------------------------------------
+# Supported Slicer versions
+# ------------------------------------------------------------------------------------------------
+
+
+def unsupportedSlicerMessage() -> str | None:
+    """Why this Slicer cannot run XRayCardiac (older than 5.10; see ``XRayCardiacCommonLib.support``), or None."""
+    app = getattr(slicer, "app", None)
+    version = None
+    if app is not None:
+        version = (int(app.majorVersion), int(app.minorVersion))
+    return unsupported_slicer_message(version, tuple(sys.version_info[:3]))
+
+
+def noteUnsupportedSlicer(parent: Any) -> bool:
+    """At module load (a module's ``__init__``): on an unsupported Slicer, log why and put it in the help text.
+
+    Returns:
+        True when this Slicer is unsupported.
+    """
+    message = unsupportedSlicerMessage()
+    if message is None:
+        return False
+    logging.error(f"{parent.title}: {message}")
+    parent.helpText = f"{message}\n\n{parent.helpText}"
+    return True
+
+
+def showUnsupportedSlicer(widget: Any) -> bool:
+    """At panel setup: on an unsupported Slicer, fill the panel with the reason instead of the GUI.
+
+    Args:
+        widget: the ``ScriptedLoadableModuleWidget`` (its ``layout`` receives the message).
+
+    Returns:
+        True when this Slicer is unsupported: the caller must not build its GUI.
+    """
+    message = unsupportedSlicerMessage()
+    if message is None:
+        return False
+    label = qt.QLabel(message)
+    label.wordWrap = True
+    label.setStyleSheet("QLabel { color: #b00000; font-weight: bold; }")
+    widget.layout.addWidget(label)
+    widget.layout.addStretch(1)
+    return True
 
 
 # ------------------------------------------------------------------------------------------------
@@ -52,102 +104,200 @@ class XRayCardiacCommon(ScriptedLoadableModule):
 # ------------------------------------------------------------------------------------------------
 
 
-def _ensureTorch() -> bool:
-    """Make torch importable, installing it through the PyTorch extension after confirmation."""
+class DependencyError(Exception):
+    """A dependency cannot be installed or used; the message says what failed and what to do."""
+
+
+def _userDeclined(exc: BaseException) -> bool:
+    """True for ``slicer.packaging.pip_ensure``'s RuntimeError when the user declines the installation."""
+    return type(exc) is RuntimeError and "declined" in str(exc).lower()
+
+
+def _ensureTorch(confirm: bool) -> bool:
+    """torch in ``TORCH_REQUIREMENT``, installed through the PyTorch extension; torch is not imported here.
+
+    Returns:
+        True when a suitable torch is installed; False when the user declined its installation.
+
+    Raises:
+        DependencyError: an installed torch is outside the range, or the PyTorch extension is missing.
+    """
+    from XRayCardiacCommonLib.dependencies import TORCH_REQUIREMENT, installed_version, torch_version_problem
+
+    problem = torch_version_problem()
+    if problem is not None:
+        raise DependencyError(problem)
+    if installed_version("torch") is not None:
+        return True
     try:
         import PyTorchUtils
     except ImportError:
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            slicer.util.errorDisplay(
-                "XRayCardiac needs PyTorch. Install the 'PyTorch' extension from the Extensions Manager, "
-                "restart Slicer, and try again."
-            )
-            return False
+        raise DependencyError(
+            "XRayCardiac needs PyTorch, and the 'PyTorch' extension that installs it is missing. Install "
+            "'PyTorch' from the Extensions Manager, restart Slicer, and try again."
+        ) from None
+    torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+        askConfirmation=confirm, torchVersionRequirement=TORCH_REQUIREMENT
+    )
+    return torch is not None  # None: the user declined
+
+
+def _ensurePackages(requester: str, requirementsPath: str, confirm: bool) -> bool:
+    """The packages of ``requirementsPath``, installed with pip; never replaces what Slicer ships.
+
+    Returns:
+        True when all are installed; False when the user declined.
+
+    Raises:
+        DependencyError: pip finished but something is still missing. Anything pip raises.
+    """
+    import tempfile
+
+    from XRayCardiacCommonLib.dependencies import missing_requirements, read_requirements, slicer_constraints
+
+    missing = missing_requirements(read_requirements(requirementsPath))
+    if not missing:
         return True
-    logic = PyTorchUtils.PyTorchUtilsLogic()
-    if logic.torchInstalled():
-        return True
-    torch = logic.installTorch(askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT)
-    return torch is not None
-
-
-def _readRequirements(requirementsPath: str) -> list[str]:
-    with open(requirementsPath, encoding="utf-8") as f:
-        lines = (line.strip() for line in f)
-        return [line for line in lines if line and not line.startswith(("#", "-"))]
-
-
-def _missingRequirements(requirements: list[str]) -> list[str]:
-    """Requirements that are not installed at an accepted version (fallback for Slicer < pip_ensure)."""
-    import importlib.metadata
-
-    from packaging.requirements import Requirement
-
-    missing = []
-    for text in requirements:
-        req = Requirement(text)
+    with tempfile.TemporaryDirectory(prefix="xraycardiac-pip-") as folder:
+        constraints = os.path.join(folder, "constraints.txt")
+        with open(constraints, "w", encoding="utf-8") as f:
+            f.write("\n".join(slicer_constraints()) + "\n")
         try:
-            installed = importlib.metadata.version(req.name)
-        except importlib.metadata.PackageNotFoundError:
-            missing.append(text)
-            continue
-        if installed not in req.specifier:
-            missing.append(text)
-    return missing
+            import slicer.packaging as packaging
+        except ImportError:  # Slicer 5.10: no slicer.packaging yet
+            packaging = None
+        if packaging is not None and hasattr(packaging, "pip_ensure"):
+            try:
+                packaging.pip_ensure(
+                    missing,
+                    constraints=constraints,
+                    requester=requester,
+                    prompt_install=confirm,
+                    skip_in_testing=confirm,  # a non-interactive caller (a self-test) asked to install
+                )
+            except RuntimeError as exc:
+                if _userDeclined(exc):
+                    logging.info(f"{requester}: Python packages not installed: {exc}")
+                    return False
+                raise
+        else:
+            if confirm and not slicer.util.confirmOkCancelDisplay(
+                f"{requester} needs these Python packages, which will be downloaded and installed now:\n"
+                + "\n".join(missing),
+                windowTitle="Install Python packages",
+            ):
+                return False
+            with slicer.util.WaitCursor():
+                slicer.util.pip_install(["-c", constraints, *missing])
+    still = missing_requirements(missing)
+    if still:
+        raise DependencyError(
+            f"These Python packages are still not installed: {', '.join(still)}. Install them from Slicer's "
+            f"Python console with slicer.util.pip_install, restart Slicer, and try again."
+        )
+    return True
 
 
-# Third-party packages of the bundled ``xraycardiac`` library (the library itself ships inside the
-# extension; see the top-level CMakeLists.txt). Testing/test_slicer_static.py keeps this file equal
-# to pyproject.toml's dependencies less torch.
+# Third-party packages of the bundled ``xraycardiac`` library that Slicer does not ship (the library
+# itself ships inside the extension; see the top-level CMakeLists.txt). Testing/test_slicer_static.py
+# keeps this file equal to pyproject.toml's dependencies less torch, vtk and Slicer's own packages.
 REQUIREMENTS_PATH = os.path.join(os.path.dirname(__file__), "Resources", "requirements.txt")
 
+_INSTALL_HINTS = {
+    "PyTorch": (
+        "Check the network connection, then install PyTorch from the 'PyTorch Utils' module (torch version "
+        "requirement '{torch}'), restart Slicer and try again."
+    ),
+    "the Python packages": (
+        "Check the network connection and the Python console for pip's messages, restart Slicer and try "
+        "again; or install the packages named above from the Python console with slicer.util.pip_install."
+    ),
+}
 
-def ensurePythonDependencies(requester: str, requirementsPath: str = REQUIREMENTS_PATH) -> bool:
+
+def ensurePythonDependencies(
+    requester: str, requirementsPath: str = REQUIREMENTS_PATH, confirm: bool = True
+) -> bool:
     """Install what a module needs before its first run; asks the user before each installation.
 
     torch comes first, from the PyTorch extension (a plain pip install would pick a CUDA build that
-    may not match the driver); then the packages of ``requirementsPath`` (what the bundled
-    ``xraycardiac`` library imports) with ``slicer.packaging.pip_ensure``, or ``slicer.util.pip_install`` on Slicer
-    versions that lack it.
+    may not match the driver; an installed torch must be in ``TORCH_REQUIREMENT``); then the packages of
+    ``requirementsPath`` with ``slicer.packaging.pip_ensure``, or ``slicer.util.pip_install`` on Slicer
+    versions that lack it, constrained so that pip never replaces a package Slicer ships. Nothing here
+    imports torch into Slicer's process (the jobs run in a separate one).
 
     Args:
-        requester: module name shown in the confirmation dialog.
+        requester: module name shown in the confirmation dialogs and messages.
         requirementsPath: a requirements.txt (one requirement per line).
+        confirm: ask before installing. False: install without asking, also in Slicer's testing
+            mode (a self-test that was asked to install).
 
     Returns:
-        True when everything is installed; False when the user declined or installation failed
-        (the user has been told why).
+        True when everything is installed; False when the user declined or something failed (the
+        user has been told what failed and what to do).
     """
-    if not _ensureTorch():
+    unsupported = unsupportedSlicerMessage()
+    if unsupported is not None:
+        showError(unsupported)
         return False
+    step = "PyTorch"
     try:
-        import slicer.packaging as packaging
-    except ImportError:  # Slicer versions before slicer.packaging
-        packaging = None
-    try:
-        if packaging is not None and hasattr(packaging, "pip_ensure"):
-            packaging.pip_ensure(packaging.load_requirements(requirementsPath), requester=requester)
-            return True
-        missing = _missingRequirements(_readRequirements(requirementsPath))
-        if not missing:
-            return True
-        if not slicer.util.confirmOkCancelDisplay(
-            f"{requester} needs these Python packages, which will be downloaded and installed now:\n"
-            + "\n".join(missing),
-            windowTitle="Install Python packages",
-        ):
+        if not _ensureTorch(confirm):
+            logging.info(f"{requester}: PyTorch not installed (declined)")
             return False
-        with slicer.util.WaitCursor():
-            slicer.util.pip_install(" ".join(missing))
-        return True
-    except RuntimeError as exc:  # pip_ensure raises RuntimeError when the user declines
-        logging.info(f"{requester}: Python packages not installed: {exc}")
-        return False
+        step = "the Python packages"
+        return _ensurePackages(requester, requirementsPath, confirm)
+    except DependencyError as exc:
+        showError(f"{requester}: {exc}")
     except Exception as exc:
-        showError(f"{requester}: installing the Python packages failed: {exc}", details=_traceback())
-        return False
+        from XRayCardiacCommonLib.dependencies import TORCH_REQUIREMENT
+
+        hint = _INSTALL_HINTS[step].format(torch=TORCH_REQUIREMENT)
+        showError(f"{requester}: installing {step} failed: {exc}\n\n{hint}", details=_traceback())
+    return False
+
+
+SELFTEST_INSTALL_VARIABLE = "XRAYCARDIAC_TEST_INSTALL_DEPENDENCIES"
+"""Set to 1 to let the modules' self-tests install missing dependencies (network; torch is 0.2-3 GB)."""
+
+
+def dependenciesForSelfTest(test: Any, requester: str) -> bool:
+    """First line of a self-test that runs jobs: are the Python dependencies there (installed if allowed)?
+
+    On a fresh Slicer (or the extension build machines, without network) torch and the library's
+    packages are missing. With ``XRAYCARDIAC_TEST_INSTALL_DEPENDENCIES=1`` they are installed through
+    the same code as a panel's first run (``ensurePythonDependencies``, without the confirmations);
+    otherwise the test is skipped with a message that says why and how to run it (as TotalSegmentator's
+    self-test skips its logic test).
+
+    Args:
+        test: the ``ScriptedLoadableModuleTest`` (its ``delayDisplay`` shows the message).
+        requester: the module name, for the messages.
+
+    Returns:
+        True when the test can run; False when it must return at once (skipped, reason logged).
+
+    Raises:
+        AssertionError: installation was asked for and failed (the error has been shown and logged).
+    """
+    from XRayCardiacCommonLib.dependencies import missing_dependencies
+
+    missing = missing_dependencies(REQUIREMENTS_PATH)
+    if not missing:
+        return True
+    if os.environ.get(SELFTEST_INSTALL_VARIABLE) == "1":
+        test.delayDisplay(f"{requester}: installing the Python dependencies: {', '.join(missing)}")
+        if ensurePythonDependencies(requester, confirm=False):
+            return True
+        raise test.failureException(f"{requester}: installing {', '.join(missing)} failed (see the log)")
+    reason = (
+        f"{requester} self-test skipped: the Python dependencies are not installed ({', '.join(missing)}). "
+        f"Open the module and start a job once to install them, or set {SELFTEST_INSTALL_VARIABLE}=1 to let "
+        "the test install them (needs network access)."
+    )
+    logging.warning(reason)
+    test.delayDisplay(reason)
+    return False
 
 
 def _traceback() -> str:

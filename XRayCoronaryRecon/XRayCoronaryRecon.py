@@ -12,7 +12,9 @@ a tube model. All computation is in the core library; nothing here does math.
 """
 
 # No "from __future__ import annotations" here: parameterNodeWrapper reads the field types with
-# typing.get_type_hints, which needs them evaluated in this module as Slicer loads it.
+# typing.get_type_hints, which needs them evaluated in this module as Slicer loads it. The annotations
+# Python evaluates (signatures, class bodies) write no "X | Y" (quoted where needed), so that on Python 3.9
+# (Slicer 5.8) the module still loads and says it needs Slicer 5.10 (Testing/test_slicer_python39.py).
 
 from typing import Annotated, Any, Union
 
@@ -67,6 +69,7 @@ class XRayCoronaryRecon(ScriptedLoadableModule):
             "Correspondence Matching in Coronary Angiography (2025). Part of the SlicerXRayCardiac "
             "extension."
         )
+        XRayCardiacCommon.noteUnsupportedSlicer(self.parent)
 
 
 @parameterNodeWrapper
@@ -83,7 +86,8 @@ class XRayCoronaryReconParameterNode:
     imageSize: square detector size in pixels (the field of view stays ~150-200 mm).
     device: auto / cpu / cuda.
     reconVolume1, reconVolume2: the two X-ray frames (2D volumes with ``XRayCardiac.Geometry``).
-    reconMask1, reconMask2: optional vessel masks of the frames (the accurate path).
+    reconMask1, reconMask2: optional vessel masks of the frames (the accurate path): label maps or scalar
+        volumes; the frame selectors hide label maps (showChildNodeTypes false in the .ui).
     reconMethod: keypoint matcher; "matcher" uses ``reconMatcherModel`` (name, folder or .pt file).
     reconFoundation: "family:/folder" of the learned matcher's foundation model, or empty.
     reconRefine: refine view 2's geometry from the matches.
@@ -103,8 +107,8 @@ class XRayCoronaryReconParameterNode:
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
     reconVolume1: Union[vtkMRMLScalarVolumeNode, None]  # noqa: UP007
     reconVolume2: Union[vtkMRMLScalarVolumeNode, None]  # noqa: UP007
-    reconMask1: Union[vtkMRMLScalarVolumeNode, None]  # noqa: UP007
-    reconMask2: Union[vtkMRMLScalarVolumeNode, None]  # noqa: UP007
+    reconMask1: Union[vtkMRMLScalarVolumeNode, vtkMRMLLabelMapVolumeNode, None]  # noqa: UP007
+    reconMask2: Union[vtkMRMLScalarVolumeNode, vtkMRMLLabelMapVolumeNode, None]  # noqa: UP007
     reconMethod: Annotated[str, Choice(list(RECONSTRUCT_METHOD_CHOICES))] = RECONSTRUCT_DEFAULT_METHOD
     reconMatcherModel: str = ""
     reconFoundation: str = ""
@@ -126,6 +130,8 @@ class XRayCoronaryReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        if XRayCardiacCommon.showUnsupportedSlicer(self):
+            return  # an older Slicer: the panel says why
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/XRayCoronaryRecon.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -147,11 +153,15 @@ class XRayCoronaryReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        if self.logic is None:  # setup stopped on an unsupported Slicer
+            return
         self.progress.cleanup()
         self.reconProgress.cleanup()
         self.removeObservers()
 
     def enter(self) -> None:
+        if self.logic is None:  # setup stopped on an unsupported Slicer
+            return
         self.initializeParameterNode()
 
     def exit(self) -> None:
@@ -172,7 +182,7 @@ class XRayCoronaryReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
 
-    def setParameterNode(self, inputParameterNode: XRayCoronaryReconParameterNode | None) -> None:
+    def setParameterNode(self, inputParameterNode: "XRayCoronaryReconParameterNode | None") -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGuiState)
@@ -360,13 +370,18 @@ class XRayCoronaryReconLogic(ScriptedLoadableModuleLogic):
         """Stop a job and delete its files; the scene is not changed."""
         self._reconstruction().cancel(run)
 
-    def synthesize(self, p: XRayCoronaryReconParameterNode, timeoutS: float | None = None) -> dict:
+    def synthesize(self, p: XRayCoronaryReconParameterNode, timeoutS: "float | None" = None) -> dict:
         """Blocking: start, wait and import (a failed wait cancels). Returns ``finishSynthesis``'s dict."""
         return self._synthetic().wait_and_import(self.startSynthesis(p), timeout_s=timeoutS)
 
 
 class XRayCoronaryReconTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer: one small synthetic view pair with its keypoints and centreline."""
+    """Runs inside Slicer: one small synthetic view pair with its keypoints and centreline.
+
+    The tests that run jobs need torch and the library's packages: without them they are skipped with
+    the reason logged (``XRayCardiacCommon.dependenciesForSelfTest``); with
+    ``XRAYCARDIAC_TEST_INSTALL_DEPENDENCIES=1`` they install them first, as a panel's first run does.
+    """
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
@@ -378,6 +393,8 @@ class XRayCoronaryReconTest(ScriptedLoadableModuleTest):
         self.test_reconstruct_pair()
 
     def test_synthetic_pair(self) -> None:
+        if not XRayCardiacCommon.dependenciesForSelfTest(self, "XRayCoronaryRecon"):
+            return
         from XRayCardiacCommonLib.mrml_io import PROJECTION_MATRIX_ATTRIBUTE, parse_projection_matrix
 
         self.delayDisplay("Generating one synthetic angiogram pair")
@@ -400,6 +417,8 @@ class XRayCoronaryReconTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Test passed")
 
     def test_reconstruct_pair(self) -> None:
+        if not XRayCardiacCommon.dependenciesForSelfTest(self, "XRayCoronaryRecon"):
+            return
         from XRayCoronaryReconLib.reconstruct import ReconstructLogic
 
         self.delayDisplay("Generating a pair, then reconstructing it (vessel keypoints, epipolar filter)")

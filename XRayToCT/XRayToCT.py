@@ -10,7 +10,9 @@ All computation is in the core library; nothing here does math.
 """
 
 # No "from __future__ import annotations" here: parameterNodeWrapper reads the field types with
-# typing.get_type_hints, which needs them evaluated in this module as Slicer loads it.
+# typing.get_type_hints, which needs them evaluated in this module as Slicer loads it. The annotations
+# Python evaluates (signatures, class bodies) write no "X | Y" (quoted where needed), so that on Python 3.9
+# (Slicer 5.8) the module still loads and says it needs Slicer 5.10 (Testing/test_slicer_python39.py).
 
 from typing import Annotated, Any, Union
 
@@ -72,6 +74,7 @@ class XRayToCT(ScriptedLoadableModule):
             "Space Consistency for Sparse-View CT Reconstruction) and X-ray2CTPA. Part of the SlicerXRayCardiac "
             "extension."
         )
+        XRayCardiacCommon.noteUnsupportedSlicer(self.parent)
 
 
 @parameterNodeWrapper
@@ -128,6 +131,8 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
+        if XRayCardiacCommon.showUnsupportedSlicer(self):
+            return  # an older Slicer: the panel says why
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/XRayToCT.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -150,11 +155,15 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        if self.logic is None:  # setup stopped on an unsupported Slicer
+            return
         self.progress.cleanup()
         self.generateProgress.cleanup()
         self.removeObservers()
 
     def enter(self) -> None:
+        if self.logic is None:  # setup stopped on an unsupported Slicer
+            return
         self.initializeParameterNode()
 
     def exit(self) -> None:
@@ -179,7 +188,7 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if firstVolume and not firstVolume.IsA("vtkMRMLLabelMapVolumeNode"):
                 self._parameterNode.inputCT = firstVolume
 
-    def setParameterNode(self, inputParameterNode: XRayToCTParameterNode | None) -> None:
+    def setParameterNode(self, inputParameterNode: "XRayToCTParameterNode | None") -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGuiState)
@@ -331,7 +340,7 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
         """Stop a job and delete its files; the scene is not changed."""
         self._simulation().cancel(run)
 
-    def simulate(self, p: XRayToCTParameterNode, timeoutS: float | None = None) -> list:
+    def simulate(self, p: XRayToCTParameterNode, timeoutS: "float | None" = None) -> list:
         """Blocking: start, wait and import (a failed wait cancels). Returns the new nodes."""
         return self._simulation().wait_and_import(self.startSimulation(p), timeout_s=timeoutS)
 
@@ -371,13 +380,18 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
         """Stop a job and delete its files; the scene is not changed."""
         self._generation().cancel(run)
 
-    def generate(self, p: XRayToCTParameterNode, timeoutS: float | None = None) -> Any:
+    def generate(self, p: XRayToCTParameterNode, timeoutS: "float | None" = None) -> Any:
         """Blocking: start, wait and import (a failed wait cancels). Returns a ``GenerateResult``."""
         return self._generation().wait_and_import(self.startGeneration(p), timeout_s=timeoutS)
 
 
 class XRayToCTTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer: simulate PA + lateral radiographs of a box phantom; generate a CT from a chest phantom's."""
+    """Runs inside Slicer: simulate PA + lateral radiographs of a box phantom; generate a CT from a chest phantom's.
+
+    The tests that run jobs need torch and the library's packages: without them they are skipped with
+    the reason logged (``XRayCardiacCommon.dependenciesForSelfTest``); with
+    ``XRAYCARDIAC_TEST_INSTALL_DEPENDENCIES=1`` they install them first, as a panel's first run does.
+    """
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
@@ -389,6 +403,8 @@ class XRayToCTTest(ScriptedLoadableModuleTest):
         self.test_generate_ct()
 
     def test_simulate_pa_lateral(self) -> None:
+        if not XRayCardiacCommon.dependenciesForSelfTest(self, "XRayToCT"):
+            return
         import numpy as np
         from XRayCardiacCommonLib.mrml_io import PROJECTION_MATRIX_ATTRIBUTE, parse_projection_matrix
 
@@ -416,6 +432,8 @@ class XRayToCTTest(ScriptedLoadableModuleTest):
 
     def test_generate_ct(self) -> None:
         """Chest phantom (written to a temp file and loaded) -> PA + lateral DRRs -> the installed x2ct model."""
+        if not XRayCardiacCommon.dependenciesForSelfTest(self, "XRayToCT"):
+            return
         import os
         import tempfile
 

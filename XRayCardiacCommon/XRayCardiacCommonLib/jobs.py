@@ -232,10 +232,10 @@ class JobHandle:
         if kind == "progress":
             s.stage = str(event.get("stage") or s.stage)
             value = event.get("progress")
-            if isinstance(value, int | float):
+            if isinstance(value, (int, float)):
                 s.progress = min(1.0, max(s.progress, float(value)))
             eta = event.get("eta_s")
-            s.eta_s = float(eta) if isinstance(eta, int | float) else None
+            s.eta_s = float(eta) if isinstance(eta, (int, float)) else None
             s.message = s.stage
         elif kind == "log":
             s.log.append(str(event.get("message", "")))

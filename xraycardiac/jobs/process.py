@@ -95,7 +95,9 @@ class JobProcess:
             cmd = [python or sys.executable, "-m", "xraycardiac.jobs", spec.pipeline, str(job_json)]
             cmd += ["--work-dir", str(work)]
             if os.name == "nt":
-                group: dict[str, Any] = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+                group: dict[str, Any] = {
+                    "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
+                }
             else:
                 group = {"start_new_session": True}
             proc = subprocess.Popen(
