@@ -54,7 +54,7 @@ class CardiacSynth(ScriptedLoadableModule):
         self.parent.title = "Cardiac CT Synthesis"
         self.parent.categories = ["Cardiac"]
         self.parent.dependencies = ["XRayCardiacCommon"]
-        self.parent.contributors = ["SlicerXRayCardiac developers"]
+        self.parent.contributors = ["XRayCardiac developers"]
         self.parent.helpText = (
             "Synthetic cardiac CT volumes with their label maps and confidence maps, for segmentation "
             "pretraining. The template is the procedural cardiac phantom, or a cardiac CT (HU) with its "
@@ -69,7 +69,7 @@ class CardiacSynth(ScriptedLoadableModule):
         )
         self.parent.acknowledgementText = (
             "Method: FCaS, Fine-grained Cardiac Image Synthesis based on 3D Template Conditional "
-            "Diffusion Model. Part of the SlicerXRayCardiac extension."
+            "Diffusion Model. Part of the XRayCardiac extension."
         )
         XRayCardiacCommon.noteUnsupportedSlicer(self.parent)
 

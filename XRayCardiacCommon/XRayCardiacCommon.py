@@ -42,12 +42,12 @@ class XRayCardiacCommon(ScriptedLoadableModule):
         self.parent.categories = ["Cardiac"]
         self.parent.dependencies = []
         self.parent.hidden = True
-        self.parent.contributors = ["SlicerXRayCardiac developers"]
+        self.parent.contributors = ["XRayCardiac developers"]
         self.parent.helpText = (
             "Shared helpers of the XRayCardiac modules (dependency installation, job progress, "
             "MRML conversion). Research use only; not for clinical decisions."
         )
-        self.parent.acknowledgementText = "Part of the SlicerXRayCardiac extension."
+        self.parent.acknowledgementText = "Part of the XRayCardiac extension."
         noteUnsupportedSlicer(self.parent)
 
 

@@ -51,7 +51,7 @@ class XRayCoronaryRecon(ScriptedLoadableModule):
         self.parent.title = "X-ray Coronary Reconstruction"
         self.parent.categories = ["Cardiac"]
         self.parent.dependencies = ["XRayCardiacCommon"]
-        self.parent.contributors = ["SlicerXRayCardiac developers"]
+        self.parent.contributors = ["XRayCardiac developers"]
         self.parent.helpText = (
             "Synthetic coronary angiograms with exact ground truth: a coronary tree (procedural, from a "
             "seed, or the centreline tree of a coronary label map or segmentation) seen in K clinically "
@@ -66,7 +66,7 @@ class XRayCoronaryRecon(ScriptedLoadableModule):
         )
         self.parent.acknowledgementText = (
             "Method: Zhao et al., Leveraging Diffusion Model and Image Foundation Model for Improved "
-            "Correspondence Matching in Coronary Angiography (2025). Part of the SlicerXRayCardiac "
+            "Correspondence Matching in Coronary Angiography (2025). Part of the XRayCardiac "
             "extension."
         )
         XRayCardiacCommon.noteUnsupportedSlicer(self.parent)

@@ -55,7 +55,7 @@ class XRayToCT(ScriptedLoadableModule):
         self.parent.title = "X-ray to CT"
         self.parent.categories = ["Cardiac"]
         self.parent.dependencies = ["XRayCardiacCommon"]
-        self.parent.contributors = ["SlicerXRayCardiac developers"]
+        self.parent.contributors = ["XRayCardiac developers"]
         self.parent.helpText = (
             "Simulate chest radiographs (digitally reconstructed radiographs) of a CT for PA, lateral or "
             "any C-arm pose (primary angle + LAO / − RAO, secondary angle + cranial / − caudal). Each "
@@ -71,7 +71,7 @@ class XRayToCT(ScriptedLoadableModule):
         )
         self.parent.acknowledgementText = (
             "Geometry presets follow X2CT-GAN (Ying et al., CVPR 2019). CT generation follows CLS-DM (Latent "
-            "Space Consistency for Sparse-View CT Reconstruction) and X-ray2CTPA. Part of the SlicerXRayCardiac "
+            "Space Consistency for Sparse-View CT Reconstruction) and X-ray2CTPA. Part of the XRayCardiac "
             "extension."
         )
         XRayCardiacCommon.noteUnsupportedSlicer(self.parent)
