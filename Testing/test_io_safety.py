@@ -51,7 +51,9 @@ def _limits(fsize: int | None) -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 
 
-def _child(args: list[str], cwd: Path, fsize: int | None = None, timeout: float = 300) -> tuple[int, str, float]:
+def _child(
+    args: list[str], cwd: Path, fsize: int | None = None, timeout: float = 300
+) -> tuple[int, str, float]:
     """Run ``python ARGS`` with the limits above; (exit code, stderr + stdout, peak RSS in MB)."""
     log = cwd / f".child{os.getpid()}.log"
     env = dict(os.environ, PYTHONPATH=str(_REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -110,7 +112,9 @@ def test_writes_that_do_not_fit_raise_and_leave_nothing(tmp_path):
         assert got != "written", f"{name}: a write cut at 20 kB reported success; child output:\n{text}"
         mro, message = got
         assert "OSError" in mro, f"{name}: raised {mro[0]}, expected an OSError: {message}"
-        assert name in message and "full" in message, f"{name}: message does not name the file/cause: {message}"
+        assert name in message and "full" in message, (
+            f"{name}: message does not name the file/cause: {message}"
+        )
     left = sorted(p.name for p in tmp_path.iterdir() if p.name != "w.py")
     assert left == [], f"files left behind after failed writes: {left}"
 
@@ -157,7 +161,14 @@ def test_damaged_volume_is_refused_by_the_reader(tmp_path, kind):
     assert any(w in str(info.value) for w in ("truncated", "corrupt", "CRC", "bytes")), str(info.value)
 
 
-@pytest.mark.parametrize("kind", ["cut_gz", "flip_gz", "cut_nii"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "cut_gz",
+        pytest.param("flip_gz", marks=pytest.mark.slow),
+        pytest.param("cut_nii", marks=pytest.mark.slow),
+    ],
+)  # the reader is tested on every kind above; one CLI run by default shows the refusal reaches `drr`
 def test_damaged_volume_is_refused_by_drr(tmp_path, kind):
     path = _damaged(tmp_path, kind)
     rc, text, _ = _drr(path, tmp_path, "--view", "A:0:0", "--size", "32")
@@ -210,7 +221,9 @@ def test_ct_given_as_labels_is_refused_before_allocating(tmp_path):
     ct = write_volume(_ct(32), tmp_path / "ct.nrrd")  # float HU with ~30 000 distinct values
     rc, text, peak_mb = _drr(ct, tmp_path, "--labels", str(ct), "--view", "A:0:0", "--size", "256")
     assert rc != 0, text[-2000:]
-    assert "labels" in text and "distinct" in text, f"message does not say the labels are not a label map:\n{text}"
+    assert "labels" in text and "distinct" in text, (
+        f"message does not say the labels are not a label map:\n{text}"
+    )
     assert peak_mb < _MAX_RSS_MB, f"drr grew to {peak_mb:.0f} MB with a CT as --labels"
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "read_volume",
     "require_2d",
     "require_3d",
+    "require_label_map",
     "write_png",
     "write_volume",
 ]
@@ -84,6 +85,15 @@ _FORMAT_NAMES = {
 
 # 2D formats whose colour is presentation only: RGB(A) is reduced to luminance, not refused.
 _PICTURE_FORMATS = ("png", "jpeg", "tiff", "bmp", "dicom")
+
+_SUFFIX_FORMATS = {
+    ".png": "png",
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".bmp": "bmp",
+}
 
 _DICOM_TAG = re.compile(r"^[0-9a-fA-F]{4}\|[0-9a-fA-F]{4}$")
 
@@ -298,8 +308,6 @@ def _text_header(fh: Any, end: re.Pattern[bytes], separator: str) -> tuple[dict[
     return fields, match.end()
 
 
-
-
 def _check_stored_data(path: Path, declared_bytes: int) -> dict[str, Any] | None:
     """Check that ``path`` stores the voxel data its header declares (NIfTI, NRRD, MetaImage with
     attached data; other formats are left to their readers).
@@ -363,7 +371,9 @@ def _check_stored_data_in(path: Path, declared_bytes: int) -> dict[str, Any] | N
 def _compare(stored: int, declared: int) -> None:
     """ValueError when a file stores fewer voxel bytes than its header declares."""
     if stored < declared:
-        raise ValueError(f"it holds {max(stored, 0):,} bytes of voxel data but its header declares {declared:,}")
+        raise ValueError(
+            f"it holds {max(stored, 0):,} bytes of voxel data but its header declares {declared:,}"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -429,7 +439,9 @@ def read_volume(path: str | os.PathLike[str], series_uid: str | None = None) -> 
     if io_name == "GDCMImageIO":
         meta.update(_dicom_meta(reader.GetMetaData, reader.HasMetaDataKey))
     meta["source_path"] = str(path)
-    meta["source_format"] = _FORMAT_NAMES.get(io_name, io_name or "unknown")
+    meta["source_format"] = _FORMAT_NAMES.get(io_name) or _SUFFIX_FORMATS.get(
+        path.suffix.lower(), io_name or "unknown"
+    )  # ITK's picture readers leave ITK_InputFilterName unset
     try:
         return _image_to_volume(image, meta)
     except ValueError as exc:
@@ -453,7 +465,9 @@ def _check_header(path: Path, reader: Any) -> None:
     )
     nifti = _check_stored_data(path, declared)
     if nifti is not None:
-        bad = [(i, v) for i, v in enumerate(nifti["pixdim"][:3], start=1) if not (math.isfinite(v) and v != 0)]
+        bad = [
+            (i, v) for i, v in enumerate(nifti["pixdim"][:3], start=1) if not (math.isfinite(v) and v != 0)
+        ]
         if bad:
             listed = ", ".join(f"pixdim[{i}] = {v:g}" for i, v in bad)
             raise ValueError(
@@ -673,7 +687,7 @@ def require_3d(volume: Volume, name: str) -> Volume:
         ``volume``, unchanged.
 
     Raises:
-        ValueError: K == 1 or any of I, J, K is < 2.
+        ValueError: K == 1 or any of I, J, K is < 2, or voxels are NaN or infinite.
     """
     i, j, k = volume.shape_ijk
     if min(i, j, k) < 2:
@@ -681,7 +695,45 @@ def require_3d(volume: Volume, name: str) -> Volume:
             f"{name}: expected a 3D volume (a CT) with at least 2 voxels along I, J and K, got a "
             f"{'2D image' if k == 1 else 'degenerate volume'} of size (I, J, K) = ({i}, {j}, {k})"
         )
+    if np.issubdtype(volume.array.dtype, np.inexact):
+        bad = volume.array.size - int(np.count_nonzero(np.isfinite(volume.array)))
+        if bad:
+            source = volume.meta.get("source_path", "the volume")
+            raise ValueError(
+                f"{name}: {source} holds {bad} non-finite voxels (NaN or infinite) of {volume.array.size}; "
+                "expected finite values (HU for a CT): replace them, e.g. by -1000 (air), first"
+            )
     return volume
+
+
+def require_label_map(volume: Volume, name: str, max_labels: int = 255) -> list[int]:
+    """Check that ``volume`` is a label map (integer labels, few of them), not a CT, before per-label work.
+
+    Args:
+        volume: the input to check.
+        name: the parameter name to put in the error message.
+        max_labels: the most distinct non-zero labels accepted.
+
+    Returns:
+        The sorted non-zero label values.
+
+    Raises:
+        ValueError: non-integer values, or more than ``max_labels`` distinct non-zero values.
+    """
+    source = volume.meta.get("source_path", "the volume")
+    values = np.unique(volume.array)
+    if not np.all(np.isfinite(values)) or not np.array_equal(values, np.round(values)):
+        raise ValueError(
+            f"{name}: {source} is not a label map: it holds {values.size} distinct values, not all integers "
+            f"(range {values.min():g} to {values.max():g}); is it a CT? Give a label map (integer labels)"
+        )
+    ids = [int(v) for v in values if v != 0]
+    if len(ids) > max_labels:
+        raise ValueError(
+            f"{name}: {source} is not a label map: it holds {len(ids)} distinct non-zero values (at most "
+            f"{max_labels} labels accepted; range {values.min():g} to {values.max():g}); is it a CT?"
+        )
+    return ids
 
 
 def require_2d(volume: Volume, name: str) -> Volume:
