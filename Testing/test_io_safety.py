@@ -92,6 +92,13 @@ for name in sys.argv[1:]:
     try:
         if name.endswith(".png"):
             write_png(rng.integers(0, 255, (256, 256)).astype(np.float32), name)
+        elif name.endswith(".vtp"):
+            from pathlib import Path
+            from vtkmodules.vtkFiltersSources import vtkSphereSource
+            from xraycardiac.coronary.tree_vtk import write_polydata
+            sphere = vtkSphereSource(theta_resolution=100, phi_resolution=100)
+            sphere.Update()
+            write_polydata(sphere.GetOutput(), Path(name), "test")
         else:
             write_volume(vol, name)
         results[name] = "written"
@@ -102,7 +109,7 @@ print(json.dumps(results))
 
 
 def test_writes_that_do_not_fit_raise_and_leave_nothing(tmp_path):
-    names = ["v.nii.gz", "v.nii", "v.nrrd", "v.mha", "p.png"]
+    names = ["v.nii.gz", "v.nii", "v.nrrd", "v.mha", "p.png", "t.vtp"]
     (tmp_path / "w.py").write_text(_WRITE_SCRIPT)
     rc, text, _ = _child(["w.py", *names], tmp_path, fsize=20_000)  # every file needs > 20 kB
     assert rc == 0, text

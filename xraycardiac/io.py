@@ -55,6 +55,7 @@ __all__ = [
     "require_2d",
     "require_3d",
     "require_label_map",
+    "write_bytes_atomic",
     "write_png",
     "write_volume",
 ]
@@ -613,6 +614,32 @@ def _write_failed(path: Path, exc: BaseException) -> OSError:
         f"could not write {path} ({reason}); the disk may be full, a file size limit reached or the folder "
         "not writable. Nothing was written under that name."
     )
+
+
+def write_bytes_atomic(data: bytes, path: str | os.PathLike[str]) -> Path:
+    """Write ``data`` to ``path`` through a temporary sibling and ``os.replace``.
+
+    Python's file objects raise on a short write (full disk, file size limit), unlike some C++ writers;
+    encoders that can produce bytes in memory (VTK's ``WriteToOutputStringOn``) write through here.
+
+    Raises:
+        FileNotFoundError: the destination directory does not exist.
+        OSError: the file could not be written whole; nothing is left under ``path`` or the temp name.
+    """
+    path = Path(path)
+    _check_parent(path, "write_bytes_atomic")
+    tmp = _temp_sibling(path, path.suffix)
+    try:
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+        except OSError as exc:
+            raise _write_failed(path, exc) from None
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
 
 
 def write_png(
