@@ -319,3 +319,13 @@ def test_child_helper_reports_rss(tmp_path):
     code = "import numpy as np; a = np.ones(300 * 2**20 // 8); print(a.sum())"
     rc, text, peak_mb = _child(["-c", textwrap.dedent(code)], tmp_path)
     assert rc == 0 and peak_mb > 300, (rc, text, peak_mb)
+
+
+def test_memory_helper_reads_the_machine_and_names_the_parameter():
+    from xraycardiac.runtime import available_memory_bytes, require_memory
+
+    avail = available_memory_bytes()
+    assert avail is not None and 0 < avail < 2**50, avail
+    require_memory(1024, "a tiny buffer", "nothing")  # fits
+    with pytest.raises(ValueError, match=r"needs about .* GiB .* available; use a smaller --size"):
+        require_memory(2.0**60, "the DRR", "use a smaller --size")

@@ -446,7 +446,7 @@ def read_volume(path: str | os.PathLike[str], series_uid: str | None = None) -> 
     try:
         return _image_to_volume(image, meta)
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}. Supported formats: {SUPPORTED_READ_FORMATS}.") from exc
+        raise ValueError(f"{path}: {exc}") from exc
 
 
 def _check_header(path: Path, reader: Any) -> None:
@@ -604,7 +604,7 @@ def _verify_written(tmp: Path, image: Any) -> None:
             f"{sitk.GetPixelIDValueAsString(reader.GetPixelID())}, written were {image.GetSize()} of "
             f"{image.GetPixelIDTypeAsString()}"
         )
-    _check_stored_data(tmp, math.prod(image.GetSize()) * _pixel_bytes(reader))
+    _check_stored_data_in(tmp, math.prod(image.GetSize()) * _pixel_bytes(reader))  # the caller names the file
 
 
 def _write_failed(path: Path, exc: BaseException) -> OSError:
