@@ -214,6 +214,9 @@ def test_huge_header_without_data_fails_fast(tmp_path):
         read_volume(ct)
     rc, text, peak_mb = _drr(ct, tmp_path)
     assert rc != 0 and "huge.nrrd" in text, text[-2000:]
+    # Refused from the header, not by a failed 6.9 GB allocation (which the children's heap cap turns
+    # into "Failed to allocate memory" instead of letting it grow).
+    assert "declares 6,912,000,000" in text or "GiB of memory" in text, text[-2000:]
     assert peak_mb < _MAX_RSS_MB, f"drr grew to {peak_mb:.0f} MB before refusing a 1200^3 header"
 
 
