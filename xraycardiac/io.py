@@ -16,17 +16,29 @@ are stored as key/value pairs ``xraycardiac_<key> = <JSON>`` in NRRD and MetaIma
 read back into ``meta``; NIfTI has no room for them and drops them. ``read_volume`` also records
 ``source_path``, ``source_format`` and, for DICOM, ``modality`` and ``series_instance_uid``.
 
-Outputs are written to a temporary file in the destination directory, then renamed over the target
-with ``os.replace``, so a crash never leaves a half-written file under the final name.
+Outputs are written to a temporary file in the destination directory, checked, then renamed over the
+target with ``os.replace``, so a crash or a full disk never leaves a half-written file under the final
+name. ITK's writers do not always report a short write (the NIfTI writer only prints ``NWAD: wrote
+only 0 of N bytes``), so every volume is verified after writing by the same check that guards reading:
+the header is read back and the stored voxel data is measured against it (gzip streams are inflated
+in bounded chunks, which also checks their CRC and length).
+
+Reading refuses, before any voxel buffer is allocated: a file whose stored data is shorter than its
+header declares or whose compressed stream is damaged, a volume larger than the memory available, a
+NIfTI voxel size (pixdim) of 0, and a multi-component (vector) image where a scalar one is expected
+(colour 2D pictures are still reduced to luminance).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
+import struct
 import uuid
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,6 +54,8 @@ __all__ = [
     "read_volume",
     "require_2d",
     "require_3d",
+    "require_label_map",
+    "write_bytes_atomic",
     "write_png",
     "write_volume",
 ]
@@ -70,6 +84,18 @@ _FORMAT_NAMES = {
     "BMPImageIO": "bmp",
 }
 
+# 2D formats whose colour is presentation only: RGB(A) is reduced to luminance, not refused.
+_PICTURE_FORMATS = ("png", "jpeg", "tiff", "bmp", "dicom")
+
+_SUFFIX_FORMATS = {
+    ".png": "png",
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".bmp": "bmp",
+}
+
 _DICOM_TAG = re.compile(r"^[0-9a-fA-F]{4}\|[0-9a-fA-F]{4}$")
 
 # DICOM tags read into meta (SimpleITK spells them "gggg|eeee", lower case).
@@ -92,7 +118,13 @@ def _image_to_volume(image: Any, meta: dict[str, Any]) -> Volume:
     dim = image.GetDimension()
     if dim not in (2, 3):
         raise ValueError(f"expected a 2D or 3D image, got {dim} dimensions")
-    if image.GetNumberOfComponentsPerPixel() != 1:
+    n = image.GetNumberOfComponentsPerPixel()
+    if n != 1:
+        if dim != 2 or n not in (3, 4) or meta.get("source_format") not in _PICTURE_FORMATS:
+            raise ValueError(
+                f"the image has {n} components per voxel (a vector or colour image) where a scalar volume "
+                "is expected; extract one component (or convert to grey levels) first"
+            )
         image = _to_scalar(image)
     array = sitk.GetArrayFromImage(image)
     spacing = np.ones(3)
@@ -110,12 +142,9 @@ def _image_to_volume(image: Any, meta: dict[str, Any]) -> Volume:
 
 
 def _to_scalar(image: Any) -> Any:
-    """Reduce an RGB(A) image to luminance (ITU-R BT.601 weights); other vector images are refused."""
+    """Reduce an RGB(A) 2D picture to luminance (ITU-R BT.601 weights)."""
     import SimpleITK as sitk
 
-    n = image.GetNumberOfComponentsPerPixel()
-    if n not in (3, 4):
-        raise ValueError(f"expected a scalar, RGB or RGBA image, got {n} components per pixel")
     rgb = sitk.GetArrayFromImage(image).astype(np.float32)[..., :3]
     luma = rgb @ np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
     out = sitk.GetImageFromArray(luma, isVector=False)
@@ -191,6 +220,164 @@ def _dicom_meta(get: Any, has: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------------
+# Checking what a file stores against what its header declares
+# --------------------------------------------------------------------------------------------------
+
+_CHUNK = 1 << 20  # bytes read, and at most inflated, per step: checks run in bounded memory
+_NRRD_END = re.compile(rb"\r?\n\r?\n")  # the blank line after an attached NRRD header
+_MHA_END = re.compile(rb"ElementDataFile\s*=[^\n]*\n")  # the last line of a MetaImage header
+
+
+def _pixel_bytes(reader: Any) -> int:
+    """Bytes per voxel of an image whose header ``reader`` has read (all components)."""
+    import SimpleITK as sitk
+
+    name = sitk.GetPixelIDValueAsString(reader.GetPixelID())  # e.g. "vector of 32-bit float"
+    bits = re.search(r"(\d+)-bit", name)
+    per_component = int(bits.group(1)) // 8 if bits else 8
+    return per_component * (2 if "complex" in name else 1) * max(1, reader.GetNumberOfComponents())
+
+
+def _inflate_count(fh: Any, wbits: int, keep: int = 0) -> tuple[bytes, int]:
+    """Inflate the zlib/gzip stream(s) from ``fh``'s position to the end of the file, in bounded memory.
+
+    zlib checks a gzip member's CRC-32 and length (and a zlib stream's Adler-32) as it reaches them.
+
+    Returns:
+        The first ``keep`` inflated bytes and the total inflated size in bytes.
+
+    Raises:
+        ValueError: the stream is damaged or ends early.
+    """
+    head, total = b"", 0
+    d = zlib.decompressobj(wbits)
+    data = fh.read(_CHUNK)
+    try:
+        while data:
+            out = d.decompress(data, _CHUNK)
+            total += len(out)
+            if len(head) < keep:
+                head += out[: keep - len(head)]
+            data = d.unconsumed_tail
+            if d.eof:
+                rest = d.unused_data + fh.read(2)
+                if rest[:2] != b"\x1f\x8b":  # not another gzip member: trailing bytes are ignored
+                    return head, total
+                d, data = zlib.decompressobj(wbits), rest + fh.read(_CHUNK)
+            elif not data:
+                data = fh.read(_CHUNK)
+    except zlib.error as exc:
+        raise ValueError(f"its compressed data is corrupt ({exc}) after {total} inflated bytes") from None
+    raise ValueError(f"its compressed data ends early (file truncated) after {total} inflated bytes")
+
+
+def _nifti_header(head: bytes) -> dict[str, Any] | None:
+    """The fields of a NIfTI-1/-2 header (first 348/540 bytes) needed here; None if ``head`` is not one."""
+    for e in "<>":
+        if len(head) >= 348 and struct.unpack(e + "i", head[:4])[0] == 348:
+            dim = struct.unpack(e + "8h", head[40:56])
+            bitpix = struct.unpack(e + "h", head[72:74])[0]
+            pixdim = struct.unpack(e + "8f", head[76:108])
+            offset = struct.unpack(e + "f", head[108:112])[0]
+            single = head[344:347] == b"n+1"
+        elif len(head) >= 540 and struct.unpack(e + "i", head[:4])[0] == 540:
+            bitpix = struct.unpack(e + "h", head[14:16])[0]
+            dim = struct.unpack(e + "8q", head[16:80])
+            pixdim = struct.unpack(e + "8d", head[104:168])
+            offset = struct.unpack(e + "q", head[168:176])[0]
+            single = head[4:7] == b"n+2"
+        else:
+            continue
+        ndim = min(max(int(dim[0]), 1), 7)
+        nbytes = math.prod(max(int(n), 1) for n in dim[1 : ndim + 1]) * max(int(bitpix), 8) // 8
+        return {"ndim": ndim, "pixdim": pixdim[1 : ndim + 1], "nbytes": nbytes, "offset": int(offset),
+                "single_file": single}  # fmt: skip
+    return None
+
+
+def _text_header(fh: Any, end: re.Pattern[bytes], separator: str) -> tuple[dict[str, str], int] | None:
+    """NRRD/MetaImage header fields (lower-case keys) and the offset where its attached data begins."""
+    text = fh.read(1 << 16)
+    match = end.search(text)
+    if match is None:
+        return None
+    fields = {}
+    for line in text[: match.end()].decode("latin-1").splitlines():
+        key, sep, value = line.partition(separator)
+        if sep and not key.startswith("#"):
+            fields[key.strip().lower()] = value.strip()
+    return fields, match.end()
+
+
+def _check_stored_data(path: Path, declared_bytes: int) -> dict[str, Any] | None:
+    """Check that ``path`` stores the voxel data its header declares (NIfTI, NRRD, MetaImage with
+    attached data; other formats are left to their readers).
+
+    Args:
+        path: the file.
+        declared_bytes: voxel bytes by the header as SimpleITK read it (NIfTI uses its own header).
+
+    Returns:
+        The NIfTI header fields of :func:`_nifti_header` for a NIfTI file, else None.
+
+    Raises:
+        ValueError: the data is shorter than declared, or its compressed stream is damaged.
+    """
+    try:
+        return _check_stored_data_in(path, declared_bytes)
+    except ValueError as exc:
+        raise ValueError(f"{path}: the file is truncated or damaged: {exc}") from None
+
+
+def _check_stored_data_in(path: Path, declared_bytes: int) -> dict[str, Any] | None:
+    """:func:`_check_stored_data` without the file name in its messages."""
+    name = path.name.lower()
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+        fh.seek(0)
+        if name.endswith((".nii", ".nii.gz")):
+            if magic[:2] == b"\x1f\x8b":
+                head, stored = _inflate_count(fh, 31, keep=540)
+            else:
+                head, stored = fh.read(540), size
+            header = _nifti_header(head)
+            if header is None:
+                return None
+            if header["single_file"]:
+                _compare(stored - header["offset"], header["nbytes"])
+            return header
+        if magic == b"NRRD":
+            parsed = _text_header(fh, _NRRD_END, ":")
+            if parsed is None or {"data file", "datafile", "line skip", "byte skip"} & set(parsed[0]):
+                return None  # detached or offset data: its reader checks it
+            fields, start = parsed
+            encoding = fields.get("encoding", "raw").lower()
+        elif name.endswith(".mha"):
+            parsed = _text_header(fh, _MHA_END, "=")
+            if parsed is None or parsed[0].get("elementdatafile", "").upper() != "LOCAL":
+                return None  # detached data: its reader checks it
+            fields, start = parsed
+            encoding = "gzip" if fields.get("compresseddata", "false").lower() == "true" else "raw"
+        else:
+            return None
+        if encoding == "raw":
+            _compare(size - start, declared_bytes)
+        elif encoding in ("gzip", "gz"):
+            fh.seek(start)
+            _compare(_inflate_count(fh, 47)[1], declared_bytes)
+    return None
+
+
+def _compare(stored: int, declared: int) -> None:
+    """ValueError when a file stores fewer voxel bytes than its header declares."""
+    if stored < declared:
+        raise ValueError(
+            f"it holds {max(stored, 0):,} bytes of voxel data but its header declares {declared:,}"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------------
 
@@ -217,8 +404,10 @@ def read_volume(path: str | os.PathLike[str], series_uid: str | None = None) -> 
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file cannot be read as an image, the directory holds no DICOM series, or it
-            holds several and ``series_uid`` does not pick one of them.
+        ValueError: the file cannot be read as an image, is truncated or damaged, declares a NIfTI
+            voxel size of 0, holds a vector image (other than a colour 2D picture), would not fit in the
+            available memory; the directory holds no DICOM series, or it holds several and
+            ``series_uid`` does not pick one of them.
     """
     path = Path(path)
     if not path.exists():
@@ -235,6 +424,10 @@ def read_volume(path: str | os.PathLike[str], series_uid: str | None = None) -> 
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise _unreadable(path, str(exc)) from exc
+    _check_header(path, reader)
+    try:
         image = reader.Execute()
     except RuntimeError as exc:
         raise _unreadable(path, str(exc)) from exc
@@ -247,11 +440,41 @@ def read_volume(path: str | os.PathLike[str], series_uid: str | None = None) -> 
     if io_name == "GDCMImageIO":
         meta.update(_dicom_meta(reader.GetMetaData, reader.HasMetaDataKey))
     meta["source_path"] = str(path)
-    meta["source_format"] = _FORMAT_NAMES.get(io_name, io_name or "unknown")
+    meta["source_format"] = _FORMAT_NAMES.get(io_name) or _SUFFIX_FORMATS.get(
+        path.suffix.lower(), io_name or "unknown"
+    )  # ITK's picture readers leave ITK_InputFilterName unset
     try:
         return _image_to_volume(image, meta)
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}. Supported formats: {SUPPORTED_READ_FORMATS}.") from exc
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+def _check_header(path: Path, reader: Any) -> None:
+    """Refuse, before the voxels are read, a file too large for memory, one whose data is shorter than
+    its header declares or whose compressed data is damaged, and a NIfTI voxel size of 0."""
+    import SimpleITK as sitk
+
+    from xraycardiac.runtime import require_memory
+
+    size = tuple(int(n) for n in reader.GetSize())
+    declared = math.prod(size) * _pixel_bytes(reader)
+    pixel = sitk.GetPixelIDValueAsString(reader.GetPixelID())
+    require_memory(
+        2 * declared,  # ITK's buffer and the NumPy copy
+        f"reading {path} ({' x '.join(map(str, size))} voxels of {pixel})",
+        "crop or downsample the volume, or use a machine with more memory",
+    )
+    nifti = _check_stored_data(path, declared)
+    if nifti is not None:
+        bad = [
+            (i, v) for i, v in enumerate(nifti["pixdim"][:3], start=1) if not (math.isfinite(v) and v != 0)
+        ]
+        if bad:
+            listed = ", ".join(f"pixdim[{i}] = {v:g}" for i, v in bad)
+            raise ValueError(
+                f"{path}: the NIfTI header gives a voxel size of {listed} mm; a voxel size must be a finite "
+                "value other than 0 (fix the header, e.g. set the spacing in the tool that wrote it)"
+            )
 
 
 def _read_dicom_series(directory: Path, series_uid: str | None) -> Volume:
@@ -339,6 +562,8 @@ def write_volume(volume: Volume, path: str | os.PathLike[str], compress: bool = 
     Raises:
         ValueError: unsupported extension.
         FileNotFoundError: the destination directory does not exist.
+        OSError: the file could not be written whole (full disk, file size limit, permissions); the
+            written file is checked by reading its header back and measuring its voxel data.
     """
     import SimpleITK as sitk
 
@@ -354,7 +579,62 @@ def write_volume(volume: Volume, path: str | os.PathLike[str], compress: bool = 
         writer = sitk.ImageFileWriter()
         writer.SetFileName(str(tmp))
         writer.SetUseCompression(bool(compress))
-        writer.Execute(image)
+        try:
+            writer.Execute(image)
+            _verify_written(tmp, image)
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise _write_failed(path, exc) from None
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _verify_written(tmp: Path, image: Any) -> None:
+    """Read back the header of a volume just written and check that all its voxel data is stored."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(tmp))
+    reader.ReadImageInformation()
+    if reader.GetSize() != image.GetSize() or reader.GetPixelID() != image.GetPixelID():
+        raise ValueError(
+            f"the header read back says {reader.GetSize()} voxels of "
+            f"{sitk.GetPixelIDValueAsString(reader.GetPixelID())}, written were {image.GetSize()} of "
+            f"{image.GetPixelIDTypeAsString()}"
+        )
+    _check_stored_data_in(tmp, math.prod(image.GetSize()) * _pixel_bytes(reader))  # the caller names the file
+
+
+def _write_failed(path: Path, exc: BaseException) -> OSError:
+    """The error of a write that did not complete (ITK and PIL messages reduced to their last line)."""
+    reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return OSError(
+        f"could not write {path} ({reason}); the disk may be full, a file size limit reached or the folder "
+        "not writable. Nothing was written under that name."
+    )
+
+
+def write_bytes_atomic(data: bytes, path: str | os.PathLike[str]) -> Path:
+    """Write ``data`` to ``path`` through a temporary sibling and ``os.replace``.
+
+    Python's file objects raise on a short write (full disk, file size limit), unlike some C++ writers;
+    encoders that can produce bytes in memory (VTK's ``WriteToOutputStringOn``) write through here.
+
+    Raises:
+        FileNotFoundError: the destination directory does not exist.
+        OSError: the file could not be written whole; nothing is left under ``path`` or the temp name.
+    """
+    path = Path(path)
+    _check_parent(path, "write_bytes_atomic")
+    tmp = _temp_sibling(path, path.suffix)
+    try:
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+        except OSError as exc:
+            raise _write_failed(path, exc) from None
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -380,6 +660,7 @@ def write_png(
         ValueError: array2d is not 2D, the window is not (low, high) with low < high, or the path
             does not end in .png.
         FileNotFoundError: the destination directory does not exist.
+        OSError: the file could not be written whole (full disk, file size limit, permissions).
     """
     from PIL import Image
 
@@ -406,7 +687,10 @@ def write_png(
     pixels = np.where(finite, np.round(scaled * 255.0), 0.0).astype(np.uint8)
     tmp = _temp_sibling(path, ".png")
     try:
-        Image.fromarray(pixels).save(tmp, format="PNG")
+        try:
+            Image.fromarray(pixels).save(tmp, format="PNG")  # a Python file object: short writes raise
+        except OSError as exc:
+            raise _write_failed(path, exc) from None
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -430,7 +714,7 @@ def require_3d(volume: Volume, name: str) -> Volume:
         ``volume``, unchanged.
 
     Raises:
-        ValueError: K == 1 or any of I, J, K is < 2.
+        ValueError: K == 1 or any of I, J, K is < 2, or voxels are NaN or infinite.
     """
     i, j, k = volume.shape_ijk
     if min(i, j, k) < 2:
@@ -438,7 +722,45 @@ def require_3d(volume: Volume, name: str) -> Volume:
             f"{name}: expected a 3D volume (a CT) with at least 2 voxels along I, J and K, got a "
             f"{'2D image' if k == 1 else 'degenerate volume'} of size (I, J, K) = ({i}, {j}, {k})"
         )
+    if np.issubdtype(volume.array.dtype, np.inexact):
+        bad = volume.array.size - int(np.count_nonzero(np.isfinite(volume.array)))
+        if bad:
+            source = volume.meta.get("source_path", "the volume")
+            raise ValueError(
+                f"{name}: {source} holds {bad} non-finite voxels (NaN or infinite) of {volume.array.size}; "
+                "expected finite values (HU for a CT): replace them, e.g. by -1000 (air), first"
+            )
     return volume
+
+
+def require_label_map(volume: Volume, name: str, max_labels: int = 255) -> list[int]:
+    """Check that ``volume`` is a label map (integer labels, few of them), not a CT, before per-label work.
+
+    Args:
+        volume: the input to check.
+        name: the parameter name to put in the error message.
+        max_labels: the most distinct non-zero labels accepted.
+
+    Returns:
+        The sorted non-zero label values.
+
+    Raises:
+        ValueError: non-integer values, or more than ``max_labels`` distinct non-zero values.
+    """
+    source = volume.meta.get("source_path", "the volume")
+    values = np.unique(volume.array)
+    if not np.all(np.isfinite(values)) or not np.array_equal(values, np.round(values)):
+        raise ValueError(
+            f"{name}: {source} is not a label map: it holds {values.size} distinct values, not all integers "
+            f"(range {values.min():g} to {values.max():g}); is it a CT? Give a label map (integer labels)"
+        )
+    ids = [int(v) for v in values if v != 0]
+    if len(ids) > max_labels:
+        raise ValueError(
+            f"{name}: {source} is not a label map: it holds {len(ids)} distinct non-zero values (at most "
+            f"{max_labels} labels accepted; range {values.min():g} to {values.max():g}); is it a CT?"
+        )
+    return ids
 
 
 def require_2d(volume: Volume, name: str) -> Volume:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import os
 import random
 import re
 import sys
@@ -23,7 +24,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ROOT_LOGGER", "configure_logging", "get_logger", "seed_everything", "select_device"]
+__all__ = [
+    "ROOT_LOGGER",
+    "available_memory_bytes",
+    "configure_logging",
+    "get_logger",
+    "require_memory",
+    "seed_everything",
+    "select_device",
+]
 
 ROOT_LOGGER = "xraycardiac"
 """Name of the logger every library logger descends from."""
@@ -277,3 +286,60 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory
+# --------------------------------------------------------------------------------------------------
+
+
+def available_memory_bytes() -> int | None:
+    """Memory a new allocation can get without swapping, in bytes; None where it cannot be told.
+
+    Linux: ``MemAvailable`` of ``/proc/meminfo``, capped by the cgroup v2 limit (``memory.max`` minus
+    ``memory.current``) when the process runs in a container. Elsewhere: free physical pages
+    (``os.sysconf``), which undercounts reclaimable caches.
+    """
+    avail: int | None = None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError):
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, OSError, ValueError):
+            return None
+    try:
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as fh:
+            limit = fh.read().strip()
+        with open("/sys/fs/cgroup/memory.current", encoding="ascii") as fh:
+            current = int(fh.read().strip())
+        if limit.isdigit():
+            avail = min(avail, max(int(limit) - current, 0))
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def require_memory(nbytes: float, what: str, change: str) -> None:
+    """Refuse, before allocating, work that needs more memory than the machine has available.
+
+    Args:
+        nbytes: estimated peak memory of the work, bytes.
+        what: what needs it, for the message (e.g. ``"reading ct.nrrd (1200 x 1200 x 1200 float)"``).
+        change: what the user can change, for the message (e.g. ``"use a smaller --size"``).
+
+    Raises:
+        ValueError: ``nbytes`` exceeds :func:`available_memory_bytes` (never raised where that is unknown).
+    """
+    avail = available_memory_bytes()
+    if avail is not None and nbytes > avail:
+        raise ValueError(
+            f"{what} needs about {nbytes / 2**30:.1f} GiB of memory but only {avail / 2**30:.1f} GiB is "
+            f"available; {change}"
+        )

@@ -17,7 +17,6 @@ from xraycardiac.coronary.tree import (
     _check_input_file,
     _check_output_dir,
     _json_default,
-    _temp_sibling,
 )
 
 
@@ -76,24 +75,24 @@ def save_tree_vtp(tree: CoronaryTree, path: str | os.PathLike[str]) -> Path:
 def write_polydata(poly: Any, path: Path, who: str) -> Path:
     """Write ``poly`` as binary ``.vtp`` to a temporary sibling, then rename it to ``path`` (atomic).
 
+    VTK encodes to memory and Python writes the file: VTK's own file writer does not report a full
+    disk (it aborts the process or leaves a short file), Python's file objects raise.
+
     Raises:
-        ValueError: VTK failed to write (named by ``who``, the caller).
+        ValueError: VTK failed to encode (named by ``who``, the caller).
+        OSError: the file could not be written whole (full disk, file size limit).
     """
     from vtkmodules.vtkIOXML import vtkXMLPolyDataWriter
 
-    tmp = _temp_sibling(path)
-    try:
-        writer = vtkXMLPolyDataWriter()
-        writer.SetFileName(str(tmp))
-        writer.SetInputData(poly)
-        writer.SetDataModeToBinary()
-        if writer.Write() != 1:
-            raise ValueError(f"{who}: VTK could not write {tmp}")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    from xraycardiac.io import write_bytes_atomic
+
+    writer = vtkXMLPolyDataWriter()
+    writer.WriteToOutputStringOn()
+    writer.SetInputData(poly)
+    writer.SetDataModeToBinary()  # inline base64: the XML is ASCII text
+    if writer.Write() != 1:
+        raise ValueError(f"{who}: VTK could not encode {path}")
+    return write_bytes_atomic(writer.GetOutputString().encode("ascii"), path)
 
 
 def load_tree_vtp(path: str | os.PathLike[str], cls: type[CoronaryTree] = CoronaryTree) -> CoronaryTree:

@@ -36,7 +36,8 @@ def geometry_from_dicom(source: str | Path | pydicom.Dataset, frame_name: str = 
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: not a DICOM file, not XA/RF, or a required tag is missing (the message names it).
+        ValueError: not a DICOM file, not XA/RF, a required tag is missing, or an angle is outside
+            its DICOM range (primary [-180, 180], secondary [-90, 90] degrees); the message names the tag.
     """
     if isinstance(source, pydicom.Dataset):
         ds, label = source, frame_name or "dataset"
@@ -63,10 +64,19 @@ def geometry_from_dicom(source: str | Path | pydicom.Dataset, frame_name: str = 
             raise ValueError(f"{label}: required C-arm tag {keyword} {tag} is missing")
         return value
 
+    def angle(keyword: str, tag: str, limit: float) -> float:
+        value = float(need(keyword, tag))
+        if not -limit <= value <= limit:  # also refuses NaN
+            raise ValueError(
+                f"{label}: C-arm tag {keyword} {tag} = {value:g} degrees is outside [-{limit:g}, {limit:g}] "
+                "(DICOM PS3.3 C.8.7.5); the header is damaged or not in DICOM's convention"
+            )
+        return value
+
     spacing = need("ImagerPixelSpacing", "(0018,1164)")
     geometry = CArmGeometry(
-        primary_angle_deg=float(need("PositionerPrimaryAngle", "(0018,1510)")),
-        secondary_angle_deg=float(need("PositionerSecondaryAngle", "(0018,1511)")),
+        primary_angle_deg=angle("PositionerPrimaryAngle", "(0018,1510)", 180.0),
+        secondary_angle_deg=angle("PositionerSecondaryAngle", "(0018,1511)", 90.0),
         sid_mm=float(need("DistanceSourceToDetector", "(0018,1110)")),
         sod_mm=float(need("DistanceSourceToPatient", "(0018,1111)")),
         detector_rows=int(need("Rows", "(0028,0010)")),

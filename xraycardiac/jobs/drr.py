@@ -72,7 +72,7 @@ def _png_window(image: np.ndarray) -> tuple[float, float]:
 def run_drr(spec: JobSpec, work_dir: Path, progress: Progress) -> dict[str, Any]:
     """Render the views of ``params.views`` of ``inputs.ct`` (and project ``inputs.labels``)."""
     from xraycardiac import __version__
-    from xraycardiac.io import read_volume, require_3d, write_png, write_volume
+    from xraycardiac.io import read_volume, require_3d, require_label_map, write_png, write_volume
     from xraycardiac.projection import DRRConfig, project_labels, render_drr
     from xraycardiac.runtime import select_device
 
@@ -96,6 +96,7 @@ def run_drr(spec: JobSpec, work_dir: Path, progress: Progress) -> dict[str, Any]
             labels.ijk_to_ras, ct.ijk_to_ras, atol=1e-3
         ):
             raise ValueError("drr: inputs.labels must lie on the same voxel grid as inputs.ct")
+        label_ids = require_label_map(labels, "inputs.labels (--labels)")  # before any rendering
     geometries = [view_geometry(v, ct.center_ras()) for v in views]
     names = [g.name for g in geometries]
     if len(set(names)) != len(names):
@@ -123,6 +124,7 @@ def run_drr(spec: JobSpec, work_dir: Path, progress: Progress) -> dict[str, Any]
             lengths, ids = project_labels(
                 labels,
                 geometry,
+                label_ids,
                 config=config,
                 device=str(device),
                 progress=within(stage, part + 1, geometry.name),
