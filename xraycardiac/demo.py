@@ -704,7 +704,8 @@ def run_demo(
 
 
 def print_progress(event: dict) -> None:
-    """Print a demo event as ``[k/N section] stage | overall % | eta m:ss``; job log lines as they are."""
+    """Print a demo event as ``[k/N section] stage | overall % | eta m:ss``, job log lines as they are, and
+    the final ``timings`` event as a table (wall and CPU seconds per section)."""
     if event.get("event") == "log":
         print(f"    {event.get('message', '')}", flush=True)
         return
