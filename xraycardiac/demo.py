@@ -53,14 +53,15 @@ DEMO_X2CT_STEPS = 10  # CLS-DM latent sampler steps (20)
 DEMO_X2CT_SAMPLES = 3  # samples averaged; their std is the uncertainty (4)
 HEARTBEAT_S = 5.0  # a progress event at least this often while a section runs
 
-# (key, title, expected seconds on 2 idle CPU cores: weights of the overall ETA)
+# (key, title, weight of the section in the overall fraction and ETA: its CPU seconds measured on a
+# 2-core CPU, so the overall percentage advances with the work done)
 SECTIONS: tuple[tuple[str, str, float], ...] = (
-    ("real_ct", "real chest CT: simulated radiographs", 20.0),
-    ("coronary", "coronary angiograms: renderers, matches, 3D centreline", 30.0),
-    ("cardiac", "CardiacSynth: synthetic cardiac CT", 25.0),
-    ("x2ct", "XRayToCT: CT from a PA + lateral pair", 30.0),
-    ("phantom", "chest phantom: simulated radiographs", 10.0),
-    ("report", "writing the report", 3.0),
+    ("real_ct", "real chest CT: simulated radiographs", 13.0),
+    ("coronary", "coronary angiograms: renderers, matches, 3D centreline", 45.0),
+    ("cardiac", "CardiacSynth: synthetic cardiac CT", 48.0),
+    ("x2ct", "XRayToCT: CT from a PA + lateral pair", 16.0),
+    ("phantom", "chest phantom: simulated radiographs", 6.0),
+    ("report", "writing the report", 0.5),
 )
 
 
