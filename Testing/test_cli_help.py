@@ -38,4 +38,4 @@ def test_cardiac_synth_tcdm_defaults_to_the_shipped_model(tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     case = json.loads((out / "cases" / "case_00000.json").read_text())
-    assert case["renderer"] == "tcdm" and case["model"]["name"] == "cardiac-tcdm-demo", case["model"]
+    assert case["renderer"] == "tcdm" and case["model"]["model"] == "cardiac-tcdm-demo", case["model"]
