@@ -148,3 +148,28 @@ def test_demo_progress_names_sections_and_keeps_talking(capsys):
     assert lines and all(
         re.match(r"\[[12]/2 (first|second)\] .+ \| +\d+% \| eta ", line) for line in lines
     ), lines
+
+
+def test_label_overlay_keeps_the_ct_beside_its_labels_and_names_them(tmp_path):
+    from xraycardiac.figures import label_overlay_png
+
+    ct = np.linspace(-1000.0, 600.0, 32 * 40).reshape(32, 40)
+    labels = np.zeros((32, 40), dtype=np.uint8)
+    labels[8:16, 10:20] = 3
+    png = label_overlay_png(ct, labels, [(3, "heart", (220, 40, 40))], tmp_path / "o.png", min_side_px=64)
+    img = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    top, pad, s = 26, 10, 2  # layout of label_overlay_png: title row, margin, upsampling factor 64 / 32
+    left = img[top : top + 32 * s, pad : pad + 40 * s]
+    right = img[top : top + 32 * s, 2 * pad + 40 * s : 2 * pad + 80 * s]
+    assert (left[..., 0] == left[..., 1]).all() and (left[..., 1] == left[..., 2]).all(), (
+        "the plain CT is grey"
+    )
+    changed = (left != right).any(axis=2)
+    block = np.kron(labels == 3, np.ones((s, s), dtype=bool))
+    assert (changed == block).all(), "the overlay changes exactly the labelled pixels"
+    legend = img[:, 2 * pad + 80 * s :]
+    assert ((legend == (220, 40, 40)).all(axis=2)).sum() > 100, (
+        "the legend has no swatch in the label's colour"
+    )
+    with pytest.raises(ValueError, match="same 2D shape"):
+        label_overlay_png(ct, labels[:, :30], [], tmp_path / "bad.png")
