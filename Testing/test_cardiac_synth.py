@@ -115,8 +115,16 @@ def test_tcdm_renderer_writes_images_and_ssv_confidence(tmp_path, one_torch_thre
     config = CardiacSynthConfig(n=1, seed=2, renderer="tcdm", model=str(weights), steps=2, ssv_steps=(2, 4),
                                 device="cpu")  # fmt: skip
     out = tmp_path / "ds"
-    summary = synthesize_dataset(small, out, config)
+    events = []
+    summary = synthesize_dataset(small, out, config, progress=lambda stage, f, **_: events.append((stage, f)))
     assert summary["written"] == ["case_00000"]
+    # a long case is never silent: the MGM stage and every sampler step of every SSV run are reported
+    stages = [s for s, _ in events]
+    assert any("MGM" in s for s in stages) and any("run 2/2 (4 DDIM steps): step" in s for s in stages), (
+        stages
+    )
+    fractions = [f for _, f in events]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0, fractions
     image = read_volume(out / "imagesTr" / "case_00000_0000.nii.gz").array
     conf = read_volume(out / "confidenceTr" / "case_00000.nii.gz").array
     assert image.shape == conf.shape == (32, 32, 32)

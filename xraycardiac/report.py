@@ -1,4 +1,8 @@
-"""A small self-contained HTML report: sections of text, tables and images (relative links)."""
+"""A small self-contained HTML report: sections of text, tables and images (relative links).
+
+Each image is shown at its natural width between ``MIN_IMAGE_PX`` and the page width (wide figures
+such as match pictures get a row of their own), and links to the full-size PNG: click to enlarge.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,9 @@ import html
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+MIN_IMAGE_PX = 300  # small previews (64-256 px) are scaled up to this width, pixelated
+PAGE_PX = 1100
 
 
 @dataclass
@@ -24,10 +31,11 @@ def write_report(path: str | Path, title: str, sections: list[Section], footer: 
     out = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
+        f"<style>body{{font-family:sans-serif;max-width:{PAGE_PX}px;margin:auto}}"
         "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #999;padding:3px 8px;"
-        "text-align:right}th{background:#eee}figure{display:inline-block;margin:6px}"
-        "img{width:256px;image-rendering:pixelated;border:1px solid #ccc}</style></head><body>",
+        "text-align:right}th{background:#eee}figure{display:inline-block;margin:6px;vertical-align:top}"
+        "figcaption{max-width:100%}img{max-width:100%;height:auto;image-rendering:pixelated;"
+        "border:1px solid #ccc}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
     ]
     for s in sections:
@@ -38,12 +46,26 @@ def write_report(path: str | Path, title: str, sections: list[Section], footer: 
             out += ["<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows]
             out.append("</table>")
         for img, caption in s.images:
-            rel = os.path.relpath(img, path.parent)
+            rel = html.escape(os.path.relpath(img, path.parent))
+            width = min(PAGE_PX - 20, max(MIN_IMAGE_PX, _png_width(img)))
             out.append(
-                f"<figure><img src='{html.escape(rel)}'><figcaption>{html.escape(caption)}</figcaption></figure>"
+                f"<figure style='width:{width}px'><a href='{rel}' title='open the full-size image'>"
+                f"<img src='{rel}' width='{width}' alt='{html.escape(caption)}'></a>"
+                f"<figcaption>{html.escape(caption)} (click to enlarge)</figcaption></figure>"
             )
     out.append(f"<hr><p><small>{html.escape(footer)}</small></p></body></html>")
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("\n".join(out))
     os.replace(tmp, path)
     return path
+
+
+def _png_width(path: str | Path) -> int:
+    """Pixel width of an image file (0 if it cannot be read: the minimum width is used)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return int(im.size[0])
+    except OSError:
+        return 0

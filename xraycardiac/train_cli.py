@@ -52,13 +52,17 @@ _AutoencoderOption = Annotated[
 
 
 def _train(out: Path, train: Callable[..., dict], *args: Any, **kwargs: Any) -> None:
-    """Run ``train(*args, progress=..., **kwargs)`` printing progress lines; known errors print one
-    line and exit 1."""
+    """Run ``train(*args, progress=..., **kwargs)`` printing progress lines (rank 0 only under torchrun);
+    known errors print one line, on every rank, and exit 1."""
     from rich.console import Console
+
+    from xraycardiac.trainer import is_main_process
 
     console = Console(stderr=True)
 
     def progress(stage: str, fraction: float, **extra) -> None:
+        if not is_main_process():
+            return
         eta = extra.get("eta_s")
         console.print(f"{100 * fraction:5.1f}%  {stage}" + (f"  eta {eta} s" if eta is not None else ""))
 
@@ -67,6 +71,8 @@ def _train(out: Path, train: Callable[..., dict], *args: Any, **kwargs: Any) -> 
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(1) from exc
+    if not is_main_process():
+        return
     console.print(
         f"trained to step {summary['step']} ({summary['steps_run']} now, {summary['seconds']} s); "
         f"model package: {out} (model.pt sha256 {summary.get('entry', {}).get('sha256', '?')[:12]}...)"

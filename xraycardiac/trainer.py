@@ -16,7 +16,7 @@ the rest, the same way on a 2-core CPU and under ``torchrun`` on N GPUs:
   the EMA weights are what :meth:`Trainer.export` writes.
 * **AMP** (bfloat16 autocast) on CUDA when ``amp`` is True; CPU runs in float32.
 * **DDP** when started by ``torchrun`` (``WORLD_SIZE`` > 1): NCCL on CUDA, gloo on CPU; each rank
-  takes its slice of the global batch; rank 0 alone writes files.
+  takes its slice of the global batch; rank 0 alone writes files and reports progress.
 * ``out/log.jsonl``: one JSON line per ``log_every`` steps (step, loss, lr, seconds, metrics).
 
 Learning rate: linear warm-up over ``warmup_steps``, then constant (diffusion practice: DDPM,
@@ -256,6 +256,14 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def is_main_process() -> bool:
+    """False on a DDP rank other than 0: torch.distributed's rank once a group is up, else ``RANK``
+    (set by torchrun for every process before it starts)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 class Trainer:
     """Trains ``model`` on ``dataset`` with ``loss_fn`` (see the module docstring).
 
@@ -314,7 +322,7 @@ class Trainer:
 
     @property
     def is_main(self) -> bool:
-        """True on the process that writes files (rank 0)."""
+        """True on the process that writes files and reports progress (rank 0)."""
         return self.rank == 0
 
     # ------------------------------------------------------------------------------ checkpoints
@@ -448,7 +456,7 @@ class Trainer:
                     self.out_dir.mkdir(parents=True, exist_ok=True)
                     with open(self.out_dir / LOG, "a", encoding="utf-8") as f:
                         f.write(json.dumps(last) + "\n")
-                if progress is not None:
+                if progress is not None and self.is_main:  # one progress stream under torchrun
                     done = (self.step - first) / max(cfg.steps - first, 1)
                     eta = elapsed / max(self.step - first, 1) * (cfg.steps - self.step)
                     progress(f"step {self.step}/{cfg.steps} loss {last['loss']:.4f}", done, eta_s=round(eta))

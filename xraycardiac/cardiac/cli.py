@@ -19,6 +19,8 @@ from typing import Annotated
 
 import typer
 
+DEFAULT_TCDM_MODEL = "cardiac-tcdm-demo"  # shipped with the package (xraycardiac/models/manifest.json)
+
 app = typer.Typer(
     help="Synthetic cardiac CT (template + MGM masks + TCDM) for segmentation pretraining (research use only).",
     no_args_is_help=True,
@@ -46,7 +48,11 @@ def synth(
         str, typer.Option(help="warp (template image deformed) | tcdm (diffusion model).")
     ] = "warp",
     model: Annotated[
-        str | None, typer.Option(help="TCDM model name or run folder (--renderer tcdm).")
+        str | None,
+        typer.Option(
+            help=f"TCDM model name or run folder (--renderer tcdm); default: the shipped {DEFAULT_TCDM_MODEL} "
+            "(64^3 grid: keep --phantom-grid 64 or give a 64^3 template)."
+        ),
     ] = None,
     steps: Annotated[int, typer.Option(min=1, help="DDIM steps of each image (tcdm).")] = 20,
     ssv_steps: Annotated[
@@ -91,6 +97,8 @@ def synth(
             raise ValueError(
                 f"--ssv-steps: expected integers separated by commas, got {ssv_steps!r}"
             ) from exc
+        if renderer == "tcdm" and model is None:
+            model = DEFAULT_TCDM_MODEL
         config = CardiacSynthConfig(
             n=n, seed=seed, renderer=renderer, model=model, steps=steps, ssv_steps=schedule, start_strength=start_strength,
             mgm=replace(MGMConfig(), strength_mm=strength_mm), device=device,

@@ -195,7 +195,10 @@ def _check_existing(root: Path, template: CardiacTemplate, config: CardiacSynthC
 
 
 def _render_warp(
-    template: CardiacTemplate, sample: Any, config: CardiacSynthConfig
+    template: CardiacTemplate,
+    sample: Any,
+    config: CardiacSynthConfig,
+    progress: Callable[..., None] | None = None,
 ) -> tuple[Volume, np.ndarray, dict]:
     from xraycardiac.cardiac.mgm import warp_image
 
@@ -231,14 +234,24 @@ def _tcdm_renderer(template: CardiacTemplate, config: CardiacSynthConfig) -> Cal
     schedules = tuple(dict.fromkeys([*config.ssv_steps, config.steps]))  # the kept image's count included
 
     def render(
-        template: CardiacTemplate, sample: Any, config: CardiacSynthConfig
-    ) -> tuple[Volume, np.ndarray, dict]:
+        template: CardiacTemplate, sample: Any, config: CardiacSynthConfig,
+        progress: Callable[[str, float], None] | None = None,
+    ) -> tuple[Volume, np.ndarray, dict]:  # fmt: skip
         kept: dict[str, torch.Tensor] = {}
+        runs = {n: k for k, n in enumerate(schedules)}
 
         def sample_fn(cond: torch.Tensor, steps: int, generator: Any, noise: torch.Tensor) -> torch.Tensor:
+            k = runs[steps]
+
+            def on_step(i: int, n: int) -> None:  # one event per DDIM step: a long case is never silent
+                if progress is not None:
+                    stage = f"TCDM sampling, run {k + 1}/{len(schedules)} ({steps} DDIM steps): step {i}/{n}"
+                    progress(stage, (k + i / max(n, 1)) / len(schedules))
+
             x0 = sample_tcdm(
-                unet, scheduler, cond, steps, generator, noise, start_strength=config.start_strength
-            )
+                unet, scheduler, cond, steps, generator, noise, progress=on_step,
+                start_strength=config.start_strength,
+            )  # fmt: skip
             if steps == config.steps:
                 kept["x0"] = x0
             return x0
@@ -277,7 +290,8 @@ def synthesize_dataset(
         out_dir: dataset folder (created).
         config: :class:`CardiacSynthConfig` (default: defaults).
         shard: (i, N): this process makes cases i, i + N, ...
-        progress: ``progress(stage, fraction, **extra)`` after each case.
+        progress: ``progress(stage, fraction, **extra)`` at each stage of a case (MGM, each sampler
+            step) and after it; ``fraction`` is the shard's overall fraction done.
         cancelled: polled between cases; True stops (complete cases stay, nothing partial).
 
     Returns:
@@ -312,7 +326,14 @@ def synthesize_dataset(
             skipped.append(name)
             continue
         t0 = time.perf_counter()
+
+        def in_case(stage: str, fraction: float, done: int = done, name: str = name) -> None:
+            if progress is not None:
+                progress(f"case {name} ({done + 1}/{len(todo)}): {stage}", (done + 0.99 * fraction) / len(todo),
+                         case=name)  # fmt: skip
+
         case_seed = int(np.random.SeedSequence([config.seed, i]).generate_state(1)[0])
+        in_case("MGM: deforming the template's label map", 0.0)
         samples, report = generate_masks(template.labels, 1, config.mgm, seed=case_seed)
         attempts += report.attempts
         for reason, count in report.rejected.items():
@@ -323,7 +344,9 @@ def synthesize_dataset(
                 f"(rejections {report.rejected}); lower mgm.strength_mm"
             )
         sample = samples[0]
-        image, confidence, info = render(template, sample, config)
+        in_case(f"rendering the image ({config.renderer})", 0.05)
+        image, confidence, info = render(template, sample, config,
+                                         lambda stage, f: in_case(stage, 0.05 + 0.9 * f))  # fmt: skip
         files = _files(i)
         write_volume(Volume(image.array.astype(np.float32), image.ijk_to_ras), root / files["image"])
         write_volume(

@@ -1,4 +1,7 @@
-"""Pictures of view pairs: two images side by side with correspondences drawn as lines."""
+"""Pictures of view pairs: two images side by side with correspondences drawn as lines.
+
+3D centrelines are drawn by :func:`xraycardiac.figures.draw_centrelines_3d`.
+"""
 
 from __future__ import annotations
 
@@ -50,37 +53,6 @@ def draw_matches(
         draw.line([(float(u1), float(v1)), (float(u2) + a.shape[1], float(v2))], fill=colour, width=1)
         for u, v in ((u1, v1), (u2 + a.shape[1], v2)):
             draw.ellipse([u - 2, v - 2, u + 2, v + 2], outline=colour)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
-
-
-def draw_centrelines(
-    truth_ras_mm: np.ndarray,
-    reconstruction_ras_mm: np.ndarray,
-    geometry: object,
-    path: str | Path,
-) -> Path:
-    """Write a PNG of a reconstructed 3D centreline (red) over the true one (grey), seen in ``geometry``.
-
-    Args:
-        truth_ras_mm: (N, 3) true centreline points, RAS mm.
-        reconstruction_ras_mm: (K, 3) reconstructed centreline points, RAS mm.
-        geometry: a ``CArmGeometry`` (any view: a third angle shows depth errors the two inputs hide).
-        path: destination .png.
-
-    Returns:
-        The written path.
-    """
-    from PIL import Image, ImageDraw
-
-    canvas = Image.new("RGB", (geometry.detector_cols, geometry.detector_rows), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for points, colour, r in ((truth_ras_mm, (150, 150, 150), 2), (reconstruction_ras_mm, (220, 0, 0), 1)):
-        for u, v in geometry.project(np.asarray(points, dtype=np.float64).reshape(-1, 3)):
-            draw.ellipse([u - r, v - r, u + r, v + r], fill=colour)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     canvas.save(tmp, format="PNG")
