@@ -1,6 +1,6 @@
 """C-arm projection geometry in patient RAS, following DICOM PS3.3 C.8.7.5.
 
-Conventions (the ones DESIGN.md says must never be guessed):
+Conventions (the ones docs/ARCHITECTURE.md says must never be guessed):
 
 * World frame: patient RAS, millimetres. +x = patient right, +y = anterior, +z = superior.
 * Primary angle (degrees): rotation of the detector about the patient's cranio-caudal axis;
