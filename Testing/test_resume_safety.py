@@ -103,7 +103,9 @@ def test_coronary_evaluate_refuses_an_existing_out_before_any_work(coronary_base
 
 
 def _phantoms(out: Path, *extra: str):
-    return runner.invoke(app, ["cardiac", "phantoms", "--out", str(out), "--n", "2", "--spacing-mm", "6", *extra])
+    return runner.invoke(
+        app, ["cardiac", "phantoms", "--out", str(out), "--n", "2", "--spacing-mm", "6", *extra]
+    )
 
 
 def test_cardiac_phantoms_redo_a_truncated_phantom(tmp_path):
@@ -177,15 +179,22 @@ def test_failed_cardiac_synth_lists_only_verified_cases_and_reruns_to_completion
 
     out = tmp_path / "synth"
     cfg = CardiacSynthConfig(n=3, seed=1)
-    # a folder where case 1's confidence file must go: the OS refuses the final rename (a real fault)
+    # once case 0 is done, a folder appears where case 1's confidence file must go: the OS refuses
+    # the final rename of that file (a real fault, midway through case 1)
     obstacle = out / "confidenceTr" / "case_00001.nii.gz"
-    obstacle.mkdir(parents=True)
-    with pytest.raises(OSError):
-        synthesize_dataset(template, out, cfg)
+
+    def block_case_1(stage: str, fraction: float, **extra) -> None:
+        if extra.get("case") == "case_00000":
+            obstacle.mkdir()
+
+    with pytest.raises(IsADirectoryError):
+        synthesize_dataset(template, out, cfg, progress=block_case_1)
     listed = _listed(out)
-    assert listed == {"datalist": ["case_00000"], "dataset.json": ["1 cases"], "synth.json": ["case_00000"]}, (
-        f"index files after a failure at case 1: {listed}"
-    )
+    assert listed == {
+        "datalist": ["case_00000"],
+        "dataset.json": ["1 cases"],
+        "synth.json": ["case_00000"],
+    }, f"index files after a failure at case 1: {listed}"
     assert _empty_files(out) == [], _empty_files(out)
     leftovers = sorted(p.name for p in out.glob("*Tr/case_00001*") if p.is_file())
     assert leftovers == [], f"files of the failed case remain: {leftovers}"
