@@ -101,7 +101,7 @@ def check_output(
     settings: Mapping[str, Any] | None = None,
     ignore: Iterable[str] = (),
     what: str = "--out",
-    how: str = "pass --overwrite",
+    how: str | None = "pass --overwrite",
     kind: str = "this command's output",
     noun: str = "settings",
 ) -> dict[str, Any] | None:
@@ -116,7 +116,8 @@ def check_output(
             of ``settings_file``.
         ignore: dotted setting names that may differ between runs (e.g. counts that may grow).
         what: how the user names ``path`` (``--out``, ``output_dir``).
-        how: how the user asks to replace it (``pass --overwrite``, ``set params.overwrite = true``).
+        how: how the user asks to replace it (``pass --overwrite``, ``set params.overwrite = true``);
+            None where the command has no way to (only resuming).
         kind: what a folder holding ``settings_file`` is, for messages.
         noun: ``settings`` or ``parameters``, for messages.
 
@@ -132,11 +133,13 @@ def check_output(
             (naming the first one and both values).
     """
     path = Path(path)
+    replace = f" or {how} to replace it" if how else ""
+    again = f", {how} to start again," if how else ""
     if file:
         if path.is_dir():
             raise IsADirectoryError(f"{what} {path} is a folder; give the name of a file to write")
         if path.exists() and path.stat().st_size > 0 and not overwrite:
-            raise FileExistsError(f"{what} {path} exists; choose another file or {how} to replace it")
+            raise FileExistsError(f"{what} {path} exists; choose another file{replace}")
         _check_writable(path if path.exists() else path.parent, what)
         return None
     if path.exists() and not path.is_dir():
@@ -147,23 +150,19 @@ def check_output(
     marker = path / settings_file if settings_file else None
     if marker is None or not marker.is_file():
         holds = f" and holds no {settings_file} (it is not {kind})" if settings_file else ""
-        raise FileExistsError(
-            f"{what} {path} exists and is not empty{holds}; choose another folder or {how} to replace it"
-        )
+        raise FileExistsError(f"{what} {path} exists and is not empty{holds}; choose another folder{replace}")
     try:
         doc = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(
-            f"{marker}: unreadable ({exc}); {how} to start again, or choose another folder"
-        ) from exc
+        raise ValueError(f"{marker}: unreadable ({exc}); choose another folder{replace}") from exc
     if not isinstance(doc, dict):
-        raise ValueError(f"{marker}: expected a JSON object; {how} to start again, or choose another folder")
+        raise ValueError(f"{marker}: expected a JSON object; choose another folder{replace}")
     new = _normalised(dict(settings or {}))
     diff = first_difference({k: doc.get(k) for k in new}, new, "", ignore)
     if diff:
         raise ValueError(
-            f"{path} holds {kind} made with other {noun} ({diff}); use the same {noun} to resume, "
-            f"{how} to start again, or choose another folder"
+            f"{path} holds {kind} made with other {noun} ({diff}); use the same {noun} to resume{again} "
+            "or choose another folder"
         )
     return doc
 

@@ -19,7 +19,7 @@ Output folder (nnU-Net / MONAI conventions, readable by ``xraycardiac cardiac pr
     labelsTr/case_00000.nii.gz        label map (uint8, values of xraycardiac.cardiac.labels)
     confidenceTr/case_00000.nii.gz    confidence in [0, 1] (float32)
     cases/case_00000.json             how the case was made (MGM draw, renderer, timing)
-    cases/case_00000.done.json        the case's four files with sizes and sha256, written last: the
+    records/case_00000.done.json      the case's four files with sizes and sha256, written last: the
                                       record that the case is complete (:mod:`xraycardiac.outputs`)
     dataset.json                      nnU-Net v2 (channel_names, labels, numTraining, file_ending)
     datalist.json                     MONAI ({"training": [{"image", "label", "confidence"}, ...]})
@@ -133,11 +133,20 @@ def _files(i: int) -> dict[str, str]:
 
 
 def _record(root: Path, i: int) -> Path:
-    """``cases/case_<i>.done.json``: the record written after case ``i``'s files."""
-    return root / "cases" / f"{case_name(i)}.done.json"
+    """``records/case_<i>.done.json``: the record written after case ``i``'s files."""
+    return root / "records" / f"{case_name(i)}.done.json"
 
 
-_OWN = ("imagesTr", "labelsTr", "confidenceTr", "cases", "dataset.json", "datalist.json", "synth.json")
+_OWN = (
+    "imagesTr",
+    "labelsTr",
+    "confidenceTr",
+    "cases",
+    "records",
+    "dataset.json",
+    "datalist.json",
+    "synth.json",
+)
 
 
 def _settings(template: CardiacTemplate, config: CardiacSynthConfig) -> dict[str, Any]:
@@ -305,7 +314,7 @@ def synthesize_dataset(
     incomplete = {i: verify_record(_record(root, i), root) for i in range(config.n)}
     verified = {i for i, why in incomplete.items() if why is None}
     _index_files(root, template, config, verified)  # first (the settings), and without cases that fail
-    for sub in ("imagesTr", "labelsTr", "confidenceTr", "cases"):
+    for sub in ("imagesTr", "labelsTr", "confidenceTr", "cases", "records"):
         (root / sub).mkdir(exist_ok=True)
     todo = list(range(shard[0], config.n, shard[1]))
     written, skipped, redone, times = [], [], [], []

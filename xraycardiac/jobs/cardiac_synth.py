@@ -14,7 +14,7 @@ Without template inputs the template is the procedural cardiac phantom of ``phan
 ``label_mapping`` is passed to :func:`xraycardiac.cardiac.templates.load_template` (None, "mmwhs",
 "imagecas" or ``{"file value": table value}``). The output folder is the dataset of
 :func:`xraycardiac.cardiac.synth.synthesize_dataset` (``imagesTr/``, ``labelsTr/``,
-``confidenceTr/``, ``cases/``, ``dataset.json``, ``datalist.json``, ``synth.json``) plus
+``confidenceTr/``, ``cases/``, ``records/``, ``dataset.json``, ``datalist.json``, ``synth.json``) plus
 ``template_image.nrrd`` / ``template_labels.nrrd`` (the template as used).
 """
 
