@@ -107,7 +107,9 @@ def synth(
         raise typer.Exit(1) from exc
     per_case = summary["seconds_per_case"]
     typer.echo(
-        f"{len(summary['written'])} cases written, {len(summary['skipped'])} already complete "
+        f"{len(summary['written'])} cases written"
+        + (f" ({len(summary['redone'])} of them incomplete before)" if summary["redone"] else "")
+        + f", {len(summary['skipped'])} already complete "
         f"({summary['cases']} in all, shard {shard}); MGM attempts {summary['mgm']['attempts']}, "
         f"rejected {summary['mgm']['rejected']}"
         + (f"; {per_case:.1f} s per case" if per_case else "")
@@ -146,7 +148,7 @@ def phantoms(
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(1) from exc
-    redone = f", {len(summary['redone'])} incomplete ones made again" if summary["redone"] else ""
+    redone = f"; {len(summary['redone'])} were incomplete and made again" if summary["redone"] else ""
     typer.echo(
         f"{len(summary['written'])} phantoms written ({len(summary['kept'])} already there{redone}) -> {out}"
     )

@@ -304,7 +304,7 @@ def synthesize_dataset(
     root = Path(out_dir)
     check_output(
         root, overwrite=overwrite, settings_file="synth.json", settings=_settings(template, config),
-        ignore=("template.meta",), what="out_dir", how="pass overwrite (--overwrite)",
+        ignore=("template.meta",), what="out_dir", how="pass --overwrite (overwrite=True)",
         kind="a cardiac synth dataset",
     )  # fmt: skip
     render = _render_warp if config.renderer == "warp" else _tcdm_renderer(template, config)
