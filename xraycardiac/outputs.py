@@ -140,7 +140,9 @@ def check_output(
             raise IsADirectoryError(f"{what} {path} is a folder; give the name of a file to write")
         if path.exists() and path.stat().st_size > 0 and not overwrite:
             raise FileExistsError(f"{what} {path} exists; choose another file{replace}")
-        _check_writable(path if path.exists() else path.parent, what)
+        _check_writable(path, what)  # the file, or (absent) the folder it would be made in
+        if path.exists():
+            _check_writable(path.parent, what)  # the folder the replacement is renamed in
         return None
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{what} {path} exists and is not a folder; choose a folder")
