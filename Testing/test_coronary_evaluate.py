@@ -127,5 +127,5 @@ def test_cli_writes_strict_json(data: Path, run: tuple[Path, Path | None], tmp_p
         assert set(METRIC_FIELDS) <= set(m), m.keys()
         values = [m[k] for k in METRIC_FIELDS if m[k] is not None]
         assert np.all(np.isfinite(values)), m
-    result = runner.invoke(app, [*args, "--method", "surf"])
+    result = runner.invoke(app, [*args, "--overwrite", "--method", "surf"])  # --out exists now
     assert result.exit_code == 1 and "allowed forms" in result.output, result.output

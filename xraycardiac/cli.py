@@ -160,15 +160,22 @@ def drr(
 
 @app.command()
 def phantom(
-    out: Annotated[Path, typer.Option(help="Output folder for chest_ct.nrrd and chest_labels.nrrd.")],
+    out: Annotated[
+        Path, typer.Option(help="Output folder for chest_ct.nrrd and chest_labels.nrrd (absent or empty).")
+    ],
     seed: Annotated[int, typer.Option(help="Random seed of the anatomical variation.")] = 0,
     size: Annotated[int, typer.Option(help="Voxels along each axis.")] = 96,
     spacing_mm: Annotated[float, typer.Option(help="Isotropic voxel size (mm).")] = 4.0,
+    overwrite: Annotated[
+        bool, typer.Option(help="Write into a non-empty --out (replacing its two files).")
+    ] = False,
 ) -> None:
     """Write a procedural chest CT phantom (HU) and its label map."""
     from xraycardiac.io import write_volume
+    from xraycardiac.outputs import check_output
     from xraycardiac.phantoms import ChestPhantomConfig, make_chest_phantom
 
+    check_output(out, overwrite=overwrite)
     ct, lab = make_chest_phantom(
         ChestPhantomConfig(shape_ijk=(size, size, size), spacing_mm=spacing_mm, seed=seed)
     )

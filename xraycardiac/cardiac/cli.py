@@ -66,6 +66,9 @@ def synth(
     seed: Annotated[int, typer.Option(min=0, help="Base seed (case i: SeedSequence([seed, i])).")] = 0,
     shard: Annotated[str, typer.Option(help="i/N: make cases i, i+N, ... only.")] = "0/1",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "auto",
+    overwrite: Annotated[
+        bool, typer.Option(help="Delete a dataset already in --out (any settings) and start again.")
+    ] = False,
 ) -> None:
     """Deform a template's label map (MGM), render an image for each mask and write a training set."""
     from dataclasses import replace
@@ -104,7 +107,7 @@ def synth(
             mgm=replace(MGMConfig(), strength_mm=strength_mm), device=device,
         )  # fmt: skip
         summary = synthesize_dataset(
-            tmpl, out, config, shard=parse_shard(shard),
+            tmpl, out, config, shard=parse_shard(shard), overwrite=overwrite,
             progress=lambda stage, fraction, **_: console.print(f"[dim]{100 * fraction:5.1f}%  {stage}[/dim]"),
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as exc:
@@ -112,7 +115,9 @@ def synth(
         raise typer.Exit(1) from exc
     per_case = summary["seconds_per_case"]
     typer.echo(
-        f"{len(summary['written'])} cases written, {len(summary['skipped'])} already complete "
+        f"{len(summary['written'])} cases written"
+        + (f" ({len(summary['redone'])} of them incomplete before)" if summary["redone"] else "")
+        + f", {len(summary['skipped'])} already complete "
         f"({summary['cases']} in all, shard {shard}); MGM attempts {summary['mgm']['attempts']}, "
         f"rejected {summary['mgm']['rejected']}"
         + (f"; {per_case:.1f} s per case" if per_case else "")
@@ -129,33 +134,32 @@ def phantoms(
     ] = 0,
     grid: Annotated[int, typer.Option(min=16, help="Voxels per side.")] = 64,
     spacing_mm: Annotated[float, typer.Option(min=0.3, max=6.0, help="Voxel size (mm).")] = 2.5,
+    overwrite: Annotated[
+        bool, typer.Option(help="Delete the phantoms already in --out (any grid) and start again.")
+    ] = False,
 ) -> None:
-    """Write procedural cardiac phantoms (image in HU + label map) as a training folder for `train cardiac-tcdm`."""
+    """Write procedural cardiac phantoms (image in HU + label map) as a training folder for `train cardiac-tcdm`.
+
+    Rerunning completes the folder: phantoms whose files match their record are kept, the rest are
+    made again; another --grid or --spacing-mm is refused unless --overwrite.
+    """
     from rich.console import Console
 
-    from xraycardiac.io import write_volume
-    from xraycardiac.phantoms.cardiac import CardiacPhantomConfig, make_cardiac_phantom
+    from xraycardiac.phantoms.cardiac_folder import write_cardiac_phantoms
 
     console = Console(stderr=True)
-    for sub in ("images", "labels"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    written = 0
-    for k in range(n):
-        name = f"phantom_{seed + k:05d}.nii.gz"
-        if (out / "images" / name).is_file() and (out / "labels" / name).is_file():
-            continue
-        try:
-            image, labels = make_cardiac_phantom(
-                CardiacPhantomConfig(seed=seed + k, shape_ijk=(grid,) * 3, spacing_mm=spacing_mm)
-            )
-        except ValueError as exc:
-            console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-            raise typer.Exit(1) from exc
-        write_volume(labels, out / "labels" / name)  # labels first: the image marks a complete case
-        write_volume(image, out / "images" / name)
-        written += 1
-        console.print(f"[dim]{100 * (k + 1) / n:5.1f}%  {name}[/dim]")
-    typer.echo(f"{written} phantoms written ({n - written} already there) -> {out}")
+    try:
+        summary = write_cardiac_phantoms(
+            out, n, seed=seed, grid=grid, spacing_mm=spacing_mm, overwrite=overwrite,
+            progress=lambda name, fraction: console.print(f"[dim]{100 * fraction:5.1f}%  {name}[/dim]"),
+        )  # fmt: skip
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from exc
+    redone = f"; {len(summary['redone'])} were incomplete and made again" if summary["redone"] else ""
+    typer.echo(
+        f"{len(summary['written'])} phantoms written ({len(summary['kept'])} already there{redone}) -> {out}"
+    )
 
 
 @app.command()

@@ -18,20 +18,24 @@ Output folder (nnU-Net / MONAI conventions, readable by ``xraycardiac cardiac pr
     imagesTr/case_00000_0000.nii.gz   image, HU (float32)
     labelsTr/case_00000.nii.gz        label map (uint8, values of xraycardiac.cardiac.labels)
     confidenceTr/case_00000.nii.gz    confidence in [0, 1] (float32)
-    cases/case_00000.json             how the case was made (MGM draw, renderer, timing); written
-                                      last, so it marks a complete case
+    cases/case_00000.json             how the case was made (MGM draw, renderer, timing)
+    records/case_00000.done.json      the case's four files with sizes and sha256, written last: the
+                                      record that the case is complete (:mod:`xraycardiac.outputs`)
     dataset.json                      nnU-Net v2 (channel_names, labels, numTraining, file_ending)
     datalist.json                     MONAI ({"training": [{"image", "label", "confidence"}, ...]})
-    synth.json                        the config, the template's provenance, the label table
+    synth.json                        the settings (config, template), the label table, the cases
 
-Every file is written atomically; rerunning skips complete cases (resume), and ``shard=(i, N)``
-makes cases ``i, i+N, ...`` so several processes can share one folder. All shards write the same
-``dataset.json`` / ``datalist.json`` / ``synth.json`` (they list all ``n`` cases by name).
+Every file is written atomically. A rerun keeps a case only if its record is there and its files
+still match it, and makes every other case again (resume), after deleting what is left of it;
+``shard=(i, N)`` makes cases ``i, i+N, ...`` so several processes can share one folder. A folder
+made with other settings is refused, naming the first that differs. The index files
+(``dataset.json``, ``datalist.json``, ``synth.json``'s ``cases``) list only verified cases: they
+are rewritten from the records at the start of a run, after each case and at the end, so a run that
+fails or is killed leaves them true, and a case that fails midway is deleted.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -43,6 +47,7 @@ import numpy as np
 
 from xraycardiac.cardiac.mgm import MGMConfig
 from xraycardiac.cardiac.templates import CardiacTemplate
+from xraycardiac.outputs import check_output, discard, verify_record, write_json_atomic, write_record
 from xraycardiac.volume import Volume
 
 __all__ = ["RENDERERS", "CardiacSynthConfig", "case_name", "synthesize_dataset"]
@@ -127,71 +132,66 @@ def _files(i: int) -> dict[str, str]:
     }
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def _record(root: Path, i: int) -> Path:
+    """``records/case_<i>.done.json``: the record written after case ``i``'s files."""
+    return root / "records" / f"{case_name(i)}.done.json"
 
 
-def _complete(root: Path, i: int) -> bool:
-    return all((root / f).is_file() for f in _files(i).values())
+_OWN = (
+    "imagesTr",
+    "labelsTr",
+    "confidenceTr",
+    "cases",
+    "records",
+    "dataset.json",
+    "datalist.json",
+    "synth.json",
+)
 
 
-def _index_files(root: Path, template: CardiacTemplate, config: CardiacSynthConfig) -> None:
-    """dataset.json (nnU-Net), datalist.json (MONAI) and synth.json: the same for every shard."""
+def _settings(template: CardiacTemplate, config: CardiacSynthConfig) -> dict[str, Any]:
+    """What a folder's cases depend on, as stored in ``synth.json`` (a rerun must give the same)."""
+    return {
+        "format": FORMAT,
+        "config": config.to_dict(),
+        "template": {"name": template.name, "labels": template.labels_present, "meta": template.meta},
+    }
+
+
+def _index_files(
+    root: Path, template: CardiacTemplate, config: CardiacSynthConfig, verified: set[int]
+) -> None:
+    """dataset.json (nnU-Net), datalist.json (MONAI) and synth.json, listing the ``verified`` cases only."""
     from xraycardiac import __version__
     from xraycardiac.cardiac.labels import LABEL_TABLE, label_names
 
     present = template.labels_present
     names = label_names(present)
-    cases = [_files(i) for i in range(config.n)]
-    _write_json(
+    done = sorted(verified)
+    write_json_atomic(
         root / "dataset.json",
         {
             "name": "xraycardiac_cardiac_synth",
             "description": "synthetic cardiac CT (research use only, not for clinical use)",
             "channel_names": {"0": "CT"},
             "labels": {"background": 0, **{names[v]: v for v in present}},
-            "numTraining": config.n,
+            "numTraining": len(done),
             "file_ending": ".nii.gz",
         },
     )
-    _write_json(
+    write_json_atomic(
         root / "datalist.json",
-        {"training": [{k: c[k] for k in ("image", "label", "confidence")} for c in cases]},
+        {"training": [{k: _files(i)[k] for k in ("image", "label", "confidence")} for i in done]},
     )
-    _write_json(
+    write_json_atomic(
         root / "synth.json",
         {
-            "format": FORMAT,
+            **_settings(template, config),
             "xraycardiac_version": __version__,
-            "config": config.to_dict(),
-            "template": {"name": template.name, "labels": present, "meta": template.meta},
             "label_table": [asdict(lbl) for lbl in LABEL_TABLE if lbl.value in present],
-            "cases": config.n,
+            "cases": [case_name(i) for i in done],
         },
     )
-
-
-def _check_existing(root: Path, template: CardiacTemplate, config: CardiacSynthConfig) -> None:
-    """Refuse a folder made with other settings or another template (mixing would be silent)."""
-    path = root / "synth.json"
-    if not path.is_file():
-        return
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: unreadable ({exc}); remove it or choose another --out") from exc
-    new = json.loads(json.dumps(config.to_dict(), default=str))
-    if (
-        old.get("format") != FORMAT
-        or old.get("config") != new
-        or old.get("template", {}).get("name") != template.name
-    ):
-        raise ValueError(
-            f"{root}: holds a synthetic dataset made with other settings or template "
-            f"({old.get('template', {}).get('name')!r}); use the same settings to resume, or another --out"
-        )
 
 
 def _render_warp(
@@ -281,25 +281,32 @@ def synthesize_dataset(
     shard: tuple[int, int] = (0, 1),
     progress: Callable[..., None] | None = None,
     cancelled: Callable[[], bool] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Make (or resume) cases ``shard[0]::shard[1]`` of a synthetic dataset (module docstring).
 
     Args:
         template: template image (HU) + label map on one grid
             (:func:`~xraycardiac.cardiac.templates.load_template`, ``template_from_phantom``, ...).
-        out_dir: dataset folder (created).
+        out_dir: dataset folder (created): absent, empty, or a dataset made with the same settings.
         config: :class:`CardiacSynthConfig` (default: defaults).
         shard: (i, N): this process makes cases i, i + N, ...
         progress: ``progress(stage, fraction, **extra)`` at each stage of a case (MGM, each sampler
             step) and after it; ``fraction`` is the shard's overall fraction done.
         cancelled: polled between cases; True stops (complete cases stay, nothing partial).
+        overwrite: delete this command's files in ``out_dir`` (whatever settings made them) and
+            start again.
 
     Returns:
-        ``written`` / ``skipped`` case names, ``mgm`` (rejections summed over the written cases),
-        ``seconds_per_case``, ``cases`` and ``shard``.
+        ``written`` / ``skipped`` case names, ``redone`` (cases found incomplete, with the reason),
+        ``mgm`` (rejections summed over the written cases), ``seconds_per_case``, ``cases`` and ``shard``.
 
     Raises:
-        ValueError: bad shard, a folder made with other settings, a template MGM cannot deform.
+        ValueError: bad shard, a folder made with other settings (naming the first that differs and
+            both values), a template MGM cannot deform.
+        FileExistsError: ``out_dir`` is a file, or a non-empty folder that is not such a dataset.
+        PermissionError: ``out_dir`` is read-only.
+        OSError: a write failed; the case being written is deleted, the index files stay true.
     """
     from xraycardiac.cardiac.mgm import generate_masks
     from xraycardiac.io import write_volume
@@ -309,22 +316,35 @@ def synthesize_dataset(
     if not ok or not 0 <= shard[0] < shard[1]:
         raise ValueError(f"shard: expected (i, N) with 0 <= i < N, got {shard!r}")
     root = Path(out_dir)
-    _check_existing(root, template, config)
-    for sub in ("imagesTr", "labelsTr", "confidenceTr", "cases"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    _index_files(root, template, config)
+    check_output(
+        root, overwrite=overwrite, settings_file="synth.json", settings=_settings(template, config),
+        ignore=("template.meta",), what="out_dir", how="pass --overwrite (overwrite=True)",
+        kind="a cardiac synth dataset",
+    )  # fmt: skip
     render = _render_warp if config.renderer == "warp" else _tcdm_renderer(template, config)
+    if overwrite:
+        discard(None, root, _OWN, folders=True)
+    root.mkdir(parents=True, exist_ok=True)
+    incomplete = {i: verify_record(_record(root, i), root) for i in range(config.n)}
+    verified = {i for i, why in incomplete.items() if why is None}
+    _index_files(root, template, config, verified)  # first (the settings), and without cases that fail
+    for sub in ("imagesTr", "labelsTr", "confidenceTr", "cases", "records"):
+        (root / sub).mkdir(exist_ok=True)
     todo = list(range(shard[0], config.n, shard[1]))
-    written, skipped, times = [], [], []
+    written, skipped, redone, times = [], [], [], []
     rejections: dict[str, int] = {}
     attempts = 0
     for done, i in enumerate(todo):
         if cancelled is not None and cancelled():
             break
         name = case_name(i)
-        if _complete(root, i):
+        if i in verified:
             skipped.append(name)
             continue
+        files = _files(i)
+        if any((root / f).exists() for f in files.values()):
+            redone.append({"case": name, "reason": incomplete[i]})
+        discard(_record(root, i), root, files.values())
         t0 = time.perf_counter()
 
         def in_case(stage: str, fraction: float, done: int = done, name: str = name) -> None:
@@ -332,40 +352,52 @@ def synthesize_dataset(
                 progress(f"case {name} ({done + 1}/{len(todo)}): {stage}", (done + 0.99 * fraction) / len(todo),
                          case=name)  # fmt: skip
 
-        case_seed = int(np.random.SeedSequence([config.seed, i]).generate_state(1)[0])
-        in_case("MGM: deforming the template's label map", 0.0)
-        samples, report = generate_masks(template.labels, 1, config.mgm, seed=case_seed)
-        attempts += report.attempts
-        for reason, count in report.rejected.items():
-            rejections[reason] = rejections.get(reason, 0) + count
-        if not samples:
-            raise ValueError(
-                f"case {name}: MGM found no topology-preserving deformation in {report.attempts} attempts "
-                f"(rejections {report.rejected}); lower mgm.strength_mm"
+        try:
+            case_seed = int(np.random.SeedSequence([config.seed, i]).generate_state(1)[0])
+            in_case("MGM: deforming the template's label map", 0.0)
+            samples, report = generate_masks(template.labels, 1, config.mgm, seed=case_seed)
+            attempts += report.attempts
+            for reason, count in report.rejected.items():
+                rejections[reason] = rejections.get(reason, 0) + count
+            if not samples:
+                raise ValueError(
+                    f"case {name}: MGM found no topology-preserving deformation in {report.attempts} attempts "
+                    f"(rejections {report.rejected}); lower mgm.strength_mm"
+                )
+            sample = samples[0]
+            in_case(f"rendering the image ({config.renderer})", 0.05)
+            image, confidence, info = render(template, sample, config,
+                                             lambda stage, f: in_case(stage, 0.05 + 0.9 * f))  # fmt: skip
+            write_volume(Volume(image.array.astype(np.float32), image.ijk_to_ras), root / files["image"])
+            write_volume(
+                Volume(sample.labels.array.astype(np.uint8), sample.labels.ijk_to_ras), root / files["label"]
             )
-        sample = samples[0]
-        in_case(f"rendering the image ({config.renderer})", 0.05)
-        image, confidence, info = render(template, sample, config,
-                                         lambda stage, f: in_case(stage, 0.05 + 0.9 * f))  # fmt: skip
-        files = _files(i)
-        write_volume(Volume(image.array.astype(np.float32), image.ijk_to_ras), root / files["image"])
-        write_volume(
-            Volume(sample.labels.array.astype(np.uint8), sample.labels.ijk_to_ras), root / files["label"]
-        )
-        write_volume(Volume(confidence.astype(np.float32), image.ijk_to_ras), root / files["confidence"])
-        seconds = time.perf_counter() - t0
-        _write_json(
-            root / files["case"],
-            {"name": name, "case_seed": case_seed, "mgm": sample.meta, "mgm_report": report.to_dict(),
-             **info, "seconds": seconds},
-        )  # fmt: skip
+            write_volume(Volume(confidence.astype(np.float32), image.ijk_to_ras), root / files["confidence"])
+            seconds = time.perf_counter() - t0
+            write_json_atomic(
+                root / files["case"],
+                {"name": name, "case_seed": case_seed, "mgm": sample.meta, "mgm_report": report.to_dict(),
+                 **info, "seconds": seconds},
+            )  # fmt: skip
+            write_record(_record(root, i), root, files.values())
+        except BaseException:
+            discard(_record(root, i), root, files.values())  # nothing of a failed case remains
+            raise
+        verified.add(i)
+        _index_files(root, template, config, verified)
         written.append(name)
         times.append(seconds)
         if progress is not None:
             progress(f"case {name}", (done + 1) / len(todo), case=name)
+    # cases other shards finished meanwhile
+    verified |= {
+        i for i in range(config.n) if i not in verified and verify_record(_record(root, i), root) is None
+    }
+    _index_files(root, template, config, verified)
     return {
         "written": written,
         "skipped": skipped,
+        "redone": redone,
         "cases": config.n,
         "shard": list(shard),
         "mgm": {"attempts": attempts, "rejected": rejections},

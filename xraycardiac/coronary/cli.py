@@ -214,7 +214,8 @@ def evaluate(
         ),
     ],
     split: Annotated[str, typer.Option(help="train | val | test | all.")] = "test",
-    out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the results as JSON here (a new file).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
     epipolar_tolerance: Annotated[
         float, typer.Option(min=0.0, help="Tolerance of the +epipolar filter (pixels).")
     ] = 3.0,
@@ -251,6 +252,11 @@ def evaluate(
     from xraycardiac.coronary.evaluate import dataset_summary, evaluate_matchers, format_table, write_results
 
     console = Console(stderr=True)
+    if out is not None:  # before the work: a refused --out must not cost the whole evaluation
+        from xraycardiac.outputs import check_output
+
+        with _exit_on_error(console, OSError):
+            check_output(out, overwrite=overwrite, file=True)
     with _exit_on_error(console):
         summary = dataset_summary(data, split)
         console.print(

@@ -14,7 +14,7 @@ Without template inputs the template is the procedural cardiac phantom of ``phan
 ``label_mapping`` is passed to :func:`xraycardiac.cardiac.templates.load_template` (None, "mmwhs",
 "imagecas" or ``{"file value": table value}``). The output folder is the dataset of
 :func:`xraycardiac.cardiac.synth.synthesize_dataset` (``imagesTr/``, ``labelsTr/``,
-``confidenceTr/``, ``cases/``, ``dataset.json``, ``datalist.json``, ``synth.json``) plus
+``confidenceTr/``, ``cases/``, ``records/``, ``dataset.json``, ``datalist.json``, ``synth.json``) plus
 ``template_image.nrrd`` / ``template_labels.nrrd`` (the template as used).
 """
 
@@ -83,12 +83,12 @@ def run_cardiac_synth(spec: JobSpec, work_dir: Path, progress: Progress) -> dict
     )  # fmt: skip
     progress("loading the template", 0.0)
     template = _template(spec)
-    write_volume(template.image, work_dir / "template_image.nrrd")
-    write_volume(template.labels, work_dir / "template_labels.nrrd")
     summary = synthesize_dataset(
         template, work_dir, config,
         progress=lambda stage, fraction, **extra: progress(stage, 0.02 + 0.97 * fraction, **extra),
     )  # fmt: skip
+    write_volume(template.image, work_dir / "template_image.nrrd")  # after: the dataset needs an empty folder
+    write_volume(template.labels, work_dir / "template_labels.nrrd")
     progress("done", 1.0)
     return {
         "pipeline": PIPELINE,

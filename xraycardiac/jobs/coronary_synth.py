@@ -35,7 +35,11 @@ field on average (worst view pair 90 %), against 96 % (worst 74 %) with the hear
 centre, which the opacified tree covers only on one side.
 
 Resumable and sharded: :func:`synthesize` writes into one dataset folder, one atomic sample at a
-time, and skips samples whose folder exists; shard "i/N" takes the trees t with t % N == i. The
+time, each followed by its record ``tree_<t>/pair_<t>_<k>.done.json`` (every file of the sample
+with its size and sha256, :mod:`xraycardiac.outputs`; ``tree_<t>/tree.done.json`` for ``tree.json``).
+A rerun keeps a sample only if its record is there and its files still match it; a sample with a
+file missing, emptied or changed, or without a record, is deleted and made again (the same bytes:
+see Randomness). Shard "i/N" takes the trees t with t % N == i. The
 CLI (``xraycardiac coronary synth --out DIR``) calls it directly on DIR, so a killed or preempted
 run continues where it stopped when rerun, and N shards may share DIR. The registered job (GUI)
 calls the same function: into its fresh work folder (the dataset then appears at ``output_dir``
@@ -405,17 +409,6 @@ class SynthConfig:
 _EXTENSIBLE = ("trees", "pairs_per_tree")
 
 
-def _first_difference(old: Any, new: Any, where: str) -> str | None:
-    """Path and values of the first difference between two JSON values, None if equal."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new)):
-            diff = _first_difference(old.get(key), new.get(key), f"{where}.{key}")
-            if diff:
-                return diff
-        return None
-    return None if old == new else f"{where} was {old!r}, now {new!r}"
-
-
 def prepare_dataset_dir(
     root: str | Path, generator: dict[str, Any], renderer: dict[str, Any]
 ) -> dict[str, Any]:
@@ -423,7 +416,8 @@ def prepare_dataset_dir(
 
     A folder may receive several runs (shards, resumed runs, runs with more trees or pairs) as
     long as everything that determines a sample's content is the same: ``generator`` minus
-    ``trees`` and ``pairs_per_tree`` (tree t and pair k never depend on them) and ``renderer``.
+    ``trees`` and ``pairs_per_tree`` (tree t and pair k never depend on them) and ``renderer``
+    (the overwrite rule of :func:`xraycardiac.outputs.check_output`).
 
     Args:
         root: dataset folder; created (with parents) if absent.
@@ -435,32 +429,23 @@ def prepare_dataset_dir(
 
     Raises:
         FileExistsError: ``root`` is a file, or a non-empty folder without ``dataset.json``.
-        ValueError: ``root`` holds a dataset made with other parameters (names the first one).
+        PermissionError: ``root`` (or the folder it would be made in) is read-only.
+        ValueError: ``root`` holds a dataset made with other parameters (names the first one and
+            both values).
     """
     from xraycardiac.coronary import dataset as ds
+    from xraycardiac.outputs import check_output
 
     root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise FileExistsError(f"dataset folder {root} exists and is a file; choose a folder")
     generator, renderer = ds.normalised(generator), ds.normalised(renderer)
-    if (root / ds.INFO_NAME).exists():
-        info = ds.dataset_info(root)
-        old = {k: v for k, v in info.get("generator", {}).items() if k not in _EXTENSIBLE}
-        new = {k: v for k, v in generator.items() if k not in _EXTENSIBLE}
-        diff = _first_difference(old, new, "generator") or _first_difference(
-            info.get("renderer"), renderer, "renderer"
-        )
-        if diff:
-            raise ValueError(
-                f"{root} already holds a coronary pair dataset made with other parameters ({diff}); "
-                "continue it with the same parameters or choose another output folder"
-            )
+    settings = {"format": ds.DATASET_FORMAT, "format_version": ds.FORMAT_VERSION, "generator": generator,
+                "renderer": renderer}  # fmt: skip
+    info = check_output(
+        root, settings_file=ds.INFO_NAME, settings=settings, ignore=[f"generator.{k}" for k in _EXTENSIBLE],
+        what="dataset folder", how=None, kind="a coronary pair dataset", noun="parameters",
+    )  # fmt: skip
+    if info is not None:
         return info
-    if root.is_dir() and any(p.name != ds.INFO_NAME for p in root.iterdir()):
-        raise FileExistsError(
-            f"dataset folder {root} is not empty and holds no {ds.INFO_NAME}; it is not a coronary pair "
-            "dataset: choose an empty or new folder"
-        )
     from xraycardiac import __version__
 
     root.mkdir(parents=True, exist_ok=True)
@@ -716,14 +701,16 @@ def synthesize(
             ``trees`` and ``pairs_per_tree``, which may grow).
         out: dataset folder; created if absent.
         shard: "i/N" or (i, N): this run makes the trees t with t % N == i.
-        resume: True: skip samples of this shard that exist (a rerun continues an interrupted
-            run). False: refuse to start if any of them exists.
+        resume: True: keep the samples of this shard that match their records and make the rest
+            (a rerun continues an interrupted run; a sample with a file missing, cut short or
+            changed is deleted and made again). False: refuse to start if any of them exists.
         progress: ``progress(stage, fraction, **extra)`` (e.g. a :class:`Progress`), one or more
             events per pair; fraction of this shard's pairs done.
 
     Returns:
         Summary: ``written``, ``skipped`` (pairs outside the field of view, with reasons in
-        ``skipped_pairs``), ``resumed`` (found complete on disk), ``pairs`` (this shard's total),
+        ``skipped_pairs``), ``resumed`` (found complete on disk), ``redone`` (samples found
+        incomplete and made again, with the reason), ``pairs`` (this shard's total),
         ``trees`` (this shard's tree indices), ``seconds``, ``seconds_per_written_pair``,
         ``dataset_dir``, ``shard``, and the dataset ``counts`` after the run.
 
@@ -738,6 +725,7 @@ def synthesize(
     """
     from xraycardiac.coronary import dataset as ds
     from xraycardiac.coronary.projection import OutsideFieldOfViewError
+    from xraycardiac.outputs import discard, verify_record, write_record
     from xraycardiac.phantoms.coronary import make_coronary_tree
 
     i_shard, n_shard = parse_shard(shard)
@@ -758,14 +746,19 @@ def synthesize(
             f"{out} already holds {len(existing)} sample(s) of shard {i_shard}/{n_shard} (e.g. "
             f"{ds.sample_name(t, k)}); resume to keep them and make the rest, or choose another folder"
         )
+    why_not = {(t, k): verify_record(_record_path(out, t, k), out) for t, k in sorted(existing)}
+    complete = {tk for tk, why in why_not.items() if why is None}
     total = max(len(todo), 1)
-    written, resumed, skipped_pairs = 0, 0, []
+    written, resumed, skipped_pairs, redone = 0, 0, [], []
     done = 0
     for t in tree_ids:
-        missing = [k for k in range(config.pairs_per_tree) if (t, k) not in existing]
+        missing = [k for k in range(config.pairs_per_tree) if (t, k) not in complete]
         resumed += config.pairs_per_tree - len(missing)
         done += config.pairs_per_tree - len(missing)
-        if not missing:
+        tree_json = f"{ds.tree_dir(out, t).name}/tree.json"
+        tree_record = ds.tree_dir(out, t) / "tree.done.json"
+        tree_ok = verify_record(tree_record, out) is None
+        if not missing and tree_ok:
             report_fn(f"tree {t}: all {config.pairs_per_tree} pairs already there", done / total, tree=t)
             continue
         if given is not None:  # a label-map run has one tree, index 0
@@ -773,9 +766,16 @@ def synthesize(
         else:
             report_fn(f"tree {t}: generating the tree", done / total, tree=t)
             tree = make_coronary_tree(config.phantom_for(t))
-        ds.write_tree(out, t, tree)
+        if not tree_ok:
+            discard(tree_record, out, [tree_json])
+            ds.write_tree(out, t, tree)
+            write_record(tree_record, out, [tree_json])
         for k in missing:
             name = ds.sample_name(t, k)
+            sample = f"{ds.tree_dir(out, t).name}/{name}"
+            if (t, k) in existing:  # there, but not as its record says: made again, byte for byte
+                redone.append({"sample": name, "reason": why_not[(t, k)]})
+                discard(_record_path(out, t, k), out, [sample], folders=True)
 
             def report(
                 stage: str, f: float, _name: str = name, _t: int = t, _k: int = k, _d: int = done
@@ -793,9 +793,11 @@ def synthesize(
             report("writing", 0.97)
             try:
                 ds.write_sample(out, t, k, **pair)
-                written += 1
-            except FileExistsError:  # another run of the same shard wrote it meanwhile
+            except FileExistsError:  # another run of the same shard wrote it meanwhile (and records it)
                 resumed += 1
+            else:
+                write_record(_record_path(out, t, k), out, [sample])  # last: the sample is complete
+                written += 1
             done += 1
             report_fn(f"{name}: written", done / total, tree=t, pair=k)
     seconds = time.monotonic() - t0
@@ -808,6 +810,7 @@ def synthesize(
         "skipped": len(skipped_pairs),
         "resumed": resumed,
         "skipped_pairs": skipped_pairs,
+        "redone": redone,
         "seconds": round(seconds, 3),
         "seconds_per_written_pair": round(seconds / written, 3) if written else None,
         "config": {"trees": config.trees, "pairs_per_tree": config.pairs_per_tree, "device": config.device},
@@ -816,6 +819,14 @@ def synthesize(
     summary["counts"] = info["counts"]
     report_fn("done", 1.0)
     return summary
+
+
+def _record_path(root: Path, tree_index: int, pair_index: int) -> Path:
+    """``tree_<t>/pair_<t>_<k>.done.json``: the record written after sample (t, k)."""
+    from xraycardiac.coronary import dataset as ds
+
+    path = ds.sample_path(root, tree_index, pair_index)
+    return path.with_name(f"{path.name}.done.json")
 
 
 def config_from_params(params: Mapping[str, Any], labelmap: str | None = None) -> SynthConfig:

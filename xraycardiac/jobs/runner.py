@@ -5,7 +5,8 @@ Both paths share one contract: the pipeline writes into a private work folder ne
 renamed to ``output_dir`` in one step. On any failure or cancel the work folder is deleted, so
 nothing partial ever appears at ``output_dir``. A non-empty ``output_dir`` is refused before the job
 starts unless ``params["overwrite"]`` is true; then the old folder is swapped out and deleted only
-after the new one is in place.
+after the new one is in place. A read-only ``output_dir`` (even an empty one) is refused with a
+PermissionError, never replaced by a writable one (:func:`xraycardiac.outputs.check_output`).
 
 ``JobProcess`` never blocks the caller except in ``wait()``/``cancel()``: stdout (JSON lines, one
 event each) and stderr are read by daemon threads, and ``poll()`` returns the events gathered so
@@ -35,6 +36,7 @@ import xraycardiac
 from xraycardiac.jobs import registry
 from xraycardiac.jobs.registry import EventSink, Progress
 from xraycardiac.jobs.spec import JobSpec
+from xraycardiac.outputs import check_output
 
 REPORT_NAME = "job_report.json"
 
@@ -107,6 +109,7 @@ def run_job(
     Raises:
         FileNotFoundError: an input is missing (naming its key and path).
         FileExistsError: ``output_dir`` is not empty and ``params.overwrite`` is not true.
+        PermissionError: ``output_dir`` (or the folder it would be made in) is read-only.
         ValueError: unknown pipeline or bad parameters.
         Exception: whatever the pipeline raised; the work folder is gone by then.
     """
@@ -124,18 +127,14 @@ def error_event(exc: BaseException) -> dict[str, Any]:
 
 
 def check_output_dir(output_dir: Path, overwrite: bool) -> None:
-    """Refuse an output folder that is a file, or non-empty without ``overwrite``.
+    """The overwrite rule for ``output_dir`` (:func:`xraycardiac.outputs.check_output`), before the job starts.
 
     Raises:
-        FileExistsError: naming the folder and what to do.
+        FileExistsError: a file, or a non-empty folder without ``overwrite``, naming the folder.
+        PermissionError: the folder (or the one it would be made in) is read-only: it is never
+            replaced by a writable one.
     """
-    if output_dir.exists() and not output_dir.is_dir():
-        raise FileExistsError(f"output_dir {output_dir} exists and is not a folder")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"output_dir {output_dir} exists and is not empty; choose another folder or set "
-            f"params.overwrite = true to replace it"
-        )
+    check_output(output_dir, overwrite=overwrite, what="output_dir", how="set params.overwrite = true")
 
 
 def _run(spec: JobSpec, emit: EventSink, work_dir: str | os.PathLike[str] | None) -> dict:

@@ -21,3 +21,8 @@ from xraycardiac.phantoms.cardiac import (  # noqa: E402
 )
 
 __all__ += ["CardiacPhantom", "CardiacPhantomConfig", "build_cardiac_phantom", "make_cardiac_phantom"]
+
+# A resumable folder of cardiac phantoms in the TCDM training layout (`xraycardiac cardiac phantoms`).
+from xraycardiac.phantoms.cardiac_folder import write_cardiac_phantoms  # noqa: E402
+
+__all__ += ["write_cardiac_phantoms"]
