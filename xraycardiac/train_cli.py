@@ -29,10 +29,13 @@ from typing import Annotated, Any
 
 import typer
 
+from xraycardiac.cli_errors import ErrorHandlingGroup
+
 app = typer.Typer(
     help="Train models on the shared trainer (EMA, checkpoints, exact resume, DDP under torchrun).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=ErrorHandlingGroup,
 )
 
 
@@ -52,8 +55,7 @@ _AutoencoderOption = Annotated[
 
 
 def _train(out: Path, train: Callable[..., dict], *args: Any, **kwargs: Any) -> None:
-    """Run ``train(*args, progress=..., **kwargs)`` printing progress lines; known errors print one
-    line and exit 1."""
+    """Run ``train(*args, progress=..., **kwargs)`` printing progress lines."""
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -62,11 +64,7 @@ def _train(out: Path, train: Callable[..., dict], *args: Any, **kwargs: Any) -> 
         eta = extra.get("eta_s")
         console.print(f"{100 * fraction:5.1f}%  {stage}" + (f"  eta {eta} s" if eta is not None else ""))
 
-    try:
-        summary = train(*args, progress=progress, **kwargs)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(1) from exc
+    summary = train(*args, progress=progress, **kwargs)
     console.print(
         f"trained to step {summary['step']} ({summary['steps_run']} now, {summary['seconds']} s); "
         f"model package: {out} (model.pt sha256 {summary.get('entry', {}).get('sha256', '?')[:12]}...)"
