@@ -65,9 +65,9 @@ def error_message(exc: BaseException) -> str:
         if exc.filename2 is not None:
             text += f" -> {_path(exc.filename2)}"
         if isinstance(exc, IsADirectoryError):
-            text += " (a folder; a file was expected)"
+            text += " (a file was expected)"
         elif isinstance(exc, NotADirectoryError):
-            text += " (a part of this path is a file, not a folder)"
+            text += " (a part of this path is a file)"
         return text
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,16 @@ _LONG_VRS = (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN
 
 
 def _read_header(path: Path) -> tuple[pydicom.Dataset, bool]:
+    """``_parse_header``, keeping pydicom's warnings (e.g. about a cut UID) only for a file it accepts."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _parse_header(path)
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return result
+
+
+def _parse_header(path: Path) -> tuple[pydicom.Dataset, bool]:
     """(the data set of a DICOM file up to its pixel data, whether pixel data follows).
 
     pydicom stops quietly where a file ends, so a cut file would read as a header that merely lacks

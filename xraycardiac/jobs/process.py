@@ -138,7 +138,7 @@ class JobProcess:
             shutil.rmtree(private, ignore_errors=True)
             if work is not None:
                 shutil.rmtree(work, ignore_errors=True)
-            named = no_space_error(exc, private)  # writing job.json into the temp folder
+            named = no_space_error(exc, private.parent)  # writing job.json: the temp folder is full
             if named is not None:
                 raise named from exc
             raise
