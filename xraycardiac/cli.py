@@ -2,18 +2,28 @@
 
 Imports of torch and the pipelines happen inside the commands, so ``xraycardiac --help`` and
 ``xraycardiac models list`` answer at once.
+
+Errors: every app of the CLI is an :class:`~xraycardiac.cli_errors.ErrorHandlingGroup`, so a failed
+command prints one line, ``error: <message>`` (``error: <strerror>: <path>`` for file system errors),
+and exits 1 (usage errors: 2). ``--debug`` anywhere on the command line, or ``XRAYCARDIAC_DEBUG=1``,
+shows the traceback instead. :func:`main` is the console script and ``python -m xraycardiac.cli``.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from xraycardiac.cardiac.cli import app as cardiac_app
+from xraycardiac.cli_errors import DEBUG_ENV, ErrorHandlingGroup, request_debug
 from xraycardiac.coronary.cli import app as coronary_app
 from xraycardiac.models.cli import app as models_app
 from xraycardiac.train_cli import app as train_app
@@ -23,6 +33,7 @@ app = typer.Typer(
     help="XRayCardiac research pipelines (research use only, not for clinical decisions).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=ErrorHandlingGroup,
 )
 app.add_typer(models_app, name="models", help="List, import and export model weights (sha256 checked).")
 app.add_typer(train_app, name="train", help="Train models (shared trainer: EMA, checkpoints, resume, DDP).")
@@ -33,11 +44,55 @@ app.add_typer(
 )
 
 
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            help=f"Show the full traceback of an error instead of one line (also {DEBUG_ENV}=1); "
+            "may be given anywhere on the command line.",
+        ),
+    ] = False,
+) -> None:
+    if debug:
+        request_debug(ctx)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The ``xraycardiac`` console script (and ``python -m xraycardiac.cli``).
+
+    Runs :data:`app` with ``--debug`` accepted anywhere before ``--``. A job stopped by SIGTERM or
+    SIGHUP (``run --subprocess`` cancels its child and removes its temporary folders first) ends
+    this process by the same signal, so callers see the conventional status (e.g. 143 in a shell).
+
+    Args:
+        argv: the arguments after the program name; default ``sys.argv[1:]``.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    end = args.index("--") if "--" in args else len(args)
+    if "--debug" in args[:end]:
+        args = ["--debug", *(a for a in args[:end] if a != "--debug"), *args[end:]]
+    try:
+        app(args, prog_name="xraycardiac")
+    except BaseException as exc:
+        runner = sys.modules.get("xraycardiac.jobs.runner")
+        if runner is None or not isinstance(exc, runner.JobTerminated) or exc.signum is None:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(exc.signum, signal.SIG_DFL)
+        os.kill(os.getpid(), exc.signum)
+        raise
+
+
 def _run_with_progress(spec: Any, subprocess: bool = False) -> dict:
-    """Run a job, drawing its JSON progress events as a rich progress bar; errors exit with code 1."""
+    """Run a job, drawing its JSON progress events as a rich progress bar."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from xraycardiac.jobs import JobError, run_in_subprocess, run_job
+    from xraycardiac.jobs import run_in_subprocess, run_job
 
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
@@ -53,11 +108,7 @@ def _run_with_progress(spec: Any, subprocess: bool = False) -> dict:
             elif event.get("event") == "log":
                 bar.console.print(f"[dim]{event.get('message', '')}[/dim]")
 
-        try:
-            return (run_in_subprocess if subprocess else run_job)(spec, on_event=on_event)
-        except (JobError, ValueError, FileNotFoundError, RuntimeError) as e:
-            bar.console.print(f"[red]error:[/red] {e}", soft_wrap=True)
-            raise typer.Exit(1) from e
+        return (run_in_subprocess if subprocess else run_job)(spec, on_event=on_event)
 
 
 @app.command()
@@ -84,11 +135,7 @@ def demo(
     """
     from xraycardiac.demo import run_demo
 
-    try:
-        report = run_demo(out, device=device, overwrite=overwrite)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from e
+    report = run_demo(out, device=device, overwrite=overwrite)
     typer.echo(f"report: {report}")
 
 
@@ -147,6 +194,8 @@ def drr(
             raise typer.BadParameter(
                 f"--view {v!r}: expected 'pa', 'lateral' or NAME:PRIMARY:SECONDARY"
             ) from e
+        if not (math.isfinite(primary) and math.isfinite(secondary)):
+            raise typer.BadParameter(f"--view {v!r}: the angles must be finite numbers of degrees")
         views.append(
             dict(name=name, primary_angle_deg=primary, secondary_angle_deg=secondary, sid_mm=sid_mm,
                  sod_mm=sod_mm, detector_rows=size, detector_cols=size, pixel_spacing_mm=[pixel_mm, pixel_mm])
@@ -158,14 +207,30 @@ def drr(
         typer.echo(f"{name}: {out / files['image']}")
 
 
+def _positive_finite(value: float) -> float:
+    """Option callback: a finite number > 0 (click's ranges let NaN through)."""
+    if not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"expected a finite number > 0, got {value}")
+    return value
+
+
+def _at_least_16(value: int) -> int:
+    """Option callback: an integer >= 16 (saying the value given, which click's range check does not)."""
+    if value < 16:
+        raise typer.BadParameter(f"expected an integer >= 16, got {value}")
+    return value
+
+
 @app.command()
 def phantom(
     out: Annotated[
         Path, typer.Option(help="Output folder for chest_ct.nrrd and chest_labels.nrrd (absent or empty).")
     ],
-    seed: Annotated[int, typer.Option(help="Random seed of the anatomical variation.")] = 0,
-    size: Annotated[int, typer.Option(help="Voxels along each axis.")] = 96,
-    spacing_mm: Annotated[float, typer.Option(help="Isotropic voxel size (mm).")] = 4.0,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed of the anatomical variation.")] = 0,
+    size: Annotated[int, typer.Option(callback=_at_least_16, help="Voxels along each axis (>= 16).")] = 96,
+    spacing_mm: Annotated[
+        float, typer.Option(callback=_positive_finite, help="Isotropic voxel size (mm).")
+    ] = 4.0,
     overwrite: Annotated[
         bool, typer.Option(help="Write into a non-empty --out (replacing its two files).")
     ] = False,
@@ -189,11 +254,7 @@ def geometry(dicom: Annotated[Path, typer.Argument(help="A DICOM XA/RF file.")])
     """Print the C-arm geometry (and projection matrix) of a DICOM XA/RF image as JSON."""
     from xraycardiac.geometry import geometry_from_dicom
 
-    try:
-        g = geometry_from_dicom(dicom)
-    except (ValueError, FileNotFoundError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from e
+    g = geometry_from_dicom(dicom)
     typer.echo(json.dumps(g.to_dict(), indent=2))
 
 
@@ -207,15 +268,10 @@ def run(
     """Run any job spec (the same code path as the Slicer modules)."""
     from xraycardiac.jobs import JobSpec
 
-    try:
-        spec = JobSpec.from_json(job)
-    except (ValueError, FileNotFoundError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
-    summary = _run_with_progress(spec, subprocess=subprocess)
+    summary = _run_with_progress(JobSpec.from_json(job), subprocess=subprocess)
     json.dump(summary, sys.stdout, indent=2)
     sys.stdout.write("\n")
 
 
 if __name__ == "__main__":
-    app()
+    main()

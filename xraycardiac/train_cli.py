@@ -29,10 +29,13 @@ from typing import Annotated, Any
 
 import typer
 
+from xraycardiac.cli_errors import ErrorHandlingGroup
+
 app = typer.Typer(
     help="Train models on the shared trainer (EMA, checkpoints, exact resume, DDP under torchrun).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=ErrorHandlingGroup,
 )
 
 
@@ -53,7 +56,7 @@ _AutoencoderOption = Annotated[
 
 def _train(out: Path, train: Callable[..., dict], *args: Any, **kwargs: Any) -> None:
     """Run ``train(*args, progress=..., **kwargs)`` printing progress lines (rank 0 only under torchrun);
-    known errors print one line, on every rank, and exit 1."""
+    errors reach the CLI's one error handler, on every rank."""
     from rich.console import Console
 
     from xraycardiac.trainer import is_main_process
@@ -66,11 +69,7 @@ def _train(out: Path, train: Callable[..., dict], *args: Any, **kwargs: Any) -> 
         eta = extra.get("eta_s")
         console.print(f"{100 * fraction:5.1f}%  {stage}" + (f"  eta {eta} s" if eta is not None else ""))
 
-    try:
-        summary = train(*args, progress=progress, **kwargs)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(1) from exc
+    summary = train(*args, progress=progress, **kwargs)
     if not is_main_process():
         return
     console.print(

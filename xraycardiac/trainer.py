@@ -25,20 +25,24 @@ IDDPM and MONAI's generative tutorials train at a constant rate).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union
 
 import numpy as np
 import torch
 
 __all__ = [
-    "TrainConfig", "Trainer", "batch_indices", "crop_batch", "parse_overrides", "write_model_package",
+    "TrainConfig", "Trainer", "batch_indices", "crop_batch", "parse_override_value", "parse_overrides",
+    "write_model_package",
 ]  # fmt: skip
 
 CHECKPOINT = "checkpoint.pt"
@@ -100,20 +104,21 @@ class TrainConfig:
 def parse_overrides(pairs: list[str], *configs: Any) -> list[Any]:
     """Apply ``key=value`` overrides to frozen dataclass configs (nanoGPT style); unknown keys are errors.
 
-    Each key must name a field of exactly one of ``configs``; the value is parsed as JSON when it
-    parses (numbers, true/false, null, lists), else taken as a string. Lists become tuples. Each
-    config is rebuilt once with all its changes, so fields checked together (``channels`` and
-    ``attention_levels``) can change together.
+    Each key must name a field of exactly one of ``configs``; the value is read according to the
+    field's type (:func:`parse_override_value`: ``channels=8,16`` or ``channels=[8,16]`` for a
+    tuple of ints). Each config is rebuilt once with all its changes, so fields checked together
+    (``channels`` and ``attention_levels``) can change together.
 
     Args:
-        pairs: e.g. ``["steps=500", "lr=1e-4", "channels=[16,32,64,64]"]``.
+        pairs: e.g. ``["steps=500", "lr=1e-4", "channels=16,32,64,64"]``.
         configs: the dataclass instances to update.
 
     Returns:
         The updated configs, in the order given (their ``__post_init__`` checks the values).
 
     Raises:
-        ValueError: a pair without "=", or a key no config has (names the allowed keys).
+        ValueError: a pair without "=", a key no config has (names the allowed keys), or a value
+            that is not of the field's type (names the key and the type).
     """
     names = [{f.name for f in fields(c)} for c in configs]
     changes: list[dict[str, Any]] = [{} for _ in configs]
@@ -127,11 +132,108 @@ def parse_overrides(pairs: list[str], *configs: Any) -> list[Any]:
             allowed = sorted(set().union(*names))
             raise ValueError(f"override {pair!r}: unknown key {key!r}; allowed keys: {', '.join(allowed)}")
         try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        changes[owners[0]][key] = tuple(value) if isinstance(value, list) else value
+            changes[owners[0]][key] = parse_override_value(configs[owners[0]], key, raw)
+        except ValueError as exc:
+            raise ValueError(f"override {pair!r}: {exc}") from None
     return [replace(c, **ch) if ch else c for c, ch in zip(configs, changes, strict=True)]
+
+
+def parse_override_value(config: Any, key: str, raw: str) -> Any:
+    """The value of a ``key=raw`` setting for field ``key`` of dataclass ``config``, read by the field's type.
+
+    ``int``, ``float``, ``bool`` (true/false/1/0/yes/no/on/off), ``str``; ``X | None`` (none/null
+    give None); tuples and lists as comma-separated values (``8,16``) or a JSON list (``[8, 16]``),
+    their items read by the item type (``tuple[tuple[int, ...], ...]``: ``[[1, 5], [2]]``); a
+    ``Literal`` of strings. Fields of any other type take JSON when it parses, else the string.
+
+    Raises:
+        ValueError: the value does not read as the field's type (names the key, the type and the value).
+    """
+    hint = _field_types(type(config)).get(key, Any)
+    try:
+        return _read_as(raw.strip(), hint)
+    except ValueError:
+        raise ValueError(f"{key} expects {_describe(hint)}, got {raw!r}") from None
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """Field name -> resolved type annotation of a dataclass (empty where annotations do not resolve)."""
+    try:
+        return typing.get_type_hints(cls)
+    except (NameError, TypeError):
+        return {}
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _read_as(raw: str, hint: Any) -> Any:
+    """``raw`` read as type ``hint``; ValueError when it does not fit."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if type(None) in args and raw.lower() in ("none", "null"):
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _read_as(raw, option)
+            except ValueError:
+                continue
+        raise ValueError(raw)
+    if hint is bool:
+        if raw.lower() in _TRUE + _FALSE:
+            return raw.lower() in _TRUE
+        raise ValueError(raw)
+    if hint is int:
+        return int(raw)
+    if hint is float:
+        return float(raw)
+    if hint is str:
+        return json.loads(raw) if raw.startswith('"') and raw.endswith('"') and len(raw) > 1 else raw
+    if origin is Literal:
+        for choice in args:
+            if str(choice) == raw:
+                return choice
+        raise ValueError(raw)
+    if origin in (tuple, list, Sequence):
+        if raw.startswith("["):
+            try:
+                items = [i if isinstance(i, str) else json.dumps(i) for i in json.loads(raw)]
+            except (json.JSONDecodeError, TypeError) as exc:
+                raise ValueError(raw) from exc
+        else:
+            items = [i.strip() for i in raw.split(",")] if raw else []
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(items) != len(args):
+                raise ValueError(raw)
+            return tuple(_read_as(i, a) for i, a in zip(items, args, strict=True))
+        item_type = args[0] if args else Any
+        return tuple(_read_as(i, item_type) for i in items)
+    try:  # Any, dicts, nested configs: JSON when it parses, else the string (lists become tuples)
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _describe(hint: Any) -> str:
+    """A type in words, for error messages."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        words = [_describe(a) for a in args if a is not type(None)]
+        return " or ".join(words + (["none"] if type(None) in args else []))
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in args)
+    if origin in (tuple, list, Sequence):
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return f"{len(args)} values separated by commas ({', '.join(_describe(a) for a in args)})"
+        item = args[0] if args else Any
+        if typing.get_origin(item) in (tuple, list, Sequence):
+            return "a JSON list of lists, e.g. [[1, 5], [2]]"
+        words, example = {int: ("integers", "8,16"), float: ("numbers", "0.5,1.5"),
+                          bool: ("true/false values", "true,false"), str: ("strings", "a,b")}.get(item, ("values", "a,b"))  # fmt: skip
+        return f"{words} separated by commas, e.g. {example} (or a JSON list)"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
 
 
 def batch_indices(step: int, batch_size: int, n: int, seed: int) -> np.ndarray:

@@ -19,12 +19,15 @@ from typing import Annotated
 
 import typer
 
+from xraycardiac.cli_errors import ErrorHandlingGroup
+
 DEFAULT_TCDM_MODEL = "cardiac-tcdm-demo"  # shipped with the package (xraycardiac/models/manifest.json)
 
 app = typer.Typer(
     help="Synthetic cardiac CT (template + MGM masks + TCDM) for segmentation pretraining (research use only).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=ErrorHandlingGroup,
 )
 
 
@@ -81,38 +84,32 @@ def synth(
     from xraycardiac.xray2ct.data import parse_shard
 
     console = Console(stderr=True)
-    try:
-        if (template is None) != (template_mask is None):
-            raise ValueError("--template and --template-mask go together (an image and its label map)")
-        if template is not None:
-            tmpl = load_template(template, template_mask, label_mapping)
-        else:
-            from xraycardiac.phantoms.cardiac import CardiacPhantomConfig
+    if (template is None) != (template_mask is None):
+        raise ValueError("--template and --template-mask go together (an image and its label map)")
+    if template is not None:
+        tmpl = load_template(template, template_mask, label_mapping)
+    else:
+        from xraycardiac.phantoms.cardiac import CardiacPhantomConfig
 
-            tmpl = template_from_phantom(
-                CardiacPhantomConfig(
-                    seed=phantom_seed, shape_ijk=(phantom_grid,) * 3, spacing_mm=phantom_spacing_mm
-                )
+        tmpl = template_from_phantom(
+            CardiacPhantomConfig(
+                seed=phantom_seed, shape_ijk=(phantom_grid,) * 3, spacing_mm=phantom_spacing_mm
             )
-        try:
-            schedule = tuple(int(s) for s in ssv_steps.split(","))
-        except ValueError as exc:
-            raise ValueError(
-                f"--ssv-steps: expected integers separated by commas, got {ssv_steps!r}"
-            ) from exc
-        if renderer == "tcdm" and model is None:
-            model = DEFAULT_TCDM_MODEL
-        config = CardiacSynthConfig(
-            n=n, seed=seed, renderer=renderer, model=model, steps=steps, ssv_steps=schedule, start_strength=start_strength,
-            mgm=replace(MGMConfig(), strength_mm=strength_mm), device=device,
-        )  # fmt: skip
-        summary = synthesize_dataset(
-            tmpl, out, config, shard=parse_shard(shard), overwrite=overwrite,
-            progress=lambda stage, fraction, **_: console.print(f"[dim]{100 * fraction:5.1f}%  {stage}[/dim]"),
-        )  # fmt: skip
-    except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(1) from exc
+        )
+    try:
+        schedule = tuple(int(s) for s in ssv_steps.split(","))
+    except ValueError as exc:
+        raise ValueError(f"--ssv-steps: expected integers separated by commas, got {ssv_steps!r}") from exc
+    if renderer == "tcdm" and model is None:
+        model = DEFAULT_TCDM_MODEL
+    config = CardiacSynthConfig(
+        n=n, seed=seed, renderer=renderer, model=model, steps=steps, ssv_steps=schedule, start_strength=start_strength,
+        mgm=replace(MGMConfig(), strength_mm=strength_mm), device=device,
+    )  # fmt: skip
+    summary = synthesize_dataset(
+        tmpl, out, config, shard=parse_shard(shard), overwrite=overwrite,
+        progress=lambda stage, fraction, **_: console.print(f"[dim]{100 * fraction:5.1f}%  {stage}[/dim]"),
+    )  # fmt: skip
     per_case = summary["seconds_per_case"]
     typer.echo(
         f"{len(summary['written'])} cases written"
@@ -148,14 +145,10 @@ def phantoms(
     from xraycardiac.phantoms.cardiac_folder import write_cardiac_phantoms
 
     console = Console(stderr=True)
-    try:
-        summary = write_cardiac_phantoms(
-            out, n, seed=seed, grid=grid, spacing_mm=spacing_mm, overwrite=overwrite,
-            progress=lambda name, fraction: console.print(f"[dim]{100 * fraction:5.1f}%  {name}[/dim]"),
-        )  # fmt: skip
-    except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(1) from exc
+    summary = write_cardiac_phantoms(
+        out, n, seed=seed, grid=grid, spacing_mm=spacing_mm, overwrite=overwrite,
+        progress=lambda name, fraction: console.print(f"[dim]{100 * fraction:5.1f}%  {name}[/dim]"),
+    )  # fmt: skip
     redone = f"; {len(summary['redone'])} were incomplete and made again" if summary["redone"] else ""
     typer.echo(
         f"{len(summary['written'])} phantoms written ({len(summary['kept'])} already there{redone}) -> {out}"
@@ -186,15 +179,11 @@ def pretrain(
     from xraycardiac.trainer import parse_overrides
 
     console = Console(stderr=True)
-    try:
-        (config,) = parse_overrides(list(settings or ()), CALConfig())
-        rows = compare_pretraining(
-            synthetic, finetune, test, config, tuple(arm or ARMS), out,
-            progress=lambda stage, fraction, **_: console.print(f"[dim]{100 * fraction:5.1f}%  {stage}[/dim]"),
-        )  # fmt: skip
-    except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(1) from exc
+    (config,) = parse_overrides(list(settings or ()), CALConfig())
+    rows = compare_pretraining(
+        synthetic, finetune, test, config, tuple(arm or ARMS), out,
+        progress=lambda stage, fraction, **_: console.print(f"[dim]{100 * fraction:5.1f}%  {stage}[/dim]"),
+    )  # fmt: skip
     typer.echo(format_pretraining_table(rows))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

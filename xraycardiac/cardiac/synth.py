@@ -362,7 +362,7 @@ def synthesize_dataset(
             if not samples:
                 raise ValueError(
                     f"case {name}: MGM found no topology-preserving deformation in {report.attempts} attempts "
-                    f"(rejections {report.rejected}); lower mgm.strength_mm"
+                    f"(rejections {report.rejected}); {template.topology_mismatch() or 'lower mgm.strength_mm'}"
                 )
             sample = samples[0]
             in_case(f"rendering the image ({config.renderer})", 0.05)

@@ -40,7 +40,16 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from xraycardiac.cardiac.labels import AORTA, LABEL_TABLE, LCA, RCA, WHOLE_HEART, structure_betti
+from xraycardiac.cardiac.labels import (
+    AORTA,
+    LABEL_TABLE,
+    LCA,
+    RCA,
+    WHOLE_HEART,
+    expected_betti,
+    label_info,
+    structure_betti,
+)
 from xraycardiac.io import read_volume
 from xraycardiac.volume import Volume
 
@@ -98,6 +107,29 @@ class CardiacTemplate:
     def labels_present(self) -> list[int]:
         """Sorted non-zero label values of the map."""
         return [int(v) for v in np.unique(self.labels.array) if v != 0]
+
+    def topology_mismatch(self) -> str | None:
+        """Why the label map does not look like a cardiac template, or None when it does.
+
+        Each label's Betti numbers (components, tunnels, cavities; 26/6 connectivity) are compared
+        with the label table's expectation: every chamber, vessel and the myocardium is one solid
+        piece, (1, 0, 0). A label map of another anatomy (say a chest phantom's body, lungs and ribs
+        under values 1-8) fails this, and then no deformation can keep its topology in the MGM.
+        """
+        present = self.labels_present
+        found = structure_betti(self.labels.array, present)
+        wrong = [v for v in present if expected_betti(v) is not None and found[v] != expected_betti(v)]
+        if not wrong:
+            return None
+        shown = "; ".join(
+            f"label {v} ({label_info(v).name}) has {found[v]}, expected {expected_betti(v)}" for v in wrong
+        )
+        table = ", ".join(f"{e.value} {e.name}" for e in LABEL_TABLE)
+        return (
+            f"the label map of template {self.name!r} does not look like a cardiac template: {shown} "
+            f"(Betti numbers: components, tunnels, cavities); labels found: {present}, a cardiac template "
+            f"holds {table}. Check the label map (--template-mask) or map its values with --label-mapping"
+        )
 
 
 def _same_grid(a: Volume, b: Volume) -> bool:

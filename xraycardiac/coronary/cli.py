@@ -19,17 +19,19 @@ one table (:func:`xraycardiac.coronary.evaluate.evaluate_matchers`); ``--out`` w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from xraycardiac.cli_errors import ErrorHandlingGroup
+
 app = typer.Typer(
     help="Synthetic coronary angiography: view pairs with ground-truth correspondences (research use only).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=ErrorHandlingGroup,
 )
 
 
@@ -162,7 +164,7 @@ def synth(
 
 
 def _synthesize_with_progress(config: Any, out: Path, shard: tuple[int, int], resume: bool) -> dict:
-    """Run ``synthesize`` under a rich progress bar; known errors print one line and exit 1."""
+    """Run ``synthesize`` under a rich progress bar; Ctrl-C says how to resume."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from xraycardiac.jobs.coronary_synth import synthesize
@@ -179,23 +181,12 @@ def _synthesize_with_progress(config: Any, out: Path, shard: tuple[int, int], re
                 bar.update(task, completed=event["progress"], description=event["stage"])
 
         try:
-            with _exit_on_error(bar.console, FileExistsError):
-                return synthesize(config, out, shard=shard, resume=resume, progress=Reporter(on_event))
+            return synthesize(config, out, shard=shard, resume=resume, progress=Reporter(on_event))
         except KeyboardInterrupt:
             bar.console.print(
                 f"interrupted; the samples written so far are kept: rerun the same command to resume {out}"
             )
             raise typer.Exit(130) from None
-
-
-@contextmanager
-def _exit_on_error(console: Any, *more: type[Exception]) -> Iterator[None]:
-    """Known errors (bad input, missing files, and ``more``) print one red line and exit 1."""
-    try:
-        yield
-    except (ValueError, FileNotFoundError, *more) as exc:
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(1) from exc
 
 
 def _progress_lines(console: Any, prefix: str = "") -> Callable[[str, float], None]:
@@ -255,29 +246,26 @@ def evaluate(
     if out is not None:  # before the work: a refused --out must not cost the whole evaluation
         from xraycardiac.outputs import check_output
 
-        with _exit_on_error(console, OSError):
-            check_output(out, overwrite=overwrite, file=True)
-    with _exit_on_error(console):
-        summary = dataset_summary(data, split)
-        console.print(
-            f"{summary['pairs']} pairs of {summary['image_shape']} px, "
-            f"{summary['gt_keypoints_per_view']:.0f} GT keypoints per view on average ({data}, split {split})"
-        )
-        rows = evaluate_matchers(
-            data, method, split, epipolar_tolerance_px=epipolar_tolerance, ransac_threshold_px=ransac_threshold,
-            device=device, foundation=foundation, max_pairs=max_pairs, progress=_progress_lines(console),
-        )  # fmt: skip
+        check_output(out, overwrite=overwrite, file=True)
+    summary = dataset_summary(data, split)
+    console.print(
+        f"{summary['pairs']} pairs of {summary['image_shape']} px, "
+        f"{summary['gt_keypoints_per_view']:.0f} GT keypoints per view on average ({data}, split {split})"
+    )
+    rows = evaluate_matchers(
+        data, method, split, epipolar_tolerance_px=epipolar_tolerance, ransac_threshold_px=ransac_threshold,
+        device=device, foundation=foundation, max_pairs=max_pairs, progress=_progress_lines(console),
+    )  # fmt: skip
     typer.echo(format_table(rows))
     meta: dict = {"data": str(data), "split": split, "dataset": summary}
     if pipeline:
         from xraycardiac.coronary.evaluate_pipeline import evaluate_pipeline, format_pipeline_table
 
-        with _exit_on_error(console):
-            prows = evaluate_pipeline(
-                data, [*method, "gt"], split, perturb_deg=perturb_deg, perturb_mm=perturb_mm,
-                use_masks=not frangi, epipolar_tolerance_px=epipolar_tolerance, device=device,
-                foundation=foundation, max_pairs=max_pairs, progress=_progress_lines(console, "3D: "),
-            )  # fmt: skip
+        prows = evaluate_pipeline(
+            data, [*method, "gt"], split, perturb_deg=perturb_deg, perturb_mm=perturb_mm,
+            use_masks=not frangi, epipolar_tolerance_px=epipolar_tolerance, device=device,
+            foundation=foundation, max_pairs=max_pairs, progress=_progress_lines(console, "3D: "),
+        )  # fmt: skip
         typer.echo(
             f"\n3D centreline error (mm) from {'Frangi vessels' if frangi else 'the vessel masks'}; view 2 "
             f"perturbed by up to {perturb_deg:g} deg / {perturb_mm:g} mm per axis; 'scale-fixed' uses the "

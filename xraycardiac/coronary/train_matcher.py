@@ -184,21 +184,21 @@ def _norm_key(key: str) -> str:
     return key.strip().lstrip("-").replace("-", "_")
 
 
-def _value(raw: str) -> Any:
-    """A setting's value as :func:`xraycardiac.trainer.parse_overrides` reads it (JSON, else a string)."""
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return tuple(value) if isinstance(value, list) else value
-
-
 def _apply(base: Any, items: list[tuple[str, str]]) -> Any:
-    """``replace(base, **items)`` in one go, so that dependent fields (cell and channels) change together."""
+    """``replace(base, **items)`` in one go, so that dependent fields (cell and channels) change together;
+    each value read by its field's type (:func:`xraycardiac.trainer.parse_override_value`)."""
+    from xraycardiac.trainer import parse_override_value
+
     if not items:
         return base
+    values = {}
+    for key, raw in items:
+        try:
+            values[key] = parse_override_value(base, key, raw)
+        except ValueError as exc:
+            raise ValueError(f"setting {key}={raw}: {exc}") from None
     try:
-        return replace(base, **{k: _value(v) for k, v in items})
+        return replace(base, **values)
     except TypeError as exc:  # a value of the wrong type compared in __post_init__
         shown = ", ".join(f"{k}={v}" for k, v in items)
         raise ValueError(
@@ -215,9 +215,9 @@ def parse_matcher_overrides(
 
     Keys (module docstring): a :class:`CoronaryMatcherConfig` field; ``keypoint_net.<f>``,
     ``matcher.<f>``, ``loss.<f>``; a sub-config field by its bare name when no other config has it;
-    a :class:`~xraycardiac.trainer.TrainConfig` field. Values are parsed as
-    :func:`xraycardiac.trainer.parse_overrides` does (JSON when it parses, lists become tuples);
-    the settings of one config are applied together, so ``cell=16 channels=[8,16,32,32]`` works.
+    a :class:`~xraycardiac.trainer.TrainConfig` field. Values are read by the field's type, as
+    :func:`xraycardiac.trainer.parse_overrides` does (``channels=8,16,32`` or ``[8,16,32]``);
+    the settings of one config are applied together, so ``cell=16 channels=8,16,32`` works.
 
     Args:
         pairs: e.g. ``["steps=500", "channels=[8,8,8]", "matcher.descriptor_dim=32"]``.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,90 @@ def _orientation_vector(code: str) -> np.ndarray:
     return v / n if n > 0 else v
 
 
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # Pixel Data, Float / Double Float Pixel Data
+_LONG_VRS = (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
+
+
+def _read_header(path: Path) -> tuple[pydicom.Dataset, bool]:
+    """``_parse_header``, keeping pydicom's warnings (e.g. about a cut UID) only for a file it accepts."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _parse_header(path)
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return result
+
+
+def _parse_header(path: Path) -> tuple[pydicom.Dataset, bool]:
+    """(the data set of a DICOM file up to its pixel data, whether pixel data follows).
+
+    pydicom stops quietly where a file ends, so a cut file would read as a header that merely lacks
+    its later tags. The cut shows as: file meta shorter than its group length, a value shorter than
+    its declared length, a partial element header left over, or pixel data shorter than declared.
+
+    Raises:
+        ValueError: not a DICOM file, or truncated / damaged (naming the file).
+    """
+    with path.open("rb") as fh:
+        try:
+            ds = pydicom.dcmread(fh, stop_before_pixels=True)
+        except pydicom.errors.InvalidDicomError as e:
+            raise ValueError(f"{path}: not a DICOM file ({e})") from e
+        except OSError:
+            raise
+        except Exception as e:  # pydicom meets the cut inside an element: EOFError, ValueError, ...
+            raise ValueError(
+                f"{path}: the DICOM file is truncated or damaged ({type(e).__name__}: {e})"
+            ) from e
+        left = path.stat().st_size - fh.tell()
+        head = fh.read(12)
+
+    def damaged(where: str) -> ValueError:
+        return ValueError(
+            f"{path}: the DICOM file is truncated or damaged ({where}); copy it again from its source"
+        )
+
+    for dataset in (ds.file_meta, ds):
+        for tag in dataset.keys():
+            if _value_cut(dataset.get_item(tag)):
+                raise damaged(f"the value of element ({tag >> 16:04X},{tag & 0xFFFF:04X}) is cut off")
+    size = path.stat().st_size
+    meta_length = ds.file_meta.get("FileMetaInformationGroupLength")
+    if isinstance(meta_length, int) and size < 132 + 12 + meta_length:
+        raise damaged("it ends inside its file meta information")
+    raw = [e for e in map(ds.get_item, ds.keys()) if isinstance(getattr(e, "value_tell", None), int)]
+    last = max(raw, key=lambda e: e.value_tell, default=None)
+    if left == 0 and last is not None and last.length != 0xFFFFFFFF and size > last.value_tell + last.length:
+        left = size - last.value_tell - last.length  # pydicom read a partial element header and stopped
+    if 0 < left < 8:
+        raise damaged(f"it ends {left} byte(s) into an element header")
+    pixels = False
+    if left >= 8:
+        little = ds.is_little_endian is not False
+        tag = int.from_bytes(head[0:2], "little" if little else "big") << 16
+        tag |= int.from_bytes(head[2:4], "little" if little else "big")
+        pixels = tag in _PIXEL_TAGS
+        if pixels:
+            order = "little" if little else "big"
+            if ds.is_implicit_VR is False and head[4:6] in _LONG_VRS:
+                header, length = 12, int.from_bytes(head[8:12], order) if len(head) == 12 else None
+            elif ds.is_implicit_VR is False:
+                header, length = 8, int.from_bytes(head[6:8], order)
+            else:
+                header, length = 8, int.from_bytes(head[4:8], order)
+            if length is None or (length != 0xFFFFFFFF and left < header + length):
+                raise damaged(f"its pixel data is cut off: {left} of {header + (length or 0)} bytes")
+    return ds, pixels
+
+
+def _value_cut(element: Any) -> bool:
+    """True for a raw (not yet decoded) element whose value is shorter than its declared length."""
+    length, value = getattr(element, "length", None), getattr(element, "value", None)
+    return (
+        isinstance(length, int) and length != 0xFFFFFFFF and isinstance(value, bytes) and len(value) < length
+    )
+
+
 def geometry_from_dicom(source: str | Path | pydicom.Dataset, frame_name: str = "") -> CArmGeometry:
     """Read the C-arm pose of an XA/RF image.
 
@@ -35,33 +120,36 @@ def geometry_from_dicom(source: str | Path | pydicom.Dataset, frame_name: str = 
         frame_name: name given to the view; defaults to the file stem.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: not a DICOM file, not XA/RF, a required tag is missing, or an angle is outside
-            its DICOM range (primary [-180, 180], secondary [-90, 90] degrees); the message names the tag.
+        FileNotFoundError: the file does not exist. IsADirectoryError: it is a folder.
+        ValueError: not a DICOM file, a truncated one, not XA/RF, a required tag is missing, or an angle
+            is outside its DICOM range (primary [-180, 180], secondary [-90, 90] degrees); the message
+            names the tag.
     """
     if isinstance(source, pydicom.Dataset):
-        ds, label = source, frame_name or "dataset"
+        ds, label, pixels = source, frame_name or "dataset", True
     else:
         path = Path(source)
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder; expected one DICOM XA/RF file")
         if not path.is_file():
             raise FileNotFoundError(f"DICOM file not found: {path}")
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except pydicom.errors.InvalidDicomError as e:
-            raise ValueError(f"{path}: not a DICOM file ({e})") from e
+        ds, pixels = _read_header(path)
         label = str(path)
         frame_name = frame_name or path.stem
+    # a file that ends at an element boundary before any pixel data may be a cut one
+    cut = "" if pixels else " (or the file is cut short: it ends before any pixel data)"
     modality = str(getattr(ds, "Modality", ""))
     if modality not in ("XA", "RF"):
+        found = f"Modality {modality!r}" if modality else f"no Modality (0008,0060) tag{cut}"
         raise ValueError(
             f"{label}: C-arm geometry needs an X-ray angiography (XA) or fluoroscopy (RF) image; "
-            f"this file has Modality {modality or 'missing'!r}"
+            f"this file has {found}"
         )
 
     def need(keyword: str, tag: str) -> Any:
         value = getattr(ds, keyword, None)
         if value is None or value == "":
-            raise ValueError(f"{label}: required C-arm tag {keyword} {tag} is missing")
+            raise ValueError(f"{label}: required C-arm tag {keyword} {tag} is missing{cut}")
         return value
 
     def angle(keyword: str, tag: str, limit: float) -> float:

@@ -17,6 +17,14 @@ from xraycardiac.jobs.spec import JobSpec
 __all__ = ["read_geometry_input", "read_view"]
 
 
+def _require_file(path: Path, key: str, expected: str) -> None:
+    """FileNotFoundError / IsADirectoryError naming ``inputs.<key>`` unless ``path`` is a file."""
+    if path.is_dir():
+        raise IsADirectoryError(f"inputs.{key}: {path} is a folder; expected {expected}")
+    if not path.is_file():
+        raise FileNotFoundError(f"inputs.{key}: {path} does not exist")
+
+
 def read_view(path: str | os.PathLike[str], key: str) -> np.ndarray:
     """A radiograph file as a finite (rows, cols) float64 array; a ValueError naming ``inputs.<key>``.
 
@@ -25,8 +33,7 @@ def read_view(path: str | os.PathLike[str], key: str) -> np.ndarray:
         key: the input's name, for messages.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"inputs.{key}: {path} does not exist")
+    _require_file(path, key, "a radiograph file (a one-slice volume or a .npy array)")
     if path.suffix.lower() == ".npy":
         try:
             array = np.load(path, allow_pickle=False)
@@ -66,10 +73,9 @@ def read_geometry_input(spec: JobSpec, key: str, shape: tuple[int, int], image_k
     from xraycardiac.geometry import CArmGeometry
 
     path = spec.input_path(key)
+    _require_file(path, key, "a C-arm geometry JSON file")
     try:
         geometry = CArmGeometry.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"inputs.{key}: {path} does not exist") from None
     except (ValueError, TypeError, AttributeError) as exc:
         raise ValueError(f"inputs.{key}: {path.name} is not a C-arm geometry JSON ({exc})") from None
     detector = (geometry.detector_rows, geometry.detector_cols)

@@ -4,6 +4,13 @@
 event each) and stderr are read by daemon threads, and ``poll()`` returns the events gathered so
 far. The child runs in its own process group (POSIX session / Windows process group) so that
 ``cancel()`` can end the whole process tree; the work folder is deleted so nothing partial remains.
+
+Temporary folders: each job gets a private ``xraycardiac-job-XXXX`` folder in the temp folder
+(its ``job.json`` and ``owner.json``: the pid, process start time and host of the process that
+started it). ``run_in_subprocess`` turns SIGTERM and SIGHUP into ``JobTerminated`` while it waits,
+so the child's process tree is ended and the folders are deleted before the signal ends the caller
+(Ctrl-C does the same through ``KeyboardInterrupt``). A SIGKILL cannot be caught: the next
+``JobProcess.start`` deletes the folders whose owner process is gone (``sweep_stale_job_dirs``).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import os
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -22,16 +30,26 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import xraycardiac
-from xraycardiac.jobs.runner import JobCancelled, JobError, check_output_dir, new_work_dir
+from xraycardiac.jobs.runner import (
+    JobCancelled,
+    JobError,
+    JobTerminated,
+    check_output_dir,
+    new_work_dir,
+    no_space_error,
+)
 from xraycardiac.jobs.spec import JobSpec
 
 _STDERR_LINES = 200  # stderr lines kept for error display
 _EXIT_GRACE_S = 2.0  # seconds a cancelled child gets between SIGTERM and SIGKILL
+_PRIVATE_PREFIX = "xraycardiac-job-"  # private folders in the temp folder
+_OWNER_NAME = "owner.json"  # who made a private folder: {"pid", "start_time", "host"}
+_UNOWNED_GRACE_S = 3600.0  # a private folder without owner.json is stale after this (older versions)
 
 _LIVE: weakref.WeakSet[JobProcess] = weakref.WeakSet()
 
@@ -87,9 +105,13 @@ class JobProcess:
         spec.check_inputs()
         out = Path(spec.output_dir)
         check_output_dir(out, bool(spec.params.get("overwrite", False)))
-        private = Path(tempfile.mkdtemp(prefix="xraycardiac-job-"))
+        with contextlib.suppress(OSError):
+            sweep_stale_job_dirs()
+        private = Path(tempfile.mkdtemp(prefix=_PRIVATE_PREFIX))
         work: Path | None = None
+        proc: subprocess.Popen | None = None
         try:
+            (private / _OWNER_NAME).write_text(json.dumps(_owner_record()), encoding="utf-8")
             job_json = spec.to_json(private / "job.json")
             work = new_work_dir(out)
             cmd = [python or sys.executable, "-m", "xraycardiac.jobs", spec.pipeline, str(job_json)]
@@ -109,12 +131,19 @@ class JobProcess:
                 env=_child_env(env),
                 **group,
             )
-        except BaseException:
+            return cls(proc, spec, work, private)
+        except BaseException as exc:
+            if proc is not None:  # e.g. a signal between Popen and here
+                with contextlib.suppress(OSError):
+                    proc.kill()
+                proc.wait()
             shutil.rmtree(private, ignore_errors=True)
             if work is not None:
                 shutil.rmtree(work, ignore_errors=True)
+            named = no_space_error(exc, private.parent)  # writing job.json: the temp folder is full
+            if named is not None:
+                raise named from exc
             raise
-        return cls(proc, spec, work, private)
 
     # ------------------------------------------------------------------ non-blocking queries
 
@@ -391,26 +420,133 @@ def run_in_subprocess(
     Raises:
         JobError: the job failed (message and stderr tail of the child). TimeoutError: see above.
     """
-    job = JobProcess.start(spec, python=python, env=env)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    try:
-        while True:
-            for event in job.poll(timeout=0.1):
+    with _signals_stop_the_job():
+        job = JobProcess.start(spec, python=python, env=env)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                for event in job.poll(timeout=0.1):
+                    if on_event is not None:
+                        on_event(event)
+                if not job.running:
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"job {spec.pipeline!r} did not finish within {timeout} s; it was cancelled"
+                    )
+            for event in job.poll():
                 if on_event is not None:
                     on_event(event)
-            if not job.running:
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"job {spec.pipeline!r} did not finish within {timeout} s; it was cancelled"
-                )
-        for event in job.poll():
-            if on_event is not None:
-                on_event(event)
-        return job.wait()
-    except BaseException:
-        job.cancel()
-        raise
+            return job.wait()
+        except BaseException:
+            job.cancel()
+            raise
+
+
+@contextlib.contextmanager
+def _signals_stop_the_job() -> Iterator[None]:
+    """While a blocking run waits on its child: SIGTERM and SIGHUP raise ``JobTerminated`` (signum set).
+
+    The caller's clean-up then cancels the job (its process tree ends, its folders are deleted)
+    before the exception leaves; ``xraycardiac.cli.main`` ends the process by the same signal. Only
+    in the main thread on POSIX, and only for signals at their default action: a signal the host
+    application ignores (``nohup``) or handles itself is left alone. A second signal during the
+    clean-up is ignored (SIGKILL still works). The previous handlers are restored on the way out.
+    """
+    if os.name == "nt" or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if not fired:
+            fired.append(signum)
+            raise JobTerminated(f"stopped by {signal.Signals(signum).name}; the job was cancelled", signum)
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _process_start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot: /proc/<pid>/stat field 22); None when it is
+    gone or a zombie, or off Linux."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()  # from field 3 (state) on; the name may hold spaces
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def _owner_record() -> dict[str, Any]:
+    """This process, as written to a private folder's owner.json."""
+    return {"pid": os.getpid(), "start_time": _process_start_time(os.getpid()), "host": socket.gethostname()}
+
+
+def _owner_alive(owner: Any) -> bool:
+    """Whether the process an owner.json names still runs (the same process: pid and start time)."""
+    if not isinstance(owner, dict) or not isinstance(owner.get("pid"), int) or owner["pid"] <= 0:
+        return False
+    if owner.get("host") != socket.gethostname():
+        return True  # a temp folder shared with another machine: cannot tell
+    pid, start = owner["pid"], owner.get("start_time")
+    if start is not None and Path("/proc/self/stat").exists():
+        return _process_start_time(pid) == start  # a new process with a reused pid does not count
+    if os.name == "nt":
+        return True  # no cheap, safe check (os.kill(pid, 0) would end the process)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_job_dirs(temp_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Delete the private job folders of processes that died without cleaning up (e.g. SIGKILL).
+
+    Looks at this user's ``xraycardiac-job-*`` folders in ``temp_dir``: one whose ``owner.json`` names
+    a process that is gone is deleted; so is one without ``owner.json`` (made by an older version)
+    that is over an hour old. ``JobProcess.start`` calls it.
+
+    Args:
+        temp_dir: the folder to sweep; default ``tempfile.gettempdir()`` (``TMPDIR``).
+
+    Returns:
+        The folders deleted.
+    """
+    root = Path(temp_dir) if temp_dir is not None else Path(tempfile.gettempdir())
+    removed = []
+    for folder in root.glob(_PRIVATE_PREFIX + "*"):
+        try:
+            info = folder.lstat()
+            if not folder.is_dir() or folder.is_symlink():
+                continue
+            if hasattr(os, "getuid") and info.st_uid != os.getuid():
+                continue
+            try:
+                owner = json.loads((folder / _OWNER_NAME).read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                if time.time() - info.st_mtime < _UNOWNED_GRACE_S:
+                    continue  # being made right now, or an older version's job still running
+                owner = None
+            if owner is not None and _owner_alive(owner):
+                continue
+        except (OSError, ValueError):
+            continue  # unreadable or half-written owner.json: leave it
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
 
 
 @atexit.register

@@ -39,6 +39,7 @@ from xraycardiac.jobs.spec import JobSpec
 from xraycardiac.outputs import check_output
 
 REPORT_NAME = "job_report.json"
+_NO_SPACE = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}  # disk or quota full
 
 
 class JobError(RuntimeError):
@@ -78,11 +79,19 @@ class JobCancelled(JobError):
 
 
 class JobTerminated(BaseException):
-    """Raised inside a job process when it is asked to stop (SIGTERM), so clean-up code runs.
+    """Raised when a signal asks a job to stop, so clean-up code runs: inside a job process on SIGTERM,
+    and in a process waiting on a child job (``run_in_subprocess``) on SIGTERM or SIGHUP.
 
     A BaseException, like KeyboardInterrupt, so that a pipeline's ``except Exception`` cannot
     swallow it.
+
+    Attributes:
+        signum: the signal that stopped the job, or None.
     """
+
+    def __init__(self, message: str, signum: int | None = None) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 # ------------------------------------------------------------------------------------ in-process
@@ -164,8 +173,11 @@ def _run(spec: JobSpec, emit: EventSink, work_dir: str | os.PathLike[str] | None
         (work / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         with _termination_deferred():
             _move_into_place(work, out, overwrite)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(work, ignore_errors=True)
+        named = no_space_error(exc, out)
+        if named is not None:
+            raise named from exc
         raise
     emit(
         {
@@ -176,6 +188,14 @@ def _run(spec: JobSpec, emit: EventSink, work_dir: str | os.PathLike[str] | None
         }
     )
     return summary
+
+
+def no_space_error(exc: BaseException, path: Path) -> OSError | None:
+    """For a disk-full / quota / file-too-large ``OSError`` that names no file (a failed ``write()``
+    never does): the same error naming ``path``, the output being written. Otherwise None."""
+    if isinstance(exc, OSError) and exc.filename is None and exc.errno in _NO_SPACE:
+        return OSError(exc.errno, exc.strerror, str(path))
+    return None
 
 
 def _drop(event: dict[str, Any]) -> None:
@@ -331,7 +351,7 @@ def install_termination_handler() -> None:
 
     def handler(signum: int, frame: Any) -> None:
         if _DEFER_DEPTH == 0:
-            raise JobTerminated(f"job terminated by signal {signum}")
+            raise JobTerminated(f"job terminated by signal {signum}", signum)
 
     signal.signal(signal.SIGTERM, handler)
     if hasattr(signal, "SIGBREAK"):

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
+from xraycardiac.cli_errors import ErrorHandlingGroup
 from xraycardiac.models.manifest import (
     ModelEntry,
     ModelIntegrityError,
@@ -28,6 +29,7 @@ app = typer.Typer(
     help="List, import and export model weights (sha256-checked; research only, not for clinical use).",
     no_args_is_help=True,
     add_completion=False,
+    cls=ErrorHandlingGroup,
 )
 
 
@@ -45,11 +47,6 @@ def _status(entry: ModelEntry, verify: bool) -> tuple[bool | None, str]:
     return True, "yes"
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"Error: {message}", err=True)
-    return typer.Exit(code=1)
-
-
 @app.command("list")
 def list_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")] = False,
@@ -58,10 +55,7 @@ def list_cmd(
     ] = True,
 ) -> None:
     """List packaged and imported models, where their weights are and whether they verify."""
-    try:
-        entries = list_models()
-    except ValueError as exc:
-        raise _fail(str(exc)) from exc
+    entries = list_models()
     rows: list[dict[str, Any]] = []
     for entry in entries:
         ok, words = _status(entry, verify)
@@ -107,10 +101,7 @@ def import_cmd(
     ],
 ) -> None:
     """Import a model package into the cache (checks its sha256 first)."""
-    try:
-        entry = import_model(path)
-    except (ValueError, FileNotFoundError) as exc:
-        raise _fail(str(exc)) from exc
+    entry = import_model(path)
     typer.echo(f"Imported {entry.name} {entry.version} (sha256 {entry.sha256}) into {entry.directory}")
 
 
@@ -123,8 +114,5 @@ def export_cmd(
     ] = None,
 ) -> None:
     """Export a model (weights + model.json) to a directory or .zip, after checking its sha256."""
-    try:
-        out = export_model(name, dest, version=version)
-    except (ValueError, FileNotFoundError) as exc:
-        raise _fail(str(exc)) from exc
+    out = export_model(name, dest, version=version)
     typer.echo(f"Exported {name} to {out}")

@@ -24,14 +24,17 @@ Heavy imports happen inside the commands, so ``--help`` answers at once.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
+
+from xraycardiac.cli_errors import ErrorHandlingGroup
 
 app = typer.Typer(
     help="CT from one or two radiographs: training cache, generation, evaluation (research use only).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=ErrorHandlingGroup,
 )
 
 
@@ -60,25 +63,15 @@ def cache(
 
     console = Console(stderr=True)
     overrides = {k: v for k, v in (("grid", grid), ("spacing_mm", spacing_mm)) if v is not None}
-    try:
-        config = X2CTDataConfig.preset(preset, **overrides)
-        summary = build_cache(
-            source, out, config, seed=seed, shard=parse_shard(shard),
-            progress=lambda stage, fraction: console.print(f"[dim]{100 * fraction:5.1f}%  {stage}[/dim]"),
-        )  # fmt: skip
-    except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(1) from exc
+    config = X2CTDataConfig.preset(preset, **overrides)
+    summary = build_cache(
+        source, out, config, seed=seed, shard=parse_shard(shard),
+        progress=lambda stage, fraction: console.print(f"[dim]{100 * fraction:5.1f}%  {stage}[/dim]"),
+    )  # fmt: skip
     typer.echo(
         f"{len(summary['written'])} cases written, {len(summary['skipped'])} already complete "
         f"({summary['cases']} in all, shard {shard}) in {summary['seconds']:.0f} s -> {out}"
     )
-
-
-def _fail(console: Any, exc: BaseException) -> typer.Exit:
-    """Print the error on ``console`` and return the Exit(1) to raise."""
-    console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-    return typer.Exit(1)
 
 
 @app.command()
@@ -97,16 +90,10 @@ def bundle(
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out folder.")] = False,
 ) -> None:
     """Pack autoencoder + encoder + LDM into one x2ct model folder (checks that the parts fit together)."""
-    from rich.console import Console
-
     from xraycardiac.xray2ct.bundle import import_bundle, write_bundle
 
-    console = Console(stderr=True)
-    try:
-        info = write_bundle(out, autoencoder, encoder, ldm, name=name, version=version, overwrite=overwrite)
-        entry = import_bundle(out) if install else None
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        raise _fail(console, exc) from exc
+    info = write_bundle(out, autoencoder, encoder, ldm, name=name, version=version, overwrite=overwrite)
+    entry = import_bundle(out) if install else None
     typer.echo(f"{info['mode']} x2ct model {name} {version} -> {out}")
     if entry is not None:
         typer.echo(f"installed as {entry.name} {entry.version} in {entry.directory}")
@@ -117,15 +104,9 @@ def install(
     folder: Annotated[Path, typer.Argument(help="A bundle folder (from `x2ct bundle`).")],
 ) -> None:
     """Install an x2ct model folder into the model cache (every sha256 checked), so --model NAME finds it."""
-    from rich.console import Console
-
     from xraycardiac.xray2ct.bundle import import_bundle
 
-    console = Console(stderr=True)
-    try:
-        entry = import_bundle(folder)
-    except (ValueError, FileNotFoundError) as exc:
-        raise _fail(console, exc) from exc
+    entry = import_bundle(folder)
     typer.echo(f"installed {entry.name} {entry.version} in {entry.directory}")
 
 
@@ -171,10 +152,7 @@ def generate(
         elif event.get("event") == "log":
             console.print(f"[yellow]{event.get('message', '')}[/yellow]")
 
-    try:
-        summary = run_job(JobSpec("x2ct-generate", inputs, params, str(out)), on_event=on_event)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
-        raise _fail(console, exc) from exc
+    summary = run_job(JobSpec("x2ct-generate", inputs, params, str(out)), on_event=on_event)
     for key, file in summary["outputs"].items():
         typer.echo(f"{key}: {out / file}")
     t = summary["timing_s"]
@@ -227,8 +205,6 @@ def evaluate(
     except DataUnavailableError as exc:
         console.print(f"[red]error:[/red] {exc}\nOr leave the real CT out with --no-real-ct.", soft_wrap=True)
         raise typer.Exit(1) from exc
-    except (ValueError, FileNotFoundError) as exc:
-        raise _fail(console, exc) from exc
     typer.echo(format_x2ct_table(rows))
     if out is not None:
         typer.echo(f"results -> {out}")
