@@ -272,8 +272,9 @@ class JobProcess:
                 self._cancelled = True
                 if os.name == "nt":
                     subprocess.run(
-                        ["taskkill", "/T", "/F", "/PID", str(self.pid)], capture_output=True, check=False
-                    )
+                        ["taskkill", "/T", "/F", "/PID", str(self.pid)],
+                        capture_output=True, check=False, creationflags=subprocess.CREATE_NO_WINDOW,
+                    )  # fmt: skip
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         self._proc.wait(timeout)
                 else:
