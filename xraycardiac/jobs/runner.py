@@ -143,7 +143,12 @@ def check_output_dir(output_dir: Path, overwrite: bool) -> None:
         PermissionError: the folder (or the one it would be made in) is read-only: it is never
             replaced by a writable one.
     """
-    check_output(output_dir, overwrite=overwrite, what="output_dir", how="set params.overwrite = true")
+    check_output(
+        output_dir,
+        overwrite=overwrite,
+        what="output_dir",
+        how="pass --overwrite (in a job spec: params.overwrite = true)",
+    )
 
 
 def _run(spec: JobSpec, emit: EventSink, work_dir: str | os.PathLike[str] | None) -> dict:
