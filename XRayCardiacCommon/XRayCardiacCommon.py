@@ -614,9 +614,9 @@ class XRayCardiacCommonLogic(ScriptedLoadableModuleLogic):
         Raises:
             JobError: the job failed (the message says why).
         """
-        from XRayCardiacCommonLib.jobs import JobHandle
+        from XRayCardiacCommonLib.jobs import JobRun
 
-        with JobHandle.start("selftest", {}, {"n_files": 2, "delay_s": 0.05}) as job:
+        with JobRun.start("selftest", {}, {"n_files": 2, "delay_s": 0.05}) as job:
             job.wait(timeout_s=timeoutS)
             return job.result().summary or {}
 

@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 import vtk
-from XRayCardiacCommonLib.jobs import JobStatus, start_job_from_nodes
-from XRayCardiacCommonLib.jobs_logic import JobLogic, JobRun
+from XRayCardiacCommonLib.jobs import JobRun, JobStatus
+from XRayCardiacCommonLib.jobs_logic import JobLogic
 from XRayCardiacCommonLib.mrml_io import (
     GEOMETRY_ATTRIBUTE,
     node_from_volume,
@@ -164,7 +164,7 @@ def installed_x2ct_models() -> list[str]:
 
 @dataclass
 class GenerateRun(JobRun):
-    """A started ``x2ct-generate`` job (``job``) and what is needed to import its results.
+    """A started ``x2ct-generate`` job and what is needed to import its results.
 
     Attributes:
         params: the job parameters (model, steps, samples, seed, device).
@@ -368,14 +368,17 @@ class GenerateCTLogic(JobLogic[GenerateRun, GenerateResult]):
             )
         params = {"model": resolved["model"], "steps": steps, "samples": samples, "seed": seed,
                   "device": device_text}  # fmt: skip
-        job = start_job_from_nodes(PIPELINE, volumes, params, python=self.python, json_inputs=geometries)
         views = ("pa", "lateral") if lateral_node is not None else ("pa",)
         geometry = {
             v: GEOMETRY_FROM_NODE if f"geometry_{v}" in geometries else GEOMETRY_DEFAULT for v in views
         }
         sources = {"pa": pa_node, "lateral": lateral_node, "reference": reference_node}
-        return GenerateRun(
-            job=job,
+        return GenerateRun.start_from_nodes(
+            PIPELINE,
+            volumes,
+            params,
+            python=self.python,
+            json_inputs=geometries,
             params=params,
             model=resolved,
             geometry=geometry,
