@@ -8,8 +8,8 @@ modules need on top:
   not find Slicer's site-packages), ``sys.executable`` elsewhere (tests, a plain Python session).
 * ``JobRun`` is one started job: its ``JobProcess`` and private temporary folder. It folds the event
   stream into a ``JobStatus`` (stage, fraction done, ETA, final summary), turns failures into a
-  message a user can act on, cancels, and deletes the folder when asked. A module's Lib logic
-  (``XRayCardiacCommonLib.jobs_logic.JobLogic``) subclasses it with what importing its outputs needs.
+  message a user can act on, cancels, and deletes the folder when asked. A module's run (e.g.
+  ``SimulationRun``, which its ``JobLogic`` starts) subclasses it with what importing its outputs needs.
 * ``JobRun.start_from_nodes`` writes MRML volume nodes to NRRD files (and geometry dicts to JSON) in
   that folder and starts the job.
 
@@ -375,7 +375,7 @@ class JobRun:
         raise JobError(s.message, stderr_tail=s.details)
 
     def cleanup(self) -> None:
-        """Cancel the job if it still runs and delete its temporary folder (if this handle owns one)."""
+        """Cancel the job if it still runs and delete its temporary folder (if this run owns one)."""
         if not self.status.finished:
             self.cancel()
         if self.work_dir is not None:
