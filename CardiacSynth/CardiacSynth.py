@@ -23,7 +23,6 @@ from typing import Annotated, Any, Union
 
 import qt
 import slicer
-import vtk
 from CardiacSynthLib import (
     DEFAULT_CASES,
     DEFAULT_STEPS,
@@ -39,9 +38,7 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
 )
-from slicer.util import VTKObservationMixin
 
 import XRayCardiacCommon
 
@@ -106,78 +103,18 @@ class CardiacSynthParameterNode:
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
 
 
-class CardiacSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class CardiacSynthWidget(XRayCardiacCommon.XRayCardiacWidget):
     """The panel: parameter node <-> .ui, Generate / Cancel, progress."""
 
-    def __init__(self, parent: Any = None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic: CardiacSynthLogic | None = None
-        self._parameterNode: CardiacSynthParameterNode | None = None
-        self._parameterNodeGuiTag = None
-        self._run = None
+    def createLogic(self) -> "CardiacSynthLogic":
+        return CardiacSynthLogic()
 
-    def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
-        if XRayCardiacCommon.showUnsupportedSlicer(self):
-            return  # an older Slicer: the panel says why
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/CardiacSynth.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-
-        self.logic = CardiacSynthLogic()
-        self.progress = XRayCardiacCommon.JobProgress(
-            self.ui.progressBar, self.ui.statusLabel, self.ui.cancelButton
-        )
-
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+    def setupPanel(self) -> None:
+        self.progress = self.addJobProgress(self.ui.progressBar, self.ui.statusLabel, self.ui.cancelButton)
         self.ui.generateButton.connect("clicked(bool)", self.onGenerateButton)
         self.ui.exportDirBrowseButton.connect("clicked(bool)", self.onBrowseExportDir)
 
-        self.initializeParameterNode()
-
-    def cleanup(self) -> None:
-        if self.logic is None:  # setup stopped on an unsupported Slicer
-            return
-        self.progress.cleanup()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        if self.logic is None:  # setup stopped on an unsupported Slicer
-            return
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGuiState)
-
-    def onSceneStartClose(self, caller: Any, event: Any) -> None:
-        self.progress.cleanup()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller: Any, event: Any) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-
-    def setParameterNode(self, inputParameterNode: "CardiacSynthParameterNode | None") -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGuiState)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            # Widgets are bound through their "SlicerParameterName" property in the .ui file.
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGuiState)
-        self._updateGuiState()
-
-    def _updateGuiState(self, caller: Any = None, event: Any = None) -> None:
+    def updateGuiState(self, caller: Any = None, event: Any = None) -> None:
         p = self._parameterNode
         fromNodes = p is not None and not p.usePhantom
         for widget in (self.ui.templateVolumeSelector, self.ui.templateSegmentationSelector):
@@ -215,25 +152,14 @@ class CardiacSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.exportDir = folder
 
     def onGenerateButton(self) -> None:
-        run = XRayCardiacCommon.startJob(
-            "CardiacSynth", "synthesis", self.logic.startSynthesis, self._parameterNode
-        )
-        if run is None:
-            return
-        self._run = run
-        self.progress.track(run.poll, lambda: self.logic.cancelSynthesis(run), self._onSynthesisFinished)
-        self._updateGuiState()
-
-    def _onSynthesisFinished(self, status: Any) -> None:
-        run, self._run = self._run, None
-        XRayCardiacCommon.finishJob(
-            status,
-            lambda: self.logic.finishSynthesis(run),
-            lambda: self.logic.cancelSynthesis(run),
-            self._showCases,
+        self.runJob(
+            self.progress,
+            SYNTHESIS_LOGIC,
+            lambda: self.logic.synthesisArguments(self._parameterNode),
+            "synthesis",
             "synthetic cases",
+            self._showCases,
         )
-        self._updateGuiState()
 
     def _showCases(self, result: dict) -> None:
         if result["cases"]:
@@ -244,25 +170,24 @@ class CardiacSynthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = text
 
 
-class CardiacSynthLogic(ScriptedLoadableModuleLogic):
-    """Thin logic: parameter node -> ``CardiacSynthLib.synthesize``. Usable from scripts without the GUI.
+SYNTHESIS_LOGIC = "CardiacSynthLib.synthesize.CardiacSynthLogic"
+"""The Lib logic of the job (``JobLogic``: start, poll, cancel, import_results); imported when a job
+starts, since it needs ``xraycardiac``, installed on first use after this module has been loaded."""
 
-    ``CardiacSynthLib.synthesize`` is imported inside the methods: it needs ``xraycardiac``, which is
-    installed on first use, after this module has been loaded.
+
+class CardiacSynthLogic(ScriptedLoadableModuleLogic):
+    """The parameter node and its translation to the Lib logic's arguments (no job runs here).
+
+    A job: ``CardiacSynthLib.synthesize.CardiacSynthLogic(scene).start(**synthesisArguments(p))``
+    (or ``.run(...)`` to block).
     """
 
     def getParameterNode(self) -> CardiacSynthParameterNode:
         return CardiacSynthParameterNode(super().getParameterNode())
 
     @staticmethod
-    def _synthesis() -> Any:
-        """``CardiacSynthLib.synthesize.CardiacSynthLogic`` on the application's scene."""
-        from CardiacSynthLib.synthesize import CardiacSynthLogic as SynthesisLogic
-
-        return SynthesisLogic(slicer.mrmlScene)
-
-    def startSynthesis(self, p: CardiacSynthParameterNode) -> Any:
-        """Start the ``cardiac-synth`` job (returns at once). Raises ValueError naming a bad parameter."""
+    def synthesisArguments(p: CardiacSynthParameterNode) -> dict:
+        """The Lib logic's ``start`` arguments. Raises ValueError naming a bad parameter."""
         template: dict = {}
         if not p.usePhantom:
             if p.templateVolume is None and p.templateSegmentation is None:
@@ -274,29 +199,17 @@ class CardiacSynthLogic(ScriptedLoadableModuleLogic):
                 "template_volume": p.templateVolume,
                 "template_segmentation_or_labelmap": p.templateSegmentation,
             }
-        return self._synthesis().start(
-            n=p.numSamples,
-            seed=p.seed,
-            strength_mm=p.deformationStrengthMm,
-            renderer=p.renderer,
-            model=p.tcdmModel.strip() or None,
-            steps=p.samplerSteps,
-            device=p.device,
-            export_dir=p.exportDir.strip() or None,
+        return {
+            "n": p.numSamples,
+            "seed": p.seed,
+            "strength_mm": p.deformationStrengthMm,
+            "renderer": p.renderer,
+            "model": p.tcdmModel.strip() or None,
+            "steps": p.samplerSteps,
+            "device": p.device,
+            "export_dir": p.exportDir.strip() or None,
             **template,
-        )
-
-    def finishSynthesis(self, run: Any) -> dict:
-        """Add the finished job's cases to the scene (and export them); see ``import_results``."""
-        return self._synthesis().import_results(run)
-
-    def cancelSynthesis(self, run: Any) -> None:
-        """Stop a job and delete its files; the scene is not changed."""
-        self._synthesis().cancel(run)
-
-    def synthesize(self, p: CardiacSynthParameterNode, timeoutS: "float | None" = None) -> dict:
-        """Blocking: start, wait and import (a failed wait cancels). Returns ``finishSynthesis``'s dict."""
-        return self._synthesis().wait_and_import(self.startSynthesis(p), timeout_s=timeoutS)
+        }
 
 
 class CardiacSynthTest(ScriptedLoadableModuleTest):
@@ -332,7 +245,9 @@ class CardiacSynthTest(ScriptedLoadableModuleTest):
         logic = CardiacSynthLogic()
         p = logic.getParameterNode()
         p.usePhantom, p.numSamples, p.renderer, p.device, p.exportDir = True, 2, "warp", "cpu", ""
-        result = logic.synthesize(p, timeoutS=300)
+        from CardiacSynthLib.synthesize import CardiacSynthLogic as SynthesisLogic
+
+        result = SynthesisLogic(slicer.mrmlScene).run(**logic.synthesisArguments(p), timeout_s=300)
         self.assertEqual(len(result["cases"]), 2)
         for i, case in enumerate(result["cases"]):
             self.assertEqual(case["image"].GetName(), f"CardiacSynth case {i} image")

@@ -398,8 +398,8 @@ def test_a_failed_job_adds_no_node(tmp_path) -> None:
     before = _names(scene)
     logic = CardiacSynthLogic(scene)
     run = logic.start(image, labelmap, n=1, renderer="tcdm", model=str(tmp_path / "missing.pt"), device="cpu")
-    work_dir = run.job.work_dir
-    status = run.job.wait(timeout_s=TIMEOUT_S)
+    work_dir = run.work_dir
+    status = run.wait(timeout_s=TIMEOUT_S)
     assert status.state == "error" and "missing.pt" in status.message, status.message
     with pytest.raises(JobError, match="missing.pt"):
         logic.import_results(run)
@@ -413,7 +413,7 @@ def test_a_broken_output_adds_no_node() -> None:
     image, labelmap, _, _ = _small_template_nodes(scene)
     logic = CardiacSynthLogic(scene)
     run = logic.start(image, labelmap, n=2, device="cpu")
-    status = run.job.wait(timeout_s=TIMEOUT_S)
+    status = run.wait(timeout_s=TIMEOUT_S)
     assert status.state == "done", status.message
     broken = Path(status.output_dir) / "imagesTr" / "case_00001_0000.nii.gz"
     broken.write_bytes(b"not a NIfTI file")
@@ -426,14 +426,14 @@ def test_a_broken_output_adds_no_node() -> None:
     sh.GetItemChildren(sh.GetSceneItemID(), children, True)
     folders = [sh.GetItemName(children.GetId(k)) for k in range(children.GetNumberOfIds())]
     assert not [f for f in folders if f.startswith("CardiacSynth")], folders
-    assert run.job.work_dir is None
+    assert run.work_dir is None
 
 
 def test_cancel_adds_nothing_and_deletes_the_job_files() -> None:
     scene = slicer.vtkMRMLScene()
     logic = CardiacSynthLogic(scene)
     run = logic.start(n=3, device="cpu")
-    work_dir = run.job.work_dir
+    work_dir = run.work_dir
     logic.cancel(run)
     assert not work_dir.exists(), work_dir
     with pytest.raises(JobCancelled):

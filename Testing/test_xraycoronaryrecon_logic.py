@@ -183,7 +183,7 @@ def test_a_broken_output_adds_no_node() -> None:
     before = scene.GetNumberOfNodes()
     logic = SyntheticAngiogramsLogic(scene)
     run = logic.start(seed=SEED, pairs=1, image_size=64, device="cpu")
-    status = run.job.wait(timeout_s=240)
+    status = run.wait(timeout_s=240)
     assert status.state == "done", (status.state, status.message)
     (ds.sample_path(status.output_dir, 0, 0) / "view2.png").unlink()
     with pytest.raises(FileNotFoundError, match="view2.png"):
@@ -197,21 +197,21 @@ def test_cancel_mid_run_adds_no_node() -> None:
     before = scene.GetNumberOfNodes()
     logic = SyntheticAngiogramsLogic(scene)
     run = logic.start(seed=SEED, pairs=10, image_size=512, device="cpu")
-    work_dir = run.job.work_dir
+    work_dir = run.work_dir
     deadline = time.monotonic() + 120
     try:
         while "pair_" not in run.poll().stage:
-            assert not run.job.status.finished, (run.job.status.state, run.job.status.message)
+            assert not run.status.finished, (run.status.state, run.status.message)
             assert time.monotonic() < deadline, "the job never started a pair"
             time.sleep(0.05)
         logic.cancel(run)
-        assert run.job.status.state == "cancelled", run.job.status.state
+        assert run.status.state == "cancelled", run.status.state
         with pytest.raises(JobCancelled):
             logic.import_results(run)
         assert scene.GetNumberOfNodes() == before
         assert not work_dir.exists(), f"{work_dir} left behind"
     finally:
-        run.job.cleanup()
+        run.cleanup()
         if work_dir.exists():
             shutil.rmtree(work_dir, ignore_errors=True)
 
@@ -295,7 +295,7 @@ def test_a_segmentation_is_exported_through_a_temporary_node(coronary_labels) ->
     logic = SyntheticAngiogramsLogic(scene)
     run = logic.start(pairs=1, image_size=64, device="cpu", labelmap_node=segmentation)
     try:
-        written = read_volume(run.job.work_dir / "inputs" / "labelmap.nrrd")
+        written = read_volume(run.work_dir / "inputs" / "labelmap.nrrd")
         assert np.array_equal(written.array, volume.array)
         assert np.allclose(written.ijk_to_ras, volume.ijk_to_ras, atol=1e-6)
         assert run.prefix == "Synthetic angio coronary segmentation", run.prefix

@@ -120,8 +120,8 @@ def test_generate_from_simulated_views(bundle, scene_views) -> None:
                       device="cpu", reference_node=nodes["ct"], add_direct=True)  # fmt: skip
     assert scene.GetNumberOfNodes() == before, "start changed the scene"
     assert run.geometry == {"pa": GEOMETRY_FROM_NODE, "lateral": GEOMETRY_FROM_NODE}, run.geometry
-    work_dir = run.job.work_dir
-    run.job.wait(timeout_s=240)
+    work_dir = run.work_dir
+    run.wait(timeout_s=240)
     result = logic.import_results(run)
     took = time.perf_counter() - t0
     print(f"\ngenerate K=2, 3 steps, with reference: {took:.1f} s; {result.text}")
@@ -261,8 +261,8 @@ def test_failed_job_adds_nothing(bundle, scene_views, tmp_path: Path) -> None:
     before = scene.GetNumberOfNodes()
     logic = GenerateCTLogic(scene)
     run = logic.start(nodes["pa"], nodes["lateral"], model=str(broken), steps=2, samples=2, device="cpu")
-    work_dir = run.job.work_dir
-    status = run.job.wait(timeout_s=240)
+    work_dir = run.work_dir
+    status = run.wait(timeout_s=240)
     assert status.state == "error", (status.state, status.message)
     print(f"\nfailed job: {status.message}")
     with pytest.raises(JobError, match="sha256"):
@@ -277,13 +277,13 @@ def test_broken_output_adds_nothing(bundle, scene_views) -> None:
     before = scene.GetNumberOfNodes()
     logic = GenerateCTLogic(scene)
     run = logic.start(nodes["pa"], nodes["lateral"], model=str(bundle), steps=2, samples=2, device="cpu")
-    status = run.job.wait(timeout_s=240)
+    status = run.wait(timeout_s=240)
     assert status.state == "done", (status.state, status.message)
     (Path(status.output_dir) / "uncertainty.nrrd").write_bytes(b"NRRD0004\nnot really\n")
     with pytest.raises(ValueError, match=r"uncertainty\.nrrd: unreadable"):
         logic.import_results(run)
     assert scene.GetNumberOfNodes() == before
-    assert run.job.work_dir is None
+    assert run.work_dir is None
 
 
 def test_cancel_adds_nothing(bundle, scene_views) -> None:
@@ -291,16 +291,16 @@ def test_cancel_adds_nothing(bundle, scene_views) -> None:
     before = scene.GetNumberOfNodes()
     logic = GenerateCTLogic(scene)
     run = logic.start(nodes["pa"], nodes["lateral"], model=str(bundle), steps=25, samples=64, device="cpu")
-    work_dir = run.job.work_dir
+    work_dir = run.work_dir
     deadline = time.monotonic() + 120
     while logic.poll(run).stage == "starting":  # the job has begun once it reports its first stage
-        assert not run.job.status.finished, (run.job.status.state, run.job.status.message)
+        assert not run.status.finished, (run.status.state, run.status.message)
         assert time.monotonic() < deadline, "the job never reported a stage"
         time.sleep(0.05)
-    stage = run.job.status.stage
+    stage = run.status.stage
     logic.cancel(run)
     print(f"\ncancelled at stage {stage!r}")
-    assert run.job.status.state == "cancelled", run.job.status.state
+    assert run.status.state == "cancelled", run.status.state
     with pytest.raises(JobCancelled):
         logic.import_results(run)
     assert scene.GetNumberOfNodes() == before

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import slicer  # slicer-core, a test dependency: the real MRML scene
 import vtk
-from XRayCardiacCommonLib.jobs import JobCancelled, JobError, JobHandle
+from XRayCardiacCommonLib.jobs import JobCancelled, JobError, JobRun
 from XRayCardiacCommonLib.mrml_io import (
     GEOMETRY_ATTRIBUTE,
     PROJECTION_MATRIX_ATTRIBUTE,
@@ -152,7 +152,7 @@ def test_export_node_writes_world_geometry(tmp_path: Path) -> None:
 
 def test_job_handle_reports_progress_and_summary() -> None:
     updates = []
-    with JobHandle.start("selftest", {}, {"n_files": 3, "delay_s": 0.01}) as job:
+    with JobRun.start("selftest", {}, {"n_files": 3, "delay_s": 0.01}) as job:
         status = job.wait(timeout_s=60, on_update=lambda s: updates.append(s.progress))
         work = job.work_dir
         assert status.state == "done", (status.state, status.message)
@@ -167,7 +167,7 @@ def test_job_handle_reports_progress_and_summary() -> None:
 
 
 def test_job_handle_failure_is_readable() -> None:
-    with JobHandle.start("selftest", {}, {"n_files": 3, "delay_s": 0.0, "fail_at": 1}) as job:
+    with JobRun.start("selftest", {}, {"n_files": 3, "delay_s": 0.0, "fail_at": 1}) as job:
         status = job.wait(timeout_s=60)
         assert status.state == "error"
         assert status.message.startswith("The selftest job failed: RuntimeError"), status.message
@@ -280,14 +280,14 @@ def test_cancel_mid_run_adds_no_node(chest_scene) -> None:
     # A large detector with a fine step keeps the job rendering long enough to be caught mid-run.
     views = build_views("PA + lateral", detector_rows=1024, detector_cols=1024, pixel_spacing_mm=0.45)
     run = logic.start(ct_node, views, device="cpu", step_mm=0.5)
-    work_dir = run.job.work_dir
+    work_dir = run.work_dir
     deadline = time.monotonic() + 120
     while not run.poll().stage.startswith("rendering"):
-        assert not run.job.status.finished, (run.job.status.state, run.job.status.message)
+        assert not run.status.finished, (run.status.state, run.status.message)
         assert time.monotonic() < deadline, "the job never started rendering"
         time.sleep(0.05)
     logic.cancel(run)
-    assert run.job.status.state == "cancelled", run.job.status.state
+    assert run.status.state == "cancelled", run.status.state
     with pytest.raises(JobCancelled):
         logic.import_results(run)
     assert scene.GetNumberOfNodes() == before

@@ -7,9 +7,12 @@
   picks the build that fits the GPU driver; an installed torch must be in the tested range) and then
   of the bundled ``xraycardiac`` library's packages (``Resources/requirements.txt``), each after the user
   confirms; a failure is shown with what failed and what to do.
+* ``XRayCardiacWidget``: the base of every module panel: the widget lifecycle (setup, cleanup,
+  enter, exit, scene close, parameter node and its observer) written once, and ``runJob``: a button's
+  job from the dependency check through the module's Lib logic (``XRayCardiacCommonLib.JobLogic``)
+  to the imported nodes, shown in a ``JobProgress``.
 * ``JobProgress``: drives a progress bar, a status label and a Cancel button from a running job,
-  polled on a ``qt.QTimer`` so the GUI never blocks; ``startJob`` / ``finishJob``: what a panel does
-  when its button starts a job and when the job ends (errors shown, a failed job's files deleted).
+  polled on a ``qt.QTimer`` so the GUI never blocks.
 * ``showError`` / ``showVolumeInSliceView``: small GUI conveniences.
 
 The MRML <-> ``xraycardiac`` helpers (no Qt) are in ``XRayCardiacCommonLib``.
@@ -17,6 +20,7 @@ The MRML <-> ``xraycardiac`` helpers (no Qt) are in ``XRayCardiacCommonLib``.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -25,11 +29,14 @@ from typing import Any
 
 import qt
 import slicer
+import vtk
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
 )
+from slicer.util import VTKObservationMixin
 from XRayCardiacCommonLib.support import unsupported_slicer_message
 
 
@@ -332,60 +339,6 @@ def showVolumeInSliceView(node: Any, viewName: str = "Red") -> None:
     sliceLogic.FitSliceToAll()
 
 
-def startJob(requester: str, what: str, start: Callable[..., Any], *args: Any) -> Any:
-    """A panel button's start of a job: the first-use dependency check, then ``start(*args)``.
-
-    Args:
-        requester: module name shown in the dependency installation dialog.
-        what: the job in words, e.g. ``"simulation"``, for the error message.
-        start: starts the job and returns its run; raises ValueError naming a bad setting.
-        args: ``start``'s arguments (e.g. the parameter node).
-
-    Returns:
-        The run, or None when it did not start (the user has been told why).
-    """
-    if not ensurePythonDependencies(requester):
-        return None
-    try:
-        return start(*args)
-    except ValueError as exc:  # a bad input or setting: the message names it
-        showError(str(exc))
-    except Exception as exc:
-        showError(f"Could not start the {what}: {exc}", details=_traceback())
-    return None
-
-
-def finishJob(
-    status: Any,
-    finish: Callable[[], Any],
-    cancel: Callable[[], None],
-    onResult: Callable[[Any], None],
-    what: str,
-) -> bool:
-    """A panel's end of a job (``JobProgress``'s ``onFinished``): import a done job, else delete its files.
-
-    Args:
-        status: the job's final ``XRayCardiacCommonLib.JobStatus``.
-        finish: adds the done job's outputs to the scene and returns them.
-        cancel: deletes the job's files (a failed or cancelled job); the scene is not changed.
-        onResult: shows ``finish()``'s result in the panel.
-        what: the outputs in words, e.g. ``"radiographs"``, for the error message.
-
-    Returns:
-        True when the outputs were added and shown; False otherwise (a failure has been shown).
-    """
-    try:
-        if status.state == "done":
-            onResult(finish())
-            return True
-        cancel()
-        if status.state == "error":
-            showError(status.message, details=status.details)
-    except Exception as exc:
-        showError(f"Importing the {what} failed: {exc}", details=_traceback())
-    return False
-
-
 class JobProgress:
     """Shows a running job's progress in a progress bar and status label, with a working Cancel button.
 
@@ -480,6 +433,174 @@ class JobProgress:
 
 
 # ------------------------------------------------------------------------------------------------
+# The module panels' base
+# ------------------------------------------------------------------------------------------------
+
+
+class XRayCardiacWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Base of the XRayCardiac module panels: lifecycle, parameter node and jobs, written once.
+
+    A module's widget (``<Module>Widget``) subclasses it and writes only what is its own:
+
+    * ``createLogic()``: the module logic (a ``ScriptedLoadableModuleLogic`` whose
+      ``getParameterNode()`` returns the typed parameter node);
+    * ``setupPanel()``: its job sections (``JobProgress``) and button connections, after the .ui file
+      ``Resources/UI/<Module>.ui`` is loaded into ``self.ui``;
+    * ``updateGuiState()``: the buttons' enabled state and tooltips from ``self._parameterNode``;
+    * optionally ``initializeParameterNode()`` to pick default nodes (call the base first).
+
+    A button starts its job with ``runJob``: widget -> the module's Lib logic (a
+    ``XRayCardiacCommonLib.JobLogic``, which starts ``xraycardiac.jobs.JobProcess``) -> nodes.
+    On a Slicer older than 5.10 ``setup`` only shows why the panel cannot run (``self.logic`` stays
+    None and every other method does nothing).
+    """
+
+    def __init__(self, parent: Any = None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic: Any = None
+        self._parameterNode: Any = None
+        self._parameterNodeGuiTag: Any = None
+        self._jobProgresses: list[JobProgress] = []
+
+    # ------------------------------------------------------------------------ module hooks
+
+    def createLogic(self) -> Any:
+        """The module logic; ``<Module>Logic()``."""
+        raise NotImplementedError(f"{type(self).__name__} must define createLogic()")
+
+    def setupPanel(self) -> None:
+        """Create the job sections (``addJobProgress``) and connect the buttons."""
+
+    def updateGuiState(self, caller: Any = None, event: Any = None) -> None:
+        """Enable the buttons and set their tooltips from the parameter node (also a VTK observer)."""
+
+    # --------------------------------------------------------------------------- lifecycle
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        if showUnsupportedSlicer(self):
+            return  # an older Slicer: the panel says why
+        uiWidget = slicer.util.loadUI(self.resourcePath(f"UI/{self.moduleName}.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = self.createLogic()
+        self.setupPanel()
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        if self.logic is None:  # setup stopped on an unsupported Slicer
+            return
+        for progress in self._jobProgresses:
+            progress.cleanup()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        if self.logic is None:  # setup stopped on an unsupported Slicer
+            return
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGuiState)
+
+    def onSceneStartClose(self, caller: Any, event: Any) -> None:
+        for progress in self._jobProgresses:
+            progress.cleanup()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller: Any, event: Any) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode: Any) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGuiState)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # Widgets are bound through their "SlicerParameterName" property in the .ui file.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGuiState)
+        self.updateGuiState()
+
+    # -------------------------------------------------------------------------------- jobs
+
+    def addJobProgress(self, progressBar: Any, statusLabel: Any, cancelButton: Any) -> JobProgress:
+        """A job section of the panel (cancelled on cleanup and scene close); see ``JobProgress``."""
+        progress = JobProgress(progressBar, statusLabel, cancelButton)
+        self._jobProgresses.append(progress)
+        return progress
+
+    def runJob(
+        self,
+        progress: JobProgress,
+        jobLogic: str,
+        arguments: Callable[[], dict],
+        what: str,
+        outputs: str,
+        onResult: Callable[[Any], None],
+        onStarted: Callable[[Any], None] | None = None,
+        onEnded: Callable[[bool], None] | None = None,
+    ) -> None:
+        """A button's job: dependency check, ``start``, progress with Cancel, then the outputs imported.
+
+        Args:
+            progress: the section's ``JobProgress``.
+            jobLogic: ``"<package>.<module>.<Class>"`` of the module's Lib logic (a ``JobLogic``),
+                imported only now: it needs ``xraycardiac``, installed on first use.
+            arguments: returns ``start``'s keyword arguments from the parameter node; raises
+                ValueError naming a missing input.
+            what: the job in words, e.g. ``"simulation"``, for the error messages.
+            outputs: the outputs in words, e.g. ``"radiographs"``, for the error messages.
+            onResult: shows ``import_results``' result in the panel.
+            onStarted: called with the run once the job started (e.g. to show what it will do).
+            onEnded: called once the job ended: True when its outputs were added and shown.
+        """
+        if progress.running or not ensurePythonDependencies(self.moduleName):
+            return
+        try:
+            moduleName, className = jobLogic.rsplit(".", 1)
+            logic = getattr(importlib.import_module(moduleName), className)(slicer.mrmlScene)
+            run = logic.start(**arguments())
+        except ValueError as exc:  # a bad input or setting: the message names it
+            showError(str(exc))
+            return
+        except Exception as exc:
+            showError(f"Could not start the {what}: {exc}", details=_traceback())
+            return
+        if onStarted is not None:
+            onStarted(run)
+
+        def finished(status: Any) -> None:
+            shown = False
+            try:
+                if status.state == "done":
+                    onResult(logic.import_results(run))
+                    shown = True
+                else:
+                    logic.cancel(run)
+                    if status.state == "error":
+                        showError(status.message, details=status.details)
+            except Exception as exc:
+                showError(f"Importing the {outputs} failed: {exc}", details=_traceback())
+            if onEnded is not None:
+                onEnded(shown)
+            self.updateGuiState()
+
+        progress.track(run.poll, lambda: logic.cancel(run), finished)
+        self.updateGuiState()
+
+
+# ------------------------------------------------------------------------------------------------
 # Logic and tests
 # ------------------------------------------------------------------------------------------------
 
@@ -493,9 +614,9 @@ class XRayCardiacCommonLogic(ScriptedLoadableModuleLogic):
         Raises:
             JobError: the job failed (the message says why).
         """
-        from XRayCardiacCommonLib.jobs import JobHandle
+        from XRayCardiacCommonLib.jobs import JobRun
 
-        with JobHandle.start("selftest", {}, {"n_files": 2, "delay_s": 0.05}) as job:
+        with JobRun.start("selftest", {}, {"n_files": 2, "delay_s": 0.05}) as job:
             job.wait(timeout_s=timeoutS)
             return job.result().summary or {}
 

@@ -19,16 +19,13 @@ a tube model. All computation is in the core library; nothing here does math.
 from typing import Annotated, Any, Union
 
 import slicer
-import vtk
 from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
 )
-from slicer.util import VTKObservationMixin
 from XRayCoronaryReconLib import (
     DEFAULT_IMAGE_SIZE,
     DEVICE_CHOICES,
@@ -116,84 +113,21 @@ class XRayCoronaryReconParameterNode:
     reconDevice: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
 
 
-class XRayCoronaryReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class XRayCoronaryReconWidget(XRayCardiacCommon.XRayCardiacWidget):
     """The panel: parameter node <-> .ui, Generate / Cancel, progress."""
 
-    def __init__(self, parent: Any = None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic: XRayCoronaryReconLogic | None = None
-        self._parameterNode: XRayCoronaryReconParameterNode | None = None
-        self._parameterNodeGuiTag = None
-        self._run = None
-        self._reconRun = None
+    def createLogic(self) -> "XRayCoronaryReconLogic":
+        return XRayCoronaryReconLogic()
 
-    def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
-        if XRayCardiacCommon.showUnsupportedSlicer(self):
-            return  # an older Slicer: the panel says why
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/XRayCoronaryRecon.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-
-        self.logic = XRayCoronaryReconLogic()
-        self.progress = XRayCardiacCommon.JobProgress(
-            self.ui.progressBar, self.ui.statusLabel, self.ui.cancelButton
-        )
-
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.reconProgress = XRayCardiacCommon.JobProgress(
+    def setupPanel(self) -> None:
+        self.progress = self.addJobProgress(self.ui.progressBar, self.ui.statusLabel, self.ui.cancelButton)
+        self.reconProgress = self.addJobProgress(
             self.ui.reconProgressBar, self.ui.reconStatusLabel, self.ui.reconCancelButton
         )
         self.ui.generateButton.connect("clicked(bool)", self.onGenerateButton)
         self.ui.reconstructButton.connect("clicked(bool)", self.onReconstructButton)
 
-        self.initializeParameterNode()
-
-    def cleanup(self) -> None:
-        if self.logic is None:  # setup stopped on an unsupported Slicer
-            return
-        self.progress.cleanup()
-        self.reconProgress.cleanup()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        if self.logic is None:  # setup stopped on an unsupported Slicer
-            return
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGuiState)
-
-    def onSceneStartClose(self, caller: Any, event: Any) -> None:
-        self.progress.cleanup()
-        self.reconProgress.cleanup()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller: Any, event: Any) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-
-    def setParameterNode(self, inputParameterNode: "XRayCoronaryReconParameterNode | None") -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGuiState)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            # Widgets are bound through their "SlicerParameterName" property in the .ui file.
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGuiState)
-        self._updateGuiState()
-
-    def _updateGuiState(self, caller: Any = None, event: Any = None) -> None:
+    def updateGuiState(self, caller: Any = None, event: Any = None) -> None:
         p = self._parameterNode
         fromLabels = p is not None and self.logic.usesLabelMap(p)
         for widget in (self.ui.inputLabelMapSelector, self.ui.leftLabelSpinBox, self.ui.rightLabelSpinBox):
@@ -225,31 +159,19 @@ class XRayCoronaryReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 "Match, refine view 2 and reconstruct the 3D centreline in a separate process."
             )
 
-    def _startJob(self, start: Any, what: str) -> Any:
-        """``start(parameterNode)`` after the first-use dependency check; None (error shown) if it fails."""
-        return XRayCardiacCommon.startJob("XRayCoronaryRecon", what, start, self._parameterNode)
-
     def onReconstructButton(self) -> None:
-        run = self._startJob(self.logic.startReconstruction, "reconstruction")
-        if run is None:
-            return
-        self._reconRun = run
-        self.ui.reconErrorLabel.text = ""
-        self.reconProgress.track(
-            run.poll, lambda: self.logic.cancelReconstruction(run), self._onReconstructionFinished
-        )
-        self._updateGuiState()
-
-    def _onReconstructionFinished(self, status: Any) -> None:
-        run, self._reconRun = self._reconRun, None
-        XRayCardiacCommon.finishJob(
-            status,
-            lambda: self.logic.finishReconstruction(run),
-            lambda: self.logic.cancelReconstruction(run),
-            self._showReconstruction,
+        self.runJob(
+            self.reconProgress,
+            RECONSTRUCTION_LOGIC,
+            lambda: self.logic.reconstructionArguments(self._parameterNode),
             "reconstruction",
+            "reconstruction",
+            self._showReconstruction,
+            onStarted=self._clearReconstructionText,
         )
-        self._updateGuiState()
+
+    def _clearReconstructionText(self, run: Any) -> None:
+        self.ui.reconErrorLabel.text = ""
 
     def _showReconstruction(self, result: dict) -> None:
         self.ui.reconErrorLabel.text = result["text"]
@@ -259,23 +181,14 @@ class XRayCoronaryReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         )
 
     def onGenerateButton(self) -> None:
-        run = self._startJob(self.logic.startSynthesis, "synthesis")
-        if run is None:
-            return
-        self._run = run
-        self.progress.track(run.poll, lambda: self.logic.cancelSynthesis(run), self._onSynthesisFinished)
-        self._updateGuiState()
-
-    def _onSynthesisFinished(self, status: Any) -> None:
-        run, self._run = self._run, None
-        XRayCardiacCommon.finishJob(
-            status,
-            lambda: self.logic.finishSynthesis(run),
-            lambda: self.logic.cancelSynthesis(run),
-            self._showSynthesis,
+        self.runJob(
+            self.progress,
+            SYNTHESIS_LOGIC,
+            lambda: self.logic.synthesisArguments(self._parameterNode),
+            "synthesis",
             "synthetic angiograms",
+            self._showSynthesis,
         )
-        self._updateGuiState()
 
     def _showSynthesis(self, result: dict) -> None:
         if result["pairs"]:
@@ -286,43 +199,36 @@ class XRayCoronaryReconWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.statusLabel.text = text
 
 
-class XRayCoronaryReconLogic(ScriptedLoadableModuleLogic):
-    """Thin logic: parameter node -> ``XRayCoronaryReconLib.synthetic``. Usable from scripts without the GUI.
+SYNTHESIS_LOGIC = "XRayCoronaryReconLib.synthetic.SyntheticAngiogramsLogic"
+RECONSTRUCTION_LOGIC = "XRayCoronaryReconLib.reconstruct.ReconstructLogic"
+"""The Lib logic of each job (``JobLogic``: start, poll, cancel, import_results); imported when a job
+starts, since it needs ``xraycardiac``, installed on first use after this module has been loaded."""
 
-    ``XRayCoronaryReconLib.synthetic`` is imported inside the methods: it needs ``xraycardiac``,
-    which is installed on first use, after this module has been loaded.
+
+class XRayCoronaryReconLogic(ScriptedLoadableModuleLogic):
+    """The parameter node and its translation to the Lib logic's arguments (no job runs here).
+
+    A job: ``SyntheticAngiogramsLogic(scene).start(**synthesisArguments(p))`` (or ``.run(...)`` to
+    block), and the same with ``ReconstructLogic`` / ``reconstructionArguments``.
     """
 
     def getParameterNode(self) -> XRayCoronaryReconParameterNode:
         return XRayCoronaryReconParameterNode(super().getParameterNode())
 
     @staticmethod
-    def _synthetic() -> Any:
-        """``XRayCoronaryReconLib.synthetic.SyntheticAngiogramsLogic`` on the application's scene."""
-        from XRayCoronaryReconLib.synthetic import SyntheticAngiogramsLogic
-
-        return SyntheticAngiogramsLogic(slicer.mrmlScene)
-
-    @staticmethod
-    def _reconstruction() -> Any:
-        """``XRayCoronaryReconLib.reconstruct.ReconstructLogic`` on the application's scene."""
-        from XRayCoronaryReconLib.reconstruct import ReconstructLogic
-
-        return ReconstructLogic(slicer.mrmlScene)
-
-    @staticmethod
     def usesLabelMap(p: XRayCoronaryReconParameterNode) -> bool:
         """True when the tree comes from ``p.inputLabelMap`` rather than from the seed."""
         return p.treeSource == TREE_SOURCE_CHOICES[1]
 
-    def startSynthesis(self, p: XRayCoronaryReconParameterNode) -> Any:
-        """Start the ``coronary-synth`` job (returns at once). Raises ValueError naming a bad parameter.
+    @classmethod
+    def synthesisArguments(cls, p: XRayCoronaryReconParameterNode) -> dict:
+        """``SyntheticAngiogramsLogic.start``'s arguments. Raises ValueError naming a bad parameter.
 
         Label map / segmentation source: ``p.inputLabelMap`` with its labels (0 = none). Renderer
         "diffusion": images on the model's own grid (``image_size`` None).
         """
         options: dict = {"renderer": p.renderer}
-        if self.usesLabelMap(p):
+        if cls.usesLabelMap(p):
             if p.inputLabelMap is None:
                 raise ValueError("labelmap_node: select the coronary label map or segmentation")
             options.update(
@@ -330,49 +236,30 @@ class XRayCoronaryReconLogic(ScriptedLoadableModuleLogic):
                 left_label=p.leftLabel or None,
                 right_label=p.rightLabel or None,
             )
-        return self._synthetic().start(
-            seed=p.seed,
-            pairs=p.pairs,
-            injection=p.injection,
-            image_size=p.imageSize if p.renderer == "physics" else None,
-            device=p.device,
+        return {
+            "seed": p.seed,
+            "pairs": p.pairs,
+            "injection": p.injection,
+            "image_size": p.imageSize if p.renderer == "physics" else None,
+            "device": p.device,
             **options,
-        )
+        }
 
-    def finishSynthesis(self, run: Any) -> dict:
-        """Add the finished job's nodes to the scene; see ``SyntheticAngiogramsLogic.import_results``."""
-        return self._synthetic().import_results(run)
-
-    def cancelSynthesis(self, run: Any) -> None:
-        """Stop a job and delete its files; the scene is not changed."""
-        self._synthetic().cancel(run)
-
-    def startReconstruction(self, p: XRayCoronaryReconParameterNode) -> Any:
-        """Start the ``coronary-reconstruct`` job (returns at once). Raises ValueError naming a bad parameter."""
+    @staticmethod
+    def reconstructionArguments(p: XRayCoronaryReconParameterNode) -> dict:
+        """``ReconstructLogic.start``'s arguments. Raises ValueError naming a bad parameter."""
         from XRayCoronaryReconLib.reconstruct import method_spec
 
-        return self._reconstruction().start(
-            p.reconVolume1,
-            p.reconVolume2,
-            mask_node1=p.reconMask1,
-            mask_node2=p.reconMask2,
-            method=method_spec(p.reconMethod, p.reconMatcherModel),
-            foundation=p.reconFoundation or None,
-            refine_calibration=bool(p.reconRefine),
-            device=p.reconDevice,
-        )
-
-    def finishReconstruction(self, run: Any) -> dict:
-        """Add the finished job's nodes to the scene; see ``ReconstructLogic.import_results``."""
-        return self._reconstruction().import_results(run)
-
-    def cancelReconstruction(self, run: Any) -> None:
-        """Stop a job and delete its files; the scene is not changed."""
-        self._reconstruction().cancel(run)
-
-    def synthesize(self, p: XRayCoronaryReconParameterNode, timeoutS: "float | None" = None) -> dict:
-        """Blocking: start, wait and import (a failed wait cancels). Returns ``finishSynthesis``'s dict."""
-        return self._synthetic().wait_and_import(self.startSynthesis(p), timeout_s=timeoutS)
+        return {
+            "volume_node1": p.reconVolume1,
+            "volume_node2": p.reconVolume2,
+            "mask_node1": p.reconMask1,
+            "mask_node2": p.reconMask2,
+            "method": method_spec(p.reconMethod, p.reconMatcherModel),
+            "foundation": p.reconFoundation or None,
+            "refine_calibration": bool(p.reconRefine),
+            "device": p.reconDevice,
+        }
 
 
 class XRayCoronaryReconTest(ScriptedLoadableModuleTest):
@@ -396,12 +283,13 @@ class XRayCoronaryReconTest(ScriptedLoadableModuleTest):
         if not XRayCardiacCommon.dependenciesForSelfTest(self, "XRayCoronaryRecon"):
             return
         from XRayCardiacCommonLib.mrml_io import PROJECTION_MATRIX_ATTRIBUTE, parse_projection_matrix
+        from XRayCoronaryReconLib.synthetic import SyntheticAngiogramsLogic
 
         self.delayDisplay("Generating one synthetic angiogram pair")
         logic = XRayCoronaryReconLogic()
         p = logic.getParameterNode()
         p.seed, p.pairs, p.injection, p.imageSize, p.device = 1, 1, "left", 128, "cpu"
-        result = logic.synthesize(p, timeoutS=300)
+        result = SyntheticAngiogramsLogic(slicer.mrmlScene).run(**logic.synthesisArguments(p), timeout_s=300)
         self.assertEqual(len(result["pairs"]), 1)
         pair = result["pairs"][0]
         for v in (1, 2):
@@ -420,12 +308,14 @@ class XRayCoronaryReconTest(ScriptedLoadableModuleTest):
         if not XRayCardiacCommon.dependenciesForSelfTest(self, "XRayCoronaryRecon"):
             return
         from XRayCoronaryReconLib.reconstruct import ReconstructLogic
+        from XRayCoronaryReconLib.synthetic import SyntheticAngiogramsLogic
 
         self.delayDisplay("Generating a pair, then reconstructing it (vessel keypoints, epipolar filter)")
         logic = XRayCoronaryReconLogic()
         p = logic.getParameterNode()
         p.seed, p.pairs, p.injection, p.imageSize, p.device = 2, 1, "left", 256, "cpu"
-        pair = logic.synthesize(p, timeoutS=300)["pairs"][0]
+        synthetic = SyntheticAngiogramsLogic(slicer.mrmlScene)
+        pair = synthetic.run(**logic.synthesisArguments(p), timeout_s=300)["pairs"][0]
         result = ReconstructLogic(slicer.mrmlScene).run(
             pair["view1"], pair["view2"], timeout_s=300, method="vessel+epipolar", device="cpu"
         )

@@ -17,16 +17,13 @@ All computation is in the core library; nothing here does math.
 from typing import Annotated, Any, Union
 
 import slicer
-import vtk
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
 )
-from slicer.util import VTKObservationMixin
 from XRayToCTLib import (
     X2CT_DEFAULT_MODEL,
     X2CT_DEFAULT_SAMPLES,
@@ -117,89 +114,28 @@ class XRayToCTParameterNode:
     addDirectEstimate: bool = False
 
 
-class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class XRayToCTWidget(XRayCardiacCommon.XRayCardiacWidget):
     """The panel: parameter node <-> .ui; Apply / Generate, each with its progress bar and Cancel."""
 
-    def __init__(self, parent: Any = None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
-        self.logic: XRayToCTLogic | None = None
-        self._parameterNode: XRayToCTParameterNode | None = None
-        self._parameterNodeGuiTag = None
-        self._run = None
-        self._generateRun = None
+    def createLogic(self) -> "XRayToCTLogic":
+        return XRayToCTLogic()
 
-    def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
-        if XRayCardiacCommon.showUnsupportedSlicer(self):
-            return  # an older Slicer: the panel says why
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/XRayToCT.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-
-        self.logic = XRayToCTLogic()
-        self.progress = XRayCardiacCommon.JobProgress(
-            self.ui.progressBar, self.ui.statusLabel, self.ui.cancelButton
-        )
-
-        self.generateProgress = XRayCardiacCommon.JobProgress(
+    def setupPanel(self) -> None:
+        self.progress = self.addJobProgress(self.ui.progressBar, self.ui.statusLabel, self.ui.cancelButton)
+        self.generateProgress = self.addJobProgress(
             self.ui.generateProgressBar, self.ui.generateStatusLabel, self.ui.generateCancelButton
         )
-
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.simulateButton.connect("clicked(bool)", self.onSimulateButton)
         self.ui.generateButton.connect("clicked(bool)", self.onGenerateButton)
 
-        self.initializeParameterNode()
-
-    def cleanup(self) -> None:
-        if self.logic is None:  # setup stopped on an unsupported Slicer
-            return
-        self.progress.cleanup()
-        self.generateProgress.cleanup()
-        self.removeObservers()
-
-    def enter(self) -> None:
-        if self.logic is None:  # setup stopped on an unsupported Slicer
-            return
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGuiState)
-
-    def onSceneStartClose(self, caller: Any, event: Any) -> None:
-        self.progress.cleanup()
-        self.generateProgress.cleanup()
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller: Any, event: Any) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
     def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
+        super().initializeParameterNode()
         if not self._parameterNode.inputCT:
             firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if firstVolume and not firstVolume.IsA("vtkMRMLLabelMapVolumeNode"):
                 self._parameterNode.inputCT = firstVolume
 
-    def setParameterNode(self, inputParameterNode: "XRayToCTParameterNode | None") -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGuiState)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            # Widgets are bound through their "SlicerParameterName" property in the .ui file.
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGuiState)
-        self._updateGuiState()
-
-    def _updateGuiState(self, caller: Any = None, event: Any = None) -> None:
+    def updateGuiState(self, caller: Any = None, event: Any = None) -> None:
         p = self._parameterNode
         self.ui.customPoseGroupBox.enabled = bool(p) and p.pose == "Custom"
         running = self.progress.running
@@ -229,25 +165,14 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.generateButton.toolTip = "Generate the CT and its uncertainty in a separate process; the volumes are added to the scene."
 
     def onSimulateButton(self) -> None:
-        run = XRayCardiacCommon.startJob(
-            "XRayToCT", "simulation", self.logic.startSimulation, self._parameterNode
-        )
-        if run is None:
-            return
-        self._run = run
-        self.progress.track(run.poll, lambda: self.logic.cancelSimulation(run), self._onSimulationFinished)
-        self._updateGuiState()
-
-    def _onSimulationFinished(self, status: Any) -> None:
-        run, self._run = self._run, None
-        XRayCardiacCommon.finishJob(
-            status,
-            lambda: self.logic.finishSimulation(run),
-            lambda: self.logic.cancelSimulation(run),
-            self._showRadiographs,
+        self.runJob(
+            self.progress,
+            SIMULATION_LOGIC,
+            lambda: self.logic.simulationArguments(self._parameterNode),
+            "simulation",
             "radiographs",
+            self._showRadiographs,
         )
-        self._updateGuiState()
 
     def _showRadiographs(self, nodes: list) -> None:
         if nodes:
@@ -256,30 +181,23 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = "Added " + ", ".join(n.GetName() for n in nodes)
 
     def onGenerateButton(self) -> None:
-        run = XRayCardiacCommon.startJob(
-            "XRayToCT", "CT generation", self.logic.startGeneration, self._parameterNode
-        )
-        if run is None:
-            return
-        self._generateRun = run
-        self.ui.generateResultLabel.text = run.geometry_text()
-        self.generateProgress.track(
-            run.poll, lambda: self.logic.cancelGeneration(run), self._onGenerationFinished
-        )
-        self._updateGuiState()
-
-    def _onGenerationFinished(self, status: Any) -> None:
-        run, self._generateRun = self._generateRun, None
-        shown = XRayCardiacCommon.finishJob(
-            status,
-            lambda: self.logic.finishGeneration(run),
-            lambda: self.logic.cancelGeneration(run),
-            self._showGeneratedCT,
+        self.runJob(
+            self.generateProgress,
+            GENERATION_LOGIC,
+            lambda: self.logic.generationArguments(self._parameterNode),
+            "CT generation",
             "generated CT",
+            self._showGeneratedCT,
+            onStarted=self._showGeometry,
+            onEnded=self._clearResultUnlessShown,
         )
+
+    def _showGeometry(self, run: Any) -> None:
+        self.ui.generateResultLabel.text = run.geometry_text()
+
+    def _clearResultUnlessShown(self, shown: bool) -> None:
         if not shown:
             self.ui.generateResultLabel.text = ""
-        self._updateGuiState()
 
     def _showGeneratedCT(self, result: Any) -> None:
         slicer.util.setSliceViewerLayers(background=result.ct, fit=True)
@@ -287,35 +205,30 @@ class XRayToCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.generateResultLabel.text = result.text
 
 
-class XRayToCTLogic(ScriptedLoadableModuleLogic):
-    """Thin logic: parameter node -> ``XRayToCTLib.simulate`` / ``XRayToCTLib.generate``. Usable from scripts.
+SIMULATION_LOGIC = "XRayToCTLib.simulate.SimulateRadiographsLogic"
+GENERATION_LOGIC = "XRayToCTLib.generate.GenerateCTLogic"
+"""The Lib logic of each job (``JobLogic``: start, poll, cancel, import_results); imported when a job
+starts, since it needs ``xraycardiac``, installed on first use after this module has been loaded."""
 
-    ``XRayToCTLib`` is imported inside the methods: it needs ``xraycardiac``, which is installed on
-    first use, after this module has been loaded.
+
+class XRayToCTLogic(ScriptedLoadableModuleLogic):
+    """The parameter node and its translation to the Lib logic's arguments (no job runs here).
+
+    A job: ``SimulateRadiographsLogic(scene).start(**simulationArguments(p))`` (or ``.run(...)`` to
+    block), and the same with ``GenerateCTLogic`` / ``generationArguments``.
     """
 
     def getParameterNode(self) -> XRayToCTParameterNode:
         return XRayToCTParameterNode(super().getParameterNode())
 
     @staticmethod
-    def _simulation() -> Any:
-        """``XRayToCTLib.simulate.SimulateRadiographsLogic`` on the application's scene."""
-        from XRayToCTLib.simulate import SimulateRadiographsLogic
-
-        return SimulateRadiographsLogic(slicer.mrmlScene)
-
-    @staticmethod
-    def _generation() -> Any:
-        """``XRayToCTLib.generate.GenerateCTLogic`` on the application's scene."""
-        from XRayToCTLib.generate import GenerateCTLogic
-
-        return GenerateCTLogic(slicer.mrmlScene)
-
-    def views(self, p: XRayToCTParameterNode) -> list[dict]:
-        """The ``drr`` job's views for the pose and detector in the parameter node."""
+    def simulationArguments(p: XRayToCTParameterNode) -> dict:
+        """``SimulateRadiographsLogic.start``'s arguments. Raises ValueError naming a bad parameter."""
         from XRayToCTLib.simulate import build_views
 
-        return build_views(
+        if not p.inputCT:
+            raise ValueError("Input CT: select a CT volume")
+        views = build_views(
             p.pose,
             detector_rows=p.detectorRows,
             detector_cols=p.detectorCols,
@@ -325,24 +238,7 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
             sid_mm=p.sidMm,
             sod_mm=p.sodMm,
         )
-
-    def startSimulation(self, p: XRayToCTParameterNode) -> Any:
-        """Start the DRR job (returns at once). Raises ValueError naming a bad parameter."""
-        if not p.inputCT:
-            raise ValueError("Input CT: select a CT volume")
-        return self._simulation().start(p.inputCT, self.views(p), device=p.device)
-
-    def finishSimulation(self, run: Any) -> list:
-        """Add the finished job's radiographs to the scene (one 2D volume node per view)."""
-        return self._simulation().import_results(run)
-
-    def cancelSimulation(self, run: Any) -> None:
-        """Stop a job and delete its files; the scene is not changed."""
-        self._simulation().cancel(run)
-
-    def simulate(self, p: XRayToCTParameterNode, timeoutS: "float | None" = None) -> list:
-        """Blocking: start, wait and import (a failed wait cancels). Returns the new nodes."""
-        return self._simulation().wait_and_import(self.startSimulation(p), timeout_s=timeoutS)
+        return {"ct_node": p.inputCT, "views": views, "device": p.device}
 
     @staticmethod
     def useAsGenerateInputs(p: XRayToCTParameterNode, nodes: list) -> None:
@@ -356,33 +252,22 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
             elif view.get("preset") == "lateral":
                 p.lateralVolume = node
 
-    def startGeneration(self, p: XRayToCTParameterNode) -> Any:
-        """Start the ``x2ct-generate`` job (returns at once). Raises ValueError naming a bad parameter."""
+    @staticmethod
+    def generationArguments(p: XRayToCTParameterNode) -> dict:
+        """``GenerateCTLogic.start``'s arguments. Raises ValueError naming a bad parameter."""
         if not p.paVolume:
             raise ValueError("pa_node: select the PA radiograph")
-        return self._generation().start(
-            p.paVolume,
-            p.lateralVolume,
-            model=p.x2ctModel,
-            steps=p.samplerSteps,
-            samples=p.numSamples,
-            seed=p.x2ctSeed,
-            device=p.device,
-            reference_node=p.referenceCT,
-            add_direct=bool(p.addDirectEstimate),
-        )
-
-    def finishGeneration(self, run: Any) -> Any:
-        """Add the finished job's nodes to the scene; see ``GenerateCTLogic.import_results``."""
-        return self._generation().import_results(run)
-
-    def cancelGeneration(self, run: Any) -> None:
-        """Stop a job and delete its files; the scene is not changed."""
-        self._generation().cancel(run)
-
-    def generate(self, p: XRayToCTParameterNode, timeoutS: "float | None" = None) -> Any:
-        """Blocking: start, wait and import (a failed wait cancels). Returns a ``GenerateResult``."""
-        return self._generation().wait_and_import(self.startGeneration(p), timeout_s=timeoutS)
+        return {
+            "pa_node": p.paVolume,
+            "lateral_node": p.lateralVolume,
+            "model": p.x2ctModel,
+            "steps": p.samplerSteps,
+            "samples": p.numSamples,
+            "seed": p.x2ctSeed,
+            "device": p.device,
+            "reference_node": p.referenceCT,
+            "add_direct": bool(p.addDirectEstimate),
+        }
 
 
 class XRayToCTTest(ScriptedLoadableModuleTest):
@@ -419,7 +304,9 @@ class XRayToCTTest(ScriptedLoadableModuleTest):
         p.pose = "PA + lateral"
         p.detectorRows = p.detectorCols = 64
         p.device = "cpu"
-        nodes = logic.simulate(p, timeoutS=300)
+        from XRayToCTLib.simulate import SimulateRadiographsLogic
+
+        nodes = SimulateRadiographsLogic(slicer.mrmlScene).run(**logic.simulationArguments(p), timeout_s=300)
         self.assertEqual([n.GetName() for n in nodes], ["phantom DRR PA", "phantom DRR Lateral"])
         for node in nodes:
             image = slicer.util.arrayFromVolume(node)
@@ -437,7 +324,8 @@ class XRayToCTTest(ScriptedLoadableModuleTest):
         import os
         import tempfile
 
-        from XRayToCTLib.generate import installed_x2ct_models
+        from XRayToCTLib.generate import GenerateCTLogic, installed_x2ct_models
+        from XRayToCTLib.simulate import SimulateRadiographsLogic
 
         logic = XRayToCTLogic()
         p = logic.getParameterNode()
@@ -464,12 +352,12 @@ class XRayToCTTest(ScriptedLoadableModuleTest):
         p.detectorRows = p.detectorCols = 256
         p.pixelSpacingMm = 2.8
         p.device = "cpu"
-        views = logic.simulate(p, timeoutS=300)
+        views = SimulateRadiographsLogic(slicer.mrmlScene).run(**logic.simulationArguments(p), timeout_s=300)
         logic.useAsGenerateInputs(p, views)
         self.assertIs(p.paVolume, views[0])
         self.assertIs(p.lateralVolume, views[1])
         p.samplerSteps, p.numSamples, p.x2ctSeed, p.referenceCT = 10, 2, 0, ctNode
-        result = logic.generate(p, timeoutS=600)
+        result = GenerateCTLogic(slicer.mrmlScene).run(**logic.generationArguments(p), timeout_s=600)
         array = slicer.util.arrayFromVolume(result.ct)
         self.assertEqual(array.ndim, 3)
         self.assertEqual(len(set(array.shape)), 1)

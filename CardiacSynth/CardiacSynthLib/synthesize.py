@@ -50,8 +50,8 @@ from typing import Any
 import numpy as np
 import slicer
 import vtk
-from XRayCardiacCommonLib.jobs import JobHandle, JobStatus, start_job_from_nodes
-from XRayCardiacCommonLib.jobs_logic import JobLogic, JobRun
+from XRayCardiacCommonLib.jobs import JobRun, JobStatus
+from XRayCardiacCommonLib.jobs_logic import JobLogic
 from XRayCardiacCommonLib.mrml_io import (
     describe_node,
     node_from_volume,
@@ -334,7 +334,7 @@ def _segmentation_labels(
 
 @dataclass
 class CardiacSynthRun(JobRun):
-    """A started ``cardiac-synth`` job (``job``) and what is needed to import its results.
+    """A started ``cardiac-synth`` job and what is needed to import its results.
 
     Attributes:
         params: the job parameters (``n``, ``seed``, ``renderer``, ``steps``, ``strength_mm``,
@@ -401,9 +401,14 @@ class CardiacSynthLogic(JobLogic[CardiacSynthRun, dict[str, Any]]):
             if not _is_int(phantom_seed) or phantom_seed < 0:
                 raise ValueError(f"phantom_seed: expected an integer >= 0, got {phantom_seed!r}")
             params["phantom_seed"] = int(phantom_seed)
-            job = JobHandle.start(PIPELINE, {}, params, python=self.python)
-            return CardiacSynthRun(
-                job=job, params=params, template=f"phantom_seed{int(phantom_seed)}", export_dir=target
+            return CardiacSynthRun.start(
+                PIPELINE,
+                {},
+                params,
+                python=self.python,
+                params=params,
+                template=f"phantom_seed{int(phantom_seed)}",
+                export_dir=target,
             )
         if template_volume is None:
             raise ValueError(
@@ -430,11 +435,11 @@ class CardiacSynthLogic(JobLogic[CardiacSynthRun, dict[str, Any]]):
                 f"{LABELS_PARAM}: expected a segmentation node or a label map volume node, got "
                 f"{describe_node(labels_node)}"
             )
-        job = start_job_from_nodes(
-            PIPELINE, {"template_image": image, "template_labels": labels}, params, python=self.python
-        )
-        return CardiacSynthRun(
-            job=job,
+        return CardiacSynthRun.start_from_nodes(
+            PIPELINE,
+            {"template_image": image, "template_labels": labels},
+            params,
+            python=self.python,
             params=params,
             template=template_volume.GetName(),
             source={

@@ -6,13 +6,14 @@ modules need on top:
 
 * ``job_python()`` chooses the interpreter: ``PythonSlicer`` inside Slicer (a plain ``python`` would
   not find Slicer's site-packages), ``sys.executable`` elsewhere (tests, a plain Python session).
-* ``JobHandle`` owns one job and its private temporary folder, folds the event stream into a
-  ``JobStatus`` (stage, fraction done, ETA, final summary), turns failures into a message a user can
-  act on, cancels, and deletes the folder when asked.
-* ``start_job_from_nodes`` writes MRML volume nodes to NRRD files (and geometry dicts to JSON) in that
-  folder and starts the job.
+* ``JobRun`` is one started job: its ``JobProcess`` and private temporary folder. It folds the event
+  stream into a ``JobStatus`` (stage, fraction done, ETA, final summary), turns failures into a
+  message a user can act on, cancels, and deletes the folder when asked. A module's run (e.g.
+  ``SimulationRun``, which its ``JobLogic`` starts) subclasses it with what importing its outputs needs.
+* ``JobRun.start_from_nodes`` writes MRML volume nodes to NRRD files (and geometry dicts to JSON) in
+  that folder and starts the job.
 
-Nothing here blocks except ``JobHandle.wait``; a Qt widget calls ``JobHandle.poll`` from a timer.
+Nothing here blocks except ``JobRun.wait``; a Qt widget calls ``JobRun.poll`` from a timer.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from xraycardiac.io import write_volume
 from xraycardiac.jobs import JobCancelled, JobError, JobProcess, JobSpec
@@ -36,11 +37,10 @@ from XRayCardiacCommonLib.mrml_io import export_node
 __all__ = [
     "JobCancelled",
     "JobError",
-    "JobHandle",
+    "JobRun",
     "JobStatus",
     "describe_error",
     "job_python",
-    "start_job_from_nodes",
 ]
 
 RUNNING, DONE, ERROR, CANCELLED = "running", "done", "error", "cancelled"
@@ -144,28 +144,38 @@ class JobStatus:
         return self.message
 
 
-class JobHandle:
-    """One running (or finished) job and the temporary folder that holds its files.
+RunT = TypeVar("RunT", bound="JobRun")
 
-    Use ``JobHandle.start`` or ``start_job_from_nodes``; then ``poll`` (non-blocking) or ``wait``,
-    and ``cleanup`` when the outputs have been read. Usable as a context manager (cleans up on exit).
+
+@dataclass(eq=False)
+class JobRun:
+    """One started (or finished) job: its process and the temporary folder that holds its files.
+
+    Use ``start`` or ``start_from_nodes`` (on a module's subclass, with its own fields as keywords);
+    then ``poll`` (non-blocking) or ``wait``, and ``cleanup`` when the outputs have been read. Usable as
+    a context manager (cleans up on exit).
+
+    Attributes:
+        process: the job's child process.
+        work_dir: the temporary folder this run owns and ``cleanup`` deletes; None when it owns none.
+        status: the status as of the last ``poll``.
     """
 
-    def __init__(self, process: JobProcess, work_dir: Path | None = None) -> None:
-        """Internal; use ``JobHandle.start`` or ``start_job_from_nodes``."""
-        self._process = process
-        self.work_dir = work_dir
-        self._status = JobStatus()
+    process: JobProcess
+    work_dir: Path | None
+    status: JobStatus = field(default_factory=JobStatus, init=False)
 
     @classmethod
     def start(
-        cls,
+        cls: type[RunT],
         pipeline: str,
         inputs: Mapping[str, str | os.PathLike[str]],
         params: Mapping[str, Any],
+        /,
         work_dir: str | os.PathLike[str] | None = None,
         python: str | None = None,
-    ) -> JobHandle:
+        **fields: Any,
+    ) -> RunT:
         """Start ``pipeline`` on input files; its outputs appear in ``<work_dir>/output`` on success.
 
         Args:
@@ -175,6 +185,8 @@ class JobHandle:
             work_dir: folder for the job's files; None makes a temporary folder that ``cleanup``
                 deletes (a given folder is left in place).
             python: interpreter for the child process; ``job_python()`` when None.
+            fields: the subclass's own fields (what importing the outputs needs; a field may be
+                called ``params`` too: the arguments before it are positional-only).
 
         Raises:
             ValueError: bad pipeline name or parameters (from ``JobSpec``).
@@ -194,40 +206,87 @@ class JobHandle:
             if owned:
                 shutil.rmtree(folder, ignore_errors=True)
             raise
-        return cls(process, folder if owned else None)
+        return cls(process, folder if owned else None, **fields)
+
+    @classmethod
+    def start_from_nodes(
+        cls: type[RunT],
+        pipeline: str,
+        input_nodes: Mapping[str, Any],
+        params: Mapping[str, Any],
+        /,
+        python: str | None = None,
+        json_inputs: Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> RunT:
+        """Write volume nodes to NRRD files in a new temporary folder and start ``pipeline`` on them.
+
+        Args:
+            pipeline: registered pipeline name, e.g. ``"drr"``.
+            input_nodes: job input name -> scalar volume node, or a ``Volume`` already read from one
+                (saves a second copy of the voxels); each is written in world RAS to
+                ``<tmp>/inputs/<name>.nrrd``.
+            params: JSON-serialisable pipeline parameters.
+            python: interpreter for the child process; ``job_python()`` when None.
+            json_inputs: job input name -> JSON-serialisable data (e.g. a C-arm geometry dict), each
+                written to ``<tmp>/inputs/<name>.json``.
+            fields: the subclass's own fields (what importing the outputs needs; a field may be
+                called ``params`` too: the arguments before it are positional-only).
+
+        Returns:
+            The running job; it owns the temporary folder: call ``cleanup()`` once its outputs are read.
+
+        Raises:
+            ValueError: an input node is not a usable scalar volume (the message names the input).
+        """
+        work_dir = Path(tempfile.mkdtemp(prefix=f"xraycardiac-{pipeline}-"))
+        try:
+            (work_dir / "inputs").mkdir()
+            paths = {}
+            for key, item in input_nodes.items():
+                path = work_dir / "inputs" / f"{key}.nrrd"
+                paths[key] = (
+                    write_volume(item, path)
+                    if isinstance(item, Volume)
+                    else export_node(item, path, name=key)
+                )
+            for key, data in (json_inputs or {}).items():
+                paths[key] = work_dir / "inputs" / f"{key}.json"
+                paths[key].write_text(json.dumps(data, indent=2), encoding="utf-8")
+            run = cls.start(pipeline, paths, params, work_dir=work_dir, python=python, **fields)
+        except BaseException:
+            shutil.rmtree(work_dir, ignore_errors=True)
+            raise
+        run.work_dir = work_dir
+        return run
 
     # -------------------------------------------------------------------------------- state
 
     @property
     def pipeline(self) -> str:
         """The pipeline name."""
-        return self._process.spec.pipeline
+        return self.process.spec.pipeline
 
     @property
     def output_dir(self) -> Path:
         """Where the outputs appear once the job is done."""
-        return Path(self._process.spec.output_dir)
-
-    @property
-    def status(self) -> JobStatus:
-        """The status as of the last ``poll``."""
-        return self._status
+        return Path(self.process.spec.output_dir)
 
     def poll(self) -> JobStatus:
         """Read the events the job sent since the last call and return the updated status (non-blocking)."""
-        s = self._status
+        s = self.status
         if s.finished:
             return s
-        for event in self._process.poll():
+        for event in self.process.poll():
             self._apply(event)
-        if not self._process.running:
-            for event in self._process.poll():  # anything that arrived while it was ending
+        if not self.process.running:
+            for event in self.process.poll():  # anything that arrived while it was ending
                 self._apply(event)
             self._conclude()
         return s
 
     def _apply(self, event: Mapping[str, Any]) -> None:
-        s = self._status
+        s = self.status
         kind = event.get("event")
         if kind == "progress":
             s.stage = str(event.get("stage") or s.stage)
@@ -243,17 +302,17 @@ class JobHandle:
 
     def _conclude(self) -> None:
         """Set the final state from the ended process."""
-        s = self._status
-        outcome = self._process.status
+        s = self.status
+        outcome = self.process.status
         if outcome == "done":
-            s.summary = dict(self._process.summary or {})
+            s.summary = dict(self.process.summary or {})
             s.output_dir = str(self.output_dir)
             s.progress, s.eta_s = 1.0, 0.0
             s.state, s.message = DONE, "Done"
         elif outcome == "cancelled":
             s.state, s.message = CANCELLED, "Cancelled"
         else:
-            error = self._process.error
+            error = self.process.error
             s.state, s.message = ERROR, describe_error(error, self.pipeline)
             s.details = error.stderr_tail if error is not None else ""
 
@@ -261,13 +320,13 @@ class JobHandle:
 
     def cancel(self) -> None:
         """Stop the job and its process tree (blocks a few seconds at most); no output is kept."""
-        if self._status.finished:
+        if self.status.finished:
             return
-        self._process.cancel()
+        self.process.cancel()
         self.poll()
-        if self._status.state == DONE:
+        if self.status.state == DONE:
             return  # it finished before the signal arrived; its outputs are complete
-        self._status.state, self._status.message = CANCELLED, "Cancelled"
+        self.status.state, self.status.message = CANCELLED, "Cancelled"
 
     def wait(
         self,
@@ -306,7 +365,7 @@ class JobHandle:
             JobError: the job failed (the message says why; ``stderr_tail`` has details) or still runs.
             JobCancelled: the job was cancelled.
         """
-        s = self._status
+        s = self.status
         if s.state == DONE:
             return s
         if s.state == CANCELLED:
@@ -316,60 +375,15 @@ class JobHandle:
         raise JobError(s.message, stderr_tail=s.details)
 
     def cleanup(self) -> None:
-        """Cancel the job if it still runs and delete its temporary folder (if this handle owns one)."""
-        if not self._status.finished:
+        """Cancel the job if it still runs and delete its temporary folder (if this run owns one)."""
+        if not self.status.finished:
             self.cancel()
         if self.work_dir is not None:
             shutil.rmtree(self.work_dir, ignore_errors=True)
             self.work_dir = None
 
-    def __enter__(self) -> JobHandle:
+    def __enter__(self: RunT) -> RunT:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
-
-
-def start_job_from_nodes(
-    pipeline: str,
-    input_nodes: Mapping[str, Any],
-    params: Mapping[str, Any],
-    python: str | None = None,
-    json_inputs: Mapping[str, Any] | None = None,
-) -> JobHandle:
-    """Write volume nodes to NRRD files in a new temporary folder and start ``pipeline`` on them.
-
-    Args:
-        pipeline: registered pipeline name, e.g. ``"drr"``.
-        input_nodes: job input name -> scalar volume node, or a ``Volume`` already read from one
-            (saves a second copy of the voxels); each is written in world RAS to
-            ``<tmp>/inputs/<name>.nrrd``.
-        params: JSON-serialisable pipeline parameters.
-        python: interpreter for the child process; ``job_python()`` when None.
-        json_inputs: job input name -> JSON-serialisable data (e.g. a C-arm geometry dict), each
-            written to ``<tmp>/inputs/<name>.json``.
-
-    Returns:
-        The running job; it owns the temporary folder: call ``cleanup()`` once its outputs are read.
-
-    Raises:
-        ValueError: an input node is not a usable scalar volume (the message names the input).
-    """
-    work_dir = Path(tempfile.mkdtemp(prefix=f"xraycardiac-{pipeline}-"))
-    try:
-        (work_dir / "inputs").mkdir()
-        paths = {}
-        for key, item in input_nodes.items():
-            path = work_dir / "inputs" / f"{key}.nrrd"
-            paths[key] = (
-                write_volume(item, path) if isinstance(item, Volume) else export_node(item, path, name=key)
-            )
-        for key, data in (json_inputs or {}).items():
-            paths[key] = work_dir / "inputs" / f"{key}.json"
-            paths[key].write_text(json.dumps(data, indent=2), encoding="utf-8")
-        handle = JobHandle.start(pipeline, paths, params, work_dir=work_dir, python=python)
-    except BaseException:
-        shutil.rmtree(work_dir, ignore_errors=True)
-        raise
-    handle.work_dir = work_dir
-    return handle

@@ -4,7 +4,8 @@ A module's Lib logic (``SimulateRadiographsLogic``, ``GenerateCTLogic``, ``Cardi
 subclasses ``JobLogic``. It writes two things itself:
 
 * ``start(...)``: check the scene nodes and parameters, start an ``xraycardiac`` job and return a
-  ``JobRun`` subclass holding the job and what importing its outputs needs (the scene is not changed);
+  ``JobRun`` subclass (``<Run>.start`` / ``<Run>.start_from_nodes``): the job's process and folder, and
+  what importing its outputs needs (the scene is not changed);
 * ``_add_nodes(run, status)``: turn the finished job's outputs into nodes, inside
   ``mrml_io.removed_on_error`` so that a failure adds no node.
 
@@ -17,30 +18,13 @@ of scripts and tests, which each module's ``run(...)`` takes).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from XRayCardiacCommonLib.jobs import JobHandle, JobStatus
+from XRayCardiacCommonLib.jobs import JobStatus, RunT
 
-__all__ = ["JobLogic", "JobRun"]
-
-
-@dataclass
-class JobRun:
-    """A started job; a module's subclass adds what importing its outputs needs.
-
-    Attributes:
-        job: the running job (owns its temporary folder).
-    """
-
-    job: JobHandle
-
-    def poll(self) -> JobStatus:
-        """Non-blocking progress update."""
-        return self.job.poll()
+__all__ = ["JobLogic"]
 
 
-RunT = TypeVar("RunT", bound=JobRun)
 ResultT = TypeVar("ResultT")
 
 
@@ -63,7 +47,7 @@ class JobLogic(Generic[RunT, ResultT]):
 
     def cancel(self, run: RunT) -> None:
         """Stop the job and delete its files; the scene is not changed."""
-        run.job.cleanup()
+        run.cleanup()
 
     def import_results(self, run: RunT) -> ResultT:
         """Add a finished job's nodes to the scene, then delete its files.
@@ -77,9 +61,9 @@ class JobLogic(Generic[RunT, ResultT]):
             On any error no node is added.
         """
         try:
-            return self._add_nodes(run, run.job.result())
+            return self._add_nodes(run, run.result())
         finally:
-            run.job.cleanup()
+            run.cleanup()
 
     def wait_and_import(
         self,
@@ -98,7 +82,7 @@ class JobLogic(Generic[RunT, ResultT]):
             everything ``import_results`` raises; TimeoutError after ``timeout_s``.
         """
         try:
-            run.job.wait(timeout_s=timeout_s, on_update=on_update)
+            run.wait(timeout_s=timeout_s, on_update=on_update)
         except BaseException:
             self.cancel(run)
             raise

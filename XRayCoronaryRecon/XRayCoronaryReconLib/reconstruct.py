@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 import vtk
-from XRayCardiacCommonLib.jobs import JobStatus, start_job_from_nodes
-from XRayCardiacCommonLib.jobs_logic import JobLogic, JobRun
+from XRayCardiacCommonLib.jobs import JobRun, JobStatus
+from XRayCardiacCommonLib.jobs_logic import JobLogic
 from XRayCardiacCommonLib.mrml_io import (
     ATTRIBUTE_PREFIX,
     GEOMETRY_ATTRIBUTE,
@@ -131,7 +131,7 @@ def _geometry(node: Any, name: str, shape: tuple[int, int]) -> dict[str, Any]:
 
 @dataclass
 class ReconstructRun(JobRun):
-    """A started ``coronary-reconstruct`` job (``job``) and what is needed to import its results.
+    """A started ``coronary-reconstruct`` job and what is needed to import its results.
 
     Attributes:
         params: the job parameters.
@@ -220,9 +220,17 @@ class ReconstructLogic(JobLogic[ReconstructRun, dict[str, Any]]):
         }
         if foundation is not None:
             params["foundation"] = foundation
-        job = start_job_from_nodes(PIPELINE, volumes, params, python=self.python, json_inputs=geometries)
         nodes = {"volume1": volume_node1, "volume2": volume_node2, "mask1": mask_node1, "mask2": mask_node2}
-        return ReconstructRun(job, params, nodes, prefix=f"{volume_node1.GetName()} recon")
+        return ReconstructRun.start_from_nodes(
+            PIPELINE,
+            volumes,
+            params,
+            python=self.python,
+            json_inputs=geometries,
+            params=params,
+            nodes=nodes,
+            prefix=f"{volume_node1.GetName()} recon",
+        )
 
     def run(
         self,

@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 import slicer
-from XRayCardiacCommonLib.jobs import JobHandle, JobStatus, start_job_from_nodes
-from XRayCardiacCommonLib.jobs_logic import JobLogic, JobRun
+from XRayCardiacCommonLib.jobs import JobRun, JobStatus
+from XRayCardiacCommonLib.jobs_logic import JobLogic
 from XRayCardiacCommonLib.mrml_io import (
     GEOMETRY_ATTRIBUTE,
     PROJECTION_MATRIX_ATTRIBUTE,
@@ -148,7 +148,7 @@ def labelmap_volume(
 
 @dataclass
 class SyntheticRun(JobRun):
-    """A started ``coronary-synth`` job (``job``) and what is needed to import its results.
+    """A started ``coronary-synth`` job and what is needed to import its results.
 
     Attributes:
         params: the job parameters (with a label map, also ``labelmap``: the input node's name).
@@ -235,8 +235,14 @@ class SyntheticAngiogramsLogic(JobLogic[SyntheticRun, dict[str, Any]]):
             params["renderer_config"] = {"model": diffusion_model, "steps": DIFFUSION_STEPS}
         config_from_params(params)  # the job's own checks, now (an unknown diffusion model included)
         if labelmap_node is None:
-            job = JobHandle.start(PIPELINE, {}, params, python=self.python)
-            return SyntheticRun(job=job, params=params, prefix=f"Synthetic angio seed {int(seed)}")
+            return SyntheticRun.start(
+                PIPELINE,
+                {},
+                params,
+                python=self.python,
+                params=params,
+                prefix=f"Synthetic angio seed {int(seed)}",
+            )
 
         for name, value in (("left_label", left_label), ("right_label", right_label)):
             if value is not None and (not _is_int(value) or value < 1):
@@ -260,9 +266,11 @@ class SyntheticAngiogramsLogic(JobLogic[SyntheticRun, dict[str, Any]]):
             )
         params["left_label"] = None if left_label is None else int(left_label)
         params["right_label"] = None if right_label is None else int(right_label)
-        job = start_job_from_nodes(PIPELINE, {"labelmap": volume}, params, python=self.python)
-        return SyntheticRun(
-            job=job,
+        return SyntheticRun.start_from_nodes(
+            PIPELINE,
+            {"labelmap": volume},
+            params,
+            python=self.python,
             params={**params, "labelmap": labelmap_node.GetName()},
             prefix=f"Synthetic angio {labelmap_node.GetName()}",
             source={"LabelMapNode": labelmap_node.GetName(), "SourceNode": labelmap_node.GetID()},

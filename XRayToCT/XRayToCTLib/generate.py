@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 import vtk
-from XRayCardiacCommonLib.jobs import JobStatus, start_job_from_nodes
-from XRayCardiacCommonLib.jobs_logic import JobLogic, JobRun
+from XRayCardiacCommonLib.jobs import JobRun, JobStatus
+from XRayCardiacCommonLib.jobs_logic import JobLogic
 from XRayCardiacCommonLib.mrml_io import (
     GEOMETRY_ATTRIBUTE,
     node_from_volume,
@@ -106,50 +106,42 @@ _MIN_PIXELS = 8
 def resolve_model(model: str) -> dict[str, Any]:
     """Check that ``model`` names an x2ct model, without loading it (no torch).
 
+    The lookup is the core's (``xraycardiac.models.locate_model``, which ``xray2ct.bundle.load_bundle``
+    uses too): a folder's ``model.json`` or the manifest entry of a name, bundle.json's sha256 checked.
+
     Args:
         model: a bundle folder (``xraycardiac x2ct bundle --out``) or the name of an installed bundle
             (``xraycardiac x2ct install``).
 
     Returns:
         ``{"model": what to hand to the job, "name", "version", "mode": "biplanar" | "single" | None,
-        "grid", "spacing_mm"}`` from the bundle's manifest entry (sha256s are checked by the job).
+        "grid", "spacing_mm"}`` from the bundle's manifest entry (the parts' sha256s are checked by the job).
 
     Raises:
         ValueError: naming ``model``: empty, not a bundle folder, unknown name, or not an x2ct model.
     """
-    from xraycardiac.models import ModelEntry, find
+    from xraycardiac.models import locate_model
 
     text = model.strip() if isinstance(model, str) else ""
     if not text:
         raise ValueError(f"model: expected an x2ct model name or bundle folder, got {model!r}")
     path = Path(text).expanduser()
-    if path.is_dir():
-        meta = path / "model.json"
-        try:
-            entry = ModelEntry.from_dict(json.loads(meta.read_text(encoding="utf-8")), where=str(meta))
-        except FileNotFoundError:
-            raise ValueError(
-                f"model: {path} has no model.json; it is not an x2ct model bundle folder"
-            ) from None
-        except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError) as exc:
-            raise ValueError(f"model: {meta} is not a valid model entry ({exc})") from None
-        handed = str(path.resolve())
-    elif len(path.parts) > 1 or path.exists():
+    folder = path.is_dir()
+    if not folder and (len(path.parts) > 1 or path.exists()):
         raise ValueError(f"model: {text} is not a bundle folder (no such folder)")
-    else:
-        try:
-            entry = find(text)[0]
-        except ValueError as exc:
-            raise ValueError(f"model: {exc}") from None
-        handed = text
-    config = entry.config or {}
+    try:
+        entry = locate_model(path if folder else text, "model").entry or {}
+    except (FileNotFoundError, TypeError, UnicodeDecodeError) as exc:
+        raise ValueError(str(exc)) from None
+    config = entry.get("config") or {}
     if config.get("format") != BUNDLE_FORMAT:
         raise ValueError(
-            f"model: {entry.name!r} is not an x2ct model (its entry's config.format is "
+            f"model: {entry.get('name')!r} is not an x2ct model (its entry's config.format is "
             f"{config.get('format')!r}, expected {BUNDLE_FORMAT!r})"
         )
-    return {"model": handed, "name": entry.name, "version": entry.version, "mode": config.get("mode"),
-            "grid": config.get("grid"), "spacing_mm": config.get("spacing_mm")}  # fmt: skip
+    return {"model": str(path.resolve()) if folder else text, "name": entry.get("name"),
+            "version": entry.get("version"), "mode": config.get("mode"), "grid": config.get("grid"),
+            "spacing_mm": config.get("spacing_mm")}  # fmt: skip
 
 
 def installed_x2ct_models() -> list[str]:
@@ -164,7 +156,7 @@ def installed_x2ct_models() -> list[str]:
 
 @dataclass
 class GenerateRun(JobRun):
-    """A started ``x2ct-generate`` job (``job``) and what is needed to import its results.
+    """A started ``x2ct-generate`` job and what is needed to import its results.
 
     Attributes:
         params: the job parameters (model, steps, samples, seed, device).
@@ -368,14 +360,17 @@ class GenerateCTLogic(JobLogic[GenerateRun, GenerateResult]):
             )
         params = {"model": resolved["model"], "steps": steps, "samples": samples, "seed": seed,
                   "device": device_text}  # fmt: skip
-        job = start_job_from_nodes(PIPELINE, volumes, params, python=self.python, json_inputs=geometries)
         views = ("pa", "lateral") if lateral_node is not None else ("pa",)
         geometry = {
             v: GEOMETRY_FROM_NODE if f"geometry_{v}" in geometries else GEOMETRY_DEFAULT for v in views
         }
         sources = {"pa": pa_node, "lateral": lateral_node, "reference": reference_node}
-        return GenerateRun(
-            job=job,
+        return GenerateRun.start_from_nodes(
+            PIPELINE,
+            volumes,
+            params,
+            python=self.python,
+            json_inputs=geometries,
             params=params,
             model=resolved,
             geometry=geometry,

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from XRayCardiacCommonLib.jobs import JobStatus, start_job_from_nodes
-from XRayCardiacCommonLib.jobs_logic import JobLogic, JobRun
+from XRayCardiacCommonLib.jobs import JobRun, JobStatus
+from XRayCardiacCommonLib.jobs_logic import JobLogic
 from XRayCardiacCommonLib.mrml_io import (
     GEOMETRY_ATTRIBUTE,
     PROJECTION_MATRIX_ATTRIBUTE,
@@ -145,7 +145,7 @@ def _check_view(view: Any) -> None:
 
 @dataclass
 class SimulationRun(JobRun):
-    """A started DRR job (``job``) and what is needed to import its results.
+    """A started DRR job and what is needed to import its results.
 
     Attributes:
         ct_name: name of the CT node, used in the output node names.
@@ -215,9 +215,15 @@ class SimulateRadiographsLogic(JobLogic[SimulationRun, list[Any]]):
         params: dict[str, Any] = {"views": views, "device": device.strip().lower()}
         if step_mm is not None:
             params["step_mm"] = float(step_mm)
-        job = start_job_from_nodes(PIPELINE, {"ct": ct}, params, python=self.python)
-        return SimulationRun(
-            job=job, ct_name=ct_node.GetName(), ct_id=ct_node.GetID(), views=views, params=params
+        return SimulationRun.start_from_nodes(
+            PIPELINE,
+            {"ct": ct},
+            params,
+            python=self.python,
+            ct_name=ct_node.GetName(),
+            ct_id=ct_node.GetID(),
+            views=views,
+            params=params,
         )
 
     def _add_nodes(self, run: SimulationRun, status: JobStatus) -> list[Any]:
