@@ -16,15 +16,13 @@ from xraycardiac.cardiac.tcdm import (
     build_tcdm,
     encode_condition,
     load_tcdm,
-    make_self_template,
-    random_deformation,
     sample_tcdm,
     save_tcdm,
     tcdm_loss,
     template_consistency,
-    train_cardiac_tcdm,
     warp,
 )
+from xraycardiac.cardiac.tcdm_train import make_self_template, random_deformation, train_cardiac_tcdm
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -12,6 +12,7 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from xraycardiac.diffusion import (
     discretized_gaussian_nll,
     hybrid_loss,
+    initial_noise,
     learned_range_variance,
     normal_kl,
     sample,
@@ -87,7 +88,10 @@ def test_sampling_with_an_oracle_denoiser_returns_its_target_ddim_and_ddpm() -> 
         DDPMScheduler(num_train_timesteps=100, schedule="cosine", variance_type="learned_range"),
     ):
         sched.set_timesteps(20 if isinstance(sched, DDIMScheduler) else 100)
-        out = sample(_oracle(sched, target, 0.0), sched, (1, 1, 8, 8), None, torch.Generator().manual_seed(0))
+        gen = torch.Generator().manual_seed(0)
+        out = sample(
+            _oracle(sched, target, 0.0), sched, initial_noise((1, 1, 8, 8), gen, "cpu"), generator=gen
+        )
         err = float((out - target).abs().max())
         assert err < 1e-4, f"{type(sched).__name__}: max error {err}"
 

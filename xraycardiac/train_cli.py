@@ -245,6 +245,6 @@ def cardiac_tcdm(
     name: _NameOption = "cardiac-tcdm",
 ) -> None:
     """Train the template-guided conditional diffusion model of CardiacSynth (`cardiac synth --renderer tcdm`)."""
-    from xraycardiac.cardiac.tcdm import train_cardiac_tcdm
+    from xraycardiac.cardiac.tcdm_train import train_cardiac_tcdm
 
     _train(out, train_cardiac_tcdm, data, out, list(settings or ()), name=name)

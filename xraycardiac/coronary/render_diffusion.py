@@ -202,29 +202,22 @@ def build_scheduler(config: AngioDiffusionConfig, sampler: str = "ddpm", steps: 
         ValueError: unknown sampler; DDPM with fewer steps than ``num_train_timesteps`` (MONAI's
             DDPM step assumes the full chain); steps outside 1..T.
     """
-    from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
-
-    from xraycardiac.diffusion import SAMPLERS
+    from xraycardiac.diffusion import SAMPLERS, check_steps
+    from xraycardiac.diffusion import build_scheduler as build
 
     t = config.num_train_timesteps
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler: expected one of {SAMPLERS}, got {sampler!r}")
-    if steps is not None and not (isinstance(steps, int) and 1 <= steps <= t):
-        raise ValueError(
-            f"steps: expected an integer in 1..{t} (the model's training timesteps), got {steps!r}"
-        )
+    if steps is not None:
+        check_steps(steps, t)
     if sampler == "ddpm":
         if steps not in (None, t):
             raise ValueError(
                 f"steps: the DDPM sampler runs the full chain of {t} steps; use sampler 'ddim' for {steps}"
             )
         variance = "learned_range" if config.learned_variance else "fixed_small"
-        sched = DDPMScheduler(num_train_timesteps=t, schedule=config.schedule, variance_type=variance)
-        sched.set_timesteps(t)
-        return sched
-    sched = DDIMScheduler(num_train_timesteps=t, schedule=config.schedule)
-    sched.set_timesteps(steps or 50)
-    return sched
+        return build("ddpm", t, t, schedule=config.schedule, variance_type=variance)
+    return build("ddim", t, steps or 50, schedule=config.schedule)
 
 
 def resize_square(arr, size: int, mode: str):
@@ -347,7 +340,7 @@ class AngioDiffusionRenderer:
         """
         import torch
 
-        from xraycardiac.diffusion import sample
+        from xraycardiac.diffusion import initial_noise, sample
 
         single = np.ndim(mask) == 2
         cond = encode_condition(mask, thickness_mm, self.config).to(self.device)
@@ -356,7 +349,8 @@ class AngioDiffusionRenderer:
         gen = torch.Generator(device=self.device)
         gen.manual_seed(int(seed))
         s = self.config.image_size
-        x = sample(self.network, scheduler, (cond.shape[0], 1, s, s), cond, gen, progress)
+        noise = initial_noise((cond.shape[0], 1, s, s), gen, cond.device)
+        x = sample(self.network, scheduler, noise, cond, generator=gen, progress=progress).clamp(-1.0, 1.0)
         img = ((x + 1.0) / 2.0).clamp(0, 1)
         if (h, w) != (s, s):
             img = torch.nn.functional.interpolate(img, size=(h, w), mode="bilinear", align_corners=False)

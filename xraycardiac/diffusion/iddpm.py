@@ -1,9 +1,9 @@
-"""Improved DDPM (Nichol & Dhariwal 2021) on MONAI schedulers: learned-variance hybrid loss and sampling.
+"""Improved DDPM (Nichol & Dhariwal 2021) on MONAI schedulers: the learned-variance hybrid loss.
 
 The network, the scheduler and the sampling loop stay three objects (MONAI's separation): any
 ``DiffusionModelUNet`` whose output has 2C channels (noise estimate ‖ variance interpolant v) for a
 C-channel image, a ``monai.networks.schedulers.DDPMScheduler`` with ``variance_type="learned_range"``,
-and the functions here.
+the functions here and the shared loop :func:`xraycardiac.diffusion.sample`.
 
 Learned variance, as MONAI's ``DDPMScheduler`` samples it: the network's second half v in
 [-1, 1] sets ``var = f * beta_t + (1 - f) * beta_tilde_t`` with ``f = (v + 1) / 2``, where
@@ -19,8 +19,8 @@ log-likelihood of x_0 under a Gaussian discretised to the data's bins for t = 0.
 mean in the VLB term uses the noise estimate with its gradient stopped, so L_vlb trains only the
 variance; lambda = 1e-3.
 
-Sampling: DDPM (the full chain, with the learned variance) or DDIM (deterministic with eta = 0,
-any number of steps; it uses the noise estimate only).
+Sampling (:mod:`xraycardiac.diffusion.sampling`): DDPM (the full chain, with the learned variance)
+or DDIM (deterministic with eta = 0, any number of steps; it uses the noise estimate only).
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ from collections.abc import Callable
 import torch
 
 __all__ = [
-    "SAMPLERS", "discretized_gaussian_nll", "hybrid_loss", "learned_range_variance", "normal_kl", "sample",
-    "split_output",
+    "SAMPLERS", "discretized_gaussian_nll", "hybrid_loss", "learned_range_variance", "normal_kl", "split_output",
 ]  # fmt: skip
 
 SAMPLERS = ("ddim", "ddpm")
@@ -149,43 +148,3 @@ def hybrid_loss(
     vlb = torch.where(t == 0, nll, kl)
     loss = mse + vlb_weight * n_t * vlb.mean()
     return loss, {"mse": float(mse.detach()), "vlb": float(vlb.mean().detach())}
-
-
-@torch.no_grad()
-def sample(
-    network: Callable[..., torch.Tensor],
-    scheduler,
-    shape: tuple[int, ...],
-    condition: torch.Tensor | None,
-    generator: torch.Generator,
-    progress: Callable[[int, int], None] | None = None,
-) -> torch.Tensor:
-    """Run a MONAI scheduler's reverse chain from Gaussian noise.
-
-    Args:
-        network: ``network(x, timesteps=t)`` on [x ‖ condition].
-        scheduler: a ``DDIMScheduler`` (uses the noise estimate, eta 0) or a ``DDPMScheduler``
-            (uses the learned variance) with ``set_timesteps`` already called.
-        shape: (B, C, ...) of the sample.
-        condition: (B, Cc, ...) condition channels, or None.
-        generator: the noise source (initial noise and, for DDPM, every step's noise).
-        progress: ``progress(i, n)`` after each of the n steps.
-
-    Returns:
-        (B, C, ...) float32 sample (clipped to [-1, 1] by the schedulers' ``clip_sample``).
-    """
-    dev = condition.device if condition is not None else generator.device
-    x = torch.randn(shape, generator=generator, device=generator.device).to(dev)
-    c = shape[1]
-    ddim = type(scheduler).__name__ == "DDIMScheduler"
-    steps = scheduler.timesteps
-    for i, t in enumerate(steps):
-        inp = x if condition is None else torch.cat([x, condition], dim=1)
-        out = network(inp, timesteps=torch.full((shape[0],), int(t), device=dev, dtype=torch.long)).float()
-        if ddim:
-            x, _ = scheduler.step(split_output(out, c)[0], int(t), x)
-        else:
-            x, _ = scheduler.step(out, int(t), x, generator=generator)
-        if progress is not None:
-            progress(i + 1, len(steps))
-    return x.clamp(-1.0, 1.0)

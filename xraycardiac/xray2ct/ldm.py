@@ -4,7 +4,9 @@ Network: ``monai.networks.nets.DiffusionModelUNet`` (3D) on [noisy latent z_t â€
 (channel concatenation, as CLS-DM), predicting the noise, the velocity ``v`` or the clean latent
 (``prediction_type``); wrapped in :class:`X2CTDenoiser` with the optional global embedding. The
 network, the scheduler and the sampling loop are three objects (MONAI's separation):
-:func:`build_ldm` returns the first two, :func:`ldm_loss` / :func:`sample_latents` are the rest.
+:func:`build_ldm` returns the first two (the scheduler from the shared
+:func:`xraycardiac.diffusion.build_scheduler`), :func:`ldm_loss` / :func:`sample_latents` are the rest
+(sampling runs the shared loop :func:`xraycardiac.diffusion.sample`).
 
 Noise process and sampler (``sampler``):
 
@@ -53,6 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xraycardiac import diffusion
+from xraycardiac.diffusion import guided_prediction
 from xraycardiac.models.weights import JsonConfig, WeightsFormat, load_model_file, write_weights_file
 from xraycardiac.xray2ct.encoder import XRayEncoder, check_views
 
@@ -319,22 +323,14 @@ def build_scheduler(config: X2CTLDMConfig, steps: int | None = None):
 
     One object serves training (``add_noise``, ``get_velocity``) and sampling (``step``).
     """
-    from monai.networks.schedulers import DDIMScheduler, RFlowScheduler
-
     n = config.inference_steps if steps is None else steps
-    if not (_is_int(n, 1) and n <= config.num_train_timesteps):
-        raise ValueError(f"steps: expected an integer in 1..{config.num_train_timesteps}, got {steps!r}")
-    if config.sampler == "rflow":
-        sched = RFlowScheduler(num_train_timesteps=config.num_train_timesteps, use_discrete_timesteps=True,
-                               sample_method="uniform", use_timestep_transform=False)  # fmt: skip
-    else:
-        extra = {}
-        if config.schedule in _BETA_SCHEDULES:
-            extra = {"beta_start": config.beta_start, "beta_end": config.beta_end}
-        sched = DDIMScheduler(num_train_timesteps=config.num_train_timesteps, schedule=config.schedule,
-                              clip_sample=False, prediction_type=config.prediction_type, **extra)  # fmt: skip
-    sched.set_timesteps(n)
-    return sched
+    extra = {}
+    if config.sampler != "rflow" and config.schedule in _BETA_SCHEDULES:
+        extra = {"beta_start": config.beta_start, "beta_end": config.beta_end}
+    return diffusion.build_scheduler(
+        "rflow" if config.sampler == "rflow" else "ddim", config.num_train_timesteps, n,
+        schedule=config.schedule, clip_sample=False, prediction_type=config.prediction_type, **extra,
+    )  # fmt: skip
 
 
 def build_ldm(config: X2CTLDMConfig) -> tuple[X2CTDenoiser, Any]:
@@ -413,42 +409,6 @@ def ldm_loss(
     return mse, {"mse": float(mse.detach())}
 
 
-def guided_prediction(
-    unet: nn.Module,
-    x: torch.Tensor,
-    timesteps: torch.Tensor,
-    embedding: torch.Tensor | None,
-    guidance_scale: float,
-) -> torch.Tensor:
-    """Network output with classifier-free guidance ``null + s (cond - null)``.
-
-    Args:
-        unet: the :class:`X2CTDenoiser`.
-        x: (B, C + Cc, d, h, w) input [z_t â€– cond].
-        timesteps: (B,).
-        embedding: (B, E) for global_embedding models, else None.
-        guidance_scale: s; 1 returns the conditional output (no null pass), 0 the unconditional one.
-
-    Returns:
-        (B, C, d, h, w).
-    """
-    if embedding is None:
-        if guidance_scale != 1:
-            raise ValueError(
-                f"guidance_scale: {guidance_scale} needs a global embedding (this model has none)"
-            )
-        return unet(x, timesteps)
-    if guidance_scale == 1:
-        return unet(x, timesteps, embedding)
-    b = x.shape[0]
-    drop = torch.arange(2 * b, device=x.device) >= b
-    both = unet(
-        torch.cat([x, x]), torch.cat([timesteps, timesteps]), torch.cat([embedding, embedding]), None, drop
-    )
-    cond_out, null_out = both[:b], both[b:]
-    return null_out + guidance_scale * (cond_out - null_out)
-
-
 @torch.no_grad()
 def sample_latents(
     unet: nn.Module,
@@ -482,9 +442,7 @@ def sample_latents(
     _check_pair(cfg, None, cond)
     if not _is_int(n_samples, 1):
         raise ValueError(f"n_samples: expected an integer >= 1, got {n_samples!r}")
-    n = cfg.inference_steps if steps is None else steps
-    if not (_is_int(n, 1) and n <= cfg.num_train_timesteps):
-        raise ValueError(f"steps: expected an integer in 1..{cfg.num_train_timesteps}, got {steps!r}")
+    n = diffusion.check_steps(cfg.inference_steps if steps is None else steps, cfg.num_train_timesteps)
     s = cfg.guidance_scale if guidance_scale is None else float(guidance_scale)
     if cfg.global_embedding and embedding is None:
         raise ValueError("embedding: this LDM needs the global embedding (unet.embed_views(views))")
@@ -492,22 +450,11 @@ def sample_latents(
         raise ValueError("embedding: this LDM has no global embedding (global_embedding=False)")
     b, dev = cond.shape[0], cond.device
     shape = (n_samples * b, cfg.latent_channels, *cond.shape[2:])
-    x = torch.randn(shape, generator=generator, device=generator.device).to(dev)
+    x = diffusion.initial_noise(shape, generator, dev)
     cond_k = cond.float().repeat(n_samples, 1, 1, 1, 1)
     emb_k = None if embedding is None else embedding.repeat(n_samples, 1)
     scheduler.set_timesteps(n, device=dev)
-    times = scheduler.timesteps
-    rflow = cfg.sampler == "rflow"
-    for i, t in enumerate(times):
-        tt = torch.full((shape[0],), int(t), device=dev, dtype=torch.long)
-        out = guided_prediction(unet, torch.cat([x, cond_k], dim=1), tt, emb_k, s).float()
-        if rflow:
-            t_next = int(times[i + 1]) if i + 1 < len(times) else 0
-            x, _ = scheduler.step(out, int(t), x, t_next)
-        else:
-            x, _ = scheduler.step(out, int(t), x)
-        if progress is not None:
-            progress(i + 1, len(times))
+    x = diffusion.sample(unet, scheduler, x, cond_k, embedding=emb_k, guidance_scale=s, progress=progress)
     return x.reshape(n_samples, b, *shape[1:])
 
 
