@@ -59,7 +59,8 @@ def cache(
     """Resample CTs to the training cube and render their PA + lateral DRRs into a cache folder."""
     from rich.console import Console
 
-    from xraycardiac.xray2ct.data import X2CTDataConfig, build_cache, parse_shard
+    from xraycardiac.outputs import parse_shard
+    from xraycardiac.xray2ct.data import X2CTDataConfig, build_cache
 
     console = Console(stderr=True)
     overrides = {k: v for k, v in (("grid", grid), ("spacing_mm", spacing_mm)) if v is not None}

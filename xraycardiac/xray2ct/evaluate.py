@@ -61,7 +61,6 @@ CUDA also ``torch.cuda.max_memory_allocated``.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -71,8 +70,9 @@ from typing import Any
 
 import numpy as np
 
-from xraycardiac.coronary.evaluate import _json_safe
+from xraycardiac.jsonutil import json_safe
 from xraycardiac.metrics.chest_masks import STRUCTURES, chest_structures, dice, lung_mask
+from xraycardiac.outputs import write_json_atomic
 from xraycardiac.runtime import peak_rss_mb, reset_peak_rss, rss_mb
 from xraycardiac.volume import Volume
 from xraycardiac.xray2ct.data import X2CTDataConfig
@@ -617,14 +617,4 @@ def write_x2ct_results(
     data = {"format": RESULTS_FORMAT, "xraycardiac_version": __version__, "memory_methods": MEMORY_METHOD,
             "meta": meta or {}, "rows": list(rows)}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(
-            json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n",
-            encoding="utf-8",
-        )
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_json_atomic(path, json_safe(data), indent=2, allow_nan=False, default=None)
