@@ -30,7 +30,7 @@ Image metrics, per case then mean ± sample std over cases: both volumes clipped
 [lo, hi] (default [-1000, 1000]) and scored on its true data range hi - lo (2000 HU; X2CT-GAN's peak
 4095 on [0, 2500] would read ~4.3 dB higher): PSNR = 10 log10(range² / MSE) (capped at 100 dB), SSIM
 3D (7³ uniform window, K1 0.01, K2 0.03), slice-wise SSIM (mean 2D SSIM over the axial slices, as
-X2CT), MAE in HU -- :func:`xraycardiac.jobs.x2ct_generate._metrics` (``hu_window_metrics``).
+X2CT), MAE in HU -- :func:`xraycardiac.xray2ct.pipeline.window_metrics` (``hu_window_metrics``).
 
 Structures (:func:`xraycardiac.metrics.chest_masks.chest_structures`) on the clipped HU of prediction and reference alike, so Dice
 compares like with like; the cube is axis-aligned (I = R, J = A, K = S) and centred on the patient:
@@ -426,10 +426,10 @@ def _measured(method: X2CTMethod, case: EvalCase, device: Any) -> tuple[np.ndarr
 
 
 def _scores(pred: np.ndarray, case: EvalCase) -> dict[str, Any]:
-    from xraycardiac.jobs.x2ct_generate import _metrics
+    from xraycardiac.xray2ct.pipeline import window_metrics
 
     lo, hi = case.config.hu_window
-    m = _metrics(pred, case.truth_hu, (lo, hi))
+    m = window_metrics(pred, case.truth_hu, (lo, hi))
     mine = chest_structures(np.clip(pred, lo, hi), case.config.spacing_mm)
     ref = case.truth_structures()
     for s in STRUCTURES:
