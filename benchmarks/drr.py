@@ -138,9 +138,9 @@ def support_box(mu: np.ndarray, ijk_to_ras: np.ndarray) -> tuple[tuple[int, int,
     At a given step the cropped rays can carry fewer samples than ``ray_integrals`` on the full
     grid; the table reports the count it really uses.
     """
-    from xraycardiac.projection.drr import _support_box
+    from xraycardiac.projection.drr import support_box
 
-    box, affine = _support_box(mu > 0, ijk_to_ras)
+    box, affine = support_box(mu > 0, ijk_to_ras)
     return mu[box].shape, affine
 
 

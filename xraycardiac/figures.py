@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from xraycardiac.outputs import atomic_path
+
 # Colours for label maps that have no colour table of their own (the chest phantom, the grouped real CT).
 FALLBACK_COLOURS: tuple[tuple[int, int, int], ...] = (
     (230, 159, 0), (86, 180, 233), (220, 40, 40), (240, 228, 66), (0, 158, 115),
@@ -31,9 +33,8 @@ def _font(size: int = FONT_PX):
 def _save(canvas, path: str | os.PathLike[str]) -> Path:
     """Save a PIL image as PNG atomically."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
     return path
 
 

@@ -17,8 +17,8 @@ read back into ``meta``; NIfTI has no room for them and drops them. ``read_volum
 ``source_path``, ``source_format`` and, for DICOM, ``modality`` and ``series_instance_uid``.
 
 Outputs are written to a temporary file in the destination directory, checked, then renamed over the
-target with ``os.replace``, so a crash or a full disk never leaves a half-written file under the final
-name. ITK's writers do not always report a short write (the NIfTI writer only prints ``NWAD: wrote
+target with ``os.replace`` (``xraycardiac.outputs.atomic_path``, the home of every atomic write), so a
+crash or a full disk never leaves a half-written file under the final name. ITK's writers do not always report a short write (the NIfTI writer only prints ``NWAD: wrote
 only 0 of N bytes``), so every volume is verified after writing by the same check that guards reading:
 the header is read back and the stored voxel data is measured against it (gzip streams are inflated
 in bounded chunks, which also checks their CRC and length).
@@ -36,13 +36,13 @@ import logging
 import math
 import os
 import re
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from xraycardiac.outputs import atomic_path, check_parent, write_bytes_atomic, write_failed
 from xraycardiac.stored_data import check_stored_data, check_stored_data_in, pixel_bytes
 from xraycardiac.volume import Volume
 
@@ -375,18 +375,6 @@ def _write_extension(path: Path) -> str:
     )
 
 
-def _temp_sibling(path: Path, ext: str) -> Path:
-    """A fresh hidden file name next to ``path`` that keeps the extension (writers choose by extension)."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{ext}")
-
-
-def _check_parent(path: Path, func: str) -> None:
-    if not path.parent.is_dir():
-        raise FileNotFoundError(
-            f"{func}: output directory {path.parent} does not exist (writing {path.name})"
-        )
-
-
 def write_volume(volume: Volume, path: str | os.PathLike[str], compress: bool = True) -> Path:
     """Write a volume to NRRD, NIfTI or MetaImage (chosen by extension), atomically.
 
@@ -410,13 +398,12 @@ def write_volume(volume: Volume, path: str | os.PathLike[str], compress: bool = 
 
     path = Path(path)
     ext = _write_extension(path)
-    _check_parent(path, "write_volume")
+    check_parent(path, "write_volume")
     image = _volume_to_image(volume)
     if ext in (".nrrd", ".mha"):
         for key, value in _encode_meta(volume.meta).items():
             image.SetMetaData(key, value)
-    tmp = _temp_sibling(path, ext)
-    try:
+    with atomic_path(path, ext) as tmp:
         writer = sitk.ImageFileWriter()
         writer.SetFileName(str(tmp))
         writer.SetUseCompression(bool(compress))
@@ -424,11 +411,7 @@ def write_volume(volume: Volume, path: str | os.PathLike[str], compress: bool = 
             writer.Execute(image)
             _verify_written(tmp, image)
         except (RuntimeError, ValueError, OSError) as exc:
-            raise _write_failed(path, exc) from None
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+            raise write_failed(path, exc) from None
     return path
 
 
@@ -446,41 +429,6 @@ def _verify_written(tmp: Path, image: Any) -> None:
             f"{image.GetPixelIDTypeAsString()}"
         )
     check_stored_data_in(tmp, math.prod(image.GetSize()) * pixel_bytes(reader))  # the caller names the file
-
-
-def _write_failed(path: Path, exc: BaseException) -> OSError:
-    """The error of a write that did not complete (ITK and PIL messages reduced to their last line)."""
-    reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-    return OSError(
-        f"could not write {path} ({reason}); the disk may be full, a file size limit reached or the folder "
-        "not writable. Nothing was written under that name."
-    )
-
-
-def write_bytes_atomic(data: bytes, path: str | os.PathLike[str]) -> Path:
-    """Write ``data`` to ``path`` through a temporary sibling and ``os.replace``.
-
-    Python's file objects raise on a short write (full disk, file size limit), unlike some C++ writers;
-    encoders that can produce bytes in memory (VTK's ``WriteToOutputStringOn``) write through here.
-
-    Raises:
-        FileNotFoundError: the destination directory does not exist.
-        OSError: the file could not be written whole; nothing is left under ``path`` or the temp name.
-    """
-    path = Path(path)
-    _check_parent(path, "write_bytes_atomic")
-    tmp = _temp_sibling(path, path.suffix)
-    try:
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-        except OSError as exc:
-            raise _write_failed(path, exc) from None
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def write_png(
@@ -513,7 +461,7 @@ def write_png(
         raise ValueError(f"write_png: array2d must have shape (rows, cols) or (1, rows, cols), got {a.shape}")
     if path.suffix.lower() != ".png":
         raise ValueError(f"write_png: path must end in .png, got {path}")
-    _check_parent(path, "write_png")
+    check_parent(path, "write_png")
     a = a.astype(np.float64)
     finite = np.isfinite(a)
     if window is None:
@@ -526,16 +474,11 @@ def write_png(
         lo, hi = float(window[0]), float(window[1])
     scaled = np.zeros_like(a) if hi <= lo else (np.clip(a, lo, hi) - lo) / (hi - lo)
     pixels = np.where(finite, np.round(scaled * 255.0), 0.0).astype(np.uint8)
-    tmp = _temp_sibling(path, ".png")
-    try:
+    with atomic_path(path, ".png") as tmp:
         try:
             Image.fromarray(pixels).save(tmp, format="PNG")  # a Python file object: short writes raise
         except OSError as exc:
-            raise _write_failed(path, exc) from None
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+            raise write_failed(path, exc) from None
     return path
 
 

@@ -7,6 +7,9 @@ Two rules that every command and job follows:
   settings file: a folder holding one continues if the settings are the same, and is refused
   otherwise with the first setting that differs and both values. A read-only output (or the
   read-only folder it would be made in) is refused with a PermissionError, never replaced.
+* **Atomic writes** (:func:`atomic_path`, :func:`write_bytes_atomic`, :func:`write_json_atomic`): every
+  file the library writes goes to a hidden temp sibling ``.<name>.<hex>.tmp<ext>`` and is renamed over
+  its name; a failed write deletes the temp file (:func:`remove_stale_temps` clears a killed one's).
 * **Completion records** (:func:`write_record`, :func:`verify_record`, :func:`discard`): a resumable
   command writes, after a sample's files and atomically, a record (``<sample>.done.json``) listing
   each file with its size in bytes and its sha256. A rerun keeps a sample only if its record is
@@ -14,7 +17,7 @@ Two rules that every command and job follows:
   short, emptied or deleted is never taken for a finished sample. Records hold no time stamps:
   a resumed run writes the same bytes as an uninterrupted one.
 
-Light (standard library only), so every layer may use it.
+Light (standard library only), so every layer may use it: the ground of every write.
 """
 
 from __future__ import annotations
@@ -22,20 +25,29 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 __all__ = [
     "RECORD_FORMAT",
+    "atomic_path",
     "check_output",
+    "check_parent",
     "discard",
     "first_difference",
+    "parse_shard",
     "remove_stale_temps",
+    "sha256_file",
+    "sha256_stream",
     "verify_record",
+    "write_bytes_atomic",
+    "write_failed",
     "write_json_atomic",
     "write_record",
 ]
@@ -172,28 +184,138 @@ def check_output(
 # -------------------------------------------------------------------------------------- records
 
 
-def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
-    """Write ``data`` as indented JSON through a flushed temp file and ``os.replace``; returns the path."""
+@contextmanager
+def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
+    """A fresh hidden temp sibling of ``path`` to write; renamed over ``path`` when the block ends cleanly.
+
+    The one atomic-write idiom of the library: whatever writes the file (``torch.save``, a zip, a copy,
+    an ITK writer) writes the yielded path; on any exception the temp file is deleted and ``path`` is
+    left as it was.
+
+    Args:
+        path: the final file.
+        suffix: kept at the end of the temp name (for writers that choose the format by extension).
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{suffix}")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(data, indent=1, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def check_parent(path: Path, func: str) -> None:
+    """FileNotFoundError naming ``func`` if the folder ``path`` is to be written in does not exist."""
+    if not path.parent.is_dir():
+        raise FileNotFoundError(
+            f"{func}: output directory {path.parent} does not exist (writing {path.name})"
+        )
+
+
+def write_failed(path: Path, exc: BaseException) -> OSError:
+    """The error of a write that did not complete (ITK and PIL messages reduced to their last line)."""
+    reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return OSError(
+        f"could not write {path} ({reason}); the disk may be full, a file size limit reached or the folder "
+        "not writable. Nothing was written under that name."
+    )
+
+
+def write_bytes_atomic(data: bytes, path: str | os.PathLike[str], fsync: bool = False) -> Path:
+    """Write ``data`` to ``path`` through a temporary sibling and ``os.replace``.
+
+    Python's file objects raise on a short write (full disk, file size limit), unlike some C++ writers;
+    encoders that can produce bytes in memory (VTK's ``WriteToOutputStringOn``) write through here.
+
+    Args:
+        data: the file's bytes.
+        path: the destination; its folder must exist.
+        fsync: flush the data to the disk before the rename (records a rerun trusts).
+
+    Raises:
+        FileNotFoundError: the destination directory does not exist.
+        OSError: the file could not be written whole; nothing is left under ``path`` or the temp name.
+    """
+    path = Path(path)
+    check_parent(path, "write_bytes_atomic")
+    with atomic_path(path, path.suffix) as tmp:
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                if fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        except OSError as exc:
+            raise write_failed(path, exc) from None
     return path
 
 
-def _sha256(path: Path) -> str:
+def write_json_atomic(
+    path: str | os.PathLike[str],
+    data: Any,
+    *,
+    indent: int | None = 1,
+    allow_nan: bool = True,
+    default: Callable[[Any], Any] | None = str,
+    fsync: bool = True,
+) -> Path:
+    """Write ``data`` as JSON (UTF-8, one trailing newline) atomically (:func:`write_bytes_atomic`).
+
+    Args:
+        path: the destination; its folder must exist.
+        data: a JSON value.
+        indent, allow_nan, default: as for ``json.dumps``: ``default=str`` writes other objects as
+            text, None refuses them (TypeError); ``allow_nan=False`` refuses NaN and inf (strict JSON).
+        fsync: flush to the disk before the rename.
+
+    Returns:
+        ``path``.
+    """
+    text = json.dumps(data, indent=indent, allow_nan=allow_nan, default=default) + "\n"
+    return write_bytes_atomic(text.encode("utf-8"), path, fsync=fsync)
+
+
+def sha256_stream(stream: IO[bytes], sink: IO[bytes] | None = None) -> str:
+    """sha256 (hex) of what is left in ``stream``, read in 1 MiB chunks (each also written to ``sink``)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
+    while chunk := stream.read(_CHUNK):
+        h.update(chunk)
+        if sink is not None:
+            sink.write(chunk)
     return h.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """sha256 (hex) of a file, streamed; never cached (``models.sha256_file`` remembers digests).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+    """
+    with open(path, "rb") as f:
+        return sha256_stream(f)
+
+
+_SHARD = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
+
+
+def parse_shard(shard: str | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """``"i/N"`` (or (i, N)) -> (i, N) with 0 <= i < N: the share of a dataset one writer makes (``--shard``).
+
+    Raises:
+        ValueError: anything else (names ``shard``).
+    """
+    if isinstance(shard, tuple | list) and len(shard) == 2:
+        i, n = shard
+    else:
+        m = _SHARD.fullmatch(str(shard))
+        if m is None:
+            raise ValueError(f"shard: expected i/n with 0 <= i < n (e.g. 0/4), got {shard!r}")
+        i, n = int(m.group(1)), int(m.group(2))
+    if not (isinstance(i, int) and isinstance(n, int) and n >= 1 and 0 <= i < n):
+        raise ValueError(f"shard: expected i/n with 0 <= i < n (e.g. 0/4), got {shard!r}")
+    return i, n
 
 
 def _files_in(root: Path, files: Iterable[str | os.PathLike[str]]) -> list[Path]:
@@ -226,7 +348,7 @@ def write_record(
     for p in _files_in(root, files):
         if not p.is_file():
             raise FileNotFoundError(f"write_record: {p} does not exist; a sample is recorded after its files")
-        entries[p.relative_to(root).as_posix()] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+        entries[p.relative_to(root).as_posix()] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
     data = {"format": RECORD_FORMAT, "files": dict(sorted(entries.items()))}
     write_json_atomic(record, data)
     return data
@@ -254,7 +376,7 @@ def verify_record(record: str | os.PathLike[str], root: str | os.PathLike[str]) 
             size = p.stat().st_size
             if size != entry["size"]:
                 return f"{rel} has {size} bytes, the record says {entry['size']}"
-            if _sha256(p) != entry["sha256"]:
+            if sha256_file(p) != entry["sha256"]:
                 return f"{rel} differs from the file recorded (sha256)"
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return f"{record.name} is unreadable ({exc})"

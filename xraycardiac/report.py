@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xraycardiac.outputs import write_bytes_atomic
+
 MIN_IMAGE_PX = 300  # small previews (64-256 px) are scaled up to this width, pixelated
 PAGE_PX = 1100
 
@@ -54,10 +56,7 @@ def write_report(path: str | Path, title: str, sections: list[Section], footer: 
                 f"<figcaption>{html.escape(caption)} (click to enlarge)</figcaption></figure>"
             )
     out.append(f"<hr><p><small>{html.escape(footer)}</small></p></body></html>")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(out))
-    os.replace(tmp, path)
-    return path
+    return write_bytes_atomic("\n".join(out).encode("utf-8"), path)
 
 
 def _png_width(path: str | Path) -> int:

@@ -40,6 +40,8 @@ from typing import Any, Literal, Union
 import numpy as np
 import torch
 
+from xraycardiac.outputs import atomic_path, write_json_atomic
+
 __all__ = [
     "TrainConfig", "Trainer", "batch_indices", "crop_batch", "parse_override_value", "parse_overrides",
     "write_model_package",
@@ -346,16 +348,13 @@ def write_model_package(
         "description": description,
     }
     path = Path(out) / "model.json"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(entry, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, entry, indent=2, default=None)
     return entry
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def is_main_process() -> bool:

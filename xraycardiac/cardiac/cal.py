@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xraycardiac.cardiac.labels import FINE_LABELS
+from xraycardiac.jsonutil import is_int
 
 __all__ = [
     "NETWORKS", "CALConfig", "ConfidenceWeightedDiceCE", "SegmentationVolumes", "build_segmenter",
@@ -95,9 +96,6 @@ class CALConfig:
     def __post_init__(self) -> None:
         def fail(name: str, expected: str) -> None:
             raise ValueError(f"CALConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
-
-        def is_int(v: Any, lo: int) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool) and v >= lo
 
         def number(v: Any, lo: float, hi: float) -> bool:
             return (

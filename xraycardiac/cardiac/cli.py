@@ -81,7 +81,7 @@ def synth(
     from xraycardiac.cardiac.mgm import MGMConfig
     from xraycardiac.cardiac.synth import CardiacSynthConfig, synthesize_dataset
     from xraycardiac.cardiac.templates import load_template, template_from_phantom
-    from xraycardiac.xray2ct.data import parse_shard
+    from xraycardiac.outputs import parse_shard
 
     console = Console(stderr=True)
     if (template is None) != (template_mask is None):

@@ -69,6 +69,7 @@ from xraycardiac.cardiac.labels import (
     label_info,
     structure_betti,
 )
+from xraycardiac.jsonutil import is_number
 from xraycardiac.volume import Volume
 
 __all__ = [
@@ -138,23 +139,23 @@ class MGMConfig:
         def fail(name: str, expected: str) -> ValueError:
             return ValueError(f"MGMConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
 
-        def number(v: Any) -> bool:
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
         for name, lo, hi in (
             ("strength_mm", 0.0, 100.0),
             ("coronary_strength_mm", 0.0, 50.0),
         ):
-            if not (number(getattr(self, name)) and lo <= getattr(self, name) <= hi):
+            if not (is_number(getattr(self, name)) and lo <= getattr(self, name) <= hi):
                 raise fail(name, f"a number in [{lo}, {hi}] mm")
         for name in ("smoothness_sigma_mm", "scale_falloff_mm", "coronary_sigma_mm", "coronary_falloff_mm"):
-            if not (number(getattr(self, name)) and 0.0 < getattr(self, name) <= 500.0):
+            if not (is_number(getattr(self, name)) and 0.0 < getattr(self, name) <= 500.0):
                 raise fail(name, "a number in (0, 500] mm")
         if not (isinstance(self.integration_steps, int) and 1 <= self.integration_steps <= 12):
             raise fail("integration_steps", "an integer in [1, 12]")
         r = self.scale_range
         if not (
-            isinstance(r, tuple) and len(r) == 2 and all(number(v) for v in r) and 0.5 <= r[0] <= r[1] <= 2.0
+            isinstance(r, tuple)
+            and len(r) == 2
+            and all(is_number(v) for v in r)
+            and 0.5 <= r[0] <= r[1] <= 2.0
         ):
             raise fail("scale_range", "a pair (lo, hi) with 0.5 <= lo <= hi <= 2")
         known = {e.value for e in LABEL_TABLE}
@@ -170,7 +171,7 @@ class MGMConfig:
             raise fail("coronary_variation", "True or False")
         if self.label_interpolation not in _LABEL_INTERPOLATIONS:
             raise fail("label_interpolation", f"one of {_LABEL_INTERPOLATIONS}")
-        if not (number(self.coronary_threshold) and 0.05 <= self.coronary_threshold <= 0.95):
+        if not (is_number(self.coronary_threshold) and 0.05 <= self.coronary_threshold <= 0.95):
             raise fail("coronary_threshold", "a number in [0.05, 0.95]")
         if self.topology_reference not in _TOPOLOGY_REFERENCES:
             raise fail("topology_reference", f"one of {_TOPOLOGY_REFERENCES}")

@@ -26,6 +26,7 @@ from typing import Any
 
 from xraycardiac.jobs.registry import Progress, register
 from xraycardiac.jobs.spec import JobSpec
+from xraycardiac.jsonutil import is_int
 
 PIPELINE = "cardiac-synth"
 _ALLOWED_PARAMS = {
@@ -52,7 +53,7 @@ def _template(spec: JobSpec) -> Any:
     from xraycardiac.phantoms.cardiac import CardiacPhantomConfig
 
     grid = spec.params.get("phantom_grid", 64)
-    if not (isinstance(grid, int) and not isinstance(grid, bool) and 16 <= grid <= 256):
+    if not (is_int(grid) and 16 <= grid <= 256):
         raise ValueError(f"cardiac-synth: params.phantom_grid must be an integer in 16..256, got {grid!r}")
     fov_mm = 160.0  # the phantom's default field of view (64 x 2.5 mm)
     config = CardiacPhantomConfig(seed=int(spec.params.get("phantom_seed", 0)), shape_ijk=(grid,) * 3,

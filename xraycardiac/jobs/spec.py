@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xraycardiac.outputs import write_json_atomic
+
 _FIELDS = ("pipeline", "inputs", "params", "output_dir")
 _PIPELINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RESERVED_PARAMS = frozenset({"overwrite"})
@@ -161,11 +163,7 @@ class JobSpec:
         Paths are written as stored; call ``resolved()`` first when the file will be read from
         another folder.
         """
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return write_json_atomic(path, self.to_dict(), indent=2, default=None)
 
     def resolved(self, base_dir: str | os.PathLike[str] | None = None) -> JobSpec:
         """A copy with absolute input paths and output_dir (relative ones joined to ``base_dir``).

@@ -41,18 +41,18 @@ would otherwise keep its old digest (git's "racy clean" rule). This module never
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
 import shutil
 import sys
 import time
-import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from xraycardiac.outputs import atomic_path, sha256_stream, write_bytes_atomic
 
 DEFAULT_INTENDED_USE = "research only, not for clinical use"
 
@@ -63,7 +63,6 @@ MODEL_JSON = "model.json"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-_CHUNK = 1 << 20
 _RACY_SECONDS = 2.0
 
 
@@ -226,16 +225,6 @@ def load_manifest(path: str | os.PathLike[str]) -> list[ModelEntry]:
     return _parse_manifest(data, str(path))
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _entry_json(entry: ModelEntry) -> bytes:
     return (json.dumps(entry.to_dict(), indent=2) + "\n").encode("utf-8")
 
@@ -246,7 +235,7 @@ def save_manifest(entries: list[ModelEntry], path: str | os.PathLike[str]) -> No
     ordered = sorted(entries, key=lambda e: (e.name, _version_key(e.version)))
     text = json.dumps({"models": [e.to_dict() for e in ordered]}, indent=2) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(path, text.encode("utf-8"))
+    write_bytes_atomic(text.encode("utf-8"), path)
 
 
 def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
@@ -263,15 +252,6 @@ _hash_cache: dict[tuple[str, int, int, int, int], str] = {}
 def clear_hash_cache() -> None:
     """Forget the digests remembered by ``sha256_file`` in this process."""
     _hash_cache.clear()
-
-
-def _hash_stream(stream: IO[bytes], sink: IO[bytes] | None = None) -> str:
-    h = hashlib.sha256()
-    while chunk := stream.read(_CHUNK):
-        h.update(chunk)
-        if sink is not None:
-            sink.write(chunk)
-    return h.hexdigest()
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -291,7 +271,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         return cached
     started = time.time_ns()
     with path.open("rb") as f:
-        digest = _hash_stream(f)
+        digest = sha256_stream(f)
     if st.st_mtime_ns < started - int(_RACY_SECONDS * 1e9):
         _hash_cache[key] = digest
     return digest
@@ -416,19 +396,14 @@ def _entry_from_json_bytes(raw: bytes, where: str) -> ModelEntry:
 
 def _copy_verified(src: IO[bytes], dest: Path, entry: ModelEntry, source_label: str) -> None:
     """Stream ``src`` into ``dest`` through a temp file, hashing on the way; rename only if it matches."""
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
+    with atomic_path(dest) as tmp:
         with tmp.open("wb") as out:
-            actual = _hash_stream(src, out)
+            actual = sha256_stream(src, out)
         if actual != entry.sha256:
             raise ModelIntegrityError(
                 f"{source_label}: sha256 mismatch for the weights of model {_label(entry)}: expected "
                 f"{entry.sha256}, got {actual}. Nothing was imported."
             )
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _zip_member(names: list[str], zip_path: Path) -> str:
@@ -501,7 +476,7 @@ def _install(entry: ModelEntry, weights: IO[bytes], source_label: str) -> ModelE
             if d.is_dir() and not any(d.iterdir()):
                 d.rmdir()
         raise
-    _atomic_write_bytes(dest_dir / MODEL_JSON, _entry_json(entry))
+    write_bytes_atomic(_entry_json(entry), dest_dir / MODEL_JSON)
     key = (entry.name, entry.version)
     registered = [e for e in load_manifest(_imported_manifest()) if (e.name, e.version) != key]
     save_manifest([*registered, entry], _imported_manifest())
@@ -539,26 +514,15 @@ def export_model(name: str, dest: str | os.PathLike[str], version: str | None = 
     if dest.suffix.lower() == ".zip":
         if not dest.parent.is_dir():
             raise FileNotFoundError(f"export_model: output directory {dest.parent} does not exist")
-        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.tmp")
-        try:
-            with zipfile.ZipFile(tmp, "w") as zf:
-                zf.writestr(MODEL_JSON, _entry_json(entry), compress_type=zipfile.ZIP_DEFLATED)
-                # Weights barely compress; storing them keeps export and import fast.
-                zf.write(entry.path, entry.file, compress_type=zipfile.ZIP_STORED)
-            os.replace(tmp, dest)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        with atomic_path(dest) as tmp, zipfile.ZipFile(tmp, "w") as zf:
+            zf.writestr(MODEL_JSON, _entry_json(entry), compress_type=zipfile.ZIP_DEFLATED)
+            # Weights barely compress; storing them keeps export and import fast.
+            zf.write(entry.path, entry.file, compress_type=zipfile.ZIP_STORED)
         return dest
     dest.mkdir(parents=True, exist_ok=True)
     weights_dest = dest / entry.file
     if weights_dest.resolve() != entry.path.resolve():
-        tmp = weights_dest.with_name(f".{weights_dest.name}.{uuid.uuid4().hex[:12]}.tmp")
-        try:
+        with atomic_path(weights_dest) as tmp:
             shutil.copyfile(entry.path, tmp)
-            os.replace(tmp, weights_dest)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-    _atomic_write_bytes(dest / MODEL_JSON, _entry_json(entry))
+    write_bytes_atomic(_entry_json(entry), dest / MODEL_JSON)
     return dest

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from xraycardiac.models.manifest import MODEL_JSON, ModelEntry, resolve_entry, sha256_file
+from xraycardiac.outputs import atomic_path
 
 if TYPE_CHECKING:
     import torch
@@ -159,13 +160,8 @@ def write_weights_file(
     if spec.digest_key is not None:
         data[spec.digest_key] = state_digest(state, data["config"] if spec.digest_config else None)
     data["state_dict"] = state
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(data, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

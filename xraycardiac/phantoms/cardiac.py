@@ -60,7 +60,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -68,6 +67,7 @@ from scipy.interpolate import CubicSpline
 
 from xraycardiac.cardiac import labels as _table
 from xraycardiac.coronary.tree import CoronaryTree
+from xraycardiac.jsonutil import is_int, is_number
 from xraycardiac.phantoms.coronary import CoronaryPhantomConfig, make_coronary_tree
 from xraycardiac.phantoms.heart import HeartEllipsoid, tilted_axis
 from xraycardiac.volume import Volume
@@ -108,12 +108,6 @@ _PAIR_BOUNDS = {
     "aorta_diameter_mm": (10.0, 50.0),
     "pa_diameter_mm": (10.0, 45.0),
 }
-
-
-def _finite(v: Any) -> bool:
-    return (
-        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
-    )
 
 
 @dataclass(frozen=True)
@@ -176,13 +170,14 @@ class CardiacPhantomConfig:
                 f"CardiacPhantomConfig.{name}: expected {expected}, got {getattr(self, name)!r}"
             )
 
-        def integer(v: Any) -> bool:
-            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-        if not (integer(self.seed) and self.seed >= 0):
+        if not (is_int(self.seed, numpy=True) and self.seed >= 0):
             raise fail("seed", "a non-negative integer")
         shape = self.shape_ijk
-        if not (isinstance(shape, tuple) and len(shape) == 3 and all(integer(n) and n >= 16 for n in shape)):
+        if not (
+            isinstance(shape, tuple)
+            and len(shape) == 3
+            and all(is_int(n, numpy=True) and n >= 16 for n in shape)
+        ):
             raise fail("shape_ijk", "three integers >= 16")
         for name in (
             "grid_center_ras_mm",
@@ -191,24 +186,28 @@ class CardiacPhantomConfig:
             "heart_semi_axes_mm",
         ):
             value = getattr(self, name)
-            if not (isinstance(value, tuple) and len(value) == 3 and all(_finite(v) for v in value)):
+            if not (
+                isinstance(value, tuple) and len(value) == 3 and all(is_number(v, numpy=True) for v in value)
+            ):
                 raise fail(name, "three finite numbers")
         if np.linalg.norm(self.heart_long_axis_ras) == 0:
             raise fail("heart_long_axis_ras", "a non-zero direction")
         if min(self.heart_semi_axes_mm) < 20.0 or max(self.heart_semi_axes_mm) > 150.0:
             raise fail("heart_semi_axes_mm", "semi-axes between 20 and 150 mm")
         for name, (lo, hi) in _NUMBER_BOUNDS.items():
-            if not (_finite(getattr(self, name)) and lo <= getattr(self, name) <= hi):
+            if not (is_number(getattr(self, name), numpy=True) and lo <= getattr(self, name) <= hi):
                 raise fail(name, f"a number in [{lo}, {hi}]")
         for name, (lo, hi) in _PAIR_BOUNDS.items():
             value = getattr(self, name)
-            if not (isinstance(value, tuple) and len(value) == 2 and all(_finite(v) for v in value)):
+            if not (
+                isinstance(value, tuple) and len(value) == 2 and all(is_number(v, numpy=True) for v in value)
+            ):
                 raise fail(name, f"a pair (lo, hi) with {lo} <= lo <= hi <= {hi}")
             if not lo <= value[0] <= value[1] <= hi:
                 raise fail(name, f"a pair (lo, hi) with {lo} <= lo <= hi <= {hi}")
         if not isinstance(self.coronary, bool):
             raise fail("coronary", "True or False")
-        if not (integer(self.max_attempts) and 1 <= self.max_attempts <= 1000):
+        if not (is_int(self.max_attempts, numpy=True) and 1 <= self.max_attempts <= 1000):
             raise fail("max_attempts", "an integer in [1, 1000]")
 
 

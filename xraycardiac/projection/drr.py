@@ -178,7 +178,7 @@ def ray_integrals(
     return out.reshape(c, geometry.detector_rows, geometry.detector_cols)
 
 
-def _support_box(nonzero: np.ndarray, ijk_to_ras: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray]:
+def support_box(nonzero: np.ndarray, ijk_to_ras: np.ndarray) -> tuple[tuple[slice, ...], np.ndarray]:
     """Bounding box (+1 voxel) of the True voxels of a (K, J, I) mask, and the cropped grid's affine.
 
     Voxels outside the box add nothing to a line integral, and zero is also what the sampler reads
@@ -237,7 +237,7 @@ def render_drr(
     """
     require_3d(ct, "ct")
     _require_render_memory(ct, geometry, 1, "the DRR")
-    box, ijk_to_ras = _support_box(np.asarray(ct.array) > -1000.0, ct.ijk_to_ras)  # mu > 0 <=> HU > -1000
+    box, ijk_to_ras = support_box(np.asarray(ct.array) > -1000.0, ct.ijk_to_ras)  # mu > 0 <=> HU > -1000
     mu_t = torch.tensor(ct.array[box], dtype=torch.float32, device=device)
     mu_t.mul_(config.mu_water_per_mm / 1000.0).add_(config.mu_water_per_mm).clamp_(
         min=0.0
@@ -285,7 +285,7 @@ def project_labels(
     channel = np.zeros(arr.shape, dtype=np.float32)
     for n, label in enumerate(ids, start=1):
         channel[arr == label] = n
-    box, ijk_to_ras = _support_box(channel > 0, labels.ijk_to_ras)
+    box, ijk_to_ras = support_box(channel > 0, labels.ijk_to_ras)
     channel = channel[box]
     vol = torch.as_tensor(np.ascontiguousarray(channel), device=device)[None]
     n_rays = geometry.detector_rows * geometry.detector_cols

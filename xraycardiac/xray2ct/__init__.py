@@ -6,8 +6,9 @@ the X-ray encoder aligned to its latent (:mod:`~xraycardiac.xray2ct.encoder`), t
 model (:mod:`~xraycardiac.xray2ct.ldm`), the training of stages 2 and 3
 (:mod:`~xraycardiac.xray2ct.train`), the x2ct model bundle (:mod:`~xraycardiac.xray2ct.bundle`) and
 the SART / CGLS sparse-view baselines (:mod:`~xraycardiac.xray2ct.sparse_view`). Generation from
-files is the ``x2ct-generate`` job (:mod:`xraycardiac.jobs.x2ct_generate`); the evaluation against
-the baselines is :mod:`~xraycardiac.xray2ct.evaluate`.
+files is :mod:`~xraycardiac.xray2ct.pipeline` (run as the ``x2ct-generate`` job,
+:mod:`xraycardiac.jobs.x2ct_generate`); the evaluation against the baselines is
+:mod:`~xraycardiac.xray2ct.evaluate`.
 
 The names below are imported from their submodule on first use (PEP 562), so importing this
 package (e.g. by ``xraycardiac --help``) does not import torch or MONAI.
@@ -92,6 +93,9 @@ _SUBMODULE = {
     "make_ldm_loss_fn": "ldm",
     "sample_latents": "ldm",
     "save_ldm": "ldm",
+    "GenerateConfig": "pipeline",
+    "generate_ct": "pipeline",
+    "window_metrics": "pipeline",
     "ProjectionOperator": "sparse_view",
     "cgls": "sparse_view",
     "mean_prior": "sparse_view",

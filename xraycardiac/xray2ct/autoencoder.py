@@ -47,6 +47,7 @@ from typing import Any
 import torch
 from monai.networks.nets import AutoencoderKL
 
+from xraycardiac.jsonutil import is_int
 from xraycardiac.models.weights import (
     JsonConfig,
     WeightsFormat,
@@ -109,24 +110,21 @@ class X2CTAutoencoderConfig(JsonConfig):
                 f"X2CTAutoencoderConfig.{name}: expected {expected}, got {getattr(self, name)!r}"
             )
 
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
         object.__setattr__(self, "channels", tuple(self.channels))
         object.__setattr__(self, "attention_levels", tuple(self.attention_levels))
-        if len(self.channels) < 2 or not all(is_int(c) for c in self.channels):
+        if len(self.channels) < 2 or not all(is_int(c, 1) for c in self.channels):
             fail("channels", "a tuple of at least 2 positive integers")
         if len(self.attention_levels) != len(self.channels) or not all(
             isinstance(a, bool) for a in self.attention_levels
         ):
             fail("attention_levels", f"{len(self.channels)} booleans (one per level of channels)")
-        if not is_int(self.norm_num_groups) or any(c % self.norm_num_groups for c in self.channels):
+        if not is_int(self.norm_num_groups, 1) or any(c % self.norm_num_groups for c in self.channels):
             fail("norm_num_groups", f"an integer dividing every channel count {self.channels}")
         for name in ("latent_channels", "num_res_blocks"):
-            if not is_int(getattr(self, name)):
+            if not is_int(getattr(self, name), 1):
                 fail(name, "an integer >= 1")
         f = self.downsample_factor
-        if not is_int(self.grid) or self.grid % f or self.grid < 2 * f:
+        if not is_int(self.grid, 1) or self.grid % f or self.grid < 2 * f:
             fail("grid", f"a multiple of the downsampling factor {f} (>= {2 * f} voxels)")
         crop = self.train_crop_vox
         if not (isinstance(crop, int) and not isinstance(crop, bool)) or (

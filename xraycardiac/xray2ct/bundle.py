@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from xraycardiac.models.weights import ModelSource, locate_model
+from xraycardiac.outputs import atomic_path, write_json_atomic
 from xraycardiac.xray2ct.autoencoder import X2CTAutoencoderConfig, X2CTAutoencoderKL, load_weights
 from xraycardiac.xray2ct.data import X2CTDataConfig
 from xraycardiac.xray2ct.encoder import XRayEncoder, XRayEncoderConfig, load_encoder
@@ -246,12 +247,6 @@ def _configs_fit(
     check_ldm_fits(ldm_cfg, enc_cfg, ae_cfg, files["ldm"])
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _training_record(src: RunSource) -> dict[str, Any] | None:
     if src.entry is None:
         return None
@@ -337,7 +332,7 @@ def write_bundle(
     try:
         for part, s in srcs.items():
             shutil.copyfile(s.file, work / PART_FILES[part])
-        _write_json(work / BUNDLE_JSON, info)
+        write_json_atomic(work / BUNDLE_JSON, info, indent=2, allow_nan=False, default=None)
         from xraycardiac.models import sha256_file
 
         trained = ", ".join(
@@ -357,7 +352,7 @@ def write_bundle(
             description=description or f"XRayToCT (CLS-DM) {mode} model, {data_config.grid}^3 cube of "
             f"{data_config.spacing_mm:g} mm; parts: {trained}",
         )  # fmt: skip
-        _write_json(work / MODEL_JSON, entry.to_dict())
+        write_json_atomic(work / MODEL_JSON, entry.to_dict(), indent=2, allow_nan=False, default=None)
         if out.exists():
             aside = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(out, aside)
@@ -501,9 +496,8 @@ def import_bundle(folder: str | os.PathLike[str]) -> Any:
                 raise ValueError(
                     f"{path}: missing, or its sha256 differs from {BUNDLE_JSON}; nothing imported"
                 )
-            tmp = dest / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, dest / path.name)
+            with atomic_path(dest / path.name) as tmp:
+                shutil.copyfile(path, tmp)
         installed = import_model(src)
     except BaseException:
         if created:
@@ -538,5 +532,5 @@ def package_bundle(bundle: str | os.PathLike[str], dest: str | os.PathLike[str],
             raise ValueError(f"{dest / target}: sha256 differs from {folder / entry['file']}'s after copying")
         rec["file"] = target
     info["name"] = name
-    _write_json(dest / f"{name}.json", info)
+    write_json_atomic(dest / f"{name}.json", info, indent=2, allow_nan=False, default=None)
     return {**entry, "name": name, "file": f"{name}.json", "sha256": sha256_file(dest / f"{name}.json")}

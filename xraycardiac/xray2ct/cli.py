@@ -29,6 +29,7 @@ from typing import Annotated
 import typer
 
 from xraycardiac.cli_errors import ErrorHandlingGroup
+from xraycardiac.xray2ct.pipeline import DEFAULT_SAMPLES, DEFAULT_STEPS, MAX_SAMPLES, MAX_STEPS
 
 app = typer.Typer(
     help="CT from one or two radiographs: training cache, generation, evaluation (research use only).",
@@ -59,7 +60,8 @@ def cache(
     """Resample CTs to the training cube and render their PA + lateral DRRs into a cache folder."""
     from rich.console import Console
 
-    from xraycardiac.xray2ct.data import X2CTDataConfig, build_cache, parse_shard
+    from xraycardiac.outputs import parse_shard
+    from xraycardiac.xray2ct.data import X2CTDataConfig, build_cache
 
     console = Console(stderr=True)
     overrides = {k: v for k, v in (("grid", grid), ("spacing_mm", spacing_mm)) if v is not None}
@@ -127,8 +129,10 @@ def generate(
     reference: Annotated[
         Path | None, typer.Option(help="Reference CT (HU) to score the result against.")
     ] = None,
-    steps: Annotated[int, typer.Option(help="Sampler steps (1..25).")] = 20,
-    samples: Annotated[int, typer.Option(help="K samples (>= 2 for the uncertainty).")] = 4,
+    steps: Annotated[int, typer.Option(help=f"Sampler steps (1..{MAX_STEPS}).")] = DEFAULT_STEPS,
+    samples: Annotated[
+        int, typer.Option(help=f"K samples (1..{MAX_SAMPLES}; >= 2 for the uncertainty).")
+    ] = DEFAULT_SAMPLES,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N] | mps")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,

@@ -63,6 +63,8 @@ import torch.nn.functional as F
 from xraycardiac.geometry import CArmGeometry
 from xraycardiac.geometry.carm import X2CT_SID_MM, X2CT_SOD_MM
 from xraycardiac.io import require_3d
+from xraycardiac.jsonutil import is_int, is_number
+from xraycardiac.outputs import atomic_path, parse_shard, write_json_atomic
 from xraycardiac.projection import MU_WATER_PER_MM, DRRConfig, render_drr
 from xraycardiac.volume import Volume
 
@@ -83,10 +85,6 @@ CT_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 MIN_DICOM_FILES = 16
 AIR_HU = -1000.0
 _CASE_KEYS = ("ct", "views", "ijk_to_ras", "projection_matrices", "view_names", "name", "source")
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _check_window(window: Sequence[float], name: str = "window") -> tuple[float, float]:
@@ -141,16 +139,13 @@ class X2CTDataConfig:
         def fail(name: str, expected: str) -> None:
             raise ValueError(f"X2CTDataConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
 
-        def is_int(v: Any, lo: int) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool) and v >= lo
-
         for name in ("hu_window", "views", "augment_gamma", "augment_contrast", "augment_brightness"):
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         if not is_int(self.grid, 16):
             fail("grid", "an integer >= 16 (voxels per side)")
         for name in ("spacing_mm", "sid_mm", "sod_mm", "drr_water_mm"):
-            if not (_finite(getattr(self, name)) and getattr(self, name) > 0):
+            if not (is_number(getattr(self, name)) and getattr(self, name) > 0):
                 fail(name, "a finite number > 0 (mm)")
         _check_window(self.hu_window, "X2CTDataConfig.hu_window")
         object.__setattr__(self, "hu_window", tuple(float(v) for v in self.hu_window))
@@ -158,7 +153,7 @@ class X2CTDataConfig:
             fail("drr_size", "None or an integer >= 8 (pixels)")
         for name in ("detector_spacing_mm", "drr_step_mm"):
             v = getattr(self, name)
-            if v is not None and not (_finite(v) and v > 0):
+            if v is not None and not (is_number(v) and v > 0):
                 fail(name, "None or a finite number > 0 (mm)")
         if self.sod_mm >= self.sid_mm:
             fail("sod_mm", f"less than sid_mm ({self.sid_mm})")
@@ -173,12 +168,12 @@ class X2CTDataConfig:
             fail("views", f"a non-empty tuple of distinct names from {sorted(VIEW_ANGLES)}")
         for name in ("augment_gamma", "augment_contrast", "augment_brightness"):
             r, positive = getattr(self, name), name != "augment_brightness"
-            ok = isinstance(r, tuple) and len(r) == 2 and all(_finite(v) for v in r) and r[0] <= r[1]
+            ok = isinstance(r, tuple) and len(r) == 2 and all(is_number(v) for v in r) and r[0] <= r[1]
             if not ok or (positive and r[0] <= 0):
                 fail(
                     name, "a finite (low, high) pair with low <= high" + (" and low > 0" if positive else "")
                 )
-        if not (_finite(self.augment_noise_std) and self.augment_noise_std >= 0):
+        if not (is_number(self.augment_noise_std) and self.augment_noise_std >= 0):
             fail("augment_noise_std", "a finite number >= 0")
 
     @classmethod
@@ -469,18 +464,6 @@ def split_of_group(group: str, fractions: Sequence[float] = SPLIT_FRACTIONS) -> 
     return SPLITS[min(int(np.searchsorted(edges, u, side="right")), len(SPLITS) - 1)]
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/n"`` -> (i, n) with 0 <= i < n (the ``--shard`` option).
-
-    Raises:
-        ValueError: anything else (names ``shard``).
-    """
-    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
-    if m is None or not int(m.group(1)) < int(m.group(2)):
-        raise ValueError(f"shard: expected i/n with 0 <= i < n (e.g. 0/4), got {text!r}")
-    return int(m.group(1)), int(m.group(2))
-
-
 def _phantom_seed(seed: int, k: int) -> int:
     return int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
 
@@ -502,13 +485,6 @@ def load_case_ct(case: CTCase, config: X2CTDataConfig, seed: int = 0) -> Volume:
 
 
 # --- cache -----------------------------------------------------------------------------------------
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON to a temporary sibling, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def read_cache_info(root: str | os.PathLike[str]) -> dict[str, Any]:
@@ -616,7 +592,7 @@ def build_cache(
                 f"{root / INFO_NAME}: the cache was built with another config or seed; use a new out_dir "
                 f"(cache: seed {old.get('seed')}, config {old.get('config')})"
             )
-    _write_json_atomic(root / INFO_NAME, _info_for(cases, config, seed, old))
+    write_json_atomic(root / INFO_NAME, _info_for(cases, config, seed, old), indent=2, default=None)
     mine = cases[i::n]
     written, skipped = [], []
     for done, case in enumerate(mine, start=1):
@@ -646,14 +622,8 @@ def _write_case(path: Path, case: CTCase, config: X2CTDataConfig, seed: int) -> 
         "name": np.asarray(case.name),
         "source": np.asarray(case.source),
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
 
 
 class X2CTDataset(torch.utils.data.Dataset):

@@ -53,7 +53,6 @@ Weights file: ``{"format": "xraycardiac.x2ct_encoder", "config": {...}, "state_d
 from __future__ import annotations
 
 import functools
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -65,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xraycardiac.jsonutil import is_int, is_number
 from xraycardiac.models.weights import (
     JsonConfig,
     WeightsFormat,
@@ -96,14 +96,6 @@ ENCODER_FORMAT = "xraycardiac.x2ct_encoder"
 _FILE = WeightsFormat(ENCODER_FORMAT, "an X-ray encoder")
 FUSIONS = ("concat", "mean")
 _OUTSIDE = 3.0  # normalised coordinate of "behind the source": far outside [-1, 1], samples zero
-
-
-def _is_int(v: Any, lo: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass(frozen=True)
@@ -154,20 +146,20 @@ class XRayEncoderConfig(JsonConfig):
             if isinstance(v, list | tuple):
                 object.__setattr__(self, name, tuple(v))
             v = getattr(self, name)
-            if not (isinstance(v, tuple) and len(v) >= 2 and all(_is_int(c, 1) for c in v)):
+            if not (isinstance(v, tuple) and len(v) >= 2 and all(is_int(c, 1) for c in v)):
                 fail(name, "a tuple of at least 2 positive integers (channels per level)")
         if self.n_views not in (1, 2) or isinstance(self.n_views, bool):
             fail("n_views", "1 (PA) or 2 (PA + lateral)")
         for name in ("latent_channels", "latent_factor", "feature_channels", "nce_patch"):
-            if not _is_int(getattr(self, name), 1):
+            if not is_int(getattr(self, name), 1):
                 fail(name, "an integer >= 1")
-        if not _is_int(self.num_res_units, 0):
+        if not is_int(self.num_res_units, 0):
             fail("num_res_units", "an integer >= 0")
         step2 = 2 ** (len(self.cnn_channels) - 1)
-        if not (_is_int(self.view_size, step2) and self.view_size % step2 == 0):
+        if not (is_int(self.view_size, step2) and self.view_size % step2 == 0):
             fail("view_size", f"a positive multiple of {step2} (2^(len(cnn_channels) - 1)) pixels")
         step3 = 2 ** (len(self.unet_channels) - 1)
-        if not (_is_int(self.grid, 2) and self.grid % step3 == 0 and self.grid % self.latent_factor == 0):
+        if not (is_int(self.grid, 2) and self.grid % step3 == 0 and self.grid % self.latent_factor == 0):
             fail("grid", f"a positive multiple of {step3} (2^(len(unet_channels) - 1)) and of "
                  f"latent_factor {self.latent_factor}")  # fmt: skip
         if self.latent_grid % self.nce_patch:
@@ -176,11 +168,11 @@ class XRayEncoderConfig(JsonConfig):
             fail("lift_depth_encoding", "True or False")
         if self.fusion not in FUSIONS:
             fail("fusion", f"one of {FUSIONS}")
-        if not (_is_num(self.temperature) and self.temperature > 0):
+        if not (is_number(self.temperature) and self.temperature > 0):
             fail("temperature", "a finite number > 0")
         weights = ("contrastive_weight", "mse_weight", "reconstruction_weight")
         for name in weights:
-            if not (_is_num(getattr(self, name)) and getattr(self, name) >= 0):
+            if not (is_number(getattr(self, name)) and getattr(self, name) >= 0):
                 fail(name, "a finite number >= 0")
         if not any(getattr(self, name) > 0 for name in weights):
             fail("contrastive_weight", f"at least one of {weights} > 0")
@@ -229,7 +221,7 @@ def _as_float64(x: Any, name: str, shape_tail: tuple[int, ...]) -> np.ndarray:
 
 def _view_hw(view_size: int | Sequence[int]) -> tuple[int, int]:
     hw = (view_size, view_size) if isinstance(view_size, int) else tuple(view_size)
-    if len(hw) != 2 or not all(_is_int(v, 1) for v in hw):
+    if len(hw) != 2 or not all(is_int(v, 1) for v in hw):
         raise ValueError(f"view_size: expected a positive integer or (rows, cols), got {view_size!r}")
     return int(hw[0]), int(hw[1])
 
@@ -319,7 +311,7 @@ def lift_grid(
     a = _as_float64(ijk_to_ras, "ijk_to_ras", (4, 4))
     if a.ndim != 2:
         raise ValueError(f"ijk_to_ras: expected shape (4, 4), got {a.shape}")
-    if not _is_int(grid, 1):
+    if not is_int(grid, 1):
         raise ValueError(f"grid: expected an integer >= 1 (voxels per side), got {grid!r}")
     rows, cols = _view_hw(view_size)
     m = np.ascontiguousarray(_voxel_to_pixel(p, a, grid))

@@ -30,7 +30,7 @@ Image metrics, per case then mean ± sample std over cases: both volumes clipped
 [lo, hi] (default [-1000, 1000]) and scored on its true data range hi - lo (2000 HU; X2CT-GAN's peak
 4095 on [0, 2500] would read ~4.3 dB higher): PSNR = 10 log10(range² / MSE) (capped at 100 dB), SSIM
 3D (7³ uniform window, K1 0.01, K2 0.03), slice-wise SSIM (mean 2D SSIM over the axial slices, as
-X2CT), MAE in HU -- :func:`xraycardiac.jobs.x2ct_generate._metrics` (``hu_window_metrics``).
+X2CT), MAE in HU -- :func:`xraycardiac.xray2ct.pipeline.window_metrics` (``hu_window_metrics``).
 
 Structures (:func:`xraycardiac.metrics.chest_masks.chest_structures`) on the clipped HU of prediction and reference alike, so Dice
 compares like with like; the cube is axis-aligned (I = R, J = A, K = S) and centred on the patient:
@@ -61,7 +61,6 @@ CUDA also ``torch.cuda.max_memory_allocated``.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -71,8 +70,9 @@ from typing import Any
 
 import numpy as np
 
-from xraycardiac.coronary.evaluate import _json_safe
+from xraycardiac.jsonutil import json_safe
 from xraycardiac.metrics.chest_masks import STRUCTURES, chest_structures, dice, lung_mask
+from xraycardiac.outputs import write_json_atomic
 from xraycardiac.runtime import peak_rss_mb, reset_peak_rss, rss_mb
 from xraycardiac.volume import Volume
 from xraycardiac.xray2ct.data import X2CTDataConfig
@@ -426,10 +426,10 @@ def _measured(method: X2CTMethod, case: EvalCase, device: Any) -> tuple[np.ndarr
 
 
 def _scores(pred: np.ndarray, case: EvalCase) -> dict[str, Any]:
-    from xraycardiac.jobs.x2ct_generate import _metrics
+    from xraycardiac.xray2ct.pipeline import window_metrics
 
     lo, hi = case.config.hu_window
-    m = _metrics(pred, case.truth_hu, (lo, hi))
+    m = window_metrics(pred, case.truth_hu, (lo, hi))
     mine = chest_structures(np.clip(pred, lo, hi), case.config.spacing_mm)
     ref = case.truth_structures()
     for s in STRUCTURES:
@@ -617,14 +617,4 @@ def write_x2ct_results(
     data = {"format": RESULTS_FORMAT, "xraycardiac_version": __version__, "memory_methods": MEMORY_METHOD,
             "meta": meta or {}, "rows": list(rows)}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(
-            json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n",
-            encoding="utf-8",
-        )
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_json_atomic(path, json_safe(data), indent=2, allow_nan=False, default=None)
