@@ -150,7 +150,7 @@ def test_synth_with_the_diffusion_renderer_is_deterministic_and_records_the_mode
     tiny_model: Path, tmp_path: Path
 ) -> None:
     from xraycardiac.coronary import dataset as ds
-    from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize
+    from xraycardiac.coronary.synth import SynthConfig, synthesize
 
     cfg = SynthConfig(trees=1, pairs_per_tree=1, renderer="diffusion",
                       renderer_config={"model": str(tiny_model), "steps": 4})  # fmt: skip
@@ -179,7 +179,7 @@ def test_shipped_demo_weights_draw_dark_vessels_where_the_mask_says(tmp_path: Pa
     from scipy import ndimage
 
     from xraycardiac.coronary import dataset as ds
-    from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize
+    from xraycardiac.coronary.synth import SynthConfig, synthesize
     from xraycardiac.models import resolve_entry
 
     entry = resolve_entry("angio-diffusion-demo")

@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 import xraycardiac.jobs.coronary_synth  # noqa: F401 -- registers "coronary-synth" until PIPELINE_MODULES lists it
 from xraycardiac.coronary import dataset as ds
 from xraycardiac.coronary.cli import app
+from xraycardiac.coronary.synth import SynthConfig, parse_shard, synthesize
 from xraycardiac.coronary.tree import CoronaryTree
 from xraycardiac.geometry import CArmGeometry, epipolar_distance, fundamental_matrix, project_points
 from xraycardiac.jobs import JobSpec, run_job
-from xraycardiac.jobs.coronary_synth import SynthConfig, parse_shard, synthesize
 
 # small and fast: 128 x 128 detector at 1.2 mm (field of view of a 512 x 0.3-0.4 mm one), 0.5 mm voxels
 CFG = SynthConfig(trees=2, pairs_per_tree=2, image_size=128, pixel_spacing_mm=1.2, seed=0)
@@ -239,7 +239,7 @@ def test_interrupted_run_resumes_to_the_same_files(base, tmp_path):
 def test_sigkilled_process_resumes_to_the_same_files(base, tmp_path):
     root = tmp_path / "killed"
     code = (
-        "import sys; from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize; "
+        "import sys; from xraycardiac.coronary.synth import SynthConfig, synthesize; "
         f"synthesize(SynthConfig(**{CFG.__dict__!r}), sys.argv[1])"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(root)])

@@ -274,7 +274,7 @@ def test_vessel_matcher_recovers_a_translation():
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory) -> dict:
     from xraycardiac.coronary.dataset import list_samples, read_sample
-    from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize
+    from xraycardiac.coronary.synth import SynthConfig, synthesize
 
     root = Path(tmp_path_factory.mktemp("match")) / "pairs"
     summary = synthesize(SynthConfig(trees=1, pairs_per_tree=1, image_size=256, seed=7), root)

@@ -33,7 +33,7 @@ def pair(tmp_path_factory):
 
 def _make_pair(root, seed):
     from xraycardiac.coronary.dataset import read_sample, sample_path
-    from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize
+    from xraycardiac.coronary.synth import SynthConfig, synthesize
 
     synthesize(SynthConfig(trees=1, pairs_per_tree=1, image_size=256, seed=seed), root)
     s = read_sample(sample_path(root, 0, 0), load_thickness=False)

@@ -25,7 +25,7 @@ from xraycardiac.volume import Volume
 def pair_files(tmp_path_factory):
     """(input name -> file, GT tree, (g1, g2)) of a synthesized 256 px pair."""
     from xraycardiac.coronary.dataset import read_sample, sample_path
-    from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize
+    from xraycardiac.coronary.synth import SynthConfig, synthesize
 
     root = tmp_path_factory.mktemp("pair")
     synthesize(SynthConfig(trees=1, pairs_per_tree=1, image_size=256, seed=3), root / "dataset")

@@ -31,10 +31,10 @@ from XRayCoronaryReconLib.synthetic import SyntheticAngiogramsLogic, labelmap_vo
 
 from xraycardiac.coronary import dataset as ds
 from xraycardiac.coronary.from_labelmap import tree_from_labelmap
+from xraycardiac.coronary.synth import SynthConfig, synthesize
 from xraycardiac.coronary.tree import CoronaryTree
 from xraycardiac.geometry import CArmGeometry
 from xraycardiac.io import read_volume
-from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize
 from xraycardiac.volume import Volume
 
 SEED, IMAGE_SIZE = 3, 128

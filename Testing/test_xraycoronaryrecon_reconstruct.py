@@ -31,8 +31,8 @@ from XRayCoronaryReconLib.reconstruct import (
 
 from xraycardiac.coronary import dataset as ds
 from xraycardiac.coronary.calibration import apply_corrections
+from xraycardiac.coronary.synth import SynthConfig, synthesize
 from xraycardiac.geometry import CArmGeometry
-from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize
 from xraycardiac.volume import Volume
 
 

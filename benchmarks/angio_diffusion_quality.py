@@ -33,7 +33,7 @@ from scipy import ndimage
 
 def _physics_set(out: Path, seed: int, pairs: int, size: int) -> list[dict]:
     from xraycardiac.coronary import dataset as ds
-    from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize
+    from xraycardiac.coronary.synth import SynthConfig, synthesize
 
     synthesize(SynthConfig(trees=pairs, pairs_per_tree=1, seed=seed, image_size=size), out, resume=False)
     items = []

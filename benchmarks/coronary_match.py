@@ -1,6 +1,6 @@
 """Classical keypoint-matching baselines on held-out synthetic coronary view pairs (issue 4).
 
-Makes a small synthetic set with ``xraycardiac.jobs.coronary_synth.synthesize`` (physics renderer,
+Makes a small synthetic set with ``xraycardiac.coronary.synth.synthesize`` (physics renderer,
 seed 1000 so that no tree is shared with the seed-0 training sets), or reads one with ``--data``,
 runs every baseline on every pair and prints one table. Metrics are those of
 :mod:`xraycardiac.metrics.matching`, computed per pair and averaged over pairs (NaN-aware: a pair
@@ -34,7 +34,7 @@ DEFAULT_METHODS = "sift,orb,sift+epipolar,vessel,vessel+epipolar"
 
 
 def _make(out: Path, trees: int, pairs: int, size: int, seed: int) -> None:
-    from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize
+    from xraycardiac.coronary.synth import SynthConfig, synthesize
 
     t0 = time.perf_counter()
     summary = synthesize(SynthConfig(trees=trees, pairs_per_tree=pairs, image_size=size, seed=seed), out)

@@ -35,7 +35,7 @@ same bytes as one uninterrupted run. ``dataset.json``'s ``counts`` and ``shards`
 (concurrent shards may briefly leave them stale). The folders are the truth. Creating
 ``dataset.json`` and checking that a later run into the same folder uses the same parameters is
 the run's business: ``prepare_dataset_dir`` and ``record_shard`` in
-:mod:`xraycardiac.jobs.coronary_synth`.
+:mod:`xraycardiac.coronary.synth.engine`.
 
 Splits: :func:`split_of_tree` puts a whole tree (all its pairs) in "train", "val" or "test" by a
 fixed hash of its index, so no anatomy is shared between splits and adding trees never moves old
