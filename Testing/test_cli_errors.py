@@ -360,7 +360,7 @@ def test_comma_separated_override_is_a_tuple_of_ints() -> None:
 
 
 def test_comma_separated_matcher_override_is_a_tuple_of_ints() -> None:
-    from xraycardiac.coronary.train_matcher import parse_matcher_overrides
+    from xraycardiac.coronary.matching.train_matcher import parse_matcher_overrides
 
     cfg, _ = parse_matcher_overrides(["channels=8,8,8", "cell=8"])
     assert cfg.keypoint_net.channels == (8, 8, 8), cfg.keypoint_net.channels

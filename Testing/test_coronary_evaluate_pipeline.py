@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from xraycardiac.coronary.evaluate_pipeline import evaluate_pipeline, format_pipeline_table, perturb_view
+from xraycardiac.coronary.recon.evaluate_pipeline import (
+    evaluate_pipeline,
+    format_pipeline_table,
+    perturb_view,
+)
 from xraycardiac.geometry import CArmGeometry
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from coronary_helpers import make_tree
 
-from xraycardiac.coronary.projection import OutsideFieldOfViewError, project_vessels
+from xraycardiac.coronary.synth.projection import OutsideFieldOfViewError, project_vessels
 from xraycardiac.coronary.tree import CoronaryTree
 from xraycardiac.geometry import CArmGeometry
 

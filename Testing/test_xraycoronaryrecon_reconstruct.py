@@ -29,9 +29,9 @@ from XRayCoronaryReconLib.reconstruct import (
     method_spec,
 )
 
-from xraycardiac.coronary import dataset as ds
-from xraycardiac.coronary.calibration import apply_corrections
+from xraycardiac.coronary.recon.calibration import apply_corrections
 from xraycardiac.coronary.synth import SynthConfig, synthesize
+from xraycardiac.coronary.synth import dataset as ds
 from xraycardiac.geometry import CArmGeometry
 from xraycardiac.volume import Volume
 

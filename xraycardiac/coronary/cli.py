@@ -11,7 +11,7 @@ holds both trees, as in ImageCAS; 0 skips a side).
 
 ``evaluate`` runs keypoint matchers (SIFT, ORB, the vessel-keypoint baseline, trained
 ``matcher:RUN`` models and their ``matcher-nofm:RUN`` ablation) on the pairs of a split and prints
-one table (:func:`xraycardiac.coronary.evaluate.evaluate_matchers`); ``--out`` writes it as JSON::
+one table (:func:`xraycardiac.coronary.matching.evaluate.evaluate_matchers`); ``--out`` writes it as JSON::
 
     xraycardiac coronary evaluate --data synth/ --method sift --method vessel+epipolar
         --method matcher:runs/matcher --method matcher-nofm:runs/matcher --out results.json
@@ -241,7 +241,12 @@ def evaluate(
     """Match every view pair of a split with each method and print precision / recall / AUC side by side."""
     from rich.console import Console
 
-    from xraycardiac.coronary.evaluate import dataset_summary, evaluate_matchers, format_table, write_results
+    from xraycardiac.coronary.matching.evaluate import (
+        dataset_summary,
+        evaluate_matchers,
+        format_table,
+        write_results,
+    )
 
     console = Console(stderr=True)
     if out is not None:  # before the work: a refused --out must not cost the whole evaluation
@@ -260,7 +265,7 @@ def evaluate(
     typer.echo(format_table(rows))
     meta: dict = {"data": str(data), "split": split, "dataset": summary}
     if pipeline:
-        from xraycardiac.coronary.evaluate_pipeline import evaluate_pipeline, format_pipeline_table
+        from xraycardiac.coronary.recon.evaluate_pipeline import evaluate_pipeline, format_pipeline_table
 
         prows = evaluate_pipeline(
             data, [*method, "gt"], split, perturb_deg=perturb_deg, perturb_mm=perturb_mm,

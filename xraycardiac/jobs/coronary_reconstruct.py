@@ -2,15 +2,15 @@
 
 Steps (Zhao et al. 2025, the downstream use of the matcher; pixels (u = column, v = row), RAS mm):
 
-1. **match**: :func:`xraycardiac.coronary.evaluate.parse_method` of ``method`` (``vessel+epipolar``
+1. **match**: :func:`xraycardiac.coronary.matching.evaluate.parse_method` of ``method`` (``vessel+epipolar``
    by default; ``sift``, ``orb``, ``vessel`` with ``+ransac`` / ``+epipolar`` / ``+none``,
    ``matcher:<model>``, ``matcher-nofm:<model>``) on the two images, ``foundation`` (``family:/path``)
    for the learned matcher's foundation model.
-2. **refine** (``refine_calibration``): :func:`~xraycardiac.coronary.calibration.refine_second_view`
+2. **refine** (``refine_calibration``): :func:`~xraycardiac.coronary.recon.calibration.refine_second_view`
    from the matches, view 1 fixed. With fewer matches than the refinement needs
    (``CalibrationConfig.min_matches``) it is skipped, logged and recorded in ``calibration.json``
    (``refined: false`` with the reason): the recorded geometry is then used as it is.
-3. **reconstruct**: :func:`~xraycardiac.coronary.reconstruct.reconstruct_tree` on the vessel masks
+3. **reconstruct**: :func:`~xraycardiac.coronary.recon.reconstruct.reconstruct_tree` on the vessel masks
    (``mask1`` / ``mask2``) when given, else on the images (Frangi vesselness segmentation). The masks
    are the accurate path: on a 256 px synthetic pair the 3D centreline is sub-millimetre from ground
    truth masks and ~24 mm off from the raw images' segmentation.
@@ -101,7 +101,7 @@ def _vessel_mask(spec: JobSpec, view: int, image: np.ndarray) -> tuple[np.ndarra
         if not mask.any():
             raise ValueError(f"no vessel found in image {view}: inputs.{key} is empty (no pixel > 0)")
         return mask, "mask"
-    from xraycardiac.coronary.vessel_keypoints import detect_vessel_keypoints
+    from xraycardiac.coronary.matching.vessel_keypoints import detect_vessel_keypoints
 
     mask = np.asarray(detect_vessel_keypoints(image).mask, dtype=bool)
     if not mask.any():
@@ -145,9 +145,9 @@ def _uses_epipolar(method: str) -> bool:
 def run_coronary_reconstruct(spec: JobSpec, work_dir: Path, progress: Progress) -> dict[str, Any]:
     """Match, refine view 2 and reconstruct the 3D centreline of two angiograms (module docstring)."""
     from xraycardiac import __version__
-    from xraycardiac.coronary.calibration import calibrate_from_matches
-    from xraycardiac.coronary.evaluate import parse_method
-    from xraycardiac.coronary.reconstruct import reconstruct_tree, save_tube_vtp
+    from xraycardiac.coronary.matching.evaluate import parse_method
+    from xraycardiac.coronary.recon.calibration import calibrate_from_matches
+    from xraycardiac.coronary.recon.reconstruct import reconstruct_tree, save_tube_vtp
     from xraycardiac.runtime import select_device
 
     params = _params(spec)

@@ -71,7 +71,7 @@ from typing import Any
 
 import numpy as np
 
-from xraycardiac.coronary.evaluate import _json_safe
+from xraycardiac.coronary.matching.evaluate import _json_safe
 from xraycardiac.metrics.chest_masks import STRUCTURES, chest_structures, dice, lung_mask
 from xraycardiac.runtime import peak_rss_mb, reset_peak_rss, rss_mb
 from xraycardiac.volume import Volume

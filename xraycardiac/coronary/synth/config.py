@@ -70,8 +70,8 @@ class SynthConfig:
     Attributes:
         trees: number of trees, indices 0..trees-1 (a shard takes its part of them).
         pairs_per_tree: view pairs per tree, 1..100.
-        renderer: "physics" (Beer-Lambert, :mod:`~xraycardiac.coronary.render_physics`) or "diffusion"
-            (the mask-conditioned IDDPM, :mod:`~xraycardiac.coronary.render_diffusion`).
+        renderer: "physics" (Beer-Lambert, :mod:`~xraycardiac.coronary.synth.render_physics`) or "diffusion"
+            (the mask-conditioned IDDPM, :mod:`~xraycardiac.coronary.synth.render_diffusion`).
         seed: base seed (>= 0); tree t uses phantom seed ``seed + t``, pair (t, k) draws from
             ``SeedSequence([seed, t, k])``.
         injection: "alternate" (default: LCA for even trees, RCA for odd), "left", "right", "both".
@@ -114,7 +114,7 @@ class SynthConfig:
     right_label: int | None = 2
 
     def __post_init__(self) -> None:
-        from xraycardiac.coronary.dataset import MAX_PAIRS_PER_TREE, MAX_TREES
+        from xraycardiac.coronary.synth.dataset import MAX_PAIRS_PER_TREE, MAX_TREES
 
         _positive_int("trees", self.trees, MAX_TREES)
         _positive_int("pairs_per_tree", self.pairs_per_tree, MAX_PAIRS_PER_TREE)
@@ -193,7 +193,7 @@ class SynthConfig:
 
     def view_config(self) -> Any:
         """The ``ViewSamplingConfig`` with this run's detector size and pixel spacing."""
-        from xraycardiac.coronary.views import ViewSamplingConfig
+        from xraycardiac.coronary.synth.views import ViewSamplingConfig
 
         base = ViewSamplingConfig()
         default = (base.detector_rows, base.detector_cols)
@@ -217,8 +217,8 @@ class SynthConfig:
 
     def renderer_settings(self) -> Any:
         """``PhysicsRendererConfig`` or ``DiffusionSamplingConfig`` (defaults plus ``renderer_config``)."""
-        from xraycardiac.coronary.render_diffusion import DiffusionSamplingConfig
-        from xraycardiac.coronary.render_physics import PhysicsRendererConfig
+        from xraycardiac.coronary.synth.render_diffusion import DiffusionSamplingConfig
+        from xraycardiac.coronary.synth.render_physics import PhysicsRendererConfig
 
         cls = PhysicsRendererConfig if self.renderer == "physics" else DiffusionSamplingConfig
         try:
@@ -311,7 +311,7 @@ class SynthConfig:
 
 def _cached_model_info(model: str) -> tuple[Any, dict[str, Any]]:
     """``model_info`` once per (model, file state) in this process (it hashes the weights)."""
-    from xraycardiac.coronary.render_diffusion import model_info
+    from xraycardiac.coronary.synth.render_diffusion import model_info
 
     key = model
     p = Path(model)

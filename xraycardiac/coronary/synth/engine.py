@@ -5,7 +5,7 @@ masks and path-length maps -> rendered angiograms -> ground-truth keypoint match
 t of this shard: ``make_coronary_tree(seed + t)``; for each pair k: ``sample_view_pair`` centred on
 the centroid of the opacified tree (see below), ``project_vessels`` of the
 opacified tree in both views, ``ground_truth_matches``, two physics renderings, and
-``write_sample`` (format: :mod:`xraycardiac.coronary.dataset`).
+``write_sample`` (format: :mod:`xraycardiac.coronary.synth.dataset`).
 
 Tree from a label map: given ``labelmap`` (a coronary label map file, NRRD / NIfTI / MetaImage, e.g.
 a CCTA segmentation exported from Slicer or an ImageCAS case), the run makes one tree (``trees`` must
@@ -97,7 +97,7 @@ def prepare_dataset_dir(
         ValueError: ``root`` holds a dataset made with other parameters (names the first one and
             both values).
     """
-    from xraycardiac.coronary import dataset as ds
+    from xraycardiac.coronary.synth import dataset as ds
     from xraycardiac.outputs import check_output
 
     root = Path(root)
@@ -139,7 +139,7 @@ def record_shard(root: str | Path, shard: tuple[int, int], record: dict[str, Any
     Returns:
         The updated ``dataset.json`` content.
     """
-    from xraycardiac.coronary import dataset as ds
+    from xraycardiac.coronary.synth import dataset as ds
 
     root = Path(root)
     i, n = shard
@@ -172,7 +172,7 @@ def _render_diffusion(
     report: Callable[[str, float], None],
 ) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
     """Both views of a pair in one diffusion batch; returns (images, per-view draws)."""
-    from xraycardiac.coronary.render_diffusion import load_renderer
+    from xraycardiac.coronary.synth.render_diffusion import load_renderer
 
     settings = config.renderer_settings()
     renderer = load_renderer(settings.model, config.device)
@@ -258,10 +258,10 @@ def _make_pair(
     config: SynthConfig, tree: Any, tree_index: int, pair_index: int, report: Callable[[str, float], None]
 ) -> dict[str, Any]:
     """Views, projections, matches and renderings of pair (t, k); raises OutsideFieldOfViewError."""
-    from xraycardiac.coronary.correspondences import ground_truth_matches, sample_keypoints
-    from xraycardiac.coronary.projection import project_vessels
-    from xraycardiac.coronary.render_physics import background_line_integral, render_angiogram_detailed
-    from xraycardiac.coronary.views import sample_view_pair
+    from xraycardiac.coronary.synth.correspondences import ground_truth_matches, sample_keypoints
+    from xraycardiac.coronary.synth.projection import project_vessels
+    from xraycardiac.coronary.synth.render_physics import background_line_integral, render_angiogram_detailed
+    from xraycardiac.coronary.synth.views import sample_view_pair
 
     side, opacified = config.side_of(tree_index)
     ss = np.random.SeedSequence([config.seed, tree_index, pair_index])
@@ -304,7 +304,7 @@ def _pair_record(
     gt: Any, images: list[np.ndarray], draws: list[dict[str, Any]], tree_index: int, pair_index: int,
 ) -> dict[str, Any]:  # fmt: skip
     """The ``write_sample`` keyword arguments of one rendered pair."""
-    from xraycardiac.coronary.views import angle_between_views
+    from xraycardiac.coronary.synth.views import angle_between_views
 
     meta = {
         **({"tree_source": Path(config.labelmap).name} if config.labelmap is not None else {}),
@@ -365,8 +365,8 @@ def synthesize(
         FileExistsError: ``out`` is a file or a foreign non-empty folder, or (``resume`` False)
             samples of this shard exist already.
     """
-    from xraycardiac.coronary import dataset as ds
-    from xraycardiac.coronary.projection import OutsideFieldOfViewError
+    from xraycardiac.coronary.synth import dataset as ds
+    from xraycardiac.coronary.synth.projection import OutsideFieldOfViewError
     from xraycardiac.outputs import discard, verify_record, write_record
     from xraycardiac.phantoms.coronary import make_coronary_tree
 
@@ -465,7 +465,7 @@ def synthesize(
 
 def _record_path(root: Path, tree_index: int, pair_index: int) -> Path:
     """``tree_<t>/pair_<t>_<k>.done.json``: the record written after sample (t, k)."""
-    from xraycardiac.coronary import dataset as ds
+    from xraycardiac.coronary.synth import dataset as ds
 
     path = ds.sample_path(root, tree_index, pair_index)
     return path.with_name(f"{path.name}.done.json")

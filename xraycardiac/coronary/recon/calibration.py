@@ -484,7 +484,7 @@ def calibrate_from_matches(
     ``config.min_matches`` matches, or fewer inliers of the refined pose, the recorded view 2 is
     used and the record says why (``log`` gets the same sentence). With ``vessels``, a refined pose
     must also explain the two vessel trees better than the recorded one
-    (:func:`~xraycardiac.coronary.reconstruct.epipolar_consistency`, no matches involved): wrong
+    (:func:`~xraycardiac.coronary.recon.reconstruct.epipolar_consistency`, no matches involved): wrong
     matches that agree on a wrong pose are otherwise accepted. On 24 held-out 256 px pairs perturbed
     by up to 5 deg / 10 mm, the demo matcher's matches were refined on 17 pairs without the check
     and on 7 with it; the mean 3D error after this step went from 13.05 to 10.25 mm, still above the
@@ -534,7 +534,7 @@ def calibrate_from_matches(
             inlier_fraction=n_in / len(x1),
         )
     if vessels is not None:
-        from xraycardiac.coronary.reconstruct import epipolar_consistency
+        from xraycardiac.coronary.recon.reconstruct import epipolar_consistency
 
         scores = {
             name: epipolar_consistency(*vessels, g1, g)

@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 import scipy.ndimage as ndi
 
-from xraycardiac.coronary.calibration import (
+from xraycardiac.coronary.recon.calibration import (
     CalibrationConfig,
     CalibrationResult,
     refine_second_view,
@@ -222,7 +222,7 @@ def _as_mask(data: np.ndarray, name: str) -> np.ndarray:
     elif np.all(np.isin(a, (0, 1))):
         mask = a.astype(bool)
     else:
-        from xraycardiac.coronary.vessel_keypoints import detect_vessel_keypoints
+        from xraycardiac.coronary.matching.vessel_keypoints import detect_vessel_keypoints
 
         mask = detect_vessel_keypoints(a).mask
     if not mask.any():
@@ -509,7 +509,7 @@ def epipolar_consistency(
     A wrong pose moves the epipolar lines off the corresponding curves, and fewer samples find a
     partner that maps back to themselves: on 16 held-out 256 px pairs the true view 2 scored higher
     than the same view perturbed by up to 5 deg / 10 mm on every pair. Used to accept or reject a
-    calibration refinement (:func:`xraycardiac.coronary.calibration.calibrate_from_matches`).
+    calibration refinement (:func:`xraycardiac.coronary.recon.calibration.calibrate_from_matches`).
 
     Args:
         vessels1, vessels2: vessel masks or angiograms of the two views (as :func:`reconstruct_tree`).
