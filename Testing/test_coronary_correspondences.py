@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from coronary_helpers import make_tree
 
+from xraycardiac.anatomy.coronary_tree import CoronaryTree
 from xraycardiac.coronary.synth.correspondences import ground_truth_matches, sample_keypoints
-from xraycardiac.coronary.tree import CoronaryTree
 from xraycardiac.geometry import CArmGeometry, triangulate
 
 

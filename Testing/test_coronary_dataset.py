@@ -18,10 +18,10 @@ from scipy import ndimage
 from typer.testing import CliRunner
 
 import xraycardiac.jobs.coronary_synth  # noqa: F401 -- registers "coronary-synth" until PIPELINE_MODULES lists it
+from xraycardiac.anatomy.coronary_tree import CoronaryTree
 from xraycardiac.coronary.cli import app
 from xraycardiac.coronary.synth import SynthConfig, parse_shard, synthesize
 from xraycardiac.coronary.synth import dataset as ds
-from xraycardiac.coronary.tree import CoronaryTree
 from xraycardiac.geometry import CArmGeometry, epipolar_distance, fundamental_matrix, project_points
 from xraycardiac.jobs import JobSpec, run_job
 

@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
+from xraycardiac.anatomy.coronary_tree import CoronaryTree
 from xraycardiac.coronary.recon.reconstruct import centreline_error_mm
-from xraycardiac.coronary.tree import CoronaryTree
 from xraycardiac.geometry import CArmGeometry
 from xraycardiac.io import write_volume
 from xraycardiac.jobs import JobSpec, run_job

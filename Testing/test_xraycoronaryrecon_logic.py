@@ -29,10 +29,10 @@ from XRayCardiacCommonLib.mrml_io import (
 )
 from XRayCoronaryReconLib.synthetic import SyntheticAngiogramsLogic, labelmap_volume
 
+from xraycardiac.anatomy.coronary_tree import CoronaryTree
 from xraycardiac.coronary.from_labelmap import tree_from_labelmap
 from xraycardiac.coronary.synth import SynthConfig, synthesize
 from xraycardiac.coronary.synth import dataset as ds
-from xraycardiac.coronary.tree import CoronaryTree
 from xraycardiac.geometry import CArmGeometry
 from xraycardiac.io import read_volume
 from xraycardiac.volume import Volume

@@ -51,7 +51,7 @@ from XRayCardiacCommonLib.mrml_io import (
     volume_from_node,
 )
 
-from xraycardiac.coronary.tree import CoronaryTree
+from xraycardiac.anatomy.coronary_tree import CoronaryTree
 from xraycardiac.geometry import CArmGeometry
 from xraycardiac.volume import Volume
 from XRayCoronaryReconLib import DEVICE_CHOICES, RECONSTRUCT_DEFAULT_METHOD, RECONSTRUCT_METHOD_CHOICES

@@ -50,8 +50,8 @@ from XRayCardiacCommonLib.mrml_io import (
     volume_from_node,
 )
 
+from xraycardiac.anatomy.coronary_tree import CoronaryTree
 from xraycardiac.coronary.synth import dataset as ds
-from xraycardiac.coronary.tree import CoronaryTree
 from xraycardiac.geometry import CArmGeometry
 from xraycardiac.jobs.coronary_synth import config_from_params
 from xraycardiac.volume import Volume

@@ -1,4 +1,5 @@
-"""Coronary angiography engine (Zhao et al. 2025): trees, views, projections, correspondences, renderers, matching.
+"""Coronary angiography engine (Zhao et al. 2025): synth/ (views, projections, correspondences, renderers,
+datasets), matching/ (keypoints, matchers, evaluation), recon/ (calibration, 3D centrelines).
 
 The public names are loaded on first use (PEP 562), so ``xraycardiac.coronary.cli`` and the command
 line start without importing torch.
@@ -10,7 +11,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "CoronaryTree": "tree",
+    "CoronaryTree": "xraycardiac.anatomy.coronary_tree",
     "GTMatches": "synth.correspondences",
     "Keypoints3D": "synth.correspondences",
     "ground_truth_matches": "synth.correspondences",
@@ -53,7 +54,7 @@ _EXPORTS = {
     "evaluate_matchers": "matching.evaluate",
     "CalibrationConfig": "recon.calibration",
     "refine_second_view": "recon.calibration",
-    "ReconstructionConfig": "recon.reconstruct",
+    "ReconstructionConfig": "recon.centrelines",
     "centreline_error_mm": "recon.reconstruct",
     "reconstruct_tree": "recon.reconstruct",
     "save_tube_vtp": "recon.reconstruct",
@@ -65,6 +66,8 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'xraycardiac.coronary' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"xraycardiac.coronary.{_EXPORTS[name]}"), name)
+    module = _EXPORTS[name]
+    module = module if module.startswith("xraycardiac.") else f"xraycardiac.coronary.{module}"
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

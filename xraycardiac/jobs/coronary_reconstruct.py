@@ -38,7 +38,7 @@ Outputs: ``matches.json`` (method, x1, x2 (M, 2) pixels, scores (M,)), ``geometr
 (view 2 as used: refined, or the recorded one when not), ``calibration.json`` (refined or not and
 why, the reprojection error of the matches before / after, pixels, the corrections),
 ``centreline.vtp`` (polylines with ``Radius``, RAS), ``tube.vtp`` (tube surface), ``tree.json``
-(:class:`~xraycardiac.coronary.tree.CoronaryTree`), ``report.json`` (the summary).
+(:class:`~xraycardiac.anatomy.coronary_tree.CoronaryTree`), ``report.json`` (the summary).
 """
 
 from __future__ import annotations
@@ -146,8 +146,7 @@ def run_coronary_reconstruct(spec: JobSpec, work_dir: Path, progress: Progress) 
     """Match, refine view 2 and reconstruct the 3D centreline of two angiograms (module docstring)."""
     from xraycardiac import __version__
     from xraycardiac.coronary.matching.evaluate import parse_method
-    from xraycardiac.coronary.recon.calibration import calibrate_from_matches
-    from xraycardiac.coronary.recon.reconstruct import reconstruct_tree, save_tube_vtp
+    from xraycardiac.coronary.recon.reconstruct import calibrate_from_matches, reconstruct_tree, save_tube_vtp
     from xraycardiac.runtime import select_device
 
     params = _params(spec)

@@ -66,8 +66,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.interpolate import CubicSpline
 
+from xraycardiac.anatomy.coronary_tree import CoronaryTree
 from xraycardiac.cardiac import labels as _table
-from xraycardiac.coronary.tree import CoronaryTree
 from xraycardiac.phantoms.coronary import CoronaryPhantomConfig, make_coronary_tree
 from xraycardiac.phantoms.heart import HeartEllipsoid, tilted_axis
 from xraycardiac.volume import Volume

@@ -51,7 +51,6 @@ from torch import nn
 
 from xraycardiac.coronary.matching.matcher import (
     SUBCONFIGS,
-    WEIGHTS_FORMAT,
     CoronaryMatcher,
     CoronaryMatcherConfig,
 )

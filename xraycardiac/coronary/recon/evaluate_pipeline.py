@@ -10,7 +10,7 @@ matching method (:func:`xraycardiac.coronary.matching.evaluate.parse_method`), t
   ``±perturb_deg`` on both C-arm angles and ``±perturb_mm`` on each RAS component of the isocentre
   (drawn per pair from ``numpy.random.default_rng([seed, pair index])``, the same for every method).
   The method matches under that geometry (an ``+epipolar`` filter uses the wrong epipolar lines, as
-  it would in practice), :func:`~xraycardiac.coronary.recon.calibration.calibrate_from_matches` refines
+  it would in practice), :func:`~xraycardiac.coronary.recon.reconstruct.calibrate_from_matches` refines
   view 2, and the centreline is reconstructed with the refined view 2 ("refined") and, for
   reference, with the perturbed one ("unrefined").
 
@@ -147,7 +147,7 @@ def _pair(
     use_masks: bool,
 ) -> dict[str, Any]:  # fmt: skip
     """The figures of one method on one pair (module docstring)."""
-    from xraycardiac.coronary.recon.calibration import calibrate_from_matches
+    from xraycardiac.coronary.recon.reconstruct import calibrate_from_matches
     from xraycardiac.geometry import CArmGeometry
 
     g1, g2 = (CArmGeometry.from_dict(sample["geometry"][f"view{v}"]) for v in (1, 2))
@@ -215,9 +215,9 @@ def evaluate_pipeline(
         One row per method: ``method``, ``pairs``, the means over pairs of every key of
         :data:`PIPELINE_FIELDS` (``*_mm`` in mm; NaN-aware) and ``per_pair`` (one dict per pair).
     """
+    from xraycardiac.anatomy.coronary_tree import CoronaryTree
     from xraycardiac.coronary.matching.evaluate import _nanmean, _samples, parse_method
     from xraycardiac.coronary.synth.dataset import read_sample
-    from xraycardiac.coronary.tree import CoronaryTree
 
     for name, value in (("perturb_deg", perturb_deg), ("perturb_mm", perturb_mm)):
         if not (np.isfinite(value) and value >= 0):

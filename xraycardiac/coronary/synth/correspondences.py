@@ -24,8 +24,8 @@ from scipy.sparse.csgraph import dijkstra
 from xraycardiac.geometry import CArmGeometry, epipolar_distance, fundamental_matrix, project_points
 
 if TYPE_CHECKING:
+    from xraycardiac.anatomy.coronary_tree import CoronaryTree
     from xraycardiac.coronary.synth.projection import VesselProjection
-    from xraycardiac.coronary.tree import CoronaryTree
 
 KINDS = ("bifurcation", "endpoint", "centreline")
 

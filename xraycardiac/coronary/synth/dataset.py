@@ -59,8 +59,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from xraycardiac.anatomy.coronary_tree import CoronaryTree
     from xraycardiac.coronary.synth.correspondences import GTMatches
-    from xraycardiac.coronary.tree import CoronaryTree
     from xraycardiac.geometry import CArmGeometry
 
 __all__ = [

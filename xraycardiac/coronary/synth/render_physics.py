@@ -342,7 +342,7 @@ def _procedural_background(
 ) -> np.ndarray:
     """Analytic thorax for this view with seeded anatomy, plus lung texture and soft-tissue modulation."""
     # Imported here like the chest phantom (see _chest_phantom_ct): xraycardiac.phantoms imports
-    # phantoms.coronary, which imports xraycardiac.coronary.tree (cycle at import time).
+    # phantoms.coronary, which imports xraycardiac.anatomy.coronary_tree (cycle at import time).
     from xraycardiac.phantoms.thorax_analytic import thorax_line_integrals
 
     a, b = rng.uniform(150.0, 180.0), rng.uniform(100.0, 125.0)  # torso semi-axes (chest phantom ranges)
