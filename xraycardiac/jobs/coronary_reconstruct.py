@@ -6,7 +6,7 @@ Steps (Zhao et al. 2025, the downstream use of the matcher; pixels (u = column, 
    by default; ``sift``, ``orb``, ``vessel`` with ``+ransac`` / ``+epipolar`` / ``+none``,
    ``matcher:<model>``, ``matcher-nofm:<model>``) on the two images, ``foundation`` (``family:/path``)
    for the learned matcher's foundation model.
-2. **refine** (``refine_calibration``): :func:`~xraycardiac.coronary.recon.calibration.refine_second_view`
+2. **refine** (``refine_calibration``): :func:`~xraycardiac.coronary.recon.reconstruct.calibrate_from_matches`
    from the matches, view 1 fixed. With fewer matches than the refinement needs
    (``CalibrationConfig.min_matches``) it is skipped, logged and recorded in ``calibration.json``
    (``refined: false`` with the reason): the recorded geometry is then used as it is.

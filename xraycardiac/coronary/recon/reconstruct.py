@@ -3,7 +3,9 @@
 :func:`reconstruct_tree` (pixels (u = column, v = row), 3D points RAS mm):
 
 1. **Masks**: given, or segmented from images by thresholded Frangi vesselness (``vessel_keypoints``);
-   with ``refine_calibration`` view 2 is first refined from the matched keypoints (``calibration``).
+   with ``refine_calibration`` view 2 is first refined from the matched keypoints by
+   :func:`calibrate_from_matches` (the one calibration path: the recorded view 2 is kept when the
+   refined pose has too few inliers or explains the vessel trees worse than the recorded one).
 2. **2D centreline graphs** (:func:`centreline_graph_2d`): ``skimage.morphology.skeletonize``; nodes
    are junction clusters and free ends, edges the ordered pixel paths between them; spurs shorter
    than ``prune_px`` are cut, skeleton corners (nodes with two edges) merged, paths smoothed.
@@ -136,8 +138,10 @@ def _assemble(
 @dataclass
 class ReconstructionResult:
     """Outcome of :func:`reconstruct_tree`: ``tree`` (RAS mm, radii mm, label ``tree_id``), ``points3d``
-    (N, 3) = ``tree.points``, ``geometry2`` (view 2 as used: refined with ``refine_calibration``),
-    ``calibration`` (the refinement's result or None), the two 2D ``graphs``, ``stats`` (counts, seconds).
+    (N, 3) = ``tree.points``, ``geometry2`` (view 2 as used: refined with ``refine_calibration`` when
+    :func:`calibrate_from_matches` accepts the pose), ``calibration`` (the accepted refinement's result,
+    else None), the two 2D ``graphs``, ``stats`` (counts, seconds) and, with ``refine_calibration``,
+    ``calibration_record`` (:func:`calibrate_from_matches`'s record: ``refined``, ``reason``, errors).
     """
 
     tree: CoronaryTree
@@ -146,6 +150,7 @@ class ReconstructionResult:
     calibration: CalibrationResult | None
     graphs: tuple[CentrelineGraph2D, CentrelineGraph2D]
     stats: dict[str, Any]
+    calibration_record: dict[str, Any] | None = None
 
 
 def reconstruct_tree(
@@ -186,13 +191,21 @@ def reconstruct_tree(
     seeds = None if x1 is None else tuple(np.asarray(x, dtype=np.float64).reshape(-1, 2) for x in (x1, x2))
     if seeds is not None and len(seeds[0]) != len(seeds[1]):
         raise ValueError(f"reconstruct_tree: x1 has {len(seeds[0])} matches but x2 has {len(seeds[1])}")
-    calibration = None
+    calibration, calibration_record = None, None
     if config.refine_calibration:
         if seeds is None:
             raise ValueError("reconstruct_tree: refine_calibration needs matched keypoints x1, x2")
-        calibration = refine_second_view(g1, g2, seeds[0], seeds[1], config.calibration)
-        g2 = calibration.geometry
-        seeds = (seeds[0][calibration.inliers], seeds[1][calibration.inliers])
+        if len(seeds[0]) < config.calibration.min_matches:  # asked to refine: too few matches is an error
+            raise ValueError(
+                f"reconstruct_tree: {len(seeds[0])} matches given; at least {config.calibration.min_matches} "
+                "are needed (CalibrationConfig.min_matches) to refine the second view"
+            )
+        # the one calibration path: refined only if the inliers and the vessel trees accept the pose
+        g2, calibration_record, inliers, calibration = _guarded_refinement(
+            g1, g2, seeds[0], seeds[1], True, config.calibration, None, (masks[0], masks[1])
+        )
+        if inliers is not None:
+            seeds = (seeds[0][inliers], seeds[1][inliers])
     off_epipolar = 0
     if seeds is not None and config.seed_epipolar_px is not None and len(seeds[0]):
         from xraycardiac.metrics.matching import symmetric_epipolar_error_px
@@ -214,7 +227,7 @@ def reconstruct_tree(
     stats["inconsistent_dropped"] = inconsistent
     stats["seeds_off_epipolar"] = off_epipolar
     stats["seconds"] = time.perf_counter() - t0
-    return ReconstructionResult(tree, tree.points, g2, calibration, graphs, stats)
+    return ReconstructionResult(tree, tree.points, g2, calibration, graphs, stats, calibration_record)
 
 
 def _distance_to_segments(points: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 512) -> np.ndarray:
@@ -344,18 +357,32 @@ def calibrate_from_matches(
         of the keypoint reprojection error), ``params`` (corrections, degrees / mm) and, when refined,
         ``inlier_fraction`` and ``summary``.
     """
+    return _guarded_refinement(g1, g2, x1, x2, refine, config, log, vessels)[:3]
+
+
+def _guarded_refinement(
+    g1: CArmGeometry,
+    g2: CArmGeometry,
+    x1: np.ndarray,
+    x2: np.ndarray,
+    refine: bool,
+    config: CalibrationConfig | None,
+    log: Callable[[str], None] | None,
+    vessels: tuple[np.ndarray, np.ndarray] | None,
+) -> tuple[CArmGeometry, dict[str, Any], np.ndarray | None, CalibrationResult | None]:
+    """:func:`calibrate_from_matches` plus the :class:`CalibrationResult` of an accepted refinement (else None)."""
     config = config or CalibrationConfig()
     before = triangulate_matches(g1, g2, x1, x2)[1] if len(x1) else np.zeros(0)
     record: dict[str, Any] = {"refined": False, "reason": "", "matches": len(x1)}
 
-    def keep_recorded(reason: str, **extra: Any) -> tuple[CArmGeometry, dict[str, Any], None]:
+    def keep_recorded(reason: str, **extra: Any) -> tuple[CArmGeometry, dict[str, Any], None, None]:
         record.update(
             reason=reason, error_before_px=_errors(before), error_after_px=_errors(before), params={}
         )
         record.update(extra)
         if refine and log is not None:
             log(f"calibration not refined: {reason}")
-        return g2, record, None
+        return g2, record, None, None
 
     if not refine:
         return keep_recorded("refine_calibration is false")
@@ -392,4 +419,4 @@ def calibrate_from_matches(
         params={k: float(v) for k, v in result.params.items()},
         summary=result.summary(),
     )
-    return result.geometry, record, np.asarray(result.inliers, dtype=bool)
+    return result.geometry, record, np.asarray(result.inliers, dtype=bool), result
