@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from xraycardiac.coronary.synth.dataset import MAX_PAIRS_PER_TREE, MAX_TREES
+
 __all__ = ["INJECTIONS", "RENDERERS", "SynthConfig", "check_renderer", "parse_shard"]
 
 RENDERERS = ("physics", "diffusion")
@@ -114,8 +116,6 @@ class SynthConfig:
     right_label: int | None = 2
 
     def __post_init__(self) -> None:
-        from xraycardiac.coronary.synth.dataset import MAX_PAIRS_PER_TREE, MAX_TREES
-
         _positive_int("trees", self.trees, MAX_TREES)
         _positive_int("pairs_per_tree", self.pairs_per_tree, MAX_PAIRS_PER_TREE)
         check_renderer(self.renderer)

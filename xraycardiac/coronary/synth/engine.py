@@ -58,7 +58,10 @@ from typing import Any
 
 import numpy as np
 
+from xraycardiac import __version__
+from xraycardiac.coronary.synth import dataset as ds
 from xraycardiac.coronary.synth.config import SynthConfig, parse_shard
+from xraycardiac.outputs import check_output, discard, verify_record, write_record
 
 __all__ = ["labelmap_tree", "prepare_dataset_dir", "record_shard", "synthesize"]
 
@@ -97,8 +100,6 @@ def prepare_dataset_dir(
         ValueError: ``root`` holds a dataset made with other parameters (names the first one and
             both values).
     """
-    from xraycardiac.coronary.synth import dataset as ds
-    from xraycardiac.outputs import check_output
 
     root = Path(root)
     generator, renderer = ds.normalised(generator), ds.normalised(renderer)
@@ -110,8 +111,6 @@ def prepare_dataset_dir(
     )  # fmt: skip
     if info is not None:
         return info
-    from xraycardiac import __version__
-
     root.mkdir(parents=True, exist_ok=True)
     info = {
         "format": ds.DATASET_FORMAT,
@@ -139,7 +138,6 @@ def record_shard(root: str | Path, shard: tuple[int, int], record: dict[str, Any
     Returns:
         The updated ``dataset.json`` content.
     """
-    from xraycardiac.coronary.synth import dataset as ds
 
     root = Path(root)
     i, n = shard
@@ -365,9 +363,7 @@ def synthesize(
         FileExistsError: ``out`` is a file or a foreign non-empty folder, or (``resume`` False)
             samples of this shard exist already.
     """
-    from xraycardiac.coronary.synth import dataset as ds
     from xraycardiac.coronary.synth.projection import OutsideFieldOfViewError
-    from xraycardiac.outputs import discard, verify_record, write_record
     from xraycardiac.phantoms.coronary import make_coronary_tree
 
     i_shard, n_shard = parse_shard(shard)
@@ -465,7 +461,6 @@ def synthesize(
 
 def _record_path(root: Path, tree_index: int, pair_index: int) -> Path:
     """``tree_<t>/pair_<t>_<k>.done.json``: the record written after sample (t, k)."""
-    from xraycardiac.coronary.synth import dataset as ds
 
     path = ds.sample_path(root, tree_index, pair_index)
     return path.with_name(f"{path.name}.done.json")
