@@ -43,7 +43,7 @@ def one_torch_thread() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def tiny_pair_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A coronary pair dataset of 3 trees x 1 pair at 64 x 64 px (seed 0), made once per session."""
-    from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize
+    from xraycardiac.coronary.synth import SynthConfig, synthesize
 
     root = tmp_path_factory.mktemp("tiny_pairs") / "pairs"
     summary = synthesize(SynthConfig(trees=3, pairs_per_tree=1, image_size=64, seed=0), root)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xraycardiac.coronary.tree import CoronaryTree
+from xraycardiac.anatomy.coronary_tree import CoronaryTree
 from xraycardiac.volume import Volume
 
 

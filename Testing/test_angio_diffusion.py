@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xraycardiac.coronary.render_diffusion import (
+from xraycardiac.coronary.synth.render_diffusion import (
     AngioDiffusionConfig,
     AngioDiffusionRenderer,
     encode_condition,
     model_info,
 )
-from xraycardiac.coronary.train_diffusion import find_pairs, train_angio_diffusion
+from xraycardiac.coronary.synth.train_diffusion import find_pairs, train_angio_diffusion
 from xraycardiac.trainer import TrainConfig
 
 TINY = dict(image_size=16, channels=(8, 8), attention_levels=(False, False), norm_num_groups=4,
@@ -149,8 +149,8 @@ def test_foreign_or_tampered_weights_are_refused(tiny_model: Path, tmp_path: Pat
 def test_synth_with_the_diffusion_renderer_is_deterministic_and_records_the_model(
     tiny_model: Path, tmp_path: Path
 ) -> None:
-    from xraycardiac.coronary import dataset as ds
-    from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize
+    from xraycardiac.coronary.synth import SynthConfig, synthesize
+    from xraycardiac.coronary.synth import dataset as ds
 
     cfg = SynthConfig(trees=1, pairs_per_tree=1, renderer="diffusion",
                       renderer_config={"model": str(tiny_model), "steps": 4})  # fmt: skip
@@ -178,8 +178,8 @@ def test_shipped_demo_weights_draw_dark_vessels_where_the_mask_says(tmp_path: Pa
     """The packaged model is listed, sha256-checked, and follows its condition: vessels appear where the mask is."""
     from scipy import ndimage
 
-    from xraycardiac.coronary import dataset as ds
-    from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize
+    from xraycardiac.coronary.synth import SynthConfig, synthesize
+    from xraycardiac.coronary.synth import dataset as ds
     from xraycardiac.models import resolve_entry
 
     entry = resolve_entry("angio-diffusion-demo")

@@ -235,7 +235,7 @@ def test_phantom_bad_parameter_names_the_option(tmp_path: Path, option: str, val
 
 
 def test_empty_png_in_evaluate_names_the_file(tmp_path: Path) -> None:
-    from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize
+    from xraycardiac.coronary.synth import SynthConfig, synthesize
 
     data = tmp_path / "pairs"
     synthesize(SynthConfig(trees=1, pairs_per_tree=1, image_size=32, seed=0), data)
@@ -360,7 +360,7 @@ def test_comma_separated_override_is_a_tuple_of_ints() -> None:
 
 
 def test_comma_separated_matcher_override_is_a_tuple_of_ints() -> None:
-    from xraycardiac.coronary.train_matcher import parse_matcher_overrides
+    from xraycardiac.coronary.matching.train_matcher import parse_matcher_overrides
 
     cfg, _ = parse_matcher_overrides(["channels=8,8,8", "cell=8"])
     assert cfg.keypoint_net.channels == (8, 8, 8), cfg.keypoint_net.channels

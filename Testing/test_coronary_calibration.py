@@ -1,4 +1,4 @@
-"""Refinement of the second view's pose (xraycardiac.coronary.calibration) on a procedural coronary tree.
+"""Refinement of the second view's pose (xraycardiac.coronary.recon.calibration) on a procedural coronary tree.
 
 Two views can fix view 2's pose only up to the scale of the scene (module docstring of
 ``calibration``): the isocentre component along the baseline is not observable. The checks are
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xraycardiac.coronary.calibration import (
+from xraycardiac.coronary.recon.calibration import (
     CalibrationConfig,
     apply_corrections,
     refine_second_view,

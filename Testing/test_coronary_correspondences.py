@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from coronary_helpers import make_tree
 
-from xraycardiac.coronary.correspondences import ground_truth_matches, sample_keypoints
-from xraycardiac.coronary.tree import CoronaryTree
+from xraycardiac.anatomy.coronary_tree import CoronaryTree
+from xraycardiac.coronary.synth.correspondences import ground_truth_matches, sample_keypoints
 from xraycardiac.geometry import CArmGeometry, triangulate
 
 
@@ -149,7 +149,7 @@ def test_projected_crossing_is_flagged_ambiguous():
 
 
 def test_mismatched_projection_is_rejected():
-    from xraycardiac.coronary.projection import project_vessels
+    from xraycardiac.coronary.synth.projection import project_vessels
 
     tree = branching_tree()
     kp = sample_keypoints(tree, 5.0)
@@ -164,8 +164,8 @@ def test_mismatched_projection_is_rejected():
 
 def test_sampled_views_projections_and_matches_agree():
     """End to end: a sampled standard view pair, both vessel masks, and GT keypoints lying on the masks."""
-    from xraycardiac.coronary.projection import project_vessels
-    from xraycardiac.coronary.views import ViewSamplingConfig, angle_between_views, sample_view_pair
+    from xraycardiac.coronary.synth.projection import project_vessels
+    from xraycardiac.coronary.synth.views import ViewSamplingConfig, angle_between_views, sample_view_pair
 
     tree = branching_tree()
     centre = (tree.points.min(0) + tree.points.max(0)) / 2

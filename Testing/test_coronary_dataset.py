@@ -18,12 +18,12 @@ from scipy import ndimage
 from typer.testing import CliRunner
 
 import xraycardiac.jobs.coronary_synth  # noqa: F401 -- registers "coronary-synth" until PIPELINE_MODULES lists it
-from xraycardiac.coronary import dataset as ds
+from xraycardiac.anatomy.coronary_tree import CoronaryTree
 from xraycardiac.coronary.cli import app
-from xraycardiac.coronary.tree import CoronaryTree
+from xraycardiac.coronary.synth import SynthConfig, parse_shard, synthesize
+from xraycardiac.coronary.synth import dataset as ds
 from xraycardiac.geometry import CArmGeometry, epipolar_distance, fundamental_matrix, project_points
 from xraycardiac.jobs import JobSpec, run_job
-from xraycardiac.jobs.coronary_synth import SynthConfig, parse_shard, synthesize
 
 # small and fast: 128 x 128 detector at 1.2 mm (field of view of a 512 x 0.3-0.4 mm one), 0.5 mm voxels
 CFG = SynthConfig(trees=2, pairs_per_tree=2, image_size=128, pixel_spacing_mm=1.2, seed=0)
@@ -127,7 +127,7 @@ def test_torch_dataset_and_dataloader(base):
     import torch
     from torch.utils.data import DataLoader, Dataset
 
-    from xraycardiac.coronary.dataset import CoronaryPairDataset, collate_pairs
+    from xraycardiac.coronary.synth.dataset import CoronaryPairDataset, collate_pairs
 
     data = CoronaryPairDataset(base)
     assert isinstance(data, Dataset) and len(data) == 4
@@ -177,18 +177,21 @@ def test_torch_dataset_and_dataloader(base):
 
 
 def test_importing_the_modules_does_not_import_torch():
-    # dataset.py and cli.py are loaded as files: the package xraycardiac.coronary's __init__ imports
-    # the whole engine (and torch, via xraycardiac.geometry) by itself, which these modules must not add to
-    root = Path(ds.__file__).parents[2]
+    # dataset.py and cli.py are loaded as files, and the coronary-synth job (which imports the engine,
+    # xraycardiac.coronary.synth): none of them may pull in torch (directly or via xraycardiac.geometry)
+    # or the engine's heavy modules (renderers, projection), which it imports only when it runs
+    root = Path(ds.__file__).parents[3]
     code = (
         "import sys, importlib.util as u\n"
         "def load(name, rel):\n"
         "    spec = u.spec_from_file_location(name, rel)\n"
         "    m = u.module_from_spec(spec); spec.loader.exec_module(m); return m\n"
-        "d = load('ds_file', 'xraycardiac/coronary/dataset.py')\n"
+        "d = load('ds_file', 'xraycardiac/coronary/synth/dataset.py')\n"
         "load('cli_file', 'xraycardiac/coronary/cli.py')\n"
         "import xraycardiac.jobs.coronary_synth\n"
-        "heavy = sorted(m for m in ('torch', 'xraycardiac.coronary', 'xraycardiac.geometry') if m in sys.modules)\n"
+        "heavy = ('torch', 'xraycardiac.geometry', 'xraycardiac.coronary.synth.projection',\n"
+        "         'xraycardiac.coronary.synth.render_physics', 'xraycardiac.coronary.synth.render_diffusion')\n"
+        "heavy = sorted(m for m in heavy if m in sys.modules)\n"
         "assert not heavy, heavy\n"
         "assert callable(d.collate_pairs)\n"
     )
@@ -239,7 +242,7 @@ def test_interrupted_run_resumes_to_the_same_files(base, tmp_path):
 def test_sigkilled_process_resumes_to_the_same_files(base, tmp_path):
     root = tmp_path / "killed"
     code = (
-        "import sys; from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize; "
+        "import sys; from xraycardiac.coronary.synth import SynthConfig, synthesize; "
         f"synthesize(SynthConfig(**{CFG.__dict__!r}), sys.argv[1])"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(root)])

@@ -15,7 +15,12 @@ import pytest
 from typer.testing import CliRunner
 
 from xraycardiac.cli import app
-from xraycardiac.coronary.evaluate import METRIC_FIELDS, evaluate_matchers, format_table, parse_method
+from xraycardiac.coronary.matching.evaluate import (
+    METRIC_FIELDS,
+    evaluate_matchers,
+    format_table,
+    parse_method,
+)
 
 runner = CliRunner()
 TINY = [
@@ -38,7 +43,7 @@ def data(tiny_pair_dataset: Path) -> Path:
 @pytest.fixture(scope="module")
 def run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path | None]:
     """(a tiny trained matcher's run folder, its foundation folder or None)."""
-    from xraycardiac.coronary.train_matcher import parse_matcher_overrides, train_coronary_matcher
+    from xraycardiac.coronary.matching.train_matcher import parse_matcher_overrides, train_coronary_matcher
 
     root = tmp_path_factory.mktemp("eval_run")
     settings = list(TINY)

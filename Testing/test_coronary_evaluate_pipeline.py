@@ -8,14 +8,18 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from xraycardiac.coronary.evaluate_pipeline import evaluate_pipeline, format_pipeline_table, perturb_view
+from xraycardiac.coronary.recon.evaluate_pipeline import (
+    evaluate_pipeline,
+    format_pipeline_table,
+    perturb_view,
+)
 from xraycardiac.geometry import CArmGeometry
 
 
 @pytest.fixture(scope="module")
 def pair_dataset(tmp_path_factory):
     """One synthesized 256 px pair (the tree of the reconstruction tests)."""
-    from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize
+    from xraycardiac.coronary.synth import SynthConfig, synthesize
 
     root = tmp_path_factory.mktemp("pipeline") / "pairs"
     synthesize(SynthConfig(trees=1, pairs_per_tree=1, image_size=256, seed=3), root)

@@ -1,4 +1,4 @@
-"""Foundation-model patch features (xraycardiac.coronary.foundation) on tiny random models saved locally.
+"""Foundation-model patch features (xraycardiac.coronary.matching.foundation) on tiny random models saved locally.
 
 Every model here is a real ``transformers`` class at toy size, written with ``save_pretrained`` to a
 temporary folder and read back through ``load_foundation``: the loading path users run, with no hub.
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 transformers = pytest.importorskip("transformers")
 
-from xraycardiac.coronary.foundation import (  # noqa: E402
+from xraycardiac.coronary.matching.foundation import (  # noqa: E402
     FAMILIES,
     FoundationSpec,
     cosine_similarity_matrix,

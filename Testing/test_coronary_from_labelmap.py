@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from xraycardiac.anatomy.coronary_tree import CoronaryTree
 from xraycardiac.coronary.from_labelmap import labelmap_surface, tree_from_labelmap
-from xraycardiac.coronary.tree import CoronaryTree
 from xraycardiac.phantoms.coronary import CoronaryPhantomConfig, make_coronary_tree
 from xraycardiac.volume import Volume
 

@@ -13,14 +13,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xraycardiac.coronary.attention_matcher import (
+from xraycardiac.coronary.matching.attention_matcher import (
     IMPOSSIBLE,
     AttentionMatcher,
     AttentionMatcherConfig,
     apply_rotary,
     filter_matches,
 )
-from xraycardiac.coronary.keypoint_net import (
+from xraycardiac.coronary.matching.keypoint_net import (
     KeypointNet,
     KeypointNetConfig,
     cell_logits_to_scores,
@@ -29,7 +29,7 @@ from xraycardiac.coronary.keypoint_net import (
     nms_topk,
     sample_descriptors,
 )
-from xraycardiac.coronary.matcher_loss import (
+from xraycardiac.coronary.matching.matcher_loss import (
     MatcherLossConfig,
     assignment_nll,
     collate_matcher_inputs,
@@ -444,7 +444,7 @@ def test_matcher_inputs_from_a_sample_and_collate():
 def test_gt_assignment_for_detected_keypoints():
     item = vessel_sample()
     gt0, gt1 = item["keypoints1"][None], item["keypoints2"][None]
-    from xraycardiac.coronary.dataset import match_matrix
+    from xraycardiac.coronary.synth.dataset import match_matrix
 
     mm = torch.from_numpy(match_matrix(item["matches"].numpy(), 6, 5))[None]
     kp0 = torch.tensor(

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xraycardiac.coronary.baselines import MatcherConfig, match_orb, match_sift
-from xraycardiac.coronary.vessel_keypoints import (
+from xraycardiac.coronary.matching.baselines import MatcherConfig, match_orb, match_sift
+from xraycardiac.coronary.matching.vessel_keypoints import (
     VesselKeypointConfig,
     detect_vessel_keypoints,
     match_vessel_keypoints,
@@ -273,8 +273,8 @@ def test_vessel_matcher_recovers_a_translation():
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory) -> dict:
-    from xraycardiac.coronary.dataset import list_samples, read_sample
-    from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize
+    from xraycardiac.coronary.synth import SynthConfig, synthesize
+    from xraycardiac.coronary.synth.dataset import list_samples, read_sample
 
     root = Path(tmp_path_factory.mktemp("match")) / "pairs"
     summary = synthesize(SynthConfig(trees=1, pairs_per_tree=1, image_size=256, seed=7), root)
@@ -353,7 +353,7 @@ def test_epipolar_filter_needs_the_geometry(sample):
 
 
 def test_ransac_filter_on_degenerate_matches_returns_none() -> None:
-    from xraycardiac.coronary.baselines import MatcherConfig, filter_matches
+    from xraycardiac.coronary.matching.baselines import MatcherConfig, filter_matches
 
     x1 = np.stack([np.linspace(0, 100, 12), np.linspace(0, 100, 12)], 1)  # collinear: F is undetermined
     keep, info = filter_matches(x1, x1 + 3.0, np.ones(12), MatcherConfig(filter="ransac"), None)

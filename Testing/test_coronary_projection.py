@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from coronary_helpers import make_tree
 
-from xraycardiac.coronary.projection import OutsideFieldOfViewError, project_vessels
-from xraycardiac.coronary.tree import CoronaryTree
+from xraycardiac.anatomy.coronary_tree import CoronaryTree
+from xraycardiac.coronary.synth.projection import OutsideFieldOfViewError, project_vessels
 from xraycardiac.geometry import CArmGeometry
 
 

@@ -1,4 +1,4 @@
-"""3D centreline reconstruction (xraycardiac.coronary.reconstruct) on one synthesized 256 px view pair.
+"""3D centreline reconstruction (xraycardiac.coronary.recon.reconstruct) on one synthesized 256 px view pair.
 
 Ground truth: the pair's GT vessel masks and GT keypoint matches (seeds, and the matches that
 refine view 2), and the 3D tree of the sample (``tree_00000/tree.json``; the opacified left tree
@@ -13,15 +13,15 @@ import time
 import numpy as np
 import pytest
 
-from xraycardiac.coronary.calibration import apply_corrections
-from xraycardiac.coronary.reconstruct import (
+from xraycardiac.anatomy.coronary_tree import CoronaryTree
+from xraycardiac.coronary.recon.calibration import apply_corrections
+from xraycardiac.coronary.recon.centrelines import centreline_graph_2d
+from xraycardiac.coronary.recon.reconstruct import (
     ReconstructionConfig,
     centreline_error_mm,
-    centreline_graph_2d,
     reconstruct_tree,
     save_tube_vtp,
 )
-from xraycardiac.coronary.tree import CoronaryTree
 from xraycardiac.geometry import CArmGeometry
 
 
@@ -32,8 +32,8 @@ def pair(tmp_path_factory):
 
 
 def _make_pair(root, seed):
-    from xraycardiac.coronary.dataset import read_sample, sample_path
-    from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize
+    from xraycardiac.coronary.synth import SynthConfig, synthesize
+    from xraycardiac.coronary.synth.dataset import read_sample, sample_path
 
     synthesize(SynthConfig(trees=1, pairs_per_tree=1, image_size=256, seed=seed), root)
     s = read_sample(sample_path(root, 0, 0), load_thickness=False)
@@ -253,8 +253,9 @@ def test_left_right_check_removes_wrong_vessel_matches(tmp_path):
 
 def test_vessel_consistency_vetoes_a_refinement_to_a_wrong_pose(pair):
     """Matches that all agree on a wrong view 2 are refined to it; the vessel trees reject that pose."""
-    from xraycardiac.coronary.calibration import calibrate_from_matches, triangulate_matches
-    from xraycardiac.coronary.reconstruct import epipolar_consistency
+    from xraycardiac.coronary.recon.calibration import triangulate_matches
+    from xraycardiac.coronary.recon.centrelines import epipolar_consistency
+    from xraycardiac.coronary.recon.reconstruct import calibrate_from_matches
 
     s, g1, g2, x1, x2, _ = pair
     wrong = _perturbed(g2, np.array([0.0, 0.0, 0.0]))  # (+4, -3) deg

@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from xraycardiac.coronary.reconstruct import centreline_error_mm
-from xraycardiac.coronary.tree import CoronaryTree
+from xraycardiac.anatomy.coronary_tree import CoronaryTree
+from xraycardiac.coronary.recon.reconstruct import centreline_error_mm
 from xraycardiac.geometry import CArmGeometry
 from xraycardiac.io import write_volume
 from xraycardiac.jobs import JobSpec, run_job
@@ -24,8 +24,8 @@ from xraycardiac.volume import Volume
 @pytest.fixture(scope="module")
 def pair_files(tmp_path_factory):
     """(input name -> file, GT tree, (g1, g2)) of a synthesized 256 px pair."""
-    from xraycardiac.coronary.dataset import read_sample, sample_path
-    from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize
+    from xraycardiac.coronary.synth import SynthConfig, synthesize
+    from xraycardiac.coronary.synth.dataset import read_sample, sample_path
 
     root = tmp_path_factory.mktemp("pair")
     synthesize(SynthConfig(trees=1, pairs_per_tree=1, image_size=256, seed=3), root / "dataset")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from xraycardiac.coronary.render_physics import (
+from xraycardiac.coronary.synth.render_physics import (
     PhysicsRendererConfig,
     background_line_integral,
     clear_background_cache,

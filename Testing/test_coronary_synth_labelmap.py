@@ -16,13 +16,13 @@ from coronary_helpers import voxelised_tree
 from typer.testing import CliRunner
 
 import xraycardiac.jobs.coronary_synth  # noqa: F401 -- registers "coronary-synth"
-from xraycardiac.coronary import dataset as ds
+from xraycardiac.anatomy.coronary_tree import CoronaryTree
 from xraycardiac.coronary.cli import app
 from xraycardiac.coronary.from_labelmap import tree_from_labelmap
-from xraycardiac.coronary.tree import CoronaryTree
+from xraycardiac.coronary.synth import SynthConfig, synthesize
+from xraycardiac.coronary.synth import dataset as ds
 from xraycardiac.io import read_volume, write_volume
 from xraycardiac.jobs import JobSpec, run_job
-from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize
 from xraycardiac.phantoms.coronary import CoronaryPhantomConfig, make_coronary_tree
 from xraycardiac.volume import Volume
 

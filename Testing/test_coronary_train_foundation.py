@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from xraycardiac.cli import app
-from xraycardiac.coronary.train_foundation import (
+from xraycardiac.coronary.matching.train_foundation import (
     BRANCHES,
     IGNORE,
     AngioFoundationConfig,
@@ -57,8 +57,8 @@ def test_dataset_rejects_other_image_size(tiny_pair_dataset: Path) -> None:
 
 
 def test_train_and_load_as_dinov2(tiny_pair_dataset: Path, tmp_path: Path) -> None:
-    from xraycardiac.coronary.foundation import FoundationSpec, load_foundation
-    from xraycardiac.coronary.train_foundation import AngioFoundationNet
+    from xraycardiac.coronary.matching.foundation import FoundationSpec, load_foundation
+    from xraycardiac.coronary.matching.train_foundation import AngioFoundationNet
 
     out = tmp_path / "fm"
     args = ["train", "coronary-foundation", "--data", str(tiny_pair_dataset), "--out", str(out), "--split", "all",

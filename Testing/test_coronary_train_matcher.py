@@ -17,12 +17,8 @@ import torch
 from typer.testing import CliRunner
 
 from xraycardiac.cli import app
-from xraycardiac.coronary.train_matcher import (
-    CoronaryMatcher,
-    CoronaryMatcherConfig,
-    parse_matcher_overrides,
-    train_coronary_matcher,
-)
+from xraycardiac.coronary.matching.matcher import CoronaryMatcher, CoronaryMatcherConfig
+from xraycardiac.coronary.matching.train_matcher import parse_matcher_overrides, train_coronary_matcher
 
 runner = CliRunner()
 TINY = [
@@ -88,7 +84,7 @@ def test_resume_continues_exactly(run: Path, data: Path, tmp_path: Path) -> None
 
 
 def test_loaded_matcher_matches_an_image_pair(run: Path, data: Path) -> None:
-    from xraycardiac.coronary.dataset import list_samples, read_sample
+    from xraycardiac.coronary.synth.dataset import list_samples, read_sample
     from xraycardiac.metrics.matching import symmetric_epipolar_error_px
 
     sample = read_sample(list_samples(data)[0], load_thickness=False)
@@ -201,7 +197,7 @@ def test_training_with_a_foundation_model(data: Path, tmp_path: Path) -> None:
 
 
 def test_match_size_maps_keypoints_back_to_the_input_pixels(run: Path, data: Path) -> None:
-    from xraycardiac.coronary.train_matcher import MatcherTrainingPairs
+    from xraycardiac.coronary.matching.train_matcher import MatcherTrainingPairs
 
     net = CoronaryMatcher.load(run)
     assert net.config.match_size_px == 64

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xraycardiac.coronary.views import (
+from xraycardiac.coronary.synth.views import (
     StandardView,
     ViewSamplingConfig,
     angle_between_views,

@@ -95,7 +95,7 @@ for name in sys.argv[1:]:
         elif name.endswith(".vtp"):
             from pathlib import Path
             from vtkmodules.vtkFiltersSources import vtkSphereSource
-            from xraycardiac.coronary.tree_vtk import write_polydata
+            from xraycardiac.anatomy.coronary_tree_vtk import write_polydata
             sphere = vtkSphereSource(theta_resolution=100, phi_resolution=100)
             sphere.Update()
             write_polydata(sphere.GetOutput(), Path(name), "test")

@@ -50,7 +50,7 @@ def _empty_files(root: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def coronary_base(tmp_path_factory) -> Path:
     """One clean coronary synth run: 1 tree x 2 pairs at 64 x 64 px."""
-    from xraycardiac.jobs.coronary_synth import synthesize
+    from xraycardiac.coronary.synth import synthesize
 
     root = tmp_path_factory.mktemp("coronary") / "base"
     summary = synthesize(_coronary_config(), root)
@@ -59,13 +59,13 @@ def coronary_base(tmp_path_factory) -> Path:
 
 
 def _coronary_config():
-    from xraycardiac.jobs.coronary_synth import SynthConfig
+    from xraycardiac.coronary.synth import SynthConfig
 
     return SynthConfig(trees=1, pairs_per_tree=2, image_size=64, pixel_spacing_mm=2.4, seed=0)
 
 
 def test_coronary_synth_redoes_a_pair_missing_a_view_or_with_an_empty_view(coronary_base, tmp_path):
-    from xraycardiac.jobs.coronary_synth import synthesize
+    from xraycardiac.coronary.synth import synthesize
 
     root = tmp_path / "broken"
     shutil.copytree(coronary_base, root)

@@ -29,12 +29,12 @@ from XRayCardiacCommonLib.mrml_io import (
 )
 from XRayCoronaryReconLib.synthetic import SyntheticAngiogramsLogic, labelmap_volume
 
-from xraycardiac.coronary import dataset as ds
+from xraycardiac.anatomy.coronary_tree import CoronaryTree
 from xraycardiac.coronary.from_labelmap import tree_from_labelmap
-from xraycardiac.coronary.tree import CoronaryTree
+from xraycardiac.coronary.synth import SynthConfig, synthesize
+from xraycardiac.coronary.synth import dataset as ds
 from xraycardiac.geometry import CArmGeometry
 from xraycardiac.io import read_volume
-from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize
 from xraycardiac.volume import Volume
 
 SEED, IMAGE_SIZE = 3, 128

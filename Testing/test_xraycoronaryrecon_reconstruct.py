@@ -29,10 +29,10 @@ from XRayCoronaryReconLib.reconstruct import (
     method_spec,
 )
 
-from xraycardiac.coronary import dataset as ds
-from xraycardiac.coronary.calibration import apply_corrections
+from xraycardiac.coronary.recon.calibration import apply_corrections
+from xraycardiac.coronary.synth import SynthConfig, synthesize
+from xraycardiac.coronary.synth import dataset as ds
 from xraycardiac.geometry import CArmGeometry
-from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize
 from xraycardiac.volume import Volume
 
 

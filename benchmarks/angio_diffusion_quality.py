@@ -32,8 +32,8 @@ from scipy import ndimage
 
 
 def _physics_set(out: Path, seed: int, pairs: int, size: int) -> list[dict]:
-    from xraycardiac.coronary import dataset as ds
-    from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize
+    from xraycardiac.coronary.synth import SynthConfig, synthesize
+    from xraycardiac.coronary.synth import dataset as ds
 
     synthesize(SynthConfig(trees=pairs, pairs_per_tree=1, seed=seed, image_size=size), out, resume=False)
     items = []
@@ -45,7 +45,7 @@ def _physics_set(out: Path, seed: int, pairs: int, size: int) -> list[dict]:
 
 
 def _stats(images: list[np.ndarray], masks: list[np.ndarray]) -> dict[str, float]:
-    from xraycardiac.coronary.render_physics import contrast_to_noise
+    from xraycardiac.coronary.synth.render_physics import contrast_to_noise
 
     contrast, cnr, bg_mean, bg_std = [], [], [], []
     for img, m in zip(images, masks, strict=True):
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-test", type=int, default=9000)
     args = parser.parse_args(argv)
 
-    from xraycardiac.coronary.render_diffusion import AngioDiffusionRenderer
+    from xraycardiac.coronary.synth.render_diffusion import AngioDiffusionRenderer
     from xraycardiac.metrics import FixedEncoder, frechet_distance, mmd2_rbf
 
     renderer = AngioDiffusionRenderer.load(args.model)

@@ -1,12 +1,12 @@
 """Classical keypoint-matching baselines on held-out synthetic coronary view pairs (issue 4).
 
-Makes a small synthetic set with ``xraycardiac.jobs.coronary_synth.synthesize`` (physics renderer,
+Makes a small synthetic set with ``xraycardiac.coronary.synth.synthesize`` (physics renderer,
 seed 1000 so that no tree is shared with the seed-0 training sets), or reads one with ``--data``,
 runs every baseline on every pair and prints one table. Metrics are those of
 :mod:`xraycardiac.metrics.matching`, computed per pair and averaged over pairs (NaN-aware: a pair
 with no match has no precision); "kp/img" and "matches" are means per pair, "s/pair" the matcher's
 own wall time (detection to filtering, 2 CPU threads). The evaluation is the library's
-(:func:`xraycardiac.coronary.evaluate.evaluate_matchers`, also ``xraycardiac coronary evaluate``);
+(:func:`xraycardiac.coronary.matching.evaluate.evaluate_matchers`, also ``xraycardiac coronary evaluate``);
 ``--methods`` adds the learned matcher of the paper (``matcher:RUN``) and its ablation without the
 foundation mask (``matcher-nofm:RUN``). There is no peer implementation of these angiography
 baselines to compare with.
@@ -17,7 +17,7 @@ baselines to compare with.
     python benchmarks/coronary_match.py --keep DIR       # make the set in DIR and keep it
     python benchmarks/coronary_match.py --size 512 --pipeline   # + matches -> refinement -> 3D, s/pair
 
-``--pipeline`` adds the table of :mod:`xraycardiac.coronary.evaluate_pipeline`: 3D centreline error
+``--pipeline`` adds the table of :mod:`xraycardiac.coronary.recon.evaluate_pipeline`: 3D centreline error
 (mm) with the exact geometry and with view 2 perturbed by up to 5 deg / 10 mm per axis before
 refinement, the GT-match upper bound, and the time per pair of detection + matching + 3D
 reconstruction (the issue's target: <= 5 s per 512 x 512 pair on this CPU).
@@ -34,7 +34,7 @@ DEFAULT_METHODS = "sift,orb,sift+epipolar,vessel,vessel+epipolar"
 
 
 def _make(out: Path, trees: int, pairs: int, size: int, seed: int) -> None:
-    from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize
+    from xraycardiac.coronary.synth import SynthConfig, synthesize
 
     t0 = time.perf_counter()
     summary = synthesize(SynthConfig(trees=trees, pairs_per_tree=pairs, image_size=size, seed=seed), out)
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--methods",
         default=DEFAULT_METHODS,
-        help="comma-separated methods of xraycardiac.coronary.evaluate.parse_method, e.g. "
+        help="comma-separated methods of xraycardiac.coronary.matching.evaluate.parse_method, e.g. "
         "sift,vessel+epipolar,matcher:runs/m1,matcher-nofm:runs/m1",
     )
     parser.add_argument("--split", default="all", help="all | train | val | test (default: every pair)")
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     import cv2
     import torch
 
-    from xraycardiac.coronary.evaluate import dataset_summary, evaluate_matchers, format_table
+    from xraycardiac.coronary.matching.evaluate import dataset_summary, evaluate_matchers, format_table
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
@@ -97,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             print(format_table(rows))
             if args.pipeline:
-                from xraycardiac.coronary.evaluate_pipeline import evaluate_pipeline, format_pipeline_table
+                from xraycardiac.coronary.recon.evaluate_pipeline import (
+                    evaluate_pipeline,
+                    format_pipeline_table,
+                )
 
                 prows = evaluate_pipeline(
                     root, [*methods, "gt"], args.split, use_masks=not args.frangi,

@@ -1,6 +1,6 @@
 """Synthetic coronary angiography throughput: pairs per second and peak memory per renderer.
 
-Runs ``xraycardiac.jobs.coronary_synth.synthesize`` (the code behind ``xraycardiac coronary synth``)
+Runs ``xraycardiac.coronary.synth.synthesize`` (the code behind ``xraycardiac coronary synth``)
 in a fresh subprocess per (renderer, image size) so that peak memory is that run's alone, and
 prints one table. The diffusion renderer (``angio-diffusion-demo``, DDIM 50 steps) samples at its
 model's grid (128 px; other sizes are resampled to it, so they cost about the same); the physics
@@ -20,7 +20,7 @@ import tempfile
 
 _CHILD = r"""
 import json, resource, sys, time
-from xraycardiac.jobs.coronary_synth import SynthConfig, synthesize
+from xraycardiac.coronary.synth import SynthConfig, synthesize
 cfg = SynthConfig(trees={trees}, pairs_per_tree={pairs}, renderer={renderer!r}, image_size={size},
                   device={device!r}, seed=0)
 t0 = time.perf_counter()

@@ -250,8 +250,8 @@ FOUNDATION_DEMO = "dinov2:angio-foundation-demo"
 
 def _learned_matches(images, gt, geometries, out: Path, device: str) -> tuple[Path, str]:
     """The shipped matcher on the physics pair: a picture (red = not a GT match) and one sentence."""
-    from xraycardiac.coronary.foundation import FoundationSpec, load_foundation
-    from xraycardiac.coronary.train_matcher import CoronaryMatcher
+    from xraycardiac.coronary.matching.foundation import FoundationSpec, load_foundation
+    from xraycardiac.coronary.matching.matcher import CoronaryMatcher
     from xraycardiac.coronary.visualize import draw_matches
     from xraycardiac.metrics.matching import keypoint_correct, symmetric_epipolar_error_px
 
@@ -293,8 +293,8 @@ def _coronary_case(work: Path, sections: list[Section], progress: DemoProgress, 
         sample_keypoints,
         sample_view_pair,
     )
-    from xraycardiac.coronary.reconstruct import centreline_error_mm, reconstruct_tree, save_tube_vtp
-    from xraycardiac.coronary.render_diffusion import DEFAULT_MODEL, load_renderer
+    from xraycardiac.coronary.recon.reconstruct import centreline_error_mm, reconstruct_tree, save_tube_vtp
+    from xraycardiac.coronary.synth.render_diffusion import DEFAULT_MODEL, load_renderer
     from xraycardiac.coronary.visualize import draw_matches
     from xraycardiac.figures import draw_centrelines_3d
     from xraycardiac.io import write_png
@@ -367,7 +367,7 @@ def _coronary_case(work: Path, sections: list[Section], progress: DemoProgress, 
                 f"{g1.detector_rows} px, {seconds_diffusion:.1f} s for the pair; the demo weights are a small "
                 "CPU-trained model (see `xraycardiac models list` and benchmarks/angio_diffusion_quality.py).",
                 f"3D centreline from the two vessel masks with the exact geometry (no keypoint seeds; "
-                f"xraycardiac.coronary.reconstruct): {len(rec.points3d)} points, error to the true centreline "
+                f"xraycardiac.coronary.recon.reconstruct): {len(rec.points3d)} points, error to the true centreline "
                 f"mean {err['mean']:.2f} mm, p95 {err['p95']:.2f} mm, coverage {100 * err['coverage']:.0f} % "
                 f"(within 2 mm), {seconds_recon:.1f} s; shown in three orthographic views (red) over the "
                 "truth (grey), RAS axes in mm.",

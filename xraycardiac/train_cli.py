@@ -90,8 +90,8 @@ def angio_diffusion(
     split: Annotated[str, typer.Option(help="train | val | test | all (coronary pair datasets).")] = "train",
 ) -> None:
     """Train the mask-conditioned angiogram IDDPM (the diffusion renderer of `coronary synth`)."""
-    from xraycardiac.coronary.render_diffusion import AngioDiffusionConfig
-    from xraycardiac.coronary.train_diffusion import train_angio_diffusion
+    from xraycardiac.coronary.synth.render_diffusion import AngioDiffusionConfig
+    from xraycardiac.coronary.synth.train_diffusion import train_angio_diffusion
     from xraycardiac.trainer import TrainConfig, parse_overrides
 
     def train(**kwargs: Any) -> dict:
@@ -132,7 +132,7 @@ def coronary_matcher(
     """Train the coronary keypoint matcher (KeypointNet + foundation-masked attention matcher, Zhao et al. 2025)."""
     from dataclasses import replace
 
-    from xraycardiac.coronary.train_matcher import parse_matcher_overrides, train_coronary_matcher
+    from xraycardiac.coronary.matching.train_matcher import parse_matcher_overrides, train_coronary_matcher
 
     def train(**kwargs: Any) -> dict:
         mcfg, tcfg = parse_matcher_overrides(settings or [])
@@ -158,7 +158,10 @@ def coronary_foundation(
 ) -> None:
     """Train our small DINOv2-architecture angiogram encoder (the offline stand-in for DINOv2); OUT/foundation
     is then used as --foundation dinov2:OUT/foundation."""
-    from xraycardiac.coronary.train_foundation import AngioFoundationConfig, train_coronary_foundation
+    from xraycardiac.coronary.matching.train_foundation import (
+        AngioFoundationConfig,
+        train_coronary_foundation,
+    )
     from xraycardiac.trainer import TrainConfig, parse_overrides
 
     def train(**kwargs: Any) -> dict:

@@ -51,7 +51,7 @@ from XRayCardiacCommonLib.mrml_io import (
     volume_from_node,
 )
 
-from xraycardiac.coronary.tree import CoronaryTree
+from xraycardiac.anatomy.coronary_tree import CoronaryTree
 from xraycardiac.geometry import CArmGeometry
 from xraycardiac.volume import Volume
 from XRayCoronaryReconLib import DEVICE_CHOICES, RECONSTRUCT_DEFAULT_METHOD, RECONSTRUCT_METHOD_CHOICES
@@ -166,7 +166,7 @@ class ReconstructLogic(JobLogic[ReconstructRun, dict[str, Any]]):
                 their sizes may differ (each has its own geometry).
             mask_node1, mask_node2: optional vessel masks (> 0 = vessel) of the size of their image:
                 the accurate path (module docstring); None = Frangi segmentation of the image.
-            method: keypoint matcher (``xraycardiac.coronary.evaluate.METHOD_FORMS``), e.g.
+            method: keypoint matcher (``xraycardiac.coronary.matching.evaluate.METHOD_FORMS``), e.g.
                 ``"vessel+epipolar"``, ``"sift+epipolar"``, ``"matcher:<model or folder>"``.
             foundation: ``"family:/folder"`` of the learned matcher's foundation model, or None.
             refine_calibration: refine view 2's geometry from the matches (skipped, and said so,

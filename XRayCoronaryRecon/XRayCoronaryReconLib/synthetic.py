@@ -3,7 +3,7 @@
 The synthesis itself is the core pipeline ``coronary-synth`` (``xraycardiac.jobs.coronary_synth``:
 a coronary tree, K clinically used C-arm view pairs, physics or diffusion rendering, ground-truth
 keypoints), run in a separate process; this file only starts it and imports the dataset it writes
-(format: :mod:`xraycardiac.coronary.dataset`). One run makes one tree and K pairs of it. The tree is
+(format: :mod:`xraycardiac.coronary.synth.dataset`). One run makes one tree and K pairs of it. The tree is
 either procedural (phantom seed = ``seed``) or extracted from a coronary label map in the scene
 (``labelmap_node``: the job's ``inputs.labelmap``, written to NRRD in world RAS; the tree is
 ``tree_from_labelmap`` of its ``left_label`` / ``right_label``). A segmentation node is exported to a
@@ -50,8 +50,8 @@ from XRayCardiacCommonLib.mrml_io import (
     volume_from_node,
 )
 
-from xraycardiac.coronary import dataset as ds
-from xraycardiac.coronary.tree import CoronaryTree
+from xraycardiac.anatomy.coronary_tree import CoronaryTree
+from xraycardiac.coronary.synth import dataset as ds
 from xraycardiac.geometry import CArmGeometry
 from xraycardiac.jobs.coronary_synth import config_from_params
 from xraycardiac.volume import Volume

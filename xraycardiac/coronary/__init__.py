@@ -1,4 +1,5 @@
-"""Coronary angiography engine (Zhao et al. 2025): trees, views, projections, correspondences, renderers, matching.
+"""Coronary angiography engine (Zhao et al. 2025): synth/ (views, projections, correspondences, renderers,
+datasets), matching/ (keypoints, matchers, evaluation), recon/ (calibration, 3D centrelines).
 
 The public names are loaded on first use (PEP 562), so ``xraycardiac.coronary.cli`` and the command
 line start without importing torch.
@@ -10,53 +11,53 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "CoronaryTree": "tree",
-    "GTMatches": "correspondences",
-    "Keypoints3D": "correspondences",
-    "ground_truth_matches": "correspondences",
-    "sample_keypoints": "correspondences",
-    "OutsideFieldOfViewError": "projection",
-    "VesselProjection": "projection",
-    "project_vessels": "projection",
-    "PhysicsRendererConfig": "render_physics",
-    "contrast_to_noise": "render_physics",
-    "render_angiogram": "render_physics",
-    "LCA_VIEWS": "views",
-    "RCA_VIEWS": "views",
-    "ViewSamplingConfig": "views",
-    "angle_between_views": "views",
-    "check_view_pair": "views",
-    "sample_view_pair": "views",
-    "CoronaryPairDataset": "dataset",
-    "collate_pairs": "dataset",
-    "list_samples": "dataset",
+    "CoronaryTree": "xraycardiac.anatomy.coronary_tree",
+    "GTMatches": "synth.correspondences",
+    "Keypoints3D": "synth.correspondences",
+    "ground_truth_matches": "synth.correspondences",
+    "sample_keypoints": "synth.correspondences",
+    "OutsideFieldOfViewError": "synth.projection",
+    "VesselProjection": "synth.projection",
+    "project_vessels": "synth.projection",
+    "PhysicsRendererConfig": "synth.render_physics",
+    "contrast_to_noise": "synth.render_physics",
+    "render_angiogram": "synth.render_physics",
+    "LCA_VIEWS": "synth.views",
+    "RCA_VIEWS": "synth.views",
+    "ViewSamplingConfig": "synth.views",
+    "angle_between_views": "synth.views",
+    "check_view_pair": "synth.views",
+    "sample_view_pair": "synth.views",
+    "CoronaryPairDataset": "synth.dataset",
+    "collate_pairs": "synth.dataset",
+    "list_samples": "synth.dataset",
     "labelmap_surface": "from_labelmap",
     "tree_from_labelmap": "from_labelmap",
-    "AngioDiffusionConfig": "render_diffusion",
-    "AngioDiffusionRenderer": "render_diffusion",
-    "MatcherConfig": "baselines",
-    "MatchResult": "baselines",
-    "match_orb": "baselines",
-    "match_sift": "baselines",
-    "VesselKeypointConfig": "vessel_keypoints",
-    "detect_vessel_keypoints": "vessel_keypoints",
-    "match_vessel_keypoints": "vessel_keypoints",
-    "FoundationSpec": "foundation",
-    "load_foundation": "foundation",
-    "sample_features": "foundation",
-    "KeypointNet": "keypoint_net",
-    "KeypointNetConfig": "keypoint_net",
-    "AttentionMatcher": "attention_matcher",
-    "AttentionMatcherConfig": "attention_matcher",
-    "CoronaryMatcher": "train_matcher",
-    "CoronaryMatcherConfig": "train_matcher",
-    "evaluate_matchers": "evaluate",
-    "CalibrationConfig": "calibration",
-    "refine_second_view": "calibration",
-    "ReconstructionConfig": "reconstruct",
-    "centreline_error_mm": "reconstruct",
-    "reconstruct_tree": "reconstruct",
-    "save_tube_vtp": "reconstruct",
+    "AngioDiffusionConfig": "synth.render_diffusion",
+    "AngioDiffusionRenderer": "synth.render_diffusion",
+    "MatcherConfig": "matching.baselines",
+    "MatchResult": "matching.baselines",
+    "match_orb": "matching.baselines",
+    "match_sift": "matching.baselines",
+    "VesselKeypointConfig": "matching.vessel_keypoints",
+    "detect_vessel_keypoints": "matching.vessel_keypoints",
+    "match_vessel_keypoints": "matching.vessel_keypoints",
+    "FoundationSpec": "matching.foundation",
+    "load_foundation": "matching.foundation",
+    "sample_features": "matching.foundation",
+    "KeypointNet": "matching.keypoint_net",
+    "KeypointNetConfig": "matching.keypoint_net",
+    "AttentionMatcher": "matching.attention_matcher",
+    "AttentionMatcherConfig": "matching.attention_matcher",
+    "CoronaryMatcher": "matching.matcher",
+    "CoronaryMatcherConfig": "matching.matcher",
+    "evaluate_matchers": "matching.evaluate",
+    "CalibrationConfig": "recon.calibration",
+    "refine_second_view": "recon.calibration",
+    "ReconstructionConfig": "recon.centrelines",
+    "centreline_error_mm": "recon.reconstruct",
+    "reconstruct_tree": "recon.reconstruct",
+    "save_tube_vtp": "recon.reconstruct",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -65,6 +66,8 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'xraycardiac.coronary' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"xraycardiac.coronary.{_EXPORTS[name]}"), name)
+    module = _EXPORTS[name]
+    module = module if module.startswith("xraycardiac.") else f"xraycardiac.coronary.{module}"
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

@@ -1,7 +1,7 @@
 """``xraycardiac coronary ...``: the synthetic coronary angiography commands.
 
 ``synth`` writes view pairs straight into ``--out`` (one atomic sample folder at a time) through
-:func:`xraycardiac.jobs.coronary_synth.synthesize`, the function the ``coronary-synth`` job runs
+:func:`xraycardiac.coronary.synth.engine.synthesize`, the function the ``coronary-synth`` job runs
 for the GUI, so rerunning a killed command resumes it and ``--shard i/N`` runs may share one
 folder. Heavy imports (torch, the coronary engine) happen inside the command, so ``--help`` is quick.
 
@@ -11,7 +11,7 @@ holds both trees, as in ImageCAS; 0 skips a side).
 
 ``evaluate`` runs keypoint matchers (SIFT, ORB, the vessel-keypoint baseline, trained
 ``matcher:RUN`` models and their ``matcher-nofm:RUN`` ablation) on the pairs of a split and prints
-one table (:func:`xraycardiac.coronary.evaluate.evaluate_matchers`); ``--out`` writes it as JSON::
+one table (:func:`xraycardiac.coronary.matching.evaluate.evaluate_matchers`); ``--out`` writes it as JSON::
 
     xraycardiac coronary evaluate --data synth/ --method sift --method vessel+epipolar
         --method matcher:runs/matcher --method matcher-nofm:runs/matcher --out results.json
@@ -122,7 +122,7 @@ def synth(
     ] = 2,
 ) -> None:
     """Synthesize coronary angiogram view pairs (images, masks, thickness, geometry, GT matches) into --out."""
-    from xraycardiac.jobs.coronary_synth import SynthConfig, check_renderer, parse_shard
+    from xraycardiac.coronary.synth import SynthConfig, check_renderer, parse_shard
 
     try:
         check_renderer(renderer)
@@ -167,8 +167,7 @@ def _synthesize_with_progress(config: Any, out: Path, shard: tuple[int, int], re
     """Run ``synthesize`` under a rich progress bar; Ctrl-C says how to resume."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from xraycardiac.jobs.coronary_synth import synthesize
-    from xraycardiac.jobs.registry import Progress as Reporter
+    from xraycardiac.coronary.synth import synthesize
 
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
@@ -176,12 +175,14 @@ def _synthesize_with_progress(config: Any, out: Path, shard: tuple[int, int], re
     ) as bar:  # fmt: skip
         task = bar.add_task("coronary synth", total=1.0)
 
-        def on_event(event: dict) -> None:
-            if event.get("event") == "progress":
-                bar.update(task, completed=event["progress"], description=event["stage"])
+        done = [0.0]  # the bar never moves back
+
+        def on_progress(stage: str, fraction: float, **extra: Any) -> None:
+            done[0] = max(done[0], min(1.0, max(0.0, float(fraction))))
+            bar.update(task, completed=done[0], description=stage)
 
         try:
-            return synthesize(config, out, shard=shard, resume=resume, progress=Reporter(on_event))
+            return synthesize(config, out, shard=shard, resume=resume, progress=on_progress)
         except KeyboardInterrupt:
             bar.console.print(
                 f"interrupted; the samples written so far are kept: rerun the same command to resume {out}"
@@ -240,7 +241,12 @@ def evaluate(
     """Match every view pair of a split with each method and print precision / recall / AUC side by side."""
     from rich.console import Console
 
-    from xraycardiac.coronary.evaluate import dataset_summary, evaluate_matchers, format_table, write_results
+    from xraycardiac.coronary.matching.evaluate import (
+        dataset_summary,
+        evaluate_matchers,
+        format_table,
+        write_results,
+    )
 
     console = Console(stderr=True)
     if out is not None:  # before the work: a refused --out must not cost the whole evaluation
@@ -259,7 +265,7 @@ def evaluate(
     typer.echo(format_table(rows))
     meta: dict = {"data": str(data), "split": split, "dataset": summary}
     if pipeline:
-        from xraycardiac.coronary.evaluate_pipeline import evaluate_pipeline, format_pipeline_table
+        from xraycardiac.coronary.recon.evaluate_pipeline import evaluate_pipeline, format_pipeline_table
 
         prows = evaluate_pipeline(
             data, [*method, "gt"], split, perturb_deg=perturb_deg, perturb_mm=perturb_mm,

@@ -69,7 +69,7 @@ from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 from scipy.spatial import cKDTree
 
-from xraycardiac.coronary.tree import CoronaryTree
+from xraycardiac.anatomy.coronary_tree import CoronaryTree
 from xraycardiac.volume import Volume
 
 __all__ = ["labelmap_surface", "tree_from_labelmap"]

@@ -2,15 +2,15 @@
 
 Steps (Zhao et al. 2025, the downstream use of the matcher; pixels (u = column, v = row), RAS mm):
 
-1. **match**: :func:`xraycardiac.coronary.evaluate.parse_method` of ``method`` (``vessel+epipolar``
+1. **match**: :func:`xraycardiac.coronary.matching.evaluate.parse_method` of ``method`` (``vessel+epipolar``
    by default; ``sift``, ``orb``, ``vessel`` with ``+ransac`` / ``+epipolar`` / ``+none``,
    ``matcher:<model>``, ``matcher-nofm:<model>``) on the two images, ``foundation`` (``family:/path``)
    for the learned matcher's foundation model.
-2. **refine** (``refine_calibration``): :func:`~xraycardiac.coronary.calibration.refine_second_view`
+2. **refine** (``refine_calibration``): :func:`~xraycardiac.coronary.recon.reconstruct.calibrate_from_matches`
    from the matches, view 1 fixed. With fewer matches than the refinement needs
    (``CalibrationConfig.min_matches``) it is skipped, logged and recorded in ``calibration.json``
    (``refined: false`` with the reason): the recorded geometry is then used as it is.
-3. **reconstruct**: :func:`~xraycardiac.coronary.reconstruct.reconstruct_tree` on the vessel masks
+3. **reconstruct**: :func:`~xraycardiac.coronary.recon.reconstruct.reconstruct_tree` on the vessel masks
    (``mask1`` / ``mask2``) when given, else on the images (Frangi vesselness segmentation). The masks
    are the accurate path: on a 256 px synthetic pair the 3D centreline is sub-millimetre from ground
    truth masks and ~24 mm off from the raw images' segmentation.
@@ -38,7 +38,7 @@ Outputs: ``matches.json`` (method, x1, x2 (M, 2) pixels, scores (M,)), ``geometr
 (view 2 as used: refined, or the recorded one when not), ``calibration.json`` (refined or not and
 why, the reprojection error of the matches before / after, pixels, the corrections),
 ``centreline.vtp`` (polylines with ``Radius``, RAS), ``tube.vtp`` (tube surface), ``tree.json``
-(:class:`~xraycardiac.coronary.tree.CoronaryTree`), ``report.json`` (the summary).
+(:class:`~xraycardiac.anatomy.coronary_tree.CoronaryTree`), ``report.json`` (the summary).
 """
 
 from __future__ import annotations
@@ -78,16 +78,6 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def _unit_range(image: np.ndarray) -> np.ndarray:
-    """The image in [0, 1]: as it is when already there, else by its 0.5 / 99.5 percentiles."""
-    if image.min() >= 0.0 and image.max() <= 1.0:
-        return image
-    lo, hi = np.percentile(image, [0.5, 99.5])
-    if hi <= lo:
-        return np.zeros_like(image)
-    return np.clip((image - lo) / (hi - lo), 0.0, 1.0)
-
-
 def _vessel_mask(spec: JobSpec, view: int, image: np.ndarray) -> tuple[np.ndarray, str]:
     """(bool vessel mask, source "mask" / "segmented") of view ``view``; a ValueError when it is empty."""
     key = f"mask{view}"
@@ -101,7 +91,7 @@ def _vessel_mask(spec: JobSpec, view: int, image: np.ndarray) -> tuple[np.ndarra
         if not mask.any():
             raise ValueError(f"no vessel found in image {view}: inputs.{key} is empty (no pixel > 0)")
         return mask, "mask"
-    from xraycardiac.coronary.vessel_keypoints import detect_vessel_keypoints
+    from xraycardiac.coronary.matching.vessel_keypoints import detect_vessel_keypoints
 
     mask = np.asarray(detect_vessel_keypoints(image).mask, dtype=bool)
     if not mask.any():
@@ -145,9 +135,8 @@ def _uses_epipolar(method: str) -> bool:
 def run_coronary_reconstruct(spec: JobSpec, work_dir: Path, progress: Progress) -> dict[str, Any]:
     """Match, refine view 2 and reconstruct the 3D centreline of two angiograms (module docstring)."""
     from xraycardiac import __version__
-    from xraycardiac.coronary.calibration import calibrate_from_matches
-    from xraycardiac.coronary.evaluate import parse_method
-    from xraycardiac.coronary.reconstruct import reconstruct_tree, save_tube_vtp
+    from xraycardiac.coronary.recon.pipeline import reconstruct_pair, unit_range
+    from xraycardiac.coronary.recon.reconstruct import save_tube_vtp
     from xraycardiac.runtime import select_device
 
     params = _params(spec)
@@ -166,44 +155,15 @@ def run_coronary_reconstruct(spec: JobSpec, work_dir: Path, progress: Progress) 
                 "(a CArmGeometry JSON, e.g. read from its DICOM XA header)"
             )
     g1, g2 = (read_geometry_input(spec, f"geometry{v}", images[v - 1].shape, f"image{v}") for v in (1, 2))
-    masks = [_vessel_mask(spec, v, _unit_range(images[v - 1])) for v in (1, 2)]
+    masks = [_vessel_mask(spec, v, unit_range(images[v - 1])) for v in (1, 2)]
     device = str(select_device(params["device"]))
-
-    progress("matching keypoints", 0.1)
-    matcher = parse_method(
-        method,
-        epipolar_tolerance_px=params["epipolar_tolerance_px"],
-        device=device,
-        foundation=params["foundation"],
-    )
-    sample = {
-        "image1": _unit_range(images[0]).astype(np.float32),
-        "image2": _unit_range(images[1]).astype(np.float32),
-        "projection_matrices": np.stack([g1.projection_matrix(), g2.projection_matrix()]),
-    }
-    match = matcher.run(sample)
-    x1 = np.asarray(match.x1, dtype=np.float64).reshape(-1, 2)
-    x2 = np.asarray(match.x2, dtype=np.float64).reshape(-1, 2)
-    scores = np.asarray(match.scores, dtype=np.float64).reshape(-1)
-    progress("matching keypoints", 0.4, matches=len(x1))
-
-    progress("refining view 2", 0.45)
-    g2_used, calibration, inliers = calibrate_from_matches(
-        g1,
-        g2,
-        x1,
-        x2,
-        params["refine_calibration"],
+    pair = reconstruct_pair(
+        (images[0], images[1]), (g1, g2), (masks[0][0], masks[1][0]), method,
+        refine_calibration=params["refine_calibration"], epipolar_tolerance_px=params["epipolar_tolerance_px"],
+        device=device, foundation=params["foundation"], progress=progress,
         log=lambda m: progress.log(m, level="warning"),
-        vessels=(masks[0][0], masks[1][0]),
-    )
-    seeds = (x1, x2) if inliers is None else (x1[inliers], x2[inliers])
-
-    progress("reconstructing the centreline", 0.55)
-    result = reconstruct_tree(
-        masks[0][0], masks[1][0], g1, g2_used, *(seeds if len(seeds[0]) else (None, None))
-    )
-    tree = result.tree
+    )  # fmt: skip
+    tree, calibration = pair.result.tree, pair.calibration
     tree.meta.update({"method": method, "refined": calibration["refined"]})
 
     progress("writing outputs", 0.9)
@@ -211,17 +171,17 @@ def run_coronary_reconstruct(spec: JobSpec, work_dir: Path, progress: Progress) 
         work_dir / OUTPUTS["matches"],
         {
             "method": method,
-            "method_name": matcher.name,
-            "method_info": json.loads(json.dumps(matcher.info, default=str)),
-            "keypoints1": len(match.keypoints1),
-            "keypoints2": len(match.keypoints2),
-            "x1": x1.tolist(),
-            "x2": x2.tolist(),
-            "scores": scores.tolist(),
-            "seconds": float(match.seconds),
+            "method_name": pair.matcher.name,
+            "method_info": json.loads(json.dumps(pair.matcher.info, default=str)),
+            "keypoints1": len(pair.match.keypoints1),
+            "keypoints2": len(pair.match.keypoints2),
+            "x1": pair.x1.tolist(),
+            "x2": pair.x2.tolist(),
+            "scores": pair.scores.tolist(),
+            "seconds": float(pair.match.seconds),
         },
     )
-    _write_json(work_dir / OUTPUTS["geometry2_refined"], g2_used.to_dict())
+    _write_json(work_dir / OUTPUTS["geometry2_refined"], pair.geometry2.to_dict())
     _write_json(work_dir / OUTPUTS["calibration"], calibration)
     tree.save_vtp(work_dir / OUTPUTS["centreline"])
     save_tube_vtp(tree, work_dir / OUTPUTS["tube"])
@@ -233,15 +193,15 @@ def run_coronary_reconstruct(spec: JobSpec, work_dir: Path, progress: Progress) 
         "device": device,
         "vessels": {f"view{v}": masks[v - 1][1] for v in (1, 2)},
         "image_shapes": [list(im.shape) for im in images],
-        "matches": len(x1),
+        "matches": len(pair.x1),
         "calibration": {
             k: calibration[k] for k in ("refined", "reason", "error_before_px", "error_after_px")
         },
         "reconstruction": {
             "points": int(tree.num_points),
             "branches": len(tree.branch_names),
-            "seeds": len(seeds[0]),
-            **{k: v for k, v in result.stats.items() if isinstance(v, int | float)},
+            "seeds": len(pair.seeds[0]),
+            **{k: v for k, v in pair.result.stats.items() if isinstance(v, int | float)},
         },
         "outputs": dict(OUTPUTS),
     }

@@ -321,7 +321,7 @@ def sample_matching_metrics(
     thresholds_px: Sequence[float] = DEFAULT_THRESHOLDS_PX,
     auc_thresholds_px: Sequence[float] = DEFAULT_AUC_THRESHOLDS_PX,
 ) -> MatchingMetrics:
-    """:func:`matching_metrics` against a sample as :func:`xraycardiac.coronary.dataset.read_sample` reads it.
+    """:func:`matching_metrics` against a sample as :func:`xraycardiac.coronary.synth.dataset.read_sample` reads it.
 
     Args:
         x1, x2: (M, 2) predicted matches, pixels (u, v).

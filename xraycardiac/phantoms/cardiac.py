@@ -65,8 +65,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.interpolate import CubicSpline
 
+from xraycardiac.anatomy.coronary_tree import CoronaryTree
 from xraycardiac.cardiac import labels as _table
-from xraycardiac.coronary.tree import CoronaryTree
 from xraycardiac.jsonutil import is_int, is_number
 from xraycardiac.phantoms.coronary import CoronaryPhantomConfig, make_coronary_tree
 from xraycardiac.phantoms.heart import HeartEllipsoid, tilted_axis

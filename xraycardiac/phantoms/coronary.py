@@ -65,7 +65,7 @@ from typing import Any
 import numpy as np
 from scipy.interpolate import CubicSpline
 
-from xraycardiac.coronary.tree import CoronaryTree
+from xraycardiac.anatomy.coronary_tree import CoronaryTree
 from xraycardiac.phantoms.heart import HeartEllipsoid, tilted_axis
 
 __all__ = ["CoronaryPhantomConfig", "HeartEllipsoid", "make_coronary_tree"]

@@ -10,7 +10,7 @@ detector pixel centre is intersected with the quadrics analytically and the path
 are weighted by multiples of water's attenuation (``MU_WATER_PER_MM``, 1/mm): soft tissue 1 along
 the whole torso chord, lungs -0.85 on top of it, bone +0.09 to +0.86 (cancellous, cortical, rib).
 The result is the background line integral B (unitless) of the physics renderer
-(``xraycardiac.coronary.render_physics``), whose lung texture scales with the lung path length.
+(``xraycardiac.coronary.synth.render_physics``), whose lung texture scales with the lung path length.
 numpy only; smooth enough to be traced at half the detector resolution and upsampled.
 """
 

@@ -24,8 +24,8 @@ from scipy.sparse.csgraph import dijkstra
 from xraycardiac.geometry import CArmGeometry, epipolar_distance, fundamental_matrix, project_points
 
 if TYPE_CHECKING:
-    from xraycardiac.coronary.projection import VesselProjection
-    from xraycardiac.coronary.tree import CoronaryTree
+    from xraycardiac.anatomy.coronary_tree import CoronaryTree
+    from xraycardiac.coronary.synth.projection import VesselProjection
 
 KINDS = ("bifurcation", "endpoint", "centreline")
 
@@ -73,7 +73,7 @@ def sample_keypoints(
         tree: the coronary tree (RAS mm); points are ordered parents first.
         spacing_mm: arc-length spacing in mm of the centreline keypoints (> 0).
         trees: tree ids to take keypoints from (0 = left, 1 = right): the opacified ones, as
-            passed to :func:`~xraycardiac.coronary.projection.project_vessels`.
+            passed to :func:`~xraycardiac.coronary.synth.projection.project_vessels`.
 
     Returns:
         :class:`Keypoints3D` in tree-point order.

@@ -1,88 +1,34 @@
-"""3D coronary centrelines from two angiograms: skeleton graphs, epipolar curve matching, triangulation.
+"""The centreline steps of :func:`~xraycardiac.coronary.recon.reconstruct.reconstruct_tree` (steps 2-5 there).
 
-:func:`reconstruct_tree` (pixels (u = column, v = row), 3D points RAS mm):
-
-1. **Masks**: given, or segmented from images by thresholded Frangi vesselness (``vessel_keypoints``);
-   with ``refine_calibration`` view 2 is first refined from the matched keypoints (``calibration``).
-2. **2D centreline graphs** (:func:`centreline_graph_2d`): ``skimage.morphology.skeletonize``; nodes
-   are junction clusters and free ends, edges the ordered pixel paths between them; spurs shorter
-   than ``prune_px`` are cut, skeleton corners (nodes with two edges) merged, paths smoothed.
-3. **Correspondence** (:func:`match_centrelines`): each view-1 edge is sampled every
-   ``sample_step_px``; each sample's epipolar line is intersected with all view-2 curves and each
-   intersection triangulated. A dynamic programme along the edge (Viterbi, the classical choice
-   for curve correspondence under the epipolar constraint) picks one candidate or none per sample,
-   minimising: 3D steps beyond ``max_step_mm`` per sample (a jump to another vessel) plus
-   ``length_weight`` x the 3D length; ``skip_cost_mm`` per unmatched sample; ``start_cost_mm`` per
-   run (gaps up to ``max_gap_samples`` are bridged without one); ``radius_weight`` x the radius
-   disagreement of the two views (mm); near a seed (``seed_radius_px`` in view 1) ``seed_weight`` x
-   the 3D distance to its point (capped at ``seed_cap_mm``) less that of the sample's best
-   candidate, so seeds rank candidates but never make skipping cheaper. Candidates farther than
-   ``seed_veto_mm`` from every seed in reach are excluded (on 9 synthetic pairs this took the mean
-   p95 error from 2.6 to 1.7 mm: a foreshortened stretch with no correct candidate otherwise takes
-   a wrong one). Seeds that break the epipolar constraint of the geometry in use by more than
-   ``seed_epipolar_px`` (symmetric distance; 3 px, the tolerance of the ``+epipolar`` match filter)
-   are dropped first: their 3D point lies off both rays and would veto correct candidates (learned
-   seeds on the 24 held-out 256 px pairs, exact geometry: mean 1.30 -> 1.24 mm, coverage 46 -> 60 %).
-   The price: correct seeds under a geometry that is off by more than that are dropped too (GT seeds
-   after the one rejected refinement of those pairs). Intersections at less than ``min_crossing_deg`` to the epipolar line are
-   ill-conditioned: they carry the path, their depth is interpolated from their neighbours.
-   **Left-right check** (``consistency_mm``, the classical stereo test): the same programme is run
-   from view 2's curves to view 1's, and a view-1 sample is kept only if that reverse matching put
-   a 3D point within ``consistency_mm`` of its own; a wrong vessel picked in one direction is rarely
-   picked in the other. With exact geometry (vessel masks, mean over pairs, 1 mm tolerance):
-
-   | pairs | seeds | mean mm | p95 mm | coverage |
-   |---|---|---|---|---|
-   | 12 at 512 px | SIFT's (~5) | 2.59 -> 0.66 | 12.7 -> 2.8 | 70 -> 63 % |
-   | 12 at 512 px | GT (~65) | 0.62 -> 0.28 | 2.2 -> 0.95 | 85 -> 81 % |
-   | 12 at 256 px | SIFT's (~1) | 2.94 -> 0.60 | 11.4 -> 3.0 | 69 -> 66 % |
-   | 12 at 256 px | GT (~63) | 0.80 -> 0.27 | 4.6 -> 0.88 | 85 -> 79 % |
-
-   It doubles the time of this step (a second programme).
-4. **Smoothing**: Savitzky-Golay (order 2, ``smooth_window`` samples) along the view-1 arc; points
-   projecting farther than ``reprojection_tol_px`` from either skeleton are dropped.
-5. **Radii**: each mask's distance transform at the projection times the pixel size at the point's
-   depth, ``pixel_spacing * |X - source| / SID``, averaged over the views. The transform counts to
-   the centre of the first background pixel (+~0.5 px) and bilinear sampling beside the ridge loses
-   about as much: median error 0.05 mm (bias +0.02 mm) on a 256 px synthetic pair.
-6. **Tree**: run ends within ``join_mm`` of another run are linked; breadth-first order from the
-   thickest run end of each connected piece gives the parents; each run is a branch ("segment_000",
-   ...) of tree ``tree_id``. :func:`save_tube_vtp` writes the tube surface, :meth:`CoronaryTree.save_vtp`
-   the centreline; :func:`centreline_error_mm` scores against a ground truth.
+2D centreline graphs of the vessel masks (:func:`centreline_graph_2d`), their epipolar curve
+matching (:func:`match_centrelines`, a Viterbi programme per view-1 edge) with the left-right check
+(:func:`checked_matches`), smoothing and radii of the matched runs (:func:`smooth_runs`), and the
+matches-free score of a pose by the vessel trees (:func:`epipolar_consistency`), which the
+calibration guard (:func:`~xraycardiac.coronary.recon.reconstruct.calibrate_from_matches`) uses.
+:class:`ReconstructionConfig` holds the settings of the whole reconstruction.
 """
 
 from __future__ import annotations
 
-import os
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import scipy.ndimage as ndi
 
-from xraycardiac.coronary.calibration import (
-    CalibrationConfig,
-    CalibrationResult,
-    refine_second_view,
-    triangulate_matches,
-)
-from xraycardiac.coronary.tree import CoronaryTree, _check_output_dir
+from xraycardiac.coronary.recon.calibration import CalibrationConfig, triangulate_matches
 from xraycardiac.geometry import CArmGeometry, fundamental_matrix, triangulate
 
 __all__ = [
     "CentrelineGraph2D",
     "CentrelineMatch",
     "ReconstructionConfig",
-    "ReconstructionResult",
-    "centreline_error_mm",
+    "as_mask",
     "centreline_graph_2d",
+    "checked_matches",
     "epipolar_consistency",
+    "in_field",
     "match_centrelines",
-    "reconstruct_tree",
-    "save_tube_vtp",
-    "triangulate_matches",
+    "smooth_runs",
 ]
 
 _EIGHT = np.ones((3, 3), dtype=bool)
@@ -207,13 +153,13 @@ def _resample(path: np.ndarray, step: float) -> np.ndarray:
     return np.stack([np.interp(t, s, path[:, 0]), np.interp(t, s, path[:, 1])], axis=1)
 
 
-def _in_field(g: CArmGeometry, uv: np.ndarray) -> np.ndarray:
+def in_field(g: CArmGeometry, uv: np.ndarray) -> np.ndarray:
     """(N,) bool: pixel (u, v) lies on the detector of ``g``."""
     u, v = uv[:, 0], uv[:, 1]
     return (u >= 0) & (v >= 0) & (u <= g.detector_cols - 1) & (v <= g.detector_rows - 1)
 
 
-def _as_mask(data: np.ndarray, name: str) -> np.ndarray:
+def as_mask(data: np.ndarray, name: str) -> np.ndarray:
     a = np.asarray(data)
     if a.ndim != 2 or min(a.shape) < 8:
         raise ValueError(f"{name}: expected a (rows, cols) mask or image of >= 8 x 8 pixels, got {a.shape}")
@@ -222,7 +168,7 @@ def _as_mask(data: np.ndarray, name: str) -> np.ndarray:
     elif np.all(np.isin(a, (0, 1))):
         mask = a.astype(bool)
     else:
-        from xraycardiac.coronary.vessel_keypoints import detect_vessel_keypoints
+        from xraycardiac.coronary.matching.vessel_keypoints import detect_vessel_keypoints
 
         mask = detect_vessel_keypoints(a).mask
     if not mask.any():
@@ -299,7 +245,7 @@ def centreline_graph_2d(
     """
     from skimage.morphology import skeletonize
 
-    mask = _as_mask(mask, "mask")
+    mask = as_mask(mask, "mask")
     skeleton = skeletonize(mask)
     centres, raw, rc = _trace(skeleton)
     nodes = [c[::-1].astype(np.float64) for c in centres]
@@ -486,7 +432,7 @@ def _consistent(
     return out
 
 
-def _checked_matches(
+def checked_matches(
     graphs: tuple[CentrelineGraph2D, ...], g1: CArmGeometry, g2: CArmGeometry,
     seeds: tuple[np.ndarray, np.ndarray] | None, config: ReconstructionConfig, tol_mm: float | None,
 ) -> tuple[list[CentrelineMatch], int]:  # fmt: skip
@@ -509,7 +455,7 @@ def epipolar_consistency(
     A wrong pose moves the epipolar lines off the corresponding curves, and fewer samples find a
     partner that maps back to themselves: on 16 held-out 256 px pairs the true view 2 scored higher
     than the same view perturbed by up to 5 deg / 10 mm on every pair. Used to accept or reject a
-    calibration refinement (:func:`xraycardiac.coronary.calibration.calibrate_from_matches`).
+    calibration refinement (:func:`xraycardiac.coronary.recon.calibration.calibrate_from_matches`).
 
     Args:
         vessels1, vessels2: vessel masks or angiograms of the two views (as :func:`reconstruct_tree`).
@@ -523,15 +469,15 @@ def epipolar_consistency(
         config.consistency_mm if config.consistency_mm is not None else ReconstructionConfig().consistency_mm
     )
     graphs = [
-        centreline_graph_2d(_as_mask(v, f"vessels{i}"), config.prune_px, config.smooth_sigma_px)
+        centreline_graph_2d(as_mask(v, f"vessels{i}"), config.prune_px, config.smooth_sigma_px)
         for i, v in enumerate((vessels1, vessels2), start=1)
     ]
     if any(len(g.paths) == 0 for g in graphs):
         return 0
-    return int(sum(len(m.sample) for m in _checked_matches(graphs, g1, g2, None, config, tol)[0]))
+    return int(sum(len(m.sample) for m in checked_matches(graphs, g1, g2, None, config, tol)[0]))
 
 
-def _smooth_runs(
+def smooth_runs(
     matches: list[CentrelineMatch],
     graphs: tuple[CentrelineGraph2D, CentrelineGraph2D],
     geoms: tuple[CArmGeometry, CArmGeometry],
@@ -559,7 +505,7 @@ def _smooth_runs(
             uvs, good = [g.project(x) for g in geoms], np.ones(len(x), dtype=bool)
             for dist, g, uv in zip(dist_to_skel, geoms, uvs, strict=True):
                 err = ndi.map_coordinates(dist, [uv[:, 1], uv[:, 0]], order=1, mode="nearest")
-                good &= _in_field(g, uv) & (err <= config.reprojection_tol_px)
+                good &= in_field(g, uv) & (err <= config.reprojection_tol_px)
             counts["rejected_reprojection"] += int((~good).sum())
             r = 0.5 * sum(_radius_mm(gr, g, uv, x) for gr, g, uv in zip(graphs, geoms, uvs, strict=True))
             labels, n = ndi.label(good)  # split where points were rejected
@@ -571,212 +517,3 @@ def _smooth_runs(
                 else:
                     counts["short_runs_dropped"] += 1
     return pieces, radii, counts
-
-
-def _assemble(
-    pieces: list[np.ndarray], radii: list[np.ndarray], config: ReconstructionConfig
-) -> CoronaryTree:
-    """A CoronaryTree from 3D pieces: consecutive points linked, piece ends joined within ``join_mm``."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import breadth_first_order, connected_components
-    from scipy.spatial import cKDTree
-
-    pts, rad = np.concatenate(pieces), np.concatenate(radii)
-    n = len(pts)
-    piece_of = np.concatenate([np.full(len(p), i) for i, p in enumerate(pieces)])
-    offs = np.cumsum([0] + [len(p) for p in pieces])
-    ends = np.stack([offs[:-1], offs[1:] - 1], axis=1).ravel()
-    inner = np.setdiff1d(np.arange(n - 1), offs[1:] - 1)
-    a, b = [inner], [inner + 1]
-    dist, near = cKDTree(pts).query(pts[ends], k=min(n, 16), distance_upper_bound=config.join_mm)
-    for end, d, j in zip(ends, dist, near, strict=True):
-        other = np.isfinite(d) & (piece_of[np.minimum(j, n - 1)] != piece_of[end])
-        if other.any():
-            a.append([end])
-            b.append([j[np.argmax(other)]])
-    a, b = np.concatenate(a), np.concatenate(b)
-    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)).tocsr()
-    n_comp, comp = connected_components(graph, directed=False)
-    order, parent_of = [], np.full(n, -1, dtype=np.int64)
-    for c in range(n_comp):  # the thickest run end of a piece is where blood comes in: the root
-        cand = ends[comp[ends] == c]
-        members, pred = breadth_first_order(graph, int(cand[np.argmax(rad[cand])]), directed=False)
-        order.extend(members.tolist())
-        parent_of[members] = pred[members]
-    order = np.asarray(order)
-    new_of_old = np.empty(n, dtype=np.int64)
-    new_of_old[order] = np.arange(n)
-    parents = np.where(parent_of[order] >= 0, new_of_old[np.maximum(parent_of[order], 0)], -1)
-    _, branch = np.unique(piece_of[order], return_inverse=True)
-    names = [f"segment_{i:03d}" for i in range(int(branch.max()) + 1)]
-    meta = {"generator": "xraycardiac.coronary.reconstruct.reconstruct_tree"}
-    tree_ids = np.full(n, config.tree_id, dtype=np.int64)
-    radii_mm = np.maximum(rad[order], 1e-3)
-    return CoronaryTree(pts[order], radii_mm, parents, branch.astype(np.int64), names, tree_ids, meta)
-
-
-@dataclass
-class ReconstructionResult:
-    """Outcome of :func:`reconstruct_tree`: ``tree`` (RAS mm, radii mm, label ``tree_id``), ``points3d``
-    (N, 3) = ``tree.points``, ``geometry2`` (view 2 as used: refined with ``refine_calibration``),
-    ``calibration`` (the refinement's result or None), the two 2D ``graphs``, ``stats`` (counts, seconds).
-    """
-
-    tree: CoronaryTree
-    points3d: np.ndarray
-    geometry2: CArmGeometry
-    calibration: CalibrationResult | None
-    graphs: tuple[CentrelineGraph2D, CentrelineGraph2D]
-    stats: dict[str, Any]
-
-
-def reconstruct_tree(
-    image_or_mask1: np.ndarray,
-    image_or_mask2: np.ndarray,
-    g1: CArmGeometry,
-    g2: CArmGeometry,
-    x1: np.ndarray | None = None,
-    x2: np.ndarray | None = None,
-    config: ReconstructionConfig | None = None,
-) -> ReconstructionResult:
-    """3D centreline tree with radii from two views (module docstring for each step).
-
-    Args:
-        image_or_mask1, image_or_mask2: (rows, cols) bool / 0-1 vessel masks, or float angiograms in
-            [0, 1] with dark vessels (Frangi segmentation); each the size of its view's detector.
-        g1, g2: geometries of the views.
-        x1, x2: optional (M, 2) matched keypoints (u, v): seeds of the curve matching and, with
-            ``config.refine_calibration``, the matches that refine view 2.
-        config: :class:`ReconstructionConfig`.
-
-    Raises:
-        ValueError: a mask without vessel pixels, an array unlike its detector's shape, x1 / x2 of different
-            lengths, refinement without (enough) matches, or nothing matched in 3D.
-    """
-    t0 = time.perf_counter()
-    config = config or ReconstructionConfig()
-    masks = []
-    for i, (data, g) in enumerate(((image_or_mask1, g1), (image_or_mask2, g2)), start=1):
-        shape, detector = tuple(np.shape(data)), (g.detector_rows, g.detector_cols)
-        if shape != detector:
-            raise ValueError(
-                f"reconstruct_tree: image_or_mask{i} has shape {shape}, g{i}'s detector {detector}"
-            )
-        masks.append(_as_mask(data, f"image_or_mask{i}"))
-    if (x1 is None) != (x2 is None):
-        raise ValueError("reconstruct_tree: give both x1 and x2 (matched keypoints) or neither")
-    seeds = None if x1 is None else tuple(np.asarray(x, dtype=np.float64).reshape(-1, 2) for x in (x1, x2))
-    if seeds is not None and len(seeds[0]) != len(seeds[1]):
-        raise ValueError(f"reconstruct_tree: x1 has {len(seeds[0])} matches but x2 has {len(seeds[1])}")
-    calibration = None
-    if config.refine_calibration:
-        if seeds is None:
-            raise ValueError("reconstruct_tree: refine_calibration needs matched keypoints x1, x2")
-        calibration = refine_second_view(g1, g2, seeds[0], seeds[1], config.calibration)
-        g2 = calibration.geometry
-        seeds = (seeds[0][calibration.inliers], seeds[1][calibration.inliers])
-    off_epipolar = 0
-    if seeds is not None and config.seed_epipolar_px is not None and len(seeds[0]):
-        from xraycardiac.metrics.matching import symmetric_epipolar_error_px
-
-        p1, p2 = g1.projection_matrix(), g2.projection_matrix()
-        on = symmetric_epipolar_error_px(*seeds, p1, p2) <= config.seed_epipolar_px
-        seeds, off_epipolar = (seeds[0][on], seeds[1][on]), int(np.sum(~on))
-    graphs = tuple(centreline_graph_2d(m, config.prune_px, config.smooth_sigma_px) for m in masks)
-    if any(len(g.paths) == 0 for g in graphs):
-        raise ValueError("reconstruct_tree: no vessel centreline left after pruning the skeletons")
-    matches, inconsistent = _checked_matches(graphs, g1, g2, seeds, config, config.consistency_mm)
-    pieces, radii, counts = _smooth_runs(matches, graphs, (g1, g2), config)
-    if not pieces:
-        raise ValueError("reconstruct_tree: no centreline could be matched between the two views")
-    tree = _assemble(pieces, radii, config)
-    tree.meta.update({"view1": g1.to_dict(), "view2": g2.to_dict(), "refined": calibration is not None})
-    stats = dict(edges1=len(graphs[0].paths), edges2=len(graphs[1].paths), points=tree.num_points)
-    stats.update(matched_samples=int(sum(len(m.sample) for m in matches)), pieces=len(pieces), **counts)
-    stats["inconsistent_dropped"] = inconsistent
-    stats["seeds_off_epipolar"] = off_epipolar
-    stats["seconds"] = time.perf_counter() - t0
-    return ReconstructionResult(tree, tree.points, g2, calibration, graphs, stats)
-
-
-def _distance_to_segments(points: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 512) -> np.ndarray:
-    """(N,) distance (mm) from each point to the nearest of the segments a[j] -> b[j]."""
-    ab = b - a
-    len2 = np.maximum(np.sum(ab * ab, axis=1), 1e-12)
-    out = np.empty(len(points))
-    for i in range(0, len(points), chunk):
-        p = points[i : i + chunk, None, :] - a[None]
-        t = np.clip(np.sum(p * ab[None], axis=2) / len2[None], 0.0, 1.0)
-        out[i : i + chunk] = np.sqrt(np.min(np.sum((p - t[..., None] * ab[None]) ** 2, axis=2), axis=1))
-    return out
-
-
-def centreline_error_mm(
-    reconstructed_points: np.ndarray,
-    gt_tree: CoronaryTree,
-    tree_ids: tuple[int, ...] | None = None,
-    geometries: tuple[CArmGeometry, ...] | None = None,
-    coverage_tol_mm: float = 2.0,
-) -> dict[str, float]:
-    """Distances from reconstructed centreline points to a ground-truth centreline, and its coverage.
-
-    Args:
-        reconstructed_points: (N, 3) RAS mm.
-        gt_tree: the truth; its centreline is the polyline of (parent, child) segments.
-        tree_ids: only these GT trees (e.g. (0,) for the opacified left tree); None = all.
-        geometries: coverage counts only GT centreline inside all these detectors (what they show).
-        coverage_tol_mm: a GT point is covered when a reconstructed point lies within this, mm.
-
-    Returns:
-        ``mean``, ``median``, ``p95``, ``max`` (mm) over the reconstructed points; ``coverage``: the
-        fraction of the GT centreline (every 0.5 mm) within ``coverage_tol_mm``; ``n_points``, ``n_gt``.
-    """
-    from scipy.spatial import cKDTree
-
-    pts = np.asarray(reconstructed_points, dtype=np.float64).reshape(-1, 3)
-    if len(pts) == 0:
-        raise ValueError("centreline_error_mm: reconstructed_points is empty")
-    ids = tuple(np.unique(gt_tree.tree)) if tree_ids is None else tuple(tree_ids)
-    seg = gt_tree.segments()
-    seg = seg[np.isin(gt_tree.tree[seg[:, 1]], ids)]
-    if len(seg) == 0:
-        raise ValueError(f"centreline_error_mm: the GT tree has no segment in tree_ids {ids}")
-    d = _distance_to_segments(pts, gt_tree.points[seg[:, 0]], gt_tree.points[seg[:, 1]])
-    dense = gt_tree.resampled(0.5)
-    gt = dense.points[np.isin(dense.tree, ids)]
-    for g in geometries or ():
-        gt = gt[_in_field(g, g.project(gt))]
-    cover = cKDTree(pts).query(gt)[0] <= coverage_tol_mm if len(gt) else np.zeros(0, dtype=bool)
-    median, p95 = np.percentile(d, [50, 95])
-    out = {"mean": float(d.mean()), "median": float(median), "p95": float(p95), "max": float(d.max())}
-    return out | {
-        "coverage": float(cover.mean()) if len(cover) else float("nan"),
-        "n_points": len(pts),
-        "n_gt": len(gt),
-    }
-
-
-def save_tube_vtp(tree: CoronaryTree, path: str | os.PathLike[str], sides: int = 12) -> Path:
-    """Write the tube surface of a tree (``vtkTubeFilter``, radius ``tree.radii``) as ``.vtp``, atomically.
-
-    :meth:`CoronaryTree.save_vtp` writes the centreline polylines with a ``Radius`` array; this writes
-    the surface (triangle strips, RAS mm; the field ``SPACE`` = ``RAS`` is kept, so Slicer does not
-    flip it to LPS) with ``sides`` (>= 3) polygon sides, to ``path`` (its folder must exist).
-    """
-    from vtkmodules.vtkFiltersCore import vtkTubeFilter
-
-    from xraycardiac.coronary.tree_vtk import tree_to_polydata, write_polydata
-
-    if not (isinstance(sides, int) and sides >= 3):
-        raise ValueError(f"save_tube_vtp: sides must be an integer >= 3, got {sides!r}")
-    path = Path(path)
-    _check_output_dir(path, "save_tube_vtp")
-    poly = tree_to_polydata(tree)
-    poly.GetPointData().SetActiveScalars("Radius")
-    tube = vtkTubeFilter()
-    tube.SetInputData(poly)
-    tube.SetNumberOfSides(sides)
-    tube.SetVaryRadiusToVaryRadiusByAbsoluteScalar()
-    tube.CappingOn()
-    tube.Update()
-    return write_polydata(tube.GetOutput(), path, "save_tube_vtp")

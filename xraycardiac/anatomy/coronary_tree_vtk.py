@@ -1,4 +1,4 @@
-"""VTK polydata I/O of :class:`~xraycardiac.coronary.tree.CoronaryTree` (``.vtp``, Slicer models).
+"""VTK polydata I/O of :class:`~xraycardiac.anatomy.coronary_tree.CoronaryTree` (``.vtp``, Slicer models).
 
 Points are RAS mm; the field ``SPACE=RAS`` tells Slicer's model reader not to flip them to LPS.
 """
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from xraycardiac.coronary.tree import (
+from xraycardiac.anatomy.coronary_tree import (
     CoronaryTree,
     _check_input_file,
     _check_output_dir,

@@ -34,7 +34,7 @@ Architecture (per image pair; M and N keypoints, D = ``descriptor_dim``, L = ``n
    with dustbins is ``log softmax_row(S) + log softmax_col(S) + log sigma_i + log sigma_j`` on
    [M x N], ``log(1 - sigma_i)`` in the dustbin column and ``log(1 - sigma_j)`` in the dustbin
    row: [B x (M + 1) x (N + 1)]. Every layer's head is kept for deep supervision
-   (:mod:`xraycardiac.coronary.matcher_loss`); the last one gives the matches.
+   (:mod:`xraycardiac.coronary.matching.matcher_loss`); the last one gives the matches.
 6. :func:`filter_matches`: mutual argmax of the [M x N] block with ``exp(score) > filter_threshold``.
 
 Padded keypoints (``mask0`` / ``mask1`` False) take no part: they are masked out of self- and

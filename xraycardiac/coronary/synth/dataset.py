@@ -23,7 +23,7 @@ centreline samples every ``spacing_mm``): ``points_ras_mm`` (K, 3), ``kind``, ``
 ``in_field1``/``in_field2`` (on the detector) and ``ambiguous1``/``ambiguous2`` (another opacified
 vessel within ``overlap_px`` in that view), and ``matches`` (M, 2): pairs (i, j) of positions in the
 per-view lists ``index1 = flatnonzero(in_field1)``, ``index2 = flatnonzero(in_field2)``, exactly as
-:class:`~xraycardiac.coronary.correspondences.GTMatches` defines them. Floats are written with
+:class:`~xraycardiac.coronary.synth.correspondences.GTMatches` defines them. Floats are written with
 Python's shortest round-trip repr, so ``uv`` and the projection matrices read back bit-exact.
 
 Writing is crash-safe: a sample is written into a hidden ``.pair_..tmp-*`` folder next to its final
@@ -35,7 +35,7 @@ same bytes as one uninterrupted run. ``dataset.json``'s ``counts`` and ``shards`
 (concurrent shards may briefly leave them stale). The folders are the truth. Creating
 ``dataset.json`` and checking that a later run into the same folder uses the same parameters is
 the run's business: ``prepare_dataset_dir`` and ``record_shard`` in
-:mod:`xraycardiac.jobs.coronary_synth`.
+:mod:`xraycardiac.coronary.synth.engine`.
 
 Splits: :func:`split_of_tree` puts a whole tree (all its pairs) in "train", "val" or "test" by a
 fixed hash of its index, so no anatomy is shared between splits and adding trees never moves old
@@ -59,8 +59,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from xraycardiac.coronary.correspondences import GTMatches
-    from xraycardiac.coronary.tree import CoronaryTree
+    from xraycardiac.anatomy.coronary_tree import CoronaryTree
+    from xraycardiac.coronary.synth.correspondences import GTMatches
     from xraycardiac.geometry import CArmGeometry
 
 __all__ = [
@@ -476,7 +476,7 @@ def _make_dataset_class() -> type:
         """Synthetic coronary view pairs as dicts of tensors (a ``torch.utils.data.Dataset``).
 
         Args:
-            root: dataset folder (:mod:`xraycardiac.coronary.dataset` format).
+            root: dataset folder (:mod:`xraycardiac.coronary.synth.dataset` format).
             split: None for every sample, or "train" / "val" / "test" (whole trees, see
                 :func:`split_of_tree`).
             load_thickness: also return the thickness maps.

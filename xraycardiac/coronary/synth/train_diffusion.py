@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from xraycardiac.coronary.render_diffusion import AngioDiffusionConfig
+from xraycardiac.coronary.synth.render_diffusion import AngioDiffusionConfig
 
 __all__ = ["MaskImagePairs", "find_pairs", "train_angio_diffusion"]  # noqa: F822 -- made on first use
 
@@ -65,7 +65,7 @@ def find_pairs(root: str | os.PathLike[str], split: str = "train") -> list[dict[
         FileNotFoundError: ``root`` missing, or neither layout found (says what was expected).
         ValueError: an image without its mask, or no image at all.
     """
-    from xraycardiac.coronary import dataset as ds
+    from xraycardiac.coronary.synth import dataset as ds
 
     root = Path(root)
     if not root.is_dir():
@@ -101,7 +101,7 @@ def find_pairs(root: str | os.PathLike[str], split: str = "train") -> list[dict[
 def _make_dataset_class() -> type:
     import torch
 
-    from xraycardiac.coronary.render_diffusion import encode_condition, resize_square
+    from xraycardiac.coronary.synth.render_diffusion import encode_condition, resize_square
 
     class MaskImagePairs(torch.utils.data.Dataset):
         """(image, condition) training items for the angiogram IDDPM.
@@ -185,7 +185,7 @@ def train_angio_diffusion(
     """
     import torch
 
-    from xraycardiac.coronary.render_diffusion import build_network, build_scheduler, save_weights
+    from xraycardiac.coronary.synth.render_diffusion import build_network, build_scheduler, save_weights
     from xraycardiac.diffusion import hybrid_loss
     from xraycardiac.trainer import TrainConfig, Trainer, write_model_package
 

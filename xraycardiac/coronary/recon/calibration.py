@@ -51,7 +51,6 @@ they are reported as ``inliers``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,7 +61,6 @@ from scipy.sparse import coo_matrix
 from xraycardiac.geometry import CArmGeometry, project_points, triangulate
 
 __all__ = [
-    "calibrate_from_matches",
     "LOSSES",
     "PARAMETERS",
     "CalibrationConfig",
@@ -459,100 +457,3 @@ def refine_second_view(
             "refined": list(names),
         },
     )
-
-
-def _errors(values: np.ndarray) -> dict[str, float | None]:
-    """Mean / median of per-match errors (None when there is no match)."""
-    if len(values) == 0:
-        return {"mean": None, "median": None}
-    return {"mean": float(np.mean(values)), "median": float(np.median(values))}
-
-
-def calibrate_from_matches(
-    g1: CArmGeometry,
-    g2: CArmGeometry,
-    x1: np.ndarray,
-    x2: np.ndarray,
-    refine: bool = True,
-    config: CalibrationConfig | None = None,
-    log: Callable[[str], None] | None = None,
-    vessels: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[CArmGeometry, dict[str, Any], np.ndarray | None]:
-    """Refine view 2 from matches when there are enough of them, else keep the recorded geometry.
-
-    The step of the ``coronary-reconstruct`` job and of the pipeline evaluation: with fewer than
-    ``config.min_matches`` matches, or fewer inliers of the refined pose, the recorded view 2 is
-    used and the record says why (``log`` gets the same sentence). With ``vessels``, a refined pose
-    must also explain the two vessel trees better than the recorded one
-    (:func:`~xraycardiac.coronary.reconstruct.epipolar_consistency`, no matches involved): wrong
-    matches that agree on a wrong pose are otherwise accepted. On 24 held-out 256 px pairs perturbed
-    by up to 5 deg / 10 mm, the demo matcher's matches were refined on 17 pairs without the check
-    and on 7 with it; the mean 3D error after this step went from 13.05 to 10.25 mm, still above the
-    7.76 mm of the unrefined pose (the score is a weak judge of angle errors: 394 vs 379 samples for
-    a 4 / 3 deg error on the test pair). With the GT matches: 24 -> 23 pairs, 4.69 -> 4.68 mm.
-
-    Args:
-        g1, g2: recorded geometries of the two views.
-        x1, x2: (M, 2) matched pixels (u, v) in views 1 and 2.
-        refine: False = only measure the reprojection error of the recorded geometry.
-        config: :class:`CalibrationConfig` (default: defaults).
-        log: called with a sentence when refinement is skipped.
-        vessels: optional (vessels1, vessels2) masks or angiograms of the two views: the check above.
-
-    Returns:
-        (view 2 to use, record, inlier mask or None): the record (``calibration.json``) holds
-        ``refined``, ``reason``, ``matches``, ``error_before_px`` / ``error_after_px`` (mean, median
-        of the keypoint reprojection error), ``params`` (corrections, degrees / mm) and, when refined,
-        ``inlier_fraction`` and ``summary``.
-    """
-    config = config or CalibrationConfig()
-    before = triangulate_matches(g1, g2, x1, x2)[1] if len(x1) else np.zeros(0)
-    record: dict[str, Any] = {"refined": False, "reason": "", "matches": len(x1)}
-
-    def keep_recorded(reason: str, **extra: Any) -> tuple[CArmGeometry, dict[str, Any], None]:
-        record.update(
-            reason=reason, error_before_px=_errors(before), error_after_px=_errors(before), params={}
-        )
-        record.update(extra)
-        if refine and log is not None:
-            log(f"calibration not refined: {reason}")
-        return g2, record, None
-
-    if not refine:
-        return keep_recorded("refine_calibration is false")
-    if len(x1) < config.min_matches:
-        return keep_recorded(
-            f"only {len(x1)} matches; refining view 2 needs at least {config.min_matches} "
-            "(the recorded geometry is used)"
-        )
-    result = refine_second_view(g1, g2, x1, x2, config)
-    n_in = int(np.sum(result.inliers))
-    if n_in < config.min_matches:  # the matches agree on no pose: keep the recorded one
-        return keep_recorded(
-            f"only {n_in} of {len(x1)} matches are inliers of the refined pose (at least "
-            f"{config.min_matches} needed); the recorded geometry is used",
-            inlier_fraction=n_in / len(x1),
-        )
-    if vessels is not None:
-        from xraycardiac.coronary.reconstruct import epipolar_consistency
-
-        scores = {
-            name: epipolar_consistency(*vessels, g1, g)
-            for name, g in (("recorded", g2), ("refined", result.geometry))
-        }
-        record["vessel_consistency"] = scores
-        if scores["refined"] <= scores["recorded"]:
-            return keep_recorded(
-                f"the refined pose explains fewer vessel samples ({scores['refined']}) than the recorded one "
-                f"({scores['recorded']}): the matches agree on a wrong pose; the recorded geometry is used",
-                inlier_fraction=n_in / len(x1),
-            )
-    record.update(
-        refined=True,
-        error_before_px=_errors(result.error_before_px),
-        error_after_px=_errors(result.error_after_px),
-        inlier_fraction=float(np.mean(result.inliers)),
-        params={k: float(v) for k, v in result.params.items()},
-        summary=result.summary(),
-    )
-    return result.geometry, record, np.asarray(result.inliers, dtype=bool)

@@ -1,7 +1,7 @@
 """A SuperPoint-style vessel keypoint detector and descriptor, trained on ground-truth vessel keypoints.
 
 Zhao et al. (2025) match coronary angiograms with SuperPoint keypoints and a LightGlue-style matcher
-(:mod:`xraycardiac.coronary.attention_matcher`). This module is the SuperPoint part:
+(:mod:`xraycardiac.coronary.matching.attention_matcher`). This module is the SuperPoint part:
 
 - a shared VGG-like encoder (two 3x3 conv + ReLU per stage, a 2x2 max-pool after each stage) that
   brings an image to 1/``cell`` resolution (``len(channels) == log2(cell)`` stages);
@@ -15,11 +15,11 @@ Supervision. SuperPoint's self-supervised recipe (a detector pretrained on synth
 "homographic adaptation" pseudo-labels) is known to fail on angiograms: there are few corners, the
 strongest ones are on ribs, catheters and the table, and a homography is not how two C-arm views of
 a 3D vessel tree relate. Our synthetic pairs come with exact ground-truth vessel keypoints
-(bifurcations, endpoints, centreline samples; :mod:`xraycardiac.coronary.dataset`), so the detector
+(bifurcations, endpoints, centreline samples; :mod:`xraycardiac.coronary.synth.dataset`), so the detector
 is trained with a plain cross-entropy against the class map of those keypoints
 (:func:`keypoint_targets`, :func:`detector_loss`). The descriptors get no loss of their own here:
 they are trained end-to-end through the matcher's assignment loss
-(:func:`xraycardiac.coronary.matcher_loss.matcher_training_step`), as the descriptor of
+(:func:`xraycardiac.coronary.matching.matcher_loss.matcher_training_step`), as the descriptor of
 SuperPoint's hinge loss would need dense correspondences we only have at keypoints.
 
 Choices where the paper is silent (all config fields): SuperPoint's layout with channels

@@ -38,7 +38,7 @@ from xraycardiac.projection import DRRConfig, project_labels
 from xraycardiac.volume import Volume
 
 if TYPE_CHECKING:
-    from xraycardiac.coronary.tree import CoronaryTree
+    from xraycardiac.anatomy.coronary_tree import CoronaryTree
 
 DEFAULT_MASK_THRESHOLD_MM = 0.05
 TREE_NAMES = ("left", "right")  # tree id 0 = LCA, 1 = RCA (CoronaryTree.tree)

@@ -1,7 +1,7 @@
 """Ground-truth partial assignments and the assignment loss of the coronary keypoint matcher.
 
 Targets. A target is a [B x (M + 1) x (N + 1)] float matrix in the layout of the matcher's
-log-assignment and of :func:`xraycardiac.coronary.dataset.collate_pairs`' ``match_matrix``: 1 at
+log-assignment and of :func:`xraycardiac.coronary.synth.dataset.collate_pairs`' ``match_matrix``: 1 at
 (i, j) for a true match, 1 at (i, N) / (M, j) for a keypoint known to be unmatched (dustbin), and
 a row / column of zeros for a keypoint whose status is unknown (ignored by the loss). Two ways
 to build one:
@@ -40,11 +40,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from xraycardiac.coronary.keypoint_net import detector_loss, keypoint_targets
+from xraycardiac.coronary.matching.keypoint_net import detector_loss, keypoint_targets
 
 if TYPE_CHECKING:
-    from xraycardiac.coronary.attention_matcher import AttentionMatcher
-    from xraycardiac.coronary.keypoint_net import KeypointNet
+    from xraycardiac.coronary.matching.attention_matcher import AttentionMatcher
+    from xraycardiac.coronary.matching.keypoint_net import KeypointNet
 
 __all__ = [
     "MatcherLossConfig",
@@ -287,7 +287,7 @@ def matcher_inputs(
     then the distractors; the matcher is permutation-equivariant, so the order teaches it nothing.
 
     Args:
-        sample: a :class:`~xraycardiac.coronary.dataset.CoronaryPairDataset` item (or a dict with its
+        sample: a :class:`~xraycardiac.coronary.synth.dataset.CoronaryPairDataset` item (or a dict with its
             keys ``image1``/``image2`` [1 x H x W], ``mask1``/``mask2`` [1 x H x W], ``keypoints1``
             [K1 x 2], ``keypoints2`` [K2 x 2] pixel (u, v), ``matches`` [Mgt x 2]).
         n_distractors: random vessel pixels added per view (fewer if the mask has too few).
@@ -436,7 +436,7 @@ def matcher_training_step(
             differentiably, so the matcher loss trains them) and adds its detector cross-entropy on
             the GT keypoints x ``config.detector_weight``. None: the batch must hold ``descriptors0``
             [B x M x Din] and ``descriptors1`` [B x N x Din].
-        matcher: the :class:`~xraycardiac.coronary.attention_matcher.AttentionMatcher`.
+        matcher: the :class:`~xraycardiac.coronary.matching.attention_matcher.AttentionMatcher`.
         batch: :func:`collate_matcher_inputs` output (on the matcher's device).
         foundation: ``foundation(image [B x 1 x H x W], keypoints [B x K x 2]) -> [B x K x Cf]``
             unit-length foundation descriptors at the keypoints (frozen; run without gradients), or None.

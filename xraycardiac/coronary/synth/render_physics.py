@@ -313,7 +313,8 @@ def _render_coarse(geometry: CArmGeometry, factor: int, render: Any) -> np.ndarr
 @functools.lru_cache(maxsize=8)
 def _chest_phantom_ct(seed: int, shape: int, spacing_mm: float) -> Any:
     """The seeded coarse chest phantom CT (cached)."""
-    # Imported here: xraycardiac.phantoms imports the coronary package (cycle at import time).
+    # Imported on first use (no cycle: phantoms import anatomy, not coronary): xraycardiac.phantoms's
+    # __init__ loads every phantom, the cardiac one included, which a renderer import need not pay for.
     from xraycardiac.phantoms.chest import ChestPhantomConfig, make_chest_phantom
 
     cfg = ChestPhantomConfig(shape_ijk=(shape,) * 3, spacing_mm=spacing_mm, seed=seed)
@@ -341,8 +342,7 @@ def _procedural_background(
     geometry: CArmGeometry, config: PhysicsRendererConfig, rng: np.random.Generator
 ) -> np.ndarray:
     """Analytic thorax for this view with seeded anatomy, plus lung texture and soft-tissue modulation."""
-    # Imported here like the chest phantom (see _chest_phantom_ct): xraycardiac.phantoms imports
-    # phantoms.coronary, which imports xraycardiac.coronary.tree (cycle at import time).
+    # Imported on first use, like the chest phantom (see _chest_phantom_ct).
     from xraycardiac.phantoms.thorax_analytic import thorax_line_integrals
 
     a, b = rng.uniform(150.0, 180.0), rng.uniform(100.0, 125.0)  # torso semi-axes (chest phantom ranges)

@@ -1,14 +1,14 @@
 """Evaluate keypoint matchers on the view pairs of a coronary pair dataset (issue 4's comparison table).
 
-Every method is a callable ``sample -> MatchResult`` (:class:`~xraycardiac.coronary.baselines.MatchResult`)
+Every method is a callable ``sample -> MatchResult`` (:class:`~xraycardiac.coronary.matching.baselines.MatchResult`)
 named by a short string (:func:`parse_method`):
 
 =================================  ==============================================================
 ``sift``, ``orb``                  OpenCV keypoints, Lowe's ratio test, RANSAC (USAC MAGSAC++) on
-                                   the fundamental matrix (:mod:`xraycardiac.coronary.baselines`)
+                                   the fundamental matrix (:mod:`xraycardiac.coronary.matching.baselines`)
 ``vessel``                         Frangi/skeleton vessel keypoints, patch NCC, mutual nearest
-                                   neighbours (:mod:`xraycardiac.coronary.vessel_keypoints`), no filter
-``matcher:<model>``                the learned :class:`~xraycardiac.coronary.train_matcher.CoronaryMatcher`
+                                   neighbours (:mod:`xraycardiac.coronary.matching.vessel_keypoints`), no filter
+``matcher:<model>``                the learned :class:`~xraycardiac.coronary.matching.matcher.CoronaryMatcher`
                                    (a model name, a run / package folder or a weights file), with
                                    its foundation model's cross-attention mask
 ``matcher-nofm:<model>``           the same weights with ``foundation_mask=False`` (the ablation)
@@ -86,7 +86,7 @@ class EvalMethod:
     Attributes:
         spec: the string it was parsed from, e.g. ``"sift+epipolar"``.
         name: the table's display name, e.g. ``"SIFT + epipolar 3px"``.
-        run: ``run(sample) -> MatchResult`` for a :func:`~xraycardiac.coronary.dataset.read_sample` dict.
+        run: ``run(sample) -> MatchResult`` for a :func:`~xraycardiac.coronary.synth.dataset.read_sample` dict.
         info: provenance (e.g. the matcher's model, sha256 and foundation model).
     """
 
@@ -130,7 +130,7 @@ def parse_method(
         ValueError: an unknown form (lists the allowed ones), or a model that cannot be loaded.
         FileNotFoundError: a missing model folder / file or foundation folder (with a hint).
     """
-    from xraycardiac.coronary.baselines import MatcherConfig
+    from xraycardiac.coronary.matching.baselines import MatcherConfig
 
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"method {spec!r}: expected one of the forms {METHOD_FORMS}")
@@ -154,9 +154,9 @@ def parse_method(
         filter=flt, epipolar_tolerance_px=epipolar_tolerance_px, ransac_threshold_px=ransac_threshold_px
     )
     if base == "vessel":
-        from xraycardiac.coronary.vessel_keypoints import match_vessel_keypoints as fn
+        from xraycardiac.coronary.matching.vessel_keypoints import match_vessel_keypoints as fn
     else:
-        from xraycardiac.coronary import baselines
+        from xraycardiac.coronary.matching import baselines
 
         fn = baselines.match_sift if base == "sift" else baselines.match_orb
     suffix = {"ransac": " + RANSAC", "none": "", "epipolar": f" + epipolar {epipolar_tolerance_px:g}px"}[flt]
@@ -178,14 +178,14 @@ def _matcher_method(
     cache: dict[str, Any],
 ) -> EvalMethod:
     """An :class:`EvalMethod` of a learned matcher (``matcher:`` / ``matcher-nofm:``)."""
-    from xraycardiac.coronary.train_matcher import CoronaryMatcher
+    from xraycardiac.coronary.matching.matcher import CoronaryMatcher
 
     masked = kind == "matcher"
     net = CoronaryMatcher.load(model, device=device, foundation_mask=None if masked else False)
     fm = None
     fm_spec = foundation or net.config.foundation
     if masked and net.config.matcher.foundation_mask and fm_spec is not None:
-        from xraycardiac.coronary.foundation import FoundationSpec, load_foundation
+        from xraycardiac.coronary.matching.foundation import FoundationSpec, load_foundation
 
         key = f"{fm_spec}|{net.config.foundation_input_size}|{device}"
         if key not in cache:
@@ -223,7 +223,7 @@ def _nanmean(values: Sequence[float]) -> float:
 
 
 def _samples(data_dir: str | os.PathLike[str], split: str) -> list[Path]:
-    from xraycardiac.coronary.dataset import SPLITS, list_samples
+    from xraycardiac.coronary.synth.dataset import SPLITS, list_samples
 
     if split != "all" and split not in SPLITS:
         raise ValueError(f"split: expected 'all' or one of {SPLITS}, got {split!r}")
@@ -235,7 +235,7 @@ def _samples(data_dir: str | os.PathLike[str], split: str) -> list[Path]:
 
 def dataset_summary(data_dir: str | os.PathLike[str], split: str = "test") -> dict[str, Any]:
     """Pairs, image size and mean in-field GT keypoints per view of a dataset's split (for a table's header)."""
-    from xraycardiac.coronary.dataset import read_json
+    from xraycardiac.coronary.synth.dataset import read_json
 
     paths = _samples(data_dir, split)
     metas = [read_json(p / "sample.json", "coronary pair sample") for p in paths]
@@ -279,7 +279,7 @@ def evaluate_matchers(
     Raises:
         ValueError: unknown method (lists the allowed forms), bad split or empty split.
     """
-    from xraycardiac.coronary.dataset import read_sample
+    from xraycardiac.coronary.synth.dataset import read_sample
     from xraycardiac.metrics.matching import sample_matching_metrics
 
     if isinstance(methods, str) or not methods:

@@ -1,25 +1,25 @@
 """Pipeline evaluation of issue 4: matches -> calibration refinement -> 3D centreline, per method.
 
 For every held-out view pair of a coronary pair dataset (``xraycardiac coronary synth``) and every
-matching method (:func:`xraycardiac.coronary.evaluate.parse_method`), the pipeline of the
+matching method (:func:`xraycardiac.coronary.matching.evaluate.parse_method`), the pipeline of the
 ``coronary-reconstruct`` job runs twice:
 
 * **exact**: with the true geometry of both views; the matches seed the curve matching of
-  :func:`~xraycardiac.coronary.reconstruct.reconstruct_tree` (no refinement);
+  :func:`~xraycardiac.coronary.recon.reconstruct.reconstruct_tree` (no refinement);
 * **perturbed**: view 2's recorded geometry is off by a seeded random error, uniform in
   ``±perturb_deg`` on both C-arm angles and ``±perturb_mm`` on each RAS component of the isocentre
   (drawn per pair from ``numpy.random.default_rng([seed, pair index])``, the same for every method).
   The method matches under that geometry (an ``+epipolar`` filter uses the wrong epipolar lines, as
-  it would in practice), :func:`~xraycardiac.coronary.calibration.calibrate_from_matches` refines
+  it would in practice), :func:`~xraycardiac.coronary.recon.reconstruct.calibrate_from_matches` refines
   view 2, and the centreline is reconstructed with the refined view 2 ("refined") and, for
   reference, with the perturbed one ("unrefined").
 
-3D error: :func:`~xraycardiac.coronary.reconstruct.centreline_error_mm` of the reconstructed points
+3D error: :func:`~xraycardiac.coronary.recon.reconstruct.centreline_error_mm` of the reconstructed points
 to the GT centreline of the opacified tree (mean and 95th percentile, mm; coverage of the GT
 centreline visible in both views); a reconstruction that matches no centreline at all counts in
 "failed" (mean number of the three per pair) and has no error. Two views cannot see the component of an isocentre error along
 the baseline (it scales the reconstruction about view 1's source; see
-:mod:`xraycardiac.coronary.calibration`), so the perturbed rows also give the error after the
+:mod:`xraycardiac.coronary.recon.calibration`), so the perturbed rows also give the error after the
 oracle scale about view 1's source that best fits the truth ("refined, scale-fixed"): an upper bound
 of what a known length (a catheter, a calibrated SID) would give, labelled as such.
 
@@ -64,7 +64,7 @@ def perturb_view(
     g2: Any, rng: np.random.Generator, max_deg: float, max_mm: float
 ) -> tuple[Any, dict[str, float]]:
     """View 2 with a uniform random error in ±max_deg on both angles and ±max_mm per isocentre axis."""
-    from xraycardiac.coronary.calibration import apply_corrections
+    from xraycardiac.coronary.recon.calibration import apply_corrections
 
     d = rng.uniform(-1.0, 1.0, size=5)
     params = {
@@ -80,7 +80,7 @@ def perturb_view(
 def _error(
     points: np.ndarray, gt: Any, trees: tuple[int, ...], geometries: tuple[Any, ...]
 ) -> dict[str, float]:
-    from xraycardiac.coronary.reconstruct import centreline_error_mm
+    from xraycardiac.coronary.recon.reconstruct import centreline_error_mm
 
     if len(points) == 0:
         return {"mean": float("nan"), "p95": float("nan"), "coverage": 0.0}
@@ -91,7 +91,7 @@ def _scale_fixed(points: np.ndarray, gt: Any, trees: tuple[int, ...], g1: Any) -
     """Points scaled about view 1's source to best fit their nearest GT points (the oracle gauge)."""
     from scipy.spatial import cKDTree
 
-    from xraycardiac.coronary.calibration import scale_about_source
+    from xraycardiac.coronary.recon.calibration import scale_about_source
 
     if len(points) == 0:
         return points
@@ -132,7 +132,7 @@ def _run(matcher: Any, sample: dict[str, Any], g1: Any, g2: Any):
 
 def _reconstruct(vessels: tuple[np.ndarray, np.ndarray], g1: Any, g2: Any, x1: np.ndarray, x2: np.ndarray):
     """3D centreline points (N, 3), or none when no centreline can be matched (a failure, counted)."""
-    from xraycardiac.coronary.reconstruct import reconstruct_tree
+    from xraycardiac.coronary.recon.reconstruct import reconstruct_tree
 
     try:
         return reconstruct_tree(*vessels, g1, g2, *((x1, x2) if len(x1) else (None, None))).points3d
@@ -147,7 +147,7 @@ def _pair(
     use_masks: bool,
 ) -> dict[str, Any]:  # fmt: skip
     """The figures of one method on one pair (module docstring)."""
-    from xraycardiac.coronary.calibration import calibrate_from_matches
+    from xraycardiac.coronary.recon.reconstruct import calibrate_from_matches
     from xraycardiac.geometry import CArmGeometry
 
     g1, g2 = (CArmGeometry.from_dict(sample["geometry"][f"view{v}"]) for v in (1, 2))
@@ -201,7 +201,7 @@ def evaluate_pipeline(
 
     Args:
         data_dir: a coronary pair dataset (``xraycardiac coronary synth``) with its tree folders.
-        methods: method names (:func:`~xraycardiac.coronary.evaluate.parse_method`), or ``"gt"``: the
+        methods: method names (:func:`~xraycardiac.coronary.matching.evaluate.parse_method`), or ``"gt"``: the
             ground-truth correspondences (the pipeline's upper bound; no matching time).
         split: "train", "val", "test" or "all".
         perturb_deg, perturb_mm: bounds of view 2's geometry error (module docstring), degrees / mm.
@@ -215,9 +215,9 @@ def evaluate_pipeline(
         One row per method: ``method``, ``pairs``, the means over pairs of every key of
         :data:`PIPELINE_FIELDS` (``*_mm`` in mm; NaN-aware) and ``per_pair`` (one dict per pair).
     """
-    from xraycardiac.coronary.dataset import read_sample
-    from xraycardiac.coronary.evaluate import _nanmean, _samples, parse_method
-    from xraycardiac.coronary.tree import CoronaryTree
+    from xraycardiac.anatomy.coronary_tree import CoronaryTree
+    from xraycardiac.coronary.matching.evaluate import _nanmean, _samples, parse_method
+    from xraycardiac.coronary.synth.dataset import read_sample
 
     for name, value in (("perturb_deg", perturb_deg), ("perturb_mm", perturb_mm)):
         if not (np.isfinite(value) and value >= 0):

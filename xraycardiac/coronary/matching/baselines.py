@@ -2,7 +2,7 @@
 
 Every matcher has one signature, ``matcher(image1, image2, projection_matrices=None, config=None)
 -> MatchResult``, so the benchmark and the evaluation treat them alike (the vessel-keypoint
-matcher of :mod:`xraycardiac.coronary.vessel_keypoints` has it too).
+matcher of :mod:`xraycardiac.coronary.matching.vessel_keypoints` has it too).
 
 Pipeline (as the classical rows of the SuperGlue / LightGlue tables): detect and describe in each
 image, match descriptors by nearest neighbour with Lowe's ratio test (kept if the best distance is

@@ -17,7 +17,7 @@ Detector (:func:`detect_vessel_keypoints`), for a (rows, cols) angiogram in [0, 
    detections still lie on the background's ridges (ribs, table): 23 % of them are on a vessel.
 3. **Skeleton**: ``skimage.morphology.skeletonize``, then spurs shorter than ``prune_px`` (branches
    from a junction to a free end) are cut, up to three rounds.
-4. **Keypoints**, in the kinds of the ground truth (:data:`xraycardiac.coronary.correspondences.KINDS`):
+4. **Keypoints**, in the kinds of the ground truth (:data:`xraycardiac.coronary.synth.correspondences.KINDS`):
    *bifurcations*: skeleton pixels with >= 3 of 8 neighbours, clustered within ``cluster_px``;
    a cluster counts when >= 3 branches leave it (staircase corners of a skeleton have 3
    neighbours but join only 2 branches); its centroid is the keypoint. *Endpoints*: skeleton
@@ -29,7 +29,7 @@ Descriptor and matcher (:func:`describe_keypoints`, :func:`match_vessel_keypoint
 ``(2 r + 1)^2`` patch of the image (Gaussian-smoothed with sigma 1 px, sampled bilinearly at the
 keypoint, r = ``patch_radius_px``), zero-mean and unit-norm, so the dot product of two descriptors
 is their normalised cross-correlation. Matches are mutual nearest neighbours with NCC >=
-``min_similarity``; then the geometric filter of :mod:`xraycardiac.coronary.baselines` ("ransac",
+``min_similarity``; then the geometric filter of :mod:`xraycardiac.coronary.matching.baselines` ("ransac",
 "epipolar" with the known geometry, or "none"). The patch is not rotation-invariant: C-arm views
 keep the detector's up roughly up, and the vessel's own direction is what the patch describes.
 
@@ -46,7 +46,12 @@ import scipy.ndimage as ndi
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import dijkstra
 
-from xraycardiac.coronary.baselines import MatcherConfig, MatchResult, _check_projections, filter_matches
+from xraycardiac.coronary.matching.baselines import (
+    MatcherConfig,
+    MatchResult,
+    _check_projections,
+    filter_matches,
+)
 
 __all__ = [
     "THRESHOLDS",
@@ -403,7 +408,7 @@ def match_vessel_keypoints(
         vessel_config: detector and descriptor settings.
 
     Returns:
-        :class:`~xraycardiac.coronary.baselines.MatchResult`; scores are (NCC + 1) / 2, and
+        :class:`~xraycardiac.coronary.matching.baselines.MatchResult`; scores are (NCC + 1) / 2, and
         ``info`` holds ``kind1``/``kind2``, the keypoint kinds.
     """
     config = config or MatcherConfig()

@@ -442,20 +442,20 @@ class CoronaryTree:
 
     def to_polydata(self) -> Any:
         """A ``vtkPolyData``: RAS points, one polyline per run, arrays ``Radius``, ``Branch``, ``Tree``."""
-        from xraycardiac.coronary.tree_vtk import tree_to_polydata
+        from xraycardiac.anatomy.coronary_tree_vtk import tree_to_polydata
 
         return tree_to_polydata(self)
 
     def save_vtp(self, path: str | os.PathLike[str]) -> Path:
-        """Write a VTK XML polydata file (binary, zlib), atomically; see ``tree_vtk.save_tree_vtp``."""
-        from xraycardiac.coronary.tree_vtk import save_tree_vtp
+        """Write a VTK XML polydata file (binary, zlib), atomically; see ``coronary_tree_vtk.save_tree_vtp``."""
+        from xraycardiac.anatomy.coronary_tree_vtk import save_tree_vtp
 
         return save_tree_vtp(self, path)
 
     @classmethod
     def load_vtp(cls, path: str | os.PathLike[str]) -> CoronaryTree:
-        """Read a ``.vtp`` written by ``save_vtp`` (or any polyline tree); see ``tree_vtk.load_tree_vtp``."""
-        from xraycardiac.coronary.tree_vtk import load_tree_vtp
+        """Read a ``.vtp`` written by ``save_vtp`` (or any polyline tree); see ``coronary_tree_vtk.load_tree_vtp``."""
+        from xraycardiac.anatomy.coronary_tree_vtk import load_tree_vtp
 
         return load_tree_vtp(path, cls)
 

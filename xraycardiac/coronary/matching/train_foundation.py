@@ -5,7 +5,7 @@ weights cannot be downloaded on an offline site, and the released ViT-S/14 is 21
 so the offline demo needs a stand-in that a user can rebuild from our phantoms. This module
 trains one, **in the architecture of DINOv2** (``transformers.Dinov2Model``), so that it is saved
 with ``save_pretrained`` and loaded by the matcher through the very path a real DINOv2 takes
-(``--foundation dinov2:OUT/foundation``, :func:`xraycardiac.coronary.foundation.load_foundation`).
+(``--foundation dinov2:OUT/foundation``, :func:`xraycardiac.coronary.matching.foundation.load_foundation`).
 
 What it learns, and why that is a fair stand-in. The paper's argument is that foundation features
 carry *semantic context* (which artery, which part of it) that vessel-level descriptors lack.
@@ -142,7 +142,7 @@ class AngioFoundationNet(nn.Module):
         folder = Path(folder)
         self.backbone.save_pretrained(folder, safe_serialization=True)
         pre = {"do_normalize": True, "image_mean": [IMAGE_MEAN] * 3, "image_std": [IMAGE_STD] * 3,
-               "note": "grey angiogram in [0, 1] repeated to 3 channels (xraycardiac.coronary.train_foundation)"}  # fmt: skip
+               "note": "grey angiogram in [0, 1] repeated to 3 channels (xraycardiac.coronary.matching.train_foundation)"}  # fmt: skip
         (folder / "preprocessor_config.json").write_text(json.dumps(pre, indent=1) + "\n")
         return folder
 
@@ -206,7 +206,7 @@ class FoundationTrainingViews(torch.utils.data.Dataset):
     def __init__(
         self, root: str | os.PathLike[str], config: AngioFoundationConfig, split: str = "train"
     ) -> None:
-        from xraycardiac.coronary.train_matcher import MatcherTrainingPairs
+        from xraycardiac.coronary.matching.train_matcher import MatcherTrainingPairs
 
         # the matcher's training set checks the folder, the split and that all images share one size
         views = MatcherTrainingPairs(root, split)
@@ -222,7 +222,7 @@ class FoundationTrainingViews(torch.utils.data.Dataset):
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        from xraycardiac.coronary import dataset as ds
+        from xraycardiac.coronary.synth import dataset as ds
 
         sample = ds.read_sample(self.pairs.samples[index], False)
         kp = sample["keypoints"]

@@ -1,0 +1,422 @@
+"""3D coronary centrelines from two angiograms: skeleton graphs, epipolar curve matching, triangulation.
+
+:func:`reconstruct_tree` (pixels (u = column, v = row), 3D points RAS mm):
+
+1. **Masks**: given, or segmented from images by thresholded Frangi vesselness (``vessel_keypoints``);
+   with ``refine_calibration`` view 2 is first refined from the matched keypoints by
+   :func:`calibrate_from_matches` (the one calibration path: the recorded view 2 is kept when the
+   refined pose has too few inliers or explains the vessel trees worse than the recorded one).
+2. **2D centreline graphs** (:func:`centreline_graph_2d`): ``skimage.morphology.skeletonize``; nodes
+   are junction clusters and free ends, edges the ordered pixel paths between them; spurs shorter
+   than ``prune_px`` are cut, skeleton corners (nodes with two edges) merged, paths smoothed.
+3. **Correspondence** (:func:`match_centrelines`): each view-1 edge is sampled every
+   ``sample_step_px``; each sample's epipolar line is intersected with all view-2 curves and each
+   intersection triangulated. A dynamic programme along the edge (Viterbi, the classical choice
+   for curve correspondence under the epipolar constraint) picks one candidate or none per sample,
+   minimising: 3D steps beyond ``max_step_mm`` per sample (a jump to another vessel) plus
+   ``length_weight`` x the 3D length; ``skip_cost_mm`` per unmatched sample; ``start_cost_mm`` per
+   run (gaps up to ``max_gap_samples`` are bridged without one); ``radius_weight`` x the radius
+   disagreement of the two views (mm); near a seed (``seed_radius_px`` in view 1) ``seed_weight`` x
+   the 3D distance to its point (capped at ``seed_cap_mm``) less that of the sample's best
+   candidate, so seeds rank candidates but never make skipping cheaper. Candidates farther than
+   ``seed_veto_mm`` from every seed in reach are excluded (on 9 synthetic pairs this took the mean
+   p95 error from 2.6 to 1.7 mm: a foreshortened stretch with no correct candidate otherwise takes
+   a wrong one). Seeds that break the epipolar constraint of the geometry in use by more than
+   ``seed_epipolar_px`` (symmetric distance; 3 px, the tolerance of the ``+epipolar`` match filter)
+   are dropped first: their 3D point lies off both rays and would veto correct candidates (learned
+   seeds on the 24 held-out 256 px pairs, exact geometry: mean 1.30 -> 1.24 mm, coverage 46 -> 60 %).
+   The price: correct seeds under a geometry that is off by more than that are dropped too (GT seeds
+   after the one rejected refinement of those pairs). Intersections at less than ``min_crossing_deg`` to the epipolar line are
+   ill-conditioned: they carry the path, their depth is interpolated from their neighbours.
+   **Left-right check** (``consistency_mm``, the classical stereo test): the same programme is run
+   from view 2's curves to view 1's, and a view-1 sample is kept only if that reverse matching put
+   a 3D point within ``consistency_mm`` of its own; a wrong vessel picked in one direction is rarely
+   picked in the other. With exact geometry (vessel masks, mean over pairs, 1 mm tolerance):
+
+   | pairs | seeds | mean mm | p95 mm | coverage |
+   |---|---|---|---|---|
+   | 12 at 512 px | SIFT's (~5) | 2.59 -> 0.66 | 12.7 -> 2.8 | 70 -> 63 % |
+   | 12 at 512 px | GT (~65) | 0.62 -> 0.28 | 2.2 -> 0.95 | 85 -> 81 % |
+   | 12 at 256 px | SIFT's (~1) | 2.94 -> 0.60 | 11.4 -> 3.0 | 69 -> 66 % |
+   | 12 at 256 px | GT (~63) | 0.80 -> 0.27 | 4.6 -> 0.88 | 85 -> 79 % |
+
+   It doubles the time of this step (a second programme).
+4. **Smoothing**: Savitzky-Golay (order 2, ``smooth_window`` samples) along the view-1 arc; points
+   projecting farther than ``reprojection_tol_px`` from either skeleton are dropped.
+5. **Radii**: each mask's distance transform at the projection times the pixel size at the point's
+   depth, ``pixel_spacing * |X - source| / SID``, averaged over the views. The transform counts to
+   the centre of the first background pixel (+~0.5 px) and bilinear sampling beside the ridge loses
+   about as much: median error 0.05 mm (bias +0.02 mm) on a 256 px synthetic pair.
+6. **Tree**: run ends within ``join_mm`` of another run are linked; breadth-first order from the
+   thickest run end of each connected piece gives the parents; each run is a branch ("segment_000",
+   ...) of tree ``tree_id``. :func:`save_tube_vtp` writes the tube surface, :meth:`CoronaryTree.save_vtp`
+   the centreline; :func:`centreline_error_mm` scores against a ground truth.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xraycardiac.anatomy.coronary_tree import CoronaryTree, _check_output_dir
+from xraycardiac.coronary.recon.calibration import (
+    CalibrationConfig,
+    CalibrationResult,
+    refine_second_view,
+    triangulate_matches,
+)
+from xraycardiac.coronary.recon.centrelines import (
+    CentrelineGraph2D,
+    ReconstructionConfig,
+    as_mask,
+    centreline_graph_2d,
+    checked_matches,
+    epipolar_consistency,
+    in_field,
+    smooth_runs,
+)
+from xraycardiac.geometry import CArmGeometry
+
+__all__ = [
+    "ReconstructionConfig",
+    "ReconstructionResult",
+    "calibrate_from_matches",
+    "centreline_error_mm",
+    "reconstruct_tree",
+    "save_tube_vtp",
+]
+
+
+def _assemble(
+    pieces: list[np.ndarray], radii: list[np.ndarray], config: ReconstructionConfig
+) -> CoronaryTree:
+    """A CoronaryTree from 3D pieces: consecutive points linked, piece ends joined within ``join_mm``."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import breadth_first_order, connected_components
+    from scipy.spatial import cKDTree
+
+    pts, rad = np.concatenate(pieces), np.concatenate(radii)
+    n = len(pts)
+    piece_of = np.concatenate([np.full(len(p), i) for i, p in enumerate(pieces)])
+    offs = np.cumsum([0] + [len(p) for p in pieces])
+    ends = np.stack([offs[:-1], offs[1:] - 1], axis=1).ravel()
+    inner = np.setdiff1d(np.arange(n - 1), offs[1:] - 1)
+    a, b = [inner], [inner + 1]
+    dist, near = cKDTree(pts).query(pts[ends], k=min(n, 16), distance_upper_bound=config.join_mm)
+    for end, d, j in zip(ends, dist, near, strict=True):
+        other = np.isfinite(d) & (piece_of[np.minimum(j, n - 1)] != piece_of[end])
+        if other.any():
+            a.append([end])
+            b.append([j[np.argmax(other)]])
+    a, b = np.concatenate(a), np.concatenate(b)
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)).tocsr()
+    n_comp, comp = connected_components(graph, directed=False)
+    order, parent_of = [], np.full(n, -1, dtype=np.int64)
+    for c in range(n_comp):  # the thickest run end of a piece is where blood comes in: the root
+        cand = ends[comp[ends] == c]
+        members, pred = breadth_first_order(graph, int(cand[np.argmax(rad[cand])]), directed=False)
+        order.extend(members.tolist())
+        parent_of[members] = pred[members]
+    order = np.asarray(order)
+    new_of_old = np.empty(n, dtype=np.int64)
+    new_of_old[order] = np.arange(n)
+    parents = np.where(parent_of[order] >= 0, new_of_old[np.maximum(parent_of[order], 0)], -1)
+    _, branch = np.unique(piece_of[order], return_inverse=True)
+    names = [f"segment_{i:03d}" for i in range(int(branch.max()) + 1)]
+    meta = {"generator": "xraycardiac.coronary.reconstruct.reconstruct_tree"}
+    tree_ids = np.full(n, config.tree_id, dtype=np.int64)
+    radii_mm = np.maximum(rad[order], 1e-3)
+    return CoronaryTree(pts[order], radii_mm, parents, branch.astype(np.int64), names, tree_ids, meta)
+
+
+@dataclass
+class ReconstructionResult:
+    """Outcome of :func:`reconstruct_tree`: ``tree`` (RAS mm, radii mm, label ``tree_id``), ``points3d``
+    (N, 3) = ``tree.points``, ``geometry2`` (view 2 as used: refined with ``refine_calibration`` when
+    :func:`calibrate_from_matches` accepts the pose), ``calibration`` (the accepted refinement's result,
+    else None), the two 2D ``graphs``, ``stats`` (counts, seconds) and, with ``refine_calibration``,
+    ``calibration_record`` (:func:`calibrate_from_matches`'s record: ``refined``, ``reason``, errors).
+    """
+
+    tree: CoronaryTree
+    points3d: np.ndarray
+    geometry2: CArmGeometry
+    calibration: CalibrationResult | None
+    graphs: tuple[CentrelineGraph2D, CentrelineGraph2D]
+    stats: dict[str, Any]
+    calibration_record: dict[str, Any] | None = None
+
+
+def reconstruct_tree(
+    image_or_mask1: np.ndarray,
+    image_or_mask2: np.ndarray,
+    g1: CArmGeometry,
+    g2: CArmGeometry,
+    x1: np.ndarray | None = None,
+    x2: np.ndarray | None = None,
+    config: ReconstructionConfig | None = None,
+) -> ReconstructionResult:
+    """3D centreline tree with radii from two views (module docstring for each step).
+
+    Args:
+        image_or_mask1, image_or_mask2: (rows, cols) bool / 0-1 vessel masks, or float angiograms in
+            [0, 1] with dark vessels (Frangi segmentation); each the size of its view's detector.
+        g1, g2: geometries of the views.
+        x1, x2: optional (M, 2) matched keypoints (u, v): seeds of the curve matching and, with
+            ``config.refine_calibration``, the matches that refine view 2.
+        config: :class:`ReconstructionConfig`.
+
+    Raises:
+        ValueError: a mask without vessel pixels, an array unlike its detector's shape, x1 / x2 of different
+            lengths, refinement without (enough) matches, or nothing matched in 3D.
+    """
+    t0 = time.perf_counter()
+    config = config or ReconstructionConfig()
+    masks = []
+    for i, (data, g) in enumerate(((image_or_mask1, g1), (image_or_mask2, g2)), start=1):
+        shape, detector = tuple(np.shape(data)), (g.detector_rows, g.detector_cols)
+        if shape != detector:
+            raise ValueError(
+                f"reconstruct_tree: image_or_mask{i} has shape {shape}, g{i}'s detector {detector}"
+            )
+        masks.append(as_mask(data, f"image_or_mask{i}"))
+    if (x1 is None) != (x2 is None):
+        raise ValueError("reconstruct_tree: give both x1 and x2 (matched keypoints) or neither")
+    seeds = None if x1 is None else tuple(np.asarray(x, dtype=np.float64).reshape(-1, 2) for x in (x1, x2))
+    if seeds is not None and len(seeds[0]) != len(seeds[1]):
+        raise ValueError(f"reconstruct_tree: x1 has {len(seeds[0])} matches but x2 has {len(seeds[1])}")
+    calibration, calibration_record = None, None
+    if config.refine_calibration:
+        if seeds is None:
+            raise ValueError("reconstruct_tree: refine_calibration needs matched keypoints x1, x2")
+        if len(seeds[0]) < config.calibration.min_matches:  # asked to refine: too few matches is an error
+            raise ValueError(
+                f"reconstruct_tree: {len(seeds[0])} matches given; at least {config.calibration.min_matches} "
+                "are needed (CalibrationConfig.min_matches) to refine the second view"
+            )
+        # the one calibration path: refined only if the inliers and the vessel trees accept the pose
+        g2, calibration_record, inliers, calibration = _guarded_refinement(
+            g1, g2, seeds[0], seeds[1], True, config.calibration, None, (masks[0], masks[1])
+        )
+        if inliers is not None:
+            seeds = (seeds[0][inliers], seeds[1][inliers])
+    off_epipolar = 0
+    if seeds is not None and config.seed_epipolar_px is not None and len(seeds[0]):
+        from xraycardiac.metrics.matching import symmetric_epipolar_error_px
+
+        p1, p2 = g1.projection_matrix(), g2.projection_matrix()
+        on = symmetric_epipolar_error_px(*seeds, p1, p2) <= config.seed_epipolar_px
+        seeds, off_epipolar = (seeds[0][on], seeds[1][on]), int(np.sum(~on))
+    graphs = tuple(centreline_graph_2d(m, config.prune_px, config.smooth_sigma_px) for m in masks)
+    if any(len(g.paths) == 0 for g in graphs):
+        raise ValueError("reconstruct_tree: no vessel centreline left after pruning the skeletons")
+    matches, inconsistent = checked_matches(graphs, g1, g2, seeds, config, config.consistency_mm)
+    pieces, radii, counts = smooth_runs(matches, graphs, (g1, g2), config)
+    if not pieces:
+        raise ValueError("reconstruct_tree: no centreline could be matched between the two views")
+    tree = _assemble(pieces, radii, config)
+    tree.meta.update({"view1": g1.to_dict(), "view2": g2.to_dict(), "refined": calibration is not None})
+    stats = dict(edges1=len(graphs[0].paths), edges2=len(graphs[1].paths), points=tree.num_points)
+    stats.update(matched_samples=int(sum(len(m.sample) for m in matches)), pieces=len(pieces), **counts)
+    stats["inconsistent_dropped"] = inconsistent
+    stats["seeds_off_epipolar"] = off_epipolar
+    stats["seconds"] = time.perf_counter() - t0
+    return ReconstructionResult(tree, tree.points, g2, calibration, graphs, stats, calibration_record)
+
+
+def _distance_to_segments(points: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 512) -> np.ndarray:
+    """(N,) distance (mm) from each point to the nearest of the segments a[j] -> b[j]."""
+    ab = b - a
+    len2 = np.maximum(np.sum(ab * ab, axis=1), 1e-12)
+    out = np.empty(len(points))
+    for i in range(0, len(points), chunk):
+        p = points[i : i + chunk, None, :] - a[None]
+        t = np.clip(np.sum(p * ab[None], axis=2) / len2[None], 0.0, 1.0)
+        out[i : i + chunk] = np.sqrt(np.min(np.sum((p - t[..., None] * ab[None]) ** 2, axis=2), axis=1))
+    return out
+
+
+def centreline_error_mm(
+    reconstructed_points: np.ndarray,
+    gt_tree: CoronaryTree,
+    tree_ids: tuple[int, ...] | None = None,
+    geometries: tuple[CArmGeometry, ...] | None = None,
+    coverage_tol_mm: float = 2.0,
+) -> dict[str, float]:
+    """Distances from reconstructed centreline points to a ground-truth centreline, and its coverage.
+
+    Args:
+        reconstructed_points: (N, 3) RAS mm.
+        gt_tree: the truth; its centreline is the polyline of (parent, child) segments.
+        tree_ids: only these GT trees (e.g. (0,) for the opacified left tree); None = all.
+        geometries: coverage counts only GT centreline inside all these detectors (what they show).
+        coverage_tol_mm: a GT point is covered when a reconstructed point lies within this, mm.
+
+    Returns:
+        ``mean``, ``median``, ``p95``, ``max`` (mm) over the reconstructed points; ``coverage``: the
+        fraction of the GT centreline (every 0.5 mm) within ``coverage_tol_mm``; ``n_points``, ``n_gt``.
+    """
+    from scipy.spatial import cKDTree
+
+    pts = np.asarray(reconstructed_points, dtype=np.float64).reshape(-1, 3)
+    if len(pts) == 0:
+        raise ValueError("centreline_error_mm: reconstructed_points is empty")
+    ids = tuple(np.unique(gt_tree.tree)) if tree_ids is None else tuple(tree_ids)
+    seg = gt_tree.segments()
+    seg = seg[np.isin(gt_tree.tree[seg[:, 1]], ids)]
+    if len(seg) == 0:
+        raise ValueError(f"centreline_error_mm: the GT tree has no segment in tree_ids {ids}")
+    d = _distance_to_segments(pts, gt_tree.points[seg[:, 0]], gt_tree.points[seg[:, 1]])
+    dense = gt_tree.resampled(0.5)
+    gt = dense.points[np.isin(dense.tree, ids)]
+    for g in geometries or ():
+        gt = gt[in_field(g, g.project(gt))]
+    cover = cKDTree(pts).query(gt)[0] <= coverage_tol_mm if len(gt) else np.zeros(0, dtype=bool)
+    median, p95 = np.percentile(d, [50, 95])
+    out = {"mean": float(d.mean()), "median": float(median), "p95": float(p95), "max": float(d.max())}
+    return out | {
+        "coverage": float(cover.mean()) if len(cover) else float("nan"),
+        "n_points": len(pts),
+        "n_gt": len(gt),
+    }
+
+
+def save_tube_vtp(tree: CoronaryTree, path: str | os.PathLike[str], sides: int = 12) -> Path:
+    """Write the tube surface of a tree (``vtkTubeFilter``, radius ``tree.radii``) as ``.vtp``, atomically.
+
+    :meth:`CoronaryTree.save_vtp` writes the centreline polylines with a ``Radius`` array; this writes
+    the surface (triangle strips, RAS mm; the field ``SPACE`` = ``RAS`` is kept, so Slicer does not
+    flip it to LPS) with ``sides`` (>= 3) polygon sides, to ``path`` (its folder must exist).
+    """
+    from vtkmodules.vtkFiltersCore import vtkTubeFilter
+
+    from xraycardiac.anatomy.coronary_tree_vtk import tree_to_polydata, write_polydata
+
+    if not (isinstance(sides, int) and sides >= 3):
+        raise ValueError(f"save_tube_vtp: sides must be an integer >= 3, got {sides!r}")
+    path = Path(path)
+    _check_output_dir(path, "save_tube_vtp")
+    poly = tree_to_polydata(tree)
+    poly.GetPointData().SetActiveScalars("Radius")
+    tube = vtkTubeFilter()
+    tube.SetInputData(poly)
+    tube.SetNumberOfSides(sides)
+    tube.SetVaryRadiusToVaryRadiusByAbsoluteScalar()
+    tube.CappingOn()
+    tube.Update()
+    return write_polydata(tube.GetOutput(), path, "save_tube_vtp")
+
+
+def _errors(values: np.ndarray) -> dict[str, float | None]:
+    """Mean / median of per-match errors (None when there is no match)."""
+    if len(values) == 0:
+        return {"mean": None, "median": None}
+    return {"mean": float(np.mean(values)), "median": float(np.median(values))}
+
+
+def calibrate_from_matches(
+    g1: CArmGeometry,
+    g2: CArmGeometry,
+    x1: np.ndarray,
+    x2: np.ndarray,
+    refine: bool = True,
+    config: CalibrationConfig | None = None,
+    log: Callable[[str], None] | None = None,
+    vessels: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[CArmGeometry, dict[str, Any], np.ndarray | None]:
+    """Refine view 2 from matches when there are enough of them, else keep the recorded geometry.
+
+    The step of the ``coronary-reconstruct`` job and of the pipeline evaluation: with fewer than
+    ``config.min_matches`` matches, or fewer inliers of the refined pose, the recorded view 2 is
+    used and the record says why (``log`` gets the same sentence). With ``vessels``, a refined pose
+    must also explain the two vessel trees better than the recorded one
+    (:func:`~xraycardiac.coronary.recon.centrelines.epipolar_consistency`, no matches involved): wrong
+    matches that agree on a wrong pose are otherwise accepted. On 24 held-out 256 px pairs perturbed
+    by up to 5 deg / 10 mm, the demo matcher's matches were refined on 17 pairs without the check
+    and on 7 with it; the mean 3D error after this step went from 13.05 to 10.25 mm, still above the
+    7.76 mm of the unrefined pose (the score is a weak judge of angle errors: 394 vs 379 samples for
+    a 4 / 3 deg error on the test pair). With the GT matches: 24 -> 23 pairs, 4.69 -> 4.68 mm.
+
+    Args:
+        g1, g2: recorded geometries of the two views.
+        x1, x2: (M, 2) matched pixels (u, v) in views 1 and 2.
+        refine: False = only measure the reprojection error of the recorded geometry.
+        config: :class:`CalibrationConfig` (default: defaults).
+        log: called with a sentence when refinement is skipped.
+        vessels: optional (vessels1, vessels2) masks or angiograms of the two views: the check above.
+
+    Returns:
+        (view 2 to use, record, inlier mask or None): the record (``calibration.json``) holds
+        ``refined``, ``reason``, ``matches``, ``error_before_px`` / ``error_after_px`` (mean, median
+        of the keypoint reprojection error), ``params`` (corrections, degrees / mm) and, when refined,
+        ``inlier_fraction`` and ``summary``.
+    """
+    return _guarded_refinement(g1, g2, x1, x2, refine, config, log, vessels)[:3]
+
+
+def _guarded_refinement(
+    g1: CArmGeometry,
+    g2: CArmGeometry,
+    x1: np.ndarray,
+    x2: np.ndarray,
+    refine: bool,
+    config: CalibrationConfig | None,
+    log: Callable[[str], None] | None,
+    vessels: tuple[np.ndarray, np.ndarray] | None,
+) -> tuple[CArmGeometry, dict[str, Any], np.ndarray | None, CalibrationResult | None]:
+    """:func:`calibrate_from_matches` plus the :class:`CalibrationResult` of an accepted refinement (else None)."""
+    config = config or CalibrationConfig()
+    before = triangulate_matches(g1, g2, x1, x2)[1] if len(x1) else np.zeros(0)
+    record: dict[str, Any] = {"refined": False, "reason": "", "matches": len(x1)}
+
+    def keep_recorded(reason: str, **extra: Any) -> tuple[CArmGeometry, dict[str, Any], None, None]:
+        record.update(
+            reason=reason, error_before_px=_errors(before), error_after_px=_errors(before), params={}
+        )
+        record.update(extra)
+        if refine and log is not None:
+            log(f"calibration not refined: {reason}")
+        return g2, record, None, None
+
+    if not refine:
+        return keep_recorded("refine_calibration is false")
+    if len(x1) < config.min_matches:
+        return keep_recorded(
+            f"only {len(x1)} matches; refining view 2 needs at least {config.min_matches} "
+            "(the recorded geometry is used)"
+        )
+    result = refine_second_view(g1, g2, x1, x2, config)
+    n_in = int(np.sum(result.inliers))
+    if n_in < config.min_matches:  # the matches agree on no pose: keep the recorded one
+        return keep_recorded(
+            f"only {n_in} of {len(x1)} matches are inliers of the refined pose (at least "
+            f"{config.min_matches} needed); the recorded geometry is used",
+            inlier_fraction=n_in / len(x1),
+        )
+    if vessels is not None:
+        scores = {
+            name: epipolar_consistency(*vessels, g1, g)
+            for name, g in (("recorded", g2), ("refined", result.geometry))
+        }
+        record["vessel_consistency"] = scores
+        if scores["refined"] <= scores["recorded"]:
+            return keep_recorded(
+                f"the refined pose explains fewer vessel samples ({scores['refined']}) than the recorded one "
+                f"({scores['recorded']}): the matches agree on a wrong pose; the recorded geometry is used",
+                inlier_fraction=n_in / len(x1),
+            )
+    record.update(
+        refined=True,
+        error_before_px=_errors(result.error_before_px),
+        error_after_px=_errors(result.error_after_px),
+        inlier_fraction=float(np.mean(result.inliers)),
+        params={k: float(v) for k, v in result.params.items()},
+        summary=result.summary(),
+    )
+    return result.geometry, record, np.asarray(result.inliers, dtype=bool), result
