@@ -2,10 +2,10 @@
 
 - Only the top layer (``jobs/``, the command lines, the demo) imports ``xraycardiac.jobs``; the
   pipelines and the ground never do, also not inside a function.
+- No import cycle between the library's modules, counting imports inside functions (they only
+  hide a cycle) but not ``if TYPE_CHECKING:`` blocks nor package ``__init__`` re-exports.
+- No module imports another module's private (``_name``) names.
 - No source file of the library or the Slicer modules is longer than 700 lines (one idea per file).
-
-Not yet checked here (issue 18 is open): import cycles (``anatomy.coronary_tree`` <->
-``coronary_tree_vtk`` remains) and private names imported across modules.
 """
 
 from __future__ import annotations
@@ -51,6 +51,89 @@ def upward_job_imports(library: Path) -> list[str]:
     return bad
 
 
+def module_name(library: Path, path: Path) -> str:
+    """``xraycardiac.a.b`` for ``<library>/a/b.py`` (``xraycardiac.a`` for ``a/__init__.py``)."""
+    parts = path.relative_to(library).with_suffix("").parts
+    return ".".join(("xraycardiac", *(parts[:-1] if parts[-1] == "__init__" else parts)))
+
+
+def runtime_tree(source: str) -> ast.Module:
+    """The module's AST without its ``if TYPE_CHECKING:`` blocks (imports for annotations only)."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list):
+            node.body = [  # type: ignore[attr-defined]
+                n
+                for n in body
+                if not (isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING")
+            ]
+    return tree
+
+
+def import_graph(library: Path) -> tuple[dict[str, set[str]], list[str]]:
+    """Module -> the library modules it imports (anywhere in it), and the private names imported across."""
+    paths = {module_name(library, p): p for p in library.rglob("*.py")}
+
+    def known(name: str) -> str:
+        while name and name not in paths:
+            name = name.rpartition(".")[0]
+        return name
+
+    edges: dict[str, set[str]] = {m: set() for m in paths}
+    private = []
+    for mod, path in paths.items():
+        for node in ast.walk(runtime_tree(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                if not node.module.startswith("xraycardiac"):
+                    continue
+                for alias in node.names:
+                    target = known(f"{node.module}.{alias.name}") or known(node.module)
+                    if target and target != mod:
+                        edges[mod].add(target)
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):
+                        private.append(f"{mod} imports {node.module}.{alias.name}")
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("xraycardiac") and known(alias.name) not in ("", mod):
+                        edges[mod].add(known(alias.name))
+    # a package __init__ re-exports its modules lazily: an edge into it is not a cycle of ideas
+    inits = {m for m, p in paths.items() if p.name == "__init__.py"}
+    return {m: es - inits for m, es in edges.items() if m not in inits}, private
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return found
+
+
 def long_files(folders: list[Path], root: Path = REPO, limit: int = MAX_LINES) -> list[str]:
     """``file (N lines)`` (relative to ``root``) for each Python file over ``limit`` lines."""
     out = []
@@ -64,6 +147,29 @@ def long_files(folders: list[Path], root: Path = REPO, limit: int = MAX_LINES) -
 
 def test_no_pipeline_or_ground_module_imports_jobs() -> None:
     assert upward_job_imports(LIBRARY) == []
+
+
+def test_no_import_cycles() -> None:
+    edges, _ = import_graph(LIBRARY)
+    assert cycles(edges) == []
+
+
+def test_no_private_names_cross_modules() -> None:
+    _, private = import_graph(LIBRARY)
+    assert private == []
+
+
+def test_a_cycle_hidden_in_a_function_and_a_private_import_are_caught(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("from xraycardiac.b import _helper\n", encoding="utf-8")
+    (tmp_path / "b.py").write_text("def _helper():\n    from xraycardiac.a import x\n", encoding="utf-8")
+    (tmp_path / "c.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from xraycardiac.a import x\n",
+        encoding="utf-8",
+    )
+    edges, private = import_graph(tmp_path)
+    assert cycles(edges) == [["xraycardiac.a", "xraycardiac.b"]], edges
+    assert private == ["xraycardiac.a imports xraycardiac.b._helper"]
+    assert edges["xraycardiac.c"] == set()
 
 
 def test_no_source_file_is_over_700_lines() -> None:

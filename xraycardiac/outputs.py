@@ -427,3 +427,19 @@ def discard(
         else:
             p.unlink(missing_ok=True)
         remove_stale_temps(p)
+
+
+def require_parent_dir(path: str | os.PathLike[str], func: str) -> None:
+    """Raise FileNotFoundError (naming ``func`` and the file) unless the folder ``path`` goes into exists."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(
+            f"{func}: output directory {path.parent} does not exist (writing {path.name})"
+        )
+
+
+def require_file(path: str | os.PathLike[str], func: str) -> None:
+    """Raise FileNotFoundError (naming ``func``) unless ``path`` is an existing file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{func}: {path} does not exist or is not a file")

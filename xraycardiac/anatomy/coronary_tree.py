@@ -23,28 +23,20 @@ from __future__ import annotations
 import json
 import math
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from xraycardiac.jsonutil import json_default
+from xraycardiac.outputs import atomic_path, require_file, require_parent_dir
 from xraycardiac.volume import Volume
 
 __all__ = ["CoronaryTree"]
 
 _JSON_FORMAT = "xraycardiac.coronary_tree"
 _JSON_VERSION = 1
-
-
-def _json_default(value: Any) -> Any:
-    """Make numpy scalars and arrays in ``meta`` JSON-serialisable."""
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"object of type {type(value).__name__} is not JSON serialisable")
 
 
 def _int_array(value: Any, name: str, n: int) -> np.ndarray:
@@ -55,23 +47,6 @@ def _int_array(value: Any, name: str, n: int) -> np.ndarray:
     if n and arr.dtype.kind not in "iu":
         raise ValueError(f"CoronaryTree.{name}: expected integers, got dtype {arr.dtype}")
     return arr.astype(np.int64, copy=False)
-
-
-def _temp_sibling(path: Path) -> Path:
-    """A fresh hidden file name next to ``path`` that keeps its extension."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
-
-
-def _check_output_dir(path: Path, func: str) -> None:
-    if not path.parent.is_dir():
-        raise FileNotFoundError(
-            f"{func}: output directory {path.parent} does not exist (writing {path.name})"
-        )
-
-
-def _check_input_file(path: Path, func: str) -> None:
-    if not path.is_file():
-        raise FileNotFoundError(f"{func}: {path} does not exist or is not a file")
 
 
 @dataclass(eq=False)
@@ -402,20 +377,15 @@ class CoronaryTree:
             ValueError: ``meta`` holds a value JSON cannot represent.
         """
         path = Path(path)
-        _check_output_dir(path, "CoronaryTree.save_json")
+        require_parent_dir(path, "CoronaryTree.save_json")
         try:
-            text = json.dumps(self.to_dict(), default=_json_default, allow_nan=False)
+            text = json.dumps(self.to_dict(), default=json_default, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise ValueError(
                 f"CoronaryTree.save_json: cannot write {path}: meta is not JSON-serialisable ({exc})"
             ) from None
-        tmp = _temp_sibling(path)
-        try:
+        with atomic_path(path) as tmp:
             tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         return path
 
     @classmethod
@@ -427,7 +397,7 @@ class CoronaryTree:
             ValueError: the file is not valid JSON or not a valid coronary tree (the message names it).
         """
         path = Path(path)
-        _check_input_file(path, "CoronaryTree.load_json")
+        require_file(path, "CoronaryTree.load_json")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             return cls.from_dict(data)

@@ -8,16 +8,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from xraycardiac.anatomy.coronary_tree import (
-    CoronaryTree,
-    _check_input_file,
-    _check_output_dir,
-    _json_default,
-)
+from xraycardiac.jsonutil import json_default
+from xraycardiac.outputs import require_file, require_parent_dir
+
+if TYPE_CHECKING:  # the tree imports this module when it saves or loads itself: no import back
+    from xraycardiac.anatomy.coronary_tree import CoronaryTree
 
 
 def tree_to_polydata(tree: CoronaryTree) -> Any:
@@ -42,7 +41,7 @@ def tree_to_polydata(tree: CoronaryTree) -> Any:
         poly.GetPointData().AddArray(arr)
     for name, strings in (
         ("BranchNames", tree.branch_names),
-        ("Meta", [json.dumps(tree.meta, default=_json_default, allow_nan=False)]),
+        ("Meta", [json.dumps(tree.meta, default=json_default, allow_nan=False)]),
         ("SPACE", ["RAS"]),
     ):
         sarr = vtkStringArray()
@@ -62,7 +61,7 @@ def save_tree_vtp(tree: CoronaryTree, path: str | os.PathLike[str]) -> Path:
     """
 
     path = Path(path)
-    _check_output_dir(path, "CoronaryTree.save_vtp")
+    require_parent_dir(path, "CoronaryTree.save_vtp")
     try:
         poly = tree_to_polydata(tree)
     except (TypeError, ValueError) as exc:
@@ -95,7 +94,7 @@ def write_polydata(poly: Any, path: Path, who: str) -> Path:
     return write_bytes_atomic(writer.GetOutputString().encode("ascii"), path)
 
 
-def load_tree_vtp(path: str | os.PathLike[str], cls: type[CoronaryTree] = CoronaryTree) -> CoronaryTree:
+def load_tree_vtp(path: str | os.PathLike[str], cls: type[CoronaryTree]) -> CoronaryTree:
     """Read a ``.vtp`` written by ``save_vtp`` (or any polyline tree with a ``Radius`` point array).
 
     Parents are rebuilt from the polylines (consecutive points of a line are parent -> child);
@@ -108,7 +107,7 @@ def load_tree_vtp(path: str | os.PathLike[str], cls: type[CoronaryTree] = Corona
         ValueError: unreadable file, missing ``Radius``, a point with two parents, or a cycle.
     """
     path = Path(path)
-    _check_input_file(path, "CoronaryTree.load_vtp")
+    require_file(path, "CoronaryTree.load_vtp")
     poly, log = _read_vtp(path)
 
     def fail(reason: str) -> ValueError:

@@ -145,7 +145,8 @@ def to_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
     return np.round(np.clip(a, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _check_projections(projection_matrices: np.ndarray | None) -> np.ndarray:
+def check_projections(projection_matrices: np.ndarray | None) -> np.ndarray:
+    """The (2, 3, 4) projection matrices of a pair as float64; a ValueError names what is wrong."""
     if projection_matrices is None:
         raise ValueError(
             'filter "epipolar" needs projection_matrices: the (2, 3, 4) matrices of the two views '
@@ -183,7 +184,7 @@ def filter_matches(
     if config.filter == "epipolar":
         from xraycardiac.metrics.matching import symmetric_epipolar_error_px
 
-        pm = _check_projections(projection_matrices)
+        pm = check_projections(projection_matrices)
         err = symmetric_epipolar_error_px(x1, x2, pm[0], pm[1])
         info["epipolar_error_px"] = err
         return np.flatnonzero(err <= config.epipolar_tolerance_px), info
@@ -245,7 +246,7 @@ def _match_opencv(
 ) -> MatchResult:
     """Detect + describe with an OpenCV Feature2D, ratio-test match, then filter."""
     if config.filter == "epipolar":
-        _check_projections(projection_matrices)  # fail before the work
+        check_projections(projection_matrices)  # fail before the work
     a, b = to_uint8(image1, "image1"), to_uint8(image2, "image2")
     t0 = time.perf_counter()
     k1, d1 = detector.detectAndCompute(a, None)

@@ -217,12 +217,14 @@ def _matcher_method(
     return EvalMethod(spec, name, run, info)
 
 
-def _nanmean(values: Sequence[float]) -> float:
+def nanmean(values: Sequence[float]) -> float:
+    """Mean of the finite values; NaN when there is none (no warning)."""
     a = np.asarray(values, dtype=np.float64)
     return float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")
 
 
-def _samples(data_dir: str | os.PathLike[str], split: str) -> list[Path]:
+def split_samples(data_dir: str | os.PathLike[str], split: str) -> list[Path]:
+    """The sample folders of a pair dataset's ``split`` (``'all'`` or one of the dataset's splits)."""
     from xraycardiac.coronary.synth.dataset import SPLITS, list_samples
 
     if split != "all" and split not in SPLITS:
@@ -237,7 +239,7 @@ def dataset_summary(data_dir: str | os.PathLike[str], split: str = "test") -> di
     """Pairs, image size and mean in-field GT keypoints per view of a dataset's split (for a table's header)."""
     from xraycardiac.coronary.synth.dataset import read_json
 
-    paths = _samples(data_dir, split)
+    paths = split_samples(data_dir, split)
     metas = [read_json(p / "sample.json", "coronary pair sample") for p in paths]
     gt = [m.get("counts", {}).get(f"view{v}", 0) for m in metas for v in (1, 2)]
     return {
@@ -286,7 +288,7 @@ def evaluate_matchers(
         raise ValueError(
             f"methods: expected a non-empty list of method names ({METHOD_FORMS}), got {methods!r}"
         )
-    paths = _samples(data_dir, split)
+    paths = split_samples(data_dir, split)
     if max_pairs is not None:
         if not (isinstance(max_pairs, int) and max_pairs >= 1):
             raise ValueError(f"max_pairs: expected None or an integer >= 1, got {max_pairs!r}")
@@ -324,7 +326,7 @@ def evaluate_matchers(
         row["pairs_with_matches"] = int(sum(p["num_matches"] > 0 for p in per_pair))
         row["gt_matches"] = float(np.mean([p["num_gt_matches"] for p in per_pair]))
         for key in METRIC_FIELDS[4:-1]:
-            row[key] = _nanmean([p.get(key, float("nan")) for p in per_pair])
+            row[key] = nanmean([p.get(key, float("nan")) for p in per_pair])
         row["seconds_per_pair"] = float(np.mean([p["seconds"] for p in per_pair]))
         row["info"] = method.info
         row["per_pair"] = per_pair

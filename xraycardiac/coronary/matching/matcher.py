@@ -258,12 +258,12 @@ class CoronaryMatcher(nn.Module):
             foundation features, matching and filtering; ``info`` holds ``num_matcher_matches``
             (before the filter) and ``foundation_mask`` (whether the mask was applied).
         """
-        from xraycardiac.coronary.matching.baselines import MatcherConfig, _check_projections, filter_matches
+        from xraycardiac.coronary.matching.baselines import MatcherConfig, check_projections, filter_matches
 
         flt = None
         if epipolar_tolerance_px is not None:
             flt = MatcherConfig(filter="epipolar", epipolar_tolerance_px=float(epipolar_tolerance_px))
-            _check_projections(projection_matrices)  # fail before the work
+            check_projections(projection_matrices)  # fail before the work
         a, b = _as_image(image1, "image1"), _as_image(image2, "image2")
         was_training = self.training
         self.eval()

@@ -49,7 +49,7 @@ from scipy.sparse.csgraph import dijkstra
 from xraycardiac.coronary.matching.baselines import (
     MatcherConfig,
     MatchResult,
-    _check_projections,
+    check_projections,
     filter_matches,
 )
 
@@ -414,7 +414,7 @@ def match_vessel_keypoints(
     config = config or MatcherConfig()
     vc = vessel_config or VesselKeypointConfig()
     if config.filter == "epipolar":
-        _check_projections(projection_matrices)  # fail before the work
+        check_projections(projection_matrices)  # fail before the work
     t0 = time.perf_counter()
     det1 = detect_vessel_keypoints(image1, vc)
     det2 = detect_vessel_keypoints(image2, vc)

@@ -216,7 +216,7 @@ def evaluate_pipeline(
         :data:`PIPELINE_FIELDS` (``*_mm`` in mm; NaN-aware) and ``per_pair`` (one dict per pair).
     """
     from xraycardiac.anatomy.coronary_tree import CoronaryTree
-    from xraycardiac.coronary.matching.evaluate import _nanmean, _samples, parse_method
+    from xraycardiac.coronary.matching.evaluate import nanmean, parse_method, split_samples
     from xraycardiac.coronary.synth.dataset import read_sample
 
     for name, value in (("perturb_deg", perturb_deg), ("perturb_mm", perturb_mm)):
@@ -224,7 +224,7 @@ def evaluate_pipeline(
             raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
     if isinstance(methods, str) or not methods:
         raise ValueError(f"methods: expected a non-empty list of method names, got {methods!r}")
-    paths = _samples(data_dir, split)[:max_pairs]
+    paths = split_samples(data_dir, split)[:max_pairs]
     parsed = [
         None
         if m == "gt"
@@ -248,7 +248,7 @@ def evaluate_pipeline(
         row: dict[str, Any] = {"method": method, "pairs": len(pairs), "per_pair": pairs}
         for key, _, _ in PIPELINE_FIELDS:
             src = "refined" if key == "refined_fraction" else key.removesuffix("_mm")
-            row[key] = _nanmean([float(p[src]) for p in pairs])
+            row[key] = nanmean([float(p[src]) for p in pairs])
         rows.append(row)
     return rows
 

@@ -64,7 +64,7 @@ from typing import Any
 
 import numpy as np
 
-from xraycardiac.anatomy.coronary_tree import CoronaryTree, _check_output_dir
+from xraycardiac.anatomy.coronary_tree import CoronaryTree
 from xraycardiac.coronary.recon.calibration import (
     CalibrationConfig,
     CalibrationResult,
@@ -82,6 +82,7 @@ from xraycardiac.coronary.recon.centrelines import (
     smooth_runs,
 )
 from xraycardiac.geometry import CArmGeometry
+from xraycardiac.outputs import require_parent_dir
 
 __all__ = [
     "ReconstructionConfig",
@@ -301,7 +302,7 @@ def save_tube_vtp(tree: CoronaryTree, path: str | os.PathLike[str], sides: int =
     if not (isinstance(sides, int) and sides >= 3):
         raise ValueError(f"save_tube_vtp: sides must be an integer >= 3, got {sides!r}")
     path = Path(path)
-    _check_output_dir(path, "save_tube_vtp")
+    require_parent_dir(path, "save_tube_vtp")
     poly = tree_to_polydata(tree)
     poly.GetPointData().SetActiveScalars("Radius")
     tube = vtkTubeFilter()
