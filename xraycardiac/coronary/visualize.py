@@ -5,10 +5,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from xraycardiac.outputs import atomic_path
 
 
 def draw_matches(
@@ -54,7 +55,6 @@ def draw_matches(
         for u, v in ((u1, v1), (u2 + a.shape[1], v2)):
             draw.ellipse([u - 2, v - 2, u + 2, v + 2], outline=colour)
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path, ".png") as tmp:
+        canvas.save(tmp, format="PNG")
     return path

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +53,7 @@ import numpy as np
 from xraycardiac.jobs.inputs import read_geometry_input, read_view
 from xraycardiac.jobs.registry import Progress, register
 from xraycardiac.jobs.spec import JobSpec
+from xraycardiac.outputs import write_json_atomic
 
 __all__ = ["DEFAULT_METHOD", "OUTPUTS", "PARAMS", "PIPELINE", "run_coronary_reconstruct"]
 
@@ -72,10 +72,8 @@ OUTPUTS = {
 
 
 def _write_json(path: Path, data: Any) -> None:
-    """Write JSON through a temporary sibling and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Write strict JSON through a temporary sibling and a rename."""
+    write_json_atomic(path, data, indent=2, allow_nan=False, default=None, fsync=False)
 
 
 def _vessel_mask(spec: JobSpec, view: int, image: np.ndarray) -> tuple[np.ndarray, str]:

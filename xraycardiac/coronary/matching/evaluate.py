@@ -30,7 +30,6 @@ after one untimed warm-up call per method).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from xraycardiac.jsonutil import json_safe
+from xraycardiac.outputs import write_json_atomic
 
 __all__ = [
     "METHOD_FORMS",
@@ -375,23 +377,6 @@ def format_table(rows: Sequence[dict[str, Any]], legend: bool = True) -> str:
     return "\n".join(lines)
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN / inf -> None, numpy scalars and arrays -> Python, recursively (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def write_results(
     rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], meta: dict[str, Any] | None = None
 ) -> Path:
@@ -410,7 +395,4 @@ def write_results(
         "methods": list(rows),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(_json_safe(doc), indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, json_safe(doc), indent=1, allow_nan=False, default=None, fsync=False)

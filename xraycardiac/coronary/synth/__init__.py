@@ -8,8 +8,9 @@ format are the other modules of this package (imported on use: the renderers nee
 
 from __future__ import annotations
 
-from xraycardiac.coronary.synth.config import INJECTIONS, RENDERERS, SynthConfig, check_renderer, parse_shard
+from xraycardiac.coronary.synth.config import INJECTIONS, RENDERERS, SynthConfig, check_renderer
 from xraycardiac.coronary.synth.engine import labelmap_tree, prepare_dataset_dir, record_shard, synthesize
+from xraycardiac.outputs import parse_shard
 
 __all__ = [
     "INJECTIONS",

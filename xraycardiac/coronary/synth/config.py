@@ -7,23 +7,20 @@ pairs is :mod:`xraycardiac.coronary.synth.engine`.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from xraycardiac.coronary.synth.dataset import MAX_PAIRS_PER_TREE, MAX_TREES
+from xraycardiac.jsonutil import is_int
 
-__all__ = ["INJECTIONS", "RENDERERS", "SynthConfig", "check_renderer", "parse_shard"]
+__all__ = ["INJECTIONS", "RENDERERS", "SynthConfig", "check_renderer"]
 
 RENDERERS = ("physics", "diffusion")
 INJECTIONS = ("alternate", "left", "right", "both")
 _REFERENCE_SIZE = 512  # the view sampler's default detector, whose field of view smaller images keep
-_SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
 
 def check_renderer(name: str) -> str:
@@ -31,24 +28,6 @@ def check_renderer(name: str) -> str:
     if name not in RENDERERS:
         raise ValueError(f"renderer: expected one of {RENDERERS}, got {name!r}")
     return name
-
-
-def parse_shard(shard: str | tuple[int, int]) -> tuple[int, int]:
-    """``"i/N"`` (or (i, N)) -> (i, N) with 0 <= i < N; a ValueError naming ``shard`` otherwise."""
-    if isinstance(shard, tuple | list) and len(shard) == 2:
-        i, n = shard
-    else:
-        m = _SHARD.match(str(shard))
-        if m is None:
-            raise ValueError(f"shard: expected 'i/N' with 0 <= i < N (e.g. '0/4'), got {shard!r}")
-        i, n = int(m.group(1)), int(m.group(2))
-    if not (isinstance(i, int) and isinstance(n, int) and n >= 1 and 0 <= i < n):
-        raise ValueError(f"shard: expected 'i/N' with N >= 1 and 0 <= i < N (e.g. '0/4'), got {shard!r}")
-    return i, n
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 def _positive_int(name: str, value: Any, upper: int | None = None) -> None:
@@ -169,7 +148,7 @@ class SynthConfig:
         """Validate ``labelmap``, ``left_label``, ``right_label`` (and ``trees`` with a label map)."""
         for name in ("left_label", "right_label"):
             value = getattr(self, name)
-            if value is not None and not (_is_int(value) and value >= 1):
+            if value is not None and not (is_int(value, numpy=True) and value >= 1):
                 raise ValueError(
                     f"{name}: expected an integer label >= 1 or None (skip that side), got {value!r}"
                 )

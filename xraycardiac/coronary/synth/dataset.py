@@ -58,6 +58,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from xraycardiac import outputs
+from xraycardiac.jsonutil import json_default
+
 if TYPE_CHECKING:
     from xraycardiac.anatomy.coronary_tree import CoronaryTree
     from xraycardiac.coronary.synth.correspondences import GTMatches
@@ -129,16 +132,8 @@ def split_of_tree(tree_index: int, fractions: Sequence[float] = (0.8, 0.1, 0.1))
 # --- JSON helpers ----------------------------------------------------------------------------------
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"object of type {type(value).__name__} is not JSON serialisable")
-
-
 def _dumps(data: Any, indent: int | None = None) -> str:
-    return json.dumps(data, default=_json_default, allow_nan=False, indent=indent)
+    return json.dumps(data, default=json_default, allow_nan=False, indent=indent)
 
 
 def normalised(data: Any) -> Any:
@@ -147,14 +142,8 @@ def normalised(data: Any) -> Any:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as indented JSON to ``path`` through a temp file and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
-    try:
-        tmp.write_text(_dumps(data, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Write ``data`` as indented strict JSON to ``path``, atomically (:func:`xraycardiac.outputs.write_json_atomic`)."""
+    outputs.write_json_atomic(path, data, indent=1, allow_nan=False, default=json_default, fsync=False)
 
 
 def read_json(path: Path, what: str) -> Any:

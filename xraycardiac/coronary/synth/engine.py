@@ -60,8 +60,8 @@ import numpy as np
 
 from xraycardiac import __version__
 from xraycardiac.coronary.synth import dataset as ds
-from xraycardiac.coronary.synth.config import SynthConfig, parse_shard
-from xraycardiac.outputs import check_output, discard, verify_record, write_record
+from xraycardiac.coronary.synth.config import SynthConfig
+from xraycardiac.outputs import check_output, discard, parse_shard, verify_record, write_record
 
 __all__ = ["labelmap_tree", "prepare_dataset_dir", "record_shard", "synthesize"]
 
