@@ -391,3 +391,17 @@ def test_start_with_missing_interpreter_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         JobProcess.start(spec, python=str(tmp_path / "no-such-python"))
     assert os.listdir(tmp_path) == [], os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"views": [{"name": "X", "sid_mm": float("nan")}]}, "params.views[0].sid_mm (nan)"),
+        ({"step_mm": float("inf")}, "params.step_mm (inf)"),
+        ({"out": {"where": object()}}, "params.out.where (<object"),
+    ],
+)
+def test_a_parameter_json_cannot_hold_is_named(params: dict, named: str) -> None:
+    with pytest.raises(ValueError, match=r"must be JSON-serialisable") as info:
+        JobSpec(pipeline="selftest", params=params, output_dir="out")
+    assert named in str(info.value), str(info.value)

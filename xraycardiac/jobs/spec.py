@@ -88,7 +88,10 @@ class JobSpec:
             # A deep copy through JSON: the spec owns its parameters and they survive job.json.
             params = json.loads(json.dumps(dict(self.params), allow_nan=False))
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"params must be JSON-serialisable (finite numbers, no objects): {exc}") from exc
+            where = _unserialisable(dict(self.params), "params")
+            raise ValueError(
+                f"{where or 'params'} must be JSON-serialisable (finite numbers, no objects): {exc}"
+            ) from exc
         if "overwrite" in params and not isinstance(params["overwrite"], bool):
             raise ValueError(f"params.overwrite must be true or false, got {params['overwrite']!r}")
         object.__setattr__(self, "inputs", inputs)
@@ -251,3 +254,21 @@ class JobSpec:
             raise ValueError(
                 f"unknown parameter(s) {unknown} for pipeline {self.pipeline!r}; allowed: {sorted(allowed_set)}"
             )
+
+
+def _unserialisable(value: Any, where: str) -> str:
+    """The dotted name of the first value in ``value`` that strict JSON cannot hold ('' if none)."""
+    if isinstance(value, Mapping):
+        items = ((f"{where}.{k}", v) for k, v in value.items())
+    elif isinstance(value, list | tuple):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    else:
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            return f"{where} ({value!r})"
+        return ""
+    for name, v in items:
+        if found := _unserialisable(v, name):
+            return found
+    return ""
