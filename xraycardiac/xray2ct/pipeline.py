@@ -22,7 +22,6 @@ torch is imported inside the functions that need it.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -144,12 +143,11 @@ def resample_view(image: np.ndarray, p: np.ndarray, size: int) -> tuple[np.ndarr
 
 def _peak_memory(device: Any) -> dict[str, Any]:
     """Peak resident memory of this process (MB) and, on CUDA, the peak allocated GPU memory (MB)."""
+    from xraycardiac.runtime import peak_rss_mb
+
     out: dict[str, Any] = {"process_peak_rss_mb": None}
     try:
-        import resource
-
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        out["process_peak_rss_mb"] = round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
+        out["process_peak_rss_mb"] = round(peak_rss_mb(), 1)
     except (ImportError, OSError):  # Windows has no resource module
         pass
     if getattr(device, "type", "") == "cuda":

@@ -1,17 +1,7 @@
 """``xraycardiac train coronary-matcher``: training the :class:`~xraycardiac.coronary.matching.matcher.CoronaryMatcher`.
 
-:class:`CoronaryMatcher` holds the two trained parts, a SuperPoint-style
-:class:`~xraycardiac.coronary.matching.keypoint_net.KeypointNet` (keypoints + descriptors) and the
-foundation-masked LightGlue-style :class:`~xraycardiac.coronary.matching.attention_matcher.AttentionMatcher`,
-and matches two angiograms with :meth:`CoronaryMatcher.match`, which returns the
-:class:`~xraycardiac.coronary.matching.baselines.MatchResult` of the classical baselines so that the
-evaluation (:mod:`xraycardiac.coronary.matching.evaluate`) treats every method alike.
-
-The foundation model (DINOv2-like, :mod:`xraycardiac.coronary.matching.foundation`) is **not** part of the
-module's weights: it is frozen, large and licensed separately, so the user points to a local copy
-(``--foundation dinov2:/path``). :class:`CoronaryMatcherConfig` records the spec it was trained
-with; at match time the caller passes the loaded :class:`~xraycardiac.coronary.matching.foundation.FoundationModel`
-(None, or a matcher config with ``foundation_mask=False``, runs without the mask: the ablation).
+What the matcher is (its two trained parts, and why the foundation model is not part of its
+weights) is said once, in :mod:`xraycardiac.coronary.matching.matcher`.
 
 Training (:func:`train_coronary_matcher`, on the shared :class:`xraycardiac.trainer.Trainer`):
 each step takes whole samples of a coronary pair dataset (``xraycardiac coronary synth``), and the
