@@ -124,3 +124,30 @@ def test_geometry_of_another_size_and_bad_params(pair_files, tmp_path):
     with pytest.raises(ValueError, match="unknown parameter"):
         run_job(JobSpec("coronary-reconstruct", _inputs(files, *ALL), {"methd": "sift"}, str(tmp_path / "c")))
     assert not any((tmp_path / n).exists() for n in "abc")
+
+
+def test_pair_config_is_checked_where_it_is_built(tmp_path):
+    """The job's params become a PairConfig in the core; its values are checked there, once."""
+    from xraycardiac.coronary.recon.pipeline import PairConfig
+    from xraycardiac.jobs.coronary_reconstruct import PARAMS, config_from_spec
+
+    config = config_from_spec(
+        JobSpec(
+            "coronary-reconstruct",
+            {},
+            {"method": " matcher:m ", "foundation": " ", "epipolar_tolerance_px": 2},
+            str(tmp_path),
+        )
+    )
+    assert config == PairConfig(method="matcher:m", foundation=None, epipolar_tolerance_px=2.0)
+    assert PARAMS == ("method", "foundation", "refine_calibration", "epipolar_tolerance_px", "device")
+    for kwargs, match in (
+        ({"method": "  "}, "params.method"),
+        ({"foundation": "dinov2:/x"}, "params.foundation"),
+        ({"epipolar_tolerance_px": 0.0}, "params.epipolar_tolerance_px"),
+        ({"epipolar_tolerance_px": float("nan")}, "params.epipolar_tolerance_px"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            PairConfig(**kwargs)
+    with pytest.raises(ValueError, match="params.epipolar_tolerance_px"):
+        config_from_spec(JobSpec("coronary-reconstruct", {}, {"epipolar_tolerance_px": "3"}, str(tmp_path)))

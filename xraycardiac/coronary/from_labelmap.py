@@ -52,8 +52,8 @@ run between junctions in depth-first order from the ostium ("L0"/"R0" start at t
 junction the wider child comes first). Anatomical names (LM, LAD, LCx, RCA, ...) need atlas or
 orientation knowledge that a label map does not carry, so none are guessed.
 
-The skeleton graph is built here (13 neighbour offsets, ``scipy.sparse.csgraph``) rather than with
-skan, which would bring numba and pandas in for those few lines.
+The voxel graph comes from :func:`xraycardiac.geometry.skeleton_graph.pixel_graph` (the library's one
+skeleton graph builder; 13 neighbour offsets, no skan, which would bring numba and pandas in).
 
 ``labelmap_surface`` gives the closed triangle mesh of one label (``vtkDiscreteFlyingEdges3D``) in RAS.
 """
@@ -70,13 +70,12 @@ from scipy.sparse import csgraph
 from scipy.spatial import cKDTree
 
 from xraycardiac.anatomy.coronary_tree import CoronaryTree
+from xraycardiac.geometry.skeleton_graph import pixel_graph
 from xraycardiac.volume import Volume
 
 __all__ = ["labelmap_surface", "tree_from_labelmap"]
 
 _FULL_26 = np.ones((3, 3, 3), dtype=bool)
-# 13 of the 26 neighbour offsets (k, j, i), so that each undirected edge is found once.
-_HALF_OFFSETS = np.array([o for o in itertools.product((-1, 0, 1), repeat=3) if o > (0, 0, 0)])
 _SMOOTH_PASSES = 6
 _TIP_TANGENT_MM = 2.0  # end tangents, tip radii and junction axes are fitted over this much centreline
 _SECOND_TREE_MIN_FRACTION = 0.1
@@ -334,22 +333,12 @@ def _skeleton_graph(box: np.ndarray, a_box: np.ndarray) -> tuple[_SkeletonGraph,
     """
     from skimage.morphology import skeletonize
 
-    kji = np.argwhere(skeletonize(box))
-    n = len(kji)
+    px = pixel_graph(skeletonize(box))
+    kji, n = px.coords, len(px.coords)
     if n < 2:
         return _SkeletonGraph(np.zeros((n, 3)), np.zeros((0, 2), dtype=np.int64)), kji, 0
-    lookup = np.full(box.shape, -1, dtype=np.int64)
-    lookup[tuple(kji.T)] = np.arange(n)
-    rows, cols, weights = [], [], []
-    for off in _HALF_OFFSETS:
-        other = lookup[tuple((kji + off).T)]  # the box is padded, so neighbours stay inside it
-        hit = other >= 0
-        rows.append(np.flatnonzero(hit))
-        cols.append(other[hit])
-        weights.append(np.full(int(hit.sum()), np.linalg.norm(a_box[:3, :3] @ off[::-1])))
-    graph = sparse.coo_matrix(
-        (np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
-    ).tocsr()
+    lengths = np.array([np.linalg.norm(a_box[:3, :3] @ off[::-1]) for off in px.offsets])  # RAS mm
+    graph = sparse.coo_matrix((lengths[px.offset], (px.pairs[:, 0], px.pairs[:, 1])), shape=(n, n)).tocsr()
     _, piece = csgraph.connected_components(graph, directed=False)
     keep = np.flatnonzero(piece == np.argmax(np.bincount(piece)))
     graph = graph[keep][:, keep]

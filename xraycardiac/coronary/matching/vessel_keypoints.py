@@ -52,6 +52,7 @@ from xraycardiac.coronary.matching.baselines import (
     check_projections,
     filter_matches,
 )
+from xraycardiac.geometry.skeleton_graph import PixelGraph, pixel_graph
 
 __all__ = [
     "THRESHOLDS",
@@ -188,15 +189,12 @@ def _segment(vesselness: np.ndarray, config: VesselKeypointConfig) -> np.ndarray
     return sizes[labels] >= config.min_object_px
 
 
-def _neighbours(skeleton: np.ndarray) -> np.ndarray:
-    """(rows, cols) int: number of 8-neighbours on the skeleton (0 off it)."""
-    s = skeleton.astype(np.int32)
-    return np.where(skeleton, ndi.convolve(s, _EIGHT.astype(np.int32), mode="constant") - 1, 0)
-
-
-def _split(skeleton: np.ndarray, cluster_px: float) -> tuple[np.ndarray, int, np.ndarray, int]:
-    """Junction clusters and branches: (cluster labels, count, branch labels, count), 8-connected."""
-    junction = skeleton & (_neighbours(skeleton) >= 3)
+def _split(
+    skeleton: np.ndarray, px: PixelGraph, cluster_px: float
+) -> tuple[np.ndarray, int, np.ndarray, int]:
+    """Junction clusters and branches of a skeleton (``px``: its pixel graph): (cluster labels, count,
+    branch labels, count), 8-connected."""
+    junction = px.degree_image(skeleton.shape) >= 3
     # junction pixels within cluster_px of each other touch once each is dilated by cluster_px / 2
     r = max(1, int(np.ceil(cluster_px / 2)))
     grown = ndi.binary_dilation(junction, structure=_EIGHT, iterations=r)
@@ -206,21 +204,15 @@ def _split(skeleton: np.ndarray, cluster_px: float) -> tuple[np.ndarray, int, np
     return clusters, n_clusters, branches, n_branches
 
 
-def _touching(clusters: np.ndarray, branches: np.ndarray, n_branches: int) -> list[set[int]]:
+def _touching(px: PixelGraph, clusters: np.ndarray, branches: np.ndarray, n_branches: int) -> list[set[int]]:
     """For each branch label 1..n, the junction cluster labels 8-adjacent to it."""
     out: list[set[int]] = [set() for _ in range(n_branches + 1)]
-    rows, cols = clusters.shape
-    for dr in (-1, 0, 1):
-        for dc in (-1, 0, 1):
-            if dr == dc == 0:
-                continue
-            shifted = np.zeros_like(clusters)
-            shifted[max(dr, 0) : rows + min(dr, 0), max(dc, 0) : cols + min(dc, 0)] = clusters[
-                max(-dr, 0) : rows + min(-dr, 0), max(-dc, 0) : cols + min(-dc, 0)
-            ]
-            ok = (branches > 0) & (shifted > 0)
-            for b, c in zip(branches[ok], shifted[ok], strict=True):
-                out[b].add(int(c))
+    at = tuple(px.coords.T)
+    branch_of, cluster_of = branches[at], clusters[at]
+    for p, q in (px.pairs.T, px.pairs.T[::-1]):
+        ok = (branch_of[p] > 0) & (cluster_of[q] > 0)
+        for b, c in zip(branch_of[p][ok], cluster_of[q][ok], strict=True):
+            out[b].add(int(c))
     return out
 
 
@@ -228,11 +220,14 @@ def _prune(skeleton: np.ndarray, config: VesselKeypointConfig, rounds: int = 3) 
     """Cut spurs: branches with a free end that touch a junction and are shorter than ``prune_px``."""
     sk = skeleton.copy()
     for _ in range(rounds):
-        clusters, _, branches, n_branches = _split(sk, config.cluster_px)
+        px = pixel_graph(sk)
+        clusters, _, branches, n_branches = _split(sk, px, config.cluster_px)
         if n_branches == 0 or not clusters.any():
             break
-        touch = _touching(clusters, branches, n_branches)
-        ends = np.bincount(branches[(_neighbours(sk) == 1) & (branches > 0)], minlength=n_branches + 1)
+        touch = _touching(px, clusters, branches, n_branches)
+        ends = np.bincount(
+            branches[(px.degree_image(sk.shape) == 1) & (branches > 0)], minlength=n_branches + 1
+        )
         # pixel count: a lower bound on the arc length
         length = np.bincount(branches.ravel(), minlength=n_branches + 1)
         spur = np.zeros(n_branches + 1, dtype=bool)
@@ -245,33 +240,16 @@ def _prune(skeleton: np.ndarray, config: VesselKeypointConfig, rounds: int = 3) 
     return skeletonize(sk)  # re-thin where cutting left a corner
 
 
-def _pixel_graph(mask: np.ndarray) -> tuple[np.ndarray, coo_matrix]:
-    """(P, 2) (row, col) of the mask's pixels and the (P, P) 8-neighbour graph with step lengths."""
-    rc = np.argwhere(mask)
-    index = np.full(mask.shape, -1, dtype=np.int64)
-    index[rc[:, 0], rc[:, 1]] = np.arange(len(rc))
-    rows, cols, weights = [], [], []
-    for dr, dc in ((0, 1), (1, -1), (1, 0), (1, 1)):  # each undirected edge once
-        r2, c2 = rc[:, 0] + dr, rc[:, 1] + dc
-        ok = (r2 >= 0) & (r2 < mask.shape[0]) & (c2 >= 0) & (c2 < mask.shape[1])
-        j = np.full(len(rc), -1, dtype=np.int64)
-        j[ok] = index[r2[ok], c2[ok]]
-        has = j >= 0
-        rows.append(np.flatnonzero(has))
-        cols.append(j[has])
-        weights.append(np.full(int(has.sum()), float(np.hypot(dr, dc))))
-    r, c, w = np.concatenate(rows), np.concatenate(cols), np.concatenate(weights)
-    return rc, coo_matrix((w, (r, c)), shape=(len(rc), len(rc)))
-
-
 def _centreline_samples(branches: np.ndarray, spacing_px: float) -> np.ndarray:
     """(S, 2) (row, col) pixels every ``spacing_px`` of arc length along each labelled branch."""
     mask = branches > 0
     if not mask.any():
         return np.zeros((0, 2), dtype=np.int64)
-    rc, graph = _pixel_graph(mask)
+    px = pixel_graph(mask)
+    rc, degree = px.coords, px.degree
+    lengths = np.array([float(np.hypot(*off)) for off in px.offsets])  # 8-neighbour steps, pixels
+    graph = coo_matrix((lengths[px.offset], (px.pairs[:, 0], px.pairs[:, 1])), shape=(len(rc), len(rc)))
     label = branches[rc[:, 0], rc[:, 1]]
-    degree = _neighbours(mask)[rc[:, 0], rc[:, 1]]
     starts = []
     for b in np.unique(label):
         members = np.flatnonzero(label == b)
@@ -313,8 +291,9 @@ def detect_vessel_keypoints(image: np.ndarray, config: VesselKeypointConfig | No
     mask = _segment(vessel, config)
     skeleton = _prune(skeletonize(mask), config)
 
-    clusters, n_clusters, branches, n_branches = _split(skeleton, config.cluster_px)
-    touch = _touching(clusters, branches, n_branches)
+    px = pixel_graph(skeleton)
+    clusters, n_clusters, branches, n_branches = _split(skeleton, px, config.cluster_px)
+    touch = _touching(px, clusters, branches, n_branches)
     degree = np.zeros(n_clusters + 1, dtype=np.int64)
     for t in touch[1:]:
         for c in t:
@@ -325,7 +304,7 @@ def detect_vessel_keypoints(image: np.ndarray, config: VesselKeypointConfig | No
     # a junction cluster joining fewer than 3 branches is a skeleton corner: its pixels are centreline
     fake = np.isin(clusters, np.flatnonzero(degree < 3)) & (clusters > 0)
     branches, _ = ndi.label((branches > 0) | fake, structure=_EIGHT)
-    end_rc = np.argwhere(_neighbours(skeleton) == 1).astype(np.float64)
+    end_rc = np.argwhere(px.degree_image(skeleton.shape) == 1).astype(np.float64)
     line_rc = _centreline_samples(branches, config.spacing_px).astype(np.float64)
 
     rc = np.concatenate([bif_rc, end_rc, line_rc]).reshape(-1, 2)

@@ -17,6 +17,7 @@ import scipy.ndimage as ndi
 
 from xraycardiac.coronary.recon.calibration import CalibrationConfig, triangulate_matches
 from xraycardiac.geometry import CArmGeometry, fundamental_matrix, triangulate
+from xraycardiac.geometry.skeleton_graph import merge_degree_two, skeleton_graph
 
 __all__ = [
     "CentrelineGraph2D",
@@ -31,8 +32,6 @@ __all__ = [
     "smooth_runs",
 ]
 
-_EIGHT = np.ones((3, 3), dtype=bool)
-_OFFSETS = np.array([(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc])
 _POSITIVE = ("prune_px", "smooth_sigma_px", "sample_step_px", "seed_radius_px", "seed_cap_mm",
              "reprojection_tol_px", "join_mm", "start_cost_mm")  # fmt: skip
 _NON_NEGATIVE = ("skip_cost_mm", "radius_weight", "seed_weight", "max_step_mm", "length_weight")
@@ -176,63 +175,6 @@ def as_mask(data: np.ndarray, name: str) -> np.ndarray:
     return mask
 
 
-def _trace(skeleton: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, list[int]]], np.ndarray]:
-    """Nodes (K, 2) (row, col), edges (a, b, chain pixel ids) and (P, 2) pixel coordinates of a skeleton."""
-    rc = np.argwhere(skeleton)
-    index = np.full((skeleton.shape[0] + 2, skeleton.shape[1] + 2), -1, dtype=np.int64)
-    index[rc[:, 0] + 1, rc[:, 1] + 1] = np.arange(len(rc))
-    nbrs = index[rc[:, 0, None] + 1 + _OFFSETS[None, :, 0], rc[:, 1, None] + 1 + _OFFSETS[None, :, 1]]
-    deg = (nbrs >= 0).sum(axis=1)
-    is_node = deg != 2
-    node_img = np.zeros(skeleton.shape, dtype=bool)
-    node_img[rc[is_node, 0], rc[is_node, 1]] = True
-    labels, n_nodes = ndi.label(node_img, structure=_EIGHT)
-    node_of = np.where(is_node, labels[rc[:, 0], rc[:, 1]] - 1, -1)
-    centres = np.asarray(ndi.center_of_mass(node_img, labels, np.arange(1, n_nodes + 1))).reshape(-1, 2)
-    visited = np.zeros(len(rc), dtype=bool)
-    edges = []
-    for p in np.flatnonzero(is_node):
-        for q in nbrs[p][nbrs[p] >= 0]:
-            if is_node[q] or visited[q]:
-                continue
-            prev, cur, chain = p, int(q), [int(q)]
-            visited[cur] = True
-            while True:
-                nxt = [int(n) for n in nbrs[cur] if n >= 0 and n != prev and n not in chain[-3:]]
-                if not nxt:  # dead end (cannot happen for degree-2 pixels; kept safe)
-                    break
-                nxt_node = [n for n in nxt if is_node[n]]
-                if nxt_node:
-                    edges.append((int(node_of[p]), int(node_of[nxt_node[0]]), chain))
-                    break
-                if visited[nxt[0]]:
-                    break
-                prev, cur = cur, nxt[0]
-                visited[cur] = True
-                chain.append(cur)
-    return centres, edges, rc
-
-
-def _merge_degree_two(edges: list[list[int]], paths: list[np.ndarray]) -> bool:
-    """Join, in place, the two edges of every node that has exactly two (a skeleton corner); True if any."""
-    merged = False
-    while True:
-        ends = [n for e in edges if e[0] != e[1] for n in e]
-        two = [n for n in set(ends) if ends.count(n) == 2 and sum(n in e for e in edges) == 2]
-        if not two:
-            return merged
-        n = two[0]
-        i, j = [k for k, e in enumerate(edges) if n in e]
-        pi = paths[i] if edges[i][1] == n else paths[i][::-1]
-        pj = paths[j] if edges[j][0] == n else paths[j][::-1]
-        a, b = sum(edges[i]) - n, sum(edges[j]) - n
-        for k in sorted((i, j), reverse=True):
-            del edges[k], paths[k]
-        edges.append([a, b])
-        paths.append(np.vstack([pi, pj[1:]]))
-        merged = True
-
-
 def centreline_graph_2d(
     mask: np.ndarray, prune_px: float = 6.0, smooth_sigma_px: float = 1.5
 ) -> CentrelineGraph2D:
@@ -247,10 +189,14 @@ def centreline_graph_2d(
 
     mask = as_mask(mask, "mask")
     skeleton = skeletonize(mask)
-    centres, raw, rc = _trace(skeleton)
-    nodes = [c[::-1].astype(np.float64) for c in centres]
-    paths = [np.vstack([nodes[a], rc[chain][:, ::-1], nodes[b]]).astype(np.float64) for a, b, chain in raw]
-    edges = [[a, b] for a, b, _ in raw]
+    traced = skeleton_graph(skeleton)
+    rc = traced.pixels.coords
+    nodes = [c[::-1].astype(np.float64) for c in traced.nodes]
+    paths = [
+        np.vstack([nodes[a], rc[chain][:, ::-1], nodes[b]]).astype(np.float64)
+        for (a, b), chain in zip(traced.edges.tolist(), traced.paths, strict=True)
+    ]
+    edges = [[a, b] for a, b in traced.edges.tolist()]
     for _ in range(4):  # cut short spurs and specks, then merge away the nodes left with two edges
         deg = np.bincount(np.asarray(edges, dtype=np.int64).ravel(), minlength=len(nodes))
         cut = [
@@ -259,7 +205,7 @@ def centreline_graph_2d(
         ]
         edges = [e for e, c in zip(edges, cut, strict=True) if not c]
         paths = [p for p, c in zip(paths, cut, strict=True) if not c]
-        merged = _merge_degree_two(edges, paths)
+        merged = merge_degree_two(edges, paths)
         if not (any(cut) or merged):
             break
     used = sorted({n for e in edges for n in e})
