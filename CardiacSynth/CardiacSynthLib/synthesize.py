@@ -50,8 +50,7 @@ from typing import Any
 import numpy as np
 import slicer
 import vtk
-from XRayCardiacCommonLib.jobs import JobRun, JobStatus
-from XRayCardiacCommonLib.jobs_logic import JobLogic
+from XRayCardiacCommonLib.jobs import JobLogic, JobRun, JobStatus
 from XRayCardiacCommonLib.mrml_io import (
     describe_node,
     node_from_volume,
@@ -401,11 +400,10 @@ class CardiacSynthLogic(JobLogic[CardiacSynthRun, dict[str, Any]]):
             if not _is_int(phantom_seed) or phantom_seed < 0:
                 raise ValueError(f"phantom_seed: expected an integer >= 0, got {phantom_seed!r}")
             params["phantom_seed"] = int(phantom_seed)
-            return CardiacSynthRun.start(
+            return self.start_job(
                 PIPELINE,
-                {},
                 params,
-                python=self.python,
+                run_type=CardiacSynthRun,
                 params=params,
                 template=f"phantom_seed{int(phantom_seed)}",
                 export_dir=target,
@@ -435,11 +433,11 @@ class CardiacSynthLogic(JobLogic[CardiacSynthRun, dict[str, Any]]):
                 f"{LABELS_PARAM}: expected a segmentation node or a label map volume node, got "
                 f"{describe_node(labels_node)}"
             )
-        return CardiacSynthRun.start_from_nodes(
+        return self.start_job(
             PIPELINE,
-            {"template_image": image, "template_labels": labels},
             params,
-            python=self.python,
+            input_nodes={"template_image": image, "template_labels": labels},
+            run_type=CardiacSynthRun,
             params=params,
             template=template_volume.GetName(),
             source={

@@ -36,8 +36,7 @@ from typing import Any
 
 import numpy as np
 import slicer
-from XRayCardiacCommonLib.jobs import JobRun, JobStatus
-from XRayCardiacCommonLib.jobs_logic import JobLogic
+from XRayCardiacCommonLib.jobs import JobLogic, JobRun, JobStatus
 from XRayCardiacCommonLib.mrml_io import (
     GEOMETRY_ATTRIBUTE,
     PROJECTION_MATRIX_ATTRIBUTE,
@@ -235,11 +234,10 @@ class SyntheticAngiogramsLogic(JobLogic[SyntheticRun, dict[str, Any]]):
             params["renderer_config"] = {"model": diffusion_model, "steps": DIFFUSION_STEPS}
         config_from_params(params)  # the job's own checks, now (an unknown diffusion model included)
         if labelmap_node is None:
-            return SyntheticRun.start(
+            return self.start_job(
                 PIPELINE,
-                {},
                 params,
-                python=self.python,
+                run_type=SyntheticRun,
                 params=params,
                 prefix=f"Synthetic angio seed {int(seed)}",
             )
@@ -266,11 +264,11 @@ class SyntheticAngiogramsLogic(JobLogic[SyntheticRun, dict[str, Any]]):
             )
         params["left_label"] = None if left_label is None else int(left_label)
         params["right_label"] = None if right_label is None else int(right_label)
-        return SyntheticRun.start_from_nodes(
+        return self.start_job(
             PIPELINE,
-            {"labelmap": volume},
             params,
-            python=self.python,
+            input_nodes={"labelmap": volume},
+            run_type=SyntheticRun,
             params={**params, "labelmap": labelmap_node.GetName()},
             prefix=f"Synthetic angio {labelmap_node.GetName()}",
             source={"LabelMapNode": labelmap_node.GetName(), "SourceNode": labelmap_node.GetID()},
