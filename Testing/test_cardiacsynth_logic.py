@@ -399,7 +399,7 @@ def test_a_failed_job_adds_no_node(tmp_path) -> None:
     logic = CardiacSynthLogic(scene)
     run = logic.start(image, labelmap, n=1, renderer="tcdm", model=str(tmp_path / "missing.pt"), device="cpu")
     work_dir = run.work_dir
-    status = run.wait(timeout_s=TIMEOUT_S)
+    status = logic.wait(run, timeout_s=TIMEOUT_S)
     assert status.state == "error" and "missing.pt" in status.message, status.message
     with pytest.raises(JobError, match="missing.pt"):
         logic.import_results(run)
@@ -413,7 +413,7 @@ def test_a_broken_output_adds_no_node() -> None:
     image, labelmap, _, _ = _small_template_nodes(scene)
     logic = CardiacSynthLogic(scene)
     run = logic.start(image, labelmap, n=2, device="cpu")
-    status = run.wait(timeout_s=TIMEOUT_S)
+    status = logic.wait(run, timeout_s=TIMEOUT_S)
     assert status.state == "done", status.message
     broken = Path(status.output_dir) / "imagesTr" / "case_00001_0000.nii.gz"
     broken.write_bytes(b"not a NIfTI file")

@@ -6,6 +6,8 @@
   hide a cycle) but not ``if TYPE_CHECKING:`` blocks nor package ``__init__`` re-exports.
 - No module imports another module's private (``_name``) names.
 - No source file of the library or the Slicer modules is longer than 700 lines (one idea per file).
+- The JSON value checks and conversions (``is_int``, ``is_number``, ``json_default``, ``json_safe``) are
+  defined once, in ``xraycardiac/jsonutil.py``: no module keeps a local copy, also not inside a function.
 """
 
 from __future__ import annotations
@@ -19,6 +21,18 @@ REPO = Path(__file__).resolve().parents[1]
 LIBRARY = REPO / "xraycardiac"
 SLICER_FOLDERS = ("XRayCardiacCommon", "XRayToCT", "XRayCoronaryRecon", "CardiacSynth")
 MAX_LINES = 700
+JSONUTIL = LIBRARY / "jsonutil.py"
+# Names under which a copy of a jsonutil helper was written (with or without a leading underscore).
+JSONUTIL_COPIES = {
+    "is_int",
+    "is_integer",
+    "is_number",
+    "is_num",
+    "finite",
+    "is_finite",
+    "json_default",
+    "json_safe",
+}
 
 
 def is_top_layer(rel: Path) -> bool:
@@ -145,6 +159,20 @@ def long_files(folders: list[Path], root: Path = REPO, limit: int = MAX_LINES) -
     return out
 
 
+def helper_copies(folders: list[Path], root: Path = REPO, home: Path = JSONUTIL) -> list[str]:
+    """``file:line name`` for each function (at any depth) named like a ``jsonutil`` helper outside ``home``."""
+    out = []
+    for folder in folders:
+        for path in sorted(folder.rglob("*.py")):
+            if path == home:
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    if node.name.lstrip("_") in JSONUTIL_COPIES:
+                        out.append(f"{path.relative_to(root).as_posix()}:{node.lineno} {node.name}")
+    return out
+
+
 def test_no_pipeline_or_ground_module_imports_jobs() -> None:
     assert upward_job_imports(LIBRARY) == []
 
@@ -191,3 +219,19 @@ def test_a_long_file_is_caught(tmp_path: Path) -> None:
     (tmp_path / "big.py").write_text("x = 1\n" * (MAX_LINES + 1), encoding="utf-8")
     (tmp_path / "small.py").write_text("x = 1\n" * MAX_LINES, encoding="utf-8")
     assert long_files([tmp_path], root=tmp_path) == [f"big.py ({MAX_LINES + 1} lines)"]
+
+
+def test_jsonutil_helpers_have_one_home() -> None:
+    assert helper_copies([LIBRARY, *(REPO / f for f in SLICER_FOLDERS), REPO / "benchmarks"]) == []
+
+
+def test_a_helper_copy_is_caught(tmp_path: Path) -> None:
+    (tmp_path / "jsonutil.py").write_text("def is_int(v):\n    return True\n", encoding="utf-8")
+    (tmp_path / "a.py").write_text(
+        "class C:\n    def check(self):\n        def finite(v):\n            return True\n", encoding="utf-8"
+    )
+    (tmp_path / "b.py").write_text("def _json_default(v):\n    return v\n", encoding="utf-8")
+    assert helper_copies([tmp_path], root=tmp_path, home=tmp_path / "jsonutil.py") == [
+        "a.py:3 finite",
+        "b.py:1 _json_default",
+    ]

@@ -214,3 +214,48 @@ def test_misnamed_lib_logic_is_caught(broken: Path) -> None:
     py = broken / "XRayToCT" / "XRayToCT.py"
     _replace(py, '"XRayToCTLib.simulate.SimulateRadiographsLogic"', '"XRayToCTLib.simulate.SimulationLogic"')
     assert any("is not a JobLogic class" in p for p in check_module_logic(broken / "XRayToCT"))
+
+
+# ------------------------------------------------------------------- three layers: widget, Lib logic, process
+
+# What acts on a job; only JobLogic may define it, a JobRun (sub)class is a record.
+RUN_CONTROL = {"start", "start_job", "start_from_nodes", "poll", "wait", "cancel", "cleanup", "result"}
+
+
+def check_job_layers(repo: Path) -> list[str]:
+    """A start goes widget -> Lib logic (``JobLogic``) -> ``JobProcess``: no class in between.
+
+    Every ``JobRun`` class (in ``jobs.py`` and each ``<Module>Lib/``) defines none of ``RUN_CONTROL``, and
+    the only Slicer-side code that calls ``JobProcess.start`` is ``JobLogic`` in ``jobs.py``.
+    """
+    problems = []
+    lib_files = [repo / "XRayCardiacCommon" / "XRayCardiacCommonLib" / "jobs.py"]
+    lib_files += sorted(p for m in PANEL_MODULES for p in (repo / m.name / f"{m.name}Lib").glob("*.py"))
+    for py in lib_files:
+        for cls in _classes(py).values():
+            bases = [ast.unparse(b) for b in cls.bases]
+            if cls.name == "JobRun" or any(b.endswith("JobRun") for b in bases):
+                control = sorted(set(_methods(cls)) & RUN_CONTROL)
+                if control:
+                    problems.append(f"{py.name}: {cls.name} (a JobRun) defines {control}: JobLogic's work")
+            elif cls.name != "JobLogic" and any(
+                isinstance(n, ast.Name) and n.id == "JobProcess" for n in ast.walk(cls)
+            ):
+                problems.append(f"{py.name}: {cls.name} uses JobProcess: only JobLogic starts a process")
+    return problems
+
+
+def test_a_job_passes_three_layers() -> None:
+    assert check_job_layers(REPO) == []
+
+
+def test_a_run_with_its_own_control_is_caught(tmp_path: Path) -> None:
+    for m in (*PANEL_MODULES, REPO / "XRayCardiacCommon"):
+        shutil.copytree(m, tmp_path / m.name, ignore=shutil.ignore_patterns("*.png", "__pycache__"))
+    _replace(
+        tmp_path / "XRayToCT" / "XRayToCTLib" / "simulate.py",
+        "    params: dict[str, Any] = field(default_factory=dict)\n",
+        "    params: dict[str, Any] = field(default_factory=dict)\n\n"
+        "    def poll(self) -> None:\n        self.process.poll()\n",
+    )
+    assert any("SimulationRun (a JobRun) defines ['poll']" in p for p in check_job_layers(tmp_path))

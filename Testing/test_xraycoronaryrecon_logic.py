@@ -183,7 +183,7 @@ def test_a_broken_output_adds_no_node() -> None:
     before = scene.GetNumberOfNodes()
     logic = SyntheticAngiogramsLogic(scene)
     run = logic.start(seed=SEED, pairs=1, image_size=64, device="cpu")
-    status = run.wait(timeout_s=240)
+    status = logic.wait(run, timeout_s=240)
     assert status.state == "done", (status.state, status.message)
     (ds.sample_path(status.output_dir, 0, 0) / "view2.png").unlink()
     with pytest.raises(FileNotFoundError, match="view2.png"):
@@ -200,7 +200,7 @@ def test_cancel_mid_run_adds_no_node() -> None:
     work_dir = run.work_dir
     deadline = time.monotonic() + 120
     try:
-        while "pair_" not in run.poll().stage:
+        while "pair_" not in logic.poll(run).stage:
             assert not run.status.finished, (run.status.state, run.status.message)
             assert time.monotonic() < deadline, "the job never started a pair"
             time.sleep(0.05)
@@ -211,7 +211,7 @@ def test_cancel_mid_run_adds_no_node() -> None:
         assert scene.GetNumberOfNodes() == before
         assert not work_dir.exists(), f"{work_dir} left behind"
     finally:
-        run.cleanup()
+        logic.cancel(run)
         if work_dir.exists():
             shutil.rmtree(work_dir, ignore_errors=True)
 

@@ -121,7 +121,7 @@ def test_generate_from_simulated_views(bundle, scene_views) -> None:
     assert scene.GetNumberOfNodes() == before, "start changed the scene"
     assert run.geometry == {"pa": GEOMETRY_FROM_NODE, "lateral": GEOMETRY_FROM_NODE}, run.geometry
     work_dir = run.work_dir
-    run.wait(timeout_s=240)
+    logic.wait(run, timeout_s=240)
     result = logic.import_results(run)
     took = time.perf_counter() - t0
     print(f"\ngenerate K=2, 3 steps, with reference: {took:.1f} s; {result.text}")
@@ -262,7 +262,7 @@ def test_failed_job_adds_nothing(bundle, scene_views, tmp_path: Path) -> None:
     logic = GenerateCTLogic(scene)
     run = logic.start(nodes["pa"], nodes["lateral"], model=str(broken), steps=2, samples=2, device="cpu")
     work_dir = run.work_dir
-    status = run.wait(timeout_s=240)
+    status = logic.wait(run, timeout_s=240)
     assert status.state == "error", (status.state, status.message)
     print(f"\nfailed job: {status.message}")
     with pytest.raises(JobError, match="sha256"):
@@ -277,7 +277,7 @@ def test_broken_output_adds_nothing(bundle, scene_views) -> None:
     before = scene.GetNumberOfNodes()
     logic = GenerateCTLogic(scene)
     run = logic.start(nodes["pa"], nodes["lateral"], model=str(bundle), steps=2, samples=2, device="cpu")
-    status = run.wait(timeout_s=240)
+    status = logic.wait(run, timeout_s=240)
     assert status.state == "done", (status.state, status.message)
     (Path(status.output_dir) / "uncertainty.nrrd").write_bytes(b"NRRD0004\nnot really\n")
     with pytest.raises(ValueError, match=r"uncertainty\.nrrd: unreadable"):

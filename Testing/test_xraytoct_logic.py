@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import slicer  # slicer-core, a test dependency: the real MRML scene
 import vtk
-from XRayCardiacCommonLib.jobs import JobCancelled, JobError, JobRun
+from XRayCardiacCommonLib.jobs import JobCancelled, JobError, JobLogic
 from XRayCardiacCommonLib.mrml_io import (
     GEOMETRY_ATTRIBUTE,
     PROJECTION_MATRIX_ATTRIBUTE,
@@ -152,9 +152,11 @@ def test_export_node_writes_world_geometry(tmp_path: Path) -> None:
 
 def test_job_handle_reports_progress_and_summary() -> None:
     updates = []
-    with JobRun.start("selftest", {}, {"n_files": 3, "delay_s": 0.01}) as job:
-        status = job.wait(timeout_s=60, on_update=lambda s: updates.append(s.progress))
-        work = job.work_dir
+    logic = JobLogic(None)
+    job = logic.start_job("selftest", {"n_files": 3, "delay_s": 0.01})
+    work = job.work_dir
+    try:
+        status = logic.wait(job, timeout_s=60, on_update=lambda s: updates.append(s.progress))
         assert status.state == "done", (status.state, status.message)
         assert status.summary["n_files"] == 3, status.summary
         assert sorted(p.name for p in Path(status.output_dir).glob("file_*.txt")) == [
@@ -163,17 +165,23 @@ def test_job_handle_reports_progress_and_summary() -> None:
             "file_002.txt",
         ]
         assert updates == sorted(updates) and updates[-1] == 1.0, updates
+    finally:
+        logic.cancel(job)
     assert not work.exists(), f"{work} left behind"
 
 
 def test_job_handle_failure_is_readable() -> None:
-    with JobRun.start("selftest", {}, {"n_files": 3, "delay_s": 0.0, "fail_at": 1}) as job:
-        status = job.wait(timeout_s=60)
+    logic = JobLogic(None)
+    job = logic.start_job("selftest", {"n_files": 3, "delay_s": 0.0, "fail_at": 1})
+    try:
+        status = logic.wait(job, timeout_s=60)
         assert status.state == "error"
         assert status.message.startswith("The selftest job failed: RuntimeError"), status.message
         assert not Path(job.output_dir).exists()
         with pytest.raises(JobError, match="RuntimeError"):
-            job.result()
+            logic.result(job)
+    finally:
+        logic.cancel(job)
 
 
 # ------------------------------------------------------------------------------------ XRayToCT views
@@ -282,7 +290,7 @@ def test_cancel_mid_run_adds_no_node(chest_scene) -> None:
     run = logic.start(ct_node, views, device="cpu", step_mm=0.5)
     work_dir = run.work_dir
     deadline = time.monotonic() + 120
-    while not run.poll().stage.startswith("rendering"):
+    while not logic.poll(run).stage.startswith("rendering"):
         assert not run.status.finished, (run.status.state, run.status.message)
         assert time.monotonic() < deadline, "the job never started rendering"
         time.sleep(0.05)

@@ -596,7 +596,7 @@ class XRayCardiacWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 onEnded(shown)
             self.updateGuiState()
 
-        progress.track(run.poll, lambda: logic.cancel(run), finished)
+        progress.track(lambda: logic.poll(run), lambda: logic.cancel(run), finished)
         self.updateGuiState()
 
 
@@ -614,11 +614,15 @@ class XRayCardiacCommonLogic(ScriptedLoadableModuleLogic):
         Raises:
             JobError: the job failed (the message says why).
         """
-        from XRayCardiacCommonLib.jobs import JobRun
+        from XRayCardiacCommonLib.jobs import JobLogic
 
-        with JobRun.start("selftest", {}, {"n_files": 2, "delay_s": 0.05}) as job:
-            job.wait(timeout_s=timeoutS)
-            return job.result().summary or {}
+        logic = JobLogic(None)
+        run = logic.start_job("selftest", {"n_files": 2, "delay_s": 0.05})
+        try:
+            logic.wait(run, timeout_s=timeoutS)
+            return logic.result(run).summary or {}
+        finally:
+            logic.cancel(run)
 
 
 class XRayCardiacCommonTest(ScriptedLoadableModuleTest):

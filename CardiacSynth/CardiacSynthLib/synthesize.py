@@ -50,8 +50,7 @@ from typing import Any
 import numpy as np
 import slicer
 import vtk
-from XRayCardiacCommonLib.jobs import JobRun, JobStatus
-from XRayCardiacCommonLib.jobs_logic import JobLogic
+from XRayCardiacCommonLib.jobs import JobLogic, JobRun, JobStatus
 from XRayCardiacCommonLib.mrml_io import (
     describe_node,
     node_from_volume,
@@ -72,6 +71,7 @@ from xraycardiac.cardiac.labels import LABEL_TABLE, label_by_name, label_info
 from xraycardiac.cardiac.mgm import MGMConfig
 from xraycardiac.cardiac.synth import CardiacSynthConfig
 from xraycardiac.io import read_volume
+from xraycardiac.jsonutil import is_int
 from xraycardiac.volume import Volume
 
 __all__ = ["NAME_PREFIX", "PIPELINE", "CardiacSynthLogic", "CardiacSynthRun", "export_dataset"]
@@ -84,10 +84,6 @@ GRID_ATOL_MM = 1e-3  # two grids are one when their IJK-to-RAS matrices agree to
 MAX_STEPS = 1000
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _TABLE_VALUES = frozenset(e.value for e in LABEL_TABLE)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 def _grid_text(volume: Volume) -> str:
@@ -107,12 +103,12 @@ def _job_params(
     n: Any, seed: Any, strength_mm: Any, renderer: Any, model: Any, steps: Any, device: Any
 ) -> dict[str, Any]:
     """The ``cardiac-synth`` job parameters, checked here and by the core's own config."""
-    if not _is_int(n) or not 1 <= n <= MAX_CASES:
+    if not is_int(n, numpy=True) or not 1 <= n <= MAX_CASES:
         raise ValueError(
             f"n: expected an integer from 1 to {MAX_CASES} cases, got {n!r} (larger sets: "
             "xraycardiac cardiac synth --n N --shard i/K)"
         )
-    if not _is_int(seed) or seed < 0:
+    if not is_int(seed, numpy=True) or seed < 0:
         raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
     if (
         not isinstance(strength_mm, int | float | np.number)
@@ -130,7 +126,7 @@ def _job_params(
             "model: renderer 'tcdm' needs a TCDM model: a name from 'xraycardiac models list', a run "
             "folder of 'xraycardiac train cardiac-tcdm' or a weights file"
         )
-    if not _is_int(steps) or not 1 <= steps <= MAX_STEPS:
+    if not is_int(steps, numpy=True) or not 1 <= steps <= MAX_STEPS:
         raise ValueError(f"steps: expected an integer from 1 to {MAX_STEPS} sampler steps, got {steps!r}")
     device_text = device.strip().lower() if isinstance(device, str) else device
     if not isinstance(device_text, str) or not _DEVICE.match(device_text):
@@ -398,14 +394,13 @@ class CardiacSynthLogic(JobLogic[CardiacSynthRun, dict[str, Any]]):
         target = _export_target(export_dir)
         labels_node = template_segmentation_or_labelmap
         if template_volume is None and labels_node is None:
-            if not _is_int(phantom_seed) or phantom_seed < 0:
+            if not is_int(phantom_seed, numpy=True) or phantom_seed < 0:
                 raise ValueError(f"phantom_seed: expected an integer >= 0, got {phantom_seed!r}")
             params["phantom_seed"] = int(phantom_seed)
-            return CardiacSynthRun.start(
+            return self.start_job(
                 PIPELINE,
-                {},
                 params,
-                python=self.python,
+                run_type=CardiacSynthRun,
                 params=params,
                 template=f"phantom_seed{int(phantom_seed)}",
                 export_dir=target,
@@ -435,11 +430,11 @@ class CardiacSynthLogic(JobLogic[CardiacSynthRun, dict[str, Any]]):
                 f"{LABELS_PARAM}: expected a segmentation node or a label map volume node, got "
                 f"{describe_node(labels_node)}"
             )
-        return CardiacSynthRun.start_from_nodes(
+        return self.start_job(
             PIPELINE,
-            {"template_image": image, "template_labels": labels},
             params,
-            python=self.python,
+            input_nodes={"template_image": image, "template_labels": labels},
+            run_type=CardiacSynthRun,
             params=params,
             template=template_volume.GetName(),
             source={

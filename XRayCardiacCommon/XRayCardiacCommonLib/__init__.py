@@ -17,7 +17,7 @@ _LAZY = {
     "JobStatus": "XRayCardiacCommonLib.jobs",
     "describe_error": "XRayCardiacCommonLib.jobs",
     "job_python": "XRayCardiacCommonLib.jobs",
-    "JobLogic": "XRayCardiacCommonLib.jobs_logic",
+    "JobLogic": "XRayCardiacCommonLib.jobs",
     "JobRun": "XRayCardiacCommonLib.jobs",
     "ATTRIBUTE_PREFIX": "XRayCardiacCommonLib.mrml_io",
     "GEOMETRY_ATTRIBUTE": "XRayCardiacCommonLib.mrml_io",

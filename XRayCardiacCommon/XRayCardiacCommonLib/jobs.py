@@ -1,19 +1,24 @@
-"""Run an ``xraycardiac`` job in a separate process on behalf of a Slicer module, without Qt.
+"""A module's Lib logic runs its ``xraycardiac`` job in a separate process, without Qt: ``JobLogic``.
 
 The core library runs every pipeline as ``python -m xraycardiac.jobs`` in a child process that
-reports JSON-line events (``xraycardiac.jobs.JobProcess``). This file adds what the Slicer
-modules need on top:
+reports JSON-line events (``xraycardiac.jobs.JobProcess``). A job therefore goes through three
+layers: the module widget (``XRayCardiacCommon.XRayCardiacWidget.runJob``) -> the module's Lib logic
+(a ``JobLogic`` subclass, e.g. ``SimulateRadiographsLogic``) -> ``JobProcess``. The Lib logic owns
+the run from start to clean-up:
 
+* ``start(...)`` (written by each module): check the scene nodes and parameters, then
+  ``start_job``: write the input nodes to NRRD (and geometry dicts to JSON) in a new temporary folder
+  and start the ``JobProcess``; it returns a ``JobRun``, the record of that job (a module subclasses
+  it with what importing its outputs needs, e.g. ``SimulationRun``). The scene is not changed.
+* ``poll`` (non-blocking, from a Qt timer) folds the job's events into a ``JobStatus`` (stage,
+  fraction done, ETA, final summary) and turns a failure into a message a user can act on;
+  ``wait`` / ``result`` are the blocking path of scripts and tests.
+* ``cancel`` stops the job and deletes the folder; ``import_results`` turns the finished job's
+  outputs into nodes (``_add_nodes``, written by each module inside ``mrml_io.removed_on_error`` so
+  that a failure adds no node) and deletes the folder whatever happens; ``wait_and_import`` is the
+  blocking path each module's ``run(...)`` takes.
 * ``job_python()`` chooses the interpreter: ``PythonSlicer`` inside Slicer (a plain ``python`` would
   not find Slicer's site-packages), ``sys.executable`` elsewhere (tests, a plain Python session).
-* ``JobRun`` is one started job: its ``JobProcess`` and private temporary folder. It folds the event
-  stream into a ``JobStatus`` (stage, fraction done, ETA, final summary), turns failures into a
-  message a user can act on, cancels, and deletes the folder when asked. A module's run (e.g.
-  ``SimulationRun``, which its ``JobLogic`` starts) subclasses it with what importing its outputs needs.
-* ``JobRun.start_from_nodes`` writes MRML volume nodes to NRRD files (and geometry dicts to JSON) in
-  that folder and starts the job.
-
-Nothing here blocks except ``JobRun.wait``; a Qt widget calls ``JobRun.poll`` from a timer.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from xraycardiac.io import write_volume
 from xraycardiac.jobs import JobCancelled, JobError, JobProcess, JobSpec
@@ -37,6 +42,7 @@ from XRayCardiacCommonLib.mrml_io import export_node
 __all__ = [
     "JobCancelled",
     "JobError",
+    "JobLogic",
     "JobRun",
     "JobStatus",
     "describe_error",
@@ -145,122 +151,25 @@ class JobStatus:
 
 
 RunT = TypeVar("RunT", bound="JobRun")
+ResultT = TypeVar("ResultT")
 
 
 @dataclass(eq=False)
 class JobRun:
-    """One started (or finished) job: its process and the temporary folder that holds its files.
+    """One started (or finished) job, as ``JobLogic`` keeps it: its process, its folder and its status.
 
-    Use ``start`` or ``start_from_nodes`` (on a module's subclass, with its own fields as keywords);
-    then ``poll`` (non-blocking) or ``wait``, and ``cleanup`` when the outputs have been read. Usable as
-    a context manager (cleans up on exit).
+    A record only: ``JobLogic`` starts, polls, cancels and deletes it. A module subclasses it with
+    what importing its outputs needs (e.g. ``SimulationRun``: the CT node's name and the views).
 
     Attributes:
         process: the job's child process.
-        work_dir: the temporary folder this run owns and ``cleanup`` deletes; None when it owns none.
-        status: the status as of the last ``poll``.
+        work_dir: the temporary folder ``JobLogic.cancel`` deletes; None once deleted.
+        status: the status as of the last ``JobLogic.poll``.
     """
 
     process: JobProcess
     work_dir: Path | None
     status: JobStatus = field(default_factory=JobStatus, init=False)
-
-    @classmethod
-    def start(
-        cls: type[RunT],
-        pipeline: str,
-        inputs: Mapping[str, str | os.PathLike[str]],
-        params: Mapping[str, Any],
-        /,
-        work_dir: str | os.PathLike[str] | None = None,
-        python: str | None = None,
-        **fields: Any,
-    ) -> RunT:
-        """Start ``pipeline`` on input files; its outputs appear in ``<work_dir>/output`` on success.
-
-        Args:
-            pipeline: registered pipeline name, e.g. ``"drr"``.
-            inputs: input name -> file path.
-            params: JSON-serialisable pipeline parameters.
-            work_dir: folder for the job's files; None makes a temporary folder that ``cleanup``
-                deletes (a given folder is left in place).
-            python: interpreter for the child process; ``job_python()`` when None.
-            fields: the subclass's own fields (what importing the outputs needs; a field may be
-                called ``params`` too: the arguments before it are positional-only).
-
-        Raises:
-            ValueError: bad pipeline name or parameters (from ``JobSpec``).
-            FileNotFoundError: an input file is missing.
-        """
-        owned = work_dir is None
-        folder = Path(tempfile.mkdtemp(prefix=f"xraycardiac-{pipeline}-")) if owned else Path(work_dir)
-        try:
-            spec = JobSpec(
-                pipeline=pipeline,
-                inputs={k: os.fspath(v) for k, v in inputs.items()},
-                params=dict(params),
-                output_dir=str(folder / "output"),
-            )
-            process = JobProcess.start(spec, python=python or job_python())
-        except BaseException:
-            if owned:
-                shutil.rmtree(folder, ignore_errors=True)
-            raise
-        return cls(process, folder if owned else None, **fields)
-
-    @classmethod
-    def start_from_nodes(
-        cls: type[RunT],
-        pipeline: str,
-        input_nodes: Mapping[str, Any],
-        params: Mapping[str, Any],
-        /,
-        python: str | None = None,
-        json_inputs: Mapping[str, Any] | None = None,
-        **fields: Any,
-    ) -> RunT:
-        """Write volume nodes to NRRD files in a new temporary folder and start ``pipeline`` on them.
-
-        Args:
-            pipeline: registered pipeline name, e.g. ``"drr"``.
-            input_nodes: job input name -> scalar volume node, or a ``Volume`` already read from one
-                (saves a second copy of the voxels); each is written in world RAS to
-                ``<tmp>/inputs/<name>.nrrd``.
-            params: JSON-serialisable pipeline parameters.
-            python: interpreter for the child process; ``job_python()`` when None.
-            json_inputs: job input name -> JSON-serialisable data (e.g. a C-arm geometry dict), each
-                written to ``<tmp>/inputs/<name>.json``.
-            fields: the subclass's own fields (what importing the outputs needs; a field may be
-                called ``params`` too: the arguments before it are positional-only).
-
-        Returns:
-            The running job; it owns the temporary folder: call ``cleanup()`` once its outputs are read.
-
-        Raises:
-            ValueError: an input node is not a usable scalar volume (the message names the input).
-        """
-        work_dir = Path(tempfile.mkdtemp(prefix=f"xraycardiac-{pipeline}-"))
-        try:
-            (work_dir / "inputs").mkdir()
-            paths = {}
-            for key, item in input_nodes.items():
-                path = work_dir / "inputs" / f"{key}.nrrd"
-                paths[key] = (
-                    write_volume(item, path)
-                    if isinstance(item, Volume)
-                    else export_node(item, path, name=key)
-                )
-            for key, data in (json_inputs or {}).items():
-                paths[key] = work_dir / "inputs" / f"{key}.json"
-                paths[key].write_text(json.dumps(data, indent=2), encoding="utf-8")
-            run = cls.start(pipeline, paths, params, work_dir=work_dir, python=python, **fields)
-        except BaseException:
-            shutil.rmtree(work_dir, ignore_errors=True)
-            raise
-        run.work_dir = work_dir
-        return run
-
-    # -------------------------------------------------------------------------------- state
 
     @property
     def pipeline(self) -> str:
@@ -272,64 +181,99 @@ class JobRun:
         """Where the outputs appear once the job is done."""
         return Path(self.process.spec.output_dir)
 
-    def poll(self) -> JobStatus:
+
+class JobLogic(Generic[RunT, ResultT]):
+    """Start jobs on a scene's nodes, follow them, and import their outputs as nodes (module docstring).
+
+    Args:
+        scene: the ``vtkMRMLScene`` holding the inputs and receiving the outputs (None for a job that
+            imports nothing, e.g. ``selftest``).
+        python: interpreter for the job process; None chooses ``job_python()``.
+    """
+
+    def __init__(self, scene: Any, python: str | None = None) -> None:
+        self.scene = scene
+        self.python = python
+
+    # ------------------------------------------------------------------------------ start
+
+    def start_job(
+        self,
+        pipeline: str,
+        params: Mapping[str, Any],
+        /,
+        input_nodes: Mapping[str, Any] | None = None,
+        json_inputs: Mapping[str, Any] | None = None,
+        run_type: type[RunT] = JobRun,  # type: ignore[assignment]
+        **fields: Any,
+    ) -> RunT:
+        """Write the inputs to a new temporary folder and start ``pipeline`` on them; returns at once.
+
+        Args:
+            pipeline: registered pipeline name, e.g. ``"drr"``.
+            params: JSON-serialisable pipeline parameters.
+            input_nodes: job input name -> scalar volume node, or a ``Volume`` already read from one
+                (saves a second copy of the voxels); each is written in world RAS to
+                ``<tmp>/inputs/<name>.nrrd``.
+            json_inputs: job input name -> JSON-serialisable data (e.g. a C-arm geometry dict), each
+                written to ``<tmp>/inputs/<name>.json``.
+            run_type: the ``JobRun`` (sub)class to return.
+            fields: ``run_type``'s own fields (what importing the outputs needs; a field may be called
+                ``params`` too: the arguments before it are positional-only).
+
+        Returns:
+            The running job; its outputs appear in ``<tmp>/output``. It owns the temporary folder:
+            ``import_results`` or ``cancel`` deletes it.
+
+        Raises:
+            ValueError: an input node is not a usable scalar volume (the message names the input), or
+                bad pipeline name or parameters (from ``JobSpec``).
+        """
+        work_dir = Path(tempfile.mkdtemp(prefix=f"xraycardiac-{pipeline}-"))
+        try:
+            paths: dict[str, Path] = {}
+            if input_nodes or json_inputs:
+                (work_dir / "inputs").mkdir()
+            for key, item in (input_nodes or {}).items():
+                path = work_dir / "inputs" / f"{key}.nrrd"
+                paths[key] = (
+                    write_volume(item, path)
+                    if isinstance(item, Volume)
+                    else export_node(item, path, name=key)
+                )
+            for key, data in (json_inputs or {}).items():
+                paths[key] = work_dir / "inputs" / f"{key}.json"
+                paths[key].write_text(json.dumps(data, indent=2), encoding="utf-8")
+            spec = JobSpec(
+                pipeline=pipeline,
+                inputs={k: os.fspath(v) for k, v in paths.items()},
+                params=dict(params),
+                output_dir=str(work_dir / "output"),
+            )
+            process = JobProcess.start(spec, python=self.python or job_python())
+        except BaseException:
+            shutil.rmtree(work_dir, ignore_errors=True)
+            raise
+        return run_type(process, work_dir, **fields)
+
+    # ----------------------------------------------------------------------------- follow
+
+    def poll(self, run: RunT) -> JobStatus:
         """Read the events the job sent since the last call and return the updated status (non-blocking)."""
-        s = self.status
+        s = run.status
         if s.finished:
             return s
-        for event in self.process.poll():
-            self._apply(event)
-        if not self.process.running:
-            for event in self.process.poll():  # anything that arrived while it was ending
-                self._apply(event)
-            self._conclude()
+        for event in run.process.poll():
+            _apply(s, event)
+        if not run.process.running:
+            for event in run.process.poll():  # anything that arrived while it was ending
+                _apply(s, event)
+            _conclude(run)
         return s
-
-    def _apply(self, event: Mapping[str, Any]) -> None:
-        s = self.status
-        kind = event.get("event")
-        if kind == "progress":
-            s.stage = str(event.get("stage") or s.stage)
-            value = event.get("progress")
-            if isinstance(value, (int, float)):
-                s.progress = min(1.0, max(s.progress, float(value)))
-            eta = event.get("eta_s")
-            s.eta_s = float(eta) if isinstance(eta, (int, float)) else None
-            s.message = s.stage
-        elif kind == "log":
-            s.log.append(str(event.get("message", "")))
-            del s.log[:-200]
-
-    def _conclude(self) -> None:
-        """Set the final state from the ended process."""
-        s = self.status
-        outcome = self.process.status
-        if outcome == "done":
-            s.summary = dict(self.process.summary or {})
-            s.output_dir = str(self.output_dir)
-            s.progress, s.eta_s = 1.0, 0.0
-            s.state, s.message = DONE, "Done"
-        elif outcome == "cancelled":
-            s.state, s.message = CANCELLED, "Cancelled"
-        else:
-            error = self.process.error
-            s.state, s.message = ERROR, describe_error(error, self.pipeline)
-            s.details = error.stderr_tail if error is not None else ""
-
-    # ------------------------------------------------------------------------------ control
-
-    def cancel(self) -> None:
-        """Stop the job and its process tree (blocks a few seconds at most); no output is kept."""
-        if self.status.finished:
-            return
-        self.process.cancel()
-        self.poll()
-        if self.status.state == DONE:
-            return  # it finished before the signal arrived; its outputs are complete
-        self.status.state, self.status.message = CANCELLED, "Cancelled"
 
     def wait(
         self,
+        run: RunT,
         timeout_s: float | None = None,
         on_update: Callable[[JobStatus], None] | None = None,
         poll_interval_s: float = 0.1,
@@ -337,53 +281,139 @@ class JobRun:
         """Block until the job finishes, calling ``on_update`` after every poll.
 
         Args:
-            timeout_s: give up after this many seconds: the job is cancelled and TimeoutError raised.
+            run: what ``start_job`` returned.
+            timeout_s: give up after this many seconds: the job is stopped and TimeoutError raised.
             on_update: called with the status after each poll (e.g. to print progress).
             poll_interval_s: seconds between polls.
 
         Raises:
-            TimeoutError: the job did not finish within ``timeout_s`` (it has been cancelled).
+            TimeoutError: the job did not finish within ``timeout_s`` (it has been stopped).
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            status = self.poll()
+            status = self.poll(run)
             if on_update is not None:
                 on_update(status)
             if status.finished:
                 return status
             if deadline is not None and time.monotonic() > deadline:
-                self.cancel()
+                self._stop(run)
                 raise TimeoutError(
-                    f"The {self.pipeline} job did not finish within {timeout_s} s; it was cancelled."
+                    f"The {run.pipeline} job did not finish within {timeout_s} s; it was cancelled."
                 )
             time.sleep(poll_interval_s)
 
-    def result(self) -> JobStatus:
+    def result(self, run: RunT) -> JobStatus:
         """The final status of a successful job.
 
         Raises:
             JobError: the job failed (the message says why; ``stderr_tail`` has details) or still runs.
             JobCancelled: the job was cancelled.
         """
-        s = self.status
+        s = run.status
         if s.state == DONE:
             return s
         if s.state == CANCELLED:
-            raise JobCancelled(f"The {self.pipeline} job was cancelled.")
+            raise JobCancelled(f"The {run.pipeline} job was cancelled.")
         if s.state == RUNNING:
-            raise JobError(f"The {self.pipeline} job is still running.")
+            raise JobError(f"The {run.pipeline} job is still running.")
         raise JobError(s.message, stderr_tail=s.details)
 
-    def cleanup(self) -> None:
-        """Cancel the job if it still runs and delete its temporary folder (if this run owns one)."""
-        if not self.status.finished:
-            self.cancel()
-        if self.work_dir is not None:
-            shutil.rmtree(self.work_dir, ignore_errors=True)
-            self.work_dir = None
+    # ------------------------------------------------------------------------------- end
 
-    def __enter__(self: RunT) -> RunT:
-        return self
+    def cancel(self, run: RunT) -> None:
+        """Stop the job if it still runs and delete its temporary folder; the scene is not changed.
 
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
+        Also the clean-up of a finished run (``import_results`` calls it): nothing of the job is left.
+        """
+        if not run.status.finished:
+            self._stop(run)
+        if run.work_dir is not None:
+            shutil.rmtree(run.work_dir, ignore_errors=True)
+            run.work_dir = None
+
+    def _stop(self, run: RunT) -> None:
+        """Stop the job and its process tree (blocks a few seconds at most); its folder stays."""
+        if run.status.finished:
+            return
+        run.process.cancel()
+        self.poll(run)
+        if run.status.state == DONE:
+            return  # it finished before the signal arrived; its outputs are complete
+        run.status.state, run.status.message = CANCELLED, "Cancelled"
+
+    def import_results(self, run: RunT) -> ResultT:
+        """Add a finished job's nodes to the scene, then delete its files.
+
+        Returns:
+            What the module's ``_add_nodes`` returns (its docstring says what that is).
+
+        Raises:
+            JobError: the job failed (the message says why). JobCancelled: it was cancelled.
+            ValueError / FileNotFoundError: an output file is not what the job promises.
+            On any error no node is added.
+        """
+        try:
+            return self._add_nodes(run, self.result(run))
+        finally:
+            self.cancel(run)
+
+    def wait_and_import(
+        self,
+        run: RunT,
+        timeout_s: float | None = None,
+        on_update: Callable[[JobStatus], None] | None = None,
+    ) -> ResultT:
+        """Block until ``run``'s job ends, then ``import_results``; a failed or interrupted wait cancels it.
+
+        Args:
+            run: what ``start`` returned.
+            timeout_s: give up (and cancel) after this many seconds; None waits as long as it takes.
+            on_update: called with the status after each poll.
+
+        Raises:
+            everything ``import_results`` raises; TimeoutError after ``timeout_s``.
+        """
+        try:
+            self.wait(run, timeout_s=timeout_s, on_update=on_update)
+        except BaseException:
+            self.cancel(run)
+            raise
+        return self.import_results(run)
+
+    def _add_nodes(self, run: RunT, status: JobStatus) -> ResultT:
+        """The module's import of a done job's outputs (``status.output_dir``, ``status.summary``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not import job outputs")
+
+
+def _apply(s: JobStatus, event: Mapping[str, Any]) -> None:
+    """Fold one job event into ``s``."""
+    kind = event.get("event")
+    if kind == "progress":
+        s.stage = str(event.get("stage") or s.stage)
+        value = event.get("progress")
+        if isinstance(value, (int, float)):
+            s.progress = min(1.0, max(s.progress, float(value)))
+        eta = event.get("eta_s")
+        s.eta_s = float(eta) if isinstance(eta, (int, float)) else None
+        s.message = s.stage
+    elif kind == "log":
+        s.log.append(str(event.get("message", "")))
+        del s.log[:-200]
+
+
+def _conclude(run: JobRun) -> None:
+    """Set ``run.status``'s final state from the ended process."""
+    s, process = run.status, run.process
+    outcome = process.status
+    if outcome == "done":
+        s.summary = dict(process.summary or {})
+        s.output_dir = str(run.output_dir)
+        s.progress, s.eta_s = 1.0, 0.0
+        s.state, s.message = DONE, "Done"
+    elif outcome == "cancelled":
+        s.state, s.message = CANCELLED, "Cancelled"
+    else:
+        error = process.error
+        s.state, s.message = ERROR, describe_error(error, run.pipeline)
+        s.details = error.stderr_tail if error is not None else ""

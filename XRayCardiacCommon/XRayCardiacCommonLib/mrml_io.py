@@ -32,6 +32,7 @@ import vtk
 
 import xraycardiac
 from xraycardiac.io import write_volume
+from xraycardiac.jsonutil import json_default
 from xraycardiac.volume import Volume
 
 __all__ = [
@@ -147,17 +148,7 @@ def _storable_array(array: np.ndarray, name: str) -> np.ndarray:
 def _attribute_text(value: Any) -> str:
     if isinstance(value, str):
         return value
-    return json.dumps(value, sort_keys=True, allow_nan=False, default=_json_default)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    return json.dumps(value, sort_keys=True, allow_nan=False, default=json_default)
 
 
 def node_from_volume(

@@ -38,8 +38,7 @@ from typing import Any
 
 import numpy as np
 import vtk
-from XRayCardiacCommonLib.jobs import JobRun, JobStatus
-from XRayCardiacCommonLib.jobs_logic import JobLogic
+from XRayCardiacCommonLib.jobs import JobLogic, JobRun, JobStatus
 from XRayCardiacCommonLib.mrml_io import (
     ATTRIBUTE_PREFIX,
     GEOMETRY_ATTRIBUTE,
@@ -221,11 +220,11 @@ class ReconstructLogic(JobLogic[ReconstructRun, dict[str, Any]]):
         if foundation is not None:
             params["foundation"] = foundation
         nodes = {"volume1": volume_node1, "volume2": volume_node2, "mask1": mask_node1, "mask2": mask_node2}
-        return ReconstructRun.start_from_nodes(
+        return self.start_job(
             PIPELINE,
-            volumes,
             params,
-            python=self.python,
+            input_nodes=volumes,
+            run_type=ReconstructRun,
             json_inputs=geometries,
             params=params,
             nodes=nodes,

@@ -36,8 +36,7 @@ from typing import Any
 
 import numpy as np
 import slicer
-from XRayCardiacCommonLib.jobs import JobRun, JobStatus
-from XRayCardiacCommonLib.jobs_logic import JobLogic
+from XRayCardiacCommonLib.jobs import JobLogic, JobRun, JobStatus
 from XRayCardiacCommonLib.mrml_io import (
     GEOMETRY_ATTRIBUTE,
     PROJECTION_MATRIX_ATTRIBUTE,
@@ -54,6 +53,7 @@ from xraycardiac.anatomy.coronary_tree import CoronaryTree
 from xraycardiac.coronary.synth import dataset as ds
 from xraycardiac.geometry import CArmGeometry
 from xraycardiac.jobs.coronary_synth import config_from_params
+from xraycardiac.jsonutil import is_int
 from xraycardiac.volume import Volume
 from XRayCoronaryReconLib import (
     DEVICE_CHOICES,
@@ -68,10 +68,6 @@ __all__ = ["PIPELINE", "SyntheticAngiogramsLogic", "SyntheticRun", "labelmap_vol
 
 PIPELINE = "coronary-synth"
 _TREE_INDEX = 0  # one run = one tree (index 0, phantom seed = seed)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 def _segmentation_volume(scene: Any, node: Any, name: str) -> Volume:
@@ -206,13 +202,13 @@ class SyntheticAngiogramsLogic(JobLogic[SyntheticRun, dict[str, Any]]):
                 diffusion model: ``renderer_config.model``). FileNotFoundError: the diffusion
                 model's weights are missing.
         """
-        if not _is_int(seed) or seed < 0:
+        if not is_int(seed, numpy=True) or seed < 0:
             raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
-        if not _is_int(pairs) or not 1 <= pairs <= MAX_PAIRS:
+        if not is_int(pairs, numpy=True) or not 1 <= pairs <= MAX_PAIRS:
             raise ValueError(f"pairs: expected an integer from 1 to {MAX_PAIRS}, got {pairs!r}")
         if injection not in INJECTION_CHOICES:
             raise ValueError(f"injection: expected one of {list(INJECTION_CHOICES)}, got {injection!r}")
-        if image_size is not None and (not _is_int(image_size) or not 64 <= image_size <= 2048):
+        if image_size is not None and (not is_int(image_size, numpy=True) or not 64 <= image_size <= 2048):
             raise ValueError(
                 f"image_size: expected an integer from 64 to 2048 pixels or None, got {image_size!r}"
             )
@@ -235,17 +231,16 @@ class SyntheticAngiogramsLogic(JobLogic[SyntheticRun, dict[str, Any]]):
             params["renderer_config"] = {"model": diffusion_model, "steps": DIFFUSION_STEPS}
         config_from_params(params)  # the job's own checks, now (an unknown diffusion model included)
         if labelmap_node is None:
-            return SyntheticRun.start(
+            return self.start_job(
                 PIPELINE,
-                {},
                 params,
-                python=self.python,
+                run_type=SyntheticRun,
                 params=params,
                 prefix=f"Synthetic angio seed {int(seed)}",
             )
 
         for name, value in (("left_label", left_label), ("right_label", right_label)):
-            if value is not None and (not _is_int(value) or value < 1):
+            if value is not None and (not is_int(value, numpy=True) or value < 1):
                 raise ValueError(
                     f"{name}: expected an integer label >= 1 or None (no such tree), got {value!r}"
                 )
@@ -266,11 +261,11 @@ class SyntheticAngiogramsLogic(JobLogic[SyntheticRun, dict[str, Any]]):
             )
         params["left_label"] = None if left_label is None else int(left_label)
         params["right_label"] = None if right_label is None else int(right_label)
-        return SyntheticRun.start_from_nodes(
+        return self.start_job(
             PIPELINE,
-            {"labelmap": volume},
             params,
-            python=self.python,
+            input_nodes={"labelmap": volume},
+            run_type=SyntheticRun,
             params={**params, "labelmap": labelmap_node.GetName()},
             prefix=f"Synthetic angio {labelmap_node.GetName()}",
             source={"LabelMapNode": labelmap_node.GetName(), "SourceNode": labelmap_node.GetID()},

@@ -40,8 +40,7 @@ from typing import Any
 
 import numpy as np
 import vtk
-from XRayCardiacCommonLib.jobs import JobRun, JobStatus
-from XRayCardiacCommonLib.jobs_logic import JobLogic
+from XRayCardiacCommonLib.jobs import JobLogic, JobRun, JobStatus
 from XRayCardiacCommonLib.mrml_io import (
     GEOMETRY_ATTRIBUTE,
     node_from_volume,
@@ -365,11 +364,11 @@ class GenerateCTLogic(JobLogic[GenerateRun, GenerateResult]):
             v: GEOMETRY_FROM_NODE if f"geometry_{v}" in geometries else GEOMETRY_DEFAULT for v in views
         }
         sources = {"pa": pa_node, "lateral": lateral_node, "reference": reference_node}
-        return GenerateRun.start_from_nodes(
+        return self.start_job(
             PIPELINE,
-            volumes,
             params,
-            python=self.python,
+            input_nodes=volumes,
+            run_type=GenerateRun,
             json_inputs=geometries,
             params=params,
             model=resolved,

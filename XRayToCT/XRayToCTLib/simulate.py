@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from XRayCardiacCommonLib.jobs import JobRun, JobStatus
-from XRayCardiacCommonLib.jobs_logic import JobLogic
+from XRayCardiacCommonLib.jobs import JobLogic, JobRun, JobStatus
 from XRayCardiacCommonLib.mrml_io import (
     GEOMETRY_ATTRIBUTE,
     PROJECTION_MATRIX_ATTRIBUTE,
@@ -215,11 +214,11 @@ class SimulateRadiographsLogic(JobLogic[SimulationRun, list[Any]]):
         params: dict[str, Any] = {"views": views, "device": device.strip().lower()}
         if step_mm is not None:
             params["step_mm"] = float(step_mm)
-        return SimulationRun.start_from_nodes(
+        return self.start_job(
             PIPELINE,
-            {"ct": ct},
             params,
-            python=self.python,
+            input_nodes={"ct": ct},
+            run_type=SimulationRun,
             ct_name=ct_node.GetName(),
             ct_id=ct_node.GetID(),
             views=views,

@@ -44,7 +44,6 @@ is an importable package.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import warnings
 from collections.abc import Callable
@@ -58,6 +57,7 @@ from monai.networks.nets import DiffusionModelUNet
 
 from xraycardiac.cardiac.labels import FINE_LABELS
 from xraycardiac.diffusion import build_scheduler, sample
+from xraycardiac.jsonutil import is_int, is_number
 from xraycardiac.models.weights import (
     JsonConfig,
     WeightsFormat,
@@ -125,17 +125,11 @@ class TCDMConfig(JsonConfig):
         def fail(name: str, expected: str) -> None:
             raise ValueError(f"TCDMConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
 
-        def is_int(v: Any, lo: int = 1) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool) and v >= lo
-
-        def finite(v: Any) -> bool:
-            return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
         for name in ("channels", "attention_levels", "hu_window"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if not is_int(self.n_classes, 2):
             fail("n_classes", "an integer >= 2 (background + at least one structure)")
-        if not self.channels or not all(is_int(c) for c in self.channels):
+        if not self.channels or not all(is_int(c, 1) for c in self.channels):
             fail("channels", "a non-empty tuple of positive integers")
         att = self.attention_levels
         if len(att) != len(self.channels) and not any(att):  # "no attention" fits any number of levels
@@ -143,20 +137,20 @@ class TCDMConfig(JsonConfig):
             object.__setattr__(self, "attention_levels", att)
         if len(att) != len(self.channels) or not all(isinstance(a, bool) for a in att):
             fail("attention_levels", f"{len(self.channels)} booleans (one per level of channels)")
-        if not is_int(self.norm_num_groups) or any(c % self.norm_num_groups for c in self.channels):
+        if not is_int(self.norm_num_groups, 1) or any(c % self.norm_num_groups for c in self.channels):
             fail("norm_num_groups", f"an integer dividing every channel count {self.channels}")
         step = 2 ** (len(self.channels) - 1)
-        if not is_int(self.grid) or self.grid % step:
+        if not is_int(self.grid, 1) or self.grid % step:
             fail("grid", f"a positive multiple of {step} (2^(levels - 1))")
         ints = ("num_res_blocks", "num_head_channels", "num_train_timesteps", "deform_control_spacing_vox")
         for name in ints:
-            if not is_int(getattr(self, name)):
+            if not is_int(getattr(self, name), 1):
                 fail(name, "an integer >= 1")
         crop = self.train_crop_vox
         if not is_int(crop, 0) or (crop and (crop % step or not step <= crop <= self.grid)):
             fail("train_crop_vox", f"0 (whole cube) or a multiple of {step} in {step} .. grid {self.grid}")
         lo_hi = self.hu_window
-        if len(lo_hi) != 2 or not all(finite(v) for v in lo_hi) or not lo_hi[0] < lo_hi[1]:
+        if len(lo_hi) != 2 or not all(is_number(v) for v in lo_hi) or not lo_hi[0] < lo_hi[1]:
             fail("hu_window", "(low, high) finite HU with low < high")
         from monai.networks.schedulers import NoiseSchedules
 
@@ -167,7 +161,7 @@ class TCDMConfig(JsonConfig):
         if not isinstance(self.use_template, bool):
             fail("use_template", "true or false")
         for name in ("consistency_weight", "deform_strength_vox"):
-            if not (finite(getattr(self, name)) and getattr(self, name) >= 0):
+            if not (is_number(getattr(self, name)) and getattr(self, name) >= 0):
                 fail(name, "a finite number >= 0")
 
     @property

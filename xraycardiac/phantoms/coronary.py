@@ -66,6 +66,7 @@ import numpy as np
 from scipy.interpolate import CubicSpline
 
 from xraycardiac.anatomy.coronary_tree import CoronaryTree
+from xraycardiac.jsonutil import is_number
 from xraycardiac.phantoms.heart import HeartEllipsoid, tilted_axis
 
 __all__ = ["CoronaryPhantomConfig", "HeartEllipsoid", "make_coronary_tree"]
@@ -99,19 +100,13 @@ _TAPER_SHAPE = {"LAD": 2.0, "LCx": 2.0, "RCA": 4.0, "side": 1.0}
 # --------------------------------------------------------------------------------------------------
 
 
-def _is_number(v: Any) -> bool:
-    return (
-        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
-    )
-
-
 def _check_range(name: str, value: Any, lo_min: float, hi_max: float, integer: bool = False) -> None:
     """ValueError unless value is a (lo, hi) pair with lo_min <= lo <= hi <= hi_max (> 0 if lo_min > 0)."""
     kind = (int, np.integer) if integer else None
     ok = (
         isinstance(value, tuple)
         and len(value) == 2
-        and all(_is_number(v) and (kind is None or isinstance(v, kind)) for v in value)
+        and all(is_number(v, numpy=True) and (kind is None or isinstance(v, kind)) for v in value)
         and lo_min <= value[0] <= value[1] <= hi_max
     )
     if not ok:
@@ -192,7 +187,9 @@ class CoronaryPhantomConfig:
             raise fail("seed", "a non-negative integer")
         for name in ("heart_center_ras_mm", "heart_long_axis_ras", "heart_semi_axes_mm"):
             value = getattr(self, name)
-            if not (isinstance(value, tuple) and len(value) == 3 and all(_is_number(v) for v in value)):
+            if not (
+                isinstance(value, tuple) and len(value) == 3 and all(is_number(v, numpy=True) for v in value)
+            ):
                 raise fail(name, "three finite numbers")
         u = np.asarray(self.heart_long_axis_ras, dtype=np.float64)
         norm = float(np.linalg.norm(u))
@@ -208,7 +205,7 @@ class CoronaryPhantomConfig:
             ("murray_exponent", 2.0, 4.0),
         ):
             value = getattr(self, name)
-            if not (_is_number(value) and lo <= value <= hi and (name != "step_mm" or value > 0)):
+            if not (is_number(value, numpy=True) and lo <= value <= hi and (name != "step_mm" or value > 0)):
                 raise fail(name, f"a number in [{lo}, {hi}]")
         for name in (
             "lm_length_mm",

@@ -44,7 +44,6 @@ Weights file: ``{"format": "xraycardiac.x2ct_ldm", "config": {...}, "state_dict"
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,6 +56,7 @@ from torch import nn
 
 from xraycardiac import diffusion
 from xraycardiac.diffusion import guided_prediction
+from xraycardiac.jsonutil import is_int, is_number
 from xraycardiac.models.weights import JsonConfig, WeightsFormat, load_model_file, write_weights_file
 from xraycardiac.xray2ct.encoder import XRayEncoder, check_views
 
@@ -84,14 +84,6 @@ _FILE = WeightsFormat(LDM_FORMAT, "an X2CT latent diffusion model")
 SAMPLERS = ("ddim", "rflow")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 _BETA_SCHEDULES = ("linear_beta", "scaled_linear_beta", "sigmoid_beta")
-
-
-def _is_int(v: Any, lo: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass(frozen=True)
@@ -154,7 +146,7 @@ class X2CTLDMConfig(JsonConfig):
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         if not (
-            isinstance(self.channels, tuple) and self.channels and all(_is_int(c, 1) for c in self.channels)
+            isinstance(self.channels, tuple) and self.channels and all(is_int(c, 1) for c in self.channels)
         ):
             fail("channels", "a non-empty tuple of positive integers")
         if not (
@@ -163,18 +155,20 @@ class X2CTLDMConfig(JsonConfig):
             and all(isinstance(a, bool) for a in self.attention_levels)
         ):
             fail("attention_levels", f"{len(self.channels)} booleans (one per level of channels)")
-        if not _is_int(self.norm_num_groups, 1) or any(c % self.norm_num_groups for c in self.channels):
+        if not is_int(self.norm_num_groups, 1) or any(c % self.norm_num_groups for c in self.channels):
             fail("norm_num_groups", f"an integer dividing every channel count {self.channels}")
         for name in ("latent_channels", "cond_channels", "num_res_blocks", "num_head_channels",
                      "num_train_timesteps", "embedding_dim"):  # fmt: skip
-            if not _is_int(getattr(self, name), 1):
+            if not is_int(getattr(self, name), 1):
                 fail(name, "an integer >= 1")
         from monai.networks.schedulers import NoiseSchedules
 
         if self.schedule not in NoiseSchedules:
             fail("schedule", f"one of {sorted(NoiseSchedules)}")
         if not (
-            _is_num(self.beta_start) and _is_num(self.beta_end) and 0 < self.beta_start < self.beta_end < 1
+            is_number(self.beta_start)
+            and is_number(self.beta_end)
+            and 0 < self.beta_start < self.beta_end < 1
         ):
             fail("beta_end", f"0 < beta_start ({self.beta_start}) < beta_end < 1")
         if self.prediction_type not in PREDICTION_TYPES:
@@ -183,18 +177,18 @@ class X2CTLDMConfig(JsonConfig):
             fail("sampler", f"one of {SAMPLERS}")
         if self.sampler == "rflow" and self.prediction_type != "v_prediction":
             fail("prediction_type", "'v_prediction' (the velocity z0 - noise) for sampler 'rflow'")
-        if not (_is_int(self.inference_steps, 1) and self.inference_steps <= self.num_train_timesteps):
+        if not (is_int(self.inference_steps, 1) and self.inference_steps <= self.num_train_timesteps):
             fail("inference_steps", f"an integer in 1..{self.num_train_timesteps} (num_train_timesteps)")
         if not isinstance(self.global_embedding, bool):
             fail("global_embedding", "True or False")
         if self.n_views not in (1, 2) or isinstance(self.n_views, bool):
             fail("n_views", "1 (PA) or 2 (PA + lateral)")
         ec = self.embed_channels
-        if not (isinstance(ec, tuple) and ec and all(_is_int(c, 1) for c in ec)):
+        if not (isinstance(ec, tuple) and ec and all(is_int(c, 1) for c in ec)):
             fail("embed_channels", "a non-empty tuple of positive integers")
-        if not (_is_num(self.cfg_drop_prob) and 0 <= self.cfg_drop_prob < 1):
+        if not (is_number(self.cfg_drop_prob) and 0 <= self.cfg_drop_prob < 1):
             fail("cfg_drop_prob", "a number in [0, 1)")
-        if not (_is_num(self.guidance_scale) and self.guidance_scale >= 0):
+        if not (is_number(self.guidance_scale) and self.guidance_scale >= 0):
             fail("guidance_scale", "a finite number >= 0")
         if not self.global_embedding and self.guidance_scale != 1:
             fail("guidance_scale", "1 when global_embedding is False (guidance needs the embedding)")
@@ -440,7 +434,7 @@ def sample_latents(
     """
     cfg = _config_of(unet)
     _check_pair(cfg, None, cond)
-    if not _is_int(n_samples, 1):
+    if not is_int(n_samples, 1):
         raise ValueError(f"n_samples: expected an integer >= 1, got {n_samples!r}")
     n = diffusion.check_steps(cfg.inference_steps if steps is None else steps, cfg.num_train_timesteps)
     s = cfg.guidance_scale if guidance_scale is None else float(guidance_scale)
@@ -516,13 +510,13 @@ def generate(
         ValueError: K < 2 with ``uncertainty``; encoder and LDM that do not fit each other; bad views.
     """
     cfg = unet.config
-    if not _is_int(n_samples, 1):
+    if not is_int(n_samples, 1):
         raise ValueError(f"n_samples: expected an integer >= 1, got {n_samples!r}")
     if uncertainty and n_samples < 2:
         raise ValueError(
             f"n_samples: the uncertainty (std over samples) needs n_samples >= 2, got {n_samples}"
         )
-    if not (_is_num(latent_scale) and latent_scale > 0):
+    if not (is_number(latent_scale) and latent_scale > 0):
         raise ValueError(f"latent_scale: expected a finite number > 0, got {latent_scale!r}")
     ec = encoder.config
     if ec.latent_channels != cfg.cond_channels or ec.latent_channels != cfg.latent_channels:

@@ -76,6 +76,7 @@ import numpy as np
 from scipy import ndimage
 
 from xraycardiac.geometry import CArmGeometry
+from xraycardiac.jsonutil import is_int
 from xraycardiac.projection import render_drr
 
 __all__ = [
@@ -212,9 +213,6 @@ class PhysicsRendererConfig:
                 raise ValueError(
                     f"PhysicsRendererConfig.{name}: expected {expected}, got {getattr(self, name)!r}"
                 )
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
 
         for name, lo, hi in _RANGE_FIELDS:
             object.__setattr__(self, name, _as_range(name, getattr(self, name), lo, hi))
