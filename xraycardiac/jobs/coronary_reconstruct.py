@@ -24,6 +24,13 @@ that a frame's geometry never depends on how a writer stored the detector plane.
 images may therefore differ in size: each has its own geometry. Masks: same size as their image,
 any value > 0 is vessel.
 
+Cine runs: ``image1`` / ``image2`` may each be a multi-frame DICOM XA run (any file with the DICOM
+preamble): the frame ``frame1`` / ``frame2`` is taken ("auto", the default: end-diastole, or R +
+``ecg_offset_ms`` ms, by :func:`xraycardiac.coronary.recon.phase.frame_from_run`: the ECG of the file
+when it has one, else the image-based phase; or a frame index), and its C-arm geometry comes from the
+header unless ``geometry1`` / ``geometry2`` is given. ``report.json`` then says which frame and why
+(``frames``).
+
 Job spec::
 
     {"pipeline": "coronary-reconstruct",
@@ -31,7 +38,8 @@ Job spec::
                 "geometry1": "view1.geometry.json", "geometry2": "view2.geometry.json",
                 "mask1": "mask1.nrrd", "mask2": "mask2.nrrd"},           # masks optional
      "params": {"method": "vessel+epipolar", "foundation": null, "refine_calibration": true,
-                "epipolar_tolerance_px": 3.0, "device": "auto"},
+                "epipolar_tolerance_px": 3.0, "device": "auto",
+                "frame1": "auto", "frame2": "auto", "ecg_offset_ms": 0.0},   # cine runs only
      "output_dir": "out/"}
 
 Outputs: ``matches.json`` (method, x1, x2 (M, 2) pixels, scores (M,)), ``geometry2_refined.json``
@@ -50,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from xraycardiac.jobs.inputs import read_geometry_input, read_view
+from xraycardiac.jobs.inputs import read_geometry_input, read_run_input, read_view
 from xraycardiac.jobs.registry import Progress, register
 from xraycardiac.jobs.spec import JobSpec
 from xraycardiac.outputs import write_json_atomic
@@ -59,7 +67,8 @@ __all__ = ["DEFAULT_METHOD", "OUTPUTS", "PARAMS", "PIPELINE", "run_coronary_reco
 
 PIPELINE = "coronary-reconstruct"
 DEFAULT_METHOD = "vessel+epipolar"
-PARAMS = ("method", "foundation", "refine_calibration", "epipolar_tolerance_px", "device")
+PARAMS = ("method", "foundation", "refine_calibration", "epipolar_tolerance_px", "device", "frame1", "frame2",
+          "ecg_offset_ms")  # fmt: skip
 OUTPUTS = {
     "matches": "matches.json",
     "geometry2_refined": "geometry2_refined.json",
@@ -116,7 +125,18 @@ def _params(spec: JobSpec) -> dict[str, Any]:
     tolerance = spec.param("epipolar_tolerance_px", 3.0, float)
     if not (math.isfinite(tolerance) and tolerance > 0):
         raise ValueError(f"params.epipolar_tolerance_px: expected pixels > 0, got {tolerance!r}")
+    from xraycardiac.coronary.recon.phase import parse_frame
+
+    offset = spec.param("ecg_offset_ms", 0.0, float)
+    if not math.isfinite(offset):
+        raise ValueError(f"params.ecg_offset_ms: expected a time in ms after the R peak, got {offset!r}")
+    frames = {
+        f"frame{v}": parse_frame(spec.param(f"frame{v}", "auto", (str, int)), f"params.frame{v}")
+        for v in (1, 2)
+    }
     return {
+        **frames,
+        "ecg_offset_ms": offset,
         "method": method,
         "foundation": foundation,
         "refine_calibration": spec.param("refine_calibration", True, bool),
@@ -140,9 +160,13 @@ def run_coronary_reconstruct(spec: JobSpec, work_dir: Path, progress: Progress) 
     params = _params(spec)
     method = params["method"]
     progress("reading inputs", 0.0)
-    images = [read_view(spec.input_path(f"image{v}"), f"image{v}") for v in (1, 2)]
+    runs = [
+        read_run_input(spec, f"image{v}", params[f"frame{v}"], params["ecg_offset_ms"], f"frame{v}")
+        for v in (1, 2)
+    ]
+    images = [run[0] for run in runs]
     for v in (1, 2):
-        if f"geometry{v}" not in spec.inputs:
+        if f"geometry{v}" not in spec.inputs and runs[v - 1][1] is None:
             why = (
                 f"method {method!r} filters matches by the epipolar lines of the known geometry"
                 if _uses_epipolar(method)
@@ -150,9 +174,14 @@ def run_coronary_reconstruct(spec: JobSpec, work_dir: Path, progress: Progress) 
             )
             raise ValueError(
                 f"inputs.geometry{v}: missing; {why}: give the C-arm geometry of image {v} "
-                "(a CArmGeometry JSON, e.g. read from its DICOM XA header)"
+                "(a CArmGeometry JSON, e.g. read from its DICOM XA header), or the DICOM XA run itself"
             )
-    g1, g2 = (read_geometry_input(spec, f"geometry{v}", images[v - 1].shape, f"image{v}") for v in (1, 2))
+    g1, g2 = (
+        read_geometry_input(spec, f"geometry{v}", images[v - 1].shape, f"image{v}")
+        if f"geometry{v}" in spec.inputs
+        else runs[v - 1][1]
+        for v in (1, 2)
+    )
     masks = [_vessel_mask(spec, v, unit_range(images[v - 1])) for v in (1, 2)]
     device = str(select_device(params["device"]))
     pair = reconstruct_pair(
@@ -203,6 +232,8 @@ def run_coronary_reconstruct(spec: JobSpec, work_dir: Path, progress: Progress) 
         },
         "outputs": dict(OUTPUTS),
     }
+    if any(run[2] for run in runs):  # a view given as a multi-frame run: which frame, and why
+        summary["frames"] = {f"view{v}": runs[v - 1][2] for v in (1, 2) if runs[v - 1][2]}
     _write_json(work_dir / OUTPUTS["report"], summary)
     progress("done", 1.0)
     return summary
