@@ -7,12 +7,14 @@ Two views of a moving heart only triangulate where both frames show the heart in
   frame nearest to R + ``ecg_offset_ms`` (0 = end-diastole, which the R wave marks; a positive offset
   walks into systole). Of these, the one in the best-opacified part of the run (largest vessel signal,
   :func:`vessel_signal`; ties by the distance to the run's middle).
-* **without one** (``method "image"``): end-diastole is where the vessel tree is most spread out (the
-  ventricles are largest, the arteries on their surface farthest from the heart's centre). Per frame,
-  the vessels' spatial spread (:func:`vessel_spread`: the radius of gyration of the darkest ``top_fraction``
-  of the black top-hat, so the contrast wash-in changes the pixel set little); the cycle length from
-  the autocorrelation of the detrended spread; the frame of largest spread among the well-opacified
-  frames (vessel signal >= ``opacified_fraction`` of the run's best).
+* **without one** (``method "image"``): end-diastole is where the ventricles are largest, so the
+  arteries on their surface are farthest apart. Per frame, the spread of the moving vessels
+  (:func:`vessel_spread`: radius of gyration of the black top-hat minus the run's temporal median);
+  the cycle length from its autocorrelation; in each cycle the onset of the systolic fall of the
+  spread (:func:`end_diastoles_from_spread`); of these, the one before the largest fall among the
+  well-opacified frames (vessel signal >= ``opacified_fraction`` of the run's best: the contrast
+  wash-in is left out). Measured on synthetic beating runs (``benchmarks/coronary_cine_phase.py``):
+  less exact than the ECG; see the benchmark README.
 * **by the user**: an integer ``frame`` is taken as it is (checked against the run's length).
 
 R-peak detector (Pan & Tompkins, IEEE TBME 1985, simplified): 5-15 Hz Butterworth band-pass (zero
@@ -39,6 +41,7 @@ __all__ = [
     "RunFrame",
     "cycle_length_frames",
     "detect_r_peaks",
+    "end_diastoles_from_spread",
     "frame_from_run",
     "parse_frame",
     "select_frame",
@@ -171,23 +174,31 @@ def vessel_signal(frames: np.ndarray, vessel_width_px: int | None = None) -> np.
 
 
 def vessel_spread(
-    frames: np.ndarray, vessel_width_px: int | None = None, top_fraction: float = 0.05
+    frames: np.ndarray, vessel_width_px: int | None = None, noise_sigmas: float = 3.0
 ) -> np.ndarray:
-    """(N,) radius of gyration (pixels) of each frame's vessel pixels (module docstring).
+    """(N,) radius of gyration (pixels) of each frame's moving vessels (module docstring).
+
+    Per frame the black top-hat (3 x 3 median filtered against quantum noise); the run's per-pixel
+    temporal median is subtracted (what does not move: bone and heart-border edges, catheter parts at
+    rest), and the residual above ``noise_sigmas`` robust standard deviations (MAD) weights the
+    pixels' squared distances to their weighted centroid. Scaling the tree about any point scales
+    this radius by the same factor, so it follows the ventricles' size.
 
     Args:
         frames: (N, rows, cols), vessels dark.
         vessel_width_px: top-hat size (pixels), wider than the widest vessel; None = ~4 % of the side.
-        top_fraction: share of pixels taken as vessel (the largest top-hat values), weighted by it.
+        noise_sigmas: threshold of the residual, in robust standard deviations.
     """
     unit = _unit(np.asarray(frames, dtype=np.float64))
     width = _width(unit.shape, vessel_width_px)
+    hats = np.stack([ndimage.median_filter(_tophat(frame, width), size=3) for frame in unit])
+    residual = hats - np.median(hats, axis=0)
     rows, cols = np.mgrid[0 : unit.shape[1], 0 : unit.shape[2]].astype(np.float64)
     out = []
-    for frame in unit:
-        hat = ndimage.median_filter(_tophat(frame, width), size=3)  # quantum noise is not a vessel
-        cut = np.quantile(hat, 1.0 - top_fraction)
-        w = np.clip(hat - cut, 0.0, None)
+    for x in residual:
+        centre = np.median(x)
+        sigma = 1.4826 * np.median(np.abs(x - centre))
+        w = np.clip(x - centre - noise_sigmas * sigma, 0.0, None)
         total = w.sum()
         if total <= 0:
             out.append(0.0)
@@ -195,6 +206,32 @@ def vessel_spread(
         cr, cc = (w * rows).sum() / total, (w * cols).sum() / total
         out.append(float(np.sqrt((w * ((rows - cr) ** 2 + (cols - cc) ** 2)).sum() / total)))
     return np.asarray(out)
+
+
+def end_diastoles_from_spread(spread: np.ndarray, period: float | None) -> list[tuple[float, int]]:
+    """(systolic drop, frame) of each cycle's end-diastole in a spread signal, strongest drop first.
+
+    End-diastole is where systolic contraction starts: each steepest fall of the (lightly smoothed,
+    sigma 0.04 cycle) spread, at least 0.6 cycle apart, and the largest spread in the 0.3 cycle
+    before it (the flat top of late diastole leaves the plain maximum to the noise).
+    """
+    s = np.asarray(spread, dtype=np.float64)
+    n = len(s)
+    cycle = period if period else n / 2.0
+    smooth = ndimage.gaussian_filter1d(s, 0.04 * cycle, mode="nearest")
+    fall = -np.diff(smooth)
+    steepest, _ = signal.find_peaks(
+        np.concatenate([[-np.inf], fall, [-np.inf]]), distance=max(1, int(0.6 * cycle))
+    )
+    found = []
+    for j in steepest - 1:
+        if fall[j] <= 0:
+            continue
+        lo = max(0, int(round(j - 0.3 * cycle)))
+        i = lo + int(np.argmax(smooth[lo : j + 1]))
+        drop = float(smooth[i] - smooth[i : min(n, i + int(0.5 * cycle) + 1)].min())
+        found.append((drop, i))
+    return sorted(found, reverse=True)
 
 
 def cycle_length_frames(values: np.ndarray, min_frames: float = 3.0) -> float | None:
@@ -208,7 +245,7 @@ def cycle_length_frames(values: np.ndarray, min_frames: float = 3.0) -> float | 
     denom = float((v * v).sum())
     if denom <= 0:
         return None
-    ac = np.array([(v[: n - k] * v[k:]).sum() / denom for k in range(n // 2 + 1)])
+    ac = np.array([(v[: n - k] * v[k:]).sum() / denom for k in range(2 * n // 3 + 1)])  # >= 1.5 cycles seen
     peaks, _ = signal.find_peaks(ac)
     peaks = peaks[(peaks >= min_frames) & (ac[peaks] > 0.1)]
     if len(peaks) == 0:
@@ -305,17 +342,11 @@ def select_frame(
     if n < 3:
         raise ValueError(f"frames: the image-based phase needs >= 3 frames, the run has {n}")
     spread = vessel_spread(frames, vessel_width_px)
-    period = cycle_length_frames(spread)
     ok = strength >= opacified_fraction * strength.max()
-    detrended = spread - ndimage.uniform_filter1d(
-        spread, size=max(3, round(period or n / 2)) | 1, mode="nearest"
-    )
-    distance = max(1, int(0.6 * period)) if period else 1
-    peaks, _ = signal.find_peaks(np.concatenate([[-np.inf], detrended, [-np.inf]]), distance=distance)
-    candidates = [int(p - 1) for p in peaks if ok[p - 1]]
-    inner = [c for c in candidates if 0 < c < n - 1]  # a run's first / last frame peaks only by being cut
-    candidates = inner or candidates or [int(np.argmax(np.where(ok, detrended, -np.inf)))]
-    chosen = max(candidates, key=lambda c: detrended[c])
+    period = cycle_length_frames(np.where(ok, spread, np.median(spread[ok])))
+    found = [(drop, i) for drop, i in end_diastoles_from_spread(spread, period) if ok[i] and i > 0]
+    candidates = sorted(i for _, i in found) or [int(np.argmax(np.where(ok, spread, -np.inf)))]
+    chosen = found[0][1] if found else candidates[0]
     rate = None
     if period and times is not None and n > 1:
         rate = 60000.0 / (period * _step(times))
@@ -323,7 +354,7 @@ def select_frame(
     return PhaseSelection(
         frame=int(chosen), method="image", candidates=candidates, heart_rate_bpm=rate,
         spread=spread.tolist(), signal=strength.tolist(),
-        reason=f"image: largest vessel spread (end-diastole) of {len(candidates)} cycle peak(s)"
+        reason=f"image: onset of the largest systolic fall of the vessel spread, of {len(candidates)} cycle(s)"
         + (f", period {period:.1f} frames" if period else ", no period found") + note,
     )  # fmt: skip
 
