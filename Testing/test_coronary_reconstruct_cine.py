@@ -57,6 +57,7 @@ def _run(files, tmp_path, name, inputs, **params):
     return run_job(spec), out
 
 
+@pytest.mark.slow
 def test_runs_with_ecg_give_the_end_diastole_frame_and_its_matches(cine_files, tmp_path):
     masks = {"mask1": "mask1", "mask2": "mask2", "geometry1": "geometry1", "geometry2": "geometry2"}
     summary, out = _run(

@@ -360,6 +360,11 @@ def _ecg_group(ecg: ECGWaveform) -> Dataset:
     return group
 
 
+def _ds(value: float) -> str:
+    """A Decimal String of at most 16 characters with as many digits as fit."""
+    return f"{value:.9g}"
+
+
 def write_xa_cine(
     path: str | os.PathLike[str],
     frames: np.ndarray,
@@ -414,11 +419,11 @@ def write_xa_cine(
     ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "XA", 1, 1
     ds.PatientName, ds.PatientID = "Synthetic^Cine", "SYNTH"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "SINGLE PLANE"]
-    ds.PositionerPrimaryAngle = f"{geometry.primary_angle_deg:.4f}"
-    ds.PositionerSecondaryAngle = f"{geometry.secondary_angle_deg:.4f}"
-    ds.DistanceSourceToDetector = f"{geometry.sid_mm:.4f}"
-    ds.DistanceSourceToPatient = f"{geometry.sod_mm:.4f}"
-    ds.ImagerPixelSpacing = [f"{s:.6f}" for s in geometry.pixel_spacing_mm]
+    ds.PositionerPrimaryAngle = _ds(geometry.primary_angle_deg)
+    ds.PositionerSecondaryAngle = _ds(geometry.secondary_angle_deg)
+    ds.DistanceSourceToDetector = _ds(geometry.sid_mm)
+    ds.DistanceSourceToPatient = _ds(geometry.sod_mm)
+    ds.ImagerPixelSpacing = [_ds(s) for s in geometry.pixel_spacing_mm]
     ds.NumberOfFrames = n
     if len(intervals) == 1:
         ds.FrameTime = f"{intervals[0]:.4f}"
