@@ -103,3 +103,25 @@ def test_bad_frames_are_refused_before_any_output(cine_files, tmp_path):
     with pytest.raises(ValueError, match=r"params.ecg_offset_ms"):
         _run(cine_files, tmp_path, "d", inputs, ecg_offset_ms=float("inf"))
     assert not any((tmp_path / n).exists() for n in "abcd")
+
+
+def test_cli_phase_and_reconstruct_on_runs(cine_files, tmp_path):
+    from typer.testing import CliRunner
+
+    from xraycardiac.cli import app
+
+    result = CliRunner().invoke(app, ["coronary", "phase", cine_files["run2"]])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["frame"] == ED[2] and record["method"] == "ecg" and record["frames"] == 7
+    result = CliRunner().invoke(app, ["coronary", "phase", cine_files["run2"], "--frame", "x"])
+    assert result.exit_code != 0 and "expected 'auto' or a frame index" in result.output
+    out = tmp_path / "cli"
+    args = ["coronary", "reconstruct", "--image1", cine_files["run1"], "--image2", cine_files["run2"],
+            "--mask1", cine_files["mask1"], "--mask2", cine_files["mask2"], "--frame2", "6", "--method", "vessel",
+            "--no-refine", "--device", "cpu", "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["frames"]["view1"]["frame"] == ED[1] and report["frames"]["view2"]["method"] == "user"
+    assert (out / "centreline.vtp").is_file()
