@@ -6,7 +6,8 @@ planes (projection matrix and C-arm geometry as node attributes), the ground-tru
 view as markups, and the tree's 3D centreline as a model. The tree is procedural (a seed) or comes
 from a coronary label map or segmentation node (exported to a label map by the Lib logic, with
 slicer-core's segmentations logic). "Reconstruct": two 2D X-ray volumes with their C-arm geometry
-(optional vessel masks) -> the core ``coronary-reconstruct`` job -> matched keypoints (two point lists
+(or cine runs: sequence nodes / multi-frame volumes, a frame per run, suggested at end-diastole by the
+Lib logic from the run's ECG or images; optional vessel masks) -> the core ``coronary-reconstruct`` job -> matched keypoints (two point lists
 and a table), view 2's refined geometry (node attributes), the 3D centreline (curves per branch) and
 a tube model. All computation is in the core library; nothing here does math.
 """
@@ -19,7 +20,12 @@ a tube model. All computation is in the core library; nothing here does math.
 from typing import Annotated, Any, Union
 
 import slicer
-from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import (
+    vtkMRMLLabelMapVolumeNode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+    vtkMRMLSequenceNode,
+)
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -82,7 +88,10 @@ class XRayCoronaryReconParameterNode:
     renderer: physics / diffusion (the diffusion model's own 128-pixel grid; imageSize is not used).
     imageSize: square detector size in pixels (the field of view stays ~150-200 mm).
     device: auto / cpu / cuda.
-    reconVolume1, reconVolume2: the two X-ray frames (2D volumes with ``XRayCardiac.Geometry``).
+    reconVolume1, reconVolume2: the two X-ray frames (2D volumes with ``XRayCardiac.Geometry``), or cine
+        runs (sequence nodes, e.g. from ``XRayCoronaryReconLib.cine.load_xa_cine``, or multi-frame volumes).
+    reconFrame1, reconFrame2: the frame of each run (-1 = "auto": the suggested end-diastole).
+    reconEcgOffsetMs: the wanted phase after the R peak (ms); 0 = end-diastole.
     reconMask1, reconMask2: optional vessel masks of the frames (the accurate path): label maps or scalar
         volumes; the frame selectors hide label maps (showChildNodeTypes false in the .ui).
     reconMethod: keypoint matcher; "matcher" uses ``reconMatcherModel`` (name, folder or .pt file).
@@ -102,8 +111,11 @@ class XRayCoronaryReconParameterNode:
     renderer: Annotated[str, Choice(list(RENDERER_CHOICES))] = "physics"
     imageSize: Annotated[int, WithinRange(64, 2048)] = DEFAULT_IMAGE_SIZE
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
-    reconVolume1: Union[vtkMRMLScalarVolumeNode, None]  # noqa: UP007
-    reconVolume2: Union[vtkMRMLScalarVolumeNode, None]  # noqa: UP007
+    reconVolume1: Union[vtkMRMLScalarVolumeNode, vtkMRMLSequenceNode, None]  # noqa: UP007
+    reconVolume2: Union[vtkMRMLScalarVolumeNode, vtkMRMLSequenceNode, None]  # noqa: UP007
+    reconFrame1: Annotated[int, WithinRange(-1, 99999)] = -1
+    reconFrame2: Annotated[int, WithinRange(-1, 99999)] = -1
+    reconEcgOffsetMs: Annotated[float, WithinRange(-2000.0, 2000.0)] = 0.0
     reconMask1: Union[vtkMRMLScalarVolumeNode, vtkMRMLLabelMapVolumeNode, None]  # noqa: UP007
     reconMask2: Union[vtkMRMLScalarVolumeNode, vtkMRMLLabelMapVolumeNode, None]  # noqa: UP007
     reconMethod: Annotated[str, Choice(list(RECONSTRUCT_METHOD_CHOICES))] = RECONSTRUCT_DEFAULT_METHOD
@@ -126,6 +138,7 @@ class XRayCoronaryReconWidget(XRayCardiacCommon.XRayCardiacWidget):
         )
         self.ui.generateButton.connect("clicked(bool)", self.onGenerateButton)
         self.ui.reconstructButton.connect("clicked(bool)", self.onReconstructButton)
+        self.ui.suggestFramesButton.connect("clicked(bool)", self.onSuggestFrames)
 
     def updateGuiState(self, caller: Any = None, event: Any = None) -> None:
         p = self._parameterNode
@@ -147,6 +160,9 @@ class XRayCoronaryReconWidget(XRayCardiacCommon.XRayCardiacWidget):
             )
 
         self.ui.reconMatcherModelLineEdit.enabled = p is not None and p.reconMethod == "matcher"
+        self.ui.suggestFramesButton.enabled = p is not None and (
+            p.reconVolume1 is not None or p.reconVolume2 is not None
+        )
         if self.reconProgress.running:
             self.ui.reconstructButton.enabled = False
             self.ui.reconstructButton.toolTip = "A reconstruction is running; wait for it or cancel it."
@@ -169,6 +185,13 @@ class XRayCoronaryReconWidget(XRayCardiacCommon.XRayCardiacWidget):
             self._showReconstruction,
             onStarted=self._clearReconstructionText,
         )
+
+    def onSuggestFrames(self) -> None:
+        """Fill the frame boxes with the suggested end-diastolic frames of the selected runs."""
+        try:
+            self.ui.reconFrameInfoLabel.text = self.logic.suggestFrames(self._parameterNode)
+        except ValueError as exc:
+            XRayCardiacCommon.showError(f"Cannot suggest frames: {exc}")
 
     def _clearReconstructionText(self, run: Any) -> None:
         self.ui.reconErrorLabel.text = ""
@@ -259,7 +282,29 @@ class XRayCoronaryReconLogic(ScriptedLoadableModuleLogic):
             "foundation": p.reconFoundation or None,
             "refine_calibration": bool(p.reconRefine),
             "device": p.reconDevice,
+            "frame1": p.reconFrame1 if p.reconFrame1 >= 0 else None,
+            "frame2": p.reconFrame2 if p.reconFrame2 >= 0 else None,
+            "ecg_offset_ms": float(p.reconEcgOffsetMs),
         }
+
+    @staticmethod
+    def suggestFrames(p: XRayCoronaryReconParameterNode) -> str:
+        """Set ``reconFrame1`` / ``reconFrame2`` of the runs among the views to the suggested frames.
+
+        Returns:
+            One line per run saying the frame and why. Raises ValueError naming a bad node.
+        """
+        from XRayCoronaryReconLib.cine import is_run, suggest_frame
+
+        lines = []
+        for v in (1, 2):
+            node = getattr(p, f"reconVolume{v}")
+            if node is None or not is_run(node):
+                continue
+            choice = suggest_frame(node, p.reconEcgOffsetMs, f"volume_node{v}")
+            setattr(p, f"reconFrame{v}", int(choice.frame))
+            lines.append(f"view {v}: frame {choice.frame} ({choice.reason})")
+        return "\n".join(lines) or "No cine run selected: a 2D frame is used as it is."
 
 
 class XRayCoronaryReconTest(ScriptedLoadableModuleTest):

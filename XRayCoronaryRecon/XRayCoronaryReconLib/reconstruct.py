@@ -43,6 +43,7 @@ from XRayCardiacCommonLib.mrml_io import (
     ATTRIBUTE_PREFIX,
     GEOMETRY_ATTRIBUTE,
     PROJECTION_MATRIX_ATTRIBUTE,
+    describe_node,
     format_projection_matrix,
     node_geometry,
     removed_on_error,
@@ -117,6 +118,30 @@ def _image(node: Any, name: str) -> Volume:
     return volume
 
 
+def _view(
+    node: Any, name: str, frame: int | None, ecg_offset_ms: float
+) -> tuple[Volume, Any, dict[str, Any] | None]:
+    """(the frame as a one-slice ``Volume``, the node holding its geometry, how it was chosen or None).
+
+    A cine run (a sequence node, or a multi-slice volume: ``XRayCoronaryReconLib.cine``) gives frame
+    ``frame``, or with None the library's end-diastole (+ ``ecg_offset_ms``); a one-slice volume is
+    its own frame (``frame`` None or 0).
+    """
+    from XRayCoronaryReconLib.cine import frame_node_and_volume, is_run, suggest_frame
+
+    if not is_run(node):
+        if frame not in (None, 0):
+            raise ValueError(f"{name}: {describe_node(node)} is one frame; frame {frame} needs a cine run")
+        return _image(node, name), node, None
+    if frame is None:
+        choice = suggest_frame(node, ecg_offset_ms, name)
+        record = {"frame": choice.frame, "method": choice.method, "reason": choice.reason}
+    else:
+        record = {"frame": int(frame), "method": "user", "reason": f"frame {frame} chosen by the user"}
+    holder, volume = frame_node_and_volume(node, record["frame"], name)
+    return volume, holder, record
+
+
 def _geometry(node: Any, name: str, shape: tuple[int, int]) -> dict[str, Any]:
     """The node's ``XRayCardiac.Geometry`` dict, parsed and checked against its (rows, cols); required."""
     geometry = node_geometry(node, name, shape)
@@ -136,11 +161,14 @@ class ReconstructRun(JobRun):
         params: the job parameters.
         nodes: the input nodes (``volume1``, ``volume2``, optional ``mask1``, ``mask2``).
         prefix: start of the output node names.
+        frames: per view given as a cine run, ``{"view1": {"frame", "method", "reason"}, ...}`` and the
+            frame nodes holding the geometry used (``"geometry_node1"`` / ``"geometry_node2"``).
     """
 
     params: dict[str, Any] = field(default_factory=dict)
     nodes: dict[str, Any] = field(default_factory=dict)
     prefix: str = "Coronary recon"
+    frames: dict[str, Any] = field(default_factory=dict)
 
 
 class ReconstructLogic(JobLogic[ReconstructRun, dict[str, Any]]):
@@ -157,6 +185,9 @@ class ReconstructLogic(JobLogic[ReconstructRun, dict[str, Any]]):
         refine_calibration: bool = True,
         device: str = "auto",
         epipolar_tolerance_px: float = 3.0,
+        frame1: int | None = None,
+        frame2: int | None = None,
+        ecg_offset_ms: float = 0.0,
     ) -> ReconstructRun:
         """Check the nodes and parameters and start the job; returns at once (the scene is not changed).
 
@@ -172,6 +203,10 @@ class ReconstructLogic(JobLogic[ReconstructRun, dict[str, Any]]):
                 with fewer than 6 matches).
             device: ``auto``, ``cpu`` or ``cuda``.
             epipolar_tolerance_px: tolerance of the ``+epipolar`` filter, pixels.
+            frame1, frame2: for a view given as a cine run (sequence node or multi-slice volume:
+                ``XRayCoronaryReconLib.cine``), the frame to use; None = the suggested one (end-diastole
+                + ``ecg_offset_ms`` ms, by the run's ECG or, without one, its images).
+            ecg_offset_ms: the wanted phase after the R peak (ms).
 
         Raises:
             ValueError: naming the parameter: a node that is not a 2D scalar volume, a volume without
@@ -180,10 +215,14 @@ class ReconstructLogic(JobLogic[ReconstructRun, dict[str, Any]]):
         """
         volumes: dict[str, Volume] = {}
         geometries: dict[str, dict[str, Any]] = {}
-        for v, node in ((1, volume_node1), (2, volume_node2)):
+        frames: dict[str, Any] = {}
+        for v, node, frame in ((1, volume_node1, frame1), (2, volume_node2, frame2)):
             name = f"volume_node{v}"
-            volumes[f"image{v}"] = _image(node, name)
-            geometries[f"geometry{v}"] = _geometry(node, name, volumes[f"image{v}"].array.shape[1:])
+            volumes[f"image{v}"], holder, record = _view(node, name, frame, float(ecg_offset_ms))
+            geometries[f"geometry{v}"] = _geometry(holder, name, volumes[f"image{v}"].array.shape[1:])
+            frames[f"geometry_node{v}"] = holder
+            if record is not None:
+                frames[f"view{v}"] = record
         for v, node in ((1, mask_node1), (2, mask_node2)):
             if node is None:
                 continue
@@ -229,6 +268,7 @@ class ReconstructLogic(JobLogic[ReconstructRun, dict[str, Any]]):
             params=params,
             nodes=nodes,
             prefix=f"{volume_node1.GetName()} recon",
+            frames=frames,
         )
 
     def run(
@@ -271,8 +311,16 @@ class ReconstructLogic(JobLogic[ReconstructRun, dict[str, Any]]):
         x2 = np.asarray(matches["x2"], dtype=np.float64).reshape(-1, 2)
         scores = np.asarray(matches["scores"], dtype=np.float64).reshape(-1)
         volume2 = run.nodes["volume2"]
-        g1 = CArmGeometry.from_dict(json.loads(run.nodes["volume1"].GetAttribute(GEOMETRY_ATTRIBUTE)))
-        g2 = CArmGeometry.from_dict(json.loads(volume2.GetAttribute(GEOMETRY_ATTRIBUTE)))
+        g1, g2 = (
+            CArmGeometry.from_dict(
+                json.loads(
+                    run.frames.get(f"geometry_node{v}", run.nodes[f"volume{v}"]).GetAttribute(
+                        GEOMETRY_ATTRIBUTE
+                    )
+                )
+            )
+            for v in (1, 2)
+        )
         provenance = {
             "Pipeline": PIPELINE,
             "Device": report.get("device", run.params.get("device")),
@@ -283,7 +331,8 @@ class ReconstructLogic(JobLogic[ReconstructRun, dict[str, Any]]):
             provenance["PackageVersion"] = summary["xraycardiac_version"]
         saved = {a: volume2.GetAttribute(a) for a in _VIEW2_ATTRIBUTES}
         added: list[Any] = []
-        result: dict[str, Any] = {"calibration": calibration, "report": report}
+        result: dict[str, Any] = {"calibration": calibration, "report": report,
+                                  "frames": {k: v for k, v in run.frames.items() if k.startswith("view")}}  # fmt: skip
         try:
             with removed_on_error(self.scene):
                 for v, x, g in ((1, x1, g1), (2, x2, g2)):

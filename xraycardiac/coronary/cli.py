@@ -9,6 +9,11 @@ folder. Heavy imports (torch, the coronary engine) happen inside the command, so
 procedural trees: ``--left-label`` / ``--right-label`` give its label values (equal when one label
 holds both trees, as in ImageCAS; 0 skips a side).
 
+``phase RUN.dcm`` prints the frame of a multi-frame XA run at the wanted cardiac phase (end-diastole by
+default, from the run's ECG or, without one, its images); ``reconstruct`` runs the
+``coronary-reconstruct`` job on two views, each a multi-frame XA run (``--frame1/--frame2 auto|N``,
+``--ecg-offset-ms``) or one 2D image with its geometry JSON.
+
 ``evaluate`` runs keypoint matchers (SIFT, ORB, the vessel-keypoint baseline, trained
 ``matcher:RUN`` models and their ``matcher-nofm:RUN`` ablation) on the pairs of a split and prints
 one table (:func:`xraycardiac.coronary.matching.evaluate.evaluate_matchers`); ``--out`` writes it as JSON::
@@ -285,3 +290,85 @@ def evaluate(
                             "perturb_deg": perturb_deg, "perturb_mm": perturb_mm, "frangi": frangi}  # fmt: skip
         write_results(rows, out, meta)
         typer.echo(f"results: {out}")
+
+
+def _frame_option(value: str) -> int | str:
+    """``auto`` or a frame index, for --frame / --frame1 / --frame2."""
+    from xraycardiac.coronary.recon.phase import parse_frame
+
+    try:
+        return parse_frame(value)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+
+
+@app.command()
+def phase(
+    run: Annotated[Path, typer.Argument(help="A multi-frame DICOM XA (or RF) run.")],
+    frame: Annotated[str, typer.Option(help="auto (suggested phase) or a frame index.")] = "auto",
+    ecg_offset_ms: Annotated[
+        float, typer.Option(help="Wanted phase after the R peak (ms); 0 = end-diastole.")
+    ] = 0.0,
+    method: Annotated[
+        str, typer.Option(help="auto (the ECG when usable, else the images) | ecg | image.")
+    ] = "auto",
+) -> None:
+    """Print the frame of a cine run at the wanted cardiac phase (end-diastole by default) as JSON."""
+    import json
+
+    from xraycardiac.coronary.recon.phase import frame_from_run
+
+    chosen = frame_from_run(run, _frame_option(frame), ecg_offset_ms, method)
+    typer.echo(json.dumps(chosen.summary(), indent=2))
+
+
+@app.command()
+def reconstruct(
+    image1: Annotated[Path, typer.Option(help="View 1: a multi-frame DICOM XA run, or one 2D image file.")],
+    image2: Annotated[Path, typer.Option(help="View 2: a multi-frame DICOM XA run, or one 2D image file.")],
+    out: Annotated[Path, typer.Option(help="Output folder (new, or empty; see --overwrite).")],
+    geometry1: Annotated[
+        Path | None, typer.Option(help="C-arm geometry JSON of view 1 (default: a DICOM run's header).")
+    ] = None,
+    geometry2: Annotated[
+        Path | None, typer.Option(help="C-arm geometry JSON of view 2 (default: a DICOM run's header).")
+    ] = None,
+    mask1: Annotated[Path | None, typer.Option(help="Vessel mask of view 1's frame (> 0 = vessel).")] = None,
+    mask2: Annotated[Path | None, typer.Option(help="Vessel mask of view 2's frame (> 0 = vessel).")] = None,
+    frame1: Annotated[
+        str, typer.Option(help="Frame of run 1: auto (end-diastole + offset) or an index.")
+    ] = "auto",
+    frame2: Annotated[
+        str, typer.Option(help="Frame of run 2: auto (end-diastole + offset) or an index.")
+    ] = "auto",
+    ecg_offset_ms: Annotated[
+        float, typer.Option(help="Wanted phase after the R peak (ms); 0 = end-diastole.")
+    ] = 0.0,
+    method: Annotated[
+        str, typer.Option(help="Keypoint matcher (as the coronary-reconstruct job).")
+    ] = "vessel+epipolar",
+    refine: Annotated[bool, typer.Option(help="Refine view 2's geometry from the matches.")] = True,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
+) -> None:
+    """Match, refine view 2 and reconstruct the 3D centreline from two views (the coronary-reconstruct job)."""
+    import json
+
+    from rich.console import Console
+
+    from xraycardiac.jobs import JobSpec, run_job
+
+    inputs = {"image1": image1, "image2": image2, "geometry1": geometry1, "geometry2": geometry2,
+              "mask1": mask1, "mask2": mask2}  # fmt: skip
+    params = {"method": method, "refine_calibration": refine, "device": device, "ecg_offset_ms": ecg_offset_ms,
+              "frame1": _frame_option(frame1), "frame2": _frame_option(frame2), "overwrite": overwrite}  # fmt: skip
+    spec = JobSpec(
+        "coronary-reconstruct", {k: str(v) for k, v in inputs.items() if v is not None}, params, str(out)
+    )
+    console = Console(stderr=True)
+    show = _progress_lines(console)
+    summary = run_job(
+        spec,
+        on_event=lambda e: show(e["stage"], e.get("progress", 0.0)) if e.get("event") == "progress" else None,
+    )
+    typer.echo(json.dumps(summary, indent=2))

@@ -13,6 +13,13 @@ that a frame's geometry never depends on how a writer stored the detector plane.
 images may therefore differ in size: each has its own geometry. Masks: same size as their image,
 any value > 0 is vessel; without them the images are segmented.
 
+Cine runs: ``image1`` / ``image2`` may each be a multi-frame DICOM XA run (any file with the DICOM
+preamble): the frame ``frame1`` / ``frame2`` is taken ("auto", the default: end-diastole, or R +
+``ecg_offset_ms`` ms, by :func:`xraycardiac.coronary.recon.phase.frame_from_run`: the ECG of the file
+when it has one, else the image-based phase; or a frame index), and its C-arm geometry comes from the
+header unless ``geometry1`` / ``geometry2`` is given. ``report.json`` then says which frame and why
+(``frames``).
+
 Job spec::
 
     {"pipeline": "coronary-reconstruct",
@@ -20,7 +27,8 @@ Job spec::
                 "geometry1": "view1.geometry.json", "geometry2": "view2.geometry.json",
                 "mask1": "mask1.nrrd", "mask2": "mask2.nrrd"},           # masks optional
      "params": {"method": "vessel+epipolar", "foundation": null, "refine_calibration": true,
-                "epipolar_tolerance_px": 3.0, "device": "auto"},
+                "epipolar_tolerance_px": 3.0, "device": "auto",
+                "frame1": "auto", "frame2": "auto", "ecg_offset_ms": 0.0},   # cine runs only
      "output_dir": "out/"}
 
 Outputs: ``matches.json`` (method, x1, x2 (M, 2) pixels, scores (M,)), ``geometry2_refined.json``
@@ -32,12 +40,13 @@ why, the reprojection error of the matches before / after, pixels, the correctio
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from xraycardiac.coronary.recon.pipeline import DEFAULT_METHOD, PairConfig
-from xraycardiac.jobs.inputs import read_geometry_input, read_view
+from xraycardiac.jobs.inputs import read_geometry_input, read_run_input, read_view
 from xraycardiac.jobs.registry import Progress, register
 from xraycardiac.jobs.spec import JobSpec
 from xraycardiac.outputs import write_json_atomic
@@ -45,8 +54,9 @@ from xraycardiac.outputs import write_json_atomic
 __all__ = ["DEFAULT_METHOD", "OUTPUTS", "PARAMS", "PIPELINE", "config_from_spec", "run_coronary_reconstruct"]
 
 PIPELINE = "coronary-reconstruct"
-PARAMS = tuple(f.name for f in fields(PairConfig))
-_KINDS = (str, (str, type(None)), bool, float, str)  # JSON types of PARAMS (PairConfig field order)
+PAIR_PARAMS = tuple(f.name for f in fields(PairConfig))
+_KINDS = (str, (str, type(None)), bool, float, str)  # JSON types of PAIR_PARAMS (PairConfig field order)
+PARAMS = (*PAIR_PARAMS, "frame1", "frame2", "ecg_offset_ms")  # + which frame of a cine run
 OUTPUTS = {
     "matches": "matches.json",
     "geometry2_refined": "geometry2_refined.json",
@@ -68,8 +78,22 @@ def config_from_spec(spec: JobSpec) -> PairConfig:
     spec.check_param_names(PARAMS)
     defaults = PairConfig()
     return PairConfig(
-        **{k: spec.param(k, getattr(defaults, k), t) for k, t in zip(PARAMS, _KINDS, strict=True)}
+        **{k: spec.param(k, getattr(defaults, k), t) for k, t in zip(PAIR_PARAMS, _KINDS, strict=True)}
     )
+
+
+def frames_from_spec(spec: JobSpec) -> tuple[dict[str, int | str], float]:
+    """``frame1`` / ``frame2`` ("auto" or an index) and ``ecg_offset_ms`` of cine-run inputs."""
+    from xraycardiac.coronary.recon.phase import parse_frame
+
+    offset = spec.param("ecg_offset_ms", 0.0, float)
+    if not math.isfinite(offset):
+        raise ValueError(f"params.ecg_offset_ms: expected a time in ms after the R peak, got {offset!r}")
+    frames = {
+        f"frame{v}": parse_frame(spec.param(f"frame{v}", "auto", (str, int)), f"params.frame{v}")
+        for v in (1, 2)
+    }
+    return frames, offset
 
 
 @register(PIPELINE)
@@ -82,9 +106,11 @@ def run_coronary_reconstruct(spec: JobSpec, work_dir: Path, progress: Progress) 
 
     config = config_from_spec(spec)
     progress("reading inputs", 0.0)
-    images = [read_view(spec.input_path(f"image{v}"), f"image{v}") for v in (1, 2)]
+    frames, offset = frames_from_spec(spec)
+    runs = [read_run_input(spec, f"image{v}", frames[f"frame{v}"], offset, f"frame{v}") for v in (1, 2)]
+    images = [run[0] for run in runs]
     for v in (1, 2):
-        if f"geometry{v}" not in spec.inputs:
+        if f"geometry{v}" not in spec.inputs and runs[v - 1][1] is None:
             why = (
                 f"method {config.method!r} filters matches by the epipolar lines of the known geometry"
                 if config.method.endswith("+epipolar")
@@ -92,9 +118,14 @@ def run_coronary_reconstruct(spec: JobSpec, work_dir: Path, progress: Progress) 
             )
             raise ValueError(
                 f"inputs.geometry{v}: missing; {why}: give the C-arm geometry of image {v} "
-                "(a CArmGeometry JSON, e.g. read from its DICOM XA header)"
+                "(a CArmGeometry JSON, e.g. read from its DICOM XA header), or the DICOM XA run itself"
             )
-    g1, g2 = (read_geometry_input(spec, f"geometry{v}", images[v - 1].shape, f"image{v}") for v in (1, 2))
+    g1, g2 = (
+        read_geometry_input(spec, f"geometry{v}", images[v - 1].shape, f"image{v}")
+        if f"geometry{v}" in spec.inputs
+        else runs[v - 1][1]
+        for v in (1, 2)
+    )
     masks = [read_view(spec.input_path(k), k) if k in spec.inputs else None for k in ("mask1", "mask2")]
     pair = reconstruct_pair(
         (images[0], images[1]), (g1, g2), (masks[0], masks[1]), config, str(select_device(config.device)),
@@ -116,6 +147,8 @@ def run_coronary_reconstruct(spec: JobSpec, work_dir: Path, progress: Progress) 
         **pair.summary(),
         "outputs": dict(OUTPUTS),
     }
+    if any(run[2] for run in runs):  # a view given as a multi-frame run: which frame, and why
+        summary["frames"] = {f"view{v}": runs[v - 1][2] for v in (1, 2) if runs[v - 1][2]}
     _write_json(work_dir / OUTPUTS["report"], summary)
     progress("done", 1.0)
     return summary

@@ -1,6 +1,7 @@
 """Reading a job's image and C-arm geometry inputs, with errors that name the input (``inputs.<key>``).
 
-Shared by the jobs that take radiographs / angiograms (``x2ct-generate``, ``coronary-reconstruct``).
+Shared by the jobs that take radiographs / angiograms (``x2ct-generate``, ``coronary-reconstruct``);
+:func:`read_run_input` also takes one frame out of a multi-frame DICOM XA run (``coronary-reconstruct``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from xraycardiac.jobs.spec import JobSpec
 
-__all__ = ["read_geometry_input", "read_view"]
+__all__ = ["read_geometry_input", "read_run_input", "read_view"]
 
 
 def _require_file(path: Path, key: str, expected: str) -> None:
@@ -85,3 +86,32 @@ def read_geometry_input(spec: JobSpec, key: str, shape: tuple[int, int], image_k
             f"inputs.{image_key} is {shape[0]} x {shape[1]}; each image needs the geometry of its own frame"
         )
     return geometry
+
+
+def read_run_input(
+    spec: JobSpec, key: str, frame: int | str, ecg_offset_ms: float, frame_param: str
+) -> tuple[np.ndarray, Any, dict[str, Any] | None]:
+    """Input ``key`` as (image, header geometry or None, phase record or None).
+
+    A DICOM file (Part 10 preamble) is read as an XA run: the frame ``frame`` ("auto": end-diastole
+    + ``ecg_offset_ms`` by :func:`xraycardiac.coronary.recon.phase.frame_from_run`) with its header's
+    C-arm geometry; any other file is one radiograph (:func:`read_view`), for which ``frame`` must be
+    "auto" or 0.
+    """
+    from xraycardiac.geometry.dicom_cine import is_dicom_file
+
+    path = spec.input_path(key)
+    if path.is_file() and is_dicom_file(path):
+        from xraycardiac.coronary.recon.phase import frame_from_run
+
+        try:
+            run = frame_from_run(path, frame, ecg_offset_ms)
+        except ValueError as exc:
+            raise ValueError(f"inputs.{key}: {exc}") from None
+        return run.image, run.geometry, run.summary()
+    if frame not in ("auto", 0):
+        raise ValueError(
+            f"params.{frame_param}: {frame!r} asks for a frame of a run, but inputs.{key} is one image; "
+            "give a multi-frame DICOM XA file or leave it 'auto'"
+        )
+    return read_view(path, key), None, None
