@@ -136,8 +136,8 @@ def test_ecg_offset_moves_into_systole(runs):
 
 @pytest.mark.xfail(
     reason="issue 20 target missed: the image-based phase (no ECG) is within 1 frame of end-diastole in "
-    "5 of 12 held-out benchmark runs (benchmarks/coronary_cine_phase.py); kept to show when it is met",
-    strict=False,
+    "5 of 12 held-out benchmark runs (benchmarks/coronary_cine_phase.py); strict: a pass fails the run, so the mark is removed when it is met",
+    strict=True,
 )
 def test_image_based_selection_within_one_frame_without_ecg(runs):
     for run, _ in runs:

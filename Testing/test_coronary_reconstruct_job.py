@@ -129,7 +129,7 @@ def test_geometry_of_another_size_and_bad_params(pair_files, tmp_path):
 def test_pair_config_is_checked_where_it_is_built(tmp_path):
     """The job's params become a PairConfig in the core; its values are checked there, once."""
     from xraycardiac.coronary.recon.pipeline import PairConfig
-    from xraycardiac.jobs.coronary_reconstruct import PARAMS, config_from_spec
+    from xraycardiac.jobs.coronary_reconstruct import PAIR_PARAMS, PARAMS, config_from_spec
 
     config = config_from_spec(
         JobSpec(
@@ -140,7 +140,8 @@ def test_pair_config_is_checked_where_it_is_built(tmp_path):
         )
     )
     assert config == PairConfig(method="matcher:m", foundation=None, epipolar_tolerance_px=2.0)
-    assert PARAMS == ("method", "foundation", "refine_calibration", "epipolar_tolerance_px", "device")
+    assert PAIR_PARAMS == ("method", "foundation", "refine_calibration", "epipolar_tolerance_px", "device")
+    assert PARAMS == (*PAIR_PARAMS, "frame1", "frame2", "ecg_offset_ms")
     for kwargs, match in (
         ({"method": "  "}, "params.method"),
         ({"foundation": "dinov2:/x"}, "params.foundation"),
