@@ -199,6 +199,11 @@ def read_radiograph(
     else:
         r = _read_volume_file(path, key)
     pixels = r.pixels
+    if pixels.ndim == 3:
+        raise ValueError(
+            f"inputs.{key}: {path.name} is a 3D volume of {pixels.shape[0]} slices (shape {pixels.shape}), not a "
+            "radiograph; expected one 2D image (rows, cols) or a one-slice volume"
+        )
     if pixels.ndim != 2:
         raise ValueError(
             f"inputs.{key}: {path.name} is an array of shape {pixels.shape}, not a radiograph; expected one "
@@ -378,6 +383,11 @@ def _read_dicom(path: Path, key: str, given: dict[str, Any]) -> Radiograph:
     if encoding != "display" and sign not in (None, ""):
         inverted = int(sign) == 1  # +1: lower values = less beam intensity, so values fall with attenuation
         notes.append(f"PixelIntensityRelationship {relation}, sign {int(sign):+d}")
+    elif encoding == "linear":
+        inverted = True  # LIN without a sign: values proportional to the beam intensity
+        notes.append(
+            "PixelIntensityRelationship LIN without a sign: values taken as proportional to the beam"
+        )
     else:
         inverted = photometric == "MONOCHROME1"
         notes.append(

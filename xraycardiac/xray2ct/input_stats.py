@@ -6,6 +6,8 @@ The reference (:class:`InputStats`, a few KB of JSON shipped beside the model's 
 split: the views exactly as the encoder sees them (the model's view size, in view units = line
 integral / (mu_water * drr_water_mm)). Per view it holds
 
+* computed over the clean training views and ``augmentations`` draws of the training augmentation
+  each (the views as the encoder saw them in training);
 * the median and a robust spread (1.4826 x MAD, floored: ``FEATURE_FLOORS``) of a few image features
   (:data:`FEATURES`): five quantiles of the values, the lag-1 autocorrelation of neighbouring pixels
   (a radiograph is smooth, noise is not), and the correlation of the 16 x 16 block-averaged view with
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -143,8 +145,18 @@ def _data_config_key(config: Any) -> dict[str, float]:
             "detector_pixel_mm": round(float(config.detector_pixel_mm), 9)}  # fmt: skip
 
 
-def compute_input_stats(cache: str | os.PathLike[str], split: str = "train", command: str = "") -> InputStats:
+def compute_input_stats(
+    cache: str | os.PathLike[str],
+    split: str = "train",
+    command: str = "",
+    augmentations: int = 4,
+    seed: int = 0,
+) -> InputStats:
     """Reference statistics of the ``split`` views of an x2ct cache (the training data recipe).
+
+    The views are taken as the encoder saw them in training: each clean view plus ``augmentations``
+    draws of the training augmentation (:func:`xraycardiac.xray2ct.data.augment_views`, the cache
+    config's ranges of gamma, contrast, brightness and noise; torch generator seeded with ``seed``).
 
     The threshold is ``max(8, 1.5 x the largest training score)``: every training view passes with a
     margin, and nothing held out is looked at.
@@ -152,11 +164,16 @@ def compute_input_stats(cache: str | os.PathLike[str], split: str = "train", com
     Raises:
         ValueError: the cache or split is unusable (see :class:`xraycardiac.xray2ct.data.X2CTDataset`).
     """
-    from xraycardiac.xray2ct.data import X2CTDataset
+    import torch
+
+    from xraycardiac.xray2ct.data import X2CTDataset, augment_views
 
     data = X2CTDataset(cache, split)
     names = [str(v) for v in data.config.views]
-    views = np.stack([data[i]["views"].numpy() for i in range(len(data))]).astype(np.float64)  # (N, V, S, S)
+    clean = torch.stack([data[i]["views"] for i in range(len(data))])  # (N, V, S, S)
+    gen = torch.Generator().manual_seed(seed)
+    drawn = [augment_views(clean, data.config, gen) for _ in range(augmentations)]
+    views = torch.cat([clean, *drawn]).double().numpy()
     mean_images = {n: np.mean([_blocks(v) for v in views[:, k]], axis=0) for k, n in enumerate(names)}
     feats = {
         n: np.stack([view_features(v, mean_images[n]) for v in views[:, k]]) for k, n in enumerate(names)
@@ -250,9 +267,3 @@ def check_not_blank(pixels: np.ndarray, key: str, name: str = "") -> None:
             f"inputs.{key}: {name or 'the image'} is {what}; it holds no radiograph. Refused: a CT from it "
             "would be the model's prior, not this patient"
         )
-
-
-def sequence_names(values: Sequence[str]) -> str:
-    """'a, b and c'."""
-    values = list(values)
-    return values[0] if len(values) == 1 else ", ".join(values[:-1]) + " and " + values[-1]

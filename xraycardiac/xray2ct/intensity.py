@@ -5,7 +5,8 @@ that rise with attenuation, on an absolute scale. A radiograph as stored is one 
 (:data:`xraycardiac.radiograph.ENCODINGS`):
 
 * ``line-integral`` (``xraycardiac drr`` NRRDs, ``.npy``): used as is; the scale is absolute.
-* ``linear`` (DICOM PixelIntensityRelationship LIN: the beam intensity I): ``L = -ln(I / I0)`` with
+* ``linear`` (DICOM PixelIntensityRelationship LIN: the beam intensity I, values falling as attenuation
+  rises, i.e. ``inverted``; not inverted: ``I = max - value``): ``L = -ln(I / I0)`` with
   I0 the 99.9th percentile of I (the unattenuated beam: the view must show some air); the scale is
   absolute (natural log of a transmission), the offset rests on that I0.
 * ``log`` (LOG: a logarithm of I of unknown base and offset): ``x = value`` (or ``-value`` when
@@ -101,7 +102,7 @@ def relative_attenuation(r: Radiograph, options: IntensityOptions) -> tuple[np.n
         )
         return x, rec
     if encoding == "linear":
-        intensity = (v.max() - v) if inverted else v
+        intensity = v if inverted else (v.max() - v)  # inverted (the natural LIN): values ~ beam intensity
         i0 = float(np.quantile(intensity, 0.999))
         if i0 <= 0:
             raise ValueError(
