@@ -323,3 +323,14 @@ def test_generate_warns_on_inverted_and_refuses_blank(setup, tmp_path: Path) -> 
     again = _generate(setup, tmp_path / "inv", "--pa", str(tmp_path / "pa_inv.npy"), "--lateral",
                       str(tmp_path / "lateral_inv.npy"))  # fmt: skip
     assert again.exit_code == 1 and "--overwrite" in again.output
+
+
+def test_panel_intensity_choices_are_the_readers() -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "XRayToCT"))
+    from XRayToCTLib.choices import INTENSITY_CHOICES
+
+    from xraycardiac.radiograph import ENCODINGS
+
+    assert INTENSITY_CHOICES == ("auto", *ENCODINGS)

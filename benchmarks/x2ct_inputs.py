@@ -64,7 +64,7 @@ def _write_dx(path: Path, stored: np.ndarray, geometry: Any, view: str, **tags: 
     ds.Modality, ds.ViewPosition = "DX", view
     ds.DistanceSourceToDetector, ds.DistanceSourceToPatient = geometry.sid_mm, geometry.sod_mm
     ds.ImagerPixelSpacing = list(geometry.pixel_spacing_mm)
-    ds.PatientOrientation = ["L", "F"] if view == "PA" else ["A", "F"]
+    ds.PatientOrientation = ["L", "F"] if view == "PA" else ["P", "F"]  # our PA / left-lateral image axes
     ds.Rows, ds.Columns = stored.shape
     ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 16, 12, 11, 0
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -285,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path("x2ct_inputs_work"))
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--skip-generate", action="store_true", help="Only the out-of-distribution rates.")
+    ap.add_argument("--rows", default="", help="Only the input rows whose name contains this text.")
+    ap.add_argument("--skip-ood", action="store_true", help="No out-of-distribution rates.")
     args = ap.parse_args(argv)
     import torch
 
@@ -310,12 +312,17 @@ def main(argv: list[str] | None = None) -> int:
             )
             print("|---|---|---|---|---|---|")
             for name, row in rows.items():
+                if args.rows not in name:
+                    continue
                 r = _run_row(bundle, row, cube.array, args)
                 results["rows"][f"{setting}: {name}"] = r
                 steps = "; ".join(r["intensity"]["pa"]["steps"])
                 print(f"| {name} | {r['psnr_db']:.2f} | {r['direct_psnr_db']:.2f} | {r['geometry']['pa'][:60]} | "
                       f"{steps[:90]} | {r['ood_score']} |", flush=True)  # fmt: skip
-    rows = ood_rates(bundle, args.data, ct, centre, args.model)
+    if args.skip_ood:
+        rows = []
+    else:
+        rows = ood_rates(bundle, args.data, ct, centre, args.model)
     results["ood"] = rows
     print(
         "\n| inputs | kind | n | flagged or refused % | refused | median score |\n|---|---|---|---|---|---|"

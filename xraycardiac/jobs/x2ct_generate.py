@@ -89,6 +89,7 @@ __all__ = [
     "PARAMS",
     "PIPELINE",
     "PSNR_CAP_DB",
+    "READING_PARAMS",
     "run_x2ct_generate",
 ]
 
@@ -96,6 +97,8 @@ PIPELINE = "x2ct-generate"
 INPUTS = ("pa", "lateral", "geometry_pa", "geometry_lateral", "reference")
 PARAMS = ("model", "steps", "samples", "seed", "device", "intensity", "invert", "gamma", "sid_mm", "sod_mm",
           "pixel_mm", "view_pa", "view_lateral")  # fmt: skip
+READING_PARAMS = PARAMS[5:]
+"""How the radiographs are read (intensity, polarity, gamma) and the user's geometry values."""
 
 
 def _config(spec: JobSpec) -> GenerateConfig:
@@ -108,7 +111,7 @@ def _config(spec: JobSpec) -> GenerateConfig:
         "seed": spec.param("seed", 0, int),
         "device": spec.param("device", "auto", str),
         "intensity": spec.param("intensity", "auto", str),
-        **{k: spec.params.get(k) for k in PARAMS[6:]},  # checked by GenerateConfig
+        **{k: spec.params.get(k) for k in READING_PARAMS[1:]},  # checked by GenerateConfig
     }
     try:
         return GenerateConfig(**values)
