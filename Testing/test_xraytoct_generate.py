@@ -185,7 +185,9 @@ def test_one_sample_and_default_geometry(bundle, scene_views) -> None:
         print(f"\ngenerate K=1, 2 steps, default geometry: {time.perf_counter() - t0:.1f} s; {result.text}")
         assert result.geometry == {"pa": GEOMETRY_DEFAULT, "lateral": GEOMETRY_DEFAULT}, result.geometry
         assert result.uncertainty is None and result.direct is None and result.table is None
-        assert "default view" in result.text and "needs 2 samples" in result.text, result.text
+        assert "ASSUMED: the model's training view" in result.text and "needs 2 samples" in result.text, (
+            result.text
+        )
         assert np.allclose(_matrix(result.ct), cube_ijk_to_ras(CONFIG, (0.0, 0.0, 0.0)), atol=1e-3)
         assert scene.GetNumberOfNodes() == before + 2  # the CT and its display node
         assert read_attributes(result.ct)["GeometrySource"] == result.geometry

@@ -270,8 +270,8 @@ def phantom(
 
 
 @app.command()
-def geometry(dicom: Annotated[Path, typer.Argument(help="A DICOM XA/RF file.")]) -> None:
-    """Print the C-arm geometry (and projection matrix) of a DICOM XA/RF image as JSON."""
+def geometry(dicom: Annotated[Path, typer.Argument(help="A DICOM XA/RF/DX/CR file.")]) -> None:
+    """Print the C-arm geometry (and projection matrix) of a DICOM XA/RF/DX/CR image as JSON."""
     from xraycardiac.geometry import geometry_from_dicom
 
     g = geometry_from_dicom(dicom)

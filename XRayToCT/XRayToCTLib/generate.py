@@ -443,6 +443,12 @@ class GenerateCTLogic(JobLogic[GenerateRun, GenerateResult]):
                 continue  # K = 1: the job writes no uncertainty (and says so in the report)
             volumes[key] = _read_output(root, outputs.get(key, OUTPUTS[key]), grid, expected)
         model = report.get("model") or {}
+        from_nodes = all(g == GEOMETRY_FROM_NODE for g in run.geometry.values())
+        used = {
+            v: r["geometry"]
+            for v, r in (report.get("views") or {}).items()
+            if isinstance(r, dict) and "geometry" in r
+        }
         provenance = {
             "Pipeline": PIPELINE,
             "ModelName": model.get("name", run.model.get("name")),
@@ -457,6 +463,7 @@ class GenerateCTLogic(JobLogic[GenerateRun, GenerateResult]):
             "GeometrySource": run.geometry,
             "SourceNodes": run.source_ids,
             "InputCheck": report.get("input_check_text"),
+            "GeometryUsed": used,
         }
         if report.get("xraycardiac_version"):  # the version that ran the job
             provenance["PackageVersion"] = report["xraycardiac_version"]
@@ -487,7 +494,9 @@ class GenerateCTLogic(JobLogic[GenerateRun, GenerateResult]):
             table=added.get("table"),
             report=report,
             geometry=dict(run.geometry),
-            text=describe_result(report, run.geometry_text()),
+            # the report says which geometry each view used (node, user values or ASSUMED); the run's
+            # node-based text is kept where it is true (every view's geometry from its node)
+            text=describe_result(report, run.geometry_text() if not used or from_nodes else ""),
         )
 
     def _add_metrics_table(self, name: str, metrics: dict[str, Any]) -> Any:
