@@ -334,3 +334,14 @@ def test_panel_intensity_choices_are_the_readers() -> None:
     from xraycardiac.radiograph import ENCODINGS
 
     assert INTENSITY_CHOICES == ("auto", *ENCODINGS)
+
+
+def test_installed_bundle_keeps_its_input_statistics(setup, xraycardiac_home) -> None:
+    from xraycardiac.xray2ct.bundle import import_bundle, load_bundle
+    from xraycardiac.xray2ct.input_stats import find_input_stats
+
+    entry = import_bundle(setup["model"])
+    bundle = load_bundle(entry.name)
+    stats, where = find_input_stats(bundle.source["folder"], bundle.source["model"], bundle.data_config)
+    assert stats is not None and where.endswith("input_stats.json"), where
+    assert Path(where).parent != setup["model"]  # the installed copy, not the source folder

@@ -404,11 +404,9 @@ def _read_dicom(path: Path, key: str, given: dict[str, Any]) -> Radiograph:
             display_range = (c - w / 2.0, c + w / 2.0)
             notes.append(f"VOI window centre {c:g} width {w:g} taken as the display range")
         else:
-            display_range = (
-                float(pixels.min()) if slope * intercept else 0.0,
-                float(2**bits - 1) * slope + intercept,
-            )
-            notes.append(f"no VOI window: display range = the {bits}-bit stored range")
+            ends = (intercept, float(2**bits - 1) * slope + intercept)  # stored 0 and 2^bits - 1, rescaled
+            display_range = (min(ends), max(ends))
+            notes.append(f"no VOI window: display range = the {bits}-bit stored range, rescaled")
     try:
         geometry = geometry_from_dicom(ds, frame_name=key, overrides=given or None)
         sources = geometry.extra.get("sources") or {"all": "header"}
