@@ -185,7 +185,9 @@ def test_one_sample_and_default_geometry(bundle, scene_views) -> None:
         print(f"\ngenerate K=1, 2 steps, default geometry: {time.perf_counter() - t0:.1f} s; {result.text}")
         assert result.geometry == {"pa": GEOMETRY_DEFAULT, "lateral": GEOMETRY_DEFAULT}, result.geometry
         assert result.uncertainty is None and result.direct is None and result.table is None
-        assert "default view" in result.text and "needs 2 samples" in result.text, result.text
+        assert "ASSUMED: the model's training view" in result.text and "needs 2 samples" in result.text, (
+            result.text
+        )
         assert np.allclose(_matrix(result.ct), cube_ijk_to_ras(CONFIG, (0.0, 0.0, 0.0)), atol=1e-3)
         assert scene.GetNumberOfNodes() == before + 2  # the CT and its display node
         assert read_attributes(result.ct)["GeometrySource"] == result.geometry
@@ -326,3 +328,41 @@ def test_shipped_single_view_model_takes_the_pa_only(xraycardiac_home) -> None:
     bundle = load_bundle("x2ct-single-demo")
     assert bundle.views == ("pa",) and bundle.ldm.config.global_embedding, bundle.views
     assert "x2ct-single-demo" in installed_x2ct_models()
+
+
+def test_describe_result_leads_with_the_input_warning_and_names_the_geometry() -> None:
+    report = {"params": {"samples": 4, "steps": 20}, "cube": {"grid": 64, "spacing_mm": 4.0},
+              "model": {"name": "x2ct-demo"}, "device": "cpu", "uncertainty": "std", "metrics": None,
+              "timing_s": {"total": 12.34, "load": 1.0, "generate": 10.0, "per_step": 0.5},
+              "views": {"pa": {"geometry": "ASSUMED: the model's training view"}},
+              "input_check": {"flagged": True},
+              "input_check_text": "WARNING: input unlike the training data (score 99.0, threshold 8.0)"}  # fmt: skip
+    text = describe_result(report)
+    assert text.startswith("WARNING: input unlike the training data"), text
+    assert "pa geometry used: ASSUMED: the model's training view." in text, text
+
+
+def test_node_without_geometry_takes_the_users_geometry_and_reading(bundle, scene_views) -> None:
+    """A plain node (e.g. loaded from a PNG) with SID / SOD / pixel given: the job uses them and says so."""
+    scene, nodes = scene_views
+    pa, lateral = _plain_copy(scene, nodes["pa"], "png PA"), _plain_copy(scene, nodes["lateral"], "png lat")
+    given = json.loads(nodes["pa"].GetAttribute(GEOMETRY_ATTRIBUTE))
+    reading = {"sid_mm": given["sid_mm"], "sod_mm": given["sod_mm"], "pixel_mm": given["pixel_spacing_mm"][0],
+               "intensity": "line-integral", "invert": None}  # fmt: skip
+    try:
+        with pytest.raises(ValueError, match=r"reading: unknown option\(s\) \['window'\]"):
+            GenerateCTLogic(scene).start(pa, lateral, model=str(bundle), reading={"window": 3})
+        with pytest.raises(ValueError, match=r"reading: sid_mm: expected a number > 0"):
+            GenerateCTLogic(scene).start(pa, lateral, model=str(bundle), reading={"sid_mm": -1.0})
+        result = GenerateCTLogic(scene).run(pa, lateral, model=str(bundle), steps=2, samples=1, device="cpu",
+                                            reading=reading, timeout_s=240)  # fmt: skip
+        print(f"\nplain nodes, geometry given: {result.text}")
+        assert result.report["views"]["pa"]["geometry"].startswith("given by the user"), result.report[
+            "views"
+        ]
+        assert "pa geometry used: given by the user" in result.text, result.text
+        assert "input check: not done" in result.text, result.text  # the tiny bundle ships no statistics
+        assert read_attributes(result.ct)["InputCheck"].startswith("input check: not done")
+        _remove(scene, result.nodes)
+    finally:
+        _remove(scene, [pa, lateral])

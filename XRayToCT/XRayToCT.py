@@ -38,6 +38,7 @@ from XRayToCTLib.choices import (
     DEFAULT_SID_MM,
     DEFAULT_SOD_MM,
     DEVICE_CHOICES,
+    INTENSITY_CHOICES,
     POSE_CHOICES,
 )
 
@@ -91,6 +92,9 @@ class XRayToCTParameterNode:
     x2ctSeed: noise seed (same inputs, seed and device: same volumes).
     referenceCT: optional CT (HU) to score the result against (PSNR / SSIM / MAE table).
     addDirectEstimate: also add the encoder's direct (no diffusion) estimate.
+    inputIntensity: what the radiograph nodes hold (INTENSITY_CHOICES); inputInverted: bone dark.
+    inputGamma: display gamma of a picture, 0 = estimate. inputSidMm / inputSodMm / inputPixelMm:
+    the geometry of nodes without XRayCardiac.Geometry (e.g. loaded from a PNG), 0 = from the node.
     """
 
     inputCT: vtkMRMLScalarVolumeNode
@@ -112,6 +116,12 @@ class XRayToCTParameterNode:
     x2ctSeed: Annotated[int, WithinRange(0, 2_000_000_000)] = 0
     referenceCT: Union[vtkMRMLScalarVolumeNode, None]  # noqa: UP007
     addDirectEstimate: bool = False
+    inputIntensity: Annotated[str, Choice(list(INTENSITY_CHOICES))] = "auto"
+    inputInverted: bool = False
+    inputGamma: Annotated[float, WithinRange(0.0, 5.0)] = 0.0
+    inputSidMm: Annotated[float, WithinRange(0.0, 3000.0)] = 0.0
+    inputSodMm: Annotated[float, WithinRange(0.0, 2990.0)] = 0.0
+    inputPixelMm: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
 
 
 class XRayToCTWidget(XRayCardiacCommon.XRayCardiacWidget):
@@ -267,6 +277,14 @@ class XRayToCTLogic(ScriptedLoadableModuleLogic):
             "device": p.device,
             "reference_node": p.referenceCT,
             "add_direct": bool(p.addDirectEstimate),
+            "reading": {
+                "intensity": p.inputIntensity,
+                "invert": True if p.inputInverted else None,
+                "gamma": p.inputGamma or None,
+                "sid_mm": p.inputSidMm or None,
+                "sod_mm": p.inputSodMm or None,
+                "pixel_mm": p.inputPixelMm or None,
+            },
         }
 
 

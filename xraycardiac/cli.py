@@ -176,11 +176,29 @@ def drr(
     step_mm: Annotated[
         float | None, typer.Option(help="Ray sample spacing (mm); default half a voxel.")
     ] = None,
+    isocenter: Annotated[
+        str | None,
+        typer.Option(
+            help="Isocentre of every view (presets and custom), 'R,A,S' in RAS mm; default the CT's centre."
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N] | mps")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
-    """Simulate radiographs (DRRs) of a CT for C-arm views; writes NRRD + PNG + geometry JSON per view."""
+    """Simulate radiographs (DRRs) of a CT for C-arm views; writes NRRD + PNG + geometry JSON per view.
+
+    Each NRRD carries its view (geometry and projection matrix) in its header, which `x2ct generate` reads.
+    """
     from xraycardiac.jobs import JobSpec
+
+    iso: list[float] | None = None
+    if isocenter is not None:
+        try:
+            iso = [float(v) for v in isocenter.split(",")]
+        except ValueError:
+            iso = []
+        if len(iso) != 3 or not all(math.isfinite(v) for v in iso):
+            raise typer.BadParameter(f"--isocenter {isocenter!r}: expected three finite numbers 'R,A,S' (mm)")
 
     views: list[dict[str, Any]] = []
     for v in view:
@@ -200,6 +218,8 @@ def drr(
             dict(name=name, primary_angle_deg=primary, secondary_angle_deg=secondary, sid_mm=sid_mm,
                  sod_mm=sod_mm, detector_rows=size, detector_cols=size, pixel_spacing_mm=[pixel_mm, pixel_mm])
         )  # fmt: skip
+    if iso is not None:
+        views = [v | {"isocenter_ras_mm": iso} for v in views]
     inputs = {"ct": str(ct)} | ({"labels": str(labels)} if labels else {})
     params = {"views": views, "device": device, "step_mm": step_mm, "overwrite": overwrite}
     summary = _run_with_progress(JobSpec("drr", inputs, params, str(out)))
@@ -250,8 +270,8 @@ def phantom(
 
 
 @app.command()
-def geometry(dicom: Annotated[Path, typer.Argument(help="A DICOM XA/RF file.")]) -> None:
-    """Print the C-arm geometry (and projection matrix) of a DICOM XA/RF image as JSON."""
+def geometry(dicom: Annotated[Path, typer.Argument(help="A DICOM XA/RF/DX/CR file.")]) -> None:
+    """Print the C-arm geometry (and projection matrix) of a DICOM XA/RF/DX/CR image as JSON."""
     from xraycardiac.geometry import geometry_from_dicom
 
     g = geometry_from_dicom(dicom)

@@ -12,7 +12,7 @@ A 2D file (PNG, a 2D NRRD, a single-frame DICOM) comes back as a volume with K =
 the LPS z axis (RAS S) with a spacing of 1 mm.
 
 Metadata: ``Volume.meta`` entries whose values are str, int, float, bool or (JSON-serialisable) lists
-are stored as key/value pairs ``xraycardiac_<key> = <JSON>`` in NRRD and MetaImage headers and are
+and dicts are stored as key/value pairs ``xraycardiac_<key> = <JSON>`` in NRRD and MetaImage headers and are
 read back into ``meta``; NIfTI has no room for them and drops them. ``read_volume`` also records
 ``source_path``, ``source_format`` and, for DICOM, ``modality`` and ``series_instance_uid``.
 
@@ -124,6 +124,11 @@ def _image_to_volume(image: Any, meta: dict[str, Any]) -> Volume:
                 f"the image has {n} components per voxel (a vector or colour image) where a scalar volume "
                 "is expected; extract one component (or convert to grey levels) first"
             )
+        stored = sitk.GetArrayFromImage(image)
+        rgb = stored[..., :3].astype(np.float32)
+        meta["colour_components"] = n  # a radiograph reader refuses real colour: see xraycardiac.radiograph
+        meta["colour_bits"] = 8 * stored.dtype.itemsize
+        meta["colour_spread"] = float(np.max(np.ptp(rgb, axis=-1))) if rgb.size else 0.0
         image = _to_scalar(image)
     array = sitk.GetArrayFromImage(image)
     spacing = np.ones(3)
@@ -183,7 +188,7 @@ def _encode_meta(meta: dict[str, Any]) -> dict[str, str]:
             continue
         if isinstance(value, np.generic):
             value = value.item()
-        if not isinstance(value, (str, int, float, list)):  # bool is an int
+        if not isinstance(value, (str, int, float, list, dict)):  # bool is an int
             _log.debug("meta[%r] of type %s not written to the file header", key, type(value).__name__)
             continue
         try:

@@ -22,6 +22,7 @@ Light (standard library only), so every layer may use it: the ground of every wr
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -41,6 +42,8 @@ __all__ = [
     "check_parent",
     "discard",
     "first_difference",
+    "move_into_place",
+    "new_work_dir",
     "parse_shard",
     "remove_stale_temps",
     "sha256_file",
@@ -443,3 +446,69 @@ def require_file(path: str | os.PathLike[str], func: str) -> None:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{func}: {path} does not exist or is not a file")
+
+
+# ------------------------------------------------------------------------------ output folders
+
+
+def new_work_dir(output_dir: Path) -> Path:
+    """Create a fresh hidden folder ``.<name>.tmp-XXXXXXXX`` next to ``output_dir`` (made if needed).
+
+    Unlike ``tempfile.mkdtemp`` (mode 0700) it gets the usual permissions, which the outputs keep
+    after the rename.
+    """
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        work = output_dir.parent / f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            work.mkdir()
+            return work
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a work folder next to {output_dir}")
+
+
+def move_into_place(
+    work: Path, out: Path, overwrite: bool, check: Callable[[Path, bool], Any] | None = None
+) -> None:
+    """Rename ``work`` to ``out``; with ``overwrite``, swap out a non-empty ``out`` and delete it after.
+
+    Args:
+        check: the overwrite rule to apply when ``out`` appeared while the work ran (default
+            :func:`check_output` with ``--out`` wording).
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    aside: Path | None = None
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()  # an empty folder is no output (and Windows cannot rename onto it)
+    elif out.exists():
+        if not overwrite:  # appeared while the work ran
+            (check or (lambda p, o: check_output(p, overwrite=o)))(out, overwrite)
+        aside = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(out, aside)
+    try:
+        _rename_dir(work, out)
+    except BaseException:
+        if aside is not None:
+            os.rename(aside, out)  # put the old outputs back
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _rename_dir(src: Path, dst: Path) -> None:
+    """Rename a folder; across filesystems, copy next to ``dst`` first so the last step is a rename."""
+    try:
+        os.rename(src, dst)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    tmp = dst.parent / f".{dst.name}.copy-{uuid.uuid4().hex[:8]}"
+    try:
+        shutil.copytree(src, tmp)
+        os.rename(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(src, ignore_errors=True)

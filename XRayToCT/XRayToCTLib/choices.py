@@ -19,3 +19,6 @@ DEFAULT_SOD_MM = 541.0
 DEFAULT_DETECTOR_ROWS = 256
 DEFAULT_DETECTOR_COLS = 256
 DEFAULT_PIXEL_SPACING_MM = 2.8
+
+INTENSITY_CHOICES = ("auto", "line-integral", "log", "linear", "display")
+"""What a radiograph node holds (``xraycardiac.radiograph.ENCODINGS`` plus ``auto``; a test keeps them equal)."""

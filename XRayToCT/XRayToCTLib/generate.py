@@ -58,8 +58,10 @@ from xraycardiac.jobs.x2ct_generate import (
     MAX_STEPS,
     OUTPUTS,
     PIPELINE,
+    READING_PARAMS,
 )
 from xraycardiac.volume import Volume
+from xraycardiac.xray2ct.pipeline import GenerateConfig
 from XRayToCTLib import X2CT_DEFAULT_MODEL
 from XRayToCTLib.choices import DEVICE_CHOICES
 
@@ -227,6 +229,15 @@ def describe_result(report: dict[str, Any], geometry_text: str = "") -> str:
         lines.append("No uncertainty volume: it needs 2 samples or more.")
     if geometry_text:
         lines.append(geometry_text + ".")
+    for view, record in (report.get("views") or {}).items():
+        if isinstance(record, dict) and record.get("geometry"):
+            lines.append(f"{view} geometry used: {record['geometry']}.")
+    check = report.get("input_check_text")
+    if check:
+        flagged = (report.get("input_check") or {}).get("flagged")
+        lines.insert(0, check + "." if flagged else "")
+        if not flagged:
+            lines.append(check + ".")
     metrics = report.get("metrics")
     if metrics:
         m = metrics["ct"]
@@ -237,7 +248,7 @@ def describe_result(report: dict[str, Any], geometry_text: str = "") -> str:
             f"PSNR {m['psnr_db']:.2f} dB{capped}, SSIM {m['ssim_3d']:.3f} (3D) / {m['ssim_slicewise']:.3f} "
             f"(slice-wise), MAE {m['mae_hu']:.1f} HU."
         )
-    return " ".join(lines)
+    return " ".join(line for line in lines if line)
 
 
 def _radiograph(node: Any, name: str) -> Volume:
@@ -283,6 +294,7 @@ class GenerateCTLogic(JobLogic[GenerateRun, GenerateResult]):
         device: str = "auto",
         reference_node: Any = None,
         add_direct: bool = False,
+        reading: dict[str, Any] | None = None,
     ) -> GenerateRun:
         """Check the nodes and parameters, write the inputs and start the job; returns at once.
 
@@ -300,6 +312,10 @@ class GenerateCTLogic(JobLogic[GenerateRun, GenerateResult]):
             device: ``auto``, ``cpu``, ``cuda`` (``cuda:N`` and ``mps`` are accepted too).
             reference_node: optional CT (HU, 3D scalar volume) to score the result against.
             add_direct: also import the encoder's direct estimate.
+            reading: how to read nodes that are not line integrals with a geometry (``READING_PARAMS``,
+                the job's: ``intensity`` "auto"/"line-integral"/"log"/"linear"/"display", ``invert``,
+                ``gamma``; ``sid_mm``, ``sod_mm``, ``pixel_mm`` for a node without
+                ``XRayCardiac.Geometry``, e.g. a radiograph loaded from a PNG); None values are left out.
 
         Returns:
             The run; ``run.geometry`` says, per view, whether the node's geometry or the default is used.
@@ -359,6 +375,14 @@ class GenerateCTLogic(JobLogic[GenerateRun, GenerateResult]):
             )
         params = {"model": resolved["model"], "steps": steps, "samples": samples, "seed": seed,
                   "device": device_text}  # fmt: skip
+        unknown = sorted(set(reading or {}) - set(READING_PARAMS))
+        if unknown:
+            raise ValueError(f"reading: unknown option(s) {unknown}; allowed: {list(READING_PARAMS)}")
+        params.update({k: v for k, v in (reading or {}).items() if v is not None})
+        try:  # the core's one check of these values, before anything starts
+            GenerateConfig(**params)
+        except ValueError as exc:
+            raise ValueError(f"reading: {exc}") from None
         views = ("pa", "lateral") if lateral_node is not None else ("pa",)
         geometry = {
             v: GEOMETRY_FROM_NODE if f"geometry_{v}" in geometries else GEOMETRY_DEFAULT for v in views
@@ -418,6 +442,12 @@ class GenerateCTLogic(JobLogic[GenerateRun, GenerateResult]):
                 continue  # K = 1: the job writes no uncertainty (and says so in the report)
             volumes[key] = _read_output(root, outputs.get(key, OUTPUTS[key]), grid, expected)
         model = report.get("model") or {}
+        from_nodes = all(g == GEOMETRY_FROM_NODE for g in run.geometry.values())
+        used = {
+            v: r["geometry"]
+            for v, r in (report.get("views") or {}).items()
+            if isinstance(r, dict) and "geometry" in r
+        }
         provenance = {
             "Pipeline": PIPELINE,
             "ModelName": model.get("name", run.model.get("name")),
@@ -431,6 +461,8 @@ class GenerateCTLogic(JobLogic[GenerateRun, GenerateResult]):
             "Parameters": run.params,
             "GeometrySource": run.geometry,
             "SourceNodes": run.source_ids,
+            "InputCheck": report.get("input_check_text"),
+            "GeometryUsed": used,
         }
         if report.get("xraycardiac_version"):  # the version that ran the job
             provenance["PackageVersion"] = report["xraycardiac_version"]
@@ -461,7 +493,9 @@ class GenerateCTLogic(JobLogic[GenerateRun, GenerateResult]):
             table=added.get("table"),
             report=report,
             geometry=dict(run.geometry),
-            text=describe_result(report, run.geometry_text()),
+            # the report says which geometry each view used (node, user values or ASSUMED); the run's
+            # node-based text is kept where it is true (every view's geometry from its node)
+            text=describe_result(report, run.geometry_text() if not used or from_nodes else ""),
         )
 
     def _add_metrics_table(self, name: str, metrics: dict[str, Any]) -> Any:

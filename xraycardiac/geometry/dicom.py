@@ -1,4 +1,16 @@
-"""Build a :class:`CArmGeometry` from a DICOM X-ray angiography (XA) or radio-fluoroscopy (RF) header."""
+"""Build a :class:`CArmGeometry` from a DICOM X-ray header: angiography (XA), radio-fluoroscopy (RF),
+digital radiography (DX) or computed radiography (CR).
+
+XA/RF carry the C-arm angles. DX/CR carry a view position instead (ViewPosition (0018,5101): PA, AP,
+LL, RL), which sets the primary angle: PA 0 (source posterior, detector anterior), AP 180, LL +90
+(detector at the patient's left), RL -90; the secondary angle is 0. Distances: SID =
+DistanceSourceToDetector (0018,1110); SOD = DistanceSourceToPatient (0018,1111), which DICOM defines
+as the source to isocentre (centre of the field of view) distance, or else SID /
+EstimatedRadiographicMagnificationFactor (0018,1114). Detector pixel: ImagerPixelSpacing (0018,1164)
+(at the detector), or else PixelSpacing (0028,0030) taken as measured at the isocentre and scaled by
+SID / SOD. What the header lacks (or what the user wants otherwise) comes from ``overrides``; the
+geometry's ``extra["sources"]`` says where each value came from.
+"""
 
 from __future__ import annotations
 
@@ -106,8 +118,16 @@ def _value_cut(element: Any) -> bool:
     )
 
 
-def geometry_from_dicom(source: str | Path | pydicom.Dataset, frame_name: str = "") -> CArmGeometry:
-    """Read the C-arm pose of an XA/RF image.
+VIEW_POSITIONS = {"PA": 0.0, "AP": 180.0, "LL": 90.0, "RL": -90.0}
+"""Primary angle (degrees) of each DX/CR ViewPosition (0018,5101) this library understands."""
+OVERRIDE_FIELDS = ("view", "sid_mm", "sod_mm", "pixel_spacing_mm")
+"""Geometry fields a user may give for a DX/CR (or PNG) radiograph, over or instead of its header."""
+
+
+def geometry_from_dicom(
+    source: str | Path | pydicom.Dataset, frame_name: str = "", overrides: dict[str, Any] | None = None
+) -> CArmGeometry:
+    """Read the C-arm pose of an XA/RF image, or the projection geometry of a DX/CR radiograph.
 
     Uses PositionerPrimaryAngle (0018,1510), PositionerSecondaryAngle (0018,1511),
     DistanceSourceToDetector (0018,1110), DistanceSourceToPatient (0018,1111),
@@ -118,10 +138,14 @@ def geometry_from_dicom(source: str | Path | pydicom.Dataset, frame_name: str = 
     Args:
         source: a file path or an already read pydicom Dataset.
         frame_name: name given to the view; defaults to the file stem.
+        overrides: DX/CR only: values given by the user, which win over the header's
+            (``OVERRIDE_FIELDS``: ``view`` "PA"/"AP"/"LL"/"RL", ``sid_mm``, ``sod_mm``,
+            ``pixel_spacing_mm`` (row, column) at the detector); None values are ignored.
 
     Raises:
         FileNotFoundError: the file does not exist. IsADirectoryError: it is a folder.
-        ValueError: not a DICOM file, a truncated one, not XA/RF, a required tag is missing, or an angle
+        ValueError: not a DICOM file, a truncated one, not XA/RF/DX/CR, a required tag is missing (and
+            not given in ``overrides``), an unknown view position, or an angle
             is outside its DICOM range (primary [-180, 180], secondary [-90, 90] degrees); the message
             names the tag.
     """
@@ -139,11 +163,13 @@ def geometry_from_dicom(source: str | Path | pydicom.Dataset, frame_name: str = 
     # a file that ends at an element boundary before any pixel data may be a cut one
     cut = "" if pixels else " (or the file is cut short: it ends before any pixel data)"
     modality = str(getattr(ds, "Modality", ""))
+    if modality in ("DX", "CR"):
+        return _radiograph_geometry(ds, label, frame_name, cut, dict(overrides or {}))
     if modality not in ("XA", "RF"):
         found = f"Modality {modality!r}" if modality else f"no Modality (0008,0060) tag{cut}"
         raise ValueError(
-            f"{label}: C-arm geometry needs an X-ray angiography (XA) or fluoroscopy (RF) image; "
-            f"this file has {found}"
+            f"{label}: projection geometry needs an X-ray angiography (XA), fluoroscopy (RF), digital "
+            f"(DX) or computed (CR) radiography image; this file has {found}"
         )
 
     def need(keyword: str, tag: str) -> Any:
@@ -183,10 +209,88 @@ def geometry_from_dicom(source: str | Path | pydicom.Dataset, frame_name: str = 
             ],
         },
     )
+    return _oriented(ds, geometry)
+
+
+def _tag(ds: pydicom.Dataset, keyword: str) -> Any:
+    """The value of ``keyword``, None when absent or empty."""
+    value = getattr(ds, keyword, None)
+    return None if value is None or value == "" else value
+
+
+def _radiograph_geometry(
+    ds: pydicom.Dataset, label: str, frame_name: str, cut: str, given: dict[str, Any]
+) -> CArmGeometry:
+    """DX/CR: view position, distances and pixel spacing from the header or ``given`` (module docstring)."""
+    unknown = sorted(set(given) - set(OVERRIDE_FIELDS))
+    if unknown:
+        raise ValueError(f"overrides: unknown field(s) {unknown}; allowed: {list(OVERRIDE_FIELDS)}")
+    given = {k: v for k, v in given.items() if v is not None}
+    sources: dict[str, str] = {}
+
+    def value(name: str, keyword: str, tag: str, flag: str) -> Any:
+        if name in given:
+            sources[name] = "given"
+            return given[name]
+        v = _tag(ds, keyword)
+        if v is None:
+            raise ValueError(
+                f"{label}: the radiograph's header has no {keyword} {tag}{cut}; give it ({flag})"
+            )
+        sources[name] = f"{keyword} {tag}"
+        return v
+
+    view = str(value("view", "ViewPosition", "(0018,5101)", "--view-pa / --view-lateral")).strip().upper()
+    if view not in VIEW_POSITIONS:
+        raise ValueError(
+            f"{label}: view position {view!r} is not one this library can place; allowed: "
+            f"{sorted(VIEW_POSITIONS)} (PA/AP frontal, LL/RL lateral)"
+        )
+    sid = float(value("sid_mm", "DistanceSourceToDetector", "(0018,1110)", "--sid-mm"))
+    factor = _tag(ds, "EstimatedRadiographicMagnificationFactor")
+    if "sod_mm" not in given and _tag(ds, "DistanceSourceToPatient") is None and factor is not None:
+        sod = sid / float(factor)
+        sources["sod_mm"] = "SID / EstimatedRadiographicMagnificationFactor (0018,1114)"
+    else:
+        sod = float(value("sod_mm", "DistanceSourceToPatient", "(0018,1111)", "--sod-mm"))
+    at_iso = _tag(ds, "PixelSpacing")
+    if "pixel_spacing_mm" not in given and _tag(ds, "ImagerPixelSpacing") is None and at_iso is not None:
+        spacing = [float(x) * sid / sod for x in at_iso]
+        sources["pixel_spacing_mm"] = "PixelSpacing (0028,0030) x SID / SOD (taken as at the isocentre)"
+    else:
+        spacing = value("pixel_spacing_mm", "ImagerPixelSpacing", "(0018,1164)", "--pixel-mm")
+    if isinstance(spacing, int | float):
+        spacing = (spacing, spacing)
+    rows, cols = _tag(ds, "Rows"), _tag(ds, "Columns")
+    if rows is None or cols is None:
+        raise ValueError(f"{label}: the radiograph's header has no Rows / Columns (0028,0010/0011){cut}")
+    try:
+        geometry = CArmGeometry(
+            primary_angle_deg=VIEW_POSITIONS[view],
+            sid_mm=sid,
+            sod_mm=sod,
+            detector_rows=int(rows),
+            detector_cols=int(cols),
+            pixel_spacing_mm=(float(spacing[0]), float(spacing[1])),
+            name=frame_name,
+            extra={"source": label, "view_position": view, "sources": sources},
+        )
+    except ValueError as exc:
+        raise ValueError(f"{label}: {exc} (values from: {sources})") from None
+    oriented = _oriented(ds, geometry)
+    sources["image_axes"] = (
+        "PatientOrientation (0020,0020)" if oriented is not geometry
+        else "default (no PatientOrientation (0020,0020))"
+    )  # fmt: skip
+    return oriented
+
+
+def _oriented(ds: pydicom.Dataset, geometry: CArmGeometry) -> CArmGeometry:
+    """``geometry`` with its image axes flipped where Patient Orientation (0020,0020) says; itself without it."""
     orientation = getattr(ds, "PatientOrientation", None)
-    if orientation and len(orientation) == 2:
-        u_ax, v_ax = geometry.detector_axes
-        flip_u = float(_orientation_vector(str(orientation[0])) @ u_ax) < 0
-        flip_v = float(_orientation_vector(str(orientation[1])) @ v_ax) < 0
-        geometry = geometry.with_(flip_columns=flip_u, flip_rows=flip_v)
-    return geometry
+    if not (orientation and len(orientation) == 2):
+        return geometry
+    u_ax, v_ax = geometry.detector_axes
+    flip_u = float(_orientation_vector(str(orientation[0])) @ u_ax) < 0
+    flip_v = float(_orientation_vector(str(orientation[1])) @ v_ax) < 0
+    return geometry.with_(flip_columns=flip_u, flip_rows=flip_v)

@@ -6,7 +6,6 @@ Shared by the jobs that take radiographs / angiograms (``x2ct-generate``, ``coro
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -71,21 +70,9 @@ def read_view(path: str | os.PathLike[str], key: str) -> np.ndarray:
 
 def read_geometry_input(spec: JobSpec, key: str, shape: tuple[int, int], image_key: str) -> Any:
     """Input ``key`` (a ``CArmGeometry`` JSON), checked against its image's (rows, cols)."""
-    from xraycardiac.geometry import CArmGeometry
+    from xraycardiac.radiograph import load_view_geometry
 
-    path = spec.input_path(key)
-    _require_file(path, key, "a C-arm geometry JSON file")
-    try:
-        geometry = CArmGeometry.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise ValueError(f"inputs.{key}: {path.name} is not a C-arm geometry JSON ({exc})") from None
-    detector = (geometry.detector_rows, geometry.detector_cols)
-    if detector != tuple(shape):
-        raise ValueError(
-            f"inputs.{key}: its detector is {detector[0]} x {detector[1]} pixels (rows x cols) but "
-            f"inputs.{image_key} is {shape[0]} x {shape[1]}; each image needs the geometry of its own frame"
-        )
-    return geometry
+    return load_view_geometry(spec.input_path(key), key, shape, image_key)
 
 
 def read_run_input(

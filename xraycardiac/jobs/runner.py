@@ -27,7 +27,6 @@ import signal
 import socket
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ import xraycardiac
 from xraycardiac.jobs import registry
 from xraycardiac.jobs.registry import EventSink, Progress
 from xraycardiac.jobs.spec import JobSpec
-from xraycardiac.outputs import check_output
+from xraycardiac.outputs import check_output, move_into_place, new_work_dir
 
 REPORT_NAME = "job_report.json"
 _NO_SPACE = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}  # disk or quota full
@@ -177,7 +176,7 @@ def _run(spec: JobSpec, emit: EventSink, work_dir: str | os.PathLike[str] | None
         report = _report(spec, summary, started, time.time(), time.monotonic() - t0)
         (work / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         with _termination_deferred():
-            _move_into_place(work, out, overwrite)
+            move_into_place(work, out, overwrite, check=check_output_dir)
     except BaseException as exc:
         shutil.rmtree(work, ignore_errors=True)
         named = no_space_error(exc, out)
@@ -220,23 +219,6 @@ def _make_work_dir(out: Path, work_dir: str | os.PathLike[str] | None) -> Path:
     else:
         work.mkdir(parents=True)
     return work
-
-
-def new_work_dir(output_dir: Path) -> Path:
-    """Create a fresh hidden folder ``.<name>.tmp-XXXXXXXX`` next to ``output_dir`` (made if needed).
-
-    Unlike ``tempfile.mkdtemp`` (mode 0700) it gets the usual permissions, which the outputs keep
-    after the rename.
-    """
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(100):
-        work = output_dir.parent / f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-        try:
-            work.mkdir()
-            return work
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"could not create a work folder next to {output_dir}")
 
 
 def _checked_summary(summary: Any, work: Path, pipeline: str) -> dict:
@@ -295,45 +277,6 @@ def _report(spec: JobSpec, summary: dict, started: float, finished: float, durat
             "cuda": getattr(getattr(torch, "version", None), "cuda", None),
         }
     return report
-
-
-def _move_into_place(work: Path, out: Path, overwrite: bool) -> None:
-    """Rename ``work`` to ``out``; with ``overwrite``, swap out a non-empty ``out`` and delete it after."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    aside: Path | None = None
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()  # an empty folder is no output (and Windows cannot rename onto it)
-    elif out.exists():
-        if not overwrite:  # appeared while the job ran
-            check_output_dir(out, overwrite)
-        aside = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out, aside)
-    try:
-        _rename_dir(work, out)
-    except BaseException:
-        if aside is not None:
-            os.rename(aside, out)  # put the old outputs back
-        raise
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
-
-
-def _rename_dir(src: Path, dst: Path) -> None:
-    """Rename a folder; across filesystems, copy next to ``dst`` first so the last step is a rename."""
-    try:
-        os.rename(src, dst)
-        return
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-    tmp = dst.parent / f".{dst.name}.copy-{uuid.uuid4().hex[:8]}"
-    try:
-        shutil.copytree(src, tmp)
-        os.rename(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(src, ignore_errors=True)
 
 
 # SIGTERM arriving while the finished outputs are being renamed into place is ignored: the job is

@@ -17,16 +17,18 @@ Job spec::
 
 Inputs:
 
-* ``pa`` (required), ``lateral`` (biplanar models only): radiographs as one-slice volumes (NRRD,
-  NIfTI, MetaImage: K = 1) or ``.npy`` arrays (rows, cols) (or (1, rows, cols)), holding the **line
-  integral of mu** (dimensionless), what ``xraycardiac drr`` / the ``drr`` job write. They are
-  divided by ``mu_water * drr_water_mm`` of the model's data config (the training views' scale).
-  Both views must have the same size. A 3D volume is refused. Any other input name is refused.
+* ``pa`` (required), ``lateral`` (biplanar models only): radiographs as they come
+  (:func:`xraycardiac.radiograph.read_radiograph`): DICOM DX/CR (geometry, polarity, rescale, window
+  and intensity relationship from the header), PNG/JPEG/TIFF (8/16-bit grey; a colour picture is
+  refused), one-slice volumes (NRRD, NIfTI, MetaImage) or ``.npy`` arrays of **line integrals of mu**
+  (what ``xraycardiac drr`` / the ``drr`` job write; a ``drr`` NRRD carries its view in its header,
+  which is used). Stored values are mapped to line integrals by
+  :mod:`xraycardiac.xray2ct.intensity`. Both views must have the same size; a blank or constant
+  image is refused. Any other input name is refused.
 * ``geometry_pa`` / ``geometry_lateral`` (optional): ``CArmGeometry.to_dict()`` JSON of each view; its
-  detector must be the image's rows x cols. Default: the model's training view (data config SID,
-  SOD, angle) about the PA isocentre (PA default: RAS (0, 0, 0)), with a detector of the same
-  physical size as the training detector (``image_size * detector_pixel_mm``) split into the image's
-  pixels.
+  detector must be the image's rows x cols; it wins over the file's. Without any geometry (none given,
+  none in the file) the model's training view about RAS (0, 0, 0) is **assumed, with a warning**;
+  the report's ``views.<view>.geometry`` says what was used and where it came from.
 * ``reference`` (optional): a CT (HU) to score the result against.
 
 The output cube is the model's (``grid``³ voxels of ``spacing_mm``, axis-aligned, I = R, J = A,
@@ -39,12 +41,18 @@ Params: ``model`` (required; bundle folder or installed name), ``steps`` (sample
 default 20), ``samples`` (K, 1..64, default 4; the uncertainty needs K >= 2: with K = 1 no
 uncertainty.nrrd is written), ``seed`` (>= 0, default 0; same inputs, seed and device give the same
 volumes), ``device`` ("auto", "cpu", "cuda[:N]", "mps").
+Reading params (null = from the file): ``intensity`` ("auto", "line-integral", "log", "linear",
+"display"), ``invert`` (true: values fall as attenuation rises, MONOCHROME1), ``gamma`` (display gamma
+of a picture, a number or "auto"), ``sid_mm``, ``sod_mm``, ``pixel_mm`` (detector pixel at the
+detector), ``view_pa`` / ``view_lateral`` ("PA", "AP", "LL", "RL"): the user's geometry, over the
+file header's (a picture needs SID, SOD and pixel together).
 
 Outputs: ``ct.nrrd`` (voxel-wise mean of the K decoded samples, HU, clipped to the model's HU
 window), ``uncertainty.nrrd`` (voxel-wise standard deviation over the K samples (unbiased), HU),
 ``direct.nrrd`` (the encoder's direct CT estimate, no diffusion, HU), all on the cube's ijk_to_ras
 with provenance in the header (``xraycardiac_*`` keys), and ``report.json`` (the summary: model,
-sha256s, params, mode, geometry, timing, peak memory and, with a reference, metrics; see
+sha256s, params, mode, per view the reading, intensity mapping and geometry source, the
+out-of-distribution score (``input_check``), timing, peak memory and, with a reference, metrics; see
 ``METRICS_METHOD``). Progress: one event per sampler step (``step``, ``steps`` extras).
 """
 
@@ -53,7 +61,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from xraycardiac.jobs.inputs import read_geometry_input, read_view
+from xraycardiac.jobs.inputs import read_geometry_input
 from xraycardiac.jobs.registry import Progress, register
 from xraycardiac.jobs.spec import JobSpec
 from xraycardiac.xray2ct.pipeline import (
@@ -67,6 +75,7 @@ from xraycardiac.xray2ct.pipeline import (
     VIEWS,
     GenerateConfig,
     generate_ct,
+    read_views,
 )
 
 __all__ = [
@@ -80,12 +89,16 @@ __all__ = [
     "PARAMS",
     "PIPELINE",
     "PSNR_CAP_DB",
+    "READING_PARAMS",
     "run_x2ct_generate",
 ]
 
 PIPELINE = "x2ct-generate"
 INPUTS = ("pa", "lateral", "geometry_pa", "geometry_lateral", "reference")
-PARAMS = ("model", "steps", "samples", "seed", "device")
+PARAMS = ("model", "steps", "samples", "seed", "device", "intensity", "invert", "gamma", "sid_mm", "sod_mm",
+          "pixel_mm", "view_pa", "view_lateral")  # fmt: skip
+READING_PARAMS = PARAMS[5:]
+"""How the radiographs are read (intensity, polarity, gamma) and the user's geometry values."""
 
 
 def _config(spec: JobSpec) -> GenerateConfig:
@@ -97,6 +110,8 @@ def _config(spec: JobSpec) -> GenerateConfig:
         "samples": spec.param("samples", DEFAULT_SAMPLES, int),
         "seed": spec.param("seed", 0, int),
         "device": spec.param("device", "auto", str),
+        "intensity": spec.param("intensity", "auto", str),
+        **{k: spec.params.get(k) for k in READING_PARAMS[1:]},  # checked by GenerateConfig
     }
     try:
         return GenerateConfig(**values)
@@ -123,12 +138,11 @@ def run_x2ct_generate(spec: JobSpec, work_dir: Path, progress: Progress) -> dict
     config = _config(spec)
     _check_input_names(spec)
     progress("reading the views", 0.0)
-    images = {v: read_view(spec.input_path(v), v) for v in VIEWS if v in spec.inputs}
+    radiographs = read_views(config, {v: spec.input_path(v) for v in VIEWS if v in spec.inputs})
 
     def read_geometry(view: str, shape: tuple[int, int]) -> Any:
         key = f"geometry_{view}"
         return read_geometry_input(spec, key, shape, view) if key in spec.inputs else None
 
     reference = spec.input_path("reference") if "reference" in spec.inputs else None
-    files = {v: Path(spec.inputs[v]).name for v in images}
-    return generate_ct(config, images, work_dir, progress, read_geometry, reference, files, PIPELINE)
+    return generate_ct(config, radiographs, work_dir, progress, read_geometry, reference, PIPELINE)

@@ -498,14 +498,19 @@ def import_bundle(folder: str | os.PathLike[str]) -> Any:
                 )
             with atomic_path(dest / path.name) as tmp:
                 shutil.copyfile(path, tmp)
+        stats = src / "input_stats.json"  # the input check's reference (xray2ct.input_stats), when made
+        if stats.is_file():
+            with atomic_path(dest / stats.name) as tmp:
+                shutil.copyfile(stats, tmp)
         installed = import_model(src)
     except BaseException:
         if created:
             shutil.rmtree(dest, ignore_errors=True)
         raise
     if installed.directory is not None and Path(installed.directory) != dest:  # another cache layout
-        for rec in info["files"].values():
-            shutil.copyfile(dest / rec["file"], Path(installed.directory) / rec["file"])
+        for name in [rec["file"] for rec in info["files"].values()] + ["input_stats.json"]:
+            if (dest / name).is_file():
+                shutil.copyfile(dest / name, Path(installed.directory) / name)
     return installed
 
 

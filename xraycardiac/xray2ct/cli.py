@@ -3,7 +3,8 @@
 Commands: ``cache`` (training cache), ``bundle`` (pack three trained parts into one x2ct model
 folder, optionally installing it), ``install`` (install a bundle folder into the model cache),
 ``generate`` (the ``x2ct-generate`` job: CT + uncertainty from a PA (+ lateral) radiograph),
-``evaluate`` (CLS-DM vs the encoder's direct estimate, SART, CGLS and the mean prior on a cache
+``input-stats`` (the training views' reference statistics for the out-of-distribution check of
+inputs, :mod:`xraycardiac.xray2ct.input_stats`), ``evaluate`` (CLS-DM vs the encoder's direct estimate, SART, CGLS and the mean prior on a cache
 split and a real chest CT; :mod:`xraycardiac.xray2ct.evaluate`).
 
 ``cache`` turns CT volumes (files, DICOM series, folders of them, or chest phantoms
@@ -24,7 +25,7 @@ Heavy imports happen inside the commands, so ``--help`` answers at once.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -112,19 +113,81 @@ def install(
     typer.echo(f"installed {entry.name} {entry.version} in {entry.directory}")
 
 
-@app.command()
+class _ConsoleProgress:
+    """The pipeline's progress reporter on the console: stages dimmed, warnings in yellow."""
+
+    def __init__(self, console: Any) -> None:
+        self.console = console
+
+    def __call__(self, stage: str, fraction: float, **extra: Any) -> None:
+        if "step" not in extra or extra["step"] in (0, extra.get("steps")):
+            self.console.print(f"[dim]{100 * fraction:5.1f}%  {stage}[/dim]")
+
+    def log(self, message: str, level: str = "info") -> None:
+        colour = "yellow" if level == "warning" else "cyan"
+        self.console.print(f"[{colour}]{message}[/{colour}]", soft_wrap=True)
+
+
+_GEOMETRY_HELP = (
+    "Geometry, per view, first found of: --geometry-<view> JSON; the file's header (a `xraycardiac drr` "
+    "NRRD's stored view; a DICOM DX/CR's ViewPosition, DistanceSourceToDetector/Patient, "
+    "ImagerPixelSpacing), with --sid-mm/--sod-mm/--pixel-mm/--view-* over it; for a PNG/JPEG, "
+    "--sid-mm + --sod-mm + --pixel-mm. Without any, the model's training view about RAS (0,0,0) is "
+    "ASSUMED and a warning says so. The console and report.json say which geometry each view used."
+)
+
+
+@app.command(epilog=_GEOMETRY_HELP)
 def generate(
     pa: Annotated[
-        Path, typer.Option(help="PA radiograph: one-slice NRRD/NIfTI or .npy (rows, cols) line integrals.")
+        Path,
+        typer.Option(
+            help="PA radiograph: DICOM DX/CR, PNG/JPEG (8/16-bit grey), a one-slice NRRD/NIfTI or .npy of line "
+            "integrals (e.g. from `xraycardiac drr`)."
+        ),
     ],
     model: Annotated[str, typer.Option(help="x2ct model: an installed name or a bundle folder.")],
     out: Annotated[
         Path, typer.Option(help="Output folder (ct.nrrd, uncertainty.nrrd, direct.nrrd, report.json).")
     ],
     lateral: Annotated[Path | None, typer.Option(help="Lateral radiograph (biplanar models).")] = None,
-    geometry_pa: Annotated[Path | None, typer.Option(help="C-arm geometry JSON of the PA view.")] = None,
+    geometry_pa: Annotated[
+        Path | None, typer.Option(help="C-arm geometry JSON of the PA view (wins over the file's).")
+    ] = None,
     geometry_lateral: Annotated[
-        Path | None, typer.Option(help="C-arm geometry JSON of the lateral view.")
+        Path | None, typer.Option(help="C-arm geometry JSON of the lateral view (wins over the file's).")
+    ] = None,
+    sid_mm: Annotated[
+        float | None, typer.Option(help="Source to detector distance (mm), over the file's (or for a PNG).")
+    ] = None,
+    sod_mm: Annotated[
+        float | None, typer.Option(help="Source to isocentre (patient centre) distance (mm).")
+    ] = None,
+    pixel_mm: Annotated[
+        float | None, typer.Option(help="Detector pixel spacing at the detector (mm).")
+    ] = None,
+    view_pa: Annotated[str | None, typer.Option(help="View position of --pa: PA or AP (default PA).")] = None,
+    view_lateral: Annotated[
+        str | None, typer.Option(help="View position of --lateral: LL or RL (default LL).")
+    ] = None,
+    intensity: Annotated[
+        str,
+        typer.Option(
+            help="What the stored values are: auto (from the file) | line-integral | log | linear "
+            "(transmission) | display (grey levels; scale fitted to the training views)."
+        ),
+    ] = "auto",
+    invert: Annotated[
+        bool | None,
+        typer.Option(
+            help="Values fall as attenuation rises (MONOCHROME1, bone dark). Default: from the file."
+        ),
+    ] = None,
+    gamma: Annotated[
+        str | None,
+        typer.Option(
+            help="Display gamma of a picture (display = linear ** gamma), or 'auto' (estimated, default)."
+        ),
     ] = None,
     reference: Annotated[
         Path | None, typer.Option(help="Reference CT (HU) to score the result against.")
@@ -137,31 +200,76 @@ def generate(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N] | mps")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
-    """CT volume + per-voxel uncertainty from a PA (+ lateral) radiograph (the x2ct-generate job)."""
+    """CT volume + per-voxel uncertainty from a PA (+ lateral) radiograph as it comes (the x2ct-generate pipeline)."""
+    import shutil
+
     from rich.console import Console
 
-    import xraycardiac.jobs.x2ct_generate  # noqa: F401 -- registers the pipeline
-    from xraycardiac.jobs import JobSpec, run_job
+    from xraycardiac.outputs import check_output, move_into_place, new_work_dir
+    from xraycardiac.radiograph import load_view_geometry
+    from xraycardiac.xray2ct.pipeline import GenerateConfig, generate_ct, read_views
 
     console = Console(stderr=True)
-    named = {"pa": pa, "lateral": lateral, "geometry_pa": geometry_pa, "geometry_lateral": geometry_lateral,
-             "reference": reference}  # fmt: skip
-    inputs = {k: str(v) for k, v in named.items() if v is not None}
-    params = {"model": model, "steps": steps, "samples": samples, "seed": seed, "device": device,
-              "overwrite": overwrite}  # fmt: skip
+    try:
+        g = gamma if gamma in (None, "auto") else float(gamma)
+    except ValueError:
+        raise typer.BadParameter(f"--gamma: expected a number > 0 or 'auto', got {gamma!r}") from None
+    config = GenerateConfig(model=model, steps=steps, samples=samples, seed=seed, device=device,
+                            intensity=intensity, invert=invert, gamma=g, sid_mm=sid_mm, sod_mm=sod_mm,
+                            pixel_mm=pixel_mm, view_pa=view_pa, view_lateral=view_lateral)  # fmt: skip
+    check_output(out, overwrite=overwrite)
+    if geometry_lateral is not None and lateral is None:
+        raise typer.BadParameter("--geometry-lateral given without --lateral")
+    radiographs = read_views(config, {"pa": pa} | ({"lateral": lateral} if lateral else {}))
+    files = {"pa": geometry_pa, "lateral": geometry_lateral}
 
-    def on_event(event: dict) -> None:
-        if event.get("event") == "progress":
-            console.print(f"[dim]{100 * event['progress']:5.1f}%  {event['stage']}[/dim]")
-        elif event.get("event") == "log":
-            console.print(f"[yellow]{event.get('message', '')}[/yellow]")
+    def read_geometry(view: str, shape: tuple[int, int]) -> Any:
+        path = files[view]
+        return None if path is None else load_view_geometry(path, f"geometry_{view}", shape, view)
 
-    summary = run_job(JobSpec("x2ct-generate", inputs, params, str(out)), on_event=on_event)
+    work = new_work_dir(out)
+    try:
+        summary = generate_ct(config, radiographs, work, _ConsoleProgress(console), read_geometry, reference)
+        move_into_place(work, out, overwrite)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    for view, record in summary["views"].items():
+        typer.echo(f"{view} geometry: {record['geometry']}")
+        typer.echo(f"{view} intensity: {'; '.join(record['intensity']['steps'])}")
+    typer.echo(summary["input_check_text"])
     for key, file in summary["outputs"].items():
         typer.echo(f"{key}: {out / file}")
     t = summary["timing_s"]
     typer.echo(f"{summary['model']['name']} ({summary['model']['mode']}), K={samples}, {steps} steps: "
                f"{t['generate']:.1f} s sampling, {t['total']:.1f} s in all on {summary['device']}")  # fmt: skip
+
+
+@app.command("input-stats")
+def input_stats(
+    data: Annotated[
+        Path, typer.Option(help="The model's training cache (x2ct cache, the model's data recipe).")
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="File to write: <model>.input_stats.json beside the weights, or input_stats.json in a bundle."
+        ),
+    ],
+    split: Annotated[str, typer.Option(help="Cache split the statistics come from (train).")] = "train",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
+) -> None:
+    """Reference statistics of the training views (a few KB) for the out-of-distribution check of inputs."""
+    import sys
+
+    from xraycardiac.outputs import check_output
+    from xraycardiac.xray2ct.input_stats import compute_input_stats
+
+    check_output(out, overwrite=overwrite, file=True)
+    stats = compute_input_stats(data, split, command="xraycardiac x2ct input-stats " + " ".join(sys.argv[3:]))
+    stats.save(out)
+    typer.echo(f"{stats.source['cases']} {split} cases, threshold {stats.threshold:g} "
+               f"(largest training score {stats.source['largest_training_score']:g}) -> {out}")  # fmt: skip
 
 
 @app.command()

@@ -4,11 +4,22 @@ The pipeline behind the ``x2ct-generate`` job (:mod:`xraycardiac.jobs.x2ct_gener
 describes the inputs and outputs a user gives and gets). :class:`GenerateConfig` holds the checked
 parameters (the only place they are checked); :func:`generate_ct` does the work:
 
-* views: line integrals of mu (dimensionless), divided by ``mu_water * drr_water_mm`` of the model's
-  data config (the training views' scale); both views of the same size.
-* geometry: given per view, or the model's training view (data config SID, SOD, angle) about the PA
+* views: radiographs as read by :func:`xraycardiac.radiograph.read_radiograph` (DICOM DX/CR, PNG/JPEG,
+  ``xraycardiac drr`` NRRDs, .npy line integrals); blank / constant images are refused
+  (:func:`~xraycardiac.xray2ct.input_stats.check_not_blank`); stored values are mapped to line integrals
+  of mu (:mod:`xraycardiac.xray2ct.intensity`: log transform, polarity, display range and gamma, and for
+  data of unknown scale an affine fit to the training views' quantiles), then divided by
+  ``mu_water * drr_water_mm`` of the model's data config (the training views' scale); both views of
+  the same size.
+* geometry, in this order: a geometry JSON given for the view; the file's own (a ``drr`` NRRD header,
+  a DICOM DX/CR/XA header), with the user's SID / SOD / pixel / view over it; for a picture, the user's
+  SID / SOD / pixel; else the model's training view (data config SID, SOD, angle) about the PA
   isocentre (default RAS (0, 0, 0)) with a detector of the training detector's physical size split
-  into the image's pixels (:func:`default_geometry`).
+  into the image's pixels (:func:`default_geometry`), with a warning. The report says, per view,
+  which one was used and where it came from.
+* out-of-distribution check: the views as the encoder sees them are scored against the model's input
+  statistics (:mod:`xraycardiac.xray2ct.input_stats`, when shipped beside the weights); a score above
+  the threshold is a warning (progress log and report), never a silent pass.
 * the output cube is the model's (``grid``³ voxels of ``spacing_mm``, I = R, J = A, K = S) centred on
   the PA view's isocentre. Views are resampled to the model's view size S (:func:`resample_view`:
   block average for integer factors, else antialiased bilinear; pixel centres kept,
@@ -23,14 +34,14 @@ torch is imported inside the functions that need it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from xraycardiac.jsonutil import is_int
+from xraycardiac.jsonutil import is_int, is_number
 from xraycardiac.outputs import write_json_atomic
 
 __all__ = [
@@ -44,6 +55,9 @@ __all__ = [
     "GenerateConfig",
     "default_geometry",
     "generate_ct",
+    "ood_message",
+    "prepare_views",
+    "read_views",
     "resample_view",
     "window_metrics",
 ]
@@ -91,6 +105,25 @@ class GenerateConfig:
     samples: int = DEFAULT_SAMPLES
     seed: int = 0
     device: str = "auto"
+    intensity: str = "auto"
+    invert: bool | None = None
+    gamma: float | str | None = None
+    sid_mm: float | None = None
+    sod_mm: float | None = None
+    pixel_mm: float | None = None
+    view_pa: str | None = None
+    view_lateral: str | None = None
+
+    def intensity_options(self) -> Any:
+        """The :class:`~xraycardiac.xray2ct.intensity.IntensityOptions` of these parameters."""
+        from xraycardiac.xray2ct.intensity import IntensityOptions
+
+        return IntensityOptions(self.intensity, self.invert, self.gamma)
+
+    def geometry_overrides(self, view: str) -> dict[str, Any]:
+        """The user's geometry values for ``view`` (None = not given), as ``read_radiograph`` takes them."""
+        return {"view": getattr(self, f"view_{view}"), "sid_mm": self.sid_mm, "sod_mm": self.sod_mm,
+                "pixel_spacing_mm": self.pixel_mm}  # fmt: skip
 
     def __post_init__(self) -> None:
         if not (isinstance(self.model, str) and self.model.strip()):
@@ -107,6 +140,17 @@ class GenerateConfig:
             raise ValueError(f"seed: expected an integer >= 0, got {self.seed}")
         if not isinstance(self.device, str):
             raise ValueError(f"device: expected a string, got {self.device!r}")
+        self.intensity_options()  # checks intensity, invert, gamma
+        for name in ("sid_mm", "sod_mm", "pixel_mm"):
+            v = getattr(self, name)
+            if v is not None and not (is_number(v) and v > 0):
+                raise ValueError(f"{name}: expected a number > 0 (mm) or null (from the file), got {v!r}")
+        from xraycardiac.geometry.dicom import VIEW_POSITIONS
+
+        for name in ("view_pa", "view_lateral"):
+            v = getattr(self, name)
+            if v is not None and str(v).upper() not in VIEW_POSITIONS:
+                raise ValueError(f"{name}: expected one of {sorted(VIEW_POSITIONS)} or null, got {v!r}")
 
 
 def default_geometry(config: Any, view: str, shape: tuple[int, int], centre: Any) -> Any:
@@ -190,40 +234,146 @@ def _reference_on_cube(path: Path, config: Any, a: np.ndarray, centre: np.ndarra
     return prepare_ct(ref, config, centre).array, "resampled"
 
 
+def read_views(config: GenerateConfig, paths: Mapping[str, str | Path]) -> dict[str, Any]:
+    """The radiographs of ``paths`` ("pa", "lateral" -> file), read with the user's geometry values."""
+    from xraycardiac.radiograph import read_radiograph
+
+    return {v: read_radiograph(paths[v], v, config.geometry_overrides(v)) for v in VIEWS if v in paths}
+
+
+def _geometries(
+    config: Any, views: Sequence[str], radiographs: Mapping[str, Any], read_geometry: Callable[..., Any]
+) -> tuple[dict[str, Any], dict[str, str], np.ndarray]:
+    """Per view: its geometry, where it came from (module docstring), and the cube centre (RAS mm)."""
+    geoms: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for view in views:
+        r = radiographs[view]
+        given = read_geometry(view, r.pixels.shape)
+        if given is not None:
+            geoms[view], sources[view] = given, f"geometry JSON given for the view (inputs.geometry_{view})"
+        elif r.geometry is not None:
+            geoms[view], sources[view] = r.geometry, r.geometry_source
+    centre = geoms["pa"].isocenter if "pa" in geoms else np.zeros(3)
+    for view in views:
+        if view not in geoms:
+            geoms[view] = default_geometry(config, view, radiographs[view].pixels.shape, centre)
+            sources[view] = (
+                f"ASSUMED: the model's training view (SID {config.sid_mm:g} mm, SOD {config.sod_mm:g} mm, "
+                f"detector {config.image_size * config.detector_pixel_mm:.0f} mm) about RAS "
+                f"({', '.join(f'{c:g}' for c in centre)}); the file gave none "
+                f"({radiographs[view].geometry_source}): give --geometry-{view} or --sid-mm/--sod-mm/--pixel-mm"
+            )
+    return geoms, sources, centre
+
+
+def prepare_views(
+    bundle: Any, radiographs: Mapping[str, Any], config: GenerateConfig, read_geometry: Callable[..., Any],
+    progress: Any = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Radiographs -> the encoder's input: views (V, S, S) in view units, projection matrices, the cube.
+
+    Returns:
+        {"views": (V, S, S) float64, "matrices": (V, 3, 4), "centre": (3,), "records": {view: dict}
+        (reading, intensity and geometry of each view), "ood": the score or None, "stats_source"}.
+
+    Raises:
+        ValueError: a blank / constant view; data of unknown scale for a model without input statistics.
+    """
+    from xraycardiac.projection import MU_WATER_PER_MM
+    from xraycardiac.xray2ct.input_stats import check_not_blank, find_input_stats, score_views
+    from xraycardiac.xray2ct.intensity import fit_to_reference, relative_attenuation
+
+    data_config = bundle.data_config
+    for view in bundle.views:
+        check_not_blank(radiographs[view].pixels, view, radiographs[view].name)
+    stats, stats_source = find_input_stats(bundle.source["folder"], bundle.source["model"], data_config)
+    geoms, sources, centre = _geometries(data_config, bundle.views, radiographs, read_geometry)
+    size = bundle.view_size
+    scale = 1.0 / (MU_WATER_PER_MM * data_config.drr_water_mm)
+    views, mats, records = [], [], {}
+    for view in bundle.views:
+        r = radiographs[view]
+        x, rec = relative_attenuation(r, config.intensity_options())
+        image, p = resample_view(x, geoms[view].projection_matrix(), size)
+        if rec["absolute"]:
+            image = image * scale
+        elif stats is None:
+            raise ValueError(
+                f"inputs.{view}: {r.name} holds {rec['encoding']} values of unknown scale, and {stats_source}; "
+                "give line integrals (an xraycardiac drr NRRD, a .npy) or a model with input statistics"
+            )
+        else:
+            image, rec = fit_to_reference(image, np.asarray(stats.quantiles[view]), rec)
+        views.append(image)
+        mats.append(p)
+        records[view] = {**r.describe(), "geometry": sources[view], "intensity": rec}
+        if sources[view].startswith("ASSUMED") and progress is not None:
+            progress.log(f"{view}: geometry {sources[view]}", level="warning")
+    ood = score_views(dict(zip(bundle.views, views, strict=True)), stats) if stats is not None else None
+    if ood is not None and ood["flagged"]:
+        ood["hint"] = _ood_hint(bundle.views, views, stats, score_views)
+    return {"views": np.stack(views), "matrices": np.stack(mats), "centre": centre, "records": records,
+            "geometries": geoms, "ood": ood, "stats_source": stats_source}  # fmt: skip
+
+
+def _ood_hint(
+    names: Sequence[str], views: Sequence[np.ndarray], stats: Any, score: Callable[..., Any]
+) -> str:
+    """What an out-of-distribution input may be: inverted polarity when the flipped views score in range."""
+    flipped = {n: v.max() + v.min() - v for n, v in zip(names, views, strict=True)}
+    if not score(flipped, stats)["flagged"]:
+        return "the views look inverted (MONOCHROME1 / bone dark?): try --invert (or --no-invert)"
+    return (
+        "the views are unlike the model's training radiographs (another geometry, collimation, processing, "
+        "noise, or not a chest radiograph); the CT will be unreliable"
+    )
+
+
+def ood_message(ood: Mapping[str, Any] | None, stats_source: str) -> str:
+    """One line for consoles and panels: the out-of-distribution verdict."""
+    if ood is None:
+        return f"input check: not done ({stats_source})"
+    worst = max(ood["views"].items(), key=lambda kv: kv[1]["score"])
+    head = "WARNING: input unlike the training data" if ood["flagged"] else "input check: in range"
+    text = (f"{head} (score {ood['score']:.1f}, threshold {ood['threshold']:.1f}; worst: "
+            f"{worst[0]} {worst[1]['worst_feature']})")  # fmt: skip
+    return text + (f": {ood['hint']}" if ood.get("hint") else "")
+
+
 def generate_ct(
     config: GenerateConfig,
-    images: Mapping[str, np.ndarray],
+    radiographs: Mapping[str, Any],
     out_dir: Path,
     progress: Any,
     read_geometry: Callable[[str, tuple[int, int]], Any] = lambda view, shape: None,
     reference: Path | None = None,
-    files: Mapping[str, str] | None = None,
     pipeline: str = "x2ct-generate",
 ) -> dict[str, Any]:
     """Write ct.nrrd, direct.nrrd, uncertainty.nrrd (K >= 2) and report.json to ``out_dir``.
 
     Args:
         config: the checked parameters.
-        images: "pa" (and "lateral" for a biplanar model): (rows, cols) line integrals of mu.
+        radiographs: "pa" (and "lateral" for a biplanar model): :class:`xraycardiac.radiograph.Radiograph`
+            (:func:`read_views`).
         out_dir: an existing, empty folder.
         progress: ``progress(stage, fraction, **extras)`` and ``progress.log(message, level=...)``
             (the job runner's ``Progress``); one event per sampler step (``step``, ``steps`` extras).
-        read_geometry: ``(view, shape) -> CArmGeometry`` given for the view, or None (the default view).
+        read_geometry: ``(view, shape) -> CArmGeometry`` given for the view (a geometry JSON), or None.
         reference: a CT (HU) to score the result against, or None.
-        files: the file name of each view, for the report.
         pipeline: the name written in the report.
 
     Returns:
         The summary written as report.json.
 
     Raises:
-        ValueError: views of different sizes, or a model that takes the other number of views.
+        ValueError: views of different sizes, a model that takes the other number of views, a blank
+            or constant view, data of unknown scale for a model without input statistics.
     """
     import torch
 
     from xraycardiac import __version__
     from xraycardiac.io import write_volume
-    from xraycardiac.projection import MU_WATER_PER_MM
     from xraycardiac.runtime import select_device
     from xraycardiac.volume import Volume
     from xraycardiac.xray2ct.bundle import load_bundle
@@ -231,8 +381,8 @@ def generate_ct(
 
     t_start = time.monotonic()
     params = asdict(config)
-    if "lateral" in images and images["lateral"].shape != images["pa"].shape:
-        (r1, c1), (r2, c2) = images["pa"].shape, images["lateral"].shape
+    if "lateral" in radiographs and radiographs["lateral"].pixels.shape != radiographs["pa"].pixels.shape:
+        (r1, c1), (r2, c2) = radiographs["pa"].pixels.shape, radiographs["lateral"].pixels.shape
         raise ValueError(
             f"inputs.lateral: {r2} x {c2} pixels but inputs.pa is {r1} x {c1}; the views must have the same size"
         )
@@ -244,37 +394,24 @@ def generate_ct(
     bundle = load_bundle(config.model, device=device)
     t_load = time.monotonic() - t0
     name = bundle.source["model"]
-    if bundle.mode == "biplanar" and "lateral" not in images:
+    if bundle.mode == "biplanar" and "lateral" not in radiographs:
         raise ValueError(
             f"inputs.lateral: model {name!r} is biplanar (PA + lateral); give inputs.lateral too, or "
             "choose a single-view model"
         )
-    if bundle.mode == "single" and "lateral" in images:
+    if bundle.mode == "single" and "lateral" in radiographs:
         raise ValueError(
             f"inputs.lateral: model {name!r} is a single-view (PA only) model; remove inputs.lateral "
             "(and geometry_lateral), or choose a biplanar model"
         )
     data_config = bundle.data_config
-    geoms: dict[str, Any] = {}
-    given: dict[str, bool] = {}
-    for view in bundle.views:
-        geometry = read_geometry(view, images[view].shape)
-        given[view] = geometry is not None
-        if given[view]:
-            geoms[view] = geometry
-    centre = geoms["pa"].isocenter if "pa" in geoms else np.zeros(3)
-    for view in bundle.views:
-        if view not in geoms:
-            geoms[view] = default_geometry(data_config, view, images[view].shape, centre)
-    size = bundle.view_size
-    scale = 1.0 / (MU_WATER_PER_MM * data_config.drr_water_mm)
-    views, mats = [], []
-    for view in bundle.views:
-        image, p = resample_view(images[view], geoms[view].projection_matrix(), size)
-        views.append(image * scale)
-        mats.append(p)
+    prepared = prepare_views(bundle, radiographs, config, read_geometry, progress)
+    centre, size = prepared["centre"], bundle.view_size
+    progress.log(ood_message(prepared["ood"], prepared["stats_source"]),
+                 level="warning" if (prepared["ood"] or {}).get("flagged") else "info")  # fmt: skip
     a = cube_ijk_to_ras(data_config, centre)
-    x = torch.from_numpy(np.stack(views).astype(np.float32))[None].to(device)
+    x = torch.from_numpy(prepared["views"].astype(np.float32))[None].to(device)
+    mats = prepared["matrices"]
 
     steps, k = config.steps, config.samples
     progress(f"sampling ({k} samples, {steps} steps)", 0.1, step=0, steps=steps)
@@ -283,9 +420,7 @@ def generate_ct(
     def on_step(i: int, n: int) -> None:
         progress(f"sampling step {i}/{n}", 0.1 + 0.8 * i / n, step=i, steps=n)
 
-    result = bundle.generate(
-        x, np.stack(mats), a, n_samples=k, steps=steps, seed=config.seed, progress=on_step
-    )
+    result = bundle.generate(x, mats, a, n_samples=k, steps=steps, seed=config.seed, progress=on_step)
     t_generate = time.monotonic() - t0
 
     progress("writing the volumes", 0.92)
@@ -328,7 +463,6 @@ def generate_ct(
             "reference": how,
             "method": METRICS_METHOD,
         }
-    files = files or {}
     summary = {
         "pipeline": pipeline,
         "xraycardiac_version": __version__,
@@ -342,15 +476,9 @@ def generate_ct(
         },  # fmt: skip
         "params": params,
         "device": str(device),
-        "views": {
-            v: {
-                "file": files.get(v, v),
-                "shape": list(images[v].shape),
-                "geometry": "given" if given[v] else "default",
-                "resampled_to": [size, size],
-            }
-            for v in bundle.views
-        },  # fmt: skip
+        "views": {v: {**prepared["records"][v], "resampled_to": [size, size]} for v in bundle.views},
+        "input_check": prepared["ood"],
+        "input_check_text": ood_message(prepared["ood"], prepared["stats_source"]),
         "cube": {
             "grid": data_config.grid,
             "spacing_mm": data_config.spacing_mm,
