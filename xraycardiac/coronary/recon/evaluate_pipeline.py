@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PIPELINE_FIELDS", "evaluate_pipeline", "format_pipeline_table", "perturb_view"]
+__all__ = ["PIPELINE_FIELDS", "evaluate_pipeline", "format_pipeline_table", "perturb_view", "scale_fixed"]
 
 PIPELINE_FIELDS = (
     ("matches", "matches", ".0f"),
@@ -87,7 +87,7 @@ def _error(
     return centreline_error_mm(points, gt, tree_ids=trees, geometries=geometries)
 
 
-def _scale_fixed(points: np.ndarray, gt: Any, trees: tuple[int, ...], g1: Any) -> np.ndarray:
+def scale_fixed(points: np.ndarray, gt: Any, trees: tuple[int, ...], g1: Any) -> np.ndarray:
     """Points scaled about view 1's source to best fit their nearest GT points (the oracle gauge)."""
     from scipy.spatial import cKDTree
 
@@ -171,7 +171,7 @@ def _pair(
     refined = _reconstruct(vessels, g1, g2r, y1, y2)
     row |= {f"unrefined_{k}": v for k, v in _error(unrefined, gt, trees, (g1, g2)).items()}
     row |= {f"refined_{k}": v for k, v in _error(refined, gt, trees, (g1, g2)).items()}
-    row["refined_scaled_mean"] = _error(_scale_fixed(refined, gt, trees, g1), gt, trees, (g1, g2))["mean"]
+    row["refined_scaled_mean"] = _error(scale_fixed(refined, gt, trees, g1), gt, trees, (g1, g2))["mean"]
     row.update(
         refined=bool(record["refined"]),
         failed=sum(len(p) == 0 for p in (exact, unrefined, refined)),
