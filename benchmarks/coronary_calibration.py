@@ -42,13 +42,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-pairs", type=int, help="the first N pairs only")
     parser.add_argument("--json", type=Path, help="also write the rows (with per-pair figures) here")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument(
+        "--cases", type=Path, help="append each case's figures to this JSON-lines file as it is done"
+    )
+    parser.add_argument(
+        "--table-from", type=Path, help="only print the table of a --cases file (a partial run)"
+    )
     args = parser.parse_args(argv)
 
     import torch
 
-    from xraycardiac.coronary.recon.evaluate_calibration import evaluate_calibration, format_calibration_table
+    from xraycardiac.coronary.recon.evaluate_calibration import (
+        evaluate_calibration,
+        format_calibration_table,
+        summarize_cases,
+    )
 
     torch.set_num_threads(args.threads)
+    if args.table_from is not None:
+        cases: dict = {}
+        for line in args.table_from.read_text(encoding="utf-8").splitlines():
+            case = json.loads(line)
+            cases.setdefault((case["model"], case["method"]), []).append(case)
+        print(format_calibration_table(summarize_cases(cases)))
+        return 0
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         root = args.data
@@ -62,8 +79,18 @@ def main(argv: list[str] | None = None) -> int:
             synthesize(config, root)
         t0 = time.perf_counter()
         try:
+            sink = None if args.cases is None else args.cases.open("a", encoding="utf-8")
+
+            def on_case(case: dict) -> None:
+                print(
+                    f"{case['model']} {case['method']} {case['name']}: accepted {case['accepted']}, worse {case['worse']}"
+                )
+                if sink is not None:
+                    sink.write(json.dumps(case, default=float) + "\n")
+                    sink.flush()
+
             rows = evaluate_calibration(
-                root, methods, "all", seed=args.perturb_seed, max_pairs=args.max_pairs
+                root, methods, "all", seed=args.perturb_seed, max_pairs=args.max_pairs, on_case=on_case
             )
         except (ValueError, FileNotFoundError) as exc:
             print(f"error: {exc}")

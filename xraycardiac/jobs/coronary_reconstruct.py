@@ -7,7 +7,11 @@ Steps (Zhao et al. 2025, the downstream use of the matcher; pixels (u = column, 
    ``matcher:<model>``, ``matcher-nofm:<model>``) on the two images, ``foundation`` (``family:/path``)
    for the learned matcher's foundation model.
 2. **refine** (``refine_calibration``): :func:`~xraycardiac.coronary.recon.reconstruct.calibrate_from_matches`
-   from the matches, view 1 fixed. With fewer matches than the refinement needs
+   from the matches, view 1 fixed: a MAP estimate with Gaussian priors of standard deviation
+   ``prior_sigma_deg`` on the C-arm angles and ``prior_sigma_mm`` on the isocentre (how far the
+   recorded geometry may be off), kept only when held-out matches, the prior and the vessel trees
+   agree (``calibration.json`` says which pose was kept and why). An ``+epipolar`` filter is widened
+   to the band that prior allows for the calibration matches. With fewer matches than the refinement needs
    (``CalibrationConfig.min_matches``) it is skipped, logged and recorded in ``calibration.json``
    (``refined: false`` with the reason): the recorded geometry is then used as it is.
 3. **reconstruct**: :func:`~xraycardiac.coronary.recon.reconstruct.reconstruct_tree` on the vessel masks
@@ -31,7 +35,8 @@ Job spec::
                 "geometry1": "view1.geometry.json", "geometry2": "view2.geometry.json",
                 "mask1": "mask1.nrrd", "mask2": "mask2.nrrd"},           # masks optional
      "params": {"method": "vessel+epipolar", "foundation": null, "refine_calibration": true,
-                "epipolar_tolerance_px": 3.0, "device": "auto"},
+                "epipolar_tolerance_px": 3.0, "device": "auto",
+                "prior_sigma_deg": 1.5, "prior_sigma_mm": 3.0},               # calibration prior
      "output_dir": "out/"}
 
 Outputs: ``matches.json`` (method, x1, x2 (M, 2) pixels, scores (M,)), ``geometry2_refined.json``
@@ -59,7 +64,9 @@ __all__ = ["DEFAULT_METHOD", "OUTPUTS", "PARAMS", "PIPELINE", "run_coronary_reco
 
 PIPELINE = "coronary-reconstruct"
 DEFAULT_METHOD = "vessel+epipolar"
-PARAMS = ("method", "foundation", "refine_calibration", "epipolar_tolerance_px", "device")
+PARAMS = (
+    "method", "foundation", "refine_calibration", "epipolar_tolerance_px", "device", "prior_sigma_deg", "prior_sigma_mm",
+)  # fmt: skip
 OUTPUTS = {
     "matches": "matches.json",
     "geometry2_refined": "geometry2_refined.json",
@@ -116,12 +123,18 @@ def _params(spec: JobSpec) -> dict[str, Any]:
     tolerance = spec.param("epipolar_tolerance_px", 3.0, float)
     if not (math.isfinite(tolerance) and tolerance > 0):
         raise ValueError(f"params.epipolar_tolerance_px: expected pixels > 0, got {tolerance!r}")
+    sigmas = {}
+    for name, default in (("prior_sigma_deg", 1.5), ("prior_sigma_mm", 3.0)):
+        sigmas[name] = spec.param(name, default, float)
+        if not (math.isfinite(sigmas[name]) and sigmas[name] > 0):
+            raise ValueError(f"params.{name}: expected a standard deviation > 0, got {sigmas[name]!r}")
     return {
         "method": method,
         "foundation": foundation,
         "refine_calibration": spec.param("refine_calibration", True, bool),
         "epipolar_tolerance_px": tolerance,
         "device": spec.param("device", "auto", str),
+        **sigmas,
     }
 
 
@@ -133,6 +146,7 @@ def _uses_epipolar(method: str) -> bool:
 def run_coronary_reconstruct(spec: JobSpec, work_dir: Path, progress: Progress) -> dict[str, Any]:
     """Match, refine view 2 and reconstruct the 3D centreline of two angiograms (module docstring)."""
     from xraycardiac import __version__
+    from xraycardiac.coronary.recon.calibration import CalibrationConfig
     from xraycardiac.coronary.recon.pipeline import reconstruct_pair, unit_range
     from xraycardiac.coronary.recon.reconstruct import save_tube_vtp
     from xraycardiac.runtime import select_device
@@ -160,6 +174,9 @@ def run_coronary_reconstruct(spec: JobSpec, work_dir: Path, progress: Progress) 
         refine_calibration=params["refine_calibration"], epipolar_tolerance_px=params["epipolar_tolerance_px"],
         device=device, foundation=params["foundation"], progress=progress,
         log=lambda m: progress.log(m, level="warning"),
+        calibration_config=CalibrationConfig(
+            prior_sigma_deg=params["prior_sigma_deg"], prior_sigma_mm=params["prior_sigma_mm"]
+        ),
     )  # fmt: skip
     tree, calibration = pair.result.tree, pair.calibration
     tree.meta.update({"method": method, "refined": calibration["refined"]})

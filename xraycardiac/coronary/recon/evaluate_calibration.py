@@ -2,7 +2,7 @@
 
 For every pair of a coronary pair dataset, every perturbation model (view 2's recorded geometry off
 by a seeded error, uniform in ``+-deg`` on both C-arm angles and ``+-mm`` on each RAS component of
-the isocentre, :func:`~xraycardiac.coronary.recon.evaluate_pipeline.perturb_view`; the same draw for
+the isocentre, :func:`perturb_view`; the same draw for
 every method) and every match source, the one calibration path
 (:func:`~xraycardiac.coronary.recon.acceptance.calibrate_from_matches`, with the vessel masks)
 decides between the refined and the recorded pose, with the prior of the model: each sigma is the
@@ -16,7 +16,7 @@ Per pair: the rotation error of view 2 (angle of ``R_used R_true^T``, degrees) w
 the used pose, the 3D centreline error (:func:`~xraycardiac.coronary.recon.reconstruct.centreline_error_mm`,
 mean and 95th percentile, mm) of the reconstruction with each, the mean error of the used pose's
 reconstruction after the oracle scale about view 1's source (the two-view gauge, "scale-fixed":
-what a known length would give, :func:`~xraycardiac.coronary.recon.evaluate_pipeline.scale_fixed`),
+what a known length would give, :func:`scale_fixed`),
 whether the refinement was accepted, and "worse": the used pose has a larger rotation error, or its reconstruction a larger
 mean 3D error, than the recorded one. A reconstruction that matches no centreline counts as failed.
 """
@@ -38,6 +38,7 @@ __all__ = [
     "PERTURBATIONS",
     "evaluate_calibration",
     "format_calibration_table",
+    "perturb_view",
     "prior_for",
     "rotation_error_deg",
 ]
@@ -46,6 +47,41 @@ PERTURBATIONS = {"realistic": (2.0, 3.0), "pessimistic": (5.0, 10.0)}
 """Perturbation models of issue 20: name -> (+- degrees per angle, +- mm per isocentre axis)."""
 
 _TREE_IDS = {"left": 0, "right": 1}
+
+
+def perturb_view(
+    g2: Any, rng: np.random.Generator, max_deg: float, max_mm: float
+) -> tuple[Any, dict[str, float]]:
+    """View 2 with a uniform random error in ±max_deg on both angles and ±max_mm per isocentre axis."""
+    from xraycardiac.coronary.recon.calibration import apply_corrections
+
+    d = rng.uniform(-1.0, 1.0, size=5)
+    params = {
+        "primary_offset_deg": float(max_deg * d[0]),
+        "secondary_offset_deg": float(max_deg * d[1]),
+        "isocenter_shift_r_mm": float(max_mm * d[2]),
+        "isocenter_shift_a_mm": float(max_mm * d[3]),
+        "isocenter_shift_s_mm": float(max_mm * d[4]),
+    }
+    return apply_corrections(g2, params), params
+
+
+def scale_fixed(points: np.ndarray, gt: Any, trees: tuple[int, ...], g1: Any) -> np.ndarray:
+    """Points scaled about view 1's source to best fit their nearest GT points (the oracle gauge)."""
+    from scipy.spatial import cKDTree
+
+    from xraycardiac.coronary.recon.calibration import scale_about_source
+
+    if len(points) == 0:
+        return points
+    dense = gt.resampled(0.25)
+    ref = dense.points[np.isin(dense.tree, trees)]
+    src = np.asarray(g1.source_position, dtype=np.float64)
+    out = points
+    for _ in range(3):  # nearest points move with the scale: a few fixed-point rounds
+        k = scale_about_source(out, ref[cKDTree(ref).query(out)[1]], src)
+        out = src + k * (out - src)
+    return out
 
 
 def prior_for(max_deg: float, max_mm: float) -> CalibrationConfig:
@@ -88,7 +124,6 @@ def _case(
 ) -> dict[str, Any]:  # fmt: skip
     """The figures of one match source on one pair under one perturbed view 2 (module docstring)."""
     from xraycardiac.coronary.recon.acceptance import calibrate_from_matches
-    from xraycardiac.coronary.recon.evaluate_pipeline import scale_fixed
     from xraycardiac.coronary.recon.pipeline import calibration_matches
 
     g1, g2 = (CArmGeometry.from_dict(sample["geometry"][f"view{v}"]) for v in (1, 2))
@@ -149,6 +184,7 @@ def evaluate_calibration(
     foundation: str | None = None,
     max_pairs: int | None = None,
     progress: Callable[[str, float], None] | None = None,
+    on_case: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run the calibration of each match source under each perturbation model on every pair of a split.
 
@@ -162,6 +198,7 @@ def evaluate_calibration(
         device, foundation: of a learned matcher (``parse_method``).
         max_pairs: the first N pairs only (None = all).
         progress: ``progress(stage, fraction)``.
+        on_case: called with each case's figures (with ``model`` and ``method``) as soon as it is done.
 
     Returns:
         One row per (model, method): ``model``, ``method``, ``pairs``, means over pairs of
@@ -170,8 +207,7 @@ def evaluate_calibration(
         ``per_pair``.
     """
     from xraycardiac.anatomy.coronary_tree import CoronaryTree
-    from xraycardiac.coronary.matching.evaluate import nanmean, parse_method, split_samples
-    from xraycardiac.coronary.recon.evaluate_pipeline import perturb_view
+    from xraycardiac.coronary.matching.evaluate import parse_method, split_samples
     from xraycardiac.coronary.synth.dataset import read_sample
 
     models = dict(PERTURBATIONS if models is None else models)
@@ -209,9 +245,17 @@ def evaluate_calibration(
                 matches = tuple(np.asarray(x, dtype=np.float64).reshape(-1, 2) for x in (r.x1, r.x2))
             for model, (deg, mm) in models.items():
                 g2p, _ = perturb_view(g2, np.random.default_rng([seed, i]), deg, mm)
-                cases[(model, methods[k])].append(
-                    _case(sample, gt, matches, banded[k], g2p, prior_for(deg, mm))
-                )
+                case = _case(sample, gt, matches, banded[k], g2p, prior_for(deg, mm))
+                cases[(model, methods[k])].append(case)
+                if on_case is not None:
+                    on_case({"model": model, "method": methods[k], **case})
+    return summarize_cases(cases)
+
+
+def summarize_cases(cases: dict[tuple[str, str], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The rows of :func:`evaluate_calibration` from its cases, keyed by (model, method)."""
+    from xraycardiac.coronary.matching.evaluate import nanmean
+
     rows = []
     for (model, method), pairs in cases.items():
         row: dict[str, Any] = {"model": model, "method": method, "pairs": len(pairs), "per_pair": pairs}
