@@ -40,8 +40,9 @@ Job spec::
      "output_dir": "out/"}
 
 Outputs: ``matches.json`` (method, x1, x2 (M, 2) pixels, scores (M,)), ``geometry2_refined.json``
-(view 2 as used: refined, or the recorded one when not), ``calibration.json`` (refined or not and
-why, the reprojection error of the matches before / after, pixels, the corrections),
+(view 2 as used: refined, or the recorded one when not), ``calibration.json`` (``kept``: "refined" or
+"recorded" and why, the reprojection error of the matches before / after, pixels, the corrections,
+the rejected candidate, the ``evidence``, the ``outliers``, the calibration matches' band),
 ``centreline.vtp`` (polylines with ``Radius``, RAS), ``tube.vtp`` (tube surface), ``tree.json``
 (:class:`~xraycardiac.anatomy.coronary_tree.CoronaryTree`), ``report.json`` (the summary).
 """

@@ -264,6 +264,10 @@ def summarize_cases(cases: dict[tuple[str, str], list[dict[str, Any]]]) -> list[
             row[key] = nanmean([float(p[key]) for p in pairs])
         row["accepted"] = sum(p["accepted"] for p in pairs)
         row["worse"] = sum(p["worse"] for p in pairs)
+        row["worse_rotation"] = sum(p["rotation_after_deg"] > p["rotation_before_deg"] + 1e-9 for p in pairs)
+        row["worse_3d"] = sum(
+            bool(p["accepted"] and not p["mean_after_mm"] <= p["mean_before_mm"]) for p in pairs
+        )
         rows.append(row)
     return rows
 
@@ -273,7 +277,7 @@ def format_calibration_table(rows: Sequence[dict[str, Any]]) -> str:
     models = list(dict.fromkeys(r["model"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     by = {(r["model"], r["method"]): r for r in rows}
-    cols = ["rot deg", "3D mean mm", "3D p95 mm", "scale-fixed mm", "accepted", "worse"]
+    cols = ["rot deg", "3D mean mm", "3D p95 mm", "scale-fixed mm", "accepted", "worse (rot / 3D)"]
     head = ["matches"] + [f"{m}: {c}" for m in models for c in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
@@ -290,7 +294,7 @@ def format_calibration_table(rows: Sequence[dict[str, Any]]) -> str:
                 arrow(r["p95_before_mm"], r["p95_after_mm"]),
                 "–" if not np.isfinite(r["scaled_after_mm"]) else f"{r['scaled_after_mm']:.2f}",
                 f"{r['accepted']}/{r['pairs']}",
-                str(r["worse"]),
+                f"{r['worse']} ({r['worse_rotation']} / {r['worse_3d']})",
             ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
