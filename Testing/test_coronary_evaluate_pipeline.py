@@ -81,3 +81,30 @@ def test_cli_prints_and_writes_the_pipeline_table(pair_dataset, tmp_path):
     doc = json.loads(out.read_text())
     assert [r["method"] for r in doc["pipeline"]] == ["vessel+epipolar", "gt"]
     assert doc["settings"]["perturb_deg"] == 5.0
+
+
+def test_calibration_benchmark_is_never_worse_with_true_matches(pair_dataset):
+    """Issue 20 item 6 on one pair: both perturbation models side by side; with the true matches the
+    refinement is accepted and brings the rotation error down. The absolute 3D error keeps the
+    scale two views cannot observe (the isocentre along the baseline): on this pair's realistic
+    draw the recorded pose's rotation error happened to offset part of it (2.19 mm recorded,
+    2.28 mm refined, 0.33 mm once the scale is fixed), so the 3D check is on the scale-fixed error."""
+    from xraycardiac.coronary.recon.evaluate_calibration import (
+        evaluate_calibration,
+        format_calibration_table,
+        rotation_error_deg,
+    )
+
+    rows = evaluate_calibration(pair_dataset, ["gt"], "all", seed=1)
+    table = format_calibration_table(rows)
+    print("\n" + table)
+    assert {r["model"] for r in rows} == {"realistic", "pessimistic"}
+    assert "realistic: rot deg" in table and "pessimistic: worse" in table
+    for r in rows:
+        assert r["worse_rotation"] == 0 and r["accepted"] == 1, r["per_pair"][0]["reason"]
+        assert r["rotation_after_deg"] < 0.5 * r["rotation_before_deg"]
+        assert r["scaled_after_mm"] < 0.5 * r["mean_before_mm"]
+    g = CArmGeometry(primary_angle_deg=30.0, secondary_angle_deg=10.0)
+    assert rotation_error_deg(g.with_(primary_angle_deg=33.0), g) == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="models"):
+        evaluate_calibration(pair_dataset, ["gt"], "all", models={"bad": (0.0, 3.0)})

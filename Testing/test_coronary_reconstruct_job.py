@@ -140,7 +140,10 @@ def test_pair_config_is_checked_where_it_is_built(tmp_path):
         )
     )
     assert config == PairConfig(method="matcher:m", foundation=None, epipolar_tolerance_px=2.0)
-    assert PAIR_PARAMS == ("method", "foundation", "refine_calibration", "epipolar_tolerance_px", "device")
+    assert PAIR_PARAMS == (
+        "method", "foundation", "refine_calibration", "epipolar_tolerance_px", "device", "prior_sigma_deg",
+        "prior_sigma_mm",
+    )  # fmt: skip
     assert PARAMS == (*PAIR_PARAMS, "frame1", "frame2", "ecg_offset_ms")
     for kwargs, match in (
         ({"method": "  "}, "params.method"),
@@ -152,3 +155,41 @@ def test_pair_config_is_checked_where_it_is_built(tmp_path):
             PairConfig(**kwargs)
     with pytest.raises(ValueError, match="params.epipolar_tolerance_px"):
         config_from_spec(JobSpec("coronary-reconstruct", {}, {"epipolar_tolerance_px": "3"}, str(tmp_path)))
+
+
+def test_calibration_matches_do_not_trust_the_wrong_recorded_geometry(pair_files, tmp_path):
+    """Issue 20 item 3: with view 2 recorded 2 deg / 3 mm off, the default ``vessel+epipolar`` filter
+    used to keep only the matches that agree with the wrong geometry (too few to refine). The
+    calibration matches are now those within the band the prior allows; the pose used is never
+    worse than the recorded one, and calibration.json says which was kept and why."""
+    from xraycardiac.coronary.recon.calibration import apply_corrections
+
+    files, _, (g1, g2) = pair_files
+    wrong = apply_corrections(
+        g2,
+        {"primary_offset_deg": 2.0, "secondary_offset_deg": -2.0, "isocenter_shift_r_mm": 3.0,
+         "isocenter_shift_a_mm": -3.0, "isocenter_shift_s_mm": 3.0},
+    )  # fmt: skip
+    path = tmp_path / "g2_wrong.json"
+    path.write_text(json.dumps(wrong.to_dict()))
+    out = tmp_path / "out"
+    inputs = {**_inputs(files, *ALL), "geometry2": str(path)}
+    run_job(JobSpec("coronary-reconstruct", inputs, {"device": "cpu"}, str(out)))
+    calibration = json.loads((out / "calibration.json").read_text())
+    used = CArmGeometry.from_dict(json.loads((out / "geometry2_refined.json").read_text()))
+
+    def rotation_error(g):
+        r = g.rotation @ g2.rotation.T
+        return float(np.degrees(np.arccos(np.clip((np.trace(r) - 1.0) / 2.0, -1.0, 1.0))))
+
+    print(
+        f"\n{calibration['matches']} calibration matches in a {calibration.get('epipolar_band_px')} px band; "
+        f"kept {calibration.get('kept')}: {calibration['reason']}; rotation error "
+        f"{rotation_error(wrong):.2f} -> {rotation_error(used):.2f} deg"
+    )
+    assert calibration["matches"] >= 6, f"only {calibration['matches']} matches: {calibration['reason']}"
+    assert calibration["epipolar_band_px"] > 10.0
+    assert calibration["kept"] in ("refined", "recorded") and calibration["reason"]
+    assert rotation_error(used) <= rotation_error(wrong)
+    with pytest.raises(ValueError, match="params.prior_sigma_deg"):
+        run_job(JobSpec("coronary-reconstruct", inputs, {"prior_sigma_deg": 0.0}, str(tmp_path / "bad")))

@@ -157,6 +157,17 @@ def test_method_spec_and_calibration_text():
     with pytest.raises(ValueError, match="method"):
         method_spec("surf")
     text = describe_calibration(
-        {"refined": True, "matches": 12, "error_before_px": {"mean": 3.2}, "error_after_px": {"mean": 0.05}}
+        {"refined": True, "matches": 12, "error_before_px": {"mean": 3.2}, "error_after_px": {"mean": 0.05},
+         "outliers": [3, 7], "reason": "held-out matches fit better"}
+    )  # fmt: skip
+    assert text == (
+        "Reprojection error 3.20 px -> 0.05 px (view 2 refined, 12 matches, 2 outliers: held-out matches fit better)"
     )
-    assert text == "Reprojection error 3.20 px -> 0.05 px (view 2 refined, 12 matches)"
+    # issue 20: a rejected refinement says what it would have given and why the recorded pose was kept
+    text = describe_calibration(
+        {"refined": False, "kept": "recorded", "matches": 30, "error_before_px": {"mean": 4.1},
+         "error_after_px": {"mean": 4.1}, "candidate": {"error_after_px": {"mean": 1.2}},
+         "reason": "the refinement does not predict held-out matches better"}
+    )  # fmt: skip
+    assert "refinement to 1.20 px rejected, recorded view 2 kept" in text
+    assert "does not predict held-out matches better" in text

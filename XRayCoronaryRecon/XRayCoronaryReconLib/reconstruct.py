@@ -96,15 +96,30 @@ def method_spec(choice: str, matcher_model: str = "") -> str:
 
 
 def describe_calibration(calibration: dict[str, Any]) -> str:
-    """One line for the panel, e.g. ``"Reprojection error 3.21 px -> 0.05 px (refined, 42 matches)"``."""
+    """One line for the panel: the reprojection error before / after, which pose was kept and why.
+
+    E.g. ``"Reprojection error 3.21 px -> 0.05 px (view 2 refined, 42 matches, 3 outliers: held-out
+    matches fit better ...)"`` or ``"Reprojection error 3.21 px (42 matches); refinement to 2.10 px
+    rejected, recorded view 2 kept: ..."``.
+    """
     before = (calibration.get("error_before_px") or {}).get("mean")
     after = (calibration.get("error_after_px") or {}).get("mean")
     n = calibration.get("matches", 0)
+    reason = calibration.get("reason") or "not refined"
     if before is None:
         return f"Reprojection error: no match ({n} matches); view 2 not refined"
     if calibration.get("refined"):
-        return f"Reprojection error {before:.2f} px -> {after:.2f} px (view 2 refined, {n} matches)"
-    reason = calibration.get("reason") or "not refined"
+        outliers = len(calibration.get("outliers") or [])
+        return (
+            f"Reprojection error {before:.2f} px -> {after:.2f} px (view 2 refined, {n} matches, "
+            f"{outliers} outliers: {reason})"
+        )
+    candidate = ((calibration.get("candidate") or {}).get("error_after_px") or {}).get("mean")
+    if candidate is not None:
+        return (
+            f"Reprojection error {before:.2f} px ({n} matches); refinement to {candidate:.2f} px rejected, "
+            f"recorded view 2 kept: {reason}"
+        )
     return f"Reprojection error {before:.2f} px ({n} matches; view 2 not refined: {reason})"
 
 

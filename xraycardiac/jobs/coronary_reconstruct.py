@@ -28,12 +28,14 @@ Job spec::
                 "mask1": "mask1.nrrd", "mask2": "mask2.nrrd"},           # masks optional
      "params": {"method": "vessel+epipolar", "foundation": null, "refine_calibration": true,
                 "epipolar_tolerance_px": 3.0, "device": "auto",
+                "prior_sigma_deg": 1.5, "prior_sigma_mm": 3.0,                # calibration prior
                 "frame1": "auto", "frame2": "auto", "ecg_offset_ms": 0.0},   # cine runs only
      "output_dir": "out/"}
 
 Outputs: ``matches.json`` (method, x1, x2 (M, 2) pixels, scores (M,)), ``geometry2_refined.json``
-(view 2 as used: refined, or the recorded one when not), ``calibration.json`` (refined or not and
-why, the reprojection error of the matches before / after, pixels, the corrections),
+(view 2 as used: refined, or the recorded one when not), ``calibration.json`` (``kept``: "refined" or
+"recorded" and why, the reprojection error of the matches before / after, pixels, the corrections,
+the rejected candidate, the ``evidence``, the ``outliers``, the calibration matches' band),
 ``centreline.vtp`` (polylines with ``Radius``, RAS), ``tube.vtp`` (tube surface), ``tree.json``
 (:class:`~xraycardiac.anatomy.coronary_tree.CoronaryTree`), ``report.json`` (the summary).
 """
@@ -55,7 +57,15 @@ __all__ = ["DEFAULT_METHOD", "OUTPUTS", "PARAMS", "PIPELINE", "config_from_spec"
 
 PIPELINE = "coronary-reconstruct"
 PAIR_PARAMS = tuple(f.name for f in fields(PairConfig))
-_KINDS = (str, (str, type(None)), bool, float, str)  # JSON types of PAIR_PARAMS (PairConfig field order)
+_KINDS = (
+    str,
+    (str, type(None)),
+    bool,
+    float,
+    str,
+    float,
+    float,
+)  # JSON types of PAIR_PARAMS (PairConfig field order)
 PARAMS = (*PAIR_PARAMS, "frame1", "frame2", "ecg_offset_ms")  # + which frame of a cine run
 OUTPUTS = {
     "matches": "matches.json",

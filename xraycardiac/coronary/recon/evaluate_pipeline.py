@@ -10,8 +10,10 @@ matching method (:func:`xraycardiac.coronary.matching.evaluate.parse_method`), t
   ``±perturb_deg`` on both C-arm angles and ``±perturb_mm`` on each RAS component of the isocentre
   (drawn per pair from ``numpy.random.default_rng([seed, pair index])``, the same for every method).
   The method matches under that geometry (an ``+epipolar`` filter uses the wrong epipolar lines, as
-  it would in practice), :func:`~xraycardiac.coronary.recon.reconstruct.calibrate_from_matches` refines
-  view 2, and the centreline is reconstructed with the refined view 2 ("refined") and, for
+  it would in practice; for the calibration it is widened to the band the prior allows, as in the
+  job), :func:`~xraycardiac.coronary.recon.acceptance.calibrate_from_matches` refines view 2 with the
+  prior of the perturbation (sigma = bound / sqrt(3)) and keeps the refinement only on held-out
+  evidence, and the centreline is reconstructed with the refined view 2 ("refined") and, for
   reference, with the perturbed one ("unrefined").
 
 3D error: :func:`~xraycardiac.coronary.recon.reconstruct.centreline_error_mm` of the reconstructed points
@@ -40,7 +42,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PIPELINE_FIELDS", "evaluate_pipeline", "format_pipeline_table", "perturb_view"]
+from xraycardiac.coronary.recon.evaluate_calibration import perturb_view, prior_for, scale_fixed
+
+__all__ = ["PIPELINE_FIELDS", "evaluate_pipeline", "format_pipeline_table", "perturb_view", "scale_fixed"]
 
 PIPELINE_FIELDS = (
     ("matches", "matches", ".0f"),
@@ -60,23 +64,6 @@ PIPELINE_FIELDS = (
 _TREE_IDS = {"left": 0, "right": 1}
 
 
-def perturb_view(
-    g2: Any, rng: np.random.Generator, max_deg: float, max_mm: float
-) -> tuple[Any, dict[str, float]]:
-    """View 2 with a uniform random error in ±max_deg on both angles and ±max_mm per isocentre axis."""
-    from xraycardiac.coronary.recon.calibration import apply_corrections
-
-    d = rng.uniform(-1.0, 1.0, size=5)
-    params = {
-        "primary_offset_deg": float(max_deg * d[0]),
-        "secondary_offset_deg": float(max_deg * d[1]),
-        "isocenter_shift_r_mm": float(max_mm * d[2]),
-        "isocenter_shift_a_mm": float(max_mm * d[3]),
-        "isocenter_shift_s_mm": float(max_mm * d[4]),
-    }
-    return apply_corrections(g2, params), params
-
-
 def _error(
     points: np.ndarray, gt: Any, trees: tuple[int, ...], geometries: tuple[Any, ...]
 ) -> dict[str, float]:
@@ -85,24 +72,6 @@ def _error(
     if len(points) == 0:
         return {"mean": float("nan"), "p95": float("nan"), "coverage": 0.0}
     return centreline_error_mm(points, gt, tree_ids=trees, geometries=geometries)
-
-
-def _scale_fixed(points: np.ndarray, gt: Any, trees: tuple[int, ...], g1: Any) -> np.ndarray:
-    """Points scaled about view 1's source to best fit their nearest GT points (the oracle gauge)."""
-    from scipy.spatial import cKDTree
-
-    from xraycardiac.coronary.recon.calibration import scale_about_source
-
-    if len(points) == 0:
-        return points
-    dense = gt.resampled(0.25)
-    ref = dense.points[np.isin(dense.tree, trees)]
-    src = np.asarray(g1.source_position, dtype=np.float64)
-    out = points
-    for _ in range(3):  # nearest points move with the scale: a few fixed-point rounds
-        k = scale_about_source(out, ref[cKDTree(ref).query(out)[1]], src)
-        out = src + k * (out - src)
-    return out
 
 
 def _gt_matches(sample: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -144,10 +113,12 @@ def _reconstruct(vessels: tuple[np.ndarray, np.ndarray], g1: Any, g2: Any, x1: n
 
 def _pair(
     matcher: Any, sample: dict[str, Any], gt: Any, index: int, perturb: tuple[float, float], seed: int,
-    use_masks: bool,
+    use_masks: bool, wide: Any = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """The figures of one method on one pair (module docstring)."""
-    from xraycardiac.coronary.recon.reconstruct import calibrate_from_matches
+    """The figures of one method on one pair (module docstring); ``wide``: the unfiltered matcher of an
+    ``+epipolar`` method, whose matches within the prior's band calibrate the perturbed view."""
+    from xraycardiac.coronary.recon.acceptance import calibrate_from_matches
+    from xraycardiac.coronary.recon.pipeline import calibration_matches
     from xraycardiac.geometry import CArmGeometry
 
     g1, g2 = (CArmGeometry.from_dict(sample["geometry"][f"view{v}"]) for v in (1, 2))
@@ -165,13 +136,18 @@ def _pair(
     g2p, params = perturb_view(g2, np.random.default_rng([seed, index]), *perturb)
     y1, y2, _ = _run(matcher, sample, g1, g2p)
     unrefined = _reconstruct(vessels, g1, g2p, y1, y2)
-    g2r, record, inliers = calibrate_from_matches(g1, g2p, y1, y2, vessels=vessels)
+    config = prior_for(*perturb) if min(perturb) > 0 else None
+    if wide is not None:  # the 3 px filter trusts the wrong geometry: calibrate from the prior's band
+        y1, y2, _ = _run(wide, sample, g1, g2p)
+        keep, _ = calibration_matches(y1, y2, g1, g2p, config)
+        y1, y2 = y1[keep], y2[keep]
+    g2r, record, inliers = calibrate_from_matches(g1, g2p, y1, y2, config=config, vessels=vessels)
     if inliers is not None:
         y1, y2 = y1[inliers], y2[inliers]
     refined = _reconstruct(vessels, g1, g2r, y1, y2)
     row |= {f"unrefined_{k}": v for k, v in _error(unrefined, gt, trees, (g1, g2)).items()}
     row |= {f"refined_{k}": v for k, v in _error(refined, gt, trees, (g1, g2)).items()}
-    row["refined_scaled_mean"] = _error(_scale_fixed(refined, gt, trees, g1), gt, trees, (g1, g2))["mean"]
+    row["refined_scaled_mean"] = _error(scale_fixed(refined, gt, trees, g1), gt, trees, (g1, g2))["mean"]
     row.update(
         refined=bool(record["refined"]),
         failed=sum(len(p) == 0 for p in (exact, unrefined, refined)),
@@ -233,6 +209,12 @@ def evaluate_pipeline(
         )
         for m in methods
     ]
+    wide = [
+        parse_method(m.removesuffix("+epipolar") + "+none", device=device, foundation=foundation)
+        if m != "gt" and m.endswith("+epipolar")
+        else None
+        for m in methods
+    ]
     per_method: list[list[dict[str, Any]]] = [[] for _ in methods]
     for i, path in enumerate(paths):
         sample = read_sample(path, load_thickness=False)
@@ -242,7 +224,9 @@ def evaluate_pipeline(
                 progress(
                     f"{methods[k]}: {sample['name']}", (i * len(parsed) + k) / (len(paths) * len(parsed))
                 )
-            per_method[k].append(_pair(matcher, sample, gt, i, (perturb_deg, perturb_mm), seed, use_masks))
+            per_method[k].append(
+                _pair(matcher, sample, gt, i, (perturb_deg, perturb_mm), seed, use_masks, wide[k])
+            )
     rows = []
     for method, pairs in zip(methods, per_method, strict=True):
         row: dict[str, Any] = {"method": method, "pairs": len(pairs), "per_pair": pairs}

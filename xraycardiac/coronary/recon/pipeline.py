@@ -12,13 +12,20 @@ reads the inputs and writes the outputs), callable without a job. Pixels (u = co
    (``vessel+epipolar`` by default; ``sift``, ``orb``, ``vessel`` with ``+ransac`` / ``+epipolar`` /
    ``+none``, ``matcher:<model>``, ``matcher-nofm:<model>``; ``foundation`` (``family:/path``) for the
    learned matcher's foundation model) on the two images, each mapped to [0, 1] by :func:`unit_range`.
-2. **refine** (``refine_calibration``): :func:`~xraycardiac.coronary.recon.reconstruct.calibrate_from_matches`
-   (the one calibration path) from the matches, view 1 fixed, with the vessel masks as its
-   accept/reject check. With fewer matches than the refinement needs (``CalibrationConfig.min_matches``)
-   it is skipped, logged and recorded (``refined: false`` with the reason): the recorded geometry is
-   then used as it is.
+   With ``refine_calibration`` an ``+epipolar`` filter must not trust the recorded geometry it is about
+   to correct: the method runs unfiltered and :func:`calibration_matches` keeps the matches within the
+   epipolar band the calibration prior allows
+   (:func:`~xraycardiac.coronary.recon.calibration.epipolar_band_px`, tens of pixels for a few
+   degrees), never narrower than ``epipolar_tolerance_px``.
+2. **refine** (``refine_calibration``): :func:`~xraycardiac.coronary.recon.acceptance.calibrate_from_matches`
+   (the one calibration path) from the matches, view 1 fixed: a MAP estimate with Gaussian priors of
+   standard deviation ``prior_sigma_deg`` / ``prior_sigma_mm`` on the C-arm angles / isocentre, kept
+   only on held-out evidence (prior, cross-validation, the vessel masks). With fewer matches than the
+   refinement needs (``CalibrationConfig.min_matches``) it is skipped, logged and recorded
+   (``refined: false`` with the reason): the recorded geometry is then used as it is.
 3. **reconstruct**: :func:`~xraycardiac.coronary.recon.reconstruct.reconstruct_tree` on the masks,
-   seeded by the matches the refinement kept.
+   seeded by the matches the refinement kept; it drops the seeds farther than 3 px from their
+   epipolar lines under the geometry in use (the tight filter, now with the refined pose).
 """
 
 from __future__ import annotations
@@ -32,17 +39,16 @@ from typing import Any
 import numpy as np
 
 from xraycardiac.coronary.matching.evaluate import parse_method
-from xraycardiac.coronary.recon.reconstruct import (
-    ReconstructionResult,
-    calibrate_from_matches,
-    reconstruct_tree,
-)
+from xraycardiac.coronary.recon.acceptance import calibrate_from_matches
+from xraycardiac.coronary.recon.calibration import CalibrationConfig, epipolar_band_px
+from xraycardiac.coronary.recon.reconstruct import ReconstructionResult, reconstruct_tree
 from xraycardiac.geometry import CArmGeometry
 
 __all__ = [
     "DEFAULT_METHOD",
     "PairConfig",
     "PairReconstruction",
+    "calibration_matches",
     "reconstruct_pair",
     "unit_range",
     "vessel_mask",
@@ -64,6 +70,8 @@ class PairConfig:
         refine_calibration: False = keep the recorded view 2 (the record says so).
         epipolar_tolerance_px: the ``+epipolar`` match filter's tolerance, pixels > 0.
         device: torch device of a learned matcher (``auto``, ``cpu``, ``cuda``, ...).
+        prior_sigma_deg: the calibration prior's standard deviation of each C-arm angle offset, degrees.
+        prior_sigma_mm: the calibration prior's standard deviation of each isocentre shift component, mm.
     """
 
     method: str = DEFAULT_METHOD
@@ -71,6 +79,8 @@ class PairConfig:
     refine_calibration: bool = True
     epipolar_tolerance_px: float = 3.0
     device: str = "auto"
+    prior_sigma_deg: float = 1.5
+    prior_sigma_mm: float = 3.0
 
     def __post_init__(self) -> None:
         method = self.method.strip()
@@ -85,8 +95,47 @@ class PairConfig:
         tolerance = self.epipolar_tolerance_px
         if not (math.isfinite(tolerance) and tolerance > 0):
             raise ValueError(f"params.epipolar_tolerance_px: expected pixels > 0, got {tolerance!r}")
+        for name in ("prior_sigma_deg", "prior_sigma_mm"):
+            sigma = getattr(self, name)
+            if not (math.isfinite(sigma) and sigma > 0):
+                raise ValueError(f"params.{name}: expected a standard deviation > 0, got {sigma!r}")
         object.__setattr__(self, "method", method)
         object.__setattr__(self, "foundation", foundation)
+
+    def calibration_config(self) -> CalibrationConfig:
+        """The calibration prior these settings ask for (the other fields at their defaults)."""
+        return CalibrationConfig(prior_sigma_deg=self.prior_sigma_deg, prior_sigma_mm=self.prior_sigma_mm)
+
+
+_EPIPOLAR = "+epipolar"
+
+
+def calibration_matches(
+    x1: np.ndarray,
+    x2: np.ndarray,
+    g1: CArmGeometry,
+    g2: CArmGeometry,
+    config: CalibrationConfig | None = None,
+    tolerance_px: float = 3.0,
+) -> tuple[np.ndarray, float]:
+    """The matches an epipolar filter may keep for calibrating a recorded geometry that may be wrong.
+
+    Args:
+        x1, x2: (M, 2) matched pixels (u, v), unfiltered.
+        g1, g2: the recorded geometries.
+        config: the calibration prior (:func:`~xraycardiac.coronary.recon.calibration.epipolar_band_px`).
+        tolerance_px: the tight tolerance, pixels: the band is never narrower.
+
+    Returns:
+        ((M,) bool mask of the matches within the band, the band in pixels).
+    """
+    from xraycardiac.metrics.matching import symmetric_epipolar_error_px
+
+    band = max(float(tolerance_px), epipolar_band_px(g1, g2, config))
+    if len(x1) == 0:
+        return np.zeros(0, dtype=bool), band
+    err = symmetric_epipolar_error_px(x1, x2, g1.projection_matrix(), g2.projection_matrix())
+    return err <= band, band
 
 
 def unit_range(image: np.ndarray) -> np.ndarray:
@@ -143,7 +192,9 @@ class PairReconstruction:
         matcher: the matcher ``parse_method`` built (``name``, ``info``).
         x1, x2: (M, 2) matched pixels (u, v); scores: (M,) their scores.
         geometry2: view 2 as used (refined, or the recorded one).
-        calibration: :func:`calibrate_from_matches`'s record (``refined``, ``reason``, errors, corrections).
+        calibration: :func:`calibrate_from_matches`'s record (``refined``, ``kept``, ``reason``, errors,
+            corrections, ``evidence``, ``outliers``) and ``epipolar_band_px`` (the calibration
+            matches' band, None when the method has no ``+epipolar`` filter).
         seeds: the matches that seeded the reconstruction (the refinement's inliers, or all).
         result: :func:`reconstruct_tree`'s result; its tree's ``meta`` has ``method`` and ``refined``.
     """
@@ -205,6 +256,7 @@ def reconstruct_pair(
     device: str = "cpu",
     progress: Callable[..., None] | None = None,
     log: Callable[[str], None] | None = None,
+    calibration_config: CalibrationConfig | None = None,
 ) -> PairReconstruction:
     """Vessel masks, matches, view 2 as used and the 3D centreline of two angiograms (module docstring).
 
@@ -216,6 +268,7 @@ def reconstruct_pair(
         device: the torch device of a learned matcher, resolved (``config.device`` is what was asked).
         progress: ``progress(stage, fraction, **extra)`` at each step (fractions 0.1 to 0.55).
         log: gets a sentence when the refinement is skipped or rejected.
+        calibration_config: the calibration prior and loss (default: ``config.calibration_config()``).
 
     Raises:
         ValueError: a mask of another size than its image, or no vessel (:func:`vessel_mask`).
@@ -225,8 +278,10 @@ def reconstruct_pair(
     g1, g2 = geometries
     (m1, source1), (m2, source2) = (vessel_mask(unit_range(images[v]), masks[v], v + 1) for v in (0, 1))
     report("matching keypoints", 0.1)
+    calibration_config = calibration_config or config.calibration_config()
+    banded = config.refine_calibration and config.method.endswith(_EPIPOLAR)
     matcher = parse_method(
-        config.method,
+        config.method.removesuffix(_EPIPOLAR) + "+none" if banded else config.method,
         epipolar_tolerance_px=config.epipolar_tolerance_px,
         device=device,
         foundation=config.foundation,
@@ -240,12 +295,17 @@ def reconstruct_pair(
     x1 = np.asarray(match.x1, dtype=np.float64).reshape(-1, 2)
     x2 = np.asarray(match.x2, dtype=np.float64).reshape(-1, 2)
     scores = np.asarray(match.scores, dtype=np.float64).reshape(-1)
+    band = None
+    if banded:  # the recorded geometry is what the calibration corrects: filter by the prior's band
+        keep, band = calibration_matches(x1, x2, g1, g2, calibration_config, config.epipolar_tolerance_px)
+        x1, x2, scores = x1[keep], x2[keep], scores[keep]
     report("matching keypoints", 0.4, matches=len(x1))
 
     report("refining view 2", 0.45)
     g2_used, calibration, inliers = calibrate_from_matches(
-        g1, g2, x1, x2, config.refine_calibration, log=log, vessels=(m1, m2)
+        g1, g2, x1, x2, config.refine_calibration, calibration_config, log=log, vessels=(m1, m2)
     )
+    calibration["epipolar_band_px"] = band
     seeds = (x1, x2) if inliers is None else (x1[inliers], x2[inliers])
 
     report("reconstructing the centreline", 0.55)

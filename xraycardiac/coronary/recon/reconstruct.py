@@ -4,8 +4,8 @@
 
 1. **Masks**: given, or segmented from images by thresholded Frangi vesselness (``vessel_keypoints``);
    with ``refine_calibration`` view 2 is first refined from the matched keypoints by
-   :func:`calibrate_from_matches` (the one calibration path: the recorded view 2 is kept when the
-   refined pose has too few inliers or explains the vessel trees worse than the recorded one).
+   :func:`~xraycardiac.coronary.recon.acceptance.calibrate_from_matches` (the one calibration path:
+   the recorded view 2 is kept unless the refined pose wins on evidence it was not fitted to).
 2. **2D centreline graphs** (:func:`centreline_graph_2d`): ``skimage.morphology.skeletonize``; nodes
    are junction clusters and free ends, edges the ordered pixel paths between them; spurs shorter
    than ``prune_px`` are cut, skeleton corners (nodes with two edges) merged, paths smoothed.
@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,19 +64,14 @@ from typing import Any
 import numpy as np
 
 from xraycardiac.anatomy.coronary_tree import CoronaryTree
-from xraycardiac.coronary.recon.calibration import (
-    CalibrationConfig,
-    CalibrationResult,
-    refine_second_view,
-    triangulate_matches,
-)
+from xraycardiac.coronary.recon.acceptance import calibrate_from_matches, guarded_refinement
+from xraycardiac.coronary.recon.calibration import CalibrationResult
 from xraycardiac.coronary.recon.centrelines import (
     CentrelineGraph2D,
     ReconstructionConfig,
     as_mask,
     centreline_graph_2d,
     checked_matches,
-    epipolar_consistency,
     in_field,
     smooth_runs,
 )
@@ -202,7 +196,7 @@ def reconstruct_tree(
                 "are needed (CalibrationConfig.min_matches) to refine the second view"
             )
         # the one calibration path: refined only if the inliers and the vessel trees accept the pose
-        g2, calibration_record, inliers, calibration = _guarded_refinement(
+        g2, calibration_record, inliers, calibration = guarded_refinement(
             g1, g2, seeds[0], seeds[1], True, config.calibration, None, (masks[0], masks[1])
         )
         if inliers is not None:
@@ -312,112 +306,3 @@ def save_tube_vtp(tree: CoronaryTree, path: str | os.PathLike[str], sides: int =
     tube.CappingOn()
     tube.Update()
     return write_polydata(tube.GetOutput(), path, "save_tube_vtp")
-
-
-def _errors(values: np.ndarray) -> dict[str, float | None]:
-    """Mean / median of per-match errors (None when there is no match)."""
-    if len(values) == 0:
-        return {"mean": None, "median": None}
-    return {"mean": float(np.mean(values)), "median": float(np.median(values))}
-
-
-def calibrate_from_matches(
-    g1: CArmGeometry,
-    g2: CArmGeometry,
-    x1: np.ndarray,
-    x2: np.ndarray,
-    refine: bool = True,
-    config: CalibrationConfig | None = None,
-    log: Callable[[str], None] | None = None,
-    vessels: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[CArmGeometry, dict[str, Any], np.ndarray | None]:
-    """Refine view 2 from matches when there are enough of them, else keep the recorded geometry.
-
-    The step of the ``coronary-reconstruct`` job and of the pipeline evaluation: with fewer than
-    ``config.min_matches`` matches, or fewer inliers of the refined pose, the recorded view 2 is
-    used and the record says why (``log`` gets the same sentence). With ``vessels``, a refined pose
-    must also explain the two vessel trees better than the recorded one
-    (:func:`~xraycardiac.coronary.recon.centrelines.epipolar_consistency`, no matches involved): wrong
-    matches that agree on a wrong pose are otherwise accepted. On 24 held-out 256 px pairs perturbed
-    by up to 5 deg / 10 mm, the demo matcher's matches were refined on 17 pairs without the check
-    and on 7 with it; the mean 3D error after this step went from 13.05 to 10.25 mm, still above the
-    7.76 mm of the unrefined pose (the score is a weak judge of angle errors: 394 vs 379 samples for
-    a 4 / 3 deg error on the test pair). With the GT matches: 24 -> 23 pairs, 4.69 -> 4.68 mm.
-
-    Args:
-        g1, g2: recorded geometries of the two views.
-        x1, x2: (M, 2) matched pixels (u, v) in views 1 and 2.
-        refine: False = only measure the reprojection error of the recorded geometry.
-        config: :class:`CalibrationConfig` (default: defaults).
-        log: called with a sentence when refinement is skipped.
-        vessels: optional (vessels1, vessels2) masks or angiograms of the two views: the check above.
-
-    Returns:
-        (view 2 to use, record, inlier mask or None): the record (``calibration.json``) holds
-        ``refined``, ``reason``, ``matches``, ``error_before_px`` / ``error_after_px`` (mean, median
-        of the keypoint reprojection error), ``params`` (corrections, degrees / mm) and, when refined,
-        ``inlier_fraction`` and ``summary``.
-    """
-    return _guarded_refinement(g1, g2, x1, x2, refine, config, log, vessels)[:3]
-
-
-def _guarded_refinement(
-    g1: CArmGeometry,
-    g2: CArmGeometry,
-    x1: np.ndarray,
-    x2: np.ndarray,
-    refine: bool,
-    config: CalibrationConfig | None,
-    log: Callable[[str], None] | None,
-    vessels: tuple[np.ndarray, np.ndarray] | None,
-) -> tuple[CArmGeometry, dict[str, Any], np.ndarray | None, CalibrationResult | None]:
-    """:func:`calibrate_from_matches` plus the :class:`CalibrationResult` of an accepted refinement (else None)."""
-    config = config or CalibrationConfig()
-    before = triangulate_matches(g1, g2, x1, x2)[1] if len(x1) else np.zeros(0)
-    record: dict[str, Any] = {"refined": False, "reason": "", "matches": len(x1)}
-
-    def keep_recorded(reason: str, **extra: Any) -> tuple[CArmGeometry, dict[str, Any], None, None]:
-        record.update(
-            reason=reason, error_before_px=_errors(before), error_after_px=_errors(before), params={}
-        )
-        record.update(extra)
-        if refine and log is not None:
-            log(f"calibration not refined: {reason}")
-        return g2, record, None, None
-
-    if not refine:
-        return keep_recorded("refine_calibration is false")
-    if len(x1) < config.min_matches:
-        return keep_recorded(
-            f"only {len(x1)} matches; refining view 2 needs at least {config.min_matches} "
-            "(the recorded geometry is used)"
-        )
-    result = refine_second_view(g1, g2, x1, x2, config)
-    n_in = int(np.sum(result.inliers))
-    if n_in < config.min_matches:  # the matches agree on no pose: keep the recorded one
-        return keep_recorded(
-            f"only {n_in} of {len(x1)} matches are inliers of the refined pose (at least "
-            f"{config.min_matches} needed); the recorded geometry is used",
-            inlier_fraction=n_in / len(x1),
-        )
-    if vessels is not None:
-        scores = {
-            name: epipolar_consistency(*vessels, g1, g)
-            for name, g in (("recorded", g2), ("refined", result.geometry))
-        }
-        record["vessel_consistency"] = scores
-        if scores["refined"] <= scores["recorded"]:
-            return keep_recorded(
-                f"the refined pose explains fewer vessel samples ({scores['refined']}) than the recorded one "
-                f"({scores['recorded']}): the matches agree on a wrong pose; the recorded geometry is used",
-                inlier_fraction=n_in / len(x1),
-            )
-    record.update(
-        refined=True,
-        error_before_px=_errors(result.error_before_px),
-        error_after_px=_errors(result.error_after_px),
-        inlier_fraction=float(np.mean(result.inliers)),
-        params={k: float(v) for k, v in result.params.items()},
-        summary=result.summary(),
-    )
-    return result.geometry, record, np.asarray(result.inliers, dtype=bool), result
