@@ -6,6 +6,8 @@ for the GUI): rerunning a killed command resumes it, and ``--shard i/N`` runs ma
 
     xraycardiac cardiac synth --template ct.nii.gz --template-mask seg.nii.gz --n 1000 --out synth/
     xraycardiac cardiac synth --phantom-seed 0 --n 8 --out synth/ --shard 0/4
+    xraycardiac cardiac synth --template ct.nii.gz --template-mask seg.nii.gz --label-mapping totalsegmentator \\
+        --n 8 --out synth/
     xraycardiac cardiac synth --template ct.nii.gz --template-mask seg.nii.gz --label-mapping mmwhs \\
         --renderer tcdm --model runs/tcdm --n 100 --out synth/
 
@@ -38,7 +40,12 @@ def synth(
     template: Annotated[Path | None, typer.Option(help="Template image (CT, HU; NIfTI/NRRD).")] = None,
     template_mask: Annotated[Path | None, typer.Option(help="Its label map on the same grid.")] = None,
     label_mapping: Annotated[
-        str | None, typer.Option(help="Label values of the mask: mmwhs | imagecas (default: our table).")
+        str | None,
+        typer.Option(
+            help="How the mask's values map to the cardiac table: totalsegmentator (v2 'total'; other "
+            "classes -> background, listed) | totalsegmentator_heartchambers | mmwhs | imagecas | FILE.json "
+            '({"<value>": "<table key or value>", "*": "background"}); default: the mask holds table values.'
+        ),
     ] = None,
     phantom_seed: Annotated[
         int, typer.Option(min=0, help="No --template: the cardiac phantom of this seed.")
@@ -88,6 +95,11 @@ def synth(
         raise ValueError("--template and --template-mask go together (an image and its label map)")
     if template is not None:
         tmpl = load_template(template, template_mask, label_mapping)
+        if tmpl.meta.get("dropped_labels"):
+            console.print(
+                f"label mapping {label_mapping!r}: values {tmpl.meta['dropped_labels']} of {template_mask} "
+                f"(non-cardiac structures) mapped to background; kept {tmpl.labels_present}"
+            )
     else:
         from xraycardiac.phantoms.cardiac import CardiacPhantomConfig
 

@@ -11,8 +11,11 @@ Job spec::
 
 Without template inputs the template is the procedural cardiac phantom of ``phantom_seed`` on a
 ``phantom_grid``^3 grid over its 160 mm field of view (64: 2.5 mm voxels; a TCDM needs its own grid).
-``label_mapping`` is passed to :func:`xraycardiac.cardiac.templates.load_template` (None, "mmwhs",
-"imagecas" or ``{"file value": table value}``). The output folder is the dataset of
+``label_mapping`` is passed to :func:`xraycardiac.cardiac.templates.load_template`: None (table
+values), a preset (``"totalsegmentator"``, ``"totalsegmentator_heartchambers"``, ``"mmwhs"``,
+``"imagecas"``), a ``.json`` mapping file, or ``{"file value": table value or name, "*": "background"}``
+(:mod:`xraycardiac.cardiac.label_maps`); the values a whole-body preset sent to background are in
+the result's ``dropped_labels``. The output folder is the dataset of
 :func:`xraycardiac.cardiac.synth.synthesize_dataset` (``imagesTr/``, ``labelsTr/``,
 ``confidenceTr/``, ``cases/``, ``records/``, ``dataset.json``, ``datalist.json``, ``synth.json``) plus
 ``template_image.nrrd`` / ``template_labels.nrrd`` (the template as used).
@@ -47,8 +50,11 @@ def _template(spec: JobSpec) -> Any:
         )
     if all(has):
         mapping = spec.params.get("label_mapping")
-        if isinstance(mapping, dict):
-            mapping = {int(k): int(v) for k, v in mapping.items()}
+        if mapping is not None and not isinstance(mapping, str | dict):
+            raise ValueError(
+                "cardiac-synth: params.label_mapping must be a preset name, a .json mapping file or an object "
+                f'{{"<file value>": <table value or name>}}, got {mapping!r}'
+            )
         return load_template(spec.inputs["template_image"], spec.inputs["template_labels"], mapping)
     from xraycardiac.phantoms.cardiac import CardiacPhantomConfig
 
@@ -96,6 +102,7 @@ def run_cardiac_synth(spec: JobSpec, work_dir: Path, progress: Progress) -> dict
         "xraycardiac_version": __version__,
         "template": template.name,
         "labels": template.labels_present,
+        "dropped_labels": template.meta.get("dropped_labels", []),
         **summary,
         "outputs": {"datalist": "datalist.json", "dataset": "dataset.json", "synth": "synth.json",
                     "template_image": "template_image.nrrd", "template_labels": "template_labels.nrrd"},
