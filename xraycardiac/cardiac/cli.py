@@ -47,6 +47,13 @@ def synth(
             '({"<value>": "<table key or value>", "*": "background"}); default: the mask holds table values.'
         ),
     ] = None,
+    clean_mask: Annotated[
+        bool,
+        typer.Option(
+            help="Remove specks, tunnels and cavities of the mask after mapping (real segmentations; the MGM "
+            "keeps each structure's topology, which it cannot do with a heart full of tiny tunnels)."
+        ),
+    ] = True,
     phantom_seed: Annotated[
         int, typer.Option(min=0, help="No --template: the cardiac phantom of this seed.")
     ] = 0,
@@ -94,7 +101,7 @@ def synth(
     if (template is None) != (template_mask is None):
         raise ValueError("--template and --template-mask go together (an image and its label map)")
     if template is not None:
-        tmpl = load_template(template, template_mask, label_mapping)
+        tmpl = load_template(template, template_mask, label_mapping, clean=clean_mask)
         if tmpl.meta.get("dropped_labels"):
             console.print(
                 f"label mapping {label_mapping!r}: values {tmpl.meta['dropped_labels']} of {template_mask} "

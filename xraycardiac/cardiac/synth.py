@@ -12,6 +12,11 @@ image for it:
   (:mod:`xraycardiac.cardiac.tcdm`) conditioned on the target mask and the template brought into the
   target frame by the MGM deformation; the confidence map is the skip-sampling variance
   (:mod:`xraycardiac.cardiac.ssv`) of the same noise sampled with several DDIM step counts.
+  Template labels beyond the model's classes (the undivided heart 10, the great vessels 11-15) are
+  given to it as background, where the image follows the warped template (a template with none of
+  its classes is refused before anything is written). The model works in its HU window
+  (``TCDMConfig.hu_window``, -1000..1000); what the warped template holds beyond it (contrast above
+  1000 HU, air below -1000) is added back to the sampled image, so no contrast is clipped.
 
 Output folder (nnU-Net / MONAI conventions, readable by ``xraycardiac cardiac pretrain``)::
 
@@ -206,10 +211,19 @@ def _render_warp(
     return image, np.ones(image.array.shape, dtype=np.float32), {"renderer": "warp"}
 
 
-def _tcdm_renderer(template: CardiacTemplate, config: CardiacSynthConfig) -> Callable[..., Any]:
-    """The ``"tcdm"`` renderer: load the model once, check the template against it, return the renderer."""
+def _tcdm_renderer(
+    template: CardiacTemplate, config: CardiacSynthConfig
+) -> tuple[Callable[..., Any], str | None]:
+    """The ``"tcdm"`` renderer: load the model once, check the template against it.
+
+    Returns:
+        (renderer, note): the note says which template labels the model conditions on as
+        background (coarse labels beyond its classes), or is None.
+    """
     import torch
 
+    from xraycardiac.cardiac.labels import label_info
+    from xraycardiac.cardiac.mgm import warp_image
     from xraycardiac.cardiac.ssv import skip_sampling_variance
     from xraycardiac.cardiac.tcdm import build_tcdm, encode_condition, load_tcdm, sample_tcdm
     from xraycardiac.runtime import select_device
@@ -223,14 +237,21 @@ def _tcdm_renderer(template: CardiacTemplate, config: CardiacSynthConfig) -> Cal
             f"template: its grid is {shape} voxels but model {config.model!r} was trained on {cfg.grid}^3; "
             f"resample the template to {cfg.grid}^3"
         )
-    too_high = int(template.labels.array.max()) >= cfg.n_classes
-    if too_high:
+    coarse = [v for v in template.labels_present if v >= cfg.n_classes]
+    known = [v for v in template.labels_present if v < cfg.n_classes]
+    if not known:
         raise ValueError(
-            f"template: label {int(template.labels.array.max())} is outside the model's 0..{cfg.n_classes - 1}"
+            f"template: its labels {[f'{v} {label_info(v).name}' for v in coarse]} are all outside the "
+            f"0..{cfg.n_classes - 1} that model {config.model!r} conditions on (the fine structures "
+            f"{[f'{v} {label_info(v).name}' for v in range(1, cfg.n_classes)]}); give a template with some of "
+            "them (e.g. TotalSegmentator's heartchambers_highres task: --label-mapping "
+            "totalsegmentator_heartchambers), or use --renderer warp"
         )
+    lut = np.arange(256, dtype=np.int64)
+    lut[coarse] = 0  # conditioned as background: the image there follows the warped template
     scheduler = build_tcdm(cfg)[1]
     t_image = cfg.hu_to_unit(torch.from_numpy(np.asarray(template.image.array, np.float32)))[None, None]
-    t_labels = torch.from_numpy(template.labels.array.astype(np.int64))[None]
+    t_labels = torch.from_numpy(lut[template.labels.array])[None]
     schedules = tuple(dict.fromkeys([*config.ssv_steps, config.steps]))  # the kept image's count included
 
     def render(
@@ -256,22 +277,35 @@ def _tcdm_renderer(template: CardiacTemplate, config: CardiacSynthConfig) -> Cal
                 kept["x0"] = x0
             return x0
 
-        mask = torch.from_numpy(sample.labels.array.astype(np.int64))[None]
+        mask = torch.from_numpy(lut[sample.labels.array])[None]
         ddf = torch.from_numpy(sample.ddf_voxel())[None]
         cond = encode_condition(cfg, mask, t_image, t_labels, ddf).to(device)
         seed = int(sample.meta.get("seed", 0))
         gen = torch.Generator(device=device).manual_seed(seed)
         _, variance, confidence = skip_sampling_variance(sample_fn, cond, schedules, generator=gen)
         hu = cfg.unit_to_hu(kept["x0"])[0, 0].cpu().numpy().astype(np.float32)
+        # The model works in its HU window; what the warped template holds beyond it (contrast above
+        # 1000 HU, air below -1000) is added back, so no contrast is clipped.
+        warped = warp_image(template.image, sample.ddf_ras_mm).array
+        lo, hi = cfg.hu_window
+        hu = (hu + (warped - np.clip(warped, lo, hi))).astype(np.float32)
         image = Volume(hu, sample.labels.ijk_to_ras.copy())
         info_case = {
             "renderer": "tcdm", "model": info, "steps": config.steps, "ssv_steps": list(schedules),
             "start_strength": config.start_strength,
             "variance_mean": float(variance.mean()),
+            "conditioned_as_background": coarse,
         }  # fmt: skip
         return image, confidence[0, 0].cpu().numpy().astype(np.float32), info_case
 
-    return render
+    note = None
+    if coarse:
+        note = (
+            f"TCDM model {config.model!r} conditions on labels 0..{cfg.n_classes - 1}: template labels "
+            f"{[f'{v} {label_info(v).name}' for v in coarse]} are given to it as background (the image "
+            "there follows the warped template); the label maps keep them"
+        )
+    return render, note
 
 
 def synthesize_dataset(
@@ -321,7 +355,9 @@ def synthesize_dataset(
         ignore=("template.meta",), what="out_dir", how="pass --overwrite (overwrite=True)",
         kind="a cardiac synth dataset",
     )  # fmt: skip
-    render = _render_warp if config.renderer == "warp" else _tcdm_renderer(template, config)
+    render, note = (_render_warp, None) if config.renderer == "warp" else _tcdm_renderer(template, config)
+    if note is not None and progress is not None:
+        progress(note, 0.0)
     if overwrite:
         discard(None, root, _OWN, folders=True)
     root.mkdir(parents=True, exist_ok=True)
@@ -402,4 +438,5 @@ def synthesize_dataset(
         "shard": list(shard),
         "mgm": {"attempts": attempts, "rejected": rejections},
         "seconds_per_case": float(np.mean(times)) if times else None,
+        "notes": [note] if note else [],
     }

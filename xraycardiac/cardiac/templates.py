@@ -62,6 +62,7 @@ from xraycardiac.volume import Volume
 
 __all__ = [
     "CardiacTemplate",
+    "clean_label_map",
     "imagecas_cases",
     "load_template",
     "mmwhs_cases",
@@ -129,6 +130,7 @@ def load_template(
     labels_path: str | os.PathLike[str],
     label_mapping: LabelMapping | Mapping[Any, Any] | str | os.PathLike[str] | None = None,
     name: str | None = None,
+    clean: bool = False,
 ) -> CardiacTemplate:
     """Read a template image and label map and map the labels to the cardiac table.
 
@@ -141,6 +143,9 @@ def load_template(
             ``"imagecas"``), a ``.json`` mapping file, a dict ``{file value: target}``, or None when
             the file already uses the table's values.
         name: template name; the label file's stem by default.
+        clean: remove specks, tunnels and cavities after mapping (``clean_label_map``; the voxels
+            it changed per label are in ``meta["cleaned_voxels"]``), as real segmentations need for
+            the MGM's topology checks.
 
     Returns:
         The ``CardiacTemplate`` (image float32, labels uint8; meta with the paths, the mapping, the
@@ -172,6 +177,15 @@ def load_template(
         values = values.astype(np.int64)
     mapped = apply_label_mapping(values, mapping, raw.ijk_to_ras, f"load_template: {labels_path}")
     out = mapped.labels
+    changed: dict[str, int] = {}
+    if clean:
+        cleaned = clean_label_map(out)
+        diff = cleaned != out
+        for v in (int(v) for v in np.unique(out) if v != 0):
+            count = int(np.count_nonzero(diff & ((out == v) | (cleaned == v))))
+            if count:
+                changed[str(v)] = count
+        out = cleaned
     kept = [int(v) for v in np.unique(out) if v != 0]
     meta = {
         "image_path": str(image_path),
@@ -180,6 +194,7 @@ def load_template(
         "dropped_labels": mapped.dropped,
         "betti": {str(k): list(b) for k, b in structure_betti(out, kept).items()},
         "coronary_voxels_dropped": mapped.coronary_voxels_dropped,
+        "cleaned_voxels": changed if clean else None,
     }
     stem = labels_path.name.split(".")[0]
     return CardiacTemplate(
@@ -227,18 +242,30 @@ def _crop(volume: Volume, start_kji: np.ndarray, shape_kji: tuple[int, int, int]
     return Volume(out, m, dict(volume.meta))
 
 
-def _clean(labels: np.ndarray, close: tuple[int, ...] = (WHOLE_HEART,)) -> np.ndarray:
-    """Keep each label's largest 26-connected component and fill its cavities.
+def clean_label_map(labels: np.ndarray, close: tuple[int, ...] | None = None) -> np.ndarray:
+    """Remove specks, tunnels and cavities of a real segmentation so that the MGM can keep its topology.
 
-    Labels without a fixed expectation of one piece (``expected_betti`` None, e.g. the pulmonary
-    veins or the supra-aortic arteries, several pieces) keep every component of at least
-    ``_MIN_PIECE_VOX`` voxels instead. Labels in ``close`` (the undivided heart: a blob whose TotalSegmentator mask is riddled with
-    small tunnels, 13 at 2.5 mm) are first closed morphologically (two iterations of the
-    18-neighbourhood) without taking other labels' voxels, which leaves it (1, 0, 0) here.
+    Each label keeps its largest 26-connected component and has its cavities filled. Labels
+    without a fixed expectation of one piece (``expected_betti`` None: the undivided heart, the
+    great vessels 11-15; the pulmonary veins are several pieces) keep every component of at least
+    ``_MIN_PIECE_VOX`` voxels instead, and are first closed morphologically (two iterations of the
+    18-neighbourhood) without taking other labels' voxels: TotalSegmentator's heart mask is riddled
+    with small tunnels (13 tunnels and 3 cavities in the real chest CT's at 2.5 mm) which any
+    deformation opens or closes, so the MGM would reject every sample; closed, it is (1, 0, 0).
+
+    Args:
+        labels: (K, J, I) integer label map of table values.
+        close: the labels to close; None = every label without a fixed expectation.
+
+    Returns:
+        The cleaned label map, same shape and dtype.
     """
+    present = [int(v) for v in np.unique(labels) if v != 0]
+    if close is None:
+        close = tuple(v for v in present if expected_betti(v) is None)
     out = np.zeros_like(labels)
     pad = 3
-    for value in (int(v) for v in np.unique(labels) if v != 0):
+    for value in present:
         mask = labels == value
         if value in close:
             closed = ndimage.binary_closing(
@@ -280,7 +307,7 @@ def template_from_real_ct(
         shape_ijk: voxels along I, J, K of the box.
         superior_shift_mm: how far above the heart centroid the box is centred, mm.
         clean: keep each label's largest component, close the heart's small tunnels and fill
-            cavities (TotalSegmentator masks carry specks, tunnels and holes; see ``_clean``).
+            cavities (TotalSegmentator masks carry specks, tunnels and holes; ``clean_label_map``).
         structures: the table values to keep (default the heart and the aorta: the structures the
             whole box holds in one piece each); None keeps every structure the preset maps (adds
             the pulmonary veins, caval veins, supra-aortic arteries and brachiocephalic veins).
@@ -313,7 +340,7 @@ def template_from_real_ct(
     image = _crop(ct, start, shape_kji, -1024.0)
     lab = _crop(Volume(mapped, labels.ijk_to_ras, dict(labels.meta)), start, shape_kji, 0)
     if clean:
-        lab.array = _clean(lab.array)
+        lab.array = clean_label_map(lab.array)
     kept = [int(v) for v in np.unique(lab.array) if v != 0]
     meta = {
         "source": ct.meta.get("source"),

@@ -6,7 +6,7 @@ Job spec::
      "inputs": {"template_image": "image.nrrd", "template_labels": "labels.nrrd"},  # or none: phantom
      "params": {"n": 4, "seed": 0, "renderer": "warp" | "tcdm", "model": null, "steps": 20,
                 "ssv_steps": [10, 20, 50], "start_strength": 0.5, "strength_mm": 4.0, "phantom_seed": 0, "phantom_grid": 64,
-                "label_mapping": null, "device": "auto"},
+                "label_mapping": null, "clean_mask": true, "device": "auto"},
      "output_dir": "out/"}
 
 Without template inputs the template is the procedural cardiac phantom of ``phantom_seed`` on a
@@ -15,7 +15,8 @@ Without template inputs the template is the procedural cardiac phantom of ``phan
 values), a preset (``"totalsegmentator"``, ``"totalsegmentator_heartchambers"``, ``"mmwhs"``,
 ``"imagecas"``), a ``.json`` mapping file, or ``{"file value": table value or name, "*": "background"}``
 (:mod:`xraycardiac.cardiac.label_maps`); the values a whole-body preset sent to background are in
-the result's ``dropped_labels``. The output folder is the dataset of
+the result's ``dropped_labels``. ``clean_mask`` (default true) removes specks, tunnels and cavities
+of the mapped mask (:func:`xraycardiac.cardiac.templates.clean_label_map`). The output folder is the dataset of
 :func:`xraycardiac.cardiac.synth.synthesize_dataset` (``imagesTr/``, ``labelsTr/``,
 ``confidenceTr/``, ``cases/``, ``records/``, ``dataset.json``, ``datalist.json``, ``synth.json``) plus
 ``template_image.nrrd`` / ``template_labels.nrrd`` (the template as used).
@@ -34,7 +35,7 @@ from xraycardiac.jsonutil import is_int
 PIPELINE = "cardiac-synth"
 _ALLOWED_PARAMS = {
     "n", "seed", "renderer", "model", "steps", "ssv_steps", "start_strength", "strength_mm", "phantom_seed", "phantom_grid",
-    "label_mapping",
+    "label_mapping", "clean_mask",
     "device",
 }  # fmt: skip
 
@@ -55,7 +56,12 @@ def _template(spec: JobSpec) -> Any:
                 "cardiac-synth: params.label_mapping must be a preset name, a .json mapping file or an object "
                 f'{{"<file value>": <table value or name>}}, got {mapping!r}'
             )
-        return load_template(spec.inputs["template_image"], spec.inputs["template_labels"], mapping)
+        clean = spec.params.get("clean_mask", True)
+        if not isinstance(clean, bool):
+            raise ValueError(f"cardiac-synth: params.clean_mask must be true or false, got {clean!r}")
+        return load_template(
+            spec.inputs["template_image"], spec.inputs["template_labels"], mapping, clean=clean
+        )
     from xraycardiac.phantoms.cardiac import CardiacPhantomConfig
 
     grid = spec.params.get("phantom_grid", 64)
