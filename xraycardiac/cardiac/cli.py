@@ -7,7 +7,7 @@ for the GUI): rerunning a killed command resumes it, and ``--shard i/N`` runs ma
     xraycardiac cardiac synth --template ct.nii.gz --template-mask seg.nii.gz --n 1000 --out synth/
     xraycardiac cardiac synth --phantom-seed 0 --n 8 --out synth/ --shard 0/4
     xraycardiac cardiac synth --template ct.nii.gz --template-mask seg.nii.gz --label-mapping totalsegmentator \\
-        --n 8 --out synth/
+        --nnunet-raw $nnUNet_raw --dataset-id 901 --n 8   # -> $nnUNet_raw/Dataset901_CardiacSynth/
     xraycardiac cardiac synth --template ct.nii.gz --template-mask seg.nii.gz --label-mapping mmwhs \\
         --renderer tcdm --model runs/tcdm --n 100 --out synth/
 
@@ -35,7 +35,18 @@ app = typer.Typer(
 
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Option(help="Dataset folder (created; rerun to resume).")],
+    out: Annotated[
+        Path | None, typer.Option(help="Dataset folder (created; rerun to resume). Or --nnunet-raw.")
+    ] = None,
+    nnunet_raw: Annotated[
+        Path | None,
+        typer.Option(
+            help="Instead of --out: an nnUNet_raw folder; the dataset goes to its Dataset<ID>_<NAME> folder "
+            "(--dataset-id, --dataset-name), ready for nnUNetv2_plan_and_preprocess -d <ID>."
+        ),
+    ] = None,
+    dataset_id: Annotated[int, typer.Option(help="--nnunet-raw: the nnU-Net dataset ID (1..999).")] = 900,
+    dataset_name: Annotated[str, typer.Option(help="--nnunet-raw: the dataset name.")] = "CardiacSynth",
     n: Annotated[int, typer.Option(min=1, help="Number of cases.")] = 8,
     template: Annotated[Path | None, typer.Option(help="Template image (CT, HU; NIfTI/NRRD).")] = None,
     template_mask: Annotated[Path | None, typer.Option(help="Its label map on the same grid.")] = None,
@@ -93,11 +104,15 @@ def synth(
     from rich.console import Console
 
     from xraycardiac.cardiac.mgm import MGMConfig
-    from xraycardiac.cardiac.synth import CardiacSynthConfig, synthesize_dataset
+    from xraycardiac.cardiac.synth import CardiacSynthConfig, nnunet_dataset_folder, synthesize_dataset
     from xraycardiac.cardiac.templates import load_template, template_from_phantom
     from xraycardiac.outputs import parse_shard
 
     console = Console(stderr=True)
+    if (out is None) == (nnunet_raw is None):
+        raise ValueError("give one of --out (the dataset folder) or --nnunet-raw (a Dataset<ID>_<NAME> folder in it)")
+    if nnunet_raw is not None:
+        out = nnunet_raw / nnunet_dataset_folder(dataset_id, dataset_name)
     if (template is None) != (template_mask is None):
         raise ValueError("--template and --template-mask go together (an image and its label map)")
     if template is not None:

@@ -21,12 +21,15 @@ image for it:
 Output folder (nnU-Net / MONAI conventions, readable by ``xraycardiac cardiac pretrain``)::
 
     imagesTr/case_00000_0000.nii.gz   image, HU (float32)
-    labelsTr/case_00000.nii.gz        label map (uint8, values of xraycardiac.cardiac.labels)
+    labelsTr/case_00000.nii.gz        label map (uint8, consecutive 0..N-1: the template's structures in
+                                      the order of their table values, as nnU-Net requires; the table
+                                      value of each is in dataset.json / synth.json "label_values")
     confidenceTr/case_00000.nii.gz    confidence in [0, 1] (float32)
     cases/case_00000.json             how the case was made (MGM draw, renderer, timing)
     records/case_00000.done.json      the case's four files with sizes and sha256, written last: the
                                       record that the case is complete (:mod:`xraycardiac.outputs`)
-    dataset.json                      nnU-Net v2 (channel_names, labels, numTraining, file_ending)
+    dataset.json                      nnU-Net v2 (channel_names, labels, numTraining, file_ending);
+                                      passes nnunetv2's verify_dataset_integrity
     datalist.json                     MONAI ({"training": [{"image", "label", "confidence"}, ...]})
     synth.json                        the settings (config, template), the label table, the cases
 
@@ -55,7 +58,16 @@ from xraycardiac.cardiac.templates import CardiacTemplate
 from xraycardiac.outputs import check_output, discard, verify_record, write_json_atomic, write_record
 from xraycardiac.volume import Volume
 
-__all__ = ["RENDERERS", "CardiacSynthConfig", "case_name", "synthesize_dataset"]
+__all__ = [
+    "DEFAULT_DATASET_ID",
+    "DEFAULT_DATASET_NAME",
+    "RENDERERS",
+    "CardiacSynthConfig",
+    "case_name",
+    "dataset_label_values",
+    "nnunet_dataset_folder",
+    "synthesize_dataset",
+]
 
 RENDERERS = ("warp", "tcdm")
 FORMAT = "xraycardiac.cardiac_synth"
@@ -163,6 +175,60 @@ def _settings(template: CardiacTemplate, config: CardiacSynthConfig) -> dict[str
     }
 
 
+def _label_values(template: CardiacTemplate) -> dict[int, int]:
+    """Consecutive file value (1..N) -> table value of the template's structures."""
+    return {i: v for i, v in enumerate(template.labels_present, start=1)}
+
+
+DEFAULT_DATASET_ID = 900
+DEFAULT_DATASET_NAME = "CardiacSynth"
+
+
+def nnunet_dataset_folder(dataset_id: int = DEFAULT_DATASET_ID, name: str = DEFAULT_DATASET_NAME) -> str:
+    """``Dataset900_CardiacSynth``: the folder name nnU-Net v2 finds a dataset by (``-d 900``).
+
+    Args:
+        dataset_id: nnU-Net dataset ID, 1..999 (pick one your ``nnUNet_raw`` does not use yet).
+        name: letters, digits, ``_`` and ``-``.
+
+    Raises:
+        ValueError: an ID outside 1..999 or a name with other characters.
+    """
+    import re
+
+    if not (isinstance(dataset_id, int) and not isinstance(dataset_id, bool) and 1 <= dataset_id <= 999):
+        raise ValueError(f"dataset_id: expected an nnU-Net dataset ID from 1 to 999, got {dataset_id!r}")
+    if not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name)):
+        raise ValueError(f"dataset_name: expected letters, digits, '_' and '-' (e.g. CardiacSynth), got {name!r}")
+    return f"Dataset{dataset_id:03d}_{name}"
+
+
+def dataset_label_values(root: str | os.PathLike[str]) -> dict[int, int]:
+    """File value -> cardiac table value of a ``synthesize_dataset`` folder's ``labelsTr`` maps.
+
+    Read from ``synth.json`` (``label_values``); a folder written before labels were consecutive
+    (no ``label_values``) holds table values, and the identity over the table is returned.
+
+    Raises:
+        FileNotFoundError / ValueError: ``synth.json`` missing or unreadable.
+    """
+    import json
+
+    from xraycardiac.cardiac.labels import LABEL_TABLE
+
+    path = Path(root) / "synth.json"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing (not a cardiac synth dataset folder)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable ({exc})") from None
+    values = doc.get("label_values") if isinstance(doc, dict) else None
+    if values is None:
+        return {e.value: e.value for e in LABEL_TABLE}
+    return {int(k): int(v) for k, v in values.items()}
+
+
 def _index_files(
     root: Path, template: CardiacTemplate, config: CardiacSynthConfig, verified: set[int]
 ) -> None:
@@ -172,6 +238,7 @@ def _index_files(
 
     present = template.labels_present
     names = label_names(present)
+    values = _label_values(template)
     done = sorted(verified)
     write_json_atomic(
         root / "dataset.json",
@@ -179,7 +246,8 @@ def _index_files(
             "name": "xraycardiac_cardiac_synth",
             "description": "synthetic cardiac CT (research use only, not for clinical use)",
             "channel_names": {"0": "CT"},
-            "labels": {"background": 0, **{names[v]: v for v in present}},
+            "labels": {"background": 0, **{names[v]: i for i, v in values.items()}},
+            "label_values": {str(i): v for i, v in values.items()},  # file value -> cardiac table value
             "numTraining": len(done),
             "file_ending": ".nii.gz",
         },
@@ -194,6 +262,7 @@ def _index_files(
             **_settings(template, config),
             "xraycardiac_version": __version__,
             "label_table": [asdict(lbl) for lbl in LABEL_TABLE if lbl.value in present],
+            "label_values": {str(i): v for i, v in values.items()},
             "cases": [case_name(i) for i in done],
         },
     )
@@ -366,6 +435,9 @@ def synthesize_dataset(
     _index_files(root, template, config, verified)  # first (the settings), and without cases that fail
     for sub in ("imagesTr", "labelsTr", "confidenceTr", "cases", "records"):
         (root / sub).mkdir(exist_ok=True)
+    to_file = np.zeros(256, dtype=np.uint8)  # table value -> consecutive file value
+    for i, v in _label_values(template).items():
+        to_file[v] = i
     todo = list(range(shard[0], config.n, shard[1]))
     written, skipped, redone, times = [], [], [], []
     rejections: dict[str, int] = {}
@@ -405,9 +477,7 @@ def synthesize_dataset(
             image, confidence, info = render(template, sample, config,
                                              lambda stage, f: in_case(stage, 0.05 + 0.9 * f))  # fmt: skip
             write_volume(Volume(image.array.astype(np.float32), image.ijk_to_ras), root / files["image"])
-            write_volume(
-                Volume(sample.labels.array.astype(np.uint8), sample.labels.ijk_to_ras), root / files["label"]
-            )
+            write_volume(Volume(to_file[sample.labels.array], sample.labels.ijk_to_ras), root / files["label"])
             write_volume(Volume(confidence.astype(np.float32), image.ijk_to_ras), root / files["confidence"])
             seconds = time.perf_counter() - t0
             write_json_atomic(
