@@ -110,7 +110,9 @@ def synth(
 
     console = Console(stderr=True)
     if (out is None) == (nnunet_raw is None):
-        raise ValueError("give one of --out (the dataset folder) or --nnunet-raw (a Dataset<ID>_<NAME> folder in it)")
+        raise ValueError(
+            "give one of --out (the dataset folder) or --nnunet-raw (a Dataset<ID>_<NAME> folder in it)"
+        )
     if nnunet_raw is not None:
         out = nnunet_raw / nnunet_dataset_folder(dataset_id, dataset_name)
     if (template is None) != (template_mask is None):

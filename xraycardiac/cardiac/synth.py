@@ -199,7 +199,9 @@ def nnunet_dataset_folder(dataset_id: int = DEFAULT_DATASET_ID, name: str = DEFA
     if not (isinstance(dataset_id, int) and not isinstance(dataset_id, bool) and 1 <= dataset_id <= 999):
         raise ValueError(f"dataset_id: expected an nnU-Net dataset ID from 1 to 999, got {dataset_id!r}")
     if not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name)):
-        raise ValueError(f"dataset_name: expected letters, digits, '_' and '-' (e.g. CardiacSynth), got {name!r}")
+        raise ValueError(
+            f"dataset_name: expected letters, digits, '_' and '-' (e.g. CardiacSynth), got {name!r}"
+        )
     return f"Dataset{dataset_id:03d}_{name}"
 
 
@@ -477,7 +479,9 @@ def synthesize_dataset(
             image, confidence, info = render(template, sample, config,
                                              lambda stage, f: in_case(stage, 0.05 + 0.9 * f))  # fmt: skip
             write_volume(Volume(image.array.astype(np.float32), image.ijk_to_ras), root / files["image"])
-            write_volume(Volume(to_file[sample.labels.array], sample.labels.ijk_to_ras), root / files["label"])
+            write_volume(
+                Volume(to_file[sample.labels.array], sample.labels.ijk_to_ras), root / files["label"]
+            )
             write_volume(Volume(confidence.astype(np.float32), image.ijk_to_ras), root / files["confidence"])
             seconds = time.perf_counter() - t0
             write_json_atomic(

