@@ -15,8 +15,9 @@ image for it:
   Template labels beyond the model's classes (the undivided heart 10, the great vessels 11-15) are
   given to it as background, where the image follows the warped template (a template with none of
   its classes is refused before anything is written). The model works in its HU window
-  (``TCDMConfig.hu_window``, -1000..1000); what the warped template holds beyond it (contrast above
-  1000 HU, air below -1000) is added back to the sampled image, so no contrast is clipped.
+  (``TCDMConfig.hu_window``, -1000..1000) and knows nothing beyond it: where the warped template lies
+  beyond it (contrast above 1000 HU, air below -1000) its values are kept (``WINDOW_BLEND_HU``), so
+  no contrast is clipped.
 
 Output folder (nnU-Net / MONAI conventions, readable by ``xraycardiac cardiac pretrain``)::
 
@@ -70,6 +71,9 @@ __all__ = [
 ]
 
 RENDERERS = ("warp", "tcdm")
+WINDOW_BLEND_HU = 100.0
+"""``"tcdm"``: the warped template replaces the model's image where it lies beyond the model's HU
+window, blended in linearly over this many HU inside the window's edges."""
 FORMAT = "xraycardiac.cardiac_synth"
 
 
@@ -355,11 +359,16 @@ def _tcdm_renderer(
         gen = torch.Generator(device=device).manual_seed(seed)
         _, variance, confidence = skip_sampling_variance(sample_fn, cond, schedules, generator=gen)
         hu = cfg.unit_to_hu(kept["x0"])[0, 0].cpu().numpy().astype(np.float32)
-        # The model works in its HU window; what the warped template holds beyond it (contrast above
-        # 1000 HU, air below -1000) is added back, so no contrast is clipped.
+        # The model works in its HU window and knows nothing beyond it: where the warped template is
+        # beyond it (contrast above 1000 HU, air below -1000) its values are kept, blended in over the
+        # last WINDOW_BLEND_HU inside the window, so no contrast is clipped.
         warped = warp_image(template.image, sample.ddf_ras_mm).array
         lo, hi = cfg.hu_window
-        hu = (hu + (warped - np.clip(warped, lo, hi))).astype(np.float32)
+        beyond = np.clip(
+            np.maximum(warped - (hi - WINDOW_BLEND_HU), (lo + WINDOW_BLEND_HU) - warped), 0.0, None
+        )
+        w = np.minimum(beyond / WINDOW_BLEND_HU, 1.0)
+        hu = ((1.0 - w) * hu + w * warped).astype(np.float32)
         image = Volume(hu, sample.labels.ijk_to_ras.copy())
         info_case = {
             "renderer": "tcdm", "model": info, "steps": config.steps, "ssv_steps": list(schedules),
