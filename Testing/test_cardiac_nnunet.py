@@ -80,3 +80,13 @@ def test_nnunet_verify_dataset_integrity_accepts_the_export(tmp_path):
     result = _synth(tmp_path, "--nnunet-raw", str(raw))
     assert result.exit_code == 0, result.output
     verify(str(raw / "Dataset900_CardiacSynth"), num_processes=1)
+
+
+def test_pretraining_reads_the_consecutive_labels_back_as_table_values(tmp_path):
+    from xraycardiac.cardiac.pretrain import read_cases
+
+    result = _synth(tmp_path, "--out", str(tmp_path / "ds"))
+    assert result.exit_code == 0, result.output
+    _, labels, confidences, _ = read_cases(tmp_path / "ds")
+    assert [set(np.unique(lab).tolist()) for lab in labels] == [{0, AORTA, WHOLE_HEART}] * 2
+    assert confidences is not None and len(confidences) == 2
