@@ -423,6 +423,7 @@ def _cardiac_real_ct_case(
     progress.stage("cutting a 64^3 x 2.5 mm box around the heart out of the real chest CT", 0.0)
     ct, raw, _ = real_ct_heart_box()
     inputs = work / "cardiac_real_ct_inputs"
+    inputs.mkdir(parents=True, exist_ok=True)
     ct_path, seg_path = (
         write_volume(ct, inputs / "ct.nrrd"),
         write_volume(raw, inputs / "totalsegmentator.nrrd"),
