@@ -79,6 +79,8 @@ class CardiacSynthParameterNode:
     templateVolume: the template CT (scalar volume, HU).
     templateSegmentation: its segmentation (segment names from the label table) or label map (table
         values on the CT's grid).
+    labelMapping: how the template labels map to the table: empty, a preset (totalsegmentator,
+        totalsegmentator_heartchambers, mmwhs, imagecas) or a JSON mapping file.
     numSamples: number of synthetic cases, 1..MAX_CASES.
     seed: case i's deformation is drawn from SeedSequence([seed, i]).
     deformationStrengthMm: largest magnitude of the random deformation's velocity field, mm.
@@ -93,6 +95,7 @@ class CardiacSynthParameterNode:
     # typing.Union (not "|"): the parameter node wrapper recognises node unions by typing.Union
     templateVolume: Union[vtkMRMLScalarVolumeNode, None]  # noqa: UP007
     templateSegmentation: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]  # noqa: UP007
+    labelMapping: str = ""
     numSamples: Annotated[int, WithinRange(1, MAX_CASES)] = DEFAULT_CASES
     seed: Annotated[int, WithinRange(0, 2_000_000_000)] = 0
     deformationStrengthMm: Annotated[float, WithinRange(0.0, MAX_STRENGTH_MM)] = DEFAULT_STRENGTH_MM
@@ -117,7 +120,11 @@ class CardiacSynthWidget(XRayCardiacCommon.XRayCardiacWidget):
     def updateGuiState(self, caller: Any = None, event: Any = None) -> None:
         p = self._parameterNode
         fromNodes = p is not None and not p.usePhantom
-        for widget in (self.ui.templateVolumeSelector, self.ui.templateSegmentationSelector):
+        for widget in (
+            self.ui.templateVolumeSelector,
+            self.ui.templateSegmentationSelector,
+            self.ui.labelMappingLineEdit,
+        ):
             widget.enabled = fromNodes
         diffusion = p is not None and p.renderer == "tcdm"
         for widget in (self.ui.tcdmModelLineEdit, self.ui.samplerStepsSpinBox):
@@ -198,6 +205,7 @@ class CardiacSynthLogic(ScriptedLoadableModuleLogic):
             template = {
                 "template_volume": p.templateVolume,
                 "template_segmentation_or_labelmap": p.templateSegmentation,
+                "label_mapping": p.labelMapping.strip() or None,
             }
         return {
             "n": p.numSamples,

@@ -39,7 +39,13 @@ def default_samples(template, one_torch_thread):
 
 def test_zero_strength_is_identity(template):
     image, labels = template
-    cfg = MGMConfig(strength_mm=0.0, scale_range=(1.0, 1.0), coronary_variation=False, max_tries=1)
+    cfg = MGMConfig(
+        strength_mm=0.0,
+        scale_range=(1.0, 1.0),
+        global_scale_range=(1.0, 1.0),
+        coronary_variation=False,
+        max_tries=1,
+    )
     for interpolation in ("linear", "nearest"):
         samples, report = generate_masks(
             labels, 1, MGMConfig(**{**cfg.__dict__, "label_interpolation": interpolation})
@@ -85,7 +91,12 @@ def test_generate_masks_is_deterministic(template, default_samples):
 def test_structure_scaling_grows_the_structure_about_its_centroid(template):
     _, labels = template
     cfg = MGMConfig(
-        strength_mm=0.0, coronary_variation=False, scale_range=(1.15, 1.15), scale_groups=((LV, MYO),)
+        strength_mm=0.0,
+        coronary_variation=False,
+        scale_range=(1.15, 1.15),
+        scale_groups=((LV, MYO),),
+        scale_other_structures=False,
+        global_scale_range=(1.0, 1.0),
     )
     samples, report = generate_masks(labels, 1, cfg, seed=0)
     assert report.accepted == 1, report.to_dict()

@@ -48,13 +48,13 @@ def _centroid(labels, values) -> np.ndarray:
 
 def test_label_table_is_consistent():
     values = [e.value for e in LABEL_TABLE]
-    assert values == sorted(set(values)) == list(range(1, 11))
+    assert values == sorted(set(values)) == list(range(1, 16))  # 10 heart, 11-15 great vessels
     assert FINE_LABELS == tuple(range(1, 10)) and CORONARY_LABELS == (8, 9) and WHOLE_HEART == 10
     assert all(all(0 <= c <= 255 for c in e.color_rgb) for e in LABEL_TABLE)
     assert len({e.color_rgb for e in LABEL_TABLE}) == len(LABEL_TABLE), "colours must be distinguishable"
     for v in FINE_LABELS:
         assert expected_betti(v) == (1, 0, 0)
-    assert expected_betti(WHOLE_HEART) is None
+    assert all(expected_betti(v) is None for v in range(WHOLE_HEART, 16))
     # Contrast-enhanced blood 250-400 HU, myocardium ~100 HU.
     for v in (LV, LA, AORTA, LCA, RCA):
         assert 300 <= label_info(v).hu_mean <= 400, label_info(v)

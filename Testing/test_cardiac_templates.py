@@ -7,14 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from xraycardiac.cardiac.label_maps import IMAGECAS_MAPPING, MMWHS_MAPPING, split_coronary_trees
 from xraycardiac.cardiac.labels import AORTA, LA, LCA, LV, MYO, PA, RA, RCA, RV, WHOLE_HEART, structure_betti
 from xraycardiac.cardiac.templates import (
-    IMAGECAS_MAPPING,
-    MMWHS_MAPPING,
     imagecas_cases,
     load_template,
     mmwhs_cases,
-    split_coronary_trees,
     template_from_phantom,
     template_from_real_ct,
 )
@@ -80,12 +78,12 @@ def test_load_template_unknown_labels_are_listed(tmp_path):
         load_template(img_path, lab_path)
     assert str(lab_path) in str(err.value)
     # With a mapping, values missing from it are listed the same way.
-    with pytest.raises(ValueError, match=r"label values \[42, 77\] are not in label_mapping"):
+    with pytest.raises(ValueError, match=r"label values \[42, 77\] are not in label mapping"):
         load_template(img_path, lab_path, label_mapping={1: LV, 5: MYO, 6: AORTA})
     # Mapped (and dropped with 0) they load.
     tpl = load_template(img_path, lab_path, label_mapping={1: LV, 5: MYO, 6: AORTA, 42: 0, 77: RA})
     assert tpl.labels_present == [LV, RA, MYO, AORTA]
-    with pytest.raises(ValueError, match="label_mapping: targets"):
+    with pytest.raises(ValueError, match=r"label_mapping\[1\]: target 99 is not a cardiac table value"):
         load_template(img_path, lab_path, label_mapping={1: 99})
     with pytest.raises(ValueError, match="label_mapping: unknown preset"):
         load_template(img_path, lab_path, label_mapping="acdc")

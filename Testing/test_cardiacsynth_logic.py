@@ -238,7 +238,7 @@ def test_segmentation_is_mapped_by_segment_name_through_a_temporary_node() -> No
         scene, {1: "LV blood pool", 6: "Aorta", 8: "LCA"}
     )
     before = _names(scene)
-    labels, names = _segmentation_labels(scene, segmentation, _image_volume(image_node), image_node)
+    labels, names = _segmentation_labels(scene, segmentation, _image_volume(image_node), image_node, None)
     assert _names(scene) == before, "the temporary label map (or its colour table) was left in the scene"
     assert np.array_equal(labels.array, template.labels.array), np.count_nonzero(
         labels.array != template.labels.array
@@ -350,14 +350,15 @@ def bad_inputs():
             "image",
             "renamed",
             {},
-            r"template_segmentation_or_labelmap: segment name\(s\) \['Left ventricle', 'tumour'\] of "
+            r"template_segmentation_or_labelmap: segment name\(s\) \['tumour'\] of "
             r"segmentation 'renamed segmentation' are not in the cardiac label table",
         ),
         (
             "image",
             "foreign",
             {},
-            r"template_segmentation_or_labelmap: .*'foreign labels' holds values \[42\]",
+            r"template_segmentation_or_labelmap: the label map 'foreign labels': label values \[42\] are not in the "
+            r"cardiac label table",
         ),
         ("image", "no segment", {}, r"segmentation 'no segment' has no segment"),
         ("image", None, {}, r"template_segmentation_or_labelmap: the template CT .* needs its segmentation"),

@@ -93,6 +93,18 @@ def test_demo_writes_report_and_every_view(tmp_path):
     assert set(np.unique(labels.array)) == set(np.unique(template.array))
     lv, bg = image.array[labels.array == 1].mean(), image.array[labels.array == 0].mean()
     assert lv > bg + 150, f"synthetic LV blood pool {lv:.0f} HU vs background {bg:.0f} HU"
+    # ... and from the real chest CT with its TotalSegmentator labels: consecutive file labels whose
+    # table values (label_values) are the mapped template's, the SVC contrast above 1000 HU kept
+    from xraycardiac.cardiac.synth import dataset_label_values
+
+    real = report.parent / "cardiac_synth_real_ct"
+    values = dataset_label_values(real)
+    real_template = read_volume(real / "template_labels.nrrd").array
+    real_labels = read_volume(real / "labelsTr" / "case_00000.nii.gz").array
+    assert {values[int(v)] for v in np.unique(real_labels) if v} == set(np.unique(real_template).tolist()) - {
+        0
+    }
+    assert read_volume(real / "imagesTr" / "case_00000_0000.nii.gz").array.max() > 1000.0
     # XRayToCT section: the CT generated from the real CT's two DRRs has its lungs where the truth has them
     from xraycardiac.metrics.chest_masks import dice, lung_mask
 

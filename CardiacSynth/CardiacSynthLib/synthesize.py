@@ -10,10 +10,14 @@ Template: no node = the procedural cardiac phantom of ``phantom_seed``. Otherwis
 (``template_volume``, scalar volume, HU) and its labels (``template_segmentation_or_labelmap``):
 
 * a segmentation node: segments are matched to the cardiac label table BY NAME (``label_by_name``:
-  key such as ``lv`` or name such as ``LV blood pool``, case-insensitive) and exported onto the CT's
+  key such as ``lv``, name such as ``LV blood pool``, or a TotalSegmentator class name such as
+  ``heart`` or ``superior_vena_cava``; else the type of its terminology), case-insensitive; with
+  ``label_mapping="totalsegmentator"`` the other segments of a whole-body segmentation, as the
+  TotalSegmentator extension makes it, are left out) and exported onto the CT's
   grid (``ExportSegmentsToLabelmapNode`` with the CT as reference; its parent transform is applied)
   through a temporary label map node that is removed again, so the scene's nodes are unchanged;
-* a label map node (or a scalar volume of integer labels) of table values on exactly the CT's grid.
+* a label map node (or a scalar volume of integer labels) on exactly the CT's grid, of table values
+  or mapped by ``label_mapping`` (a preset or JSON file, :mod:`xraycardiac.cardiac.label_maps`).
 
 Outputs, per case ``i`` (file ``case_XXXXX``), in one subject-hierarchy folder
 "CardiacSynth <template> seed <seed>" (names in use get Slicer's unique suffix):
@@ -67,9 +71,10 @@ from CardiacSynthLib import (
     MAX_TEMPLATE_VOXELS,
     RENDERER_CHOICES,
 )
+from xraycardiac.cardiac.label_maps import LabelMapping, apply_label_mapping, resolve_label_mapping
 from xraycardiac.cardiac.labels import LABEL_TABLE, label_by_name, label_info
 from xraycardiac.cardiac.mgm import MGMConfig
-from xraycardiac.cardiac.synth import CardiacSynthConfig
+from xraycardiac.cardiac.synth import CardiacSynthConfig, dataset_label_values
 from xraycardiac.io import read_volume
 from xraycardiac.jsonutil import is_int
 from xraycardiac.volume import Volume
@@ -83,7 +88,6 @@ LABELS_PARAM = "template_segmentation_or_labelmap"
 GRID_ATOL_MM = 1e-3  # two grids are one when their IJK-to-RAS matrices agree to this (as the core checks)
 MAX_STEPS = 1000
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-_TABLE_VALUES = frozenset(e.value for e in LABEL_TABLE)
 
 
 def _grid_text(volume: Volume) -> str:
@@ -220,8 +224,8 @@ def _image_volume(node: Any) -> Volume:
     return volume
 
 
-def _labelmap_labels(node: Any, image: Volume, image_node: Any) -> Volume:
-    """A label map node of table values on the CT's grid, as uint8 labels on the CT's geometry."""
+def _labelmap_labels(node: Any, image: Volume, image_node: Any, mapping: LabelMapping | None) -> Volume:
+    """A label map node on the CT's grid (table values, or mapped by ``mapping``) as uint8 table labels."""
     labels = volume_from_node(node, LABELS_PARAM)
     same = labels.array.shape == image.array.shape and bool(
         np.allclose(labels.ijk_to_ras, image.ijk_to_ras, rtol=0.0, atol=GRID_ATOL_MM)
@@ -242,48 +246,70 @@ def _labelmap_labels(node: Any, image: Volume, image_node: Any) -> Volume:
                 "expected integer labels (a label map or a segmentation, not an image)"
             )
     values = values.astype(np.int64)
-    present = [int(v) for v in np.unique(values) if v != 0]
-    if not present:
+    if not np.any(values):
         raise ValueError(f"{LABELS_PARAM}: the label map {node.GetName()!r} is empty (no labelled voxel)")
-    unknown = [v for v in present if v not in _TABLE_VALUES]
-    if unknown:
-        table = ", ".join(f"{e.value} {e.name}" for e in LABEL_TABLE)
-        raise ValueError(
-            f"{LABELS_PARAM}: the label map {node.GetName()!r} holds values {unknown} that are not in the "
-            f"cardiac label table ({table}); relabel it, or import it into a segmentation and name the "
-            "segments after the table"
-        )
+    where = f"{LABELS_PARAM}: the label map {node.GetName()!r}"
+    values = apply_label_mapping(values, mapping, labels.ijk_to_ras, where).labels
     return Volume(values.astype(np.uint8), image.ijk_to_ras.copy(), {"name": node.GetName()})
 
 
-def _segment_values(node: Any) -> tuple[list[str], list[str], list[int]]:
-    """(segment IDs, names, table values) of a segmentation node, matched by name."""
+def _terminology_name(segment: Any) -> str | None:
+    """The type's meaning of a segment's terminology (``...~SCT^80891009^Heart~...`` -> ``Heart``)."""
+    tag = vtk.mutable("")
+    if not segment.GetTag("TerminologyEntry", tag) or not str(tag):
+        return None
+    fields = str(tag).split("~")
+    parts = fields[2].split("^") if len(fields) > 2 else []
+    return parts[2] if len(parts) > 2 and parts[2] else None
+
+
+def _segment_values(node: Any, mapping: LabelMapping | None) -> tuple[list[str], list[str], list[int]]:
+    """(segment IDs, names, table values) of the segments matched by name (or terminology) to the table.
+
+    With a whole-body mapping (``totalsegmentator``) the segments that match nothing (the other
+    organs of a TotalSegmentator segmentation) are left out; otherwise they are an error.
+    """
     segmentation = node.GetSegmentation()
     count = segmentation.GetNumberOfSegments() if segmentation is not None else 0
     if count == 0:
         raise ValueError(f"{LABELS_PARAM}: segmentation {node.GetName()!r} has no segment")
-    ids = [segmentation.GetNthSegmentID(i) for i in range(count)]
-    names = [segmentation.GetSegment(s).GetName() for s in ids]
-    values, unknown = [], []
-    for name in names:
-        try:
-            values.append(label_by_name(name).value)
-        except ValueError:
-            unknown.append(name)
-    if unknown:
+    ids, names, values, unknown = [], [], [], []
+    for segment_id in (segmentation.GetNthSegmentID(i) for i in range(count)):
+        segment = segmentation.GetSegment(segment_id)
+        value = None
+        for candidate in (segment.GetName(), _terminology_name(segment)):
+            try:
+                value = label_by_name(candidate).value if candidate else None
+            except ValueError:
+                continue
+            break
+        if value is None:
+            unknown.append(segment.GetName())
+            continue
+        ids.append(segment_id)
+        names.append(segment.GetName())
+        values.append(value)
+    if unknown and not (mapping is not None and mapping.others_to_background):
         raise ValueError(
             f"{LABELS_PARAM}: segment name(s) {unknown} of segmentation {node.GetName()!r} are not in the "
-            "cardiac label table; rename each segment to a table key or name: "
+            "cardiac label table; rename each segment to a table key or name ("
             + ", ".join(f"{e.key} ({e.name})" for e in LABEL_TABLE)
+            + "), or, for a whole-body TotalSegmentator segmentation, choose label mapping 'totalsegmentator' "
+            "(its other organs are left out)"
+        )
+    if not ids:
+        raise ValueError(
+            f"{LABELS_PARAM}: no segment of segmentation {node.GetName()!r} is a cardiac structure "
+            f"(segments: {unknown})"
         )
     return ids, names, values
 
 
 def _segmentation_labels(
-    scene: Any, node: Any, image: Volume, image_node: Any
+    scene: Any, node: Any, image: Volume, image_node: Any, mapping: LabelMapping | None
 ) -> tuple[Volume, dict[int, str]]:
     """A segmentation node as uint8 table labels on the CT's grid, and value -> the template's segment name."""
-    ids, names, values = _segment_values(node)
+    ids, names, values = _segment_values(node, mapping)
     # the export also adds a display node and a colour table (and subject hierarchy in a bare scene)
     with temporary_nodes(scene):
         labelmap = scene.AddNewNodeByClass(
@@ -365,6 +391,7 @@ class CardiacSynthLogic(JobLogic[CardiacSynthRun, dict[str, Any]]):
         device: str = "auto",
         export_dir: str | os.PathLike[str] | None = None,
         phantom_seed: int = 0,
+        label_mapping: str | None = None,
     ) -> CardiacSynthRun:
         """Check the parameters and start the job; returns at once (the scene is not changed).
 
@@ -384,6 +411,10 @@ class CardiacSynthLogic(JobLogic[CardiacSynthRun, dict[str, Any]]):
             export_dir: None / "" for no export, else a new or empty folder that receives a copy of
                 the dataset when the results are imported.
             phantom_seed: integer >= 0, the phantom's seed when there is no template node.
+            label_mapping: how the template labels map to the table
+                (:func:`xraycardiac.cardiac.label_maps.resolve_label_mapping`): None / "" (label maps
+                hold table values; segments matched by name), a preset (``"totalsegmentator"``: the
+                non-cardiac values or segments of a whole-body map are left out, ...) or a JSON file.
 
         Raises:
             ValueError: naming the bad parameter, its value and what is allowed: a template CT without
@@ -416,15 +447,18 @@ class CardiacSynthLogic(JobLogic[CardiacSynthRun, dict[str, Any]]):
                 "label map; select it, or neither for the phantom template"
             )
         image = _image_volume(template_volume)
+        mapping = resolve_label_mapping(label_mapping or None)
         segment_names: dict[int, str] = {}
         if not hasattr(labels_node, "IsA"):
             raise ValueError(
                 f"{LABELS_PARAM}: expected a segmentation or label map node, got {describe_node(labels_node)}"
             )
         if labels_node.IsA("vtkMRMLSegmentationNode"):
-            labels, segment_names = _segmentation_labels(self.scene, labels_node, image, template_volume)
+            labels, segment_names = _segmentation_labels(
+                self.scene, labels_node, image, template_volume, mapping
+            )
         elif labels_node.IsA("vtkMRMLScalarVolumeNode"):
-            labels = _labelmap_labels(labels_node, image, template_volume)
+            labels = _labelmap_labels(labels_node, image, template_volume, mapping)
         else:
             raise ValueError(
                 f"{LABELS_PARAM}: expected a segmentation node or a label map volume node, got "
@@ -438,6 +472,7 @@ class CardiacSynthLogic(JobLogic[CardiacSynthRun, dict[str, Any]]):
             params=params,
             template=template_volume.GetName(),
             source={
+                **({"LabelMapping": mapping.name} if mapping is not None else {}),
                 "TemplateVolumeNode": template_volume.GetName(),
                 "TemplateLabelsNode": labels_node.GetName(),
                 "SourceNode": template_volume.GetID(),
@@ -482,6 +517,7 @@ class CardiacSynthLogic(JobLogic[CardiacSynthRun, dict[str, Any]]):
         root = Path(status.output_dir or "")
         summary = status.summary or {}
         entries = _read_datalist(root, run.params["n"])
+        file_values = dataset_label_values(root)
         provenance: dict[str, Any] = {
             "Pipeline": PIPELINE,
             "Device": run.params["device"],
@@ -510,7 +546,7 @@ class CardiacSynthLogic(JobLogic[CardiacSynthRun, dict[str, Any]]):
                         case_provenance["ModelName"] = model.get("model")
                         case_provenance["ModelSha256"] = model.get("sha256")
                     nodes = self._add_case(
-                        f"{NAME_PREFIX} case {i}", *_read_case(root, entry), run.segment_names
+                        f"{NAME_PREFIX} case {i}", *_read_case(root, entry, file_values), run.segment_names
                     )
                     for key, node in nodes.items():
                         set_provenance(node, {**case_provenance, "Quantity": quantities[key]})
@@ -619,8 +655,13 @@ def _read_datalist(root: Path, n: int) -> list[dict[str, str]]:
     return entries
 
 
-def _read_case(root: Path, entry: dict[str, str]) -> tuple[Volume, Volume, Volume]:
-    """(image HU float32, labels uint8, confidence float32) of one case, checked against each other."""
+def _read_case(
+    root: Path, entry: dict[str, str], file_values: dict[int, int]
+) -> tuple[Volume, Volume, Volume]:
+    """(image HU float32, table labels uint8, confidence float32) of one case, checked against each other.
+
+    ``file_values`` maps the file's consecutive label values to table values (``dataset_label_values``).
+    """
     image = read_volume(root / entry["image"])
     labels = read_volume(root / entry["label"])
     confidence = read_volume(root / entry["confidence"])
@@ -633,16 +674,20 @@ def _read_case(root: Path, entry: dict[str, str]) -> tuple[Volume, Volume, Volum
     values = labels.array
     if values.dtype.kind == "f" and not np.array_equal(values, np.rint(values)):
         raise ValueError(f"{root / entry['label']}: holds non-integer labels")
-    unknown = sorted({int(v) for v in np.unique(values)} - _TABLE_VALUES - {0})
+    unknown = sorted({int(v) for v in np.unique(values)} - set(file_values) - {0})
     if unknown:
         raise ValueError(
-            f"{root / entry['label']}: label values {unknown} are not in the cardiac label table"
+            f"{root / entry['label']}: label values {unknown} are not in the dataset's label_values "
+            f"{sorted(file_values)} (synth.json)"
         )
+    lut = np.zeros(256, dtype=np.uint8)
+    for file_value, table_value in file_values.items():
+        lut[file_value] = table_value
     c = confidence.array
     if not np.all(np.isfinite(c)) or c.min() < 0.0 or c.max() > 1.0:
         raise ValueError(f"{root / entry['confidence']}: confidence outside [0, 1] (or not finite)")
     return (
         Volume(image.array.astype(np.float32), image.ijk_to_ras),
-        Volume(values.astype(np.uint8), image.ijk_to_ras),
+        Volume(lut[values.astype(np.uint8)], image.ijk_to_ras),
         Volume(c.astype(np.float32), image.ijk_to_ras),
     )

@@ -1,6 +1,6 @@
 """CardiacSynth core: the label table, cardiac templates and the training-free Mask Generation Module.
 
-``labels`` and ``templates`` need numpy/scipy/SimpleITK only; ``mgm`` imports torch and MONAI on
+``labels``, ``label_maps`` and ``templates`` need numpy/scipy/SimpleITK only; ``mgm`` imports torch and MONAI on
 first use (inside its functions), so importing this package stays light. The torch-level parts are
 submodules: ``tcdm`` (template-guided conditional diffusion), ``ssv`` (skip-sampling-variance
 confidence), ``cal`` (confidence-aware segmentation pretraining) and ``synth`` (dataset writer, whose
@@ -9,6 +9,15 @@ names are re-exported here).
 
 from __future__ import annotations
 
+from xraycardiac.cardiac.label_maps import (
+    IMAGECAS_MAPPING,
+    MMWHS_MAPPING,
+    PRESETS,
+    SPLIT_CORONARIES,
+    LabelMapping,
+    resolve_label_mapping,
+    split_coronary_trees,
+)
 from xraycardiac.cardiac.labels import (
     BACKGROUND_HU,
     CORONARY_LABELS,
@@ -38,15 +47,10 @@ from xraycardiac.cardiac.mgm import (
 )
 from xraycardiac.cardiac.synth import RENDERERS, CardiacSynthConfig, synthesize_dataset
 from xraycardiac.cardiac.templates import (
-    IMAGECAS_MAPPING,
-    MMWHS_MAPPING,
-    SPLIT_CORONARIES,
-    TOTALSEGMENTATOR_MAPPING,
     CardiacTemplate,
     imagecas_cases,
     load_template,
     mmwhs_cases,
-    split_coronary_trees,
     template_from_phantom,
     template_from_real_ct,
 )
@@ -63,7 +67,9 @@ __all__ = [
     "MMWHS_MAPPING",
     "REJECTION_REASONS",
     "SPLIT_CORONARIES",
-    "TOTALSEGMENTATOR_MAPPING",
+    "PRESETS",
+    "LabelMapping",
+    "resolve_label_mapping",
     "WHOLE_HEART",
     "CardiacLabel",
     "CardiacTemplate",

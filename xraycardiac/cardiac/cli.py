@@ -6,6 +6,8 @@ for the GUI): rerunning a killed command resumes it, and ``--shard i/N`` runs ma
 
     xraycardiac cardiac synth --template ct.nii.gz --template-mask seg.nii.gz --n 1000 --out synth/
     xraycardiac cardiac synth --phantom-seed 0 --n 8 --out synth/ --shard 0/4
+    xraycardiac cardiac synth --template ct.nii.gz --template-mask seg.nii.gz --label-mapping totalsegmentator \\
+        --nnunet-raw $nnUNet_raw --dataset-id 901 --n 8   # -> $nnUNet_raw/Dataset901_CardiacSynth/
     xraycardiac cardiac synth --template ct.nii.gz --template-mask seg.nii.gz --label-mapping mmwhs \\
         --renderer tcdm --model runs/tcdm --n 100 --out synth/
 
@@ -33,13 +35,36 @@ app = typer.Typer(
 
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Option(help="Dataset folder (created; rerun to resume).")],
+    out: Annotated[
+        Path | None, typer.Option(help="Dataset folder (created; rerun to resume). Or --nnunet-raw.")
+    ] = None,
+    nnunet_raw: Annotated[
+        Path | None,
+        typer.Option(
+            help="Instead of --out: an nnUNet_raw folder; the dataset goes to its Dataset<ID>_<NAME> folder "
+            "(--dataset-id, --dataset-name), ready for nnUNetv2_plan_and_preprocess -d <ID>."
+        ),
+    ] = None,
+    dataset_id: Annotated[int, typer.Option(help="--nnunet-raw: the nnU-Net dataset ID (1..999).")] = 900,
+    dataset_name: Annotated[str, typer.Option(help="--nnunet-raw: the dataset name.")] = "CardiacSynth",
     n: Annotated[int, typer.Option(min=1, help="Number of cases.")] = 8,
     template: Annotated[Path | None, typer.Option(help="Template image (CT, HU; NIfTI/NRRD).")] = None,
     template_mask: Annotated[Path | None, typer.Option(help="Its label map on the same grid.")] = None,
     label_mapping: Annotated[
-        str | None, typer.Option(help="Label values of the mask: mmwhs | imagecas (default: our table).")
+        str | None,
+        typer.Option(
+            help="How the mask's values map to the cardiac table: totalsegmentator (v2 'total'; other "
+            "classes -> background, listed) | totalsegmentator_heartchambers | mmwhs | imagecas | FILE.json "
+            '({"<value>": "<table key or value>", "*": "background"}); default: the mask holds table values.'
+        ),
     ] = None,
+    clean_mask: Annotated[
+        bool,
+        typer.Option(
+            help="Remove specks, tunnels and cavities of the mask after mapping (real segmentations; the MGM "
+            "keeps each structure's topology, which it cannot do with a heart full of tiny tunnels)."
+        ),
+    ] = True,
     phantom_seed: Annotated[
         int, typer.Option(min=0, help="No --template: the cardiac phantom of this seed.")
     ] = 0,
@@ -79,15 +104,26 @@ def synth(
     from rich.console import Console
 
     from xraycardiac.cardiac.mgm import MGMConfig
-    from xraycardiac.cardiac.synth import CardiacSynthConfig, synthesize_dataset
+    from xraycardiac.cardiac.synth import CardiacSynthConfig, nnunet_dataset_folder, synthesize_dataset
     from xraycardiac.cardiac.templates import load_template, template_from_phantom
     from xraycardiac.outputs import parse_shard
 
     console = Console(stderr=True)
+    if (out is None) == (nnunet_raw is None):
+        raise ValueError(
+            "give one of --out (the dataset folder) or --nnunet-raw (a Dataset<ID>_<NAME> folder in it)"
+        )
+    if nnunet_raw is not None:
+        out = nnunet_raw / nnunet_dataset_folder(dataset_id, dataset_name)
     if (template is None) != (template_mask is None):
         raise ValueError("--template and --template-mask go together (an image and its label map)")
     if template is not None:
-        tmpl = load_template(template, template_mask, label_mapping)
+        tmpl = load_template(template, template_mask, label_mapping, clean=clean_mask)
+        if tmpl.meta.get("dropped_labels"):
+            console.print(
+                f"label mapping {label_mapping!r}: values {tmpl.meta['dropped_labels']} of {template_mask} "
+                f"(non-cardiac structures) mapped to background; kept {tmpl.labels_present}"
+            )
     else:
         from xraycardiac.phantoms.cardiac import CardiacPhantomConfig
 

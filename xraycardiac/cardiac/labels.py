@@ -3,8 +3,12 @@
 Labels 1-9 are the fine-grained structures that FCaS synthesises (the seven MM-WHS whole-heart
 structures plus the two coronary trees of ImageCAS-style annotations); 0 is background. Label 10 is
 an extra, coarse "heart (undivided)" for sources that do not separate chambers and myocardium, such
-as TotalSegmentator's ``heart`` class (``xraycardiac.cardiac.templates.template_from_real_ct``); the
-phantom never produces it.
+as TotalSegmentator's ``heart`` class (``xraycardiac.cardiac.templates.template_from_real_ct``).
+Labels 11-15 are the other great vessels of whole-body segmentations (TotalSegmentator v2 ``total``):
+pulmonary veins, superior and inferior vena cava, the supra-aortic arteries (brachiocephalic trunk,
+subclavian and common carotid arteries) and the brachiocephalic veins. The phantom never produces
+10-15. ``label_by_name`` also knows TotalSegmentator's class names (``NAME_ALIASES``), so label maps
+and Slicer segmentations named by it are matched without a hand-written mapping.
 
 Intensities (``hu_mean``, ``hu_std``) describe the paired CT-like image of a contrast-enhanced
 cardiac CT angiography (arterial phase, bolus-tracked on the ascending aorta): left-heart blood and
@@ -19,8 +23,9 @@ Topology (``betti``) is the (β0, β1, β2) of each structure's own mask with 26
 and 6-connected background (``xraycardiac.metrics.topology.betti_numbers``): every structure is one
 contractible piece, (1, 0, 0). The blood pools and great vessels are solid blobs or tubes; the LV
 myocardium is a cup open at the base (the mitral/aortic openings), so it has neither a tunnel nor a
-cavity; each coronary tree is one tree-shaped component without loops. The undivided heart has no
-fixed expectation (real segmentations carry small tunnels), so its entry is None.
+cavity; each coronary tree is one tree-shaped component without loops. The undivided heart and the
+great vessels 11-15 have no fixed expectation (real segmentations carry small tunnels; the pulmonary
+veins and supra-aortic arteries are several pieces), so their entries are None.
 
 Colours are Slicer-like RGB (0-255) in the spirit of Slicer's GenericAnatomyColors (red-brown
 myocardium, red arteries, blue pulmonary artery); ``slicer_color_table`` writes them in Slicer's
@@ -29,6 +34,7 @@ colour-table text format.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -45,6 +51,7 @@ __all__ = [
     "LCA",
     "LV",
     "MYO",
+    "NAME_ALIASES",
     "PA",
     "RA",
     "RCA",
@@ -105,6 +112,11 @@ LABEL_TABLE: tuple[CardiacLabel, ...] = (
         9, "right coronary artery tree", "rca", (255, 110, 180), 380.0, 20.0, (1, 0, 0), tubular=True
     ),
     CardiacLabel(10, "heart (undivided)", "heart", (206, 110, 84), 300.0, 60.0, None),
+    CardiacLabel(11, "pulmonary veins", "pv", (255, 160, 122), 350.0, 30.0, None),
+    CardiacLabel(12, "superior vena cava", "svc", (0, 90, 200), 300.0, 150.0, None),
+    CardiacLabel(13, "inferior vena cava", "ivc", (0, 151, 156), 150.0, 40.0, None),
+    CardiacLabel(14, "supra-aortic arteries", "supra_aortic", (240, 80, 60), 380.0, 25.0, None),
+    CardiacLabel(15, "brachiocephalic veins", "bcv", (60, 110, 230), 300.0, 150.0, None),
 )
 """All labels, ordered by value (0 = background is implicit)."""
 
@@ -128,6 +140,51 @@ BACKGROUND_HU: dict[str, tuple[float, float]] = {
 
 _BY_VALUE = {entry.value: entry for entry in LABEL_TABLE}
 
+NAME_ALIASES: dict[str, int] = {
+    # TotalSegmentator v2, task "total" (the cardiac and great-vessel classes)
+    "heart": 10,
+    "atrial_appendage_left": 10,  # merged into the undivided heart it belongs to
+    "aorta": 6,
+    "pulmonary_vein": 11,
+    "superior_vena_cava": 12,
+    "inferior_vena_cava": 13,
+    "brachiocephalic_trunk": 14,
+    "subclavian_artery_right": 14,
+    "subclavian_artery_left": 14,
+    "common_carotid_artery_right": 14,
+    "common_carotid_artery_left": 14,
+    "brachiocephalic_vein_left": 15,
+    "brachiocephalic_vein_right": 15,
+    # TotalSegmentator task "heartchambers_highres" (and v1 "total")
+    "heart_myocardium": 5,
+    "heart_atrium_left": 3,
+    "heart_ventricle_left": 1,
+    "heart_atrium_right": 4,
+    "heart_ventricle_right": 2,
+    "pulmonary_artery": 7,
+    # display names (Slicer terminology, MM-WHS)
+    "left_ventricle": 1,
+    "right_ventricle": 2,
+    "left_atrium": 3,
+    "right_atrium": 4,
+    "myocardium": 5,
+    "left_ventricle_myocardium": 5,
+    "left_ventricular_myocardium": 5,
+    "ascending_aorta": 6,
+    "pulmonary_trunk": 7,
+    "left_atrial_appendage": 10,
+    "pulmonary_veins": 11,
+    "left_coronary_artery": 8,
+    "right_coronary_artery": 9,
+}
+"""Other names of table labels, normalised (lower case, words joined by ``_``): TotalSegmentator's
+class names of the ``total`` (v2) and ``heartchambers_highres`` tasks, and common display names."""
+
+
+def _normalised(name: str) -> str:
+    """``"Left  atrial-appendage"`` -> ``"left_atrial_appendage"``."""
+    return "_".join(re.split(r"[\s_\-]+", name.strip().lower())).strip("_")
+
 
 def label_info(value: int) -> CardiacLabel:
     """The table entry of a label value; ValueError naming the known values if absent."""
@@ -140,13 +197,20 @@ def label_info(value: int) -> CardiacLabel:
 
 
 def label_by_name(name: str) -> CardiacLabel:
-    """The table entry whose ``key`` or ``name`` equals ``name`` (case-insensitive)."""
-    wanted = name.strip().lower()
+    """The table entry whose ``key``, ``name`` or alias (``NAME_ALIASES``) equals ``name``.
+
+    Case, spaces, hyphens and underscores are ignored (``"Superior vena cava"`` =
+    ``"superior_vena_cava"``).
+    """
+    wanted = _normalised(name)
     for entry in LABEL_TABLE:
-        if wanted in (entry.key, entry.name.lower()):
+        if wanted in (_normalised(entry.key), _normalised(entry.name)):
             return entry
+    if wanted in NAME_ALIASES:
+        return _BY_VALUE[NAME_ALIASES[wanted]]
     raise ValueError(
-        f"label name {name!r} is not in the cardiac label table; known keys: {[e.key for e in LABEL_TABLE]}"
+        f"label name {name!r} is not in the cardiac label table; known keys: {[e.key for e in LABEL_TABLE]}, "
+        f"or TotalSegmentator / display names: {sorted(NAME_ALIASES)}"
     )
 
 

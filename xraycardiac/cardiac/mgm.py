@@ -7,10 +7,15 @@ maps without training. The paper gives no recipe; ours is a smooth random diffeo
    - a random field: white noise per RAS component, Gaussian-smoothed with ``smoothness_sigma_mm``
      and rescaled so that its largest magnitude is ``strength_mm``;
    - one scaling field per structure group (``scale_groups``, default LV (blood pool + myocardium),
-     RV, LA, RA): ``-ln(s) w(x) (x - c)`` with s drawn from ``scale_range``, c the group's
+     RV, LA, RA; with ``scale_other_structures`` every other structure present that is not a
+     coronary tree is a group of its own: the undivided heart, the aorta, the pulmonary artery,
+     the great veins, so that a template of any granularity varies):
+     ``-ln(s) w(x) (x - c)`` with s drawn from ``scale_range``, c the group's
      centroid and w a weight that is 1 on the group and falls smoothly to 0 within
      ``scale_falloff_mm`` (a smoothstep of the distance to the group). Integrated, it scales the
      group by s about its centroid (exactly, where w = 1) and blends into the surroundings;
+   - a global scaling field of the same form over all labelled structures together (scale drawn
+     from ``global_scale_range``): the whole heart grows or shrinks as one;
    - if ``coronary_variation``, a finer random field (``coronary_sigma_mm``, largest magnitude
      ``coronary_strength_mm``) weighted the same way around the coronary trees: the vessels'
      course wiggles while the chambers barely move.
@@ -103,6 +108,10 @@ class MGMConfig:
         integration_steps: scaling-and-squaring steps N (the velocity is divided by 2^N), 1-12.
         scale_range: (lo, hi) range of the per-group scale factor (1, 1 = no scaling).
         scale_groups: label groups scaled together about their joint centroid.
+        scale_other_structures: also scale each present structure outside ``scale_groups`` and
+            ``coronary_labels`` (the undivided heart, the aorta, the great vessels) on its own.
+        global_scale_range: (lo, hi) range of the scale of all structures together about their
+            joint centroid (1, 1 = none).
         scale_falloff_mm: the scaling blends into the surroundings over this distance, mm (> 0).
         coronary_variation: add the local coronary field (see the module docstring).
         coronary_strength_mm: largest magnitude of the coronary field, mm.
@@ -124,6 +133,8 @@ class MGMConfig:
     integration_steps: int = 7
     scale_range: tuple[float, float] = (0.92, 1.08)
     scale_groups: tuple[tuple[int, ...], ...] = ((1, 5), (2,), (3,), (4,))
+    scale_other_structures: bool = True
+    global_scale_range: tuple[float, float] = (0.95, 1.05)
     scale_falloff_mm: float = 20.0
     coronary_variation: bool = True
     coronary_strength_mm: float = 2.0
@@ -150,14 +161,17 @@ class MGMConfig:
                 raise fail(name, "a number in (0, 500] mm")
         if not (isinstance(self.integration_steps, int) and 1 <= self.integration_steps <= 12):
             raise fail("integration_steps", "an integer in [1, 12]")
-        r = self.scale_range
-        if not (
-            isinstance(r, tuple)
-            and len(r) == 2
-            and all(is_number(v) for v in r)
-            and 0.5 <= r[0] <= r[1] <= 2.0
-        ):
-            raise fail("scale_range", "a pair (lo, hi) with 0.5 <= lo <= hi <= 2")
+        for name in ("scale_range", "global_scale_range"):
+            r = getattr(self, name)
+            if not (
+                isinstance(r, tuple)
+                and len(r) == 2
+                and all(is_number(v) for v in r)
+                and 0.5 <= r[0] <= r[1] <= 2.0
+            ):
+                raise fail(name, "a pair (lo, hi) with 0.5 <= lo <= hi <= 2")
+        if not isinstance(self.scale_other_structures, bool):
+            raise fail("scale_other_structures", "True or False")
         known = {e.value for e in LABEL_TABLE}
         groups = self.scale_groups
         if not (
@@ -501,23 +515,39 @@ def _falloff_weight(mask: np.ndarray, spacing_kji: np.ndarray, falloff_mm: float
 class _Weights:
     """Per-template parts of the velocity field, computed once per ``generate_masks`` call."""
 
-    groups: list[tuple[str, np.ndarray | None, np.ndarray | None]]  # (name, weight, centroid RAS)
+    groups: list[tuple[str, np.ndarray | None, np.ndarray | None, tuple[float, float]]]
+    # (name, weight, centroid RAS, scale range)
     coronary: np.ndarray | None
     grid: list[np.ndarray]
 
 
+def _scale_groups(
+    present: list[int], cfg: MGMConfig
+) -> list[tuple[str, tuple[int, ...], tuple[float, float]]]:
+    """(name, labels, scale range) of every scaling group: ``scale_groups``, other structures, global."""
+    groups = [
+        ("+".join(label_info(g).key for g in group), group, cfg.scale_range) for group in cfg.scale_groups
+    ]
+    if cfg.scale_other_structures:
+        grouped = {v for group in cfg.scale_groups for v in group} | set(cfg.coronary_labels)
+        groups += [(label_info(v).key, (v,), cfg.scale_range) for v in present if v not in grouped]
+    groups.append(("global", tuple(present), cfg.global_scale_range))
+    return groups
+
+
 def _template_weights(labels: np.ndarray, volume: Volume, cfg: MGMConfig) -> _Weights:
     spacing_kji = volume.spacing[::-1]
-    groups: list[tuple[str, np.ndarray | None, np.ndarray | None]] = []
-    for group in cfg.scale_groups:
-        name = "+".join(label_info(g).key for g in group)
+    present = [int(v) for v in np.unique(labels) if v != 0]
+    groups: list[tuple[str, np.ndarray | None, np.ndarray | None, tuple[float, float]]] = []
+    for name, group, scale_range in _scale_groups(present, cfg):
         mask = np.isin(labels, group)
-        if not mask.any() or cfg.scale_range == (1.0, 1.0):
-            groups.append((name, None, None))
+        if not mask.any() or scale_range == (1.0, 1.0):
+            groups.append((name, None, None, scale_range))
             continue
         kji = np.argwhere(mask)
         centroid = volume.ijk_to_ras_points(kji[:, ::-1].astype(np.float64)).mean(axis=0)
-        groups.append((name, _falloff_weight(mask, spacing_kji, cfg.scale_falloff_mm), centroid))
+        weight = _falloff_weight(mask, spacing_kji, cfg.scale_falloff_mm)
+        groups.append((name, weight, centroid, scale_range))
     coronary = None
     if cfg.coronary_variation:
         mask = np.isin(labels, cfg.coronary_labels)
@@ -536,8 +566,8 @@ def _velocity(
     """The SVF (3, K, J, I) RAS mm and the drawn group scales (see the module docstring)."""
     v = _random_field(rng, shape, cfg.smoothness_sigma_mm / spacing_kji, cfg.strength_mm)
     scales: dict[str, float] = {}
-    for name, w, centroid in weights.groups:
-        s = float(rng.uniform(*cfg.scale_range))
+    for name, w, centroid, scale_range in weights.groups:
+        s = float(rng.uniform(*scale_range))
         scales[name] = s if w is not None else 1.0
         if w is None or s == 1.0:
             continue

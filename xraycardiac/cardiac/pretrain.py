@@ -58,7 +58,8 @@ def read_cases(
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray] | None, list[tuple[float, ...]]]:
     """(images in [-1, 1], label maps, confidences or None, spacing mm (K, J, I) on ``grid``) of a folder.
 
-    ``root`` is a ``cardiac synth`` folder (``datalist.json``) or holds ``images/`` + ``labels/``.
+    ``root`` is a ``cardiac synth`` folder (``datalist.json``; its consecutive labels are read back as
+    table values, ``synth.dataset_label_values``) or holds ``images/`` + ``labels/`` (table values).
 
     Raises:
         FileNotFoundError: neither layout. ValueError: an image without its label map, no case.
@@ -66,9 +67,15 @@ def read_cases(
     from xraycardiac.io import read_volume
 
     root = Path(root)
+    to_table = None  # a cardiac synth folder's labels are consecutive: back to table values
     if (root / "datalist.json").is_file():
+        from xraycardiac.cardiac.synth import dataset_label_values
+
         entries = json.loads((root / "datalist.json").read_text(encoding="utf-8"))["training"]
         triples = [(root / e["image"], root / e["label"], root / e["confidence"]) for e in entries]
+        to_table = np.zeros(256, dtype=np.int64)
+        for file_value, table_value in dataset_label_values(root).items():
+            to_table[file_value] = table_value
     elif (root / "images").is_dir() and (root / "labels").is_dir():
         triples = []
         for img in sorted(
@@ -89,7 +96,8 @@ def read_cases(
         extent = np.asarray(img.array.shape) * np.asarray(img.spacing[::-1])
         spacings.append(tuple(float(v) for v in extent / np.asarray(g)))
         images.append(_unit(_resize(img.array, g, labels=False)))
-        labels.append(np.rint(_resize(read_volume(lab_path).array, g, labels=True)).astype(np.int64))
+        lab = np.rint(_resize(read_volume(lab_path).array, g, labels=True)).astype(np.int64)
+        labels.append(lab if to_table is None else to_table[lab])
         if conf_path is not None:
             confs.append(np.clip(_resize(read_volume(conf_path).array, g, labels=False), 0.0, 1.0))
     return images, labels, (confs if confs else None), spacings

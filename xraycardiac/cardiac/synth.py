@@ -12,16 +12,25 @@ image for it:
   (:mod:`xraycardiac.cardiac.tcdm`) conditioned on the target mask and the template brought into the
   target frame by the MGM deformation; the confidence map is the skip-sampling variance
   (:mod:`xraycardiac.cardiac.ssv`) of the same noise sampled with several DDIM step counts.
+  Template labels beyond the model's classes (the undivided heart 10, the great vessels 11-15) are
+  given to it as background, where the image follows the warped template (a template with none of
+  its classes is refused before anything is written). The model works in its HU window
+  (``TCDMConfig.hu_window``, -1000..1000) and knows nothing beyond it: where the warped template lies
+  beyond it (contrast above 1000 HU, air below -1000) its values are kept (``WINDOW_BLEND_HU``), so
+  no contrast is clipped.
 
 Output folder (nnU-Net / MONAI conventions, readable by ``xraycardiac cardiac pretrain``)::
 
     imagesTr/case_00000_0000.nii.gz   image, HU (float32)
-    labelsTr/case_00000.nii.gz        label map (uint8, values of xraycardiac.cardiac.labels)
+    labelsTr/case_00000.nii.gz        label map (uint8, consecutive 0..N-1: the template's structures in
+                                      the order of their table values, as nnU-Net requires; the table
+                                      value of each is in dataset.json / synth.json "label_values")
     confidenceTr/case_00000.nii.gz    confidence in [0, 1] (float32)
     cases/case_00000.json             how the case was made (MGM draw, renderer, timing)
     records/case_00000.done.json      the case's four files with sizes and sha256, written last: the
                                       record that the case is complete (:mod:`xraycardiac.outputs`)
-    dataset.json                      nnU-Net v2 (channel_names, labels, numTraining, file_ending)
+    dataset.json                      nnU-Net v2 (channel_names, labels, numTraining, file_ending);
+                                      passes nnunetv2's verify_dataset_integrity
     datalist.json                     MONAI ({"training": [{"image", "label", "confidence"}, ...]})
     synth.json                        the settings (config, template), the label table, the cases
 
@@ -50,9 +59,21 @@ from xraycardiac.cardiac.templates import CardiacTemplate
 from xraycardiac.outputs import check_output, discard, verify_record, write_json_atomic, write_record
 from xraycardiac.volume import Volume
 
-__all__ = ["RENDERERS", "CardiacSynthConfig", "case_name", "synthesize_dataset"]
+__all__ = [
+    "DEFAULT_DATASET_ID",
+    "DEFAULT_DATASET_NAME",
+    "RENDERERS",
+    "CardiacSynthConfig",
+    "case_name",
+    "dataset_label_values",
+    "nnunet_dataset_folder",
+    "synthesize_dataset",
+]
 
 RENDERERS = ("warp", "tcdm")
+WINDOW_BLEND_HU = 100.0
+"""``"tcdm"``: the warped template replaces the model's image where it lies beyond the model's HU
+window, blended in linearly over this many HU inside the window's edges."""
 FORMAT = "xraycardiac.cardiac_synth"
 
 
@@ -158,6 +179,62 @@ def _settings(template: CardiacTemplate, config: CardiacSynthConfig) -> dict[str
     }
 
 
+def _label_values(template: CardiacTemplate) -> dict[int, int]:
+    """Consecutive file value (1..N) -> table value of the template's structures."""
+    return {i: v for i, v in enumerate(template.labels_present, start=1)}
+
+
+DEFAULT_DATASET_ID = 900
+DEFAULT_DATASET_NAME = "CardiacSynth"
+
+
+def nnunet_dataset_folder(dataset_id: int = DEFAULT_DATASET_ID, name: str = DEFAULT_DATASET_NAME) -> str:
+    """``Dataset900_CardiacSynth``: the folder name nnU-Net v2 finds a dataset by (``-d 900``).
+
+    Args:
+        dataset_id: nnU-Net dataset ID, 1..999 (pick one your ``nnUNet_raw`` does not use yet).
+        name: letters, digits, ``_`` and ``-``.
+
+    Raises:
+        ValueError: an ID outside 1..999 or a name with other characters.
+    """
+    import re
+
+    if not (isinstance(dataset_id, int) and not isinstance(dataset_id, bool) and 1 <= dataset_id <= 999):
+        raise ValueError(f"dataset_id: expected an nnU-Net dataset ID from 1 to 999, got {dataset_id!r}")
+    if not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name)):
+        raise ValueError(
+            f"dataset_name: expected letters, digits, '_' and '-' (e.g. CardiacSynth), got {name!r}"
+        )
+    return f"Dataset{dataset_id:03d}_{name}"
+
+
+def dataset_label_values(root: str | os.PathLike[str]) -> dict[int, int]:
+    """File value -> cardiac table value of a ``synthesize_dataset`` folder's ``labelsTr`` maps.
+
+    Read from ``synth.json`` (``label_values``); a folder written before labels were consecutive
+    (no ``label_values``) holds table values, and the identity over the table is returned.
+
+    Raises:
+        FileNotFoundError / ValueError: ``synth.json`` missing or unreadable.
+    """
+    import json
+
+    from xraycardiac.cardiac.labels import LABEL_TABLE
+
+    path = Path(root) / "synth.json"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing (not a cardiac synth dataset folder)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable ({exc})") from None
+    values = doc.get("label_values") if isinstance(doc, dict) else None
+    if values is None:
+        return {e.value: e.value for e in LABEL_TABLE}
+    return {int(k): int(v) for k, v in values.items()}
+
+
 def _index_files(
     root: Path, template: CardiacTemplate, config: CardiacSynthConfig, verified: set[int]
 ) -> None:
@@ -167,6 +244,7 @@ def _index_files(
 
     present = template.labels_present
     names = label_names(present)
+    values = _label_values(template)
     done = sorted(verified)
     write_json_atomic(
         root / "dataset.json",
@@ -174,7 +252,8 @@ def _index_files(
             "name": "xraycardiac_cardiac_synth",
             "description": "synthetic cardiac CT (research use only, not for clinical use)",
             "channel_names": {"0": "CT"},
-            "labels": {"background": 0, **{names[v]: v for v in present}},
+            "labels": {"background": 0, **{names[v]: i for i, v in values.items()}},
+            "label_values": {str(i): v for i, v in values.items()},  # file value -> cardiac table value
             "numTraining": len(done),
             "file_ending": ".nii.gz",
         },
@@ -189,6 +268,7 @@ def _index_files(
             **_settings(template, config),
             "xraycardiac_version": __version__,
             "label_table": [asdict(lbl) for lbl in LABEL_TABLE if lbl.value in present],
+            "label_values": {str(i): v for i, v in values.items()},
             "cases": [case_name(i) for i in done],
         },
     )
@@ -206,10 +286,19 @@ def _render_warp(
     return image, np.ones(image.array.shape, dtype=np.float32), {"renderer": "warp"}
 
 
-def _tcdm_renderer(template: CardiacTemplate, config: CardiacSynthConfig) -> Callable[..., Any]:
-    """The ``"tcdm"`` renderer: load the model once, check the template against it, return the renderer."""
+def _tcdm_renderer(
+    template: CardiacTemplate, config: CardiacSynthConfig
+) -> tuple[Callable[..., Any], str | None]:
+    """The ``"tcdm"`` renderer: load the model once, check the template against it.
+
+    Returns:
+        (renderer, note): the note says which template labels the model conditions on as
+        background (coarse labels beyond its classes), or is None.
+    """
     import torch
 
+    from xraycardiac.cardiac.labels import label_info
+    from xraycardiac.cardiac.mgm import warp_image
     from xraycardiac.cardiac.ssv import skip_sampling_variance
     from xraycardiac.cardiac.tcdm import build_tcdm, encode_condition, load_tcdm, sample_tcdm
     from xraycardiac.runtime import select_device
@@ -223,14 +312,21 @@ def _tcdm_renderer(template: CardiacTemplate, config: CardiacSynthConfig) -> Cal
             f"template: its grid is {shape} voxels but model {config.model!r} was trained on {cfg.grid}^3; "
             f"resample the template to {cfg.grid}^3"
         )
-    too_high = int(template.labels.array.max()) >= cfg.n_classes
-    if too_high:
+    coarse = [v for v in template.labels_present if v >= cfg.n_classes]
+    known = [v for v in template.labels_present if v < cfg.n_classes]
+    if not known:
         raise ValueError(
-            f"template: label {int(template.labels.array.max())} is outside the model's 0..{cfg.n_classes - 1}"
+            f"template: its labels {[f'{v} {label_info(v).name}' for v in coarse]} are all outside the "
+            f"0..{cfg.n_classes - 1} that model {config.model!r} conditions on (the fine structures "
+            f"{[f'{v} {label_info(v).name}' for v in range(1, cfg.n_classes)]}); give a template with some of "
+            "them (e.g. TotalSegmentator's heartchambers_highres task: --label-mapping "
+            "totalsegmentator_heartchambers), or use --renderer warp"
         )
+    lut = np.arange(256, dtype=np.int64)
+    lut[coarse] = 0  # conditioned as background: the image there follows the warped template
     scheduler = build_tcdm(cfg)[1]
     t_image = cfg.hu_to_unit(torch.from_numpy(np.asarray(template.image.array, np.float32)))[None, None]
-    t_labels = torch.from_numpy(template.labels.array.astype(np.int64))[None]
+    t_labels = torch.from_numpy(lut[template.labels.array])[None]
     schedules = tuple(dict.fromkeys([*config.ssv_steps, config.steps]))  # the kept image's count included
 
     def render(
@@ -256,22 +352,40 @@ def _tcdm_renderer(template: CardiacTemplate, config: CardiacSynthConfig) -> Cal
                 kept["x0"] = x0
             return x0
 
-        mask = torch.from_numpy(sample.labels.array.astype(np.int64))[None]
+        mask = torch.from_numpy(lut[sample.labels.array])[None]
         ddf = torch.from_numpy(sample.ddf_voxel())[None]
         cond = encode_condition(cfg, mask, t_image, t_labels, ddf).to(device)
         seed = int(sample.meta.get("seed", 0))
         gen = torch.Generator(device=device).manual_seed(seed)
         _, variance, confidence = skip_sampling_variance(sample_fn, cond, schedules, generator=gen)
         hu = cfg.unit_to_hu(kept["x0"])[0, 0].cpu().numpy().astype(np.float32)
+        # The model works in its HU window and knows nothing beyond it: where the warped template is
+        # beyond it (contrast above 1000 HU, air below -1000) its values are kept, blended in over the
+        # last WINDOW_BLEND_HU inside the window, so no contrast is clipped.
+        warped = warp_image(template.image, sample.ddf_ras_mm).array
+        lo, hi = cfg.hu_window
+        beyond = np.clip(
+            np.maximum(warped - (hi - WINDOW_BLEND_HU), (lo + WINDOW_BLEND_HU) - warped), 0.0, None
+        )
+        w = np.minimum(beyond / WINDOW_BLEND_HU, 1.0)
+        hu = ((1.0 - w) * hu + w * warped).astype(np.float32)
         image = Volume(hu, sample.labels.ijk_to_ras.copy())
         info_case = {
             "renderer": "tcdm", "model": info, "steps": config.steps, "ssv_steps": list(schedules),
             "start_strength": config.start_strength,
             "variance_mean": float(variance.mean()),
+            "conditioned_as_background": coarse,
         }  # fmt: skip
         return image, confidence[0, 0].cpu().numpy().astype(np.float32), info_case
 
-    return render
+    note = None
+    if coarse:
+        note = (
+            f"TCDM model {config.model!r} conditions on labels 0..{cfg.n_classes - 1}: template labels "
+            f"{[f'{v} {label_info(v).name}' for v in coarse]} are given to it as background (the image "
+            "there follows the warped template); the label maps keep them"
+        )
+    return render, note
 
 
 def synthesize_dataset(
@@ -321,7 +435,9 @@ def synthesize_dataset(
         ignore=("template.meta",), what="out_dir", how="pass --overwrite (overwrite=True)",
         kind="a cardiac synth dataset",
     )  # fmt: skip
-    render = _render_warp if config.renderer == "warp" else _tcdm_renderer(template, config)
+    render, note = (_render_warp, None) if config.renderer == "warp" else _tcdm_renderer(template, config)
+    if note is not None and progress is not None:
+        progress(note, 0.0)
     if overwrite:
         discard(None, root, _OWN, folders=True)
     root.mkdir(parents=True, exist_ok=True)
@@ -330,6 +446,9 @@ def synthesize_dataset(
     _index_files(root, template, config, verified)  # first (the settings), and without cases that fail
     for sub in ("imagesTr", "labelsTr", "confidenceTr", "cases", "records"):
         (root / sub).mkdir(exist_ok=True)
+    to_file = np.zeros(256, dtype=np.uint8)  # table value -> consecutive file value
+    for i, v in _label_values(template).items():
+        to_file[v] = i
     todo = list(range(shard[0], config.n, shard[1]))
     written, skipped, redone, times = [], [], [], []
     rejections: dict[str, int] = {}
@@ -370,7 +489,7 @@ def synthesize_dataset(
                                              lambda stage, f: in_case(stage, 0.05 + 0.9 * f))  # fmt: skip
             write_volume(Volume(image.array.astype(np.float32), image.ijk_to_ras), root / files["image"])
             write_volume(
-                Volume(sample.labels.array.astype(np.uint8), sample.labels.ijk_to_ras), root / files["label"]
+                Volume(to_file[sample.labels.array], sample.labels.ijk_to_ras), root / files["label"]
             )
             write_volume(Volume(confidence.astype(np.float32), image.ijk_to_ras), root / files["confidence"])
             seconds = time.perf_counter() - t0
@@ -402,4 +521,5 @@ def synthesize_dataset(
         "shard": list(shard),
         "mgm": {"attempts": attempts, "rejected": rejections},
         "seconds_per_case": float(np.mean(times)) if times else None,
+        "notes": [note] if note else [],
     }

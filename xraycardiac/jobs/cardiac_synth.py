@@ -6,13 +6,17 @@ Job spec::
      "inputs": {"template_image": "image.nrrd", "template_labels": "labels.nrrd"},  # or none: phantom
      "params": {"n": 4, "seed": 0, "renderer": "warp" | "tcdm", "model": null, "steps": 20,
                 "ssv_steps": [10, 20, 50], "start_strength": 0.5, "strength_mm": 4.0, "phantom_seed": 0, "phantom_grid": 64,
-                "label_mapping": null, "device": "auto"},
+                "label_mapping": null, "clean_mask": true, "device": "auto"},
      "output_dir": "out/"}
 
 Without template inputs the template is the procedural cardiac phantom of ``phantom_seed`` on a
 ``phantom_grid``^3 grid over its 160 mm field of view (64: 2.5 mm voxels; a TCDM needs its own grid).
-``label_mapping`` is passed to :func:`xraycardiac.cardiac.templates.load_template` (None, "mmwhs",
-"imagecas" or ``{"file value": table value}``). The output folder is the dataset of
+``label_mapping`` is passed to :func:`xraycardiac.cardiac.templates.load_template`: None (table
+values), a preset (``"totalsegmentator"``, ``"totalsegmentator_heartchambers"``, ``"mmwhs"``,
+``"imagecas"``), a ``.json`` mapping file, or ``{"file value": table value or name, "*": "background"}``
+(:mod:`xraycardiac.cardiac.label_maps`); the values a whole-body preset sent to background are in
+the result's ``dropped_labels``. ``clean_mask`` (default true) removes specks, tunnels and cavities
+of the mapped mask (:func:`xraycardiac.cardiac.templates.clean_label_map`). The output folder is the dataset of
 :func:`xraycardiac.cardiac.synth.synthesize_dataset` (``imagesTr/``, ``labelsTr/``,
 ``confidenceTr/``, ``cases/``, ``records/``, ``dataset.json``, ``datalist.json``, ``synth.json``) plus
 ``template_image.nrrd`` / ``template_labels.nrrd`` (the template as used).
@@ -31,7 +35,7 @@ from xraycardiac.jsonutil import is_int
 PIPELINE = "cardiac-synth"
 _ALLOWED_PARAMS = {
     "n", "seed", "renderer", "model", "steps", "ssv_steps", "start_strength", "strength_mm", "phantom_seed", "phantom_grid",
-    "label_mapping",
+    "label_mapping", "clean_mask",
     "device",
 }  # fmt: skip
 
@@ -47,9 +51,17 @@ def _template(spec: JobSpec) -> Any:
         )
     if all(has):
         mapping = spec.params.get("label_mapping")
-        if isinstance(mapping, dict):
-            mapping = {int(k): int(v) for k, v in mapping.items()}
-        return load_template(spec.inputs["template_image"], spec.inputs["template_labels"], mapping)
+        if mapping is not None and not isinstance(mapping, str | dict):
+            raise ValueError(
+                "cardiac-synth: params.label_mapping must be a preset name, a .json mapping file or an object "
+                f'{{"<file value>": <table value or name>}}, got {mapping!r}'
+            )
+        clean = spec.params.get("clean_mask", True)
+        if not isinstance(clean, bool):
+            raise ValueError(f"cardiac-synth: params.clean_mask must be true or false, got {clean!r}")
+        return load_template(
+            spec.inputs["template_image"], spec.inputs["template_labels"], mapping, clean=clean
+        )
     from xraycardiac.phantoms.cardiac import CardiacPhantomConfig
 
     grid = spec.params.get("phantom_grid", 64)
@@ -96,6 +108,7 @@ def run_cardiac_synth(spec: JobSpec, work_dir: Path, progress: Progress) -> dict
         "xraycardiac_version": __version__,
         "template": template.name,
         "labels": template.labels_present,
+        "dropped_labels": template.meta.get("dropped_labels", []),
         **summary,
         "outputs": {"datalist": "datalist.json", "dataset": "dataset.json", "synth": "synth.json",
                     "template_image": "template_image.nrrd", "template_labels": "template_labels.nrrd"},
