@@ -89,6 +89,7 @@ def test_same_noise_gives_same_result_and_tau_scales_confidence() -> None:
     assert float(loose[region].mean()) > float(a[2][region].mean())
     assert torch.allclose(a[2], torch.exp(-a[1] / resolve_tau(None, N)))
     assert resolve_tau(None, 64) == CALIBRATED_TAU[64] and resolve_tau(2e-3, 64) == 2e-3
+    assert resolve_tau(None, 16) == CALIBRATED_TAU[32] and resolve_tau(None, 160) == CALIBRATED_TAU[64]
 
 
 def test_auroc_and_correlation_on_known_values() -> None:
