@@ -24,9 +24,21 @@ Per renderer:
   random 3D encoder (``xraycardiac.metrics.FixedEncoder``; only ratios in this table mean anything);
 * **SSV check** (tcdm): AUROC of (1 - confidence) for voxels whose HU is off their label's expected HU
   by more than 3 table standard deviations (and Spearman correlation of confidence and |error|);
+* **SSV against the reference** (tcdm, a second table): the reference is the case the TCDM was asked
+  to render, the MGM-warped template CT exactly as the model receives it (its template channel:
+  the template's HU clipped to the model's window, warped by the MGM deformation with MONAI's
+  trilinear ``Warp``), error = |TCDM image - reference| in HU. Per confidence map (this module's
+  pooled-x̂0 SSV, and FCaS's end-point variance with the former tau 1e-3 from the same runs):
+  mean, neighbour correlation, region AUROC (regions: 4³-voxel blocks, positive when the block's
+  mean error > 100 HU, or > 50 HU; block confidence = its mean), voxel AUROC (> 100 HU); then the
+  reliability table (10 confidence bins, observed fraction of voxels > 100 HU off) pooled over the
+  cases, printed and, with ``--out``, drawn to ``reliability.png``. ``--calibrate`` prints the tau
+  that :func:`xraycardiac.cardiac.ssv.fit_tau` fits on these cases (tune on one template seed,
+  report on others: ``--template-seed`` / ``--mask-seed``);
 * **cost**: seconds and peak RSS (VmHWM) per synthetic volume, SSV included.
 
-    python benchmarks/cardiac.py [--cases 4] [--grid 32] [--model runs/tcdm32] [--ssv 10,20,50]
+    python benchmarks/cardiac.py [--cases 4] [--grid 32] [--model runs/tcdm32] [--ssv 10,20,50] [--out DIR]
+    python benchmarks/cardiac.py --grid 64 --model cardiac-tcdm-demo --template-seed 0 --calibrate  # tau
     python benchmarks/cardiac.py --model cardiac-tcdm-demo --time-grid 64 --threads 2   # the 64^3 cost
     python benchmarks/cardiac.py --real-ct [--model cardiac-tcdm-demo] [--cases 2]     # real-template table
 
@@ -45,7 +57,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from functools import partial
+from pathlib import Path
 
 import numpy as np
 
@@ -129,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", type=int, default=8, help="reference phantoms (realism floor)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--real-ct", action="store_true", help="the real chest CT template table (docstring)")
+    parser.add_argument("--template-seed", type=int, default=0, help="phantom seed of the template")
+    parser.add_argument("--mask-seed", type=int, default=1, help="MGM seed of the masks")
+    parser.add_argument("--calibrate", action="store_true", help="print the SSV tau fitted on these cases")
+    parser.add_argument("--out", help="folder for reliability.png (SSV reliability curves)")
     parser.add_argument(
         "--time-grid",
         type=int,
@@ -149,13 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.real_ct:
         return _real_ct(args)
     shape, spacing = (args.grid,) * 3, 160.0 / args.grid
-    template = template_from_phantom(CardiacPhantomConfig(seed=0, shape_ijk=shape, spacing_mm=spacing))
+    template = template_from_phantom(
+        CardiacPhantomConfig(seed=args.template_seed, shape_ijk=shape, spacing_mm=spacing)
+    )
     present = template.labels_present
     t0 = time.perf_counter()
-    samples, report = generate_masks(template.labels, args.cases, seed=1)
+    samples, report = generate_masks(template.labels, args.cases, seed=args.mask_seed)
     mgm_s = (time.perf_counter() - t0) / max(1, report.attempts)
     print(
-        f"template: cardiac phantom seed 0, {args.grid}^3 at {spacing:g} mm; MGM: {report.accepted} masks in "
+        f"template: cardiac phantom seed {args.template_seed} (masks: MGM seed {args.mask_seed}), {args.grid}^3 at {spacing:g} mm; MGM: {report.accepted} masks in "
         f"{report.attempts} attempts (rejections {report.rejected}), {mgm_s:.2f} s per attempt"
     )
     renderers = {"warp": lambda s: (warp_image(template.image, s.ddf_ras_mm).array, None)}
@@ -180,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         for k in range(args.reference)
     ]
     encoder = FixedEncoder(EncoderConfig(spatial_dims=3, channels=(8, 16, 32)))
+    against: dict[str, list] = {}  # renderer -> per case SSV maps against the reference
 
     def features(images: list[np.ndarray]) -> np.ndarray:
         return encoder(np.clip((np.stack(images) + 1000.0) / 2000.0, 0.0, 1.0))
@@ -192,13 +211,14 @@ def main(argv: list[str] | None = None) -> int:
         for s in samples:
             reset_peak_rss()
             t1 = time.perf_counter()
-            hu, conf = render(s)
+            hu, maps = render(s)
             secs.append(time.perf_counter() - t1)
             peaks.append(peak_rss_mb())
             images.append(hu)
             fid.append(_fidelity(hu, s.labels.array, present))
-            if conf is not None:
-                ssv.append(_ssv_check(hu, s.labels.array, conf, present))
+            if maps is not None:
+                ssv.append(_ssv_check(hu, s.labels.array, maps["confidence"], present))
+                against.setdefault(name, []).append({**maps, "error": np.abs(hu - maps["reference"])})
         feats = features(images)
         m = {k: float(np.nanmean([f[k] for f in fid])) for k in fid[0]}
         auroc = f"{np.nanmean([x['auroc'] for x in ssv]):.3f}" if ssv else "–"
@@ -211,7 +231,84 @@ def main(argv: list[str] | None = None) -> int:
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in rows:
         print("| " + " | ".join(r) + " |")
+    for name, cases in against.items():
+        _ssv_against_reference(name, cases, args)
     return 0
+
+
+CONFIDENCES = {
+    "confidence": "SSV, pooled x̂0 (calibrated tau)",
+    "endpoint_confidence": "FCaS end points, tau 1e-3",
+}
+
+
+def _ssv_against_reference(renderer: str, cases: list[dict], args: argparse.Namespace) -> None:
+    """The SSV table against the reference (module docstring), the reliability tables, the PNG, the tau fit."""
+    from xraycardiac.cardiac.ssv import (
+        CALIBRATION_HU,
+        confidence_error_auroc,
+        fit_tau,
+        neighbour_correlation,
+        region_error_auroc,
+        reliability_table,
+    )  # fmt: skip
+
+    print(f"\n{renderer}: SSV against the reference (the warped template in the model's window), "
+          f"{len(cases)} cases; error > {CALIBRATION_HU:g} HU in {np.mean([np.mean(c['error'] > CALIBRATION_HU) for c in cases]):.1%} of voxels")  # fmt: skip
+    head = ["confidence", "mean", "neighbour corr", "region AUROC >100 HU", "region AUROC >50 HU",
+            "voxel AUROC >100 HU"]  # fmt: skip
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    curves = {}
+    for key, label in CONFIDENCES.items():
+        m = [(c[key].mean(), neighbour_correlation(c[key]), region_error_auroc(c[key], c["error"], 100.0),
+              region_error_auroc(c[key], c["error"], 50.0), confidence_error_auroc(c[key], c["error"], 100.0))
+             for c in cases]  # fmt: skip
+        print(f"| {label} | " + " | ".join(f"{v:.3f}" for v in np.mean(m, axis=0)) + " |")
+        curves[label] = reliability_table(
+            np.stack([c[key] for c in cases]), np.stack([c["error"] for c in cases])
+        )
+    for label, table in curves.items():
+        print(
+            f"\nreliability, {label}: | confidence bin | voxels | mean confidence | error rate (> 100 HU) |"
+        )
+        print("|---|---|---|---|")
+        for r in table:
+            print(
+                f"| {r['lo']:.1f}-{r['hi']:.1f} | {int(r['voxels'])} | {r['mean_confidence']:.3f} | {r['error_rate']:.3f} |"
+            )
+    if args.calibrate:
+        tau = fit_tau(np.stack([c["variance"] for c in cases]), np.stack([c["error"] for c in cases]))
+        print(f"\ncalibrated tau for {args.grid}^3 on these {len(cases)} cases: {tau:.4g}")
+    if args.out:
+        _reliability_png(curves, Path(args.out) / f"reliability_{renderer.split()[0]}.png")
+
+
+def _reliability_png(curves: dict[str, list[dict]], path: Path) -> None:
+    """Binned confidence vs observed error rate, with the calibrated diagonal (error rate = 1 - confidence)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"{path}: not drawn (matplotlib is not installed)")
+        return
+    from xraycardiac.outputs import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [1, 0], "k:", label="calibrated (1 - confidence)")
+    for label, table in curves.items():
+        ax.plot([r["mean_confidence"] for r in table], [r["error_rate"] for r in table], "o-", label=label)
+    ax.set(
+        xlabel="confidence (bin mean)", ylabel="voxels > 100 HU off the reference", xlim=(0, 1), ylim=(0, 1)
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    print(f"reliability curve: {path}")
 
 
 def _time_grid(args: argparse.Namespace) -> int:
@@ -305,8 +402,10 @@ def _real_ct(args: argparse.Namespace) -> int:
 
 
 def _tcdm(model, template, schedules: list[int], steps: int, start_strength: float):
-    """A renderer ``sample -> (HU, confidence)`` of a TCDM (name / folder, or the network) with SSV over
-    ``schedules`` (+ ``steps``)."""
+    """A renderer ``sample -> (HU, maps)`` of a TCDM (name / folder, or the network) with SSV over
+    ``schedules`` (+ ``steps``); maps: ``confidence`` / ``variance`` (SSV), ``endpoint_confidence``
+    (FCaS's end-point variance, tau 1e-3: the former map) and ``reference`` (the warped template the
+    model is given, HU)."""
     import torch
 
     from xraycardiac.cardiac.ssv import skip_sampling_variance
@@ -320,20 +419,27 @@ def _tcdm(model, template, schedules: list[int], steps: int, start_strength: flo
     plan = list(dict.fromkeys([*schedules, steps]))
 
     def render(sample):
-        kept = {}
+        kept, ends = {}, []
 
-        def fn(cond, steps: int, generator, noise, keep: int = steps):
-            x0 = sample_tcdm(unet, scheduler, cond, steps, generator, noise, start_strength=start_strength)
+        def fn(cond, steps: int, generator, noise, on_x0, keep: int = steps):
+            x0 = sample_tcdm(
+                unet, scheduler, cond, steps, generator, noise, start_strength=start_strength, on_x0=on_x0
+            )
+            ends.append(x0.double())
             if steps == keep:
                 kept["x0"] = x0
             return x0
 
         cond = encode_condition(cfg, torch.from_numpy(sample.labels.array.astype(np.int64))[None], t_img, t_lab,
                                 torch.from_numpy(sample.ddf_voxel())[None])  # fmt: skip
-        _, _, conf = skip_sampling_variance(
-            partial(fn), cond, plan, generator=torch.Generator().manual_seed(0)
-        )
-        return cfg.unit_to_hu(kept["x0"])[0, 0].numpy(), conf[0, 0].numpy()
+        _, var, conf = skip_sampling_variance(fn, cond, plan, generator=torch.Generator().manual_seed(0))
+        endpoint = torch.exp(-torch.stack(ends).var(0, unbiased=False) / 1e-3)
+        maps = {
+            "confidence": conf[0, 0].numpy(), "variance": var[0, 0].numpy(),
+            "endpoint_confidence": endpoint[0, 0].float().numpy(),
+            "reference": cfg.unit_to_hu(cond[:, cfg.n_classes])[0].numpy(),
+        }  # fmt: skip
+        return cfg.unit_to_hu(kept["x0"])[0, 0].numpy(), maps
 
     return render
 

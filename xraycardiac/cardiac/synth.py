@@ -11,7 +11,9 @@ image for it:
 * ``renderer="tcdm"``: the template-guided conditional diffusion model
   (:mod:`xraycardiac.cardiac.tcdm`) conditioned on the target mask and the template brought into the
   target frame by the MGM deformation; the confidence map is the skip-sampling variance
-  (:mod:`xraycardiac.cardiac.ssv`) of the same noise sampled with several DDIM step counts.
+  (:mod:`xraycardiac.cardiac.ssv`) of the same noise sampled with several DDIM step counts (the
+  model's clean-image estimates pooled over the runs, smoothed, calibrated: about the probability
+  that a voxel is within 100 HU of the warped template it renders).
   Template labels beyond the model's classes (the undivided heart 10, the great vessels 11-15) are
   given to it as background, where the image follows the warped template (a template with none of
   its classes is refused before anything is written). The model works in its HU window
@@ -299,7 +301,7 @@ def _tcdm_renderer(
 
     from xraycardiac.cardiac.labels import label_info
     from xraycardiac.cardiac.mgm import warp_image
-    from xraycardiac.cardiac.ssv import skip_sampling_variance
+    from xraycardiac.cardiac.ssv import resolve_tau, skip_sampling_variance
     from xraycardiac.cardiac.tcdm import build_tcdm, encode_condition, load_tcdm, sample_tcdm
     from xraycardiac.runtime import select_device
 
@@ -336,7 +338,9 @@ def _tcdm_renderer(
         kept: dict[str, torch.Tensor] = {}
         runs = {n: k for k, n in enumerate(schedules)}
 
-        def sample_fn(cond: torch.Tensor, steps: int, generator: Any, noise: torch.Tensor) -> torch.Tensor:
+        def sample_fn(
+            cond: torch.Tensor, steps: int, generator: Any, noise: torch.Tensor, on_x0: Callable[..., None]
+        ) -> torch.Tensor:
             k = runs[steps]
 
             def on_step(i: int, n: int) -> None:  # one event per DDIM step: a long case is never silent
@@ -346,7 +350,7 @@ def _tcdm_renderer(
 
             x0 = sample_tcdm(
                 unet, scheduler, cond, steps, generator, noise, progress=on_step,
-                start_strength=config.start_strength,
+                start_strength=config.start_strength, on_x0=on_x0,
             )  # fmt: skip
             if steps == config.steps:
                 kept["x0"] = x0
@@ -373,7 +377,7 @@ def _tcdm_renderer(
         info_case = {
             "renderer": "tcdm", "model": info, "steps": config.steps, "ssv_steps": list(schedules),
             "start_strength": config.start_strength,
-            "variance_mean": float(variance.mean()),
+            "variance_mean": float(variance.mean()), "confidence_tau": resolve_tau(None, max(shape)),
             "conditioned_as_background": coarse,
         }  # fmt: skip
         return image, confidence[0, 0].cpu().numpy().astype(np.float32), info_case

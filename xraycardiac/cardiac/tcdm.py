@@ -68,7 +68,8 @@ from xraycardiac.models.weights import (
 
 __all__ = [
     "PREDICTION_TYPES", "TCDM_FORMAT", "TCDMConfig", "TCDMUNet", "build_tcdm", "check_labels", "ddim_sampler",
-    "encode_condition", "load_tcdm", "sample_tcdm", "save_tcdm", "tcdm_loss", "template_consistency", "warp",
+    "encode_condition", "load_tcdm", "predicted_x0", "sample_tcdm", "save_tcdm", "tcdm_loss",
+    "template_consistency", "warp",
 ]  # fmt: skip
 
 TCDM_FORMAT = "xraycardiac.cardiac_tcdm"
@@ -353,9 +354,7 @@ def tcdm_loss(
     inverse = batch.get("inverse_ddf")
     if config.use_template and config.consistency_weight > 0 and inverse is not None:
         abar = scheduler.alphas_cumprod.to(x0.device, torch.float32)[t].view(b, 1, 1, 1, 1)
-        xt, sa, sb = x_t.float(), abar.sqrt(), (1.0 - abar).sqrt()
-        kind = config.prediction_type
-        pred_x0 = {"epsilon": (xt - sb * out) / sa, "v_prediction": sa * xt - sb * out}.get(kind, out)
+        pred_x0 = predicted_x0(config.prediction_type, x_t.float(), out, abar)
         t_img = _volume(batch["template_image"], "template_image", 1, (b, *x0.shape[2:])).to(x0.device)
         inv = _volume(inverse, "inverse_ddf", 3, (b, *x0.shape[2:])).to(x0.device)
         per = template_consistency(pred_x0, t_img, torch.as_tensor(batch["template_mask"]).to(x0.device), inv)
@@ -365,6 +364,16 @@ def tcdm_loss(
 
 
 # --- sampling --------------------------------------------------------------------------------------
+
+
+def predicted_x0(
+    prediction_type: str, x_t: torch.Tensor, out: torch.Tensor, alpha_bar: torch.Tensor
+) -> torch.Tensor:
+    """The network's clean-image estimate x̂0 at a step: from ε, v or x0 output and ᾱ_t (broadcastable)."""
+    sa, sb = alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt()
+    if prediction_type == "epsilon":
+        return (x_t - sb * out) / sa
+    return sa * x_t - sb * out if prediction_type == "v_prediction" else out
 
 
 def ddim_sampler(scheduler: Any, steps: int) -> Any:
@@ -382,6 +391,7 @@ def sample_tcdm(
     unet: torch.nn.Module, scheduler: Any, cond: torch.Tensor, steps: int,
     generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
     progress: Callable[[int, int], None] | None = None, start_strength: float = 1.0,
+    on_x0: Callable[[torch.Tensor], None] | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """DDIM sampling (eta 0): deterministic given the initial noise.
 
@@ -400,6 +410,8 @@ def sample_tcdm(
             Skip-Sampling Variance compares).
         progress: ``progress(i, n)`` after each step.
         start_strength: in (0, 1]; see above.
+        on_x0: ``on_x0(x0_hat)`` after each step's network call with the clean-image estimate
+            x̂0 (B, 1, D, H, W), clipped to [-1, 1] as DDIM clips it (Skip-Sampling Variance pools them).
 
     Returns:
         (B, 1, D, H, W) float32 x0 in [-1, 1].
@@ -434,7 +446,19 @@ def sample_tcdm(
         a = ddim.alphas_cumprod[timesteps[0]].to(x.device)
         template = cond[:, config.n_classes : config.n_classes + 1].float()  # the warped template image
         x = a.sqrt() * template + (1.0 - a).sqrt() * x
-    x = sample(unet, ddim, x, cond, timesteps=timesteps, progress=progress)
+    network: Any = unet
+    if on_x0 is not None:
+        abar = ddim.alphas_cumprod.to(x.device, torch.float32)
+
+        def network(inp: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+            out = unet(inp, timesteps=timesteps)
+            a = abar[timesteps].view(-1, 1, 1, 1, 1)
+            on_x0(
+                predicted_x0(config.prediction_type, inp[:, :1].float(), out[:, :1].float(), a).clamp(-1, 1)
+            )
+            return out
+
+    x = sample(network, ddim, x, cond, timesteps=timesteps, progress=progress)
     return x.clamp(-1.0, 1.0)
 
 
