@@ -274,3 +274,26 @@ def test_job_runner_refuses_a_read_only_empty_output_folder(tmp_path):
         assert stat.S_IMODE(out.stat().st_mode) == 0o555 and not any(out.iterdir())
     finally:
         out.chmod(0o755)
+
+
+def test_recorded_sample_records_last_and_leaves_nothing_of_a_failed_sample(tmp_path):
+    """The one write-then-record step of the dataset writers: a record only after every file; a failure
+    (here in the body, after one of two files) leaves neither file nor record, and a rerun completes."""
+    from xraycardiac.outputs import recorded_sample, verify_record
+
+    record, files = tmp_path / "s.done.json", ["a.bin", "b.bin"]
+    (tmp_path / "a.bin").write_bytes(b"left by an earlier try")
+    with pytest.raises(RuntimeError, match="killed"):
+        with recorded_sample(record, tmp_path, files):
+            assert not (tmp_path / "a.bin").exists()  # what an earlier try left is cleared first
+            (tmp_path / "a.bin").write_bytes(b"a")
+            raise RuntimeError("killed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    with recorded_sample(record, tmp_path, files):
+        for name in files:
+            (tmp_path / name).write_bytes(name.encode())
+    assert verify_record(record, tmp_path) is None
+    with pytest.raises(FileNotFoundError, match="c.bin"):  # a file the body did not write: no record
+        with recorded_sample(tmp_path / "t.done.json", tmp_path, ["c.bin"]):
+            pass
+    assert not (tmp_path / "t.done.json").exists()

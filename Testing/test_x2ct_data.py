@@ -296,8 +296,16 @@ def test_cache_is_deterministic_resumable_and_sharded(tmp_path: Path) -> None:
     # resume: complete cases are skipped, missing and truncated ones are redone, nothing temporary remains
     (tmp_path / "a" / "cases" / "phantom_00001.npz").unlink()
     (tmp_path / "a" / "cases" / "phantom_00002.npz").write_bytes(b"PK\x03\x04 truncated")
+    flipped = tmp_path / "a" / "cases" / "phantom_00003.npz"  # same size, same zip directory, one byte off
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    flipped.write_bytes(bytes(data))
     again = build_cache(sources, tmp_path / "a", TINY, seed=5)
-    assert again["written"] == ["phantom_00001", "phantom_00002"] and len(again["skipped"]) == 3
+    assert again["written"] == ["phantom_00001", "phantom_00002", "phantom_00003"]
+    assert len(again["skipped"]) == 2
+    assert sorted(p.name for p in (tmp_path / "a" / "records").iterdir()) == sorted(
+        f"{name}.done.json" for name in again["written"] + again["skipped"]
+    )
     np.testing.assert_array_equal(
         _case_arrays(tmp_path / "a")["phantom_00002"]["views"], b["phantom_00002"]["views"]
     )

@@ -45,6 +45,7 @@ __all__ = [
     "move_into_place",
     "new_work_dir",
     "parse_shard",
+    "recorded_sample",
     "remove_stale_temps",
     "sha256_file",
     "sha256_stream",
@@ -384,6 +385,35 @@ def verify_record(record: str | os.PathLike[str], root: str | os.PathLike[str]) 
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return f"{record.name} is unreadable ({exc})"
     return None
+
+
+@contextmanager
+def recorded_sample(
+    record: str | os.PathLike[str],
+    root: str | os.PathLike[str],
+    files: Iterable[str | os.PathLike[str]],
+    folders: bool = False,
+) -> Iterator[None]:
+    """Make one sample of a resumable dataset: the one write-then-record step of every sharded writer.
+
+    Clears what an earlier try left (:func:`discard`), lets the ``with`` body write the files, then
+    records them (:func:`write_record`, written last); if the body (or the record) fails, nothing of
+    the sample remains and the error propagates.
+
+    Args:
+        record: the sample's record path.
+        root: the folder the names in ``files`` are relative to.
+        files: the sample's files (relative to ``root``).
+        folders: as for :func:`discard`.
+    """
+    files = list(files)
+    discard(record, root, files, folders=folders)
+    try:
+        yield
+        write_record(record, root, files)
+    except BaseException:
+        discard(record, root, files, folders=folders)  # nothing of a failed sample remains
+        raise
 
 
 def remove_stale_temps(path: str | os.PathLike[str]) -> int:

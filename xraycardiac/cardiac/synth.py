@@ -58,7 +58,7 @@ import numpy as np
 
 from xraycardiac.cardiac.mgm import MGMConfig
 from xraycardiac.cardiac.templates import CardiacTemplate
-from xraycardiac.outputs import check_output, discard, verify_record, write_json_atomic, write_record
+from xraycardiac.outputs import check_output, discard, recorded_sample, verify_record, write_json_atomic
 from xraycardiac.volume import Volume
 
 __all__ = [
@@ -467,7 +467,6 @@ def synthesize_dataset(
         files = _files(i)
         if any((root / f).exists() for f in files.values()):
             redone.append({"case": name, "reason": incomplete[i]})
-        discard(_record(root, i), root, files.values())
         t0 = time.perf_counter()
 
         def in_case(stage: str, fraction: float, done: int = done, name: str = name) -> None:
@@ -475,7 +474,7 @@ def synthesize_dataset(
                 progress(f"case {name} ({done + 1}/{len(todo)}): {stage}", (done + 0.99 * fraction) / len(todo),
                          case=name)  # fmt: skip
 
-        try:
+        with recorded_sample(_record(root, i), root, files.values()):
             case_seed = int(np.random.SeedSequence([config.seed, i]).generate_state(1)[0])
             in_case("MGM: deforming the template's label map", 0.0)
             samples, report = generate_masks(template.labels, 1, config.mgm, seed=case_seed)
@@ -502,10 +501,6 @@ def synthesize_dataset(
                 {"name": name, "case_seed": case_seed, "mgm": sample.meta, "mgm_report": report.to_dict(),
                  **info, "seconds": seconds},
             )  # fmt: skip
-            write_record(_record(root, i), root, files.values())
-        except BaseException:
-            discard(_record(root, i), root, files.values())  # nothing of a failed case remains
-            raise
         verified.add(i)
         _index_files(root, template, config, verified)
         written.append(name)

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from xraycardiac.outputs import check_output, discard, verify_record, write_json_atomic, write_record
+from xraycardiac.outputs import check_output, discard, recorded_sample, verify_record, write_json_atomic
 
 __all__ = ["FORMAT", "write_cardiac_phantoms"]
 
@@ -87,17 +87,12 @@ def write_cardiac_phantoms(
             continue
         if any((root / f).exists() for f in files):
             redone.append({"name": name, "reason": why})
-        discard(record, root, files)
-        try:
+        with recorded_sample(record, root, files):
             image, labels = make_cardiac_phantom(
                 CardiacPhantomConfig(seed=seed + k, shape_ijk=(grid,) * 3, spacing_mm=spacing_mm)
             )
             write_volume(labels, root / files[1])
             write_volume(image, root / files[0])
-            write_record(record, root, files)
-        except BaseException:
-            discard(record, root, files)  # nothing of a failed phantom remains
-            raise
         written.append(name)
         if progress is not None:
             progress(name, (k + 1) / n)

@@ -27,6 +27,8 @@ Cache layout (format ``xraycardiac.x2ct_cache``, version 1), written by :func:`b
                               views (V, S, S) float16, ijk_to_ras (4, 4) float64 of the cube,
                               projection_matrices (V, 3, 4) float64 (RAS mm -> pixel), view_names,
                               name, source
+    OUT/records/<name>.done.json  the case's completion record (size + sha256, written last;
+                              :func:`xraycardiac.outputs.recorded_sample`)
 
 Sources: CT files (NIfTI ``.nii``/``.nii.gz``, NRRD, MetaImage), DICOM series folders (a folder
 holding at least 16 ``*.dcm`` files), folders searched recursively for both, and chest phantoms
@@ -50,7 +52,6 @@ import math
 import os
 import re
 import time
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,7 +65,7 @@ from xraycardiac.geometry import CArmGeometry
 from xraycardiac.geometry.carm import X2CT_SID_MM, X2CT_SOD_MM
 from xraycardiac.io import require_3d
 from xraycardiac.jsonutil import is_int, is_number
-from xraycardiac.outputs import atomic_path, parse_shard, write_json_atomic
+from xraycardiac.outputs import atomic_path, parse_shard, recorded_sample, verify_record, write_json_atomic
 from xraycardiac.projection import MU_WATER_PER_MM, DRRConfig, render_drr
 from xraycardiac.volume import Volume
 
@@ -84,7 +85,6 @@ SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 CT_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 MIN_DICOM_FILES = 16
 AIR_HU = -1000.0
-_CASE_KEYS = ("ct", "views", "ijk_to_ras", "projection_matrices", "view_names", "name", "source")
 
 
 def _check_window(window: Sequence[float], name: str = "window") -> tuple[float, float]:
@@ -508,14 +508,6 @@ def read_cache_info(root: str | os.PathLike[str]) -> dict[str, Any]:
     return info
 
 
-def _case_complete(path: Path) -> bool:
-    try:
-        with np.load(path) as z:
-            return all(k in z.files for k in _CASE_KEYS)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # missing, truncated or foreign
-        return False
-
-
 def _info_for(cases: list[CTCase], config: X2CTDataConfig, seed: int, old: dict[str, Any] | None) -> dict:
     """``dataset.json`` content: the union of ``old``'s cases and ``cases``, with their splits."""
     by_name = {c["name"]: c for c in (old or {}).get("cases", [])}
@@ -552,8 +544,9 @@ def build_cache(
     """Build (or resume) the cache of ``sources`` in ``out_dir``; shard ``(i, n)`` does cases ``i::n``.
 
     Every case file is a deterministic function of (config, seed, source), written to a temporary
-    name and renamed, so an interrupted run leaves no partial case and rerunning skips the complete
-    ones; shards of the same sources write disjoint cases and the same ``dataset.json``.
+    name and renamed, then recorded (:func:`xraycardiac.outputs.recorded_sample`, the one resumable
+    sample step of every dataset writer), so an interrupted run leaves no partial case and rerunning
+    skips the cases whose record and file agree; shards of the same sources write disjoint cases and the same ``dataset.json``.
 
     Args:
         sources: CT files, DICOM series folders, folders to search, ``"phantom:<k>"`` or
@@ -583,7 +576,8 @@ def build_cache(
     if not cases:
         raise ValueError("sources: no case given")
     root = Path(out_dir)
-    (root / "cases").mkdir(parents=True, exist_ok=True)
+    for sub in ("cases", "records"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
     old = None
     if (root / INFO_NAME).is_file():
         old = read_cache_info(root)
@@ -596,11 +590,13 @@ def build_cache(
     mine = cases[i::n]
     written, skipped = [], []
     for done, case in enumerate(mine, start=1):
-        path = root / "cases" / f"{case.name}.npz"
-        if _case_complete(path):
+        rel = f"cases/{case.name}.npz"
+        record = root / "records" / f"{case.name}.done.json"
+        if verify_record(record, root) is None:
             skipped.append(case.name)
-        else:
-            _write_case(path, case, config, seed)
+        else:  # not there, or not as its record says (or made before records): made again, same bytes
+            with recorded_sample(record, root, [rel]):
+                _write_case(root / rel, case, config, seed)
             written.append(case.name)
         if progress is not None:
             progress(f"case {case.name}", done / len(mine))
