@@ -38,6 +38,7 @@ __all__ = [
     "ENCODINGS",
     "PICTURE_SUFFIXES",
     "Radiograph",
+    "check_image",
     "load_view_geometry",
     "read_radiograph",
     "user_geometry",
@@ -166,6 +167,27 @@ def _is_dicom(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+def check_image(pixels: np.ndarray, key: str, name: str) -> None:
+    """Raise a ValueError naming ``inputs.<key>`` (file ``name``) unless ``pixels`` is one finite 2D
+    image of at least 8 x 8 pixels (the check of every radiograph and angiogram input)."""
+    if pixels.ndim != 2:
+        what = (
+            f"a 3D volume of {pixels.shape[0]} slices"
+            if pixels.ndim == 3
+            else f"an array of {pixels.ndim} dims"
+        )
+        raise ValueError(
+            f"inputs.{key}: {name} is {what} (shape {pixels.shape}), not a radiograph; expected one "
+            "2D image (rows, cols) or a one-slice volume"
+        )
+    if min(pixels.shape) < 8:
+        raise ValueError(
+            f"inputs.{key}: {name} is {pixels.shape[0]} x {pixels.shape[1]} pixels; need >= 8 x 8"
+        )
+    if not np.all(np.isfinite(pixels)):
+        raise ValueError(f"inputs.{key}: {name} holds non-finite values")
+
+
 def read_radiograph(
     path: str | os.PathLike[str], key: str, geometry_overrides: dict[str, Any] | None = None
 ) -> Radiograph:
@@ -198,23 +220,7 @@ def read_radiograph(
         given = {}  # applied by geometry_from_dicom
     else:
         r = _read_volume_file(path, key)
-    pixels = r.pixels
-    if pixels.ndim == 3:
-        raise ValueError(
-            f"inputs.{key}: {path.name} is a 3D volume of {pixels.shape[0]} slices (shape {pixels.shape}), not a "
-            "radiograph; expected one 2D image (rows, cols) or a one-slice volume"
-        )
-    if pixels.ndim != 2:
-        raise ValueError(
-            f"inputs.{key}: {path.name} is an array of shape {pixels.shape}, not a radiograph; expected one "
-            "2D image (rows, cols) or a one-slice volume"
-        )
-    if min(pixels.shape) < 8:
-        raise ValueError(
-            f"inputs.{key}: {path.name} is {pixels.shape[0]} x {pixels.shape[1]} pixels; need >= 8 x 8"
-        )
-    if not np.all(np.isfinite(pixels)):
-        raise ValueError(f"inputs.{key}: {path.name} holds non-finite values")
+    check_image(r.pixels, key, path.name)
     if given:
         r = _with_given(r, key, given)
     return r

@@ -51,20 +51,9 @@ def read_view(path: str | os.PathLike[str], key: str) -> np.ndarray:
             raise ValueError(f"inputs.{key}: {exc}") from None
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
-    if array.ndim != 2:
-        what = (
-            f"a 3D volume of {array.shape[0]} slices" if array.ndim == 3 else f"an array of {array.ndim} dims"
-        )
-        raise ValueError(
-            f"inputs.{key}: {path.name} is {what} (shape {array.shape}), not a radiograph; expected one "
-            "2D image (rows, cols) or a one-slice volume"
-        )
-    if min(array.shape) < 8:
-        raise ValueError(
-            f"inputs.{key}: {path.name} is {array.shape[0]} x {array.shape[1]} pixels; need >= 8 x 8"
-        )
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"inputs.{key}: {path.name} holds non-finite values")
+    from xraycardiac.radiograph import check_image
+
+    check_image(array, key, path.name)
     return array
 
 

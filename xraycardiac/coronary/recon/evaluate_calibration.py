@@ -36,6 +36,7 @@ from xraycardiac.geometry import CArmGeometry
 
 __all__ = [
     "PERTURBATIONS",
+    "centreline_points",
     "evaluate_calibration",
     "format_calibration_table",
     "perturb_view",
@@ -95,8 +96,11 @@ def rotation_error_deg(g: CArmGeometry, g_true: CArmGeometry) -> float:
     return float(np.degrees(np.arccos(np.clip((np.trace(r) - 1.0) / 2.0, -1.0, 1.0))))
 
 
-def _centreline(vessels: tuple[np.ndarray, np.ndarray], g1: Any, g2: Any, x1: np.ndarray, x2: np.ndarray):
-    """3D centreline points (N, 3), or none when no centreline can be matched."""
+def centreline_points(
+    vessels: tuple[np.ndarray, np.ndarray], g1: Any, g2: Any, x1: np.ndarray, x2: np.ndarray
+) -> np.ndarray:
+    """3D centreline points (N, 3) of ``reconstruct_tree`` seeded by (x1, x2); (0, 3) when no centreline
+    can be matched (a failure the evaluations count)."""
     from xraycardiac.coronary.recon.reconstruct import reconstruct_tree
 
     try:
@@ -137,12 +141,12 @@ def _case(
     t0 = time.perf_counter()
     g2a, record, inliers = calibrate_from_matches(g1, g2p, x1, x2, config=config, vessels=vessels)
     seconds = time.perf_counter() - t0
-    points = _centreline(vessels, g1, g2p, x1, x2)
+    points = centreline_points(vessels, g1, g2p, x1, x2)
     before = _error(points, gt, trees, (g1, g2))
     after = dict(before)
     if record["refined"]:
         y1, y2 = (x1, x2) if inliers is None else (x1[inliers], x2[inliers])
-        points = _centreline(vessels, g1, g2a, y1, y2)
+        points = centreline_points(vessels, g1, g2a, y1, y2)
         after = _error(points, gt, trees, (g1, g2))
     rot = (rotation_error_deg(g2p, g2), rotation_error_deg(g2a, g2))
     after["scaled"] = _error(scale_fixed(points, gt, trees, g1), gt, trees, (g1, g2))["mean"]

@@ -42,7 +42,12 @@ from typing import Any
 
 import numpy as np
 
-from xraycardiac.coronary.recon.evaluate_calibration import perturb_view, prior_for, scale_fixed
+from xraycardiac.coronary.recon.evaluate_calibration import (
+    centreline_points,
+    perturb_view,
+    prior_for,
+    scale_fixed,
+)
 
 __all__ = ["PIPELINE_FIELDS", "evaluate_pipeline", "format_pipeline_table", "perturb_view", "scale_fixed"]
 
@@ -99,18 +104,6 @@ def _run(matcher: Any, sample: dict[str, Any], g1: Any, g2: Any):
     return x1, x2, seconds
 
 
-def _reconstruct(vessels: tuple[np.ndarray, np.ndarray], g1: Any, g2: Any, x1: np.ndarray, x2: np.ndarray):
-    """3D centreline points (N, 3), or none when no centreline can be matched (a failure, counted)."""
-    from xraycardiac.coronary.recon.reconstruct import reconstruct_tree
-
-    try:
-        return reconstruct_tree(*vessels, g1, g2, *((x1, x2) if len(x1) else (None, None))).points3d
-    except ValueError as exc:
-        if "no centreline" not in str(exc):
-            raise
-        return np.zeros((0, 3))
-
-
 def _pair(
     matcher: Any, sample: dict[str, Any], gt: Any, index: int, perturb: tuple[float, float], seed: int,
     use_masks: bool, wide: Any = None,
@@ -128,14 +121,14 @@ def _pair(
 
     x1, x2, t_match = _run(matcher, sample, g1, g2)
     t0 = time.perf_counter()
-    exact = _reconstruct(vessels, g1, g2, x1, x2)
+    exact = centreline_points(vessels, g1, g2, x1, x2)
     t_recon = time.perf_counter() - t0
     row: dict[str, Any] = {"name": sample["name"], "matches": len(x1), "seconds": t_match + t_recon}
     row |= {f"exact_{k}": v for k, v in _error(exact, gt, trees, (g1, g2)).items()}
 
     g2p, params = perturb_view(g2, np.random.default_rng([seed, index]), *perturb)
     y1, y2, _ = _run(matcher, sample, g1, g2p)
-    unrefined = _reconstruct(vessels, g1, g2p, y1, y2)
+    unrefined = centreline_points(vessels, g1, g2p, y1, y2)
     config = prior_for(*perturb) if min(perturb) > 0 else None
     if wide is not None:  # the 3 px filter trusts the wrong geometry: calibrate from the prior's band
         y1, y2, _ = _run(wide, sample, g1, g2p)
@@ -144,7 +137,7 @@ def _pair(
     g2r, record, inliers = calibrate_from_matches(g1, g2p, y1, y2, config=config, vessels=vessels)
     if inliers is not None:
         y1, y2 = y1[inliers], y2[inliers]
-    refined = _reconstruct(vessels, g1, g2r, y1, y2)
+    refined = centreline_points(vessels, g1, g2r, y1, y2)
     row |= {f"unrefined_{k}": v for k, v in _error(unrefined, gt, trees, (g1, g2)).items()}
     row |= {f"refined_{k}": v for k, v in _error(refined, gt, trees, (g1, g2)).items()}
     row["refined_scaled_mean"] = _error(scale_fixed(refined, gt, trees, g1), gt, trees, (g1, g2))["mean"]
