@@ -11,9 +11,14 @@ Steps (Zhao et al. 2025, the downstream use of the matcher; pixels (u = column, 
    (``CalibrationConfig.min_matches``) it is skipped, logged and recorded in ``calibration.json``
    (``refined: false`` with the reason): the recorded geometry is then used as it is.
 3. **reconstruct**: :func:`~xraycardiac.coronary.recon.reconstruct.reconstruct_tree` on the vessel masks
-   (``mask1`` / ``mask2``) when given, else on the images (Frangi vesselness segmentation). The masks
-   are the accurate path: on a 256 px synthetic pair the 3D centreline is sub-millimetre from ground
-   truth masks and ~24 mm off from the raw images' segmentation.
+   (``mask1`` / ``mask2``) when given, else on the images' segmentation
+   (:func:`xraycardiac.coronary.segment.vessel_seg.segment_image`: ``segmentation`` "network", the
+   learned ``coronary-vessel-seg-demo`` with its probability maps as outputs, or "frangi", the
+   classical baseline). Given masks are the accurate path.
+4. **plausibility** (:mod:`xraycardiac.coronary.recon.plausibility`): the fractions of points off the
+   2D centrelines and outside the vessels (probability / mask) of either view; over their limits the
+   report's ``plausibility.warnings`` say so, each is logged as a warning and ``status`` is
+   ``"warning"`` instead of ``"ok"``.
 
 Geometry: the images are 2D volume files (NRRD etc., K = 1 slice, values with vessels dark; images
 outside [0, 1] are mapped to [0, 1] by their 0.5 / 99.5 percentiles); their C-arm geometry is not
@@ -31,13 +36,14 @@ Job spec::
                 "geometry1": "view1.geometry.json", "geometry2": "view2.geometry.json",
                 "mask1": "mask1.nrrd", "mask2": "mask2.nrrd"},           # masks optional
      "params": {"method": "vessel+epipolar", "foundation": null, "refine_calibration": true,
-                "epipolar_tolerance_px": 3.0, "device": "auto"},
+                "epipolar_tolerance_px": 3.0, "device": "auto", "segmentation": "network"},
      "output_dir": "out/"}
 
 Outputs: ``matches.json`` (method, x1, x2 (M, 2) pixels, scores (M,)), ``geometry2_refined.json``
 (view 2 as used: refined, or the recorded one when not), ``calibration.json`` (refined or not and
 why, the reprojection error of the matches before / after, pixels, the corrections),
-``centreline.vtp`` (polylines with ``Radius``, RAS), ``tube.vtp`` (tube surface), ``tree.json``
+``vessel_probability1.nrrd`` / ``2`` (the network's vessel probability of each segmented view, on the
+image's grid), ``centreline.vtp`` (polylines with ``Radius``, RAS), ``tube.vtp`` (tube surface), ``tree.json``
 (:class:`~xraycardiac.anatomy.coronary_tree.CoronaryTree`), ``report.json`` (the summary).
 """
 
@@ -50,6 +56,7 @@ from typing import Any
 
 import numpy as np
 
+from xraycardiac.coronary.segment.vessel_seg import SEGMENTATIONS
 from xraycardiac.jobs.inputs import read_geometry_input, read_view
 from xraycardiac.jobs.registry import Progress, register
 from xraycardiac.jobs.spec import JobSpec
@@ -59,7 +66,7 @@ __all__ = ["DEFAULT_METHOD", "OUTPUTS", "PARAMS", "PIPELINE", "run_coronary_reco
 
 PIPELINE = "coronary-reconstruct"
 DEFAULT_METHOD = "vessel+epipolar"
-PARAMS = ("method", "foundation", "refine_calibration", "epipolar_tolerance_px", "device")
+PARAMS = ("method", "foundation", "refine_calibration", "epipolar_tolerance_px", "device", "segmentation")
 OUTPUTS = {
     "matches": "matches.json",
     "geometry2_refined": "geometry2_refined.json",
@@ -68,6 +75,8 @@ OUTPUTS = {
     "tube": "tube.vtp",
     "tree": "tree.json",
     "report": "report.json",
+    "vessel_probability1": "vessel_probability1.nrrd",
+    "vessel_probability2": "vessel_probability2.nrrd",
 }
 
 
@@ -76,8 +85,11 @@ def _write_json(path: Path, data: Any) -> None:
     write_json_atomic(path, data, indent=2, allow_nan=False, default=None, fsync=False)
 
 
-def _vessel_mask(spec: JobSpec, view: int, image: np.ndarray) -> tuple[np.ndarray, str]:
-    """(bool vessel mask, source "mask" / "segmented") of view ``view``; a ValueError when it is empty."""
+def _vessel_mask(
+    spec: JobSpec, view: int, image: np.ndarray, method: str, device: str
+) -> tuple[np.ndarray, str, np.ndarray | None]:
+    """(bool vessel mask, source "mask" / "network" / "frangi", probability or None) of view ``view``;
+    a ValueError when the mask is empty."""
     key = f"mask{view}"
     if key in spec.inputs:
         mask = read_view(spec.input_path(key), key) > 0
@@ -88,16 +100,16 @@ def _vessel_mask(spec: JobSpec, view: int, image: np.ndarray) -> tuple[np.ndarra
             )
         if not mask.any():
             raise ValueError(f"no vessel found in image {view}: inputs.{key} is empty (no pixel > 0)")
-        return mask, "mask"
-    from xraycardiac.coronary.matching.vessel_keypoints import detect_vessel_keypoints
+        return mask, "mask", None
+    from xraycardiac.coronary.segment.vessel_seg import segment_image
 
-    mask = np.asarray(detect_vessel_keypoints(image).mask, dtype=bool)
-    if not mask.any():
+    seg = segment_image(image, method, device=device)
+    if not seg.mask.any():
         raise ValueError(
-            f"no vessel found in image {view}: the vesselness segmentation is empty; check that "
+            f"no vessel found in image {view}: the {method} segmentation is empty; check that "
             f"inputs.image{view} is an angiogram with contrast (vessels dark), or give inputs.mask{view}"
         )
-    return mask, "segmented"
+    return seg.mask, method, seg.probability
 
 
 def _params(spec: JobSpec) -> dict[str, Any]:
@@ -113,6 +125,9 @@ def _params(spec: JobSpec) -> dict[str, Any]:
             f"params.foundation: a foundation model is used by the learned matcher only "
             f"(method 'matcher:<model>'), but method is {method!r}; leave foundation empty"
         )
+    segmentation = spec.param("segmentation", "network", str)
+    if segmentation not in SEGMENTATIONS:
+        raise ValueError(f"params.segmentation: expected one of {SEGMENTATIONS}, got {segmentation!r}")
     tolerance = spec.param("epipolar_tolerance_px", 3.0, float)
     if not (math.isfinite(tolerance) and tolerance > 0):
         raise ValueError(f"params.epipolar_tolerance_px: expected pixels > 0, got {tolerance!r}")
@@ -122,6 +137,7 @@ def _params(spec: JobSpec) -> dict[str, Any]:
         "refine_calibration": spec.param("refine_calibration", True, bool),
         "epipolar_tolerance_px": tolerance,
         "device": spec.param("device", "auto", str),
+        "segmentation": segmentation,
     }
 
 
@@ -153,13 +169,15 @@ def run_coronary_reconstruct(spec: JobSpec, work_dir: Path, progress: Progress) 
                 "(a CArmGeometry JSON, e.g. read from its DICOM XA header)"
             )
     g1, g2 = (read_geometry_input(spec, f"geometry{v}", images[v - 1].shape, f"image{v}") for v in (1, 2))
-    masks = [_vessel_mask(spec, v, unit_range(images[v - 1])) for v in (1, 2)]
     device = str(select_device(params["device"]))
+    masks = [_vessel_mask(spec, v, unit_range(images[v - 1]), params["segmentation"], device) for v in (1, 2)]
+    probs = [m[2] for m in masks]
     pair = reconstruct_pair(
         (images[0], images[1]), (g1, g2), (masks[0][0], masks[1][0]), method,
         refine_calibration=params["refine_calibration"], epipolar_tolerance_px=params["epipolar_tolerance_px"],
         device=device, foundation=params["foundation"], progress=progress,
         log=lambda m: progress.log(m, level="warning"),
+        vessel_maps=(probs[0], probs[1]) if all(p is not None for p in probs) else None,
     )  # fmt: skip
     tree, calibration = pair.result.tree, pair.calibration
     tree.meta.update({"method": method, "refined": calibration["refined"]})
@@ -184,7 +202,21 @@ def run_coronary_reconstruct(spec: JobSpec, work_dir: Path, progress: Progress) 
     tree.save_vtp(work_dir / OUTPUTS["centreline"])
     save_tube_vtp(tree, work_dir / OUTPUTS["tube"])
     tree.save_json(work_dir / OUTPUTS["tree"])
+    outputs = dict(OUTPUTS)
+    for v, prob in enumerate(probs, start=1):
+        key = f"vessel_probability{v}"
+        if prob is None:
+            del outputs[key]
+            continue
+        from xraycardiac.io import read_volume, write_volume
+        from xraycardiac.volume import Volume
+
+        src = spec.input_path(f"image{v}")  # the probability lies on its image's grid
+        affine = np.eye(4) if src.suffix.lower() == ".npy" else read_volume(src).ijk_to_ras
+        volume = Volume(prob[None].astype(np.float32), affine, meta={"quantity": "vessel probability"})
+        write_volume(volume, work_dir / OUTPUTS[key])
     summary = {
+        "status": "ok" if pair.plausibility["plausible"] else "warning",
         "pipeline": PIPELINE,
         "xraycardiac_version": __version__,
         "params": params,
@@ -201,7 +233,8 @@ def run_coronary_reconstruct(spec: JobSpec, work_dir: Path, progress: Progress) 
             "seeds": len(pair.seeds[0]),
             **{k: v for k, v in pair.result.stats.items() if isinstance(v, int | float)},
         },
-        "outputs": dict(OUTPUTS),
+        "plausibility": pair.plausibility,
+        "outputs": outputs,
     }
     _write_json(work_dir / OUTPUTS["report"], summary)
     progress("done", 1.0)

@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 
 from xraycardiac.coronary.matching.evaluate import parse_method
+from xraycardiac.coronary.recon.plausibility import plausibility
 from xraycardiac.coronary.recon.reconstruct import (
+    ReconstructionConfig,
     ReconstructionResult,
     calibrate_from_matches,
     reconstruct_tree,
@@ -52,6 +54,8 @@ class PairReconstruction:
         calibration: :func:`calibrate_from_matches`'s record (``refined``, ``reason``, errors, corrections).
         seeds: the matches that seeded the reconstruction (the refinement's inliers, or all).
         result: :func:`reconstruct_tree`'s result.
+        plausibility: :func:`~xraycardiac.coronary.recon.plausibility.plausibility`'s record (fractions of
+            points off the 2D centrelines / outside the vessels, ``warnings``, ``plausible``).
     """
 
     match: Any
@@ -63,6 +67,7 @@ class PairReconstruction:
     calibration: dict[str, Any]
     seeds: tuple[np.ndarray, np.ndarray]
     result: ReconstructionResult
+    plausibility: dict[str, Any]
 
 
 def reconstruct_pair(
@@ -76,6 +81,7 @@ def reconstruct_pair(
     foundation: str | None = None,
     progress: Callable[..., None] | None = None,
     log: Callable[[str], None] | None = None,
+    vessel_maps: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> PairReconstruction:
     """Match, refine view 2 and reconstruct the 3D centreline of two angiograms (module docstring).
 
@@ -88,7 +94,9 @@ def reconstruct_pair(
         epipolar_tolerance_px: the ``+epipolar`` match filter's tolerance, pixels.
         device: torch device of a learned matcher. foundation: its foundation model (``family:/path``).
         progress: ``progress(stage, fraction, **extra)`` at each step (fractions 0.1 to 0.55).
-        log: gets a sentence when the refinement is skipped or rejected.
+        log: gets a sentence when the refinement is skipped or rejected, and each plausibility warning.
+        vessel_maps: the two views' vessel probabilities in [0, 1] for the plausibility check (the
+            segmentation network's); None = the masks.
     """
     report = progress if progress is not None else (lambda stage, fraction, **extra: None)
     g1, g2 = geometries
@@ -115,4 +123,12 @@ def reconstruct_pair(
 
     report("reconstructing the centreline", 0.55)
     result = reconstruct_tree(masks[0], masks[1], g1, g2_used, *(seeds if len(seeds[0]) else (None, None)))
-    return PairReconstruction(match, matcher, x1, x2, scores, g2_used, calibration, seeds, result)
+    check = plausibility(
+        result.points3d, (g1, g2_used), (result.graphs[0].paths, result.graphs[1].paths),
+        vessel_maps if vessel_maps is not None else (masks[0], masks[1]), result.stats,
+        tolerance_px=ReconstructionConfig().reprojection_tol_px,
+    )  # fmt: skip
+    for warning in check["warnings"]:
+        if log is not None:
+            log(warning)
+    return PairReconstruction(match, matcher, x1, x2, scores, g2_used, calibration, seeds, result, check)

@@ -31,15 +31,18 @@ from xraycardiac.models.weights import JsonConfig, WeightsFormat
 
 __all__ = [
     "DEFAULT_MODEL",
+    "SEGMENTATIONS",
     "VesselSegConfig",
     "VesselSegmentation",
     "build_network",
     "load_segmenter",
     "save_weights",
+    "segment_image",
     "segment_vessels",
 ]
 
 DEFAULT_MODEL = "coronary-vessel-seg-demo"
+SEGMENTATIONS = ("network", "frangi")
 WEIGHTS_FORMAT = "xraycardiac.coronary_vessel_seg"
 _FILE = WeightsFormat(WEIGHTS_FORMAT, "a coronary vessel segmentation", digest_key="digest")
 
@@ -69,11 +72,11 @@ class VesselSegConfig(JsonConfig):
     num_res_units: int = 1
     threshold: float = 0.5
     min_object_px: int = 20
-    crop_px: int = 160
-    zoom: tuple[float, float] = (0.6, 1.6)
-    n_scenes: int = 32
+    crop_px: int = 128
+    zoom: tuple[float, float] = (0.6, 2.0)
+    n_scenes: int = 16
     scene_seed: int = 50_000
-    scene_sizes: tuple[int, ...] = (256, 384, 512, 768)
+    scene_sizes: tuple[int, ...] = (256, 384, 512)
     backgrounds: tuple[str, ...] = ("chest-phantom", "procedural", "lowfreq")
     profiles: tuple[str, ...] = ("beer-lambert", "flat", "blurred-edge")
     noises: tuple[str, ...] = ("poisson", "gaussian")
@@ -142,13 +145,13 @@ class VesselSegmentation:
     """A vessel probability map and its mask.
 
     Attributes:
-        probability: (rows, cols) float32 in [0, 1].
-        mask: (rows, cols) bool, ``probability >= threshold`` without small specks.
+        probability: (rows, cols) float32 in [0, 1]; None for the Frangi baseline (no probability).
+        mask: (rows, cols) bool, ``probability >= threshold`` without small specks (or Frangi's mask).
         seconds: inference time.
-        model: provenance of the weights (model, version, file, sha256).
+        model: provenance of the weights (model, version, file, sha256), or {"method": "frangi"}.
     """
 
-    probability: np.ndarray
+    probability: np.ndarray | None
     mask: np.ndarray
     seconds: float
     model: dict[str, Any]
@@ -220,3 +223,30 @@ def segment_vessels(image: np.ndarray, model: str = DEFAULT_MODEL, device: str =
         :class:`VesselSegmentation` (probability, mask, seconds, model provenance).
     """
     return load_segmenter(str(model), str(device))(image)
+
+
+def segment_image(
+    image: np.ndarray, method: str = "network", model: str = DEFAULT_MODEL, device: str = "cpu"
+) -> VesselSegmentation:
+    """Vessels of one angiogram by the learned network (default) or the Frangi baseline.
+
+    Args:
+        image: (rows, cols) angiogram; Frangi expects [0, 1] with dark vessels.
+        method: "network" (probability + mask) or "frangi" (mask only: thresholded vesselness).
+        model: the network's model (manifest name, run folder or weights file).
+        device: torch device of the network.
+
+    Raises:
+        ValueError: an unknown ``method`` (names the allowed ones), or a model that cannot be used.
+    """
+    import time
+
+    if method == "network":
+        return segment_vessels(image, model, device)
+    if method != "frangi":
+        raise ValueError(f"segmentation: expected one of {SEGMENTATIONS}, got {method!r}")
+    from xraycardiac.coronary.matching.vessel_keypoints import detect_vessel_keypoints
+
+    t0 = time.perf_counter()
+    mask = np.asarray(detect_vessel_keypoints(image).mask, dtype=bool)
+    return VesselSegmentation(None, mask, time.perf_counter() - t0, {"method": "frangi"})

@@ -60,6 +60,7 @@ __all__ = [
     "crop_scene",
     "make_scene",
     "render_randomised",
+    "with_background",
 ]
 
 BACKGROUNDS = ("chest-phantom", "procedural", "lowfreq", "real-ct")
@@ -129,6 +130,7 @@ class VesselScene:
         background_mu: float32 line integral of the anatomy behind (>= 0), or None (lowfreq only).
         background: the source of ``background_mu`` (one of ``BACKGROUNDS``).
         geometry: the view.
+        tree_centre_ras: (3,) centroid of the opacified tree, RAS mm (where the heart is).
     """
 
     thickness_mm: np.ndarray
@@ -137,6 +139,7 @@ class VesselScene:
     background_mu: np.ndarray | None
     background: str
     geometry: CArmGeometry | None = None
+    tree_centre_ras: np.ndarray | None = None
 
 
 @functools.lru_cache(maxsize=1)
@@ -224,8 +227,26 @@ def make_scene(
     inside = (ij[:, 0] >= 0) & (ij[:, 0] < size_px) & (ij[:, 1] >= 0) & (ij[:, 1] < size_px)
     uv, ij = uv[inside], ij[inside]
     on = proj.mask[ij[:, 1], ij[:, 0]]
-    bg = _background(background, g, centre, int(seed) + 1_000_003)
-    return VesselScene(proj.thickness_mm.astype(np.float32), proj.mask, uv[on], bg, background, g)
+    scene = VesselScene(proj.thickness_mm.astype(np.float32), proj.mask, uv[on], None, "lowfreq", g, centre)
+    return with_background(scene, background, int(seed) + 1_000_003)
+
+
+def with_background(scene: VesselScene, background: str, seed: int) -> VesselScene:
+    """The same scene (tree, view) with the anatomy of ``background`` behind it (one of ``BACKGROUNDS``).
+
+    Raises:
+        ValueError: an unknown ``background``, or a crop (no geometry) with a background other than "lowfreq".
+    """
+    from dataclasses import replace
+
+    if background not in BACKGROUNDS:
+        raise ValueError(f"with_background: background must be one of {BACKGROUNDS}, got {background!r}")
+    if background != "lowfreq" and (scene.geometry is None or scene.tree_centre_ras is None):
+        raise ValueError(
+            "with_background: the scene has no geometry (a crop); make the background on the scene"
+        )
+    bg = _background(background, scene.geometry, scene.tree_centre_ras, int(seed))
+    return replace(scene, background_mu=bg, background=background)
 
 
 def crop_scene(scene: VesselScene, rng: np.random.Generator, size_px: int, zoom: float = 1.0) -> VesselScene:
