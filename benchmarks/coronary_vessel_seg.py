@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    scenes = _scenes(args.n, args.size, args.seed, args.cache)
+    scenes = _scenes(args.n, args.size, args.seed, args.cache)[: args.n]
     print(f"{len(scenes)} scenes at {args.size} px in {time.perf_counter() - t0:.0f} s")
     train_look = AppearanceConfig(p_invert=0.0)
     held_look = AppearanceConfig(profiles=("halo",), noises=("correlated",), p_invert=0.0)

@@ -7,7 +7,7 @@ Settings are ``key=value`` arguments naming a field of the model config or of ``
     xraycardiac train coronary-matcher --data synth/ --out runs/matcher --foundation dinov2:/models/dinov2
         steps=20000 batch_size=4 matcher.n_layers=6
     xraycardiac train coronary-foundation --data synth/ --out runs/fm    # our offline DINOv2 stand-in
-    xraycardiac train coronary-vessel-seg --out runs/vseg steps=1500 batch_size=8   # no --data: scenes are made
+    xraycardiac train coronary-vessel-seg --out runs/vseg steps=600 batch_size=6   # no --data: scenes are made
 
 XRayToCT (CLS-DM) trains in three stages, each on the frozen results of the one before, and the
 three runs are packed into one x2ct model with ``xraycardiac x2ct bundle`` (see

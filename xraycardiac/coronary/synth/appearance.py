@@ -17,9 +17,9 @@ the anatomy behind it at the SAME view angles. :func:`render_randomised` then dr
   ``"flat"`` (uniform contrast over the mask, hard edge), ``"blurred-edge"`` (the flat profile
   blurred by sigma 0.5-1.5 px); held out: ``"halo"`` (Beer-Lambert after unsharp masking with a
   bright overshoot around each vessel, as edge-enhancing clinical processing leaves it).
-* **contrast**: iodine excess attenuation 0.02-0.15 /mm (or the same contrast range for flat
+* **contrast**: iodine excess attenuation 0.04-0.14 /mm (or the same contrast range for flat
   profiles), i.e. faint to dense injections.
-* **noise** (``noises``): ``"poisson"`` (quantum noise at 100-3000 photons per pixel plus
+* **noise** (``noises``): ``"poisson"`` (quantum noise at 300-5000 photons per pixel plus
   electronic noise) or ``"gaussian"`` (additive white noise in the display); held out:
   ``"correlated"`` (1/f-coloured noise times a multiplicative speckle).
 * **scatter** 0-50 % (uniform + low-pass share), **blur** sigma 0-1.5 px and **motion blur** (a
@@ -87,12 +87,12 @@ class AppearanceConfig:
 
     profiles: tuple[str, ...] = PROFILES
     noises: tuple[str, ...] = NOISES
-    mu_per_mm: tuple[float, float] = (0.02, 0.15)
+    mu_per_mm: tuple[float, float] = (0.04, 0.14)
     p_invert: float = 0.2
     p_catheter: float = 0.4
     p_collimator: float = 0.3
     p_motion_blur: float = 0.3
-    lowfreq_amplitude: tuple[float, float] = (0.0, 0.4)
+    lowfreq_amplitude: tuple[float, float] = (0.0, 0.3)
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -392,7 +392,7 @@ def render_randomised(
         0.5 * primary.mean() + 0.5 * ndimage.gaussian_filter(primary, 20.0)
     )
     if noise == "poisson":
-        photons = float(np.exp(gen.uniform(np.log(100.0), np.log(3000.0))))
+        photons = float(np.exp(gen.uniform(np.log(300.0), np.log(5000.0))))
         counts = gen.poisson(expected * photons) / photons + gen.normal(0.0, 2.0 / photons, shape)
     else:
         counts = expected.copy()
@@ -414,7 +414,7 @@ def render_randomised(
     lo, hi = np.percentile(shown, [gen.uniform(0.0, 5.0), gen.uniform(95.0, 100.0)])
     v = np.clip((hi - shown) / max(hi - lo, 1e-9), 0.0, 1.0)  # vessels dark
     if noise == "gaussian":
-        v = v + gen.normal(0.0, gen.uniform(0.01, 0.08), shape)
+        v = v + gen.normal(0.0, gen.uniform(0.01, 0.05), shape)
     elif noise == "correlated":
         white = gen.standard_normal(shape)
         f = np.fft.fftfreq(shape[0])[:, None] ** 2 + np.fft.fftfreq(shape[1])[None, :] ** 2
