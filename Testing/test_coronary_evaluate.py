@@ -113,7 +113,10 @@ def test_unknown_methods_and_splits_are_refused(
     if folder is not None:
         with pytest.raises(FileNotFoundError, match="matcher-nofm"):
             parse_method(f"matcher:{run_dir}", foundation=f"dinov2:{tmp_path / 'moved'}")
-        assert parse_method(f"matcher-nofm:{run_dir}", foundation=f"dinov2:{tmp_path / 'moved'}").run
+        with pytest.raises(
+            ValueError, match="matcher-nofm.*leave foundation empty"
+        ):  # never dropped silently
+            parse_method(f"matcher-nofm:{run_dir}", foundation=f"dinov2:{tmp_path / 'moved'}")
 
 
 def test_cli_writes_strict_json(data: Path, run: tuple[Path, Path | None], tmp_path: Path) -> None:

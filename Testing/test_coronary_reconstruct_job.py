@@ -142,7 +142,7 @@ def test_pair_config_is_checked_where_it_is_built(tmp_path):
     assert config == PairConfig(method="matcher:m", foundation=None, epipolar_tolerance_px=2.0)
     assert PAIR_PARAMS == (
         "method", "foundation", "refine_calibration", "epipolar_tolerance_px", "device", "prior_sigma_deg",
-        "prior_sigma_mm",
+        "prior_sigma_mm", "segmentation",
     )  # fmt: skip
     assert PARAMS == (*PAIR_PARAMS, "frame1", "frame2", "ecg_offset_ms")
     for kwargs, match in (

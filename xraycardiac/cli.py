@@ -90,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _run_with_progress(spec: Any, subprocess: bool = False) -> dict:
     """Run a job, drawing its JSON progress events as a rich progress bar."""
+    from rich.markup import escape
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from xraycardiac.jobs import run_in_subprocess, run_job
@@ -104,6 +105,10 @@ def _run_with_progress(spec: Any, subprocess: bool = False) -> dict:
             if event.get("event") == "progress":
                 bar.update(
                     task, completed=event["progress"], description=f"{spec.pipeline}: {event['stage']}"
+                )
+            elif event.get("event") == "log" and event.get("level") in ("warning", "error"):
+                bar.console.print(
+                    f"[bold yellow]WARNING:[/bold yellow] {escape(str(event.get('message', '')))}"
                 )
             elif event.get("event") == "log":
                 bar.console.print(f"[dim]{event.get('message', '')}[/dim]")

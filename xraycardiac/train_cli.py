@@ -7,6 +7,7 @@ Settings are ``key=value`` arguments naming a field of the model config or of ``
     xraycardiac train coronary-matcher --data synth/ --out runs/matcher --foundation dinov2:/models/dinov2
         steps=20000 batch_size=4 matcher.n_layers=6
     xraycardiac train coronary-foundation --data synth/ --out runs/fm    # our offline DINOv2 stand-in
+    xraycardiac train coronary-vessel-seg --out runs/vseg steps=600 batch_size=6   # no --data: scenes are made
 
 XRayToCT (CLS-DM) trains in three stages, each on the frozen results of the one before, and the
 three runs are packed into one x2ct model with ``xraycardiac x2ct bundle`` (see
@@ -141,6 +142,28 @@ def coronary_matcher(
         return train_coronary_matcher(data, out, mcfg, tcfg, init=init, **kwargs)
 
     _train(out, train, name=name, split=split)
+
+
+@app.command("coronary-vessel-seg")
+def coronary_vessel_seg(
+    out: _OutOption,
+    settings: Annotated[
+        list[str] | None,
+        typer.Argument(help="key=value overrides of VesselSegConfig / TrainConfig fields."),
+    ] = None,
+    name: _NameOption = "coronary-vessel-seg",
+) -> None:
+    """Train the angiogram vessel segmentation network (U-Net, probability output) on synthetic scenes with
+    randomised appearance; the scene bank is made on the first run and cached in OUT/scenes.npz."""
+    from xraycardiac.coronary.segment.train import train_vessel_seg
+    from xraycardiac.coronary.segment.vessel_seg import VesselSegConfig
+    from xraycardiac.trainer import TrainConfig, parse_overrides
+
+    def train(**kwargs: Any) -> dict:
+        mcfg, tcfg = parse_overrides(settings or [], VesselSegConfig(), TrainConfig())
+        return train_vessel_seg(out, mcfg, tcfg, **kwargs)
+
+    _train(out, train, name=name)
 
 
 @app.command("coronary-foundation")

@@ -43,6 +43,10 @@ RECONSTRUCT_METHOD_CHOICES = ("vessel+epipolar", "sift+epipolar", "vessel", "sif
 """Matchers offered by the "Reconstruct" section; "matcher" (the learned one) takes the model name, folder
 or .pt file typed in the matcher model field."""
 
+SEGMENTATION_CHOICES = ("network", "frangi")
+"""How "Reconstruct" segments a view without a vessel mask (the job's ``segmentation``): the learned
+network (a probability volume + segmentation are added) or the classical Frangi baseline."""
+
 _LAZY = {
     "SyntheticAngiogramsLogic": "XRayCoronaryReconLib.synthetic",
     "SyntheticRun": "XRayCoronaryReconLib.synthetic",
@@ -60,6 +64,7 @@ __all__ = [
     "MAX_PAIRS",
     "RECONSTRUCT_DEFAULT_METHOD",
     "RECONSTRUCT_METHOD_CHOICES",
+    "SEGMENTATION_CHOICES",
     "RENDERER_CHOICES",
     "TREE_SOURCE_CHOICES",
     *_LAZY,

@@ -7,8 +7,9 @@ outputs. Input volume nodes are 2D (one slice) scalar volumes carrying ``XRayCar
 (a ``CArmGeometry.to_dict()`` JSON: what the "Synthetic angiograms" section and the DICOM XA reader
 store); it is handed to the job as ``geometry1`` / ``geometry2``. Optional vessel mask nodes (label
 maps or scalar volumes, > 0 = vessel, the size of their image) are the accurate path: without them
-the job segments the vessels by Frangi vesselness, which on a 256 px synthetic pair puts the 3D
-centreline ~24 mm off, against sub-millimetre with ground-truth masks.
+the job segments the vessels with the learned network (``segmentation="network"``, the
+``coronary-vessel-seg-demo`` model) or, as the classical baseline, by Frangi vesselness
+(``segmentation="frangi"``).
 
 ``import_results`` adds (names start with ``"<view 1 name> recon"``):
 
@@ -19,6 +20,8 @@ centreline ~24 mm off, against sub-millimetre with ground-truth masks.
 * one markups curve per reconstructed branch "... segment_NNN" (linear curves, locked; each starts
   at its parent point so the branches connect), a model node "... centreline" (polylines with
   ``Radius``) and a model node "... tube" (the tube surface), RAS mm;
+* for each view the network segmented: a scalar volume "... vessel probability view N" (0-1, on the
+  image's grid) and a segmentation "... vessels view N" (probability >= 0.5);
 * on volume node 2: ``XRayCardiac.Geometry`` / ``XRayCardiac.ProjectionMatrix`` replaced by the
   refined geometry (when refined), the previous geometry kept once as ``XRayCardiac.GeometryOriginal``
   (a second run keeps the first original), and ``XRayCardiac.CalibrationRefined``,
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import slicer
 import vtk
 from XRayCardiacCommonLib.jobs import JobLogic, JobRun, JobStatus
 from XRayCardiacCommonLib.mrml_io import (
@@ -45,16 +49,23 @@ from XRayCardiacCommonLib.mrml_io import (
     PROJECTION_MATRIX_ATTRIBUTE,
     describe_node,
     format_projection_matrix,
+    node_from_volume,
     node_geometry,
     removed_on_error,
     set_provenance,
+    temporary_nodes,
     volume_from_node,
 )
 
 from xraycardiac.anatomy.coronary_tree import CoronaryTree
 from xraycardiac.geometry import CArmGeometry
 from xraycardiac.volume import Volume
-from XRayCoronaryReconLib import DEVICE_CHOICES, RECONSTRUCT_DEFAULT_METHOD, RECONSTRUCT_METHOD_CHOICES
+from XRayCoronaryReconLib import (
+    DEVICE_CHOICES,
+    RECONSTRUCT_DEFAULT_METHOD,
+    RECONSTRUCT_METHOD_CHOICES,
+    SEGMENTATION_CHOICES,
+)
 
 __all__ = [
     "GEOMETRY_ORIGINAL_ATTRIBUTE",
@@ -203,6 +214,7 @@ class ReconstructLogic(JobLogic[ReconstructRun, dict[str, Any]]):
         frame1: int | None = None,
         frame2: int | None = None,
         ecg_offset_ms: float = 0.0,
+        segmentation: str = "network",
     ) -> ReconstructRun:
         """Check the nodes and parameters and start the job; returns at once (the scene is not changed).
 
@@ -222,6 +234,8 @@ class ReconstructLogic(JobLogic[ReconstructRun, dict[str, Any]]):
                 ``XRayCoronaryReconLib.cine``), the frame to use; None = the suggested one (end-diastole
                 + ``ecg_offset_ms`` ms, by the run's ECG or, without one, its images).
             ecg_offset_ms: the wanted phase after the R peak (ms).
+            segmentation: how views without a mask are segmented: "network" (learned, with a
+                probability map) or "frangi" (the classical baseline).
 
         Raises:
             ValueError: naming the parameter: a node that is not a 2D scalar volume, a volume without
@@ -265,7 +279,12 @@ class ReconstructLogic(JobLogic[ReconstructRun, dict[str, Any]]):
             raise ValueError(f"device: expected one of {list(DEVICE_CHOICES)}, got {device!r}")
         if not isinstance(refine_calibration, bool):
             raise ValueError(f"refine_calibration: expected True or False, got {refine_calibration!r}")
+        if segmentation not in SEGMENTATION_CHOICES:
+            raise ValueError(
+                f"segmentation: expected one of {list(SEGMENTATION_CHOICES)}, got {segmentation!r}"
+            )
         params: dict[str, Any] = {
+            "segmentation": segmentation,
             "method": method,
             "refine_calibration": refine_calibration,
             "epipolar_tolerance_px": float(epipolar_tolerance_px),
@@ -357,6 +376,13 @@ class ReconstructLogic(JobLogic[ReconstructRun, dict[str, Any]]):
                 result["branches"] = self._add_branches(run.prefix, tree, added)
                 result["centreline"] = self._add_model(f"{run.prefix} centreline", tree.to_polydata(), added)
                 result["tube"] = self._add_model(f"{run.prefix} tube", _read_vtp(root / "tube.vtp"), added)
+                for v in (1, 2):
+                    name = (report.get("outputs") or {}).get(f"vessel_probability{v}")
+                    if name:
+                        nodes = self._add_vessels(
+                            f"{run.prefix}", v, root / name, run.nodes[f"volume{v}"], added
+                        )
+                        result[f"vessel_probability{v}"], result[f"vessels{v}"] = nodes
                 for node in added:
                     set_provenance(node, provenance)
                 self._store_calibration(volume2, calibration, refined)
@@ -367,8 +393,50 @@ class ReconstructLogic(JobLogic[ReconstructRun, dict[str, Any]]):
                 else:
                     volume2.SetAttribute(attribute, value)
             raise
-        result["text"] = describe_calibration(calibration)
+        result["warnings"] = list((report.get("plausibility") or {}).get("warnings") or [])
+        result["text"] = describe_calibration(calibration) + "".join(
+            f"\nWARNING: {w}" for w in result["warnings"]
+        )
         return result
+
+    def _add_vessels(
+        self, prefix: str, view: int, path: Path, image_node: Any, added: list[Any]
+    ) -> tuple[Any, Any]:
+        """The job's vessel probability of one view as a scalar volume and a segmentation (probability >= 0.5)."""
+        from xraycardiac.io import read_volume
+
+        probability = read_volume(path)
+        volume = node_from_volume(self.scene, probability, f"{prefix} vessel probability view {view}")
+        added.append(volume)
+        display = volume.GetDisplayNode()
+        if display is not None:
+            display.AutoWindowLevelOff()
+            display.SetWindowLevelMinMax(0.0, 1.0)
+        labels = Volume((np.asarray(probability.array) >= 0.5).astype(np.uint8), probability.ijk_to_ras)
+        segmentation = self.scene.AddNewNodeByClass(
+            "vtkMRMLSegmentationNode", f"{prefix} vessels view {view}"
+        )
+        added.append(segmentation)
+        segmentation.CreateDefaultDisplayNodes()
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(image_node)
+        with temporary_nodes(self.scene) as keep:
+            labelmap = node_from_volume(
+                self.scene, labels, f"{prefix} vessels view {view} (temporary import)",
+                node_class="vtkMRMLLabelMapVolumeNode",
+            )  # fmt: skip
+            imported = slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
+                labelmap, segmentation
+            )
+            keep += [
+                segmentation,
+                *(segmentation.GetNthDisplayNode(i) for i in range(segmentation.GetNumberOfDisplayNodes())),
+            ]
+            keep.append(slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene))
+        if not imported:
+            raise ValueError(
+                f"{path.name}: the vessel mask of view {view} could not be imported into a segmentation"
+            )
+        return volume, segmentation
 
     def _store_calibration(self, node: Any, calibration: dict[str, Any], refined: dict[str, Any]) -> None:
         """The refined geometry and the reprojection errors as attributes of volume node 2."""

@@ -11,7 +11,9 @@ e.g. ``XRayCardiac.Geometry`` of a Slicer node, or ``geometry_from_dicom`` of a 
 that a frame's geometry never depends on how a writer stored the detector plane. Both are required
 (the 3D reconstruction needs them); each must describe a detector of its own image's size. The two
 images may therefore differ in size: each has its own geometry. Masks: same size as their image,
-any value > 0 is vessel; without them the images are segmented.
+any value > 0 is vessel; without them the images are segmented (``segmentation``: "network", the
+learned ``coronary-vessel-seg-demo``, or "frangi"), and the result is checked for plausibility
+(``status`` "warning" with the reasons in ``plausibility.warnings``).
 
 Cine runs: ``image1`` / ``image2`` may each be a multi-frame DICOM XA run (any file with the DICOM
 preamble): the frame ``frame1`` / ``frame2`` is taken ("auto", the default: end-diastole, or R +
@@ -29,6 +31,7 @@ Job spec::
      "params": {"method": "vessel+epipolar", "foundation": null, "refine_calibration": true,
                 "epipolar_tolerance_px": 3.0, "device": "auto",
                 "prior_sigma_deg": 1.5, "prior_sigma_mm": 3.0,                # calibration prior
+                "segmentation": "network",                                    # views without a mask
                 "frame1": "auto", "frame2": "auto", "ecg_offset_ms": 0.0},   # cine runs only
      "output_dir": "out/"}
 
@@ -36,6 +39,8 @@ Outputs: ``matches.json`` (method, x1, x2 (M, 2) pixels, scores (M,)), ``geometr
 (view 2 as used: refined, or the recorded one when not), ``calibration.json`` (``kept``: "refined" or
 "recorded" and why, the reprojection error of the matches before / after, pixels, the corrections,
 the rejected candidate, the ``evidence``, the ``outliers``, the calibration matches' band),
+``vessel_probability1.nrrd`` / ``2`` (the network's vessel probability of each view it segmented, on
+the image's grid),
 ``centreline.vtp`` (polylines with ``Radius``, RAS), ``tube.vtp`` (tube surface), ``tree.json``
 (:class:`~xraycardiac.anatomy.coronary_tree.CoronaryTree`), ``report.json`` (the summary).
 """
@@ -47,6 +52,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from xraycardiac.coronary.recon.pipeline import DEFAULT_METHOD, PairConfig
 from xraycardiac.jobs.inputs import read_geometry_input, read_run_input, read_view
 from xraycardiac.jobs.registry import Progress, register
@@ -57,15 +64,7 @@ __all__ = ["DEFAULT_METHOD", "OUTPUTS", "PARAMS", "PIPELINE", "config_from_spec"
 
 PIPELINE = "coronary-reconstruct"
 PAIR_PARAMS = tuple(f.name for f in fields(PairConfig))
-_KINDS = (
-    str,
-    (str, type(None)),
-    bool,
-    float,
-    str,
-    float,
-    float,
-)  # JSON types of PAIR_PARAMS (PairConfig field order)
+_KINDS = (str, (str, type(None)), bool, float, str, float, float, str)  # PAIR_PARAMS' JSON types
 PARAMS = (*PAIR_PARAMS, "frame1", "frame2", "ecg_offset_ms")  # + which frame of a cine run
 OUTPUTS = {
     "matches": "matches.json",
@@ -75,6 +74,8 @@ OUTPUTS = {
     "tube": "tube.vtp",
     "tree": "tree.json",
     "report": "report.json",
+    "vessel_probability1": "vessel_probability1.nrrd",
+    "vessel_probability2": "vessel_probability2.nrrd",
 }
 
 
@@ -106,13 +107,24 @@ def frames_from_spec(spec: JobSpec) -> tuple[dict[str, int | str], float]:
     return frames, offset
 
 
+def _image_grid(spec: JobSpec, key: str) -> np.ndarray:
+    """The (4, 4) ijk_to_ras of image ``key``'s file (identity for a .npy array or a DICOM run)."""
+    from xraycardiac.geometry.dicom_cine import is_dicom_file
+    from xraycardiac.io import read_volume
+
+    path = spec.input_path(key)
+    return np.eye(4) if path.suffix.lower() == ".npy" or is_dicom_file(path) else read_volume(path).ijk_to_ras
+
+
 @register(PIPELINE)
 def run_coronary_reconstruct(spec: JobSpec, work_dir: Path, progress: Progress) -> dict[str, Any]:
     """Match, refine view 2 and reconstruct the 3D centreline of two angiograms (module docstring)."""
     from xraycardiac import __version__
     from xraycardiac.coronary.recon.pipeline import reconstruct_pair
     from xraycardiac.coronary.recon.reconstruct import save_tube_vtp
+    from xraycardiac.io import write_volume
     from xraycardiac.runtime import select_device
+    from xraycardiac.volume import Volume
 
     config = config_from_spec(spec)
     progress("reading inputs", 0.0)
@@ -151,12 +163,15 @@ def run_coronary_reconstruct(spec: JobSpec, work_dir: Path, progress: Progress) 
     tree.save_vtp(work_dir / OUTPUTS["centreline"])
     save_tube_vtp(tree, work_dir / OUTPUTS["tube"])
     tree.save_json(work_dir / OUTPUTS["tree"])
-    summary = {
-        "pipeline": PIPELINE,
-        "xraycardiac_version": __version__,
-        **pair.summary(),
-        "outputs": dict(OUTPUTS),
-    }
+    outputs = dict(OUTPUTS)
+    for v, probability in enumerate(pair.probabilities, start=1):
+        key = f"vessel_probability{v}"
+        if probability is None:  # a given mask, or Frangi
+            del outputs[key]
+            continue
+        write_volume(Volume(probability[None].astype(np.float32), _image_grid(spec, f"image{v}"),
+                            meta={"quantity": "vessel probability"}), work_dir / OUTPUTS[key])  # fmt: skip
+    summary = {"pipeline": PIPELINE, "xraycardiac_version": __version__, **pair.summary(), "outputs": outputs}
     if any(run[2] for run in runs):  # a view given as a multi-frame run: which frame, and why
         summary["frames"] = {f"view{v}": runs[v - 1][2] for v in (1, 2) if runs[v - 1][2]}
     _write_json(work_dir / OUTPUTS["report"], summary)

@@ -43,6 +43,7 @@ from xraycardiac.jsonutil import json_safe
 from xraycardiac.outputs import write_json_atomic
 
 __all__ = [
+    "foundation_per_method",
     "METHOD_FORMS",
     "METRIC_FIELDS",
     "EvalMethod",
@@ -150,6 +151,11 @@ def parse_method(
     base, flt = _split_filter(spec, ("ransac", "epipolar", "none"))
     if base not in _CLASSICAL:
         raise ValueError(f"method {spec!r}: unknown; allowed forms: {METHOD_FORMS}")
+    if foundation is not None:  # never drop a requested setting silently
+        raise ValueError(
+            f"foundation {foundation!r}: method {spec!r} does not use a foundation model (only the learned "
+            "matcher, 'matcher:<model>', does); leave foundation empty"
+        )
     label, default = _CLASSICAL[base]
     flt = flt or default
     config = MatcherConfig(
@@ -183,7 +189,18 @@ def _matcher_method(
     from xraycardiac.coronary.matching.matcher import CoronaryMatcher
 
     masked = kind == "matcher"
+    if foundation is not None and not masked:
+        raise ValueError(
+            f"foundation {foundation!r}: method {spec!r} (matcher-nofm:) runs without the foundation mask by "
+            "definition; leave foundation empty, or use matcher:<model>"
+        )
     net = CoronaryMatcher.load(model, device=device, foundation_mask=None if masked else False)
+    if foundation is not None and not net.config.matcher.foundation_mask:
+        raise ValueError(
+            f"foundation {foundation!r}: the matcher {net.source.get('model')!r} of method {spec!r} was trained "
+            "without the foundation mask (matcher.foundation_mask=false), so no foundation model can be used "
+            "with it; leave foundation empty, or train a matcher with one"
+        )
     fm = None
     fm_spec = foundation or net.config.foundation
     if masked and net.config.matcher.foundation_mask and fm_spec is not None:
@@ -217,6 +234,23 @@ def _matcher_method(
         "foundation": None if fm is None else {k: fm.info[k] for k in ("family", "folder", "weights_sha256")},
     }
     return EvalMethod(spec, name, run, info)
+
+
+def foundation_per_method(methods: Sequence[str], foundation: str | None) -> list[str | None]:
+    """The foundation model each of several methods gets: ``foundation`` for ``matcher:`` methods, None
+    for the others (classical methods, the ``matcher-nofm:`` ablation, ``gt``), so one ``--foundation``
+    serves a comparison of methods.
+
+    Raises:
+        ValueError: ``foundation`` is given but no method is ``matcher:`` (it would be dropped silently).
+    """
+    uses = [str(m).strip().startswith("matcher:") for m in methods]
+    if foundation is not None and not any(uses):
+        raise ValueError(
+            f"foundation {foundation!r}: no method of {list(methods)} uses a foundation model (only "
+            "'matcher:<model>' does); leave foundation empty"
+        )
+    return [foundation if u else None for u in uses]
 
 
 def nanmean(values: Sequence[float]) -> float:
@@ -290,6 +324,7 @@ def evaluate_matchers(
         raise ValueError(
             f"methods: expected a non-empty list of method names ({METHOD_FORMS}), got {methods!r}"
         )
+    foundation_per_method(methods, foundation)
     paths = split_samples(data_dir, split)
     if max_pairs is not None:
         if not (isinstance(max_pairs, int) and max_pairs >= 1):
@@ -302,10 +337,10 @@ def evaluate_matchers(
             epipolar_tolerance_px=epipolar_tolerance_px,
             ransac_threshold_px=ransac_threshold_px,
             device=device,
-            foundation=foundation,
+            foundation=fm,
             _foundations=foundations,
         )  # fmt: skip
-        for m in methods
+        for m, fm in zip(methods, foundation_per_method(methods, foundation), strict=True)
     ]
     samples = [read_sample(p, load_thickness=False) for p in paths]
     rows = []

@@ -286,6 +286,11 @@ def train_coronary_matcher(
 
     cfg = config or CoronaryMatcherConfig()
     tcfg = train_config or TrainConfig()
+    if cfg.foundation is not None and not cfg.matcher.foundation_mask:
+        raise ValueError(
+            f"foundation {cfg.foundation!r}: matcher.foundation_mask is false, so training would not use it; "
+            "leave foundation empty or set matcher.foundation_mask=true"
+        )
     spec = FoundationSpec.parse(cfg.foundation) if cfg.foundation is not None else None
     dataset = MatcherTrainingPairs(data, split)
     cell = cfg.keypoint_net.cell

@@ -185,7 +185,12 @@ def evaluate_pipeline(
         :data:`PIPELINE_FIELDS` (``*_mm`` in mm; NaN-aware) and ``per_pair`` (one dict per pair).
     """
     from xraycardiac.anatomy.coronary_tree import CoronaryTree
-    from xraycardiac.coronary.matching.evaluate import nanmean, parse_method, split_samples
+    from xraycardiac.coronary.matching.evaluate import (
+        foundation_per_method,
+        nanmean,
+        parse_method,
+        split_samples,
+    )
     from xraycardiac.coronary.synth.dataset import read_sample
 
     for name, value in (("perturb_deg", perturb_deg), ("perturb_mm", perturb_mm)):
@@ -197,10 +202,8 @@ def evaluate_pipeline(
     parsed = [
         None
         if m == "gt"
-        else parse_method(
-            m, epipolar_tolerance_px=epipolar_tolerance_px, device=device, foundation=foundation
-        )
-        for m in methods
+        else parse_method(m, epipolar_tolerance_px=epipolar_tolerance_px, device=device, foundation=fm)
+        for m, fm in zip(methods, foundation_per_method(methods, foundation), strict=True)
     ]
     wide = [
         parse_method(m.removesuffix("+epipolar") + "+none", device=device, foundation=foundation)

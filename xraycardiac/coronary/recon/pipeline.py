@@ -4,10 +4,10 @@ The work of the ``coronary-reconstruct`` job (:mod:`xraycardiac.jobs.coronary_re
 reads the inputs and writes the outputs), callable without a job. Pixels (u = column, v = row), RAS mm.
 
 0. **vessels**: each view's vessel mask as given (same size as its image, any value > 0 is vessel),
-   else segmented from the image (Frangi vesselness,
-   :func:`~xraycardiac.coronary.matching.vessel_keypoints.detect_vessel_keypoints`). The masks are the
-   accurate path: on a 256 px synthetic pair the 3D centreline is sub-millimetre from ground truth
-   masks and ~24 mm off from the raw images' segmentation.
+   else segmented from the image (``segmentation``: the learned network, ``coronary-vessel-seg-demo``,
+   with its probability map, or the Frangi vesselness baseline). The masks are the accurate path: on
+   a 256 px synthetic pair the 3D centreline is sub-millimetre from ground-truth masks and 12 mm off
+   from the network's segmentation of the raw images (27 mm from Frangi's).
 1. **match**: :func:`xraycardiac.coronary.matching.evaluate.parse_method` of ``method``
    (``vessel+epipolar`` by default; ``sift``, ``orb``, ``vessel`` with ``+ransac`` / ``+epipolar`` /
    ``+none``, ``matcher:<model>``, ``matcher-nofm:<model>``; ``foundation`` (``family:/path``) for the
@@ -26,6 +26,9 @@ reads the inputs and writes the outputs), callable without a job. Pixels (u = co
 3. **reconstruct**: :func:`~xraycardiac.coronary.recon.reconstruct.reconstruct_tree` on the masks,
    seeded by the matches the refinement kept; it drops the seeds farther than 3 px from their
    epipolar lines under the geometry in use (the tight filter, now with the refined pose).
+4. **check**: :func:`~xraycardiac.coronary.recon.plausibility.plausibility` of the result (points off
+   the 2D centrelines or outside the vessels, rejected samples); each warning is logged and the
+   summary's ``status`` is "warning".
 """
 
 from __future__ import annotations
@@ -41,7 +44,13 @@ import numpy as np
 from xraycardiac.coronary.matching.evaluate import parse_method
 from xraycardiac.coronary.recon.acceptance import calibrate_from_matches
 from xraycardiac.coronary.recon.calibration import CalibrationConfig, epipolar_band_px
-from xraycardiac.coronary.recon.reconstruct import ReconstructionResult, reconstruct_tree
+from xraycardiac.coronary.recon.plausibility import plausibility
+from xraycardiac.coronary.recon.reconstruct import (
+    ReconstructionConfig,
+    ReconstructionResult,
+    reconstruct_tree,
+)
+from xraycardiac.coronary.segment.vessel_seg import SEGMENTATIONS
 from xraycardiac.geometry import CArmGeometry
 
 __all__ = [
@@ -72,6 +81,8 @@ class PairConfig:
         device: torch device of a learned matcher (``auto``, ``cpu``, ``cuda``, ...).
         prior_sigma_deg: the calibration prior's standard deviation of each C-arm angle offset, degrees.
         prior_sigma_mm: the calibration prior's standard deviation of each isocentre shift component, mm.
+        segmentation: how a view without a mask is segmented: "network" (the learned segmentation,
+            :mod:`xraycardiac.coronary.segment.vessel_seg`) or "frangi" (the vesselness baseline).
     """
 
     method: str = DEFAULT_METHOD
@@ -81,6 +92,7 @@ class PairConfig:
     device: str = "auto"
     prior_sigma_deg: float = 1.5
     prior_sigma_mm: float = 3.0
+    segmentation: str = "network"
 
     def __post_init__(self) -> None:
         method = self.method.strip()
@@ -99,6 +111,10 @@ class PairConfig:
             sigma = getattr(self, name)
             if not (math.isfinite(sigma) and sigma > 0):
                 raise ValueError(f"params.{name}: expected a standard deviation > 0, got {sigma!r}")
+        if self.segmentation not in SEGMENTATIONS:
+            raise ValueError(
+                f"params.segmentation: expected one of {SEGMENTATIONS}, got {self.segmentation!r}"
+            )
         object.__setattr__(self, "method", method)
         object.__setattr__(self, "foundation", foundation)
 
@@ -148,13 +164,21 @@ def unit_range(image: np.ndarray) -> np.ndarray:
     return np.clip((image - lo) / (hi - lo), 0.0, 1.0)
 
 
-def vessel_mask(image: np.ndarray, mask: np.ndarray | None, view: int) -> tuple[np.ndarray, str]:
-    """(bool vessel mask, source "mask" / "segmented") of view ``view`` (1 or 2), step 0 of the module.
+def vessel_mask(
+    image: np.ndarray, mask: np.ndarray | None, view: int, segmentation: str = "network", device: str = "cpu"
+) -> tuple[np.ndarray, str, np.ndarray | None]:
+    """(bool vessel mask, its source, vessel probability or None) of view ``view``: step 0 of the module.
 
     Args:
         image: the view's (rows, cols) angiogram in [0, 1] (:func:`unit_range`).
         mask: its (rows, cols) vessel mask (> 0 = vessel), or None to segment the image.
         view: 1 or 2, for messages (which name the job's ``inputs.image<view>`` / ``inputs.mask<view>``).
+        segmentation: "network" or "frangi" (:func:`~xraycardiac.coronary.segment.vessel_seg.segment_image`).
+        device: torch device of the network.
+
+    Returns:
+        The mask, its source ("mask" = given, else ``segmentation``) and the network's probability
+        (None for a given mask or Frangi).
 
     Raises:
         ValueError: the mask is not the size of its image, or no vessel pixel is given or segmented.
@@ -168,16 +192,16 @@ def vessel_mask(image: np.ndarray, mask: np.ndarray | None, view: int) -> tuple[
             )
         if not mask.any():
             raise ValueError(f"no vessel found in image {view}: inputs.mask{view} is empty (no pixel > 0)")
-        return mask, "mask"
-    from xraycardiac.coronary.matching.vessel_keypoints import detect_vessel_keypoints
+        return mask, "mask", None
+    from xraycardiac.coronary.segment.vessel_seg import segment_image
 
-    mask = np.asarray(detect_vessel_keypoints(image).mask, dtype=bool)
-    if not mask.any():
+    seg = segment_image(image, segmentation, device=device)
+    if not seg.mask.any():
         raise ValueError(
-            f"no vessel found in image {view}: the vesselness segmentation is empty; check that "
+            f"no vessel found in image {view}: the {segmentation} segmentation is empty; check that "
             f"inputs.image{view} is an angiogram with contrast (vessels dark), or give inputs.mask{view}"
         )
-    return mask, "segmented"
+    return np.asarray(seg.mask, dtype=bool), segmentation, seg.probability
 
 
 @dataclass
@@ -186,7 +210,7 @@ class PairReconstruction:
 
     Attributes:
         config: the settings used; device: the torch device the matcher ran on.
-        vessels: per view, where its mask came from: "mask" (given) or "segmented".
+        vessels: per view, where its mask came from: "mask" (given), "network" or "frangi" (segmented).
         image_shapes: per view, (rows, cols).
         match: the matcher's result (``keypoints1`` / ``keypoints2``, ``seconds``).
         matcher: the matcher ``parse_method`` built (``name``, ``info``).
@@ -197,6 +221,10 @@ class PairReconstruction:
             matches' band, None when the method has no ``+epipolar`` filter).
         seeds: the matches that seeded the reconstruction (the refinement's inliers, or all).
         result: :func:`reconstruct_tree`'s result; its tree's ``meta`` has ``method`` and ``refined``.
+        plausibility: :func:`~xraycardiac.coronary.recon.plausibility.plausibility`'s record (fractions of
+            points off the 2D centrelines / outside the vessels, ``warnings``, ``plausible``).
+        probabilities: per view, the segmentation network's vessel probability in [0, 1], or None
+            (a given mask, or Frangi).
     """
 
     config: PairConfig
@@ -212,6 +240,8 @@ class PairReconstruction:
     calibration: dict[str, Any]
     seeds: tuple[np.ndarray, np.ndarray]
     result: ReconstructionResult
+    plausibility: dict[str, Any]
+    probabilities: tuple[np.ndarray | None, np.ndarray | None]
 
     def matches_record(self) -> dict[str, Any]:
         """The matches as JSON-ready data: method, matcher name and info, keypoint counts, x1, x2, scores."""
@@ -231,6 +261,7 @@ class PairReconstruction:
         """JSON-ready summary: params, device, vessel sources, image shapes, matches, calibration, tree counts."""
         tree, calibration = self.result.tree, self.calibration
         return {
+            "status": "ok" if self.plausibility["plausible"] else "warning",
             "params": asdict(self.config),
             "device": self.device,
             "vessels": {f"view{v}": self.vessels[v - 1] for v in (1, 2)},
@@ -245,6 +276,7 @@ class PairReconstruction:
                 "seeds": len(self.seeds[0]),
                 **{k: v for k, v in self.result.stats.items() if isinstance(v, int | float)},
             },
+            "plausibility": self.plausibility,
         }
 
 
@@ -257,6 +289,7 @@ def reconstruct_pair(
     progress: Callable[..., None] | None = None,
     log: Callable[[str], None] | None = None,
     calibration_config: CalibrationConfig | None = None,
+    vessel_maps: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> PairReconstruction:
     """Vessel masks, matches, view 2 as used and the 3D centreline of two angiograms (module docstring).
 
@@ -267,8 +300,10 @@ def reconstruct_pair(
         config: :class:`PairConfig` (None = defaults).
         device: the torch device of a learned matcher, resolved (``config.device`` is what was asked).
         progress: ``progress(stage, fraction, **extra)`` at each step (fractions 0.1 to 0.55).
-        log: gets a sentence when the refinement is skipped or rejected.
+        log: gets a sentence when the refinement is skipped or rejected, and each plausibility warning.
         calibration_config: the calibration prior and loss (default: ``config.calibration_config()``).
+        vessel_maps: the two views' vessel probabilities in [0, 1] for the plausibility check; None =
+            the segmentation network's where it segmented both views, else the masks.
 
     Raises:
         ValueError: a mask of another size than its image, or no vessel (:func:`vessel_mask`).
@@ -276,7 +311,9 @@ def reconstruct_pair(
     config = config or PairConfig()
     report = progress if progress is not None else (lambda stage, fraction, **extra: None)
     g1, g2 = geometries
-    (m1, source1), (m2, source2) = (vessel_mask(unit_range(images[v]), masks[v], v + 1) for v in (0, 1))
+    (m1, source1, p1), (m2, source2, p2) = (
+        vessel_mask(unit_range(images[v]), masks[v], v + 1, config.segmentation, device) for v in (0, 1)
+    )
     report("matching keypoints", 0.1)
     calibration_config = calibration_config or config.calibration_config()
     banded = config.refine_calibration and config.method.endswith(_EPIPOLAR)
@@ -311,7 +348,16 @@ def reconstruct_pair(
     report("reconstructing the centreline", 0.55)
     result = reconstruct_tree(m1, m2, g1, g2_used, *(seeds if len(seeds[0]) else (None, None)))
     result.tree.meta.update({"method": config.method, "refined": calibration["refined"]})
+    if vessel_maps is None:
+        vessel_maps = (p1, p2) if p1 is not None and p2 is not None else (m1, m2)
+    check = plausibility(
+        result.points3d, (g1, g2_used), (result.graphs[0].paths, result.graphs[1].paths), vessel_maps,
+        result.stats, tolerance_px=ReconstructionConfig().reprojection_tol_px,
+    )  # fmt: skip
+    for warning in check["warnings"]:
+        if log is not None:
+            log(warning)
     return PairReconstruction(
         config, device, (source1, source2), (images[0].shape, images[1].shape), match, matcher, x1, x2, scores,
-        g2_used, calibration, seeds, result,
+        g2_used, calibration, seeds, result, check, (p1, p2),
     )  # fmt: skip

@@ -1,0 +1,263 @@
+"""Learned vessel segmentation (issue 19, items 1, 2, 6): appearance randomisation, the network, its
+training command, the reconstruct job's use of it, and the plausibility check of a reconstruction."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from xraycardiac.coronary.synth.appearance import (
+    AppearanceConfig,
+    VesselScene,
+    crop_scene,
+    render_randomised,
+    with_background,
+)
+
+
+def _toy_scene(size: int = 64) -> VesselScene:
+    """A horizontal and a diagonal vessel (path length of a 3 px / 2 px radius tube), no geometry."""
+    vv, uu = np.mgrid[0:size, 0:size].astype(np.float64)
+    d1 = np.abs(vv - size / 2)
+    d2 = np.abs(vv - uu) / np.sqrt(2)
+    t = 2 * np.sqrt(np.clip(9 - d1**2, 0, None)) + 2 * np.sqrt(np.clip(4 - d2**2, 0, None))
+    line = np.stack([np.arange(size, dtype=float), np.full(size, size / 2)], axis=1)
+    return VesselScene(t.astype(np.float32), t > 0.05, line, None, "lowfreq")
+
+
+# ------------------------------------------------------------------------------ appearance
+
+
+def test_randomised_looks_are_seeded_and_vary():
+    scene = _toy_scene()
+    a, la, da = render_randomised(scene, rng=3)
+    b, lb, db = render_randomised(scene, rng=3)
+    c, _, _ = render_randomised(scene, rng=4)
+    assert a.dtype == np.float32 and a.shape == scene.mask.shape and 0 <= a.min() and a.max() <= 1
+    assert np.array_equal(a, b) and np.array_equal(la, lb) and da == db
+    assert not np.array_equal(a, c)
+
+
+def test_held_out_families_are_not_drawn_by_default_and_unknown_ones_are_refused():
+    draws = [render_randomised(_toy_scene(32), rng=s)[2] for s in range(40)]
+    assert {d["profile"] for d in draws} <= {"beer-lambert", "flat", "blurred-edge"}
+    assert {d["noise"] for d in draws} <= {"poisson", "gaussian"}
+    held = render_randomised(_toy_scene(32), AppearanceConfig(profiles=("halo",), noises=("correlated",)), 0)[
+        2
+    ]
+    assert (held["profile"], held["noise"]) == ("halo", "correlated")
+    with pytest.raises(ValueError, match=r"AppearanceConfig.profiles.*'speckle'"):
+        AppearanceConfig(profiles=("speckle",))
+
+
+def test_collimated_vessels_leave_the_label():
+    cfg = AppearanceConfig(p_collimator=1.0, p_catheter=0.0)
+    scene = _toy_scene()
+    hidden = [(d, label) for s in range(10) for _, label, d in [render_randomised(scene, cfg, s)]]
+    assert all(d.get("collimator") for d, _ in hidden)
+    assert any(label.sum() < scene.mask.sum() for _, label in hidden)  # a shutter covered some vessel
+    assert all(not (label & ~scene.mask).any() for _, label in hidden)
+
+
+def test_crops_keep_vessels_and_need_a_geometry_for_anatomy():
+    scene = _toy_scene(96)
+    crop = crop_scene(scene, np.random.default_rng(0), 32, zoom=2.0)
+    assert crop.mask.shape == (32, 32) and crop.mask.any()
+    with pytest.raises(ValueError, match="no geometry"):
+        with_background(crop, "chest-phantom", 0)
+
+
+def test_vessel_seg_config_refuses_the_held_out_background():
+    from xraycardiac.coronary.segment.vessel_seg import VesselSegConfig
+
+    with pytest.raises(ValueError, match="real-ct.*held-out"):
+        VesselSegConfig(backgrounds=("chest-phantom", "real-ct"))
+
+
+# ------------------------------------------------------------------------------ network + scores
+
+
+def test_network_weights_round_trip_any_image_size_and_refuse_a_flipped_byte(tmp_path):
+    import torch
+
+    from xraycardiac.coronary.segment.vessel_seg import (
+        VesselSegConfig,
+        build_network,
+        load_segmenter,
+        save_weights,
+    )
+
+    torch.manual_seed(0)
+    cfg = VesselSegConfig(channels=(4, 8, 8), strides=(2, 2))
+    path = save_weights(build_network(cfg), cfg, tmp_path / "seg.pt")
+    seg = load_segmenter(str(path))(np.random.default_rng(0).random((37, 50)).astype(np.float32))
+    assert seg.probability.shape == seg.mask.shape == (37, 50)
+    assert seg.probability.dtype == np.float32 and 0 <= seg.probability.min() <= seg.probability.max() <= 1
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="bad.pt"):
+        load_segmenter(str(bad))
+
+
+def test_segmentation_scores():
+    from xraycardiac.metrics.vessel_seg import vessel_segmentation_scores
+
+    truth = np.zeros((20, 20), bool)
+    truth[9:12, :] = True
+    pred = truth.copy()
+    pred[12, :] = True  # one pixel too wide: precision at 1 px stays 1
+    pred[0, 0] = True  # a far false positive
+    centre = np.stack([np.arange(20.0), np.full(20, 10.0)], axis=1)
+    s = vessel_segmentation_scores(pred, truth, centre)
+    assert s["dice"] == pytest.approx(2 * 60 / (81 + 60))
+    assert s["centreline_recall"] == 1.0 and s["precision"] == pytest.approx(80 / 81)
+    assert np.isnan(vessel_segmentation_scores(np.zeros_like(truth), truth, centre)["precision"])
+
+
+def test_demo_network_beats_frangi_on_a_held_out_real_ct_scene():
+    from xraycardiac.coronary.matching.vessel_keypoints import detect_vessel_keypoints
+    from xraycardiac.coronary.segment.vessel_seg import segment_vessels
+    from xraycardiac.coronary.synth.appearance import make_scene
+    from xraycardiac.metrics.vessel_seg import vessel_segmentation_scores
+
+    scene = make_scene(90_001, 256, background="real-ct")  # seed outside the training bank
+    image, label, _ = render_randomised(scene, AppearanceConfig(p_invert=0.0, p_catheter=0.0), 5)
+    seg = segment_vessels(image)
+    net = vessel_segmentation_scores(seg.mask, label, scene.centreline_px)
+    frangi = vessel_segmentation_scores(detect_vessel_keypoints(image).mask, label, scene.centreline_px)
+    assert seg.model["model"] == "coronary-vessel-seg-demo"
+    # the CPU-trained demo is far from the issue's targets (benchmarks/README.md), but ahead of Frangi
+    assert net["dice"] > frangi["dice"] + 0.1 and net["centreline_recall"] > frangi["centreline_recall"], (
+        net,
+        frangi,
+    )
+
+
+# ------------------------------------------------------------------------------ training command
+
+
+def test_train_command_makes_an_importable_package_and_resumes(tmp_path):
+    from typer.testing import CliRunner
+
+    from xraycardiac.cli import app
+
+    out = tmp_path / "run"
+    args = ["train", "coronary-vessel-seg", "--out", str(out), "n_scenes=1", "scene_sizes=64", "crop_px=32",
+            "channels=4,8", "strides=2", "batch_size=2", "log_every=1", "device=cpu", "warmup_steps=0"]  # fmt: skip
+    result = CliRunner().invoke(app, [*args, "steps=2"])
+    assert result.exit_code == 0, result.output
+    entry = json.loads((out / "model.json").read_text())
+    assert entry["name"] == "coronary-vessel-seg" and entry["sha256"] and entry["training_command"]
+    assert entry["config"]["crop_px"] == 32 and (out / "scenes.npz").is_file()
+    result = CliRunner().invoke(app, [*args, "steps=3"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
+    bad = CliRunner().invoke(
+        app, ["train", "coronary-vessel-seg", "--out", str(tmp_path / "x"), "colour=red"]
+    )
+    assert bad.exit_code != 0 and "unknown key 'colour'" in bad.output
+
+
+# ------------------------------------------------------------------------------ plausibility
+
+
+def _line_views():
+    from xraycardiac.coronary.synth.views import ViewSamplingConfig, sample_view_pair
+
+    views = ViewSamplingConfig(detector_rows=128, detector_cols=128, pixel_spacing_mm=(0.8, 0.8))
+    g1, g2 = sample_view_pair("left", np.random.default_rng(0), views, (0.0, 0.0, 0.0))
+    pts = np.linspace([-20.0, -10.0, -15.0], [20.0, 15.0, 10.0], 200)
+    paths, masks = [], []
+    for g in (g1, g2):
+        uv = g.project(pts)
+        paths.append([uv])
+        m = np.zeros((128, 128), bool)
+        ij = np.round(uv).astype(int)
+        m[ij[:, 1], ij[:, 0]] = True
+        from scipy import ndimage
+
+        masks.append(ndimage.binary_dilation(m, iterations=2))
+    return (g1, g2), pts, paths, masks
+
+
+def test_plausibility_passes_a_consistent_tree_and_warns_on_an_offset_one():
+    from xraycardiac.coronary.recon.plausibility import plausibility
+
+    gs, pts, paths, masks = _line_views()
+    stats = {"matched_samples": 100, "inconsistent_dropped": 5, "rejected_reprojection": 2}
+    good = plausibility(pts, gs, tuple(paths), tuple(masks), stats)
+    assert good["plausible"] and good["reprojection_over_tol"] == 0 and good["outside_vessels"] == 0
+    assert good["dropped"] == pytest.approx(7 / 105)
+    bad = plausibility(pts + [0.0, 0.0, 8.0], gs, tuple(paths), tuple(masks), stats)
+    assert not bad["plausible"] and bad["outside_vessels"] > 0.5
+    assert any("outside the vessels" in w for w in bad["warnings"])
+    dropped = plausibility(
+        pts, gs, tuple(paths), tuple(masks), {"matched_samples": 10, "inconsistent_dropped": 90}
+    )
+    assert not dropped["plausible"] and "rejected" in dropped["warnings"][0]
+
+
+# ------------------------------------------------------------------------------ the reconstruct job
+
+
+@pytest.fixture(scope="module")
+def pair_inputs(tmp_path_factory):
+    """Inputs (images + geometries, no masks) of one synthesized 256 px pair."""
+    from xraycardiac.coronary.synth import SynthConfig, synthesize
+    from xraycardiac.coronary.synth.dataset import read_sample, sample_path
+    from xraycardiac.geometry import CArmGeometry
+    from xraycardiac.io import write_volume
+    from xraycardiac.volume import Volume
+
+    root = tmp_path_factory.mktemp("pair")
+    synthesize(SynthConfig(trees=1, pairs_per_tree=1, image_size=256, seed=3), root / "dataset")
+    s = read_sample(sample_path(root / "dataset", 0, 0), load_thickness=False)
+    files = {}
+    for v in (1, 2):
+        g = CArmGeometry.from_dict(s["geometry"][f"view{v}"])
+        files[f"image{v}"] = str(
+            write_volume(Volume(s[f"image{v}"][None], g.detector_ijk_to_ras()), root / f"i{v}.nrrd")
+        )
+        (root / f"g{v}.json").write_text(json.dumps(s["geometry"][f"view{v}"]))
+        files[f"geometry{v}"] = str(root / f"g{v}.json")
+    return files, g.detector_ijk_to_ras()
+
+
+def test_job_without_masks_segments_with_the_network_and_reports_plausibility(pair_inputs, tmp_path):
+    from xraycardiac.io import read_volume
+    from xraycardiac.jobs import JobSpec, run_job
+
+    files, affine2 = pair_inputs
+    events = []
+    out = tmp_path / "out"
+    summary = run_job(
+        JobSpec("coronary-reconstruct", files, {"device": "cpu"}, str(out)), on_event=events.append
+    )
+    assert summary["vessels"] == {"view1": "network", "view2": "network"}
+    prob = read_volume(out / "vessel_probability2.nrrd")
+    assert prob.array.shape == (1, 256, 256) and 0 <= prob.array.min() and prob.array.max() <= 1
+    assert np.allclose(prob.ijk_to_ras, affine2)
+    record = json.loads((out / "report.json").read_text())["plausibility"]
+    assert {"reprojection_over_tol", "outside_vessels", "dropped", "warnings", "plausible"} <= set(record)
+    assert summary["status"] == ("ok" if record["plausible"] else "warning")
+    logged = [e["message"] for e in events if e.get("event") == "log" and e.get("level") == "warning"]
+    assert all(w in logged for w in record["warnings"])
+    assert summary["outputs"]["vessel_probability1"] == "vessel_probability1.nrrd"
+
+
+def test_job_frangi_baseline_writes_no_probability_and_bad_segmentation_is_refused(pair_inputs, tmp_path):
+    from xraycardiac.jobs import JobSpec, run_job
+
+    files, _ = pair_inputs
+    with pytest.raises(ValueError, match=r"params.segmentation: expected one of \('network', 'frangi'\)"):
+        run_job(JobSpec("coronary-reconstruct", files, {"segmentation": "otsu"}, str(tmp_path / "a")))
+    out = tmp_path / "b"
+    summary = run_job(
+        JobSpec("coronary-reconstruct", files, {"device": "cpu", "segmentation": "frangi"}, str(out))
+    )
+    assert summary["vessels"] == {"view1": "frangi", "view2": "frangi"}
+    assert not (out / "vessel_probability1.nrrd").exists() and "vessel_probability1" not in summary["outputs"]

@@ -1,0 +1,1 @@
+"""Learned vessel segmentation of angiograms (network, inference, training)."""
