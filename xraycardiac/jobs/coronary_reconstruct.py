@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from xraycardiac.coronary.recon.pipeline import DEFAULT_METHOD, PairConfig
-from xraycardiac.jobs.inputs import read_geometry_input, read_run_input, read_view
+from xraycardiac.jobs.inputs import image_grid, read_geometry_input, read_run_input, read_view
 from xraycardiac.jobs.registry import Progress, register
 from xraycardiac.jobs.spec import JobSpec
 from xraycardiac.outputs import write_json_atomic
@@ -105,15 +105,6 @@ def frames_from_spec(spec: JobSpec) -> tuple[dict[str, int | str], float]:
         for v in (1, 2)
     }
     return frames, offset
-
-
-def _image_grid(spec: JobSpec, key: str) -> np.ndarray:
-    """The (4, 4) ijk_to_ras of image ``key``'s file (identity for a .npy array or a DICOM run)."""
-    from xraycardiac.geometry.dicom_cine import is_dicom_file
-    from xraycardiac.io import read_volume
-
-    path = spec.input_path(key)
-    return np.eye(4) if path.suffix.lower() == ".npy" or is_dicom_file(path) else read_volume(path).ijk_to_ras
 
 
 @register(PIPELINE)
@@ -169,7 +160,7 @@ def run_coronary_reconstruct(spec: JobSpec, work_dir: Path, progress: Progress) 
         if probability is None:  # a given mask, or Frangi
             del outputs[key]
             continue
-        write_volume(Volume(probability[None].astype(np.float32), _image_grid(spec, f"image{v}"),
+        write_volume(Volume(probability[None].astype(np.float32), image_grid(spec, f"image{v}"),
                             meta={"quantity": "vessel probability"}), work_dir / OUTPUTS[key])  # fmt: skip
     summary = {"pipeline": PIPELINE, "xraycardiac_version": __version__, **pair.summary(), "outputs": outputs}
     if any(run[2] for run in runs):  # a view given as a multi-frame run: which frame, and why

@@ -14,7 +14,7 @@ import numpy as np
 
 from xraycardiac.jobs.spec import JobSpec
 
-__all__ = ["read_geometry_input", "read_run_input", "read_view"]
+__all__ = ["image_grid", "read_geometry_input", "read_run_input", "read_view"]
 
 
 def _require_file(path: Path, key: str, expected: str) -> None:
@@ -91,3 +91,12 @@ def read_run_input(
             "give a multi-frame DICOM XA file or leave it 'auto'"
         )
     return read_view(path, key), None, None
+
+
+def image_grid(spec: JobSpec, key: str) -> np.ndarray:
+    """The (4, 4) ijk_to_ras of image ``key``'s file (identity for a .npy array or a DICOM run)."""
+    from xraycardiac.geometry.dicom_cine import is_dicom_file
+    from xraycardiac.io import read_volume
+
+    path = spec.input_path(key)
+    return np.eye(4) if path.suffix.lower() == ".npy" or is_dicom_file(path) else read_volume(path).ijk_to_ras
