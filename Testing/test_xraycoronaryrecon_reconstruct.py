@@ -73,9 +73,11 @@ def test_reconstruct_adds_nodes_and_refines_view2(views):
     original = nodes["view2"].GetAttribute(GEOMETRY_ATTRIBUTE)
     result = ReconstructLogic(scene).run(
         nodes["view1"], nodes["view2"], mask_node1=nodes["mask1"], mask_node2=nodes["mask2"],
-        method="vessel", device="cpu", timeout_s=240,
+        method="vessel", device="cpu", timeout_s=240, prior_sigma_deg=2.5, prior_sigma_mm=6.0,
     )  # fmt: skip
     calibration = result["calibration"]
+    params = result["report"]["params"]  # the panel's prior reaches the job's calibration
+    assert (params["prior_sigma_deg"], params["prior_sigma_mm"]) == (2.5, 6.0), params
     print(
         f"\n{result['text']}; {len(result['branches'])} branches, report {result['report']['reconstruction']}"
     )
@@ -129,6 +131,8 @@ def test_volume_without_geometry_names_the_node_and_leaves_the_scene(views):
         logic.start(nodes["view1"], nodes["view2"], foundation="dinov2:/models/dino")
     with pytest.raises(ValueError, match="device"):
         logic.start(nodes["view1"], nodes["view2"], device="tpu")
+    with pytest.raises(ValueError, match="prior_sigma_mm: expected a standard deviation > 0"):
+        logic.start(nodes["view1"], nodes["view2"], prior_sigma_mm=0.0)
     assert scene.GetNumberOfNodes() == before
 
 

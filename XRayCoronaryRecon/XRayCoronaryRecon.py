@@ -40,6 +40,7 @@ from XRayCoronaryReconLib import (
     RECONSTRUCT_DEFAULT_METHOD,
     RECONSTRUCT_METHOD_CHOICES,
     RENDERER_CHOICES,
+    SEGMENTATION_CHOICES,
     TREE_SOURCE_CHOICES,
 )
 
@@ -98,6 +99,9 @@ class XRayCoronaryReconParameterNode:
     reconFoundation: "family:/folder" of the learned matcher's foundation model, or empty.
     reconRefine: refine view 2's geometry from the matches.
     reconDevice: auto / cpu / cuda.
+    reconSegmentation: how a frame without a mask is segmented: network (learned) / frangi.
+    reconPriorSigmaDeg, reconPriorSigmaMm: how far view 2's recorded angles (deg) and isocentre (mm) may
+        be off: the calibration prior's standard deviations.
     """
 
     treeSource: Annotated[str, Choice(list(TREE_SOURCE_CHOICES))] = TREE_SOURCE_CHOICES[0]
@@ -123,6 +127,9 @@ class XRayCoronaryReconParameterNode:
     reconFoundation: str = ""
     reconRefine: bool = True
     reconDevice: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
+    reconSegmentation: Annotated[str, Choice(list(SEGMENTATION_CHOICES))] = "network"
+    reconPriorSigmaDeg: Annotated[float, WithinRange(0.1, 20.0)] = 1.5
+    reconPriorSigmaMm: Annotated[float, WithinRange(0.1, 50.0)] = 3.0
 
 
 class XRayCoronaryReconWidget(XRayCardiacCommon.XRayCardiacWidget):
@@ -285,6 +292,9 @@ class XRayCoronaryReconLogic(ScriptedLoadableModuleLogic):
             "frame1": p.reconFrame1 if p.reconFrame1 >= 0 else None,
             "frame2": p.reconFrame2 if p.reconFrame2 >= 0 else None,
             "ecg_offset_ms": float(p.reconEcgOffsetMs),
+            "segmentation": p.reconSegmentation,
+            "prior_sigma_deg": float(p.reconPriorSigmaDeg),
+            "prior_sigma_mm": float(p.reconPriorSigmaMm),
         }
 
     @staticmethod

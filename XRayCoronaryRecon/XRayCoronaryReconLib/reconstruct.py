@@ -34,6 +34,7 @@ Every added node carries provenance (``Pipeline``, ``PackageVersion``, ``Device`
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,6 +216,8 @@ class ReconstructLogic(JobLogic[ReconstructRun, dict[str, Any]]):
         frame2: int | None = None,
         ecg_offset_ms: float = 0.0,
         segmentation: str = "network",
+        prior_sigma_deg: float = 1.5,
+        prior_sigma_mm: float = 3.0,
     ) -> ReconstructRun:
         """Check the nodes and parameters and start the job; returns at once (the scene is not changed).
 
@@ -236,6 +239,9 @@ class ReconstructLogic(JobLogic[ReconstructRun, dict[str, Any]]):
             ecg_offset_ms: the wanted phase after the R peak (ms).
             segmentation: how views without a mask are segmented: "network" (learned, with a
                 probability map) or "frangi" (the classical baseline).
+            prior_sigma_deg, prior_sigma_mm: how far view 2's recorded angles (degrees) and isocentre
+                (mm) may be off: the calibration prior's standard deviations (> 0; checked by the job's
+                ``PairConfig``).
 
         Raises:
             ValueError: naming the parameter: a node that is not a 2D scalar volume, a volume without
@@ -279,12 +285,17 @@ class ReconstructLogic(JobLogic[ReconstructRun, dict[str, Any]]):
             raise ValueError(f"device: expected one of {list(DEVICE_CHOICES)}, got {device!r}")
         if not isinstance(refine_calibration, bool):
             raise ValueError(f"refine_calibration: expected True or False, got {refine_calibration!r}")
+        for name, sigma in (("prior_sigma_deg", prior_sigma_deg), ("prior_sigma_mm", prior_sigma_mm)):
+            if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+                raise ValueError(f"{name}: expected a standard deviation > 0, got {sigma!r}")
         if segmentation not in SEGMENTATION_CHOICES:
             raise ValueError(
                 f"segmentation: expected one of {list(SEGMENTATION_CHOICES)}, got {segmentation!r}"
             )
         params: dict[str, Any] = {
             "segmentation": segmentation,
+            "prior_sigma_deg": float(prior_sigma_deg),
+            "prior_sigma_mm": float(prior_sigma_mm),
             "method": method,
             "refine_calibration": refine_calibration,
             "epipolar_tolerance_px": float(epipolar_tolerance_px),
