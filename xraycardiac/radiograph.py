@@ -40,6 +40,7 @@ __all__ = [
     "Radiograph",
     "check_image",
     "load_view_geometry",
+    "read_npy_image",
     "read_radiograph",
     "user_geometry",
 ]
@@ -259,7 +260,9 @@ def _flags(given: dict[str, Any]) -> str:
     return ", ".join(f"{names.get(k, k)} {v}" for k, v in given.items())
 
 
-def _read_npy(path: Path, key: str) -> Radiograph:
+def read_npy_image(path: Path, key: str) -> np.ndarray:
+    """A ``.npy`` image as float64 (a leading one-slice axis dropped); a ValueError naming ``inputs.<key>``
+    when it is unreadable or not numbers (its shape is checked by :func:`check_image`)."""
     try:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -267,8 +270,11 @@ def _read_npy(path: Path, key: str) -> Radiograph:
     if not np.issubdtype(array.dtype, np.number):
         raise ValueError(f"inputs.{key}: {path.name} holds {array.dtype} values, expected numbers")
     array = np.asarray(array, dtype=np.float64)
-    if array.ndim == 3 and array.shape[0] == 1:
-        array = array[0]
+    return array[0] if array.ndim == 3 and array.shape[0] == 1 else array
+
+
+def _read_npy(path: Path, key: str) -> Radiograph:
+    array = read_npy_image(path, key)
     return Radiograph(array, path.name, "npy", "line-integral", geometry_source="none (a .npy array carries no geometry)",
                       notes=("values taken as line integrals of mu (.npy)",))  # fmt: skip
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from xraycardiac.jobs.spec import JobSpec
+from xraycardiac.radiograph import check_image, read_npy_image
 
 __all__ = ["image_grid", "read_geometry_input", "read_run_input", "read_view"]
 
@@ -35,13 +36,7 @@ def read_view(path: str | os.PathLike[str], key: str) -> np.ndarray:
     path = Path(path)
     _require_file(path, key, "a radiograph file (a one-slice volume or a .npy array)")
     if path.suffix.lower() == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"inputs.{key}: {path.name} is not a readable .npy array ({exc})") from None
-        if not np.issubdtype(array.dtype, np.number):
-            raise ValueError(f"inputs.{key}: {path.name} holds {array.dtype} values, expected numbers")
-        array = np.asarray(array, dtype=np.float64)
+        array = read_npy_image(path, key)
     else:
         from xraycardiac.io import read_volume
 
@@ -51,8 +46,6 @@ def read_view(path: str | os.PathLike[str], key: str) -> np.ndarray:
             raise ValueError(f"inputs.{key}: {exc}") from None
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
-    from xraycardiac.radiograph import check_image
-
     check_image(array, key, path.name)
     return array
 
