@@ -78,6 +78,11 @@ def test_cycle_length_is_the_beat_not_its_two_motion_bursts():
     period = cycle_length_frames(_beating_line(9.5))
     assert period is not None and abs(period - 9.5) < 0.5, period
     assert cycle_length_frames(_beating_line(9.5, n=8)) is None  # less than a beat: no period
+    texture = np.random.default_rng(0).random((48, 140))
+    drifting = np.stack(
+        [texture[:, 4 * i : 4 * i + 48] for i in range(20)]
+    )  # a pan: decorrelates, never repeats
+    assert cycle_length_frames(drifting) is None and cycle_length_frames(np.zeros((20, 16, 16))) is None
 
 
 def test_end_diastole_is_the_still_frame_before_systole():
