@@ -4,6 +4,7 @@ training command, the reconstruct job's use of it, and the plausibility check of
 from __future__ import annotations
 
 import json
+import shlex
 
 import numpy as np
 import pytest
@@ -144,6 +145,7 @@ def test_train_command_makes_an_importable_package_and_resumes(tmp_path):
     from typer.testing import CliRunner
 
     from xraycardiac.cli import app
+    from xraycardiac.train_cli import app as train_app
 
     out = tmp_path / "run"
     args = ["train", "coronary-vessel-seg", "--out", str(out), "n_scenes=1", "scene_sizes=64", "crop_px=32",
@@ -151,10 +153,20 @@ def test_train_command_makes_an_importable_package_and_resumes(tmp_path):
     result = CliRunner().invoke(app, [*args, "steps=2"])
     assert result.exit_code == 0, result.output
     entry = json.loads((out / "model.json").read_text())
-    assert entry["name"] == "coronary-vessel-seg" and entry["sha256"] and entry["training_command"]
+    assert entry["name"] == "coronary-vessel-seg" and entry["sha256"]
+    # the command given to the CLI, not the argv of the process that ran it (pytest here)
+    assert entry["training_command"] == shlex.join(["xraycardiac", *args, "steps=2"]), entry[
+        "training_command"
+    ]
     assert entry["config"]["crop_px"] == 32 and (out / "scenes.npz").is_file()
-    result = CliRunner().invoke(app, [*args, "steps=3"])
+    result = CliRunner().invoke(
+        train_app, [*args[1:], "steps=3"]
+    )  # the train sub-app alone, as tests call it
     assert result.exit_code == 0, result.output
+    entry = json.loads((out / "model.json").read_text())
+    assert entry["training_command"] == shlex.join(["xraycardiac", *args, "steps=3"]), entry[
+        "training_command"
+    ]
     assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
     bad = CliRunner().invoke(
         app, ["train", "coronary-vessel-seg", "--out", str(tmp_path / "x"), "colour=red"]

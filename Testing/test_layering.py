@@ -36,8 +36,8 @@ JSONUTIL_COPIES = {
 
 
 def is_top_layer(rel: Path) -> bool:
-    """``jobs/``, ``cli.py`` files, ``train_cli.py`` and ``demo.py`` may run jobs."""
-    return rel.parts[0] == "jobs" or rel.name in ("cli.py", "train_cli.py", "demo.py")
+    """``jobs/``, ``demo/``, ``cli.py`` files and ``train_cli.py`` may run jobs."""
+    return rel.parts[0] in ("jobs", "demo") or rel.name in ("cli.py", "train_cli.py")
 
 
 def imports_of(source: str) -> set[str]:

@@ -24,7 +24,9 @@ command trains with DDP. Heavy imports happen inside the commands, so ``--help``
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,11 +34,34 @@ import typer
 
 from xraycardiac.cli_errors import ErrorHandlingGroup
 
+# the command line given to `xraycardiac train ...` while one of its commands runs (for model.json)
+_COMMAND: ContextVar[str | None] = ContextVar("xraycardiac_train_command", default=None)
+
+
+class TrainGroup(ErrorHandlingGroup):
+    """The ``train`` group: records the command it was given, which each run writes into model.json.
+
+    The arguments reach the group whether it runs under ``xraycardiac`` or alone (tests), and are the
+    user's own: not the argv of the process that parsed them (pytest, a notebook, ``torchrun``).
+    """
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        ctx.meta["xraycardiac.train_command"] = shlex.join(["xraycardiac", "train", *args])
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: Any) -> Any:
+        token = _COMMAND.set(ctx.meta.get("xraycardiac.train_command"))
+        try:
+            return super().invoke(ctx)
+        finally:
+            _COMMAND.reset(token)
+
+
 app = typer.Typer(
     help="Train models on the shared trainer (EMA, checkpoints, exact resume, DDP under torchrun).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    cls=ErrorHandlingGroup,
+    cls=TrainGroup,
 )
 
 
@@ -56,8 +81,9 @@ _AutoencoderOption = Annotated[
 
 
 def _train(out: Path, train: Callable[..., dict], *args: Any, **kwargs: Any) -> None:
-    """Run ``train(*args, progress=..., **kwargs)`` printing progress lines (rank 0 only under torchrun);
-    errors reach the CLI's one error handler, on every rank."""
+    """Run ``train(*args, progress=..., command=..., **kwargs)`` printing progress lines (rank 0 only under
+    torchrun), ``command`` being the ``xraycardiac train ...`` line given; errors reach the CLI's one error
+    handler, on every rank."""
     from rich.console import Console
 
     from xraycardiac.trainer import is_main_process
@@ -70,7 +96,7 @@ def _train(out: Path, train: Callable[..., dict], *args: Any, **kwargs: Any) -> 
         eta = extra.get("eta_s")
         console.print(f"{100 * fraction:5.1f}%  {stage}" + (f"  eta {eta} s" if eta is not None else ""))
 
-    summary = train(*args, progress=progress, **kwargs)
+    summary = train(*args, progress=progress, command=_COMMAND.get(), **kwargs)
     if not is_main_process():
         return
     console.print(

@@ -325,7 +325,8 @@ def write_model_package(
         training_data: what the weights were trained on.
         config: the model's config (JSON-ready).
         description: one line for listings.
-        command: the command line that made them (default: this process's ``xraycardiac`` argv).
+        command: the command line that made them (``xraycardiac train`` passes the one it was given);
+            default: this process's own argv (e.g. ``pytest ...`` when a test calls the library).
 
     Returns:
         The entry written (``xraycardiac models import OUT`` installs it).
@@ -343,7 +344,7 @@ def write_model_package(
         "sha256": sha256_file(weights),
         "licence": "Apache-2.0",
         "training_data": training_data,
-        "training_command": command or shlex.join(["xraycardiac", *sys.argv[1:]]),
+        "training_command": command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "config": dict(config),
         "description": description,
     }

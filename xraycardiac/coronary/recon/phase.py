@@ -7,14 +7,14 @@ Two views of a moving heart only triangulate where both frames show the heart in
   frame nearest to R + ``ecg_offset_ms`` (0 = end-diastole, which the R wave marks; a positive offset
   walks into systole). Of these, the one in the best-opacified part of the run (largest vessel signal,
   :func:`vessel_signal`; ties by the distance to the run's middle).
-* **without one** (``method "image"``): end-diastole is where the ventricles are largest, so the
-  arteries on their surface are farthest apart. Per frame, the spread of the moving vessels
-  (:func:`vessel_spread`: radius of gyration of the black top-hat minus the run's temporal median);
-  the cycle length from its autocorrelation; in each cycle the onset of the systolic fall of the
-  spread (:func:`end_diastoles_from_spread`); of these, the one before the largest fall among the
-  well-opacified frames (vessel signal >= ``opacified_fraction`` of the run's best: the contrast
-  wash-in is left out). Measured on synthetic beating runs (``benchmarks/coronary_cine_phase.py``):
-  less exact than the ECG; see the benchmark README.
+* **without one** (``method "image"``): end-diastole closes the slow part of the beat (diastasis and
+  the atrial kick, when the ventricles are largest) just before the fast systolic motion. Motion
+  between consecutive frames (:func:`motion_energy`: mean squared difference of the blurred frames, so
+  what does not move cancels); the cycle length as the first lag at which whole frames repeat
+  (:func:`cycle_length_frames`); in each cycle the still frame just before the strongest turn from
+  quiet to fast motion (:func:`end_diastoles_from_motion`); of these, the strongest. Frames with a
+  vessel signal below ``opacified_fraction`` of the run's best (the contrast wash-in) are left out.
+  Measured on synthetic beating runs (``benchmarks/coronary_cine_phase.py``; see the benchmark README).
 * **by the user**: an integer ``frame`` is taken as it is (checked against the run's length).
 
 R-peak detector (Pan & Tompkins, IEEE TBME 1985, simplified): 5-15 Hz Butterworth band-pass (zero
@@ -41,12 +41,12 @@ __all__ = [
     "RunFrame",
     "cycle_length_frames",
     "detect_r_peaks",
-    "end_diastoles_from_spread",
+    "end_diastoles_from_motion",
     "frame_from_run",
+    "motion_energy",
     "parse_frame",
     "select_frame",
     "vessel_signal",
-    "vessel_spread",
 ]
 
 METHODS = ("auto", "ecg", "image")
@@ -64,7 +64,8 @@ class PhaseSelection:
         heart_rate_bpm: from the R-R intervals, or from the image period and the frame times; None if
             unknown.
         ecg_offset_ms: the offset after the R peak used (ECG method).
-        spread: per-frame vessel spread (pixels), image method; signal: per-frame vessel signal.
+        motion: image method: motion between frames i and i + 1 (:func:`motion_energy`; None while the
+            contrast washes in); signal: per-frame vessel signal (:func:`vessel_signal`).
         reason: one sentence for the report.
     """
 
@@ -74,7 +75,7 @@ class PhaseSelection:
     r_peaks_ms: list[float] = field(default_factory=list)
     heart_rate_bpm: float | None = None
     ecg_offset_ms: float = 0.0
-    spread: list[float] = field(default_factory=list)
+    motion: list[float | None] = field(default_factory=list)
     signal: list[float] = field(default_factory=list)
     reason: str = ""
 
@@ -173,89 +174,112 @@ def vessel_signal(frames: np.ndarray, vessel_width_px: int | None = None) -> np.
     return np.asarray(out)
 
 
-def vessel_spread(
-    frames: np.ndarray, vessel_width_px: int | None = None, noise_sigmas: float = 3.0
-) -> np.ndarray:
-    """(N,) radius of gyration (pixels) of each frame's moving vessels (module docstring).
+def _blurred(frames: np.ndarray, blur_px: float) -> np.ndarray:
+    """(N, r, c) frames in one [0, 1] window, Gaussian-blurred by ``blur_px`` and, above 128 px, sampled
+    down to about 128 px a side (the motion analysis needs the vessels' displacement, not their detail)."""
+    unit = _unit(np.asarray(frames, dtype=np.float64))
+    step = max(1, int(math.ceil(min(unit.shape[1:]) / 128)))
+    sigma = max(float(blur_px), 0.5 * step)
+    return np.stack([ndimage.gaussian_filter(f, sigma)[::step, ::step] for f in unit])
 
-    Per frame the black top-hat (3 x 3 median filtered against quantum noise); the run's per-pixel
-    temporal median is subtracted (what does not move: bone and heart-border edges, catheter parts at
-    rest), and the residual above ``noise_sigmas`` robust standard deviations (MAD) weights the
-    pixels' squared distances to their weighted centroid. Scaling the tree about any point scales
-    this radius by the same factor, so it follows the ventricles' size.
+
+def motion_energy(frames: np.ndarray, blur_px: float = 1.5) -> np.ndarray:
+    """(N - 1,) motion between consecutive frames: the mean squared difference of the blurred frames.
+
+    What does not move (bone, lung, the heart shadow at rest) cancels; quantum noise adds a floor. The
+    blur (``blur_px`` pixels, Gaussian sigma) keeps the measure growing with the displacement of a thin
+    vessel beyond its own width.
 
     Args:
         frames: (N, rows, cols), vessels dark.
-        vessel_width_px: top-hat size (pixels), wider than the widest vessel; None = ~4 % of the side.
-        noise_sigmas: threshold of the residual, in robust standard deviations.
+        blur_px: Gaussian sigma in pixels.
     """
-    unit = _unit(np.asarray(frames, dtype=np.float64))
-    width = _width(unit.shape, vessel_width_px)
-    hats = np.stack([ndimage.median_filter(_tophat(frame, width), size=3) for frame in unit])
-    residual = hats - np.median(hats, axis=0)
-    rows, cols = np.mgrid[0 : unit.shape[1], 0 : unit.shape[2]].astype(np.float64)
-    out = []
-    for x in residual:
-        centre = np.median(x)
-        sigma = 1.4826 * np.median(np.abs(x - centre))
-        w = np.clip(x - centre - noise_sigmas * sigma, 0.0, None)
-        total = w.sum()
-        if total <= 0:
-            out.append(0.0)
-            continue
-        cr, cc = (w * rows).sum() / total, (w * cols).sum() / total
-        out.append(float(np.sqrt((w * ((rows - cr) ** 2 + (cols - cc) ** 2)).sum() / total)))
-    return np.asarray(out)
+    b = _blurred(frames, blur_px)
+    return (np.diff(b, axis=0) ** 2).mean(axis=(1, 2))
 
 
-def end_diastoles_from_spread(spread: np.ndarray, period: float | None) -> list[tuple[float, int]]:
-    """(systolic drop, frame) of each cycle's end-diastole in a spread signal, strongest drop first.
+def cycle_length_frames(
+    frames: np.ndarray, usable: np.ndarray | None = None, blur_px: float = 1.5, depth: float = 0.5
+) -> float | None:
+    """The cardiac period (frames) of a run: the first lag at which the frames repeat.
 
-    End-diastole is where systolic contraction starts: each steepest fall of the (lightly smoothed,
-    sigma 0.04 cycle) spread, at least 0.6 cycle apart, and the largest spread in the 0.3 cycle
-    before it (the flat top of late diastole leaves the plain maximum to the noise).
+    For each lag t, the mean squared difference between frame i and frame i + t over the usable pairs;
+    the period is its first local minimum that reaches within ``depth`` of the way from its lowest value
+    to its median and below 0.6 x the median (frames that merely decorrelate have no deep minimum; on the
+    synthetic runs the period's lag is at 0.05-0.33 x the median), with parabolic sub-frame refinement. Whole frames are compared, so the two motion bursts
+    of one beat (ejection, rapid filling) do not pass for two beats. Lags up to 2/3 of the run.
+
+    Args:
+        frames: (N, rows, cols).
+        usable: (N,) bool, the frames to compare (e.g. opacified); None = all.
+        blur_px: Gaussian sigma in pixels.
+        depth: how deep (share of median minus lowest) a minimum must be to count.
+
+    Returns:
+        The period in frames, or None when no lag repeats the frames (fewer than ~1.5 cycles seen).
     """
-    s = np.asarray(spread, dtype=np.float64)
-    n = len(s)
-    cycle = period if period else n / 2.0
-    smooth = ndimage.gaussian_filter1d(s, 0.04 * cycle, mode="nearest")
-    fall = -np.diff(smooth)
-    steepest, _ = signal.find_peaks(
-        np.concatenate([[-np.inf], fall, [-np.inf]]), distance=max(1, int(0.6 * cycle))
-    )
+    b = _blurred(frames, blur_px)
+    n = len(b)
+    ok = np.ones(n, dtype=bool) if usable is None else np.asarray(usable, dtype=bool)
+    e = np.full(2 * n // 3 + 1, np.nan)
+    for t in range(2, len(e)):
+        valid = ok[: n - t] & ok[t:]
+        if valid.sum() >= 2:
+            e[t] = float(((b[: n - t][valid] - b[t:][valid]) ** 2).mean())
+    if np.isfinite(e).sum() < 3:
+        return None
+    lo, med = np.nanmin(e), np.nanmedian(e)
+    if not med > 0:  # frames that do not change have no period
+        return None
+    for t in range(3, len(e) - 1):
+        a, m, c = e[t - 1], e[t], e[t + 1]
+        deep = m <= lo + depth * (med - lo) and m <= 0.6 * med
+        if np.isfinite([a, m, c]).all() and m <= a and m <= c and deep:
+            d = a - 2 * m + c
+            return float(t + (0.5 * (a - c) / d if d > 0 else 0.0))
+    return None
+
+
+def end_diastoles_from_motion(
+    motion: np.ndarray, period: float, onset_cycle: float = 0.2, before_cycle: float = 0.35
+) -> list[tuple[float, int]]:
+    """(onset strength, frame) of each cycle's end-diastole in a motion signal, strongest onset first.
+
+    End-diastole closes the slow part of the beat (diastasis, atrial kick) just before the fast
+    systolic motion. For each frame j the onset strength is the mean motion over the next
+    ``onset_cycle`` of a cycle minus that over the ``before_cycle`` before it (high where a quiet
+    stretch turns into fast motion; about zero at end-systole, between ejection and rapid filling);
+    its peaks at least 0.6 cycle apart and at least half the strongest (a weaker one is the turn from
+    end-systole into rapid filling); in each, the stillest frame (least motion to both neighbours)
+    within 0.12 cycle up to the onset.
+
+    Args:
+        motion: (N - 1,) motion between frames i and i + 1 (:func:`motion_energy`); NaN where unusable.
+        period: cycle length in frames.
+        onset_cycle, before_cycle: window lengths (shares of a cycle).
+    """
+    m = np.asarray(motion, dtype=np.float64)
+    n = len(m) + 1
+    ahead, behind = max(1, round(onset_cycle * period)), max(1, round(before_cycle * period))
+    onset = np.full(n, np.nan)
+    for j in range(behind, n - ahead):
+        onset[j] = m[j : j + ahead].mean() - m[j - behind : j].mean()  # NaN if a window holds a NaN
+    if not np.isfinite(onset).any():
+        return []
+    padded = np.concatenate([[-np.inf], np.where(np.isfinite(onset), onset, -np.inf), [-np.inf]])
+    peaks, _ = signal.find_peaks(padded, distance=max(1, int(0.6 * period)))
+    still = np.full(n, np.inf)
+    still[1:-1] = m[:-1] + m[1:]
+    still[~np.isfinite(still)] = np.inf
     found = []
-    for j in steepest - 1:
-        if fall[j] <= 0:
+    for j in peaks - 1:
+        if not onset[j] > 0:
             continue
-        lo = max(0, int(round(j - 0.3 * cycle)))
-        i = lo + int(np.argmax(smooth[lo : j + 1]))
-        drop = float(smooth[i] - smooth[i : min(n, i + int(0.5 * cycle) + 1)].min())
-        found.append((drop, i))
-    return sorted(found, reverse=True)
-
-
-def cycle_length_frames(values: np.ndarray, min_frames: float = 3.0) -> float | None:
-    """The period (frames) of a per-frame signal from its autocorrelation's first peak; None if none."""
-    v = np.asarray(values, dtype=np.float64)
-    n = len(v)
-    if n < 2 * min_frames + 2:
-        return None
-    v = v - ndimage.uniform_filter1d(v, size=max(3, n // 2) | 1, mode="nearest")  # slow drift out
-    v = v - v.mean()
-    denom = float((v * v).sum())
-    if denom <= 0:
-        return None
-    ac = np.array([(v[: n - k] * v[k:]).sum() / denom for k in range(2 * n // 3 + 1)])  # >= 1.5 cycles seen
-    peaks, _ = signal.find_peaks(ac)
-    peaks = peaks[(peaks >= min_frames) & (ac[peaks] > 0.1)]
-    if len(peaks) == 0:
-        return None
-    k = int(peaks[0])
-    if 0 < k < len(ac) - 1:  # parabolic refinement of the lag
-        a, b, c = ac[k - 1], ac[k], ac[k + 1]
-        d = a - 2 * b + c
-        return float(k + (0.5 * (a - c) / d if d < 0 else 0.0))
-    return float(k)
+        lo = max(1, int(round(j - 0.12 * period)))
+        i = lo + int(np.argmin(still[lo : j + 1])) if np.isfinite(still[lo : j + 1]).any() else int(j)
+        found.append((float(onset[j]), i))
+    found.sort(reverse=True)
+    return [f for f in found if f[0] >= 0.5 * found[0][0]] if found else []
 
 
 def _best(candidates: list[int], strength: np.ndarray, n: int) -> int:
@@ -341,11 +365,12 @@ def select_frame(
             raise ValueError(f"method: 'ecg' asked for, but {why_not_ecg}; use 'image' or 'auto'")
     if n < 3:
         raise ValueError(f"frames: the image-based phase needs >= 3 frames, the run has {n}")
-    spread = vessel_spread(frames, vessel_width_px)
     ok = strength >= opacified_fraction * strength.max()
-    period = cycle_length_frames(np.where(ok, spread, np.median(spread[ok])))
-    found = [(drop, i) for drop, i in end_diastoles_from_spread(spread, period) if ok[i] and i > 0]
-    candidates = sorted(i for _, i in found) or [int(np.argmax(np.where(ok, spread, -np.inf)))]
+    motion = motion_energy(frames)
+    motion[~(ok[:-1] & ok[1:])] = np.nan  # the contrast wash-in is not motion
+    period = cycle_length_frames(frames, ok)
+    found = end_diastoles_from_motion(motion, period or n / 2.0)
+    candidates = sorted(i for _, i in found) or [int(np.argmax(np.where(ok, strength, -np.inf)))]
     chosen = found[0][1] if found else candidates[0]
     rate = None
     if period and times is not None and n > 1:
@@ -353,9 +378,10 @@ def select_frame(
     note = f"; not the ECG: {why_not_ecg}" if why_not_ecg and ecg is not None else ""
     return PhaseSelection(
         frame=int(chosen), method="image", candidates=candidates, heart_rate_bpm=rate,
-        spread=spread.tolist(), signal=strength.tolist(),
-        reason=f"image: onset of the largest systolic fall of the vessel spread, of {len(candidates)} cycle(s)"
-        + (f", period {period:.1f} frames" if period else ", no period found") + note,
+        motion=[float(x) if math.isfinite(x) else None for x in motion], signal=strength.tolist(),
+        reason=(f"image: the still frame before the strongest onset of systolic motion, of {len(candidates)} cycle(s)"
+                if found else "image: no onset of systolic motion found; the best-opacified frame")
+        + (f", period {period:.1f} frames" if period else ", no period found (half the run assumed)") + note,
     )  # fmt: skip
 
 
@@ -384,7 +410,7 @@ class RunFrame:
 
     def summary(self) -> dict[str, Any]:
         """The JSON record of the choice (without the per-frame signals)."""
-        record = {k: v for k, v in self.selection.to_dict().items() if k not in ("spread", "signal")}
+        record = {k: v for k, v in self.selection.to_dict().items() if k not in ("motion", "signal")}
         return {**record, "frames": self.frames, "has_ecg": self.has_ecg, "time_source": self.time_source}
 
 
