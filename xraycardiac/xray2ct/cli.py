@@ -260,13 +260,13 @@ def input_stats(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
 ) -> None:
     """Reference statistics of the training views (a few KB) for the out-of-distribution check of inputs."""
-    import sys
-
     from xraycardiac.outputs import check_output
     from xraycardiac.xray2ct.input_stats import compute_input_stats
 
     check_output(out, overwrite=overwrite, file=True)
-    stats = compute_input_stats(data, split, command="xraycardiac x2ct input-stats " + " ".join(sys.argv[3:]))
+    stats = compute_input_stats(
+        data, split, command=f"xraycardiac x2ct input-stats --data {data} --out {out} --split {split}"
+    )
     stats.save(out)
     typer.echo(f"{stats.source['cases']} {split} cases, threshold {stats.threshold:g} "
                f"(largest training score {stats.source['largest_training_score']:g}) -> {out}")  # fmt: skip
