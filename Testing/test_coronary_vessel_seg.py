@@ -187,7 +187,8 @@ def test_train_command_makes_an_importable_package_and_resumes(tmp_path):
 
     out = tmp_path / "run"
     args = ["train", "coronary-vessel-seg", "--out", str(out), "n_scenes=1", "scene_sizes=64", "crop_px=32",
-            "channels=4,8", "strides=2", "batch_size=2", "log_every=1", "device=cpu", "warmup_steps=0"]  # fmt: skip
+            "channels=4,8", "strides=2", "batch_size=2", "log_every=1", "device=cpu", "warmup_steps=0",
+            "local_norm_px=4", "skeleton_weight=1", "p_vessel_crop=0.5"]  # fmt: skip
     result = CliRunner().invoke(app, [*args, "steps=2"])
     assert result.exit_code == 0, result.output
     entry = json.loads((out / "model.json").read_text())
@@ -195,7 +196,9 @@ def test_train_command_makes_an_importable_package_and_resumes(tmp_path):
     assert entry["config"]["crop_px"] == 32 and (out / "scenes.npz").is_file()
     result = CliRunner().invoke(app, [*args, "steps=3"])
     assert result.exit_code == 0, result.output
-    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in log] == [1, 2, 3] and all(0 <= x["skeleton_recall"] <= 1 for x in log)
+    assert entry["config"]["local_norm_px"] == 4
     bad = CliRunner().invoke(
         app, ["train", "coronary-vessel-seg", "--out", str(tmp_path / "x"), "colour=red"]
     )
