@@ -13,8 +13,13 @@ used, i.e. refined or recorded):
 * ``dropped``: the fraction of the matched samples that the reconstruction's own checks (left-right
   consistency, reprojection, short runs) removed.
 
-Each over its limit (``max_fraction`` = 0.1, 0.1, 0.5) adds a sentence to ``warnings``;
-``plausible`` is False when there is any. The ``coronary-reconstruct`` job writes the record into
+Each over its limit (``max_fraction`` = 0.1, 0.1, 0.2) adds a sentence to ``warnings``;
+``plausible`` is False when there is any. The ``dropped`` limit was 0.5 until it passed a 26 mm tree:
+on held-out 512 px pairs (``benchmarks/coronary_vessel_seg.py --pairs 4``, trees 50200-50203,
+exact geometry) the trees within 0.25 mm of the truth dropped 4-6 % of their matched samples, every
+tree 4.7 mm or more off dropped 50-83 % (network, Frangi and true-mask vessels alike), while the
+two projection checks were 0 % for all of them (a wrong correspondence still lies on both views'
+vessels). The ``coronary-reconstruct`` job writes the record into
 its report, logs the warnings and the Slicer module shows them in its status line.
 """
 
@@ -66,7 +71,7 @@ def plausibility(
     stats: Mapping[str, Any],
     tolerance_px: float = 1.5,
     margin_px: float = 1.0,
-    max_fraction: tuple[float, float, float] = (0.1, 0.1, 0.5),
+    max_fraction: tuple[float, float, float] = (0.1, 0.1, 0.2),
 ) -> dict[str, Any]:
     """Ground-truth-free plausibility of a reconstruction (module docstring).
 

@@ -2,9 +2,13 @@
 
 What it is (chosen for a 2-core CPU; the config fields say it): MONAI's ``UNet`` (2D, residual units,
 strided-convolution down-sampling; channels 12-24-48-96-96, four stride-2 levels, one residual
-unit per level: 0.33 M parameters, 1.3 MB in float32) behind a per-image standardisation
-(``(x - mean) / std`` of the image itself, so any grey range, window and polarity enters alike),
-one logit per pixel; the probability is its sigmoid. Trained by
+unit per level: 0.33 M parameters, 1.3 MB in float32) behind :func:`standardise`, one logit per
+pixel; the probability is its sigmoid. ``standardise`` is either the whole-image ``(x - mean) / std``
+(``local_norm_px = 0``, the 0.1.0 weights) or a local contrast normalisation (``local_norm_px`` =
+sigma > 0: the 1st-99th percentile range mapped to [0, 1], minus a Gaussian-blurred background,
+divided by the local standard deviation over the same Gaussian). The local form gives a vessel the
+same input in a training crop and in a whole frame, whatever anatomy, window or grey range the
+frame has; the whole-image form does not (a crop's std is not the frame's). Trained by
 :mod:`xraycardiac.coronary.segment.train` (``xraycardiac train coronary-vessel-seg``) on synthetic
 angiograms with randomised appearance (:mod:`xraycardiac.coronary.synth.appearance`); the shipped
 demo weights are ``coronary-vessel-seg-demo`` (the model manifest records the exact command).
@@ -20,6 +24,7 @@ appearance families).
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +44,7 @@ __all__ = [
     "save_weights",
     "segment_image",
     "segment_vessels",
+    "standardise",
 ]
 
 DEFAULT_MODEL = "coronary-vessel-seg-demo"
@@ -59,6 +65,11 @@ class VesselSegConfig(JsonConfig):
         min_object_px: 8-connected mask components smaller than this are removed.
         crop_px: training crop size, pixels.
         zoom: (lo, hi) rescaling of training crops (vessel width in pixels varies with it).
+        local_norm_px: Gaussian sigma (pixels) of the local contrast normalisation of the input;
+            0 = whole-image standardisation (the 0.1.0 weights). See :func:`standardise`.
+        p_vessel_crop: share of training crops centred near a vessel (the rest land anywhere).
+        skeleton_weight: weight of the skeleton-recall loss term (1 - the predicted probability's
+            mean over the label's skeleton; thin branches count as much as thick ones); 0 = off.
         n_scenes: scenes (tree + view + anatomy) in the training bank.
         scene_seed: first tree seed of the bank (held-out benchmark scenes use other seeds).
         scene_sizes: detector sizes of the bank's scenes, cycled (pixel size scales with them).
@@ -74,6 +85,9 @@ class VesselSegConfig(JsonConfig):
     min_object_px: int = 20
     crop_px: int = 96
     zoom: tuple[float, float] = (0.6, 2.0)
+    local_norm_px: float = 0.0
+    p_vessel_crop: float = 0.8
+    skeleton_weight: float = 0.0
     n_scenes: int = 16
     scene_seed: int = 50_000
     scene_sizes: tuple[int, ...] = (256, 384, 512)
@@ -100,6 +114,11 @@ class VesselSegConfig(JsonConfig):
             )
         if not (self.crop_px >= 32 and self.crop_px % 16 == 0):
             raise ValueError(f"VesselSegConfig.crop_px: expected a multiple of 16 >= 32, got {self.crop_px}")
+        for name, lo_, hi_ in (("local_norm_px", 0.0, 256.0), ("p_vessel_crop", 0.0, 1.0),
+                               ("skeleton_weight", 0.0, 100.0)):  # fmt: skip
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and not isinstance(v, bool) and lo_ <= v <= hi_):
+                raise ValueError(f"VesselSegConfig.{name}: expected a number in [{lo_}, {hi_}], got {v!r}")
         lo, hi = self.zoom
         if not 0.1 <= lo <= hi <= 10.0:
             raise ValueError(
@@ -112,8 +131,43 @@ class VesselSegConfig(JsonConfig):
         return int(np.prod(self.strides))
 
 
+def standardise(x: Any, local_norm_px: float = 0.0) -> Any:
+    """The network's input normalisation of a (B, 1, H, W) float tensor (module docstring).
+
+    Args:
+        x: images, any grey range.
+        local_norm_px: 0 = whole-image ``(x - mean) / std``; > 0 = Gaussian sigma in pixels of the
+            local contrast normalisation (percentile range to [0, 1], minus the local mean, over the
+            local standard deviation, floored at 0.01).
+
+    Returns:
+        The normalised tensor, same shape.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if local_norm_px <= 0:
+        mean = x.mean(dim=(-2, -1), keepdim=True)
+        std = x.std(dim=(-2, -1), keepdim=True).clamp_min(1e-3)
+        return (x - mean) / std
+    flat = x.flatten(-2)
+    lo, hi = torch.quantile(flat, torch.tensor([0.01, 0.99], dtype=x.dtype, device=x.device), dim=-1)
+    x = (x - lo[..., None, None]) / (hi - lo).clamp_min(1e-6)[..., None, None]
+    radius = int(math.ceil(3 * local_norm_px))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / local_norm_px) ** 2)
+    k = k / k.sum()
+
+    def blur(a: Any) -> Any:
+        a = F.conv2d(F.pad(a, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+        return F.conv2d(F.pad(a, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1))
+
+    high = x - blur(x)
+    return high / blur(high * high).sqrt().clamp_min(0.01)
+
+
 def build_network(config: VesselSegConfig) -> Any:
-    """The network: per-image standardisation, then MONAI's 2D UNet; (B, 1, H, W) -> logits (B, 1, H, W)."""
+    """The network: :func:`standardise`, then MONAI's 2D UNet; (B, 1, H, W) -> logits (B, 1, H, W)."""
     import torch
     from monai.networks.nets import UNet
 
@@ -130,9 +184,7 @@ def build_network(config: VesselSegConfig) -> Any:
             self.offset = torch.nn.Parameter(torch.tensor(-2.0))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            mean = x.mean(dim=(-2, -1), keepdim=True)
-            std = x.std(dim=(-2, -1), keepdim=True).clamp_min(1e-3)
-            return self.unet((x - mean) / std) + self.offset
+            return self.unet(standardise(x, config.local_norm_px)) + self.offset
 
     return _Net()
 

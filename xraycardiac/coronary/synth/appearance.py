@@ -249,18 +249,20 @@ def with_background(scene: VesselScene, background: str, seed: int) -> VesselSce
     return replace(scene, background_mu=bg, background=background)
 
 
-def crop_scene(scene: VesselScene, rng: np.random.Generator, size_px: int, zoom: float = 1.0) -> VesselScene:
-    """A ``size_px`` square of the scene rescaled by ``zoom`` (> 1 magnifies), centred near vessels.
+def crop_scene(
+    scene: VesselScene, rng: np.random.Generator, size_px: int, zoom: float = 1.0, p_vessel: float = 0.8
+) -> VesselScene:
+    """A ``size_px`` square of the scene rescaled by ``zoom`` (> 1 magnifies), often centred near vessels.
 
     The crop is ``size_px / zoom`` source pixels, resampled (thickness and background linearly,
-    the mask as thickness > 0.05 mm after resampling); 80 % of crops are centred on a random
-    vessel pixel, the rest anywhere. The centreline is dropped (crops train, scenes are scored).
+    the mask as thickness > 0.05 mm after resampling); a share ``p_vessel`` of crops is centred
+    near a random vessel pixel, the rest anywhere. The centreline is dropped (crops train, scenes are scored).
     """
     rows, cols = scene.mask.shape
     src = int(round(size_px / zoom))
     src = min(src, rows, cols)
     ys, xs = np.nonzero(scene.mask)
-    if len(ys) and rng.uniform() < 0.8:
+    if len(ys) and rng.uniform() < p_vessel:
         k = int(rng.integers(len(ys)))
         cy, cx = ys[k] + rng.integers(-src // 4, src // 4 + 1), xs[k] + rng.integers(-src // 4, src // 4 + 1)
     else:
