@@ -298,10 +298,12 @@ def calibrate_uncertainty(
     import sys
 
     from xraycardiac.outputs import check_output
+    from xraycardiac.xray2ct.evaluate import load_cache_cases
     from xraycardiac.xray2ct.uncertainty import calibrate
 
     check_output(out, overwrite=overwrite, file=True)
-    cal = calibrate(model, data, split, max_cases, samples, steps, seed,
+    cases = load_cache_cases(data, split, max_cases)
+    cal = calibrate(model, cases, {"cache": str(data), "split": split}, samples, steps, seed,
                     command="xraycardiac x2ct calibrate-uncertainty " + " ".join(sys.argv[3:]))  # fmt: skip
     cal.save(out)
     rho = cal.source["calibration_block_spearman"]

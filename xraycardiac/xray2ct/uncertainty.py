@@ -264,27 +264,35 @@ def fit_calibration(
 
 
 def calibrate(
-    model: str, cache: str | os.PathLike[str], split: str = "val", max_cases: int | None = None,
-    samples: int = 4, steps: int = 20, seed: int = 0, command: str = "",
+    model: str, cases: Sequence[Any], data: Mapping[str, Any], samples: int = 4, steps: int = 20,
+    seed: int = 0, command: str = "",
 ) -> UncertaintyCalibration:  # fmt: skip
-    """Fit :class:`UncertaintyCalibration` for ``model`` on the ``split`` phantoms of its cache.
+    """Fit :class:`UncertaintyCalibration` for ``model`` on calibration phantoms.
 
     Each case is generated as ``x2ct generate`` does (``samples`` K, ``steps``, ``seed``) from its cached
     views at the training geometry; its features and |error| against the cached CT (both clipped to the
     HU window) are pooled over the cases and fitted (:func:`fit_calibration`).
 
+    Args:
+        model: x2ct bundle folder or installed name.
+        cases: :class:`~xraycardiac.xray2ct.evaluate.EvalCase` of a split the model was not trained on
+            (``load_cache_cases(cache, "val")``).
+        data: where the cases come from ({"cache", "split"}), recorded in the calibration.
+        samples, steps, seed: the sampler, as ``x2ct generate`` will run it.
+        command: the command line, recorded.
+
     Raises:
-        ValueError: a bad cache or split, a model that does not fit the cache, samples < 2.
+        ValueError: no cases, samples < 2, a model that does not fit the cases.
     """
     import torch
 
     from xraycardiac.xray2ct.bundle import load_bundle
-    from xraycardiac.xray2ct.evaluate import load_cache_cases
 
     if samples < 2:
         raise ValueError(f"samples: the sample std needs K >= 2, got {samples}")
+    if not cases:
+        raise ValueError("cases: expected at least one calibration case, got none")
     bundle = load_bundle(model)
-    cases = load_cache_cases(cache, split, max_cases)
     feats, errors, spearman = [], [], []
     for case in cases:
         f, mean_hu, _ = case_features(bundle, case, samples, steps, seed)
@@ -295,8 +303,8 @@ def calibrate(
     cal = UncertaintyCalibration(intercept, weights, dict(bundle.source["sha256"]), {})
     for f, e in zip(feats, errors, strict=True):
         spearman.append(block_spearman(calibrated_uncertainty(f, cal), e))
-    source = {"model": bundle.source["model"], "version": bundle.source["version"], "cache": str(cache),
-              "split": split, "cases": len(cases), "samples": samples, "steps": steps, "seed": seed,
+    source = {"model": bundle.source["model"], "version": bundle.source["version"], **dict(data),
+              "cases": len(cases), "samples": samples, "steps": steps, "seed": seed,
               "block": BLOCK, "command": command, "threads": torch.get_num_threads(),
               "calibration_block_spearman": [round(s, 3) for s in spearman],
               "calibration_mean_abs_error_hu": round(float(np.mean([e.mean() for e in errors])), 1)}  # fmt: skip
