@@ -222,7 +222,7 @@ def test_cli_generate_exit_codes(setup, tmp_path: Path) -> None:
     assert ok.exit_code == 0, ok.output
     assert {p.name for p in (tmp_path / "ok").iterdir()} >= {"ct.nrrd", "uncertainty.nrrd", "direct.nrrd",
                                                              "report.json"}  # fmt: skip
-    assert "uncertainty: std over samples (unbiased), HU; NOT calibrated" in ok.output, ok.output
+    assert "uncertainty map: std over samples (unbiased), HU; NOT calibrated" in ok.output, ok.output
     write_volume(Volume(np.zeros((4, G, G), np.float32), np.eye(4)), tmp_path / "ct3d.nrrd")
     bad = CliRunner().invoke(app, [*base, "--pa", str(tmp_path / "ct3d.nrrd"), "--lateral", str(setup["lateral"]),
                                    "--out", str(tmp_path / "bad")])  # fmt: skip

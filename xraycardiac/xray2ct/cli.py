@@ -240,7 +240,7 @@ def generate(
         typer.echo(f"{view} intensity: {'; '.join(record['intensity']['steps'])}")
     typer.echo(summary["input_check_text"])
     if summary["uncertainty"] is not None:
-        typer.echo(f"uncertainty: {summary['uncertainty']} ({summary['timing_s']['uncertainty']:.2f} s)")
+        typer.echo(f"uncertainty map: {summary['uncertainty']} ({summary['timing_s']['uncertainty']:.2f} s)")
     for key, file in summary["outputs"].items():
         typer.echo(f"{key}: {out / file}")
     t = summary["timing_s"]
