@@ -222,8 +222,47 @@ def test_cli_generate_exit_codes(setup, tmp_path: Path) -> None:
     assert ok.exit_code == 0, ok.output
     assert {p.name for p in (tmp_path / "ok").iterdir()} >= {"ct.nrrd", "uncertainty.nrrd", "direct.nrrd",
                                                              "report.json"}  # fmt: skip
+    assert "uncertainty map: std over samples (unbiased), HU; NOT calibrated" in ok.output, ok.output
     write_volume(Volume(np.zeros((4, G, G), np.float32), np.eye(4)), tmp_path / "ct3d.nrrd")
     bad = CliRunner().invoke(app, [*base, "--pa", str(tmp_path / "ct3d.nrrd"), "--lateral", str(setup["lateral"]),
                                    "--out", str(tmp_path / "bad")])  # fmt: skip
     assert bad.exit_code == 1 and "inputs.pa" in bad.output, bad.output
     _no_leftovers(tmp_path, "bad")
+
+
+def test_calibrated_uncertainty_is_written_with_its_method_and_other_weights_fall_back(
+    setup, tmp_path, xraycardiac_home
+) -> None:
+    import shutil
+
+    from xraycardiac.xray2ct.bundle import import_bundle
+    from xraycardiac.xray2ct.uncertainty import UncertaintyCalibration
+
+    model = tmp_path / "model"
+    shutil.copytree(setup["bi"], model)
+    cal_file = model / "uncertainty.json"
+    cli = CliRunner().invoke(app, ["x2ct", "calibrate-uncertainty", "--model", str(model), "--data",
+                                   str(setup["root"] / "cache"), "--split", "all", "--max-cases", "2", "--samples",
+                                   "2", "--steps", "3", "--out", str(cal_file)])  # fmt: skip
+    assert cli.exit_code == 0, cli.output
+    cal = UncertaintyCalibration.load(cal_file)
+    assert cal.source["cases"] == 2 and "calibrate-uncertainty" in cal.source["command"], cal.source
+    inputs = {"pa": setup["pa"], "lateral": setup["lateral"]}
+    summary = _run(setup, tmp_path / "out", inputs, model=str(model))
+    unc = read_volume(tmp_path / "out" / "uncertainty.nrrd")
+    assert summary["uncertainty"].startswith("expected |error|, HU"), summary["uncertainty"]
+    assert unc.meta.get("content") == summary["uncertainty"] and unc.meta.get("quantity") == "HU", unc.meta
+    assert unc.array.min() >= cal.intercept_hu - 1e-3 and summary["timing_s"]["uncertainty"] > 0
+    plain = _run(setup, tmp_path / "plain", inputs)  # the same weights, no calibration: the sample std
+    std = read_volume(tmp_path / "plain" / "uncertainty.nrrd").array
+    assert "NOT calibrated" in plain["uncertainty"] and not np.allclose(std, unc.array), plain["uncertainty"]
+    import_bundle(model)  # the calibration travels with the bundle into the model cache
+    installed = _run(setup, tmp_path / "installed", inputs, model="x2ct-bi")
+    assert installed["uncertainty"].startswith("expected |error|, HU"), installed["uncertainty"]
+    stale = UncertaintyCalibration(
+        cal.intercept_hu, cal.weights, {**cal.parts_sha256, "ldm": "0" * 64}, cal.source
+    )
+    stale.save(cal_file)  # fitted for other weights: not used, and the report says why
+    other = _run(setup, tmp_path / "stale", inputs, model=str(model))
+    assert "other weights" in other["uncertainty"], other["uncertainty"]
+    assert np.array_equal(read_volume(tmp_path / "stale" / "uncertainty.nrrd").array, std)

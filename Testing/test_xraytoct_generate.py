@@ -146,6 +146,10 @@ def test_generate_from_simulated_views(bundle, scene_views) -> None:
         std = slicer.util.arrayFromVolume(result.uncertainty)
         assert -1000.0 <= ct.min() and ct.max() <= 1000.0, (ct.min(), ct.max())
         assert std.min() >= 0.0 and std.max() > 0.0, (std.min(), std.max())
+        # the node says what the map is, as the report does (this bundle has no calibration: the std)
+        content = read_attributes(result.uncertainty)["Content"]
+        assert content == result.report["uncertainty"] and "NOT calibrated" in content, content
+        assert f"Uncertainty: {content}" in result.text, result.text
         table = result.table
         assert table.GetNumberOfRows() == len(METRIC_ROWS) and table.GetNumberOfColumns() == 4
         assert [table.GetCellText(r, 0) for r in range(4)] == ["PSNR", "SSIM 3D", "SSIM slice-wise", "MAE"]

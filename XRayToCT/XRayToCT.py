@@ -4,8 +4,9 @@ Widget -> typed parameter node -> ``XRayToCTLib`` logic -> a core job in a separ
 bar, Cancel) -> MRML nodes with provenance attributes. "Simulate radiographs": the ``drr`` job, one
 2D volume node per view with its projection matrix and C-arm geometry. "Generate CT": a PA (+ lateral)
 radiograph node (its C-arm geometry from ``XRayCardiac.Geometry`` when present) -> the ``x2ct-generate``
-job (CLS-DM latent diffusion, K samples) -> a CT volume (HU), a per-voxel uncertainty volume (std over
-the samples, HU), optionally the encoder's direct estimate, and with a reference CT a metrics table.
+job (CLS-DM latent diffusion, K samples) -> a CT volume (HU), a per-voxel uncertainty volume (HU: the
+model's calibrated expected |error|, or the std over the samples when the model has no calibration; the
+node's Content attribute says which), optionally the encoder's direct estimate, and with a reference CT a metrics table.
 All computation is in the core library; nothing here does math.
 """
 
@@ -59,8 +60,9 @@ class XRayToCT(ScriptedLoadableModule):
             "any C-arm pose (primary angle + LAO / − RAO, secondary angle + cranial / − caudal). Each "
             "output is a 2D volume on the detector plane with its 3x4 projection matrix in the node "
             "attribute XRayCardiac.ProjectionMatrix and its C-arm geometry in XRayCardiac.Geometry. "
-            "Generate CT: a 3D CT volume (HU) and a per-voxel uncertainty volume (standard deviation over "
-            "K diffusion samples, HU) from a PA radiograph or a PA + lateral pair (a latent diffusion "
+            "Generate CT: a 3D CT volume (HU) and a per-voxel uncertainty volume (expected absolute error in "
+            "HU, calibrated on phantoms the model was not trained on; the std over K diffusion samples for "
+            "a model without calibration) from a PA radiograph or a PA + lateral pair (a latent diffusion "
             "model conditioned on the radiographs, CLS-DM), optionally the encoder's direct estimate, and "
             "with a reference CT a table of PSNR / SSIM / MAE. Radiographs hold line integrals (what "
             "'Simulate radiographs' makes); their geometry is read from XRayCardiac.Geometry, else the "

@@ -16,7 +16,10 @@ Outputs (``import_results``; names start with ``"<PA node name> CT"``, made uniq
 * "... CT": the voxel-wise mean of the K samples, HU, on the model's cube (``grid``³ voxels of
   ``spacing_mm``, axis-aligned, centred on the PA view's isocentre), placed in RAS by the file's
   ijk_to_ras;
-* "... CT uncertainty": the voxel-wise standard deviation over the K samples, HU (K >= 2 only);
+* "... CT uncertainty" (K >= 2 only), HU: the expected |error| of the model's calibrated uncertainty
+  (``xraycardiac.xray2ct.uncertainty``) when the model ships a calibration of its own weights, else the
+  voxel-wise standard deviation over the K samples; its ``Content`` attribute says which (the report's
+  ``uncertainty``);
 * "... CT direct" (``add_direct``): the X-ray encoder's direct estimate, HU;
 * "... CT metrics" (with a reference): a table node, one row per metric (PSNR dB, SSIM 3D, SSIM
   slice-wise, MAE HU) and one column per volume (CT, direct estimate); the window and method are in
@@ -227,6 +230,8 @@ def describe_result(report: dict[str, Any], geometry_text: str = "") -> str:
     ]
     if report.get("uncertainty") is None:
         lines.append("No uncertainty volume: it needs 2 samples or more.")
+    else:
+        lines.append(f"Uncertainty: {report['uncertainty']}.")
     if geometry_text:
         lines.append(geometry_text + ".")
     for view, record in (report.get("views") or {}).items():
@@ -471,8 +476,8 @@ class GenerateCTLogic(JobLogic[GenerateRun, GenerateResult]):
             "uncertainty": f"{run.prefix} uncertainty",
             "direct": f"{run.prefix} direct",
         }
-        contents = {"ct": "mean of the samples (HU)", "uncertainty": "std over the samples (HU)",
-                    "direct": "encoder direct estimate (HU)"}  # fmt: skip
+        contents = {"ct": "mean of the samples (HU)", "direct": "encoder direct estimate (HU)",
+                    "uncertainty": report.get("uncertainty") or "std over the samples (HU)"}  # fmt: skip
         added: dict[str, Any] = {}
         with removed_on_error(self.scene):
             for key, volume in volumes.items():

@@ -3,8 +3,8 @@
 The job checks the spec (parameters -> :class:`xraycardiac.xray2ct.pipeline.GenerateConfig`), reads the
 views and hands them to :func:`xraycardiac.xray2ct.pipeline.generate_ct`: resample them to the model's
 view size, run the x2ct model (X-ray encoder -> K latent samples by DDIM / rectified-flow sampling ->
-autoencoder decoder), write the voxel-wise mean, the voxel-wise standard deviation over the K samples
-and the encoder's direct estimate, and, with a reference CT, image metrics.
+autoencoder decoder), write the voxel-wise mean, the uncertainty map (calibrated expected |error|, or
+the standard deviation over the K samples) and the encoder's direct estimate, and, with a reference CT, image metrics.
 
 Job spec::
 
@@ -48,7 +48,9 @@ detector), ``view_pa`` / ``view_lateral`` ("PA", "AP", "LL", "RL"): the user's g
 file header's (a picture needs SID, SOD and pixel together).
 
 Outputs: ``ct.nrrd`` (voxel-wise mean of the K decoded samples, HU, clipped to the model's HU
-window), ``uncertainty.nrrd`` (voxel-wise standard deviation over the K samples (unbiased), HU),
+window), ``uncertainty.nrrd`` (HU: the expected |error| of the model's calibrated uncertainty,
+:mod:`xraycardiac.xray2ct.uncertainty`, when the model ships a calibration of its own weights, else the
+voxel-wise standard deviation over the K samples (unbiased); the report's ``uncertainty`` says which),
 ``direct.nrrd`` (the encoder's direct CT estimate, no diffusion, HU), all on the cube's ijk_to_ras
 with provenance in the header (``xraycardiac_*`` keys), and ``report.json`` (the summary: model,
 sha256s, params, mode, per view the reading, intensity mapping and geometry source, the

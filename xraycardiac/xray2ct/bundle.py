@@ -72,6 +72,8 @@ MODEL_JSON = "model.json"
 PART_FILES: dict[str, str] = {"autoencoder": "autoencoder.pt", "encoder": "encoder.pt", "ldm": "ldm.pt"}
 MODES = {2: "biplanar", 1: "single"}
 INTENDED_USE = "research only, not for clinical use"
+SIDE_FILES = ("input_stats.json", "uncertainty.json")
+"""Files made after training that travel with a bundle folder (input statistics, uncertainty calibration)."""
 
 
 def view_names(n_views: int) -> tuple[str, ...]:
@@ -498,17 +500,19 @@ def import_bundle(folder: str | os.PathLike[str]) -> Any:
                 )
             with atomic_path(dest / path.name) as tmp:
                 shutil.copyfile(path, tmp)
-        stats = src / "input_stats.json"  # the input check's reference (xray2ct.input_stats), when made
-        if stats.is_file():
-            with atomic_path(dest / stats.name) as tmp:
-                shutil.copyfile(stats, tmp)
+        for (
+            extra
+        ) in SIDE_FILES:  # input check reference (xray2ct.input_stats), uncertainty weights, when made
+            if (src / extra).is_file():
+                with atomic_path(dest / extra) as tmp:
+                    shutil.copyfile(src / extra, tmp)
         installed = import_model(src)
     except BaseException:
         if created:
             shutil.rmtree(dest, ignore_errors=True)
         raise
     if installed.directory is not None and Path(installed.directory) != dest:  # another cache layout
-        for name in [rec["file"] for rec in info["files"].values()] + ["input_stats.json"]:
+        for name in [rec["file"] for rec in info["files"].values()] + list(SIDE_FILES):
             if (dest / name).is_file():
                 shutil.copyfile(dest / name, Path(installed.directory) / name)
     return installed

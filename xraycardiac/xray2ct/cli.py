@@ -3,7 +3,8 @@
 Commands: ``cache`` (training cache), ``bundle`` (pack three trained parts into one x2ct model
 folder, optionally installing it), ``install`` (install a bundle folder into the model cache),
 ``generate`` (the ``x2ct-generate`` job: CT + uncertainty from a PA (+ lateral) radiograph),
-``input-stats`` (the training views' reference statistics for the out-of-distribution check of
+``calibrate-uncertainty`` (the weights of the calibrated uncertainty map,
+:mod:`xraycardiac.xray2ct.uncertainty`), ``input-stats`` (the training views' reference statistics for the out-of-distribution check of
 inputs, :mod:`xraycardiac.xray2ct.input_stats`), ``evaluate`` (CLS-DM vs the encoder's direct estimate, SART, CGLS and the mean prior on a cache
 split and a real chest CT; :mod:`xraycardiac.xray2ct.evaluate`).
 
@@ -238,6 +239,8 @@ def generate(
         typer.echo(f"{view} geometry: {record['geometry']}")
         typer.echo(f"{view} intensity: {'; '.join(record['intensity']['steps'])}")
     typer.echo(summary["input_check_text"])
+    if summary["uncertainty"] is not None:
+        typer.echo(f"uncertainty map: {summary['uncertainty']} ({summary['timing_s']['uncertainty']:.2f} s)")
     for key, file in summary["outputs"].items():
         typer.echo(f"{key}: {out / file}")
     t = summary["timing_s"]
@@ -270,6 +273,42 @@ def input_stats(
     stats.save(out)
     typer.echo(f"{stats.source['cases']} {split} cases, threshold {stats.threshold:g} "
                f"(largest training score {stats.source['largest_training_score']:g}) -> {out}")  # fmt: skip
+
+
+@app.command("calibrate-uncertainty")
+def calibrate_uncertainty(
+    model: Annotated[str, typer.Option(help="x2ct bundle folder or installed model name.")],
+    data: Annotated[Path, typer.Option(help="The model's cache (x2ct cache); --split is fitted on.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="File to write: <model>.uncertainty.json beside the weights, or uncertainty.json in a bundle."
+        ),
+    ],
+    split: Annotated[
+        str, typer.Option(help="Calibration split: phantoms the model was not trained on (val).")
+    ] = "val",
+    max_cases: Annotated[int | None, typer.Option(help="Use the first N cases of the split.")] = None,
+    samples: Annotated[int, typer.Option(help="K samples per case (>= 2), as x2ct generate will run.")] = 4,
+    steps: Annotated[int, typer.Option(help="Sampler steps, as x2ct generate will run.")] = 20,
+    seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
+) -> None:
+    """Fit the calibrated uncertainty (expected |error|, HU) of a model on phantoms it was not trained on."""
+    import sys
+
+    from xraycardiac.outputs import check_output
+    from xraycardiac.xray2ct.evaluate import load_cache_cases
+    from xraycardiac.xray2ct.uncertainty import calibrate
+
+    check_output(out, overwrite=overwrite, file=True)
+    cases = load_cache_cases(data, split, max_cases)
+    cal = calibrate(model, cases, {"cache": str(data), "split": split}, samples, steps, seed,
+                    command="xraycardiac x2ct calibrate-uncertainty " + " ".join(sys.argv[3:]))  # fmt: skip
+    cal.save(out)
+    rho = cal.source["calibration_block_spearman"]
+    typer.echo(f"{cal.source['cases']} {split} cases: intercept {cal.intercept_hu:.1f} HU, weights {cal.weights}; "
+               f"block Spearman on them {min(rho):.2f}..{max(rho):.2f} -> {out}")  # fmt: skip
 
 
 @app.command()

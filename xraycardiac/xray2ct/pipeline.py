@@ -24,8 +24,10 @@ parameters (the only place they are checked); :func:`generate_ct` does the work:
   the PA view's isocentre. Views are resampled to the model's view size S (:func:`resample_view`:
   block average for integer factors, else antialiased bilinear; pixel centres kept,
   ``u' = (u + 0.5) S / cols - 0.5``).
-* outputs: the voxel-wise mean of the K decoded samples (HU, clipped to the model's HU window), their
-  voxel-wise standard deviation (unbiased, HU; K >= 2) and the encoder's direct estimate, with a
+* outputs: the voxel-wise mean of the K decoded samples (HU, clipped to the model's HU window), the
+  uncertainty (HU; K >= 2): the expected |error| of :mod:`xraycardiac.xray2ct.uncertainty` when the model
+  has a calibration of its own weights, else the voxel-wise std of the samples (unbiased; the report's
+  ``uncertainty`` says which), and the encoder's direct estimate, with a
   ``report.json`` summary and, with a reference CT, image metrics (:data:`METRICS_METHOD`).
 
 torch is imported inside the functions that need it.
@@ -341,6 +343,29 @@ def ood_message(ood: Mapping[str, Any] | None, stats_source: str) -> str:
     return text + (f": {ood['hint']}" if ood.get("hint") else "")
 
 
+def _uncertainty(
+    bundle: Any, result: Any, prepared: Mapping[str, Any], ijk_to_ras: np.ndarray, std_hu: np.ndarray
+) -> tuple[np.ndarray, str]:
+    """(uncertainty map in HU, what it is): the model's calibrated map when it has a calibration of its
+    own weights (:mod:`xraycardiac.xray2ct.uncertainty`), else the std over the samples."""
+    from xraycardiac.xray2ct import uncertainty as unc
+    from xraycardiac.xray2ct.data import unit_to_hu
+
+    cal, source = unc.find_calibration(
+        bundle.source["folder"], bundle.source["model"], bundle.source["sha256"]
+    )
+    if cal is None:
+        return std_hu.astype(np.float32), unc.describe_method(None, source)
+    window = bundle.data_config.hu_window
+    geoms = unc.view_size_geometries([prepared["geometries"][v] for v in bundle.views], bundle.view_size)
+    feats = unc.uncertainty_features(
+        unit_to_hu(result.samples[:, 0, 0].float().cpu().numpy(), window),
+        unit_to_hu(result.direct[0, 0].float().cpu().numpy(), window),
+        ijk_to_ras, prepared["views"], geoms, bundle.data_config,
+    )  # fmt: skip
+    return unc.calibrated_uncertainty(feats, cal), unc.describe_method(cal, source)
+
+
 def generate_ct(
     config: GenerateConfig,
     radiographs: Mapping[str, Any],
@@ -440,9 +465,12 @@ def generate_ct(
     )
     write_volume(Volume(direct_hu, a, {**meta, "quantity": "HU", "content": "encoder direct estimate"}),
                  out_dir / OUTPUTS["direct"])  # fmt: skip
+    method, t_unc = None, 0.0
     if result.std is not None:
-        std_hu = (result.std[0, 0].cpu().numpy() * half).astype(np.float32)
-        write_volume(Volume(std_hu, a, {**meta, "quantity": "HU", "content": "std over the samples"}),
+        t1 = time.monotonic()
+        unc_hu, method = _uncertainty(bundle, result, prepared, a, (result.std[0, 0].cpu().numpy() * half))
+        t_unc = time.monotonic() - t1
+        write_volume(Volume(unc_hu, a, {**meta, "quantity": "HU", "content": method}),
                      out_dir / OUTPUTS["uncertainty"])  # fmt: skip
     else:
         outputs.pop("uncertainty")
@@ -486,12 +514,13 @@ def generate_ct(
             "ijk_to_ras": a.tolist(),
             "hu_window": list(window),
         },  # fmt: skip
-        "uncertainty": "std over samples (unbiased), HU" if result.std is not None else None,
+        "uncertainty": method,
         "timing_s": {
             "load": round(t_load, 3),
             "generate": round(t_generate, 3),
             "per_step": round(t_generate / steps, 4),
-            "write": round(t_write, 3),
+            "uncertainty": round(t_unc, 3),
+            "write": round(t_write - t_unc, 3),
             "total": round(time.monotonic() - t_start, 3),
         },  # fmt: skip
         "peak_memory": _peak_memory(device),

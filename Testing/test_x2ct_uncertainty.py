@@ -1,0 +1,93 @@
+"""The calibrated XRayToCT uncertainty (xraycardiac.xray2ct.uncertainty): it ranks the error, the sample std does not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xraycardiac.xray2ct import uncertainty as unc
+from xraycardiac.xray2ct.data import CTCase, X2CTDataConfig, load_case_ct, render_views, view_geometries
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CFG = X2CTDataConfig(grid=32, spacing_mm=8.0)
+BLOCK = 4  # 8³ blocks of a 32³ cube would be 64; 4³ gives 512
+
+
+def _confidently_wrong(phantom: int, centre: tuple[int, int, int], seed: int) -> tuple[dict, np.ndarray]:
+    """Features and |error| of a "generation" that is wrong around ``centre`` (up to +600 HU, a 5-voxel
+    Gaussian) and everywhere else right, with samples that agree (std 20 HU noise everywhere) and a direct
+    estimate equal to the mean: only the input consistency can see where the CT is wrong."""
+    truth = load_case_ct(CTCase(f"p{phantom}", f"phantom:{phantom}", f"p{phantom}", "phantom"), CFG)
+    views = render_views(truth, CFG)
+    k, j, i = np.indices(truth.array.shape)
+    d2 = (k - centre[0]) ** 2 + (j - centre[1]) ** 2 + (i - centre[2]) ** 2
+    wrong = np.clip(truth.array + 600.0 * np.exp(-d2 / (2 * 5.0**2)), -1000, 1000)
+    rng = np.random.default_rng(seed)
+    samples = wrong[None] + rng.normal(0.0, 20.0, (4, *wrong.shape))
+    mean = samples.mean(axis=0)
+    geoms = view_geometries(CFG, truth.center_ras())
+    feats = unc.uncertainty_features(samples, mean, truth.ijk_to_ras, views, list(geoms.values()), CFG)
+    return feats, np.abs(mean - np.clip(truth.array, -1000, 1000))
+
+
+@pytest.fixture(scope="module")
+def cases() -> dict[str, tuple[dict, np.ndarray]]:
+    return {
+        "calibration": _confidently_wrong(0, (12, 18, 10), 0),
+        "held_out": _confidently_wrong(1, (20, 12, 20), 1),
+    }
+
+
+def test_calibrated_map_ranks_a_confidently_wrong_region_and_std_or_constant_do_not(cases) -> None:
+    (f_cal, e_cal), (f, err) = cases["calibration"], cases["held_out"]
+    intercept, weights = unc.fit_calibration([f_cal], [e_cal], block=BLOCK)
+    cal = unc.UncertaintyCalibration(intercept, weights, {}, {})
+    ours = unc.block_spearman(unc.calibrated_uncertainty(f, cal), err, BLOCK)
+    std = unc.block_spearman(f["sample_std"], err, BLOCK)
+    constant = unc.block_spearman(np.full_like(err, 30.0), err, BLOCK)
+    assert ours >= 0.4, f"calibrated map: block Spearman {ours:.2f} < 0.4 (weights {weights})"
+    assert std < 0.4 and constant < 0.4, f"std {std:.2f} / constant {constant:.2f} should not rank the error"
+    worst = np.unravel_index(np.argmax(unc.block_means(err, BLOCK)), (8, 8, 8))
+    u = unc.block_means(unc.calibrated_uncertainty(f, cal), BLOCK)
+    assert u[np.ravel_multi_index(worst, (8, 8, 8))] > np.quantile(u, 0.9), "the worst block is not flagged"
+
+
+def test_fit_recovers_known_weights_and_the_reliability_table_matches_the_error() -> None:
+    rng = np.random.default_rng(0)
+    feats = [
+        {n: rng.gamma(2.0, 10.0, (16, 16, 16)).astype(np.float32) for n in unc.FEATURES} for _ in range(3)
+    ]
+    errors = [12.0 + 2.0 * f["direct_gap"] + 0.5 * f["view_residual"] for f in feats]
+    intercept, weights = unc.fit_calibration(feats, errors, block=4)
+    assert intercept == pytest.approx(12.0, abs=1e-3)
+    assert weights == pytest.approx({"sample_std": 0.0, "direct_gap": 2.0, "local_std": 0.0, "view_residual": 0.5},
+                                    abs=1e-4)  # fmt: skip
+    cal = unc.UncertaintyCalibration(intercept, weights, {}, {})
+    table = unc.reliability_table(
+        [unc.calibrated_uncertainty(f, cal) for f in feats], errors, bins=4, block=4
+    )
+    assert [t["mean_abs_error_hu"] for t in table] == pytest.approx(
+        [t["mean_uncertainty_hu"] for t in table], abs=0.2
+    )
+    assert all(
+        a["mean_abs_error_hu"] < b["mean_abs_error_hu"] for a, b in zip(table, table[1:], strict=False)
+    )
+
+
+def test_calibration_file_round_trip_and_other_weights_are_not_used(tmp_path: Path) -> None:
+    parts = {"autoencoder": "a" * 64, "encoder": "b" * 64, "ldm": "c" * 64}
+    cal = unc.UncertaintyCalibration(5.0, dict.fromkeys(unc.FEATURES, 1.0), parts, {"command": "x"})
+    cal.save(tmp_path / "uncertainty.json")
+    found, where = unc.find_calibration(tmp_path, "m", parts)
+    assert found == cal and where.endswith("uncertainty.json")
+    other, why = unc.find_calibration(tmp_path, "m", {**parts, "ldm": "d" * 64})
+    assert other is None and "other weights" in why
+    assert "NOT calibrated" in unc.describe_method(other, why)
+    (tmp_path / "uncertainty.json").write_text(
+        '{"format": "xraycardiac.x2ct_uncertainty", "features": ["std"]}'
+    )
+    with pytest.raises(ValueError, match="uncertainty.json: not xraycardiac.x2ct_uncertainty"):
+        unc.find_calibration(tmp_path, "m", parts)
