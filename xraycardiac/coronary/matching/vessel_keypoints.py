@@ -62,6 +62,8 @@ __all__ = [
     "detect_vessel_keypoints",
     "match_vessel_keypoints",
     "mutual_nearest_neighbours",
+    "probability_keypoints",
+    "ring_features",
 ]
 
 THRESHOLDS = ("percentile", "otsu")
@@ -145,10 +147,12 @@ class VesselKeypoints:
 
     Attributes:
         keypoints: (N, 2) float64 pixels (u = column, v = row).
-        kind: (N,) str, "bifurcation", "endpoint" or "centreline".
-        vesselness: (rows, cols) float64 Frangi vesselness scaled to max 1.
+        kind: (N,) str, "bifurcation", "endpoint", "centreline" (or "curvature": probability keypoints).
+        vesselness: (rows, cols) float64 Frangi vesselness scaled to max 1 (or the vessel probability).
         mask: (rows, cols) bool vessel segmentation.
         skeleton: (rows, cols) bool pruned skeleton.
+        degree: (N,) int64 branches leaving each keypoint (:func:`ring_features`).
+        directions: (N, 4) float64 their directions, radians (NaN where fewer than four).
     """
 
     keypoints: np.ndarray
@@ -156,6 +160,8 @@ class VesselKeypoints:
     vesselness: np.ndarray
     mask: np.ndarray
     skeleton: np.ndarray
+    degree: np.ndarray | None = None
+    directions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.keypoints)
@@ -278,7 +284,6 @@ def detect_vessel_keypoints(image: np.ndarray, config: VesselKeypointConfig | No
         first, then endpoints, then centreline samples, with their kinds and the intermediate maps.
     """
     from skimage.filters import frangi
-    from skimage.morphology import skeletonize
 
     config = config or VesselKeypointConfig()
     img = _image(image, "image")
@@ -288,9 +293,128 @@ def detect_vessel_keypoints(image: np.ndarray, config: VesselKeypointConfig | No
     vessel = np.nan_to_num(vessel, nan=0.0, posinf=0.0, neginf=0.0)
     top = float(vessel.max())
     vessel = vessel / top if top > 0 else vessel
-    mask = _segment(vessel, config)
-    skeleton = _prune(skeletonize(mask), config)
+    return _tree_keypoints(vessel, _segment(vessel, config), config)
 
+
+def probability_keypoints(
+    probability: np.ndarray, threshold: float = 0.5, config: VesselKeypointConfig | None = None
+) -> VesselKeypoints:
+    """Keypoints on the skeleton of a vessel probability map (the segmentation network's output).
+
+    The same tree keypoints as :func:`detect_vessel_keypoints` (bifurcations, endpoints, centreline
+    samples every ``spacing_px``) plus **curvature points** (skeleton pixels where the centreline turns
+    by more than ``curvature_deg`` over ``ring_px``, at least ``spacing_px / 2`` from every other
+    keypoint), found on the thresholded probability instead of Frangi's vesselness of the raw
+    intensity: the network has seen many looks, so the keypoints stay on vessels where the
+    background's ridges would fool Frangi. The mask is a hysteresis threshold (high = ``threshold``,
+    low = ``config.low_ratio`` x it) without components smaller than ``config.min_object_px``.
+
+    Args:
+        probability: (rows, cols) vessel probability in [0, 1].
+        threshold: the high hysteresis threshold, in (0, 1).
+        config: skeleton and sampling settings (:class:`VesselKeypointConfig`; the Frangi and
+            percentile fields are not used).
+
+    Returns:
+        :class:`VesselKeypoints` (``vesselness`` = the probability), with ``degree`` and
+        ``directions`` (:func:`ring_features`).
+
+    Raises:
+        ValueError: a probability map outside [0, 1] or not 2D, or a threshold outside (0, 1).
+    """
+    config = config or VesselKeypointConfig()
+    prob = _image(probability, "probability")
+    if prob.min() < 0.0 or prob.max() > 1.0:
+        raise ValueError(f"probability: expected values in [0, 1], got [{prob.min():.3g}, {prob.max():.3g}]")
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold: expected a probability in (0, 1), got {threshold!r}")
+    from skimage.filters import apply_hysteresis_threshold
+
+    mask = apply_hysteresis_threshold(prob, config.low_ratio * threshold, threshold)
+    labels, _ = ndi.label(mask, structure=_EIGHT)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return _tree_keypoints(prob, sizes[labels] >= config.min_object_px, config, curvature=True)
+
+
+def ring_features(
+    skeleton: np.ndarray, keypoints: np.ndarray, ring_px: float = 6.0, n_angles: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Local tree structure at each keypoint: how many branches leave it and in which directions.
+
+    The skeleton (dilated by one pixel, so that a diagonal branch cannot slip between two samples)
+    is sampled on a circle of radius ``ring_px`` about the keypoint; each run of consecutive
+    vessel samples is one branch leaving it, its mean angle the branch's direction.
+
+    Args:
+        skeleton: (rows, cols) bool centreline skeleton.
+        keypoints: (N, 2) pixels (u, v).
+        ring_px: circle radius, pixels.
+        n_angles: samples on the circle.
+
+    Returns:
+        ``degree`` (N,) int64: branches crossing the circle (1 endpoint, 2 centreline, >= 3
+        bifurcation, 0 isolated); ``directions`` (N, 4) float64: the angles (radians, image axes:
+        0 = +u, pi / 2 = +v) of up to four branches, largest runs first, NaN where there are fewer.
+    """
+    kp = np.asarray(keypoints, dtype=np.float64).reshape(-1, 2)
+    grown = ndi.binary_dilation(skeleton, structure=_EIGHT)
+    angles = np.linspace(0.0, 2.0 * np.pi, n_angles, endpoint=False)
+    cols = np.round(kp[:, 0, None] + ring_px * np.cos(angles)[None]).astype(int)
+    rows = np.round(kp[:, 1, None] + ring_px * np.sin(angles)[None]).astype(int)
+    inside = (rows >= 0) & (rows < skeleton.shape[0]) & (cols >= 0) & (cols < skeleton.shape[1])
+    on = np.zeros(rows.shape, dtype=bool)
+    on[inside] = grown[rows[inside], cols[inside]]
+    degree = np.zeros(len(kp), dtype=np.int64)
+    directions = np.full((len(kp), 4), np.nan)
+    for i, ring in enumerate(on):
+        if ring.all() or not ring.any():
+            continue
+        start = int(np.flatnonzero(~ring)[0])  # roll so that no run wraps around
+        r = np.roll(ring, -start)
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], r.astype(int), [0]])))
+        runs = sorted(zip(edges[::2], edges[1::2], strict=True), key=lambda se: se[0] - se[1])
+        degree[i] = len(runs)
+        for k, (s, e) in enumerate(runs[:4]):
+            a = angles[(np.arange(s, e) + start) % n_angles]
+            directions[i, k] = np.arctan2(np.sin(a).mean(), np.cos(a).mean())
+    return degree, directions
+
+
+def _curvature_points(
+    skeleton: np.ndarray, taken: np.ndarray, config: VesselKeypointConfig, turn_deg: float = 35.0
+) -> np.ndarray:
+    """(C, 2) (row, col) skeleton pixels where the centreline turns by more than ``turn_deg``, kept
+    greedily (sharpest first) at least ``spacing_px / 2`` from ``taken`` and from each other."""
+    rc = np.argwhere(skeleton)
+    if len(rc) == 0:
+        return np.zeros((0, 2))
+    ring = max(3.0, config.spacing_px * 0.75)
+    degree, directions = ring_features(skeleton, rc[:, ::-1].astype(np.float64), ring)
+    two = degree == 2
+    d = np.abs(np.angle(np.exp(1j * (directions[:, 0] - directions[:, 1]))))  # angle between branches
+    turn = np.where(two, np.pi - np.nan_to_num(d, nan=np.pi), 0.0)
+    order = np.argsort(-turn)
+    order = order[turn[order] > np.deg2rad(turn_deg)]
+    keep: list[np.ndarray] = []
+    near = config.spacing_px / 2
+    others = np.asarray(taken, dtype=np.float64).reshape(-1, 2)
+    for i in order:
+        p = rc[i].astype(np.float64)
+        if len(others) and np.min(np.hypot(*(others - p).T)) < near:
+            continue
+        keep.append(p)
+        others = np.vstack([others, p])
+    return np.asarray(keep, dtype=np.float64).reshape(-1, 2)
+
+
+def _tree_keypoints(
+    vessel: np.ndarray, mask: np.ndarray, config: VesselKeypointConfig, curvature: bool = False
+) -> VesselKeypoints:
+    """Skeleton keypoints of ``mask`` (``vessel``: the map it came from, kept in the result)."""
+    from skimage.morphology import skeletonize
+
+    skeleton = _prune(skeletonize(mask), config)
     px = pixel_graph(skeleton)
     clusters, n_clusters, branches, n_branches = _split(skeleton, px, config.cluster_px)
     touch = _touching(px, clusters, branches, n_branches)
@@ -306,18 +430,23 @@ def detect_vessel_keypoints(image: np.ndarray, config: VesselKeypointConfig | No
     branches, _ = ndi.label((branches > 0) | fake, structure=_EIGHT)
     end_rc = np.argwhere(px.degree_image(skeleton.shape) == 1).astype(np.float64)
     line_rc = _centreline_samples(branches, config.spacing_px).astype(np.float64)
-
-    rc = np.concatenate([bif_rc, end_rc, line_rc]).reshape(-1, 2)
-    kind = np.array(
-        ["bifurcation"] * len(bif_rc) + ["endpoint"] * len(end_rc) + ["centreline"] * len(line_rc)
-    )
+    parts = [("bifurcation", bif_rc), ("endpoint", end_rc)]
+    if curvature:
+        taken = np.concatenate([bif_rc, end_rc]).reshape(-1, 2)
+        parts.append(("curvature", _curvature_points(skeleton, taken, config)))
+        taken = np.concatenate([taken, parts[-1][1]])
+        if len(taken) and len(line_rc):  # a centreline sample on top of another keypoint adds nothing
+            near = np.min(np.hypot(*(line_rc[:, None] - taken[None]).transpose(2, 0, 1)), axis=1)
+            line_rc = line_rc[near >= config.spacing_px / 2]
+    parts.append(("centreline", line_rc))
+    rc = np.concatenate([p for _, p in parts]).reshape(-1, 2)
+    kind = np.array([k for k, p in parts for _ in range(len(p))], dtype=str)
+    uv = rc[:, ::-1].copy()  # (row, col) -> (u, v)
+    node_degree, directions = ring_features(skeleton, uv, max(3.0, config.spacing_px * 0.75))
     return VesselKeypoints(
-        keypoints=rc[:, ::-1].copy(),  # (row, col) -> (u, v)
-        kind=kind.astype(str),
-        vesselness=vessel,
-        mask=mask,
-        skeleton=skeleton,
-    )
+        keypoints=uv, kind=kind, vesselness=vessel, mask=mask, skeleton=skeleton,
+        degree=node_degree, directions=directions,
+    )  # fmt: skip
 
 
 def describe_keypoints(image: np.ndarray, keypoints: np.ndarray, patch_radius_px: int = 8) -> np.ndarray:
