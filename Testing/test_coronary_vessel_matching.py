@@ -140,3 +140,28 @@ def test_parse_method_band_needs_the_samples_band():
 
     with pytest.raises(ValueError, match="unknown"):
         parse_method("sift+band")
+
+
+@pytest.mark.slow  # ~1 min: a synthetic pair and the chest phantom's DRR
+def test_restyle_keeps_the_ground_truth_and_redraws_the_images(tmp_path):
+    from xraycardiac.coronary.synth import SynthConfig, synthesize
+    from xraycardiac.coronary.synth.dataset import list_samples, read_sample
+    from xraycardiac.coronary.synth.restyle import restyle_dataset
+
+    src = tmp_path / "pairs"
+    assert synthesize(SynthConfig(trees=1, pairs_per_tree=1, image_size=96, seed=7), src)["written"] == 1
+    record = restyle_dataset(src, tmp_path / "styled", "halo-correlated", seed=3)
+    assert record["pairs"] == 1 and record["family"] == "halo-correlated"
+    (a,), (b,) = list_samples(src), list_samples(tmp_path / "styled")
+    for name in ("keypoints.json", "geometry.json", "mask1.png", "mask2.png", "thickness1.npy"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), f"{name} changed"
+    sa, sb = read_sample(a, load_thickness=False), read_sample(b, load_thickness=False)
+    for v in (1, 2):
+        diff = np.abs(sa[f"image{v}"] - sb[f"image{v}"]).mean()
+        assert diff > 0.02, f"view {v} not redrawn: mean change {diff:.3f}"
+        assert sb[f"image{v}"].min() >= 0.0 and sb[f"image{v}"].max() <= 1.0
+    with pytest.raises(FileExistsError, match="styled"):
+        restyle_dataset(src, tmp_path / "styled", "training")
+    with pytest.raises(ValueError, match="family"):
+        restyle_dataset(src, tmp_path / "other", "cartoon")
+    assert not (tmp_path / "other").exists()

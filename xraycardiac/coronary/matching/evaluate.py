@@ -341,6 +341,8 @@ def evaluate_matchers(
     max_pairs: int | None = None,
     warmup: bool = True,
     progress: Callable[[str, float], None] | None = None,
+    band_px: Callable[[dict[str, Any]], float] | None = None,
+    pair_metrics: Callable[[Path, dict[str, Any], Any], dict[str, float]] | None = None,
 ) -> list[dict[str, Any]]:
     """Run each method on every view pair of a split and average the matching metrics.
 
@@ -352,11 +354,15 @@ def evaluate_matchers(
         max_pairs: evaluate the first N pairs only (None = all).
         warmup: run each method once on the first pair, untimed (imports, allocator, kernels).
         progress: ``progress(stage, fraction)``.
+        band_px: ``band_px(sample)``, the half width (pixels) of the epipolar band of ``+band`` methods
+            for one pair (e.g. from its recorded geometry and the calibration prior); None = no band.
+        pair_metrics: ``pair_metrics(sample folder, sample, MatchResult) -> {name: value}``, more
+            per-pair figures (averaged NaN-aware into the row under their names).
 
     Returns:
         One row per method, in order: ``method`` (the spec), ``name`` (display name), ``pairs``,
-        every key of :data:`METRIC_FIELDS` (float; NaN where no pair defines it), ``info``
-        (provenance) and ``per_pair`` (the sample name and its metrics, one dict per pair).
+        every key of :data:`METRIC_FIELDS` (float; NaN where no pair defines it), the keys of
+        ``pair_metrics``, ``info`` (provenance) and ``per_pair`` (the sample name and its metrics, one dict per pair).
 
     Raises:
         ValueError: unknown method (lists the allowed forms), bad split or empty split.
@@ -387,12 +393,15 @@ def evaluate_matchers(
         for m, fm in zip(methods, foundation_per_method(methods, foundation), strict=True)
     ]
     samples = [read_sample(p, load_thickness=False) for p in paths]
+    if band_px is not None:
+        for sample in samples:
+            sample["band_px"] = float(band_px(sample))
     rows = []
     total = len(parsed) * len(samples)
     for i, method in enumerate(parsed):
         if warmup:
             method.run(samples[0])
-        per_pair = []
+        per_pair, extra_keys = [], set()
         for j, sample in enumerate(samples):
             if progress is not None:
                 progress(f"{method.name}: pair {j + 1}/{len(samples)}", (i * len(samples) + j) / total)
@@ -400,6 +409,10 @@ def evaluate_matchers(
             m = sample_matching_metrics(r.x1, r.x2, sample, keypoints1=r.keypoints1).as_dict()
             m["keypoints_per_image"] = (len(r.keypoints1) + len(r.keypoints2)) / 2
             m["seconds"] = float(r.seconds)
+            if pair_metrics is not None:
+                extra = pair_metrics(paths[j], sample, r)
+                extra_keys.update(extra)
+                m.update(extra)
             per_pair.append({"sample": f"{paths[j].parent.name}/{paths[j].name}", **m})
         row: dict[str, Any] = {"method": method.spec, "name": method.name, "pairs": len(samples)}
         row["keypoints_per_image"] = float(np.mean([p["keypoints_per_image"] for p in per_pair]))
@@ -409,6 +422,8 @@ def evaluate_matchers(
         for key in METRIC_FIELDS[4:-1]:
             row[key] = nanmean([p.get(key, float("nan")) for p in per_pair])
         row["seconds_per_pair"] = float(np.mean([p["seconds"] for p in per_pair]))
+        for key in sorted(extra_keys):
+            row[key] = nanmean([p.get(key, float("nan")) for p in per_pair])
         row["info"] = method.info
         row["per_pair"] = per_pair
         rows.append(row)
