@@ -39,7 +39,7 @@ Pixels are (u = column, v = row), pixel centres at integers.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.ndimage as ndi
@@ -132,6 +132,15 @@ class VesselKeypointConfig:
             raise ValueError(
                 f"VesselKeypointConfig.min_similarity: expected an NCC in [-1, 1], got {self.min_similarity!r}"
             )
+
+    def for_shape(self, shape: tuple[int, int]) -> VesselKeypointConfig:
+        """These settings, tuned at 256 px, for an image of ``shape`` (rows, cols): the distances scaled
+        by max(rows, cols) / 256, ``min_object_px`` (an area) by its square."""
+        s = max(shape) / 256.0
+        return replace(
+            self, prune_px=self.prune_px * s, cluster_px=self.cluster_px * s, spacing_px=self.spacing_px * s,
+            min_object_px=max(1, round(self.min_object_px * s * s)),
+        )  # fmt: skip
 
     def sigmas_for(self, shape: tuple[int, int]) -> tuple[float, ...]:
         """Frangi scales in pixels for an image of ``shape`` (rows, cols)."""
@@ -307,13 +316,15 @@ def probability_keypoints(
     keypoint), found on the thresholded probability instead of Frangi's vesselness of the raw
     intensity: the network has seen many looks, so the keypoints stay on vessels where the
     background's ridges would fool Frangi. The mask is a hysteresis threshold (high = ``threshold``,
-    low = ``config.low_ratio`` x it) without components smaller than ``config.min_object_px``.
+    low = ``config.low_ratio`` x it) without components smaller than ``config.min_object_px``; skeleton
+    pieces shorter than 3 ``spacing_px`` (the speckle of a noisy map) are dropped.
 
     Args:
         probability: (rows, cols) vessel probability in [0, 1].
         threshold: the high hysteresis threshold, in (0, 1).
         config: skeleton and sampling settings (:class:`VesselKeypointConfig`; the Frangi and
-            percentile fields are not used).
+            percentile fields are not used); None = the defaults for the map's size
+            (:meth:`VesselKeypointConfig.for_shape`).
 
     Returns:
         :class:`VesselKeypoints` (``vesselness`` = the probability), with ``degree`` and
@@ -322,8 +333,8 @@ def probability_keypoints(
     Raises:
         ValueError: a probability map outside [0, 1] or not 2D, or a threshold outside (0, 1).
     """
-    config = config or VesselKeypointConfig()
     prob = _image(probability, "probability")
+    config = config or VesselKeypointConfig().for_shape(prob.shape)
     if prob.min() < 0.0 or prob.max() > 1.0:
         raise ValueError(f"probability: expected values in [0, 1], got [{prob.min():.3g}, {prob.max():.3g}]")
     if not 0.0 < threshold < 1.0:
@@ -365,19 +376,25 @@ def ring_features(
     inside = (rows >= 0) & (rows < skeleton.shape[0]) & (cols >= 0) & (cols < skeleton.shape[1])
     on = np.zeros(rows.shape, dtype=bool)
     on[inside] = grown[rows[inside], cols[inside]]
-    degree = np.zeros(len(kp), dtype=np.int64)
+    # roll each ring so that it starts on a background sample: no run wraps around (full rings: none)
+    start = np.argmin(on, axis=1)
+    idx = (np.arange(n_angles)[None] + start[:, None]) % n_angles
+    r = np.take_along_axis(on, idx, axis=1) & ~on.all(axis=1, keepdims=True)
+    rising = r & ~np.concatenate([np.zeros((len(kp), 1), dtype=bool), r[:, :-1]], axis=1)
+    run = np.cumsum(rising, axis=1) * r  # 1, 2, ... per run, 0 off the vessel
+    degree = rising.sum(axis=1).astype(np.int64)
     directions = np.full((len(kp), 4), np.nan)
-    for i, ring in enumerate(on):
-        if ring.all() or not ring.any():
-            continue
-        start = int(np.flatnonzero(~ring)[0])  # roll so that no run wraps around
-        r = np.roll(ring, -start)
-        edges = np.flatnonzero(np.diff(np.concatenate([[0], r.astype(int), [0]])))
-        runs = sorted(zip(edges[::2], edges[1::2], strict=True), key=lambda se: se[0] - se[1])
-        degree[i] = len(runs)
-        for k, (s, e) in enumerate(runs[:4]):
-            a = angles[(np.arange(s, e) + start) % n_angles]
-            directions[i, k] = np.arctan2(np.sin(a).mean(), np.cos(a).mean())
+    if len(kp) == 0 or degree.max() == 0:
+        return degree, directions
+    k = np.arange(1, degree.max() + 1)
+    member = run[:, None, :] == k[None, :, None]  # (N, K, n_angles)
+    a = angles[idx][:, None, :]
+    length = member.sum(axis=2)
+    angle = np.arctan2((np.sin(a) * member).sum(axis=2), (np.cos(a) * member).sum(axis=2))
+    order = np.argsort(-length, axis=1, kind="stable")[:, :4]  # largest runs first
+    picked = np.take_along_axis(angle, order, axis=1)
+    valid = np.take_along_axis(length, order, axis=1) > 0
+    directions[:, : picked.shape[1]] = np.where(valid, picked, np.nan)
     return degree, directions
 
 
@@ -396,15 +413,21 @@ def _curvature_points(
     turn = np.where(two, np.pi - np.nan_to_num(d, nan=np.pi), 0.0)
     order = np.argsort(-turn)
     order = order[turn[order] > np.deg2rad(turn_deg)]
-    keep: list[np.ndarray] = []
+    # greedy suppression, sharpest first: a kept point blocks a disc of spacing_px / 2 around it
     near = config.spacing_px / 2
-    others = np.asarray(taken, dtype=np.float64).reshape(-1, 2)
+    r = int(np.ceil(near))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    disc = np.hypot(yy, xx) < near
+    blocked = np.zeros((skeleton.shape[0] + 2 * r, skeleton.shape[1] + 2 * r), dtype=bool)
+    for p in np.round(np.asarray(taken, dtype=np.float64).reshape(-1, 2)).astype(int):
+        blocked[p[0] : p[0] + 2 * r + 1, p[1] : p[1] + 2 * r + 1] |= disc
+    keep = []
     for i in order:
-        p = rc[i].astype(np.float64)
-        if len(others) and np.min(np.hypot(*(others - p).T)) < near:
+        y, x = rc[i]
+        if blocked[y + r, x + r]:
             continue
-        keep.append(p)
-        others = np.vstack([others, p])
+        keep.append(rc[i])
+        blocked[y : y + 2 * r + 1, x : x + 2 * r + 1] |= disc
     return np.asarray(keep, dtype=np.float64).reshape(-1, 2)
 
 
@@ -415,6 +438,11 @@ def _tree_keypoints(
     from skimage.morphology import skeletonize
 
     skeleton = _prune(skeletonize(mask), config)
+    if curvature:  # a probability map's speckle: skeleton pieces shorter than 3 sample spacings
+        labels, _ = ndi.label(skeleton, structure=_EIGHT)
+        length = np.bincount(labels.ravel())
+        length[0] = 0
+        skeleton = length[labels] >= 3 * config.spacing_px
     px = pixel_graph(skeleton)
     clusters, n_clusters, branches, n_branches = _split(skeleton, px, config.cluster_px)
     touch = _touching(px, clusters, branches, n_branches)
