@@ -165,3 +165,35 @@ def test_restyle_keeps_the_ground_truth_and_redraws_the_images(tmp_path):
     with pytest.raises(ValueError, match="family"):
         restyle_dataset(src, tmp_path / "other", "cartoon")
     assert not (tmp_path / "other").exists()
+
+
+def test_reconstruct_pair_band_matcher_never_leaves_the_prior_band(tmp_path):
+    """The job's ``vmatcher-nofm:<model>+band``: every match lies within the band of the prior's sigmas."""
+    from xraycardiac.coronary.recon.calibration import epipolar_band_px
+    from xraycardiac.coronary.recon.pipeline import PairConfig, reconstruct_pair
+    from xraycardiac.coronary.synth import SynthConfig, synthesize
+    from xraycardiac.coronary.synth.dataset import list_samples, read_sample
+
+    assert synthesize(SynthConfig(trees=1, pairs_per_tree=1, image_size=128, seed=7), tmp_path / "p")[
+        "written"
+    ]
+    s = read_sample(list_samples(tmp_path / "p")[0], load_thickness=False)
+    g1, g2 = (CArmGeometry.from_dict(s["geometry"][f"view{v}"]) for v in (1, 2))
+    torch.manual_seed(0)
+    config = CoronaryMatcherConfig.from_dict(
+        {"keypoint_net": {"channels": [4, 8, 8], "descriptor_dim": 16, "head_channels": 8},
+         "matcher": {"descriptor_dim": 16, "n_layers": 1, "num_heads": 2, "filter_threshold": 0.0}}
+    )  # fmt: skip
+    model = CoronaryMatcher(config).save(tmp_path / "m.pt")
+    params = PairConfig(
+        method=f"vmatcher-nofm:{model}+band",
+        refine_calibration=False,
+        prior_sigma_deg=0.3,
+        prior_sigma_mm=0.5,
+    )
+    out = reconstruct_pair((s["image1"], s["image2"]), (g1, g2), (s["mask1"], s["mask2"]), params)
+    band = max(params.epipolar_tolerance_px, epipolar_band_px(g1, g2, params.calibration_config()))
+    assert out.match.info["band_px"] == pytest.approx(band), out.match.info
+    assert len(out.x1) > 0, "no match"
+    d = symmetric_epipolar_error_px(out.x1, out.x2, g1.projection_matrix(), g2.projection_matrix())
+    assert d.max() <= band + 1e-6, f"matches outside the {band:.1f} px band: {np.sort(d)[-3:]}"
