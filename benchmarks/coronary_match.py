@@ -1,9 +1,9 @@
 """Classical keypoint-matching baselines on held-out synthetic coronary view pairs (issue 4).
 
 Makes a small synthetic set with ``xraycardiac.coronary.synth.synthesize`` (physics renderer,
-trees from seed 50000: the shipped matcher trained on trees 1000-1239 and 20000-20119, the vessel
-segmentation on 50000.. scenes of another view sampler; the appearance-randomised matcher on
-30000-30047), or reads one with ``--data``,
+trees from seed 50000: the shipped matcher trained on trees 1000-1239 and 20000-20119, the fine-tuned
+one on 30000-30014; NOTE the shipped vessel segmentation's training bank also starts at tree 50000 (other
+views of those trees), so for figures that depend on it use ``--seed 90000``), or reads one with ``--data``,
 runs every baseline on every pair and prints one table. Metrics are those of
 :mod:`xraycardiac.metrics.matching`, computed per pair and averaged over pairs (NaN-aware: a pair
 with no match has no precision); "kp/img" and "matches" are means per pair, "s/pair" the matcher's
