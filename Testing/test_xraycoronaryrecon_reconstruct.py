@@ -156,6 +156,9 @@ def test_failed_job_adds_nothing(views):
 def test_method_spec_and_calibration_text():
     assert method_spec("sift+epipolar") == "sift+epipolar"
     assert method_spec("matcher", " runs/m1 ") == "matcher:runs/m1"
+    assert method_spec("matcher on vessels + band", "m2") == "vmatcher:m2+band"
+    with pytest.raises(ValueError, match="matcher_model"):
+        method_spec("matcher on vessels + band", " ")
     with pytest.raises(ValueError, match="matcher_model"):
         method_spec("matcher", "")
     with pytest.raises(ValueError, match="method"):

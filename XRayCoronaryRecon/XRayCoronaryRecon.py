@@ -36,6 +36,7 @@ from XRayCoronaryReconLib import (
     DEFAULT_IMAGE_SIZE,
     DEVICE_CHOICES,
     INJECTION_CHOICES,
+    LEARNED_METHOD_CHOICES,
     MAX_PAIRS,
     RECONSTRUCT_DEFAULT_METHOD,
     RECONSTRUCT_METHOD_CHOICES,
@@ -95,7 +96,7 @@ class XRayCoronaryReconParameterNode:
     reconEcgOffsetMs: the wanted phase after the R peak (ms); 0 = end-diastole.
     reconMask1, reconMask2: optional vessel masks of the frames (the accurate path): label maps or scalar
         volumes; the frame selectors hide label maps (showChildNodeTypes false in the .ui).
-    reconMethod: keypoint matcher; "matcher" uses ``reconMatcherModel`` (name, folder or .pt file).
+    reconMethod: keypoint matcher; the learned ones (``LEARNED_METHOD_CHOICES``) use ``reconMatcherModel``.
     reconFoundation: "family:/folder" of the learned matcher's foundation model, or empty.
     reconRefine: refine view 2's geometry from the matches.
     reconDevice: auto / cpu / cuda.
@@ -166,7 +167,7 @@ class XRayCoronaryReconWidget(XRayCardiacCommon.XRayCardiacWidget):
                 "and the tree's centreline model once."
             )
 
-        self.ui.reconMatcherModelLineEdit.enabled = p is not None and p.reconMethod == "matcher"
+        self.ui.reconMatcherModelLineEdit.enabled = p is not None and p.reconMethod in LEARNED_METHOD_CHOICES
         self.ui.suggestFramesButton.enabled = p is not None and (
             p.reconVolume1 is not None or p.reconVolume2 is not None
         )

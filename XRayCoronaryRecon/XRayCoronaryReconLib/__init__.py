@@ -39,9 +39,16 @@ TREE_SOURCE_CHOICES = ("procedural (seed)", "label map / segmentation")
 RECONSTRUCT_DEFAULT_METHOD = "vessel+epipolar"
 """The keypoint matcher of the "Reconstruct" section by default (vessel keypoints, epipolar filter)."""
 
-RECONSTRUCT_METHOD_CHOICES = ("vessel+epipolar", "sift+epipolar", "vessel", "sift", "matcher")
+RECONSTRUCT_METHOD_CHOICES = (
+    "vessel+epipolar", "sift+epipolar", "vessel", "sift", "matcher", "matcher on vessels + band"
+)  # fmt: skip
 """Matchers offered by the "Reconstruct" section; "matcher" (the learned one) takes the model name, folder
-or .pt file typed in the matcher model field."""
+or .pt file typed in the matcher model field; "matcher on vessels + band" is the same model on keypoints of
+the vessel probability map, its attention masked by the epipolar band the recorded geometry and the
+prior's sigmas allow (job method ``vmatcher:<model>+band``)."""
+
+LEARNED_METHOD_CHOICES = ("matcher", "matcher on vessels + band")
+"""The choices of :data:`RECONSTRUCT_METHOD_CHOICES` that need the matcher model field."""
 
 SEGMENTATION_CHOICES = ("network", "frangi")
 """How "Reconstruct" segments a view without a vessel mask (the job's ``segmentation``): the learned
@@ -58,6 +65,7 @@ __all__ = [
     "DEFAULT_IMAGE_SIZE",
     "DEVICE_CHOICES",
     "DIFFUSION_MODEL",
+    "LEARNED_METHOD_CHOICES",
     "DIFFUSION_STEPS",
     "IMAGE_SIZE_CHOICES",
     "INJECTION_CHOICES",

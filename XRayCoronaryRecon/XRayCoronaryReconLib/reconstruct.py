@@ -63,6 +63,7 @@ from xraycardiac.geometry import CArmGeometry
 from xraycardiac.volume import Volume
 from XRayCoronaryReconLib import (
     DEVICE_CHOICES,
+    LEARNED_METHOD_CHOICES,
     RECONSTRUCT_DEFAULT_METHOD,
     RECONSTRUCT_METHOD_CHOICES,
     SEGMENTATION_CHOICES,
@@ -90,21 +91,22 @@ _TABLE_COLUMNS = ("index", "u1", "v1", "u2", "v2", "score")
 
 
 def method_spec(choice: str, matcher_model: str = "") -> str:
-    """The job's ``method`` string of a panel choice: ``"matcher"`` + a model -> ``"matcher:<model>"``.
+    """The job's ``method`` string of a panel choice: ``"matcher"`` + a model -> ``"matcher:<model>"``,
+    ``"matcher on vessels + band"`` + a model -> ``"vmatcher:<model>+band"``.
 
     Raises:
-        ValueError: naming ``method`` for an unknown choice, ``matcher_model`` when "matcher" has none.
+        ValueError: naming ``method`` for an unknown choice, ``matcher_model`` when a learned one has none.
     """
     if choice not in RECONSTRUCT_METHOD_CHOICES:
         raise ValueError(f"method: expected one of {list(RECONSTRUCT_METHOD_CHOICES)}, got {choice!r}")
-    if choice != "matcher":
+    if choice not in LEARNED_METHOD_CHOICES:
         return choice
     model = (matcher_model or "").strip()
     if not model:
         raise ValueError(
             "matcher_model: the learned matcher needs a model name, run folder or .pt weights file"
         )
-    return f"matcher:{model}"
+    return f"matcher:{model}" if choice == "matcher" else f"vmatcher:{model}+band"
 
 
 def describe_calibration(calibration: dict[str, Any]) -> str:
@@ -275,7 +277,7 @@ class ReconstructLogic(JobLogic[ReconstructRun, dict[str, Any]]):
             )
         method = method.strip()
         foundation = foundation.strip() if isinstance(foundation, str) and foundation.strip() else None
-        if foundation is not None and not method.startswith("matcher:"):
+        if foundation is not None and not method.startswith(("matcher:", "vmatcher:")):
             raise ValueError(
                 f"foundation: only the learned matcher (method 'matcher:<model>') uses a foundation model; "
                 f"method is {method!r}: clear the foundation folder or choose a matcher"

@@ -14,6 +14,10 @@ default, from the run's ECG or, without one, its images); ``reconstruct`` runs t
 ``coronary-reconstruct`` job on two views, each a multi-frame XA run (``--frame1/--frame2 auto|N``,
 ``--ecg-offset-ms``) or one 2D image with its geometry JSON.
 
+``restyle --data D --out D2 --family training|real-ct|halo-correlated|diffusion`` copies a pair dataset
+with every view redrawn in another appearance family (:mod:`xraycardiac.coronary.synth.restyle`): the
+matcher's appearance-randomised training data and the held-out families of its benchmark.
+
 ``evaluate`` runs keypoint matchers (SIFT, ORB, the vessel-keypoint baseline, trained
 ``matcher:RUN`` models and their ``matcher-nofm:RUN`` ablation) on the pairs of a split and prints
 one table (:func:`xraycardiac.coronary.matching.evaluate.evaluate_matchers`); ``--out`` writes it as JSON::
@@ -290,6 +294,24 @@ def evaluate(
                             "perturb_deg": perturb_deg, "perturb_mm": perturb_mm, "frangi": frangi}  # fmt: skip
         write_results(rows, out, meta)
         typer.echo(f"results: {out}")
+
+
+@app.command()
+def restyle(
+    data: Annotated[Path, typer.Option(help="A coronary pair dataset (xraycardiac coronary synth).")],
+    out: Annotated[Path, typer.Option(help="The new dataset folder (must not exist).")],
+    family: Annotated[
+        str, typer.Option(help="training | real-ct | halo-correlated | diffusion (appearance family).")
+    ] = "training",
+    seed: Annotated[int, typer.Option(min=0, help="Base seed of the draws.")] = 0,
+) -> None:
+    """Copy a pair dataset with every view redrawn in another appearance family (same ground truth)."""
+    import json
+
+    from xraycardiac.coronary.synth.restyle import restyle_dataset
+
+    record = restyle_dataset(data, out, family, seed)
+    typer.echo(json.dumps(record, indent=2))
 
 
 def _frame_option(value: str) -> int | str:

@@ -58,6 +58,24 @@ def epipolar_distance(f: np.ndarray, points1: np.ndarray, points2: np.ndarray) -
     return np.abs(lines[:, 0] * pts2[:, 0] + lines[:, 1] * pts2[:, 1] + lines[:, 2])
 
 
+def symmetric_distance_matrix(f: np.ndarray, points1: np.ndarray, points2: np.ndarray) -> np.ndarray:
+    """(M, N) symmetric epipolar distance (pixels) of EVERY pair of M pixels of view 1 and N of view 2.
+
+    The larger of the distance of point j of view 2 to the line of point i and of point i to the line
+    of point j in view 1 (as :func:`xraycardiac.metrics.matching.symmetric_epipolar_error_px` for one
+    pair); ``f`` is view 1 -> view 2 (:func:`fundamental_matrix`).
+    """
+    x1 = np.asarray(points1, dtype=np.float64).reshape(-1, 2)
+    x2 = np.asarray(points2, dtype=np.float64).reshape(-1, 2)
+    if len(x1) == 0 or len(x2) == 0:
+        return np.zeros((len(x1), len(x2)))
+    l2 = epipolar_lines(f, x1)  # (M, 3) in view 2
+    l1 = epipolar_lines(np.asarray(f).T, x2)  # (N, 3) in view 1
+    d2 = np.abs(l2[:, :2] @ x2.T + l2[:, 2:])
+    d1 = np.abs(x1 @ l1[:, :2].T + l1[:, 2][None])
+    return np.maximum(d1, d2)
+
+
 def triangulate(p1: np.ndarray, p2: np.ndarray, points1: np.ndarray, points2: np.ndarray) -> np.ndarray:
     """DLT triangulation (kornia), refined by Gauss-Newton on the reprojection error.
 

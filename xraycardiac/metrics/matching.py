@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "correct_in_3d",
     "MatchingMetrics",
     "assign_matches_to_gt",
     "cumulative_error_auc",
@@ -122,6 +123,48 @@ def symmetric_epipolar_error_px(x1: np.ndarray, x2: np.ndarray, p1: np.ndarray, 
     d2 = epipolar_distance(fundamental_matrix(p1, p2), x1, x2)
     d1 = epipolar_distance(fundamental_matrix(p2, p1), x2, x1)
     return np.maximum(d1, d2)
+
+
+def correct_in_3d(
+    x1: np.ndarray,
+    x2: np.ndarray,
+    p1: np.ndarray,
+    p2: np.ndarray,
+    centreline_ras_mm: np.ndarray,
+    epipolar_px: float = 5.0,
+    distance_mm: float = 2.0,
+) -> np.ndarray:
+    """Which matches are correct by geometry alone: epipolar-consistent AND on the true vessel in 3D.
+
+    Issue 19's criterion, which needs no keypoint ground truth (a match between two points of the
+    same vessel counts even where no GT keypoint lies): the symmetric epipolar distance under the
+    true geometry is <= ``epipolar_px`` and the triangulated point lies within ``distance_mm`` of the
+    true 3D centreline.
+
+    Args:
+        x1, x2: (M, 2) matched pixels (u, v).
+        p1, p2: (3, 4) true projection matrices (RAS mm -> pixel).
+        centreline_ras_mm: (K, 3) points of the true centreline, RAS mm, dense (e.g. every 0.5 mm: the
+            spacing adds up to half of it to the distance).
+        epipolar_px: epipolar tolerance, pixels.
+        distance_mm: 3D tolerance, mm.
+
+    Returns:
+        (M,) bool.
+    """
+    from scipy.spatial import cKDTree
+
+    from xraycardiac.geometry.epipolar import triangulate
+
+    x1, x2 = _pair(x1, x2)
+    line = np.asarray(centreline_ras_mm, dtype=np.float64).reshape(-1, 3)
+    if len(x1) == 0 or len(line) == 0:
+        return np.zeros(len(x1), dtype=bool)
+    ok = symmetric_epipolar_error_px(x1, x2, p1, p2) <= epipolar_px
+    if ok.any():
+        d, _ = cKDTree(line).query(triangulate(p1, p2, x1[ok], x2[ok]))
+        ok[np.flatnonzero(ok)] = d <= distance_mm
+    return ok
 
 
 def _costs(x1: np.ndarray, x2: np.ndarray, g1: np.ndarray, g2: np.ndarray) -> np.ndarray:

@@ -35,7 +35,12 @@ Architecture (per image pair; M and N keypoints, D = ``descriptor_dim``, L = ``n
    [M x N], ``log(1 - sigma_i)`` in the dustbin column and ``log(1 - sigma_j)`` in the dustbin
    row: [B x (M + 1) x (N + 1)]. Every layer's head is kept for deep supervision
    (:mod:`xraycardiac.coronary.matching.matcher_loss`); the last one gives the matches.
-6. :func:`filter_matches`: mutual argmax of the [M x N] block with ``exp(score) > filter_threshold``.
+6. Optional **geometric prior** (``allowed``, e.g. the epipolar band that the recorded C-arm
+   geometry and its tolerance allow: :func:`xraycardiac.coronary.matching.matcher.epipolar_band_mask`):
+   keypoint i may attend to, and be matched with, keypoint j only where ``allowed[i, j]``; it is
+   combined (logical and) with the foundation mask, and the log-assignment outside it is
+   :data:`IMPOSSIBLE`, so a pair outside the band is never matched.
+7. :func:`filter_matches`: mutual argmax of the [M x N] block with ``exp(score) > filter_threshold``.
 
 Padded keypoints (``mask0`` / ``mask1`` False) take no part: they are masked out of self- and
 cross-attention as keys, their own rows receive nothing from cross-attention, their entries in
@@ -516,6 +521,7 @@ class AttentionMatcher(nn.Module):
         fdesc0: torch.Tensor | None = None,
         fdesc1: torch.Tensor | None = None,
         return_attention: bool = False,
+        allowed: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor | list]:
         """Match two keypoint sets.
 
@@ -527,6 +533,8 @@ class AttentionMatcher(nn.Module):
             fdesc0: [B x M x Cf] foundation descriptors (L2-normalised; normalised again here);
                 fdesc1: [B x N x Cf]. None (either) = no foundation mask.
             return_attention: also return every layer's cross-attention weights.
+            allowed: [B x M x N] bool geometric prior (module docstring, step 6): keypoint i of image 0
+                and j of image 1 may attend to each other and be matched only where True; None = no prior.
 
         Returns:
             ``log_assignment`` [B x (M + 1) x (N + 1)] (last layer; dustbins last);
@@ -553,6 +561,8 @@ class AttentionMatcher(nn.Module):
         for name, t, k in (("fdesc0", fdesc0, m), ("fdesc1", fdesc1, n)):
             if t is not None and (t.ndim != 3 or tuple(t.shape[:2]) != (b, k)):
                 raise ValueError(f"{name}: expected shape [{b} x {k} x Cf], got {list(t.shape)}")
+        if allowed is not None and tuple(allowed.shape) != (b, m, n):
+            raise ValueError(f"allowed: expected shape {[b, m, n]} bool, got {list(allowed.shape)}")
         if mask0 is not None:
             mask0 = mask0.bool()
         if mask1 is not None:
@@ -563,6 +573,11 @@ class AttentionMatcher(nn.Module):
         x0, x1 = self.input_proj(desc0.float()), self.input_proj(desc1.float())
         self_mask0, self_mask1 = _self_mask(mask0), _self_mask(mask1)
         cross = self.cross_attention_mask(fdesc0, fdesc1, mask0, mask1, sizes=(b, m, n))
+        if allowed is not None:
+            allowed = allowed.bool()
+            cross = (allowed, allowed.transpose(1, 2)) if cross is None else (
+                cross[0] & allowed, cross[1] & allowed.transpose(1, 2)
+            )  # fmt: skip
         mask01, mask10 = (None, None) if cross is None else (cross[0][:, None], cross[1][:, None])
 
         per_layer, attention = [], []
@@ -574,7 +589,11 @@ class AttentionMatcher(nn.Module):
             x0, x1, attn01, attn10 = cross_block(x0, x1, mask01, mask10)
             if return_attention:
                 attention.append((attn01, attn10))
-            per_layer.append(head(x0, x1, mask0, mask1))
+            scores = head(x0, x1, mask0, mask1)
+            if allowed is not None:  # outside the prior: never a match (the dustbins are untouched)
+                scores = scores.clone()
+                scores[:, :m, :n] = scores[:, :m, :n].masked_fill(~allowed, IMPOSSIBLE)
+            per_layer.append(scores)
 
         scores = per_layer[-1]
         m0, m1, ms0, ms1 = filter_matches(scores, c.filter_threshold)

@@ -12,6 +12,16 @@ named by a short string (:func:`parse_method`):
                                    (a model name, a run / package folder or a weights file), with
                                    its foundation model's cross-attention mask
 ``matcher-nofm:<model>``           the same weights with ``foundation_mask=False`` (the ablation)
+``vmatcher:<model>``,              the same learned matcher on **vessel-probability keypoints**: the
+``vmatcher-nofm:<model>``          segmentation network's (``coronary-vessel-seg-demo``) probability map,
+                                   thresholded and skeletonised
+                                   (:func:`~xraycardiac.coronary.matching.vessel_keypoints.probability_keypoints`:
+                                   bifurcations, endpoints, curvature points, centreline samples),
+                                   described by the KeypointNet; s/pair includes the segmentation
+``<matcher>+band``                 a learned matcher whose cross-attention and assignment are masked by
+                                   the epipolar band that the recorded geometry's tolerance allows
+                                   (the sample's ``band_px``, pixels: the evaluation computes it from the
+                                   calibration prior; :func:`~xraycardiac.coronary.matching.matcher.epipolar_band_mask`)
 ``<any of these>+epipolar``        keep the matches within ``epipolar_tolerance_px`` of the epipolar
                                    lines of the *known* geometry (what a calibrated C-arm allows)
 ``sift+ransac``, ``+none`` ...     the classical methods also take ``+ransac`` or ``+none``
@@ -57,7 +67,8 @@ __all__ = [
 RESULTS_FORMAT = "xraycardiac.coronary_match_evaluation"
 METHOD_FORMS = (
     "sift, orb, vessel (each optionally +ransac, +epipolar or +none; default: sift/orb +ransac, vessel +none), "
-    "matcher:<model name, run folder or .pt file>[+epipolar], matcher-nofm:<...>[+epipolar]"
+    "matcher:<model name, run folder or .pt file>[+epipolar|+band], matcher-nofm:<...>[+epipolar|+band], "
+    "vmatcher:<...>[+epipolar|+band], vmatcher-nofm:<...>[+epipolar|+band]"
 )
 METRIC_FIELDS = (
     "keypoints_per_image",
@@ -79,6 +90,7 @@ METRIC_FIELDS = (
     "seconds_per_pair",
 )
 _CLASSICAL = {"sift": ("SIFT", "ransac"), "orb": ("ORB", "ransac"), "vessel": ("vessel kp + NN", "none")}
+_LEARNED = ("matcher", "matcher-nofm", "vmatcher", "vmatcher-nofm")
 _FILTER_NAMES = {"ransac": "RANSAC", "none": "", "epipolar": "epipolar"}
 
 
@@ -139,8 +151,8 @@ def parse_method(
         raise ValueError(f"method {spec!r}: expected one of the forms {METHOD_FORMS}")
     spec = spec.strip()
     kind, colon, model = spec.partition(":")
-    if colon and kind in ("matcher", "matcher-nofm"):
-        model, flt = _split_filter(model, ("epipolar", "none"))
+    if colon and kind in _LEARNED:
+        model, flt = _split_filter(model, ("epipolar", "band", "none"))
         if not model:
             raise ValueError(
                 f"method {spec!r}: {kind}: needs a model name or run folder, e.g. {kind}:runs/matcher"
@@ -188,7 +200,7 @@ def _matcher_method(
     """An :class:`EvalMethod` of a learned matcher (``matcher:`` / ``matcher-nofm:``)."""
     from xraycardiac.coronary.matching.matcher import CoronaryMatcher
 
-    masked = kind == "matcher"
+    masked = not kind.endswith("-nofm")
     if foundation is not None and not masked:
         raise ValueError(
             f"foundation {foundation!r}: method {spec!r} (matcher-nofm:) runs without the foundation mask by "
@@ -218,14 +230,31 @@ def _matcher_method(
             cache[key] = load_foundation(parsed, net.device, input_size=net.config.foundation_input_size)
         fm = cache[key]
     tol = tolerance_px if flt == "epipolar" else None
-    label = "matcher" if masked else "matcher w/o FM mask"
+    label = ("matcher" if masked else "matcher w/o FM mask") + (" on vessel kp" if kind[0] == "v" else "")
     name = f"{label} ({net.source.get('model')})" + (f" + epipolar {tolerance_px:g}px" if tol else "")
+    name += " + band mask" if flt == "band" else ""
+    vessel_keypoints = _probability_keypoints(device) if kind[0] == "v" else None
 
     def run(sample: dict[str, Any]) -> Any:
-        return net.match(
-            sample["image1"], sample["image2"], foundation=fm,
-            projection_matrices=sample["projection_matrices"], epipolar_tolerance_px=tol,
+        band = None
+        if flt == "band":
+            band = sample.get("band_px")
+            if band is None:
+                raise ValueError(
+                    f"method {spec!r}: the epipolar band mask needs the band's half width, the sample's "
+                    "'band_px' (pixels; from the recorded geometry's tolerance), which this sample lacks"
+                )
+        seconds, keypoints = 0.0, None
+        if vessel_keypoints is not None:
+            t0 = time.perf_counter()
+            keypoints = (vessel_keypoints(sample["image1"]), vessel_keypoints(sample["image2"]))
+            seconds = time.perf_counter() - t0
+        r = net.match(
+            sample["image1"], sample["image2"], foundation=fm, projection_matrices=sample["projection_matrices"],
+            epipolar_tolerance_px=tol, keypoints=keypoints, band_px=band,
         )  # fmt: skip
+        r.seconds += seconds
+        return r
 
     info = {
         "filter": flt or "none",
@@ -234,6 +263,21 @@ def _matcher_method(
         "foundation": None if fm is None else {k: fm.info[k] for k in ("family", "folder", "weights_sha256")},
     }
     return EvalMethod(spec, name, run, info)
+
+
+def _probability_keypoints(device: str) -> Callable[[np.ndarray], np.ndarray]:
+    """``image -> (N, 2)`` keypoints on the vessel probability of the shipped segmentation network."""
+    from xraycardiac.coronary.matching.vessel_keypoints import probability_keypoints
+    from xraycardiac.coronary.segment.vessel_seg import DEFAULT_MODEL, load_segmenter
+    from xraycardiac.runtime import select_device
+
+    segmenter = load_segmenter(DEFAULT_MODEL, str(select_device(device)))
+
+    def keypoints(image: np.ndarray) -> np.ndarray:
+        seg = segmenter(image)
+        return probability_keypoints(seg.probability, segmenter.config.threshold).keypoints
+
+    return keypoints
 
 
 def foundation_per_method(methods: Sequence[str], foundation: str | None) -> list[str | None]:
@@ -297,6 +341,8 @@ def evaluate_matchers(
     max_pairs: int | None = None,
     warmup: bool = True,
     progress: Callable[[str, float], None] | None = None,
+    band_px: Callable[[dict[str, Any]], float] | None = None,
+    pair_metrics: Callable[[Path, dict[str, Any], Any], dict[str, float]] | None = None,
 ) -> list[dict[str, Any]]:
     """Run each method on every view pair of a split and average the matching metrics.
 
@@ -308,11 +354,15 @@ def evaluate_matchers(
         max_pairs: evaluate the first N pairs only (None = all).
         warmup: run each method once on the first pair, untimed (imports, allocator, kernels).
         progress: ``progress(stage, fraction)``.
+        band_px: ``band_px(sample)``, the half width (pixels) of the epipolar band of ``+band`` methods
+            for one pair (e.g. from its recorded geometry and the calibration prior); None = no band.
+        pair_metrics: ``pair_metrics(sample folder, sample, MatchResult) -> {name: value}``, more
+            per-pair figures (averaged NaN-aware into the row under their names).
 
     Returns:
         One row per method, in order: ``method`` (the spec), ``name`` (display name), ``pairs``,
-        every key of :data:`METRIC_FIELDS` (float; NaN where no pair defines it), ``info``
-        (provenance) and ``per_pair`` (the sample name and its metrics, one dict per pair).
+        every key of :data:`METRIC_FIELDS` (float; NaN where no pair defines it), the keys of
+        ``pair_metrics``, ``info`` (provenance) and ``per_pair`` (the sample name and its metrics, one dict per pair).
 
     Raises:
         ValueError: unknown method (lists the allowed forms), bad split or empty split.
@@ -343,12 +393,15 @@ def evaluate_matchers(
         for m, fm in zip(methods, foundation_per_method(methods, foundation), strict=True)
     ]
     samples = [read_sample(p, load_thickness=False) for p in paths]
+    if band_px is not None:
+        for sample in samples:
+            sample["band_px"] = float(band_px(sample))
     rows = []
     total = len(parsed) * len(samples)
     for i, method in enumerate(parsed):
         if warmup:
             method.run(samples[0])
-        per_pair = []
+        per_pair, extra_keys = [], set()
         for j, sample in enumerate(samples):
             if progress is not None:
                 progress(f"{method.name}: pair {j + 1}/{len(samples)}", (i * len(samples) + j) / total)
@@ -356,6 +409,10 @@ def evaluate_matchers(
             m = sample_matching_metrics(r.x1, r.x2, sample, keypoints1=r.keypoints1).as_dict()
             m["keypoints_per_image"] = (len(r.keypoints1) + len(r.keypoints2)) / 2
             m["seconds"] = float(r.seconds)
+            if pair_metrics is not None:
+                extra = pair_metrics(paths[j], sample, r)
+                extra_keys.update(extra)
+                m.update(extra)
             per_pair.append({"sample": f"{paths[j].parent.name}/{paths[j].name}", **m})
         row: dict[str, Any] = {"method": method.spec, "name": method.name, "pairs": len(samples)}
         row["keypoints_per_image"] = float(np.mean([p["keypoints_per_image"] for p in per_pair]))
@@ -365,6 +422,8 @@ def evaluate_matchers(
         for key in METRIC_FIELDS[4:-1]:
             row[key] = nanmean([p.get(key, float("nan")) for p in per_pair])
         row["seconds_per_pair"] = float(np.mean([p["seconds"] for p in per_pair]))
+        for key in sorted(extra_keys):
+            row[key] = nanmean([p.get(key, float("nan")) for p in per_pair])
         row["info"] = method.info
         row["per_pair"] = per_pair
         rows.append(row)

@@ -42,7 +42,7 @@ from xraycardiac.models.weights import (
     write_weights_file,
 )
 
-__all__ = ["SUBCONFIGS", "WEIGHTS_FORMAT", "CoronaryMatcher", "CoronaryMatcherConfig"]
+__all__ = ["SUBCONFIGS", "WEIGHTS_FORMAT", "CoronaryMatcher", "CoronaryMatcherConfig", "epipolar_band_mask"]
 
 WEIGHTS_FORMAT = "xraycardiac.coronary_matcher"
 _FILE = WeightsFormat(WEIGHTS_FORMAT, "a coronary matcher")
@@ -164,6 +164,34 @@ def _as_image(image: Any, name: str) -> np.ndarray:
     return a
 
 
+def epipolar_band_mask(
+    keypoints1: np.ndarray, keypoints2: np.ndarray, projection_matrices: np.ndarray, band_px: float
+) -> np.ndarray:
+    """Which keypoint pairs the recorded geometry allows: symmetric epipolar distance <= ``band_px``.
+
+    With a C-arm geometry known to within its tolerance (e.g. the calibration prior's sigmas), a
+    correct match lies within a band about the recorded epipolar line
+    (:func:`xraycardiac.coronary.recon.calibration.epipolar_band_px` gives its width); the matcher
+    uses this as a cross-attention and assignment mask (``allowed`` of
+    :meth:`~xraycardiac.coronary.matching.attention_matcher.AttentionMatcher.forward`).
+
+    Args:
+        keypoints1: (M, 2) pixels (u, v) of view 1; keypoints2: (N, 2) of view 2.
+        projection_matrices: (2, 3, 4) recorded RAS mm -> pixel matrices of the two views.
+        band_px: half width of the band, pixels (> 0).
+
+    Returns:
+        (M, N) bool.
+    """
+    from xraycardiac.coronary.matching.baselines import check_projections
+    from xraycardiac.geometry.epipolar import fundamental_matrix, symmetric_distance_matrix
+
+    p = check_projections(projection_matrices)
+    if not (np.isfinite(band_px) and band_px > 0):
+        raise ValueError(f"band_px: expected an epipolar band half width > 0 pixels, got {band_px!r}")
+    return symmetric_distance_matrix(fundamental_matrix(p[0], p[1]), keypoints1, keypoints2) <= band_px
+
+
 class CoronaryMatcher(nn.Module):
     """KeypointNet + foundation-masked AttentionMatcher: two angiograms in, matched pixels out.
 
@@ -227,6 +255,28 @@ class CoronaryMatcher(nn.Module):
         det["mask"] = det["mask"] & (kp[..., 0] <= w - 1) & (kp[..., 1] <= h - 1)  # not in the padding
         return det
 
+    def _describe(
+        self, image: np.ndarray, keypoints: np.ndarray, scale: float, name: str
+    ) -> dict[str, torch.Tensor]:
+        """KeypointNet descriptors of ``image`` (already at the working scale) at the caller's keypoints
+        (input pixels, scaled here by ``scale``), in :meth:`_detect`'s layout (all valid)."""
+        kp = np.asarray(keypoints, dtype=np.float64)
+        if kp.ndim != 2 or kp.shape[1] != 2 or not np.all(np.isfinite(kp)):
+            raise ValueError(f"{name}: expected (N, 2) finite pixels (u, v), got shape {kp.shape}")
+        h, w = image.shape
+        c = self.config.keypoint_net.cell
+        x = F.pad(
+            torch.from_numpy(image).to(self.device)[None, None], (0, (-w) % c, 0, (-h) % c), mode="replicate"
+        )
+        work = np.clip((kp + 0.5) * scale - 0.5, 0.0, [w - 1, h - 1])
+        k = torch.from_numpy(work).float().to(self.device)[None]
+        desc = self.keypoint_net.describe(self.keypoint_net(x)["descriptors_dense"], k)
+        return {
+            "keypoints": k,
+            "descriptors": desc,
+            "mask": torch.ones(1, len(kp), dtype=torch.bool, device=self.device),
+        }
+
     @torch.no_grad()
     def match(
         self,
@@ -235,6 +285,8 @@ class CoronaryMatcher(nn.Module):
         foundation: Any = None,
         projection_matrices: np.ndarray | None = None,
         epipolar_tolerance_px: float | None = None,
+        keypoints: tuple[np.ndarray, np.ndarray] | None = None,
+        band_px: float | None = None,
     ) -> MatchResult:
         """Detect keypoints in both images, match them, optionally keep the epipolar-consistent matches.
 
@@ -251,25 +303,35 @@ class CoronaryMatcher(nn.Module):
             epipolar_tolerance_px: keep only matches whose symmetric epipolar distance under the known
                 geometry is <= this, pixels (:func:`xraycardiac.coronary.matching.baselines.filter_matches`);
                 None = no filter.
+            keypoints: ((M, 2), (N, 2)) pixels (u, v) of the two images to match instead of the
+                KeypointNet's detections (e.g. :func:`~xraycardiac.coronary.matching.vessel_keypoints.probability_keypoints`
+                on the vessel probability); their descriptors are the KeypointNet's, sampled there.
+            band_px: with ``projection_matrices``, only keypoint pairs within this symmetric epipolar
+                distance may attend to each other and match (:func:`epipolar_band_mask`); None = no band.
 
         Returns:
             :class:`~xraycardiac.coronary.matching.baselines.MatchResult` with pixels (u, v) as float64;
             ``scores`` are the matcher's match probabilities; ``seconds`` covers detection,
             foundation features, matching and filtering; ``info`` holds ``num_matcher_matches``
-            (before the filter) and ``foundation_mask`` (whether the mask was applied).
+            (before the filter), ``foundation_mask`` (whether the mask was applied) and ``band_px``.
         """
         from xraycardiac.coronary.matching.baselines import MatcherConfig, check_projections, filter_matches
 
         flt = None
         if epipolar_tolerance_px is not None:
             flt = MatcherConfig(filter="epipolar", epipolar_tolerance_px=float(epipolar_tolerance_px))
+        if epipolar_tolerance_px is not None or band_px is not None:
             check_projections(projection_matrices)  # fail before the work
         a, b = _as_image(image1, "image1"), _as_image(image2, "image2")
         was_training = self.training
         self.eval()
         t0 = time.perf_counter()
         (wa, sa), (wb, sb) = self._working_image(a), self._working_image(b)
-        det0, det1 = self._detect(wa), self._detect(wb)
+        if keypoints is None:
+            det0, det1 = self._detect(wa), self._detect(wb)
+        else:
+            det0, det1 = (self._describe(img, kp, s, f"keypoints[{i}]")
+                          for i, (img, kp, s) in enumerate(((wa, keypoints[0], sa), (wb, keypoints[1], sb))))  # fmt: skip
         kp0, kp1 = det0["keypoints"], det1["keypoints"]
         use_fm = foundation is not None and self.config.matcher.foundation_mask
         fdesc0 = fdesc1 = None
@@ -282,9 +344,14 @@ class CoronaryMatcher(nn.Module):
             )
         size0 = torch.tensor([wa.shape[1], wa.shape[0]], dtype=torch.float32, device=self.device)
         size1 = torch.tensor([wb.shape[1], wb.shape[0]], dtype=torch.float32, device=self.device)
+        allowed = None
+        if band_px is not None:
+            k0_in, k1_in = ((k[0].double().cpu().numpy() + 0.5) / s - 0.5 for k, s in ((kp0, sa), (kp1, sb)))
+            allowed = torch.from_numpy(epipolar_band_mask(k0_in, k1_in, projection_matrices, band_px))
+            allowed = allowed[None].to(self.device)
         out = self.matcher(
             kp0, kp1, det0["descriptors"], det1["descriptors"], size0, size1,
-            mask0=det0["mask"], mask1=det1["mask"], fdesc0=fdesc0, fdesc1=fdesc1,
+            mask0=det0["mask"], mask1=det1["mask"], fdesc0=fdesc0, fdesc1=fdesc1, allowed=allowed,
         )  # fmt: skip
         m0, ms0 = out["matches0"][0], out["matching_scores0"][0]
         valid = (m0 >= 0) & det0["mask"][0]
@@ -297,8 +364,8 @@ class CoronaryMatcher(nn.Module):
         scores = ms0[valid].double().cpu().numpy()
         keypoints1 = k0[det0["mask"][0].cpu().numpy()]
         keypoints2 = k1[det1["mask"][0].cpu().numpy()]
-        info: dict[str, Any] = {"num_matcher_matches": len(x1), "foundation_mask": use_fm}
-        method = "matcher" if use_fm else "matcher-nofm"
+        info: dict[str, Any] = {"num_matcher_matches": len(x1), "foundation_mask": use_fm, "band_px": band_px}
+        method = ("matcher" if use_fm else "matcher-nofm") + ("+band" if band_px is not None else "")
         if flt is not None:
             keep, extra = filter_matches(x1, x2, scores, flt, projection_matrices)
             x1, x2, scores = x1[keep], x2[keep], scores[keep]

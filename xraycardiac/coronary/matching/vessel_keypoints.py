@@ -39,7 +39,7 @@ Pixels are (u = column, v = row), pixel centres at integers.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.ndimage as ndi
@@ -62,6 +62,8 @@ __all__ = [
     "detect_vessel_keypoints",
     "match_vessel_keypoints",
     "mutual_nearest_neighbours",
+    "probability_keypoints",
+    "ring_features",
 ]
 
 THRESHOLDS = ("percentile", "otsu")
@@ -131,6 +133,15 @@ class VesselKeypointConfig:
                 f"VesselKeypointConfig.min_similarity: expected an NCC in [-1, 1], got {self.min_similarity!r}"
             )
 
+    def for_shape(self, shape: tuple[int, int]) -> VesselKeypointConfig:
+        """These settings, tuned at 256 px, for an image of ``shape`` (rows, cols): the distances scaled
+        by max(rows, cols) / 256, ``min_object_px`` (an area) by its square."""
+        s = max(shape) / 256.0
+        return replace(
+            self, prune_px=self.prune_px * s, cluster_px=self.cluster_px * s, spacing_px=self.spacing_px * s,
+            min_object_px=max(1, round(self.min_object_px * s * s)),
+        )  # fmt: skip
+
     def sigmas_for(self, shape: tuple[int, int]) -> tuple[float, ...]:
         """Frangi scales in pixels for an image of ``shape`` (rows, cols)."""
         if self.sigmas_px is not None:
@@ -145,10 +156,12 @@ class VesselKeypoints:
 
     Attributes:
         keypoints: (N, 2) float64 pixels (u = column, v = row).
-        kind: (N,) str, "bifurcation", "endpoint" or "centreline".
-        vesselness: (rows, cols) float64 Frangi vesselness scaled to max 1.
+        kind: (N,) str, "bifurcation", "endpoint", "centreline" (or "curvature": probability keypoints).
+        vesselness: (rows, cols) float64 Frangi vesselness scaled to max 1 (or the vessel probability).
         mask: (rows, cols) bool vessel segmentation.
         skeleton: (rows, cols) bool pruned skeleton.
+        degree: (N,) int64 branches leaving each keypoint (:func:`ring_features`).
+        directions: (N, 4) float64 their directions, radians (NaN where fewer than four).
     """
 
     keypoints: np.ndarray
@@ -156,6 +169,8 @@ class VesselKeypoints:
     vesselness: np.ndarray
     mask: np.ndarray
     skeleton: np.ndarray
+    degree: np.ndarray | None = None
+    directions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.keypoints)
@@ -278,7 +293,6 @@ def detect_vessel_keypoints(image: np.ndarray, config: VesselKeypointConfig | No
         first, then endpoints, then centreline samples, with their kinds and the intermediate maps.
     """
     from skimage.filters import frangi
-    from skimage.morphology import skeletonize
 
     config = config or VesselKeypointConfig()
     img = _image(image, "image")
@@ -288,9 +302,147 @@ def detect_vessel_keypoints(image: np.ndarray, config: VesselKeypointConfig | No
     vessel = np.nan_to_num(vessel, nan=0.0, posinf=0.0, neginf=0.0)
     top = float(vessel.max())
     vessel = vessel / top if top > 0 else vessel
-    mask = _segment(vessel, config)
-    skeleton = _prune(skeletonize(mask), config)
+    return _tree_keypoints(vessel, _segment(vessel, config), config)
 
+
+def probability_keypoints(
+    probability: np.ndarray, threshold: float = 0.5, config: VesselKeypointConfig | None = None
+) -> VesselKeypoints:
+    """Keypoints on the skeleton of a vessel probability map (the segmentation network's output).
+
+    The same tree keypoints as :func:`detect_vessel_keypoints` (bifurcations, endpoints, centreline
+    samples every ``spacing_px``) plus **curvature points** (skeleton pixels where the centreline turns
+    by more than ``curvature_deg`` over ``ring_px``, at least ``spacing_px / 2`` from every other
+    keypoint), found on the thresholded probability instead of Frangi's vesselness of the raw
+    intensity: the network has seen many looks, so the keypoints stay on vessels where the
+    background's ridges would fool Frangi. The mask is a hysteresis threshold (high = ``threshold``,
+    low = ``config.low_ratio`` x it) without components smaller than ``config.min_object_px``; skeleton
+    pieces shorter than 3 ``spacing_px`` (the speckle of a noisy map) are dropped.
+
+    Args:
+        probability: (rows, cols) vessel probability in [0, 1].
+        threshold: the high hysteresis threshold, in (0, 1).
+        config: skeleton and sampling settings (:class:`VesselKeypointConfig`; the Frangi and
+            percentile fields are not used); None = the defaults for the map's size
+            (:meth:`VesselKeypointConfig.for_shape`).
+
+    Returns:
+        :class:`VesselKeypoints` (``vesselness`` = the probability), with ``degree`` and
+        ``directions`` (:func:`ring_features`).
+
+    Raises:
+        ValueError: a probability map outside [0, 1] or not 2D, or a threshold outside (0, 1).
+    """
+    prob = _image(probability, "probability")
+    config = config or VesselKeypointConfig().for_shape(prob.shape)
+    if prob.min() < 0.0 or prob.max() > 1.0:
+        raise ValueError(f"probability: expected values in [0, 1], got [{prob.min():.3g}, {prob.max():.3g}]")
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold: expected a probability in (0, 1), got {threshold!r}")
+    from skimage.filters import apply_hysteresis_threshold
+
+    mask = apply_hysteresis_threshold(prob, config.low_ratio * threshold, threshold)
+    labels, _ = ndi.label(mask, structure=_EIGHT)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return _tree_keypoints(prob, sizes[labels] >= config.min_object_px, config, curvature=True)
+
+
+def ring_features(
+    skeleton: np.ndarray, keypoints: np.ndarray, ring_px: float = 6.0, n_angles: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
+    """Local tree structure at each keypoint: how many branches leave it and in which directions.
+
+    The skeleton (dilated by one pixel, so that a diagonal branch cannot slip between two samples)
+    is sampled on a circle of radius ``ring_px`` about the keypoint; each run of consecutive
+    vessel samples is one branch leaving it, its mean angle the branch's direction.
+
+    Args:
+        skeleton: (rows, cols) bool centreline skeleton.
+        keypoints: (N, 2) pixels (u, v).
+        ring_px: circle radius, pixels.
+        n_angles: samples on the circle.
+
+    Returns:
+        ``degree`` (N,) int64: branches crossing the circle (1 endpoint, 2 centreline, >= 3
+        bifurcation, 0 isolated); ``directions`` (N, 4) float64: the angles (radians, image axes:
+        0 = +u, pi / 2 = +v) of up to four branches, largest runs first, NaN where there are fewer.
+    """
+    kp = np.asarray(keypoints, dtype=np.float64).reshape(-1, 2)
+    grown = ndi.binary_dilation(skeleton, structure=_EIGHT)
+    angles = np.linspace(0.0, 2.0 * np.pi, n_angles, endpoint=False)
+    cols = np.round(kp[:, 0, None] + ring_px * np.cos(angles)[None]).astype(int)
+    rows = np.round(kp[:, 1, None] + ring_px * np.sin(angles)[None]).astype(int)
+    inside = (rows >= 0) & (rows < skeleton.shape[0]) & (cols >= 0) & (cols < skeleton.shape[1])
+    on = np.zeros(rows.shape, dtype=bool)
+    on[inside] = grown[rows[inside], cols[inside]]
+    # roll each ring so that it starts on a background sample: no run wraps around (full rings: none)
+    start = np.argmin(on, axis=1)
+    idx = (np.arange(n_angles)[None] + start[:, None]) % n_angles
+    r = np.take_along_axis(on, idx, axis=1) & ~on.all(axis=1, keepdims=True)
+    rising = r & ~np.concatenate([np.zeros((len(kp), 1), dtype=bool), r[:, :-1]], axis=1)
+    run = np.cumsum(rising, axis=1) * r  # 1, 2, ... per run, 0 off the vessel
+    degree = rising.sum(axis=1).astype(np.int64)
+    directions = np.full((len(kp), 4), np.nan)
+    if len(kp) == 0 or degree.max() == 0:
+        return degree, directions
+    k = np.arange(1, degree.max() + 1)
+    member = run[:, None, :] == k[None, :, None]  # (N, K, n_angles)
+    a = angles[idx][:, None, :]
+    length = member.sum(axis=2)
+    angle = np.arctan2((np.sin(a) * member).sum(axis=2), (np.cos(a) * member).sum(axis=2))
+    order = np.argsort(-length, axis=1, kind="stable")[:, :4]  # largest runs first
+    picked = np.take_along_axis(angle, order, axis=1)
+    valid = np.take_along_axis(length, order, axis=1) > 0
+    directions[:, : picked.shape[1]] = np.where(valid, picked, np.nan)
+    return degree, directions
+
+
+def _curvature_points(
+    skeleton: np.ndarray, taken: np.ndarray, config: VesselKeypointConfig, turn_deg: float = 35.0
+) -> np.ndarray:
+    """(C, 2) (row, col) skeleton pixels where the centreline turns by more than ``turn_deg``, kept
+    greedily (sharpest first) at least ``spacing_px / 2`` from ``taken`` and from each other."""
+    rc = np.argwhere(skeleton)
+    if len(rc) == 0:
+        return np.zeros((0, 2))
+    ring = max(3.0, config.spacing_px * 0.75)
+    degree, directions = ring_features(skeleton, rc[:, ::-1].astype(np.float64), ring)
+    two = degree == 2
+    d = np.abs(np.angle(np.exp(1j * (directions[:, 0] - directions[:, 1]))))  # angle between branches
+    turn = np.where(two, np.pi - np.nan_to_num(d, nan=np.pi), 0.0)
+    order = np.argsort(-turn)
+    order = order[turn[order] > np.deg2rad(turn_deg)]
+    # greedy suppression, sharpest first: a kept point blocks a disc of spacing_px / 2 around it
+    near = config.spacing_px / 2
+    r = int(np.ceil(near))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    disc = np.hypot(yy, xx) < near
+    blocked = np.zeros((skeleton.shape[0] + 2 * r, skeleton.shape[1] + 2 * r), dtype=bool)
+    for p in np.round(np.asarray(taken, dtype=np.float64).reshape(-1, 2)).astype(int):
+        blocked[p[0] : p[0] + 2 * r + 1, p[1] : p[1] + 2 * r + 1] |= disc
+    keep = []
+    for i in order:
+        y, x = rc[i]
+        if blocked[y + r, x + r]:
+            continue
+        keep.append(rc[i])
+        blocked[y : y + 2 * r + 1, x : x + 2 * r + 1] |= disc
+    return np.asarray(keep, dtype=np.float64).reshape(-1, 2)
+
+
+def _tree_keypoints(
+    vessel: np.ndarray, mask: np.ndarray, config: VesselKeypointConfig, curvature: bool = False
+) -> VesselKeypoints:
+    """Skeleton keypoints of ``mask`` (``vessel``: the map it came from, kept in the result)."""
+    from skimage.morphology import skeletonize
+
+    skeleton = _prune(skeletonize(mask), config)
+    if curvature:  # a probability map's speckle: skeleton pieces shorter than 3 sample spacings
+        labels, _ = ndi.label(skeleton, structure=_EIGHT)
+        length = np.bincount(labels.ravel())
+        length[0] = 0
+        skeleton = length[labels] >= 3 * config.spacing_px
     px = pixel_graph(skeleton)
     clusters, n_clusters, branches, n_branches = _split(skeleton, px, config.cluster_px)
     touch = _touching(px, clusters, branches, n_branches)
@@ -306,18 +458,23 @@ def detect_vessel_keypoints(image: np.ndarray, config: VesselKeypointConfig | No
     branches, _ = ndi.label((branches > 0) | fake, structure=_EIGHT)
     end_rc = np.argwhere(px.degree_image(skeleton.shape) == 1).astype(np.float64)
     line_rc = _centreline_samples(branches, config.spacing_px).astype(np.float64)
-
-    rc = np.concatenate([bif_rc, end_rc, line_rc]).reshape(-1, 2)
-    kind = np.array(
-        ["bifurcation"] * len(bif_rc) + ["endpoint"] * len(end_rc) + ["centreline"] * len(line_rc)
-    )
+    parts = [("bifurcation", bif_rc), ("endpoint", end_rc)]
+    if curvature:
+        taken = np.concatenate([bif_rc, end_rc]).reshape(-1, 2)
+        parts.append(("curvature", _curvature_points(skeleton, taken, config)))
+        taken = np.concatenate([taken, parts[-1][1]])
+        if len(taken) and len(line_rc):  # a centreline sample on top of another keypoint adds nothing
+            near = np.min(np.hypot(*(line_rc[:, None] - taken[None]).transpose(2, 0, 1)), axis=1)
+            line_rc = line_rc[near >= config.spacing_px / 2]
+    parts.append(("centreline", line_rc))
+    rc = np.concatenate([p for _, p in parts]).reshape(-1, 2)
+    kind = np.array([k for k, p in parts for _ in range(len(p))], dtype=str)
+    uv = rc[:, ::-1].copy()  # (row, col) -> (u, v)
+    node_degree, directions = ring_features(skeleton, uv, max(3.0, config.spacing_px * 0.75))
     return VesselKeypoints(
-        keypoints=rc[:, ::-1].copy(),  # (row, col) -> (u, v)
-        kind=kind.astype(str),
-        vesselness=vessel,
-        mask=mask,
-        skeleton=skeleton,
-    )
+        keypoints=uv, kind=kind, vesselness=vessel, mask=mask, skeleton=skeleton,
+        degree=node_degree, directions=directions,
+    )  # fmt: skip
 
 
 def describe_keypoints(image: np.ndarray, keypoints: np.ndarray, patch_radius_px: int = 8) -> np.ndarray:

@@ -16,7 +16,10 @@ reads the inputs and writes the outputs), callable without a job. Pixels (u = co
    to correct: the method runs unfiltered and :func:`calibration_matches` keeps the matches within the
    epipolar band the calibration prior allows
    (:func:`~xraycardiac.coronary.recon.calibration.epipolar_band_px`, tens of pixels for a few
-   degrees), never narrower than ``epipolar_tolerance_px``.
+   degrees), never narrower than ``epipolar_tolerance_px``. A learned matcher with ``+band``
+   (``matcher:<model>+band``, ``vmatcher:<model>+band`` on vessel-probability keypoints) gets that same
+   band as its cross-attention and assignment mask: it never matches outside what the recorded
+   geometry and the prior (``prior_sigma_deg`` / ``prior_sigma_mm``) allow.
 2. **refine** (``refine_calibration``): :func:`~xraycardiac.coronary.recon.acceptance.calibrate_from_matches`
    (the one calibration path) from the matches, view 1 fixed: a MAP estimate with Gaussian priors of
    standard deviation ``prior_sigma_deg`` / ``prior_sigma_mm`` on the C-arm angles / isocentre, kept
@@ -72,8 +75,9 @@ class PairConfig:
     here (errors name them ``params.<name>``).
 
     Attributes:
-        method: a matcher name for ``parse_method`` (e.g. ``"vessel+epipolar"``, ``"matcher:<model>"``);
-            surrounding spaces are dropped.
+        method: a matcher name for ``parse_method`` (e.g. ``"vessel+epipolar"``, ``"matcher:<model>"``,
+            ``"vmatcher:<model>+band"``: the learned matcher on vessel-probability keypoints with the
+            prior's epipolar band as its attention mask); surrounding spaces are dropped.
         foundation: the learned matcher's foundation model (``family:/path``), ``matcher:`` methods only;
             empty = None.
         refine_calibration: False = keep the recorded view 2 (the record says so).
@@ -99,7 +103,7 @@ class PairConfig:
         if not method:
             raise ValueError(f"params.method: expected a method name such as {DEFAULT_METHOD!r}, got ''")
         foundation = self.foundation.strip() or None if isinstance(self.foundation, str) else None
-        if foundation is not None and not method.startswith("matcher:"):
+        if foundation is not None and not method.startswith(("matcher:", "vmatcher:")):
             raise ValueError(
                 f"params.foundation: a foundation model is used by the learned matcher only "
                 f"(method 'matcher:<model>'), but method is {method!r}; leave foundation empty"
@@ -327,6 +331,8 @@ def reconstruct_pair(
         "image1": unit_range(images[0]).astype(np.float32),
         "image2": unit_range(images[1]).astype(np.float32),
         "projection_matrices": np.stack([g1.projection_matrix(), g2.projection_matrix()]),
+        # the band of a "+band" matcher: what the recorded geometry and the calibration prior allow
+        "band_px": max(config.epipolar_tolerance_px, epipolar_band_px(g1, g2, calibration_config)),
     }
     match = matcher.run(sample)
     x1 = np.asarray(match.x1, dtype=np.float64).reshape(-1, 2)
