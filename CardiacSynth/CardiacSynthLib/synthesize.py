@@ -36,7 +36,11 @@ failed or cancelled job, or an output that is not what the job promises, adds no
 Export ("Export dataset"): with ``export_dir`` (a new or empty folder) the whole dataset (nnU-Net /
 MONAI layout: ``imagesTr/``, ``labelsTr/``, ``confidenceTr/``, ``cases/``, ``dataset.json``,
 ``datalist.json``, ``synth.json``, the template as NRRD) is copied there atomically (to a hidden
-sibling, then renamed). The job's own files are deleted in every case.
+sibling, then renamed). With ``nnunet_dataset_id`` the export folder is an ``nnUNet_raw`` folder and
+the dataset goes to its ``Dataset<ID>_<NAME>`` folder (``nnunet_dataset_name``, default
+"CardiacSynth"), as ``xraycardiac cardiac synth --nnunet-raw --dataset-id --dataset-name`` does; an
+ID another dataset there already uses is refused before the job starts. The job's own files are
+deleted in every case.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ from XRayCardiacCommonLib.mrml_io import (
 )
 
 from CardiacSynthLib import (
+    DEFAULT_DATASET_NAME,
     DEVICE_CHOICES,
     MAX_CASES,
     MAX_STRENGTH_MM,
@@ -74,7 +79,11 @@ from CardiacSynthLib import (
 from xraycardiac.cardiac.label_maps import LabelMapping, apply_label_mapping, resolve_label_mapping
 from xraycardiac.cardiac.labels import LABEL_TABLE, label_by_name, label_info
 from xraycardiac.cardiac.mgm import MGMConfig
-from xraycardiac.cardiac.synth import CardiacSynthConfig, dataset_label_values
+from xraycardiac.cardiac.synth import (
+    CardiacSynthConfig,
+    dataset_label_values,
+    nnunet_dataset_path,
+)
 from xraycardiac.io import read_volume
 from xraycardiac.jsonutil import is_int
 from xraycardiac.volume import Volume
@@ -154,11 +163,23 @@ def _job_params(
     return params
 
 
-def _export_target(export_dir: Any) -> Path | None:
-    """``export_dir`` as an absolute path, or None (no export); refuses a file or a non-empty folder."""
+def _export_target(
+    export_dir: Any, dataset_id: Any = None, dataset_name: Any = DEFAULT_DATASET_NAME
+) -> Path | None:
+    """``export_dir`` as an absolute path, or None (no export); refuses a file or a non-empty folder.
+
+    With ``dataset_id`` (nnU-Net export), ``export_dir`` is the nnUNet_raw folder and the target its
+    ``Dataset<ID>_<NAME>`` folder (:func:`xraycardiac.cardiac.synth.nnunet_dataset_path`).
+    """
     if export_dir is None or str(export_dir).strip() in ("", "."):
+        if dataset_id is not None:
+            raise ValueError("export_dir: an nnU-Net export (nnunet_dataset_id) needs the nnUNet_raw folder")
         return None
     target = Path(str(export_dir).strip()).expanduser().resolve()
+    if dataset_id is not None:
+        if not is_int(dataset_id, numpy=True):
+            raise ValueError(f"dataset_id: expected an nnU-Net dataset ID from 1 to 999, got {dataset_id!r}")
+        target = nnunet_dataset_path(target, int(dataset_id), dataset_name)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         what = "a folder that is not empty" if target.is_dir() else "a file"
         raise ValueError(
@@ -392,6 +413,8 @@ class CardiacSynthLogic(JobLogic[CardiacSynthRun, dict[str, Any]]):
         export_dir: str | os.PathLike[str] | None = None,
         phantom_seed: int = 0,
         label_mapping: str | None = None,
+        nnunet_dataset_id: int | None = None,
+        nnunet_dataset_name: str = DEFAULT_DATASET_NAME,
     ) -> CardiacSynthRun:
         """Check the parameters and start the job; returns at once (the scene is not changed).
 
@@ -409,12 +432,16 @@ class CardiacSynthLogic(JobLogic[CardiacSynthRun, dict[str, Any]]):
             steps: "tcdm": DDIM steps of each image, 1..1000.
             device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
             export_dir: None / "" for no export, else a new or empty folder that receives a copy of
-                the dataset when the results are imported.
+                the dataset when the results are imported; with ``nnunet_dataset_id`` the nnUNet_raw
+                folder that receives it as ``Dataset<ID>_<NAME>``.
             phantom_seed: integer >= 0, the phantom's seed when there is no template node.
             label_mapping: how the template labels map to the table
                 (:func:`xraycardiac.cardiac.label_maps.resolve_label_mapping`): None / "" (label maps
                 hold table values; segments matched by name), a preset (``"totalsegmentator"``: the
                 non-cardiac values or segments of a whole-body map are left out, ...) or a JSON file.
+            nnunet_dataset_id: None (plain folder export) or the nnU-Net dataset ID, 1..999, not used by
+                another dataset in ``export_dir``.
+            nnunet_dataset_name: the nnU-Net dataset name: letters, digits, ``_`` and ``-``.
 
         Raises:
             ValueError: naming the bad parameter, its value and what is allowed: a template CT without
@@ -422,7 +449,7 @@ class CardiacSynthLogic(JobLogic[CardiacSynthRun, dict[str, Any]]):
                 (both nodes named), an empty mask, label values or segment names not in the table.
         """
         params = _job_params(n, seed, strength_mm, renderer, model, steps, device)
-        target = _export_target(export_dir)
+        target = _export_target(export_dir, nnunet_dataset_id, nnunet_dataset_name)
         labels_node = template_segmentation_or_labelmap
         if template_volume is None and labels_node is None:
             if not is_int(phantom_seed, numpy=True) or phantom_seed < 0:
