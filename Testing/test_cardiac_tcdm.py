@@ -343,6 +343,12 @@ def test_train_cardiac_tcdm_writes_a_loadable_package(tmp_path: Path) -> None:
         net.config.grid == 16
         and json.loads((tmp_path / "run" / "model.json").read_text())["name"] == info["model"]
     )
+    wide = train_cardiac_tcdm(data, tmp_path / "wide", overrides=[*overrides, "n_classes=4", "steps=1"],
+                              init=tmp_path / "run")  # fmt: skip
+    assert (
+        load_tcdm(tmp_path / "wide")[0].config.n_classes == 4
+        and "started from" in wide["entry"]["description"]
+    )
     block = train_cardiac_tcdm(
         data, tmp_path / "block", overrides=[*overrides, "train_crop_vox=8", "steps=1"]
     )
