@@ -39,7 +39,7 @@ DEFAULT_DATASET_NAME = "CardiacSynth"
 _LAZY = {
     "CardiacSynthLogic": "CardiacSynthLib.synthesize",
     "CardiacSynthRun": "CardiacSynthLib.synthesize",
-    "export_dataset": "CardiacSynthLib.synthesize",
+    "export_dataset": "CardiacSynthLib.export",
 }
 
 __all__ = [

@@ -48,8 +48,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -76,14 +74,11 @@ from CardiacSynthLib import (
     MAX_TEMPLATE_VOXELS,
     RENDERER_CHOICES,
 )
+from CardiacSynthLib.export import export_dataset, export_target
 from xraycardiac.cardiac.label_maps import LabelMapping, apply_label_mapping, resolve_label_mapping
 from xraycardiac.cardiac.labels import LABEL_TABLE, label_by_name, label_info
 from xraycardiac.cardiac.mgm import MGMConfig
-from xraycardiac.cardiac.synth import (
-    CardiacSynthConfig,
-    dataset_label_values,
-    nnunet_dataset_path,
-)
+from xraycardiac.cardiac.synth import CardiacSynthConfig, dataset_label_values
 from xraycardiac.io import read_volume
 from xraycardiac.jsonutil import is_int
 from xraycardiac.volume import Volume
@@ -161,61 +156,6 @@ def _job_params(
         device=device_text,
     )  # fmt: skip
     return params
-
-
-def _export_target(
-    export_dir: Any, dataset_id: Any = None, dataset_name: Any = DEFAULT_DATASET_NAME
-) -> Path | None:
-    """``export_dir`` as an absolute path, or None (no export); refuses a file or a non-empty folder.
-
-    With ``dataset_id`` (nnU-Net export), ``export_dir`` is the nnUNet_raw folder and the target its
-    ``Dataset<ID>_<NAME>`` folder (:func:`xraycardiac.cardiac.synth.nnunet_dataset_path`).
-    """
-    if export_dir is None or str(export_dir).strip() in ("", "."):
-        if dataset_id is not None:
-            raise ValueError("export_dir: an nnU-Net export (nnunet_dataset_id) needs the nnUNet_raw folder")
-        return None
-    target = Path(str(export_dir).strip()).expanduser().resolve()
-    if dataset_id is not None:
-        if not is_int(dataset_id, numpy=True):
-            raise ValueError(f"dataset_id: expected an nnU-Net dataset ID from 1 to 999, got {dataset_id!r}")
-        target = nnunet_dataset_path(target, int(dataset_id), dataset_name)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        what = "a folder that is not empty" if target.is_dir() else "a file"
-        raise ValueError(
-            f"export_dir: {target} is {what}; choose a new or empty folder (an export never mixes datasets)"
-        )
-    return target
-
-
-def export_dataset(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
-    """Copy a dataset folder to ``target`` atomically: to a hidden sibling first, then renamed.
-
-    Args:
-        source: the job's output folder.
-        target: a folder that does not exist yet or is empty (its parents are created).
-
-    Returns:
-        The absolute ``target``.
-
-    Raises:
-        ValueError: ``target`` is a file or a folder that is not empty. OSError: the copy failed
-            (nothing is left at ``target``).
-    """
-    checked = _export_target(target)
-    if checked is None:
-        raise ValueError(f"export_dir: expected a folder path, got {target!r}")
-    checked.parent.mkdir(parents=True, exist_ok=True)
-    partial = checked.parent / f".{checked.name}.partial-{uuid.uuid4().hex[:8]}"
-    try:
-        shutil.copytree(source, partial)
-        if checked.exists():  # an empty folder picked in the folder dialog
-            checked.rmdir()
-        os.rename(partial, checked)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    return checked
 
 
 # --------------------------------------------------------------------------------------- template
@@ -449,7 +389,7 @@ class CardiacSynthLogic(JobLogic[CardiacSynthRun, dict[str, Any]]):
                 (both nodes named), an empty mask, label values or segment names not in the table.
         """
         params = _job_params(n, seed, strength_mm, renderer, model, steps, device)
-        target = _export_target(export_dir, nnunet_dataset_id, nnunet_dataset_name)
+        target = export_target(export_dir, nnunet_dataset_id, nnunet_dataset_name)
         labels_node = template_segmentation_or_labelmap
         if template_volume is None and labels_node is None:
             if not is_int(phantom_seed, numpy=True) or phantom_seed < 0:
