@@ -25,6 +25,8 @@ import qt
 import slicer
 from CardiacSynthLib import (
     DEFAULT_CASES,
+    DEFAULT_DATASET_ID,
+    DEFAULT_DATASET_NAME,
     DEFAULT_STEPS,
     DEFAULT_STRENGTH_MM,
     DEVICE_CHOICES,
@@ -87,7 +89,11 @@ class CardiacSynthParameterNode:
     renderer: "warp" (the template CT deformed) or "tcdm" (diffusion model ``tcdmModel``).
     tcdmModel: TCDM model name (``xraycardiac models list``), run folder or weights file ("tcdm").
     samplerSteps: DDIM steps of each image ("tcdm").
-    exportDir: a new or empty folder that receives the dataset; empty = the dataset is not kept.
+    exportDir: a new or empty folder that receives the dataset; empty = the dataset is not kept. With
+        exportNnunet: the nnUNet_raw folder that receives it as Dataset<datasetId>_<datasetName>.
+    exportNnunet: export as an nnU-Net raw dataset (default on).
+    datasetId: the nnU-Net dataset ID, 1..999 (default 900, as the CLI's --dataset-id).
+    datasetName: the nnU-Net dataset name (default "CardiacSynth", as the CLI's --dataset-name).
     device: auto / cpu / cuda.
     """
 
@@ -103,6 +109,9 @@ class CardiacSynthParameterNode:
     tcdmModel: str = ""
     samplerSteps: Annotated[int, WithinRange(1, 1000)] = DEFAULT_STEPS
     exportDir: str = ""
+    exportNnunet: bool = True
+    datasetId: Annotated[int, WithinRange(1, 999)] = DEFAULT_DATASET_ID
+    datasetName: str = DEFAULT_DATASET_NAME
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
 
 
@@ -129,6 +138,8 @@ class CardiacSynthWidget(XRayCardiacCommon.XRayCardiacWidget):
         diffusion = p is not None and p.renderer == "tcdm"
         for widget in (self.ui.tcdmModelLineEdit, self.ui.samplerStepsSpinBox):
             widget.enabled = diffusion
+        for widget in (self.ui.datasetIdSpinBox, self.ui.datasetNameLineEdit):
+            widget.enabled = p is not None and p.exportNnunet
         if self.progress.running:
             self.ui.generateButton.enabled = False
             self.ui.generateButton.toolTip = "A synthesis is running; wait for it or cancel it."
@@ -153,7 +164,9 @@ class CardiacSynthWidget(XRayCardiacCommon.XRayCardiacWidget):
 
     def onBrowseExportDir(self) -> None:
         folder = qt.QFileDialog.getExistingDirectory(
-            slicer.util.mainWindow(), "Export folder (new or empty)", self._parameterNode.exportDir or ""
+            slicer.util.mainWindow(),
+            "nnUNet_raw folder" if self._parameterNode.exportNnunet else "Export folder (new or empty)",
+            self._parameterNode.exportDir or "",
         )
         if folder:
             self._parameterNode.exportDir = folder
@@ -207,6 +220,9 @@ class CardiacSynthLogic(ScriptedLoadableModuleLogic):
                 "template_segmentation_or_labelmap": p.templateSegmentation,
                 "label_mapping": p.labelMapping.strip() or None,
             }
+        nnunet: dict = {}
+        if p.exportNnunet and p.exportDir.strip():
+            nnunet = {"nnunet_dataset_id": p.datasetId, "nnunet_dataset_name": p.datasetName.strip()}
         return {
             "n": p.numSamples,
             "seed": p.seed,
@@ -216,6 +232,7 @@ class CardiacSynthLogic(ScriptedLoadableModuleLogic):
             "steps": p.samplerSteps,
             "device": p.device,
             "export_dir": p.exportDir.strip() or None,
+            **nnunet,
             **template,
         }
 

@@ -71,7 +71,74 @@ def test_config_validation_names_the_field() -> None:
     for crop in (3, 18):  # TINY's two levels need a multiple of 2; 18 > grid 16
         with pytest.raises(ValueError, match="TCDMConfig.train_crop_vox"):
             replace(TINY, train_crop_vox=crop)
-    assert TCDMConfig().n_classes == 10 and TCDMConfig().in_channels == 1 + 10 + 1 + 10
+    assert TCDMConfig().n_classes == 11 and TCDMConfig().in_channels == 1 + 11 + 1 + 11  # 10: undivided heart
+    with pytest.raises(ValueError, match="TCDMConfig.label_merge_prob"):
+        replace(TINY, label_merge_prob=1.5)
+    # a config written before random label merging existed (cardiac-tcdm-demo 0.2.0) was trained without it
+    old = {k: v for k, v in TCDMConfig(n_classes=10).to_dict().items() if k != "label_merge_prob"}
+    assert TCDMConfig.from_dict(old).label_merge_prob == 0.0
+
+
+def test_random_label_merging_is_one_heart_in_mask_and_template() -> None:
+    """label_merge_prob: per case, chambers + myocardium -> the heart label 10 in mask and template alike,
+    the coronaries merged into it in some cases and kept in others; unmerged cases untouched."""
+    from xraycardiac.cardiac.tcdm_train import merge_labels
+
+    cfg = TCDMConfig(n_classes=11, label_merge_prob=1.0)
+    labels = torch.arange(10).repeat_interleave(10)[None].repeat(32, 1).view(32, 10, 10, 1)
+    batch = {"mask": labels, "template_mask": labels.flip(1), "image": torch.zeros(32, 1, 10, 10, 1)}
+    out = merge_labels(batch, cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(out["image"], batch["image"])
+    for m, t in zip(out["mask"], out["template_mask"], strict=True):
+        assert sorted(set(m.unique().tolist())) == sorted(set(t.unique().tolist()))
+        assert not set(m.unique().tolist()) & {1, 2, 3, 4, 5} and {0, 6, 7, 10} <= set(m.unique().tolist())
+    kept = [bool((m == 8).any()) for m in out["mask"]]
+    assert 0 < sum(kept) < len(kept), kept  # coronaries merged or not
+    half = merge_labels(batch, replace(cfg, label_merge_prob=0.5), torch.Generator().manual_seed(1))["mask"]
+    merged = [bool((m == 10).any()) for m in half]
+    assert 0 < sum(merged) < len(merged)
+    assert all(torch.equal(m, labels[0]) for m, x in zip(half, merged, strict=True) if not x)
+    for quiet in (TCDMConfig(n_classes=10), replace(cfg, label_merge_prob=0.0)):
+        assert merge_labels(batch, quiet, torch.Generator())["mask"] is batch["mask"]
+
+
+def test_structure_hu_jitter_shifts_each_structure_by_one_offset() -> None:
+    from xraycardiac.cardiac.tcdm_train import jitter_structures
+
+    image, labels = _case()
+    cfg = replace(TINY, structure_hu_jitter=50.0)
+    out = jitter_structures({"image": image, "mask": labels}, cfg, torch.Generator().manual_seed(0))
+    shift = (out["image"] - image)[0, 0] * 1000.0  # [-1, 1] spans 2000 HU
+    inside = (image[0, 0] > -0.99) & (image[0, 0] < 0.99)
+    offsets = [shift[(labels[0] == v) & inside] for v in range(3)]
+    assert all(float(o.std()) < 1e-3 for o in offsets)
+    assert (
+        len({round(float(o.mean()), 2) for o in offsets}) == 3
+        and max(abs(float(o.mean())) for o in offsets) > 5
+    )
+
+
+def test_widening_to_more_classes_keeps_the_old_models_first_layer() -> None:
+    """init from a model of fewer classes: the added one-hot channels are inserted, and for voxels of the
+    old classes the first convolution gives the old model's activations (inside the padding border)."""
+    from xraycardiac.cardiac.tcdm_train import widen_classes
+
+    torch.manual_seed(0)
+    old = build_tcdm(TINY)[0]
+    wide_cfg = replace(TINY, n_classes=4)
+    wide = build_tcdm(wide_cfg)[0]
+    wide.load_state_dict(widen_classes(old.state_dict(), TINY, wide_cfg))
+    image, labels = _case()
+    x = torch.randn(1, 1, N, N, N)
+    a = old.conv_in(torch.cat([x, encode_condition(TINY, labels, image, labels)], 1))
+    b = wide.conv_in(torch.cat([x, encode_condition(wide_cfg, labels, image, labels)], 1))
+    assert torch.allclose(a[..., 1:-1, 1:-1, 1:-1], b[..., 1:-1, 1:-1, 1:-1], atol=1e-5)
+    heart = labels.clone()
+    heart[labels == 1] = 3  # the new class starts as the mean of the known heart structures
+    c = wide.conv_in(torch.cat([x, encode_condition(wide_cfg, heart, image, heart)], 1))
+    assert torch.isfinite(c).all() and not torch.allclose(c, b)
+    with pytest.raises(ValueError, match="init: .*differing \\['channels'\\]"):
+        widen_classes(old.state_dict(), TINY, replace(wide_cfg, channels=(8, 8)))
 
 
 def test_loss_is_finite_and_decreases() -> None:
@@ -275,6 +342,12 @@ def test_train_cardiac_tcdm_writes_a_loadable_package(tmp_path: Path) -> None:
     assert (
         net.config.grid == 16
         and json.loads((tmp_path / "run" / "model.json").read_text())["name"] == info["model"]
+    )
+    wide = train_cardiac_tcdm(data, tmp_path / "wide", overrides=[*overrides, "n_classes=4", "steps=1"],
+                              init=tmp_path / "run")  # fmt: skip
+    assert (
+        load_tcdm(tmp_path / "wide")[0].config.n_classes == 4
+        and "started from" in wide["entry"]["description"]
     )
     block = train_cardiac_tcdm(
         data, tmp_path / "block", overrides=[*overrides, "train_crop_vox=8", "steps=1"]

@@ -229,6 +229,45 @@ def test_export_refuses_a_folder_that_is_not_empty(tmp_path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "full", "source"]
 
 
+def test_nnunet_export_makes_the_dataset_folder_nnunet_finds(tmp_path) -> None:
+    """The panel's nnU-Net export, as the CLI's --nnunet-raw/--dataset-id/--dataset-name: the dataset lands
+    in nnUNet_raw/Dataset<ID>_<NAME> beside the datasets already there; an ID in use is refused at once."""
+    from CardiacSynthLib import DEFAULT_DATASET_ID, DEFAULT_DATASET_NAME
+
+    from xraycardiac.cardiac import synth
+
+    assert (DEFAULT_DATASET_ID, DEFAULT_DATASET_NAME) == (
+        synth.DEFAULT_DATASET_ID,
+        synth.DEFAULT_DATASET_NAME,
+    )
+    raw = tmp_path / "nnUNet_raw"
+    (raw / "Dataset001_Other").mkdir(parents=True)
+    scene = slicer.vtkMRMLScene()
+    with pytest.raises(ValueError, match=r"dataset_id: .*Dataset001_Other"):
+        CardiacSynthLogic(scene).start(n=1, device="cpu", export_dir=raw, nnunet_dataset_id=1)
+    with pytest.raises(ValueError, match=r"dataset_name: expected letters"):
+        CardiacSynthLogic(scene).start(
+            n=1, device="cpu", export_dir=raw, nnunet_dataset_id=7, nnunet_dataset_name="a b"
+        )
+    result = CardiacSynthLogic(scene).run(
+        n=1,
+        seed=2,
+        device="cpu",
+        export_dir=raw,
+        nnunet_dataset_id=7,
+        nnunet_dataset_name="Heart",
+        timeout_s=TIMEOUT_S,
+    )
+    target = raw / "Dataset007_Heart"
+    assert result["export_dir"] == str(target)
+    assert sorted(p.name for p in raw.iterdir()) == ["Dataset001_Other", "Dataset007_Heart"]
+    dataset = json.loads((target / "dataset.json").read_text())
+    assert (
+        dataset["numTraining"] == 1
+        and (target / dataset["file_ending"].join(["imagesTr/case_00000_0000", ""])).is_file()
+    )
+
+
 # ---------------------------------------------------------------------------- segmentation template
 
 

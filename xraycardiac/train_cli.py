@@ -295,8 +295,15 @@ def cardiac_tcdm(
         ),
     ] = None,
     name: _NameOption = "cardiac-tcdm",
+    init: Annotated[
+        str | None,
+        typer.Option(
+            help="Fine-tune: start from this TCDM (model name, run folder or .pt) with the same network "
+            "settings; a model of fewer classes is widened (e.g. cardiac-tcdm-demo 0.2.0 to the heart label)."
+        ),
+    ] = None,
 ) -> None:
     """Train the template-guided conditional diffusion model of CardiacSynth (`cardiac synth --renderer tcdm`)."""
     from xraycardiac.cardiac.tcdm_train import train_cardiac_tcdm
 
-    _train(out, train_cardiac_tcdm, data, out, list(settings or ()), name=name)
+    _train(out, train_cardiac_tcdm, data, out, list(settings or ()), name=name, init=init)

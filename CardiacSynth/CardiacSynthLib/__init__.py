@@ -32,15 +32,20 @@ must be cropped around the heart and resampled to 1-2 mm first (Crop Volume modu
 DEFAULT_CASES = 4
 DEFAULT_STRENGTH_MM = 4.0
 DEFAULT_STEPS = 20
+DEFAULT_DATASET_ID = 900
+DEFAULT_DATASET_NAME = "CardiacSynth"
+"""The nnU-Net export's defaults: those of ``xraycardiac cardiac synth --dataset-id --dataset-name``."""
 
 _LAZY = {
     "CardiacSynthLogic": "CardiacSynthLib.synthesize",
     "CardiacSynthRun": "CardiacSynthLib.synthesize",
-    "export_dataset": "CardiacSynthLib.synthesize",
+    "export_dataset": "CardiacSynthLib.export",
 }
 
 __all__ = [
     "DEFAULT_CASES",
+    "DEFAULT_DATASET_ID",
+    "DEFAULT_DATASET_NAME",
     "DEFAULT_STEPS",
     "DEFAULT_STRENGTH_MM",
     "DEVICE_CHOICES",

@@ -36,7 +36,11 @@ failed or cancelled job, or an output that is not what the job promises, adds no
 Export ("Export dataset"): with ``export_dir`` (a new or empty folder) the whole dataset (nnU-Net /
 MONAI layout: ``imagesTr/``, ``labelsTr/``, ``confidenceTr/``, ``cases/``, ``dataset.json``,
 ``datalist.json``, ``synth.json``, the template as NRRD) is copied there atomically (to a hidden
-sibling, then renamed). The job's own files are deleted in every case.
+sibling, then renamed). With ``nnunet_dataset_id`` the export folder is an ``nnUNet_raw`` folder and
+the dataset goes to its ``Dataset<ID>_<NAME>`` folder (``nnunet_dataset_name``, default
+"CardiacSynth"), as ``xraycardiac cardiac synth --nnunet-raw --dataset-id --dataset-name`` does; an
+ID another dataset there already uses is refused before the job starts. The job's own files are
+deleted in every case.
 """
 
 from __future__ import annotations
@@ -44,8 +48,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -65,12 +67,14 @@ from XRayCardiacCommonLib.mrml_io import (
 )
 
 from CardiacSynthLib import (
+    DEFAULT_DATASET_NAME,
     DEVICE_CHOICES,
     MAX_CASES,
     MAX_STRENGTH_MM,
     MAX_TEMPLATE_VOXELS,
     RENDERER_CHOICES,
 )
+from CardiacSynthLib.export import export_dataset, export_target
 from xraycardiac.cardiac.label_maps import LabelMapping, apply_label_mapping, resolve_label_mapping
 from xraycardiac.cardiac.labels import LABEL_TABLE, label_by_name, label_info
 from xraycardiac.cardiac.mgm import MGMConfig
@@ -152,49 +156,6 @@ def _job_params(
         device=device_text,
     )  # fmt: skip
     return params
-
-
-def _export_target(export_dir: Any) -> Path | None:
-    """``export_dir`` as an absolute path, or None (no export); refuses a file or a non-empty folder."""
-    if export_dir is None or str(export_dir).strip() in ("", "."):
-        return None
-    target = Path(str(export_dir).strip()).expanduser().resolve()
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        what = "a folder that is not empty" if target.is_dir() else "a file"
-        raise ValueError(
-            f"export_dir: {target} is {what}; choose a new or empty folder (an export never mixes datasets)"
-        )
-    return target
-
-
-def export_dataset(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
-    """Copy a dataset folder to ``target`` atomically: to a hidden sibling first, then renamed.
-
-    Args:
-        source: the job's output folder.
-        target: a folder that does not exist yet or is empty (its parents are created).
-
-    Returns:
-        The absolute ``target``.
-
-    Raises:
-        ValueError: ``target`` is a file or a folder that is not empty. OSError: the copy failed
-            (nothing is left at ``target``).
-    """
-    checked = _export_target(target)
-    if checked is None:
-        raise ValueError(f"export_dir: expected a folder path, got {target!r}")
-    checked.parent.mkdir(parents=True, exist_ok=True)
-    partial = checked.parent / f".{checked.name}.partial-{uuid.uuid4().hex[:8]}"
-    try:
-        shutil.copytree(source, partial)
-        if checked.exists():  # an empty folder picked in the folder dialog
-            checked.rmdir()
-        os.rename(partial, checked)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    return checked
 
 
 # --------------------------------------------------------------------------------------- template
@@ -392,6 +353,8 @@ class CardiacSynthLogic(JobLogic[CardiacSynthRun, dict[str, Any]]):
         export_dir: str | os.PathLike[str] | None = None,
         phantom_seed: int = 0,
         label_mapping: str | None = None,
+        nnunet_dataset_id: int | None = None,
+        nnunet_dataset_name: str = DEFAULT_DATASET_NAME,
     ) -> CardiacSynthRun:
         """Check the parameters and start the job; returns at once (the scene is not changed).
 
@@ -409,12 +372,16 @@ class CardiacSynthLogic(JobLogic[CardiacSynthRun, dict[str, Any]]):
             steps: "tcdm": DDIM steps of each image, 1..1000.
             device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
             export_dir: None / "" for no export, else a new or empty folder that receives a copy of
-                the dataset when the results are imported.
+                the dataset when the results are imported; with ``nnunet_dataset_id`` the nnUNet_raw
+                folder that receives it as ``Dataset<ID>_<NAME>``.
             phantom_seed: integer >= 0, the phantom's seed when there is no template node.
             label_mapping: how the template labels map to the table
                 (:func:`xraycardiac.cardiac.label_maps.resolve_label_mapping`): None / "" (label maps
                 hold table values; segments matched by name), a preset (``"totalsegmentator"``: the
                 non-cardiac values or segments of a whole-body map are left out, ...) or a JSON file.
+            nnunet_dataset_id: None (plain folder export) or the nnU-Net dataset ID, 1..999, not used by
+                another dataset in ``export_dir``.
+            nnunet_dataset_name: the nnU-Net dataset name: letters, digits, ``_`` and ``-``.
 
         Raises:
             ValueError: naming the bad parameter, its value and what is allowed: a template CT without
@@ -422,7 +389,7 @@ class CardiacSynthLogic(JobLogic[CardiacSynthRun, dict[str, Any]]):
                 (both nodes named), an empty mask, label values or segment names not in the table.
         """
         params = _job_params(n, seed, strength_mm, renderer, model, steps, device)
-        target = _export_target(export_dir)
+        target = export_target(export_dir, nnunet_dataset_id, nnunet_dataset_name)
         labels_node = template_segmentation_or_labelmap
         if template_volume is None and labels_node is None:
             if not is_int(phantom_seed, numpy=True) or phantom_seed < 0:

@@ -104,7 +104,7 @@ def synth(
     from rich.console import Console
 
     from xraycardiac.cardiac.mgm import MGMConfig
-    from xraycardiac.cardiac.synth import CardiacSynthConfig, nnunet_dataset_folder, synthesize_dataset
+    from xraycardiac.cardiac.synth import CardiacSynthConfig, nnunet_dataset_path, synthesize_dataset
     from xraycardiac.cardiac.templates import load_template, template_from_phantom
     from xraycardiac.outputs import parse_shard
 
@@ -114,7 +114,7 @@ def synth(
             "give one of --out (the dataset folder) or --nnunet-raw (a Dataset<ID>_<NAME> folder in it)"
         )
     if nnunet_raw is not None:
-        out = nnunet_raw / nnunet_dataset_folder(dataset_id, dataset_name)
+        out = nnunet_dataset_path(nnunet_raw, dataset_id, dataset_name)
     if (template is None) != (template_mask is None):
         raise ValueError("--template and --template-mask go together (an image and its label map)")
     if template is not None:

@@ -69,6 +69,7 @@ __all__ = [
     "case_name",
     "dataset_label_values",
     "nnunet_dataset_folder",
+    "nnunet_dataset_path",
     "synthesize_dataset",
 ]
 
@@ -209,6 +210,33 @@ def nnunet_dataset_folder(dataset_id: int = DEFAULT_DATASET_ID, name: str = DEFA
             f"dataset_name: expected letters, digits, '_' and '-' (e.g. CardiacSynth), got {name!r}"
         )
     return f"Dataset{dataset_id:03d}_{name}"
+
+
+def nnunet_dataset_path(
+    nnunet_raw: str | os.PathLike[str], dataset_id: int = DEFAULT_DATASET_ID, name: str = DEFAULT_DATASET_NAME
+) -> Path:
+    """``nnunet_raw/Dataset<ID>_<NAME>`` (:func:`nnunet_dataset_folder`), refusing an ID already in use there.
+
+    nnU-Net v2 finds a dataset by its ID alone (``-d 7``) and stops when two folders of ``nnunet_raw``
+    share it, so another ``Dataset<ID>_*`` folder beside the target is an error.
+
+    Raises:
+        ValueError: a bad ID or name, ``nnunet_raw`` is a file, or the ID is used by another dataset.
+    """
+    raw = Path(nnunet_raw)
+    folder = nnunet_dataset_folder(dataset_id, name)
+    if raw.exists() and not raw.is_dir():
+        raise ValueError(
+            f"nnunet_raw: {raw} is a file; expected the nnUNet_raw folder (it may not exist yet)"
+        )
+    if raw.is_dir():
+        taken = sorted(p.name for p in raw.glob(f"Dataset{dataset_id:03d}_*") if p.name != folder)
+        if taken:
+            raise ValueError(
+                f"dataset_id: {dataset_id} is already used in {raw} by {taken}; nnU-Net finds datasets by ID, "
+                "so choose another ID"
+            )
+    return raw / folder
 
 
 def dataset_label_values(root: str | os.PathLike[str]) -> dict[int, int]:

@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from monai.networks.nets import DiffusionModelUNet
 
-from xraycardiac.cardiac.labels import FINE_LABELS
+from xraycardiac.cardiac.labels import WHOLE_HEART
 from xraycardiac.diffusion import build_scheduler, sample
 from xraycardiac.jsonutil import is_int, is_number
 from xraycardiac.models.weights import (
@@ -103,9 +103,20 @@ class TCDMConfig(JsonConfig):
         train_crop_vox: training on random blocks of this side (a multiple of 2^(levels-1)),
             cut after the self-template deformation, instead of the whole cube; 0: whole cube.
             The network is fully convolutional and generates the whole cube at sampling time.
+        label_merge_prob: training with random label merging (one model for coarse and fine
+            label maps): the probability, per training case, that its chambers and myocardium
+            (1-5) become the undivided heart (label 10) in both the target and the template
+            label map; the coronaries (8, 9) then join the heart with probability 1/2, else
+            stay. 0: labels as given. Only models with the heart class (``n_classes`` >= 11)
+            merge: a smaller label set has no coarse label to merge into. Configs written
+            before this field (models of 10 classes) read as 0: they were trained without it.
+        structure_hu_jitter: self-template training: each structure of a case (and the
+            background) is shifted by its own random HU offset, N(0, this std) in HU, in the
+            case and so in its template, so the model learns to take a structure's HU from
+            the template rather than from the label (0: off).
     """
 
-    n_classes: int = 1 + len(FINE_LABELS)
+    n_classes: int = WHOLE_HEART + 1
     grid: int = 64
     hu_window: tuple[float, float] = (-1000.0, 1000.0)
     channels: tuple[int, ...] = (8, 16, 32, 32)
@@ -121,6 +132,16 @@ class TCDMConfig(JsonConfig):
     deform_strength_vox: float = 3.0
     deform_control_spacing_vox: int = 8
     train_crop_vox: int = 0
+    label_merge_prob: float = 0.5
+    structure_hu_jitter: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "model config") -> TCDMConfig:
+        """As :meth:`JsonConfig.from_dict`; a config without ``label_merge_prob`` (written before the
+        field existed) was trained without label merging, so it reads as 0."""
+        if isinstance(data, dict) and "label_merge_prob" not in data:
+            data = {**data, "label_merge_prob": 0.0}
+        return super().from_dict(data, where)
 
     def __post_init__(self) -> None:
         def fail(name: str, expected: str) -> None:
@@ -161,9 +182,11 @@ class TCDMConfig(JsonConfig):
             fail("prediction_type", f"one of {PREDICTION_TYPES}")
         if not isinstance(self.use_template, bool):
             fail("use_template", "true or false")
-        for name in ("consistency_weight", "deform_strength_vox"):
+        for name in ("consistency_weight", "deform_strength_vox", "structure_hu_jitter"):
             if not (is_number(getattr(self, name)) and getattr(self, name) >= 0):
                 fail(name, "a finite number >= 0")
+        if not (is_number(self.label_merge_prob) and 0.0 <= self.label_merge_prob <= 1.0):
+            fail("label_merge_prob", "a probability in 0 .. 1")
 
     @property
     def condition_channels(self) -> int:

@@ -7,6 +7,11 @@ case is its own template under a random diffeomorphism drawn per step (:func:`ma
 the DDF and its inverse are known, so the consistency term applies), unless
 ``DIR/templates/images/<name>`` + ``DIR/templates/labels/<name>`` give one already in that case's
 frame (u = 0, no consistency term).
+
+Random label merging (``TCDMConfig.label_merge_prob``, :func:`merge_labels`): per case and step the
+chambers and myocardium may become one heart label (coronaries merged or not), so one model
+conditions on coarse (TotalSegmentator-like) or fine label maps. ``init`` starts from another TCDM's
+weights (fine-tuning); a model of fewer classes is widened by :func:`widen_classes`.
 """
 
 from __future__ import annotations
@@ -24,10 +29,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from xraycardiac.cardiac.labels import CORONARY_LABELS, LA, LV, MYO, RA, RV, WHOLE_HEART
 from xraycardiac.cardiac.tcdm import TCDMConfig, build_tcdm, check_labels, save_tcdm, tcdm_loss, warp
 
 __all__ = [
-    "CardiacCTDataset", "find_cases", "make_self_template", "random_deformation", "train_cardiac_tcdm",
+    "CardiacCTDataset", "find_cases", "jitter_structures", "make_self_template", "merge_labels", "random_deformation",
+    "train_cardiac_tcdm", "widen_classes",
 ]  # fmt: skip
 
 _EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -74,6 +81,97 @@ def make_self_template(
     t_lab = warp(labels[:, None].float(), inv, mode="nearest")[:, 0].round().long()
     out = {**batch, "ddf": ddf, "inverse_ddf": inv}
     out["template_image"], out["template_mask"] = warp(image, inv), t_lab
+    return out
+
+
+def jitter_structures(
+    batch: dict[str, Any], config: TCDMConfig, generator: torch.Generator
+) -> dict[str, Any]:
+    """The batch with each structure's HU shifted by its own N(0, ``structure_hu_jitter``) offset per case.
+
+    Applied to the case before its self-template is drawn, so template and case agree; the offset is
+    converted to the [-1, 1] scale of ``hu_window`` and the result clipped to it.
+    """
+    if config.structure_hu_jitter <= 0:
+        return batch
+    mask = torch.as_tensor(batch["mask"]).long()
+    lo, hi = config.hu_window
+    std = 2.0 * config.structure_hu_jitter / (hi - lo)
+    offsets = torch.randn((mask.shape[0], config.n_classes), generator=generator, device=generator.device)
+    shift = torch.gather(offsets.to(mask.device) * std, 1, mask.flatten(1)).view(mask.shape)
+    return {**batch, "image": (torch.as_tensor(batch["image"]).float() + shift[:, None]).clamp(-1.0, 1.0)}
+
+
+def merge_labels(batch: dict[str, Any], config: TCDMConfig, generator: torch.Generator) -> dict[str, Any]:
+    """The batch with random label merging (``TCDMConfig.label_merge_prob``), the same in mask and template.
+
+    Per case, with probability ``label_merge_prob``: LV, RV, LA, RA and myocardium (1-5) become the
+    undivided heart (10), and with probability 1/2 the coronaries (8, 9) join it. A model without
+    the heart class (``n_classes`` <= 10) gets the batch unchanged.
+    """
+    if config.label_merge_prob <= 0 or config.n_classes <= WHOLE_HEART:
+        return batch
+    mask = torch.as_tensor(batch["mask"])
+    draws = torch.rand((mask.shape[0], 2), generator=generator, device=generator.device).cpu()
+    heart = (draws[:, 0] < config.label_merge_prob).tolist()
+    coronary = (draws[:, 1] < 0.5).tolist()
+    lut = torch.arange(config.n_classes)
+    merged = lut.clone()
+    merged[[LV, RV, LA, RA, MYO]] = WHOLE_HEART
+    with_coronaries = merged.clone()
+    with_coronaries[list(CORONARY_LABELS)] = WHOLE_HEART
+    luts = [
+        with_coronaries if h and c else merged if h else lut for h, c in zip(heart, coronary, strict=True)
+    ]
+    out = dict(batch)
+    for key in ("mask", "template_mask"):
+        if key in batch:
+            labels = torch.as_tensor(batch[key]).long()
+            out[key] = torch.stack([t.to(labels.device)[lab] for t, lab in zip(luts, labels, strict=True)])
+    return out
+
+
+def widen_classes(
+    state_dict: dict[str, torch.Tensor], old: TCDMConfig, new: TCDMConfig
+) -> dict[str, torch.Tensor]:
+    """A TCDM state dict of ``old.n_classes`` classes made to fit ``new`` (more classes, otherwise the same).
+
+    The one-hot channels of the added classes are inserted into the input convolution (both the
+    target's and the template's): each gets the mean kernel of the heart structures 1-5 the old model
+    knows (the undivided heart starts as their average), and the bias absorbs the -1 those channels
+    carry everywhere else, so every voxel of an old class gets the old model's first activation.
+
+    Raises:
+        ValueError: fewer classes in ``new``, or configs that differ in anything else.
+    """
+    net = (
+        "channels",
+        "attention_levels",
+        "num_res_blocks",
+        "norm_num_groups",
+        "num_head_channels",
+        "use_template",
+    )
+    differ = [f for f in net if getattr(old, f) != getattr(new, f)]
+    if new.n_classes < old.n_classes or differ:
+        raise ValueError(
+            f"init: a TCDM of {old.n_classes} classes can only be widened to as many or more classes with the "
+            f"same network settings; got n_classes {new.n_classes}, differing {differ or 'nothing else'}"
+        )
+    key = next(k for k in state_dict if k.startswith("conv_in") and k.endswith("weight"))
+    w, b = state_dict[key].float(), state_dict[key.replace("weight", "bias")].float()
+    n, extra = old.n_classes, new.n_classes - old.n_classes
+    heart = (
+        w[:, [1 + c for c in (LV, RV, LA, RA, MYO) if c < n]].mean(1, keepdim=True).repeat(1, extra, 1, 1, 1)
+    )
+    parts = [w[:, : 1 + n], heart]
+    if old.use_template:
+        t_heart = w[:, [2 + n + c for c in (LV, RV, LA, RA, MYO) if c < n]].mean(1, keepdim=True)
+        parts += [w[:, 1 + n : 2 + 2 * n], t_heart.repeat(1, extra, 1, 1, 1)]
+        heart = torch.cat([heart, t_heart.repeat(1, extra, 1, 1, 1)], 1)
+    out = dict(state_dict)
+    out[key] = torch.cat(parts, 1).to(state_dict[key].dtype)
+    out[key.replace("weight", "bias")] = (b + heart.sum((1, 2, 3, 4))).to(state_dict[key].dtype)
     return out
 
 
@@ -149,6 +247,7 @@ def train_cardiac_tcdm(
     name: str = "cardiac-tcdm",
     version: str = "0.1.0",
     command: str | None = None,
+    init: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) the TCDM on the shared trainer and write an importable model package.
 
@@ -162,6 +261,9 @@ def train_cardiac_tcdm(
         progress: ``progress(stage, fraction, **extra)``.
         model_config, train_config: starting configs (defaults: demo size, trainer defaults).
         name, version, command: manifest name, version and recorded command line.
+        init: start from this TCDM (name, run folder or weights file) instead of random weights;
+            it must have the same network settings, with at most fewer classes (widened by
+            :func:`widen_classes`). Ignored when ``out`` holds a checkpoint (that run resumes).
 
     Returns:
         The trainer summary plus ``"model"`` (path of model.pt) and ``"entry"``.
@@ -174,10 +276,16 @@ def train_cardiac_tcdm(
     dataset = CardiacCTDataset(data_dir, mcfg)
     torch.manual_seed(tcfg.seed)
     network, scheduler = build_tcdm(mcfg)
+    if init is not None:
+        from xraycardiac.cardiac.tcdm import load_tcdm
+
+        start = load_tcdm(init)[0]
+        network.load_state_dict(widen_classes(start.state_dict(), start.config, mcfg))
 
     def loss_fn(net: torch.nn.Module, batch: dict[str, Any], gen: torch.Generator):
         if mcfg.use_template and "template_image" not in batch:
-            batch = make_self_template(batch, mcfg, gen)
+            batch = make_self_template(jitter_structures(batch, mcfg, gen), mcfg, gen)
+        batch = merge_labels(batch, mcfg, gen)
         if mcfg.train_crop_vox:
             batch = crop_batch(batch, mcfg.train_crop_vox, gen, mcfg.grid)
         return tcdm_loss(net, scheduler, batch, gen)
@@ -196,6 +304,9 @@ def train_cardiac_tcdm(
             f"template-conditioned cardiac CT diffusion (TCDM), use_template={mcfg.use_template}, "
             f"{summary['step']} steps x batch {tcfg.batch_size}"
             + (f" of random {mcfg.train_crop_vox}^3 blocks" if mcfg.train_crop_vox else "")
+            + (f", random label merging p={mcfg.label_merge_prob:g}" if mcfg.n_classes > WHOLE_HEART else "")
+            + (f", structure HU jitter {mcfg.structure_hu_jitter:g} HU" if mcfg.structure_hu_jitter else "")
+            + (f", started from {init}" if init is not None else "")
             + "; train config "
             + json.dumps(asdict(tcfg), sort_keys=True)
         ),

@@ -3,7 +3,14 @@
 
 from __future__ import annotations
 
-from xraycardiac.metrics.image import hu_window_metrics, mae, psnr, ssim3d, ssim_slicewise
+from xraycardiac.metrics.image import (
+    hu_window_metrics,
+    mae,
+    noise_power_spectrum,
+    psnr,
+    ssim3d,
+    ssim_slicewise,
+)
 from xraycardiac.metrics.matching import (
     MatchingMetrics,
     assign_matches_to_gt,
@@ -31,6 +38,7 @@ __all__ = [
     # image
     "hu_window_metrics",
     "mae",
+    "noise_power_spectrum",
     "psnr",
     "ssim3d",
     "ssim_slicewise",

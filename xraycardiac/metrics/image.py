@@ -13,7 +13,7 @@ import math
 import numpy as np
 from skimage.metrics import structural_similarity
 
-__all__ = ["hu_window_metrics", "mae", "psnr", "ssim3d", "ssim_slicewise"]
+__all__ = ["hu_window_metrics", "mae", "noise_power_spectrum", "psnr", "ssim3d", "ssim_slicewise"]
 
 
 def _pair(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -172,3 +172,67 @@ def hu_window_metrics(
         "window": (lo, hi),
         "data_range": rng,
     }
+
+
+def noise_power_spectrum(
+    image: np.ndarray,
+    region: np.ndarray,
+    spacing_mm: float | tuple[float, float, float],
+    bands_per_mm: tuple[tuple[float, float], ...],
+    roi_vox: int = 8,
+    max_rois: int = 64,
+) -> dict[str, object]:
+    """Radially averaged 3D noise power spectrum of the cubes of ``roi_vox``³ voxels inside ``region``.
+
+    Cubes start every ``roi_vox // 2`` voxels (half-overlapping) and count when every voxel lies in
+    ``region`` (at most ``max_rois``, taken evenly from those that fit). Each cube minus its own
+    least-squares linear trend (so slow structure such as an enhancement gradient is not noise) gives
+    NPS(f) = |DFT|² · voxel volume / voxels, averaged over the cubes, then over the frequencies whose
+    radius |f| falls in each band.
+
+    Args:
+        image: (K, J, I) intensities, HU.
+        region: boolean mask of the homogeneous region, same shape.
+        spacing_mm: voxel spacing, mm (one value or per axis, in the array's axis order).
+        bands_per_mm: (low, high) radial frequency bands, cycles/mm (low inclusive).
+        roi_vox: cube side, voxels (>= 4).
+        max_rois: most cubes used.
+
+    Returns:
+        ``{"power": [HU² mm³ per band], "rois": number of cubes}``; a band without any frequency
+        sample is NaN.
+
+    Raises:
+        ValueError: shapes differ, a bad ``roi_vox``, or no cube fits inside ``region``.
+    """
+    img = np.asarray(image, dtype=np.float64)
+    reg = np.asarray(region, dtype=bool)
+    if img.shape != reg.shape or img.ndim != 3:
+        raise ValueError(f"image and region: expected the same 3D shape, got {img.shape} and {reg.shape}")
+    if not (isinstance(roi_vox, int) and 4 <= roi_vox <= min(img.shape)):
+        raise ValueError(f"roi_vox: expected an integer from 4 to {min(img.shape)} voxels, got {roi_vox!r}")
+    spacing = np.broadcast_to(np.asarray(spacing_mm, dtype=np.float64), (3,))
+    step = max(1, roi_vox // 2)
+    fits = np.lib.stride_tricks.sliding_window_view(reg, (roi_vox,) * 3)[::step, ::step, ::step]
+    starts = np.argwhere(fits.all(axis=(-3, -2, -1))) * step
+    if not len(starts):
+        raise ValueError(
+            f"region: no {roi_vox}^3-voxel cube lies inside it ({int(reg.sum())} voxels); use a larger region "
+            "or a smaller roi_vox"
+        )
+    starts = starts[np.linspace(0, len(starts) - 1, min(max_rois, len(starts))).round().astype(int)]
+    axes = np.meshgrid(*(np.arange(roi_vox, dtype=np.float64),) * 3, indexing="ij")
+    design = np.stack([np.ones(roi_vox**3), *(a.ravel() for a in axes)], axis=1)
+    power = np.zeros((roi_vox,) * 3)
+    for k, j, i in starts:
+        cube = img[k : k + roi_vox, j : j + roi_vox, i : i + roi_vox].ravel()
+        trend = design @ np.linalg.lstsq(design, cube, rcond=None)[0]
+        power += np.abs(np.fft.fftn((cube - trend).reshape((roi_vox,) * 3))) ** 2
+    power *= float(np.prod(spacing)) / roi_vox**3 / len(starts)
+    freqs = np.meshgrid(*(np.fft.fftfreq(roi_vox, d=s) for s in spacing), indexing="ij")
+    radius = np.sqrt(sum(f**2 for f in freqs))
+    out = []
+    for low, high in bands_per_mm:
+        sel = (radius >= low) & (radius < high)
+        out.append(float(power[sel].mean()) if sel.any() else math.nan)
+    return {"power": out, "rois": len(starts)}
