@@ -45,7 +45,8 @@ def cache(
     source: Annotated[
         list[str],
         typer.Option(
-            help="CT file, DICOM series folder, folder to search (e.g. LIDC-IDRI/), or phantom:<a>-<b>. "
+            help="CT file, DICOM series folder, folder to search (e.g. LIDC-IDRI/), phantom:<a>-<b> (the cube "
+            "rendered alone) or body:<a>-<b> (whole-body phantoms, randomised acquisition). "
             "Repeat for several."
         ),
     ],
@@ -55,7 +56,7 @@ def cache(
     spacing_mm: Annotated[
         float | None, typer.Option(min=0.0, help="Override the preset's voxel size (mm).")
     ] = None,
-    seed: Annotated[int, typer.Option(min=0, help="Seed of the chest phantoms.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the phantoms and their acquisitions.")] = 0,
     shard: Annotated[str, typer.Option(help="i/N: build cases i, i+N, ... only.")] = "0/1",
 ) -> None:
     """Resample CTs to the training cube and render their PA + lateral DRRs into a cache folder."""
