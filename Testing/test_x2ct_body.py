@@ -97,3 +97,19 @@ def test_body_cache_renders_the_whole_body_about_a_drawn_isocentre(tmp_path: Pat
         np.testing.assert_array_equal(z1["views"], z2["views"])  # deterministic per (seed, k)
     with pytest.raises(ValueError, match="body:<k> or body:<a>-<b>"):
         build_cache(["body:3-1"], tmp_path / "bad", SMALL)
+
+
+def test_encoder_trains_on_each_body_case_geometry_single_and_biplanar(tmp_path: Path) -> None:
+    from xraycardiac.xray2ct.autoencoder import train_x2ct_autoencoder
+    from xraycardiac.xray2ct.train import train_x2ct_encoder
+
+    build_cache(["body:0-3"], tmp_path / "cache", SMALL, seed=2)
+    fast = ["batch_size=2", "device=cpu", "log_every=1", "warmup_steps=1", "checkpoint_every=1", "steps=1"]
+    kw = dict(split="all", command="test")
+    train_x2ct_autoencoder(tmp_path / "cache", tmp_path / "ae", overrides=["grid=16", "channels=[8,8,8]",
+                           "norm_num_groups=4", *fast], **kw)  # fmt: skip
+    enc = ["cnn_channels=[8,8]", "unet_channels=[8,8]", "feature_channels=4", *fast]
+    for n_views in (1, 2):  # the batch's per-case matrices are picked for the encoder's views
+        out = train_x2ct_encoder(tmp_path / "cache", tmp_path / f"enc{n_views}", tmp_path / "ae",
+                                 overrides=[*enc, f"n_views={n_views}"], **kw)  # fmt: skip
+        assert out["step"] == 1 and np.isfinite(out["last_log"]["loss"])

@@ -282,10 +282,10 @@ def test_latents_encoded_once_give_the_losses_of_encoding_every_step(runs: dict[
     def encode(ct: torch.Tensor) -> torch.Tensor:
         return ae.encode(ct)[0] * scale
 
-    items = _WithLatents(dataset)
+    p, a, index = cache_geometry(dataset.config, ("pa", "lateral"))
+    items = _WithLatents(dataset, index)
     items.encode(encode, torch.device("cpu"))
     enc = load_encoder(runs["enc"] / "model.pt")
-    p, a, index = cache_geometry(dataset.config, ("pa", "lateral"))
     loss_fn = make_encoder_loss_fn(encode, enc.config, p, a)
     batch = torch.utils.data.default_collate([items[0], items[1]])
     with torch.no_grad():
