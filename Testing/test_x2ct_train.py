@@ -282,10 +282,10 @@ def test_latents_encoded_once_give_the_losses_of_encoding_every_step(runs: dict[
     def encode(ct: torch.Tensor) -> torch.Tensor:
         return ae.encode(ct)[0] * scale
 
-    items = _WithLatents(dataset)
+    p, a, index = cache_geometry(dataset.config, ("pa", "lateral"))
+    items = _WithLatents(dataset, index)
     items.encode(encode, torch.device("cpu"))
     enc = load_encoder(runs["enc"] / "model.pt")
-    p, a, index = cache_geometry(dataset.config, ("pa", "lateral"))
     loss_fn = make_encoder_loss_fn(encode, enc.config, p, a)
     batch = torch.utils.data.default_collate([items[0], items[1]])
     with torch.no_grad():
@@ -297,3 +297,35 @@ def test_latents_encoded_once_give_the_losses_of_encoding_every_step(runs: dict[
     )
     assert float(with_latent) == pytest.approx(float(every_step), rel=1e-5, abs=1e-6)
     assert torch.allclose(items[1]["latent"], encode(dataset[1]["ct"][None])[0], atol=1e-5)
+
+
+def test_init_fine_tunes_from_given_weights_through_the_command(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    from xraycardiac.xray2ct.encoder import load_encoder
+    from xraycardiac.xray2ct.ldm import load_ldm
+
+    runner = CliRunner()
+    still = [*FAST, "steps=1", "lr=1e-12", "ema_decay=0.5"]  # one step that cannot move the weights
+    common = ["--data", str(runs["cache"]), "--autoencoder", str(runs["ae"]), "--split", "all"]
+    enc = runner.invoke(train_app, ["x2ct-encoder", *common, "--out", str(tmp_path / "enc"), "--init",
+                                    str(runs["enc"]), *ENC_ARGS, *still])  # fmt: skip
+    assert enc.exit_code == 0, enc.output
+    ldm = runner.invoke(train_app, ["x2ct-ldm", *common, "--out", str(tmp_path / "ldm"), "--encoder", str(runs["enc"]),
+                                    "--init", str(runs["ldm"]), *LDM_ARGS, *still])  # fmt: skip
+    assert ldm.exit_code == 0, ldm.output
+    fresh = runner.invoke(train_app, ["x2ct-encoder", *common, "--out", str(tmp_path / "fresh"), *ENC_ARGS,
+                                      *still, "seed=1"])  # fmt: skip
+    assert fresh.exit_code == 0, fresh.output
+    for part, load in (("enc", load_encoder), ("ldm", load_ldm)):
+        start = load(runs[part] / "model.pt").state_dict()
+        tuned = load(tmp_path / part / "model.pt").state_dict()
+        assert all(torch.allclose(start[k].float(), tuned[k].float(), atol=1e-3) for k in start), part
+        entry = json.loads((tmp_path / part / "model.json").read_text())
+        assert entry["config"]["init_sha256"] == sha256_file(runs[part] / "model.pt")
+    other = load_encoder(tmp_path / "fresh" / "model.pt").state_dict()
+    start = load_encoder(runs["enc"] / "model.pt").state_dict()
+    assert not all(torch.allclose(start[k].float(), other[k].float(), atol=1e-3) for k in start)
+    wrong = runner.invoke(train_app, ["x2ct-encoder", *common, "--out", str(tmp_path / "w"), "--init",
+                                      str(runs["ldm"]), *ENC_ARGS, *still])  # fmt: skip
+    assert wrong.exit_code == 1

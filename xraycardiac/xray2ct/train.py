@@ -14,10 +14,11 @@ parts of the earlier stages:
 
 Details shared by both:
 
-* **Geometry.** Cache items carry no geometry; every case of a cache was rendered with the views of
-  :func:`~xraycardiac.xray2ct.data.view_geometries` about its own cube centre, and the lift depends
-  on ``P @ ijk_to_ras`` only (relative geometry), so the views and the cube of the cache's data
-  config about the RAS origin are used for every case.
+* **Geometry.** Every batch carries its cases' own projection matrices (the encoder's views, picked
+  by name) and cube ``ijk_to_ras`` from the cache: the same relative geometry for every ``phantom:``
+  or CT case (the views of :func:`~xraycardiac.xray2ct.data.view_geometries` about the cube centre),
+  a drawn one per ``body:`` case (:mod:`xraycardiac.xray2ct.body_source`). The cache's data config
+  geometry about the RAS origin is the fallback for items without one.
 * **Views.** The encoder takes ("pa", "lateral") (``n_views=2``, "biplanar") or ("pa",)
   (``n_views=1``, "single"), picked by name from the cache's views, PA first.
 * **Augmentation.** :func:`~xraycardiac.xray2ct.data.augment_views` (the cache config's ranges) is
@@ -71,7 +72,7 @@ from xraycardiac.xray2ct.encoder import (
     make_encoder_loss_fn,
     save_encoder,
 )
-from xraycardiac.xray2ct.ldm import X2CTLDMConfig, build_ldm, make_ldm_loss_fn, save_ldm
+from xraycardiac.xray2ct.ldm import X2CTLDMConfig, build_ldm, load_ldm, make_ldm_loss_fn, save_ldm
 
 __all__ = ["apply_overrides", "cache_geometry", "train_x2ct_encoder", "train_x2ct_ldm"]
 
@@ -122,8 +123,8 @@ class _WithLatents(torch.utils.data.Dataset):
     only read them).
     """
 
-    def __init__(self, dataset: X2CTDataset) -> None:
-        self.dataset, self.latents = dataset, []
+    def __init__(self, dataset: X2CTDataset, index: list[int]) -> None:
+        self.dataset, self.index, self.latents = dataset, index, []
 
     @torch.no_grad()
     def encode(self, encode_latent: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> None:
@@ -136,7 +137,9 @@ class _WithLatents(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         assert self.latents, "_WithLatents.encode() runs before training"
-        return {**self.dataset[index], "latent": self.latents[index]}
+        item = self.dataset[index]
+        p = item["projection_matrices"][self.index]  # the views the encoder takes, in its order
+        return {**item, "projection_matrices": p, "latent": self.latents[index]}
 
 
 def _view_augment(
@@ -170,6 +173,7 @@ def train_x2ct_encoder(
     split: str = "train",
     progress: Callable[..., None] | None = None,
     command: str | None = None,
+    init: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) the X-ray encoder against the frozen autoencoder; write a model package.
 
@@ -189,6 +193,8 @@ def train_x2ct_encoder(
         split: cache split to train on ("train", "val", "test", "all").
         progress: ``progress(stage, fraction, **extra)``.
         command: the command line recorded in ``model.json``.
+        init: start from these encoder weights (run folder, weights file or model name; its config
+            must equal the encoder config) instead of random ones: fine-tuning; its sha256 is recorded.
 
     Returns:
         The trainer summary plus ``"model"`` (model.pt path) and ``"entry"`` (the model.json entry).
@@ -214,14 +220,18 @@ def train_x2ct_encoder(
     p, a, index = cache_geometry(dcfg, names)
     torch.manual_seed(tcfg.seed)
     network = XRayEncoder(mcfg)
+    record = {"autoencoder_sha256": ae_sha, "views": list(names)}
+    if init is not None:
+        src = locate_run(init, "encoder")
+        network.load_state_dict(load_encoder(src.file, expected=mcfg).state_dict())
+        record["init_sha256"] = src.sha256
 
     def encode_latent(ct: torch.Tensor) -> torch.Tensor:
         return ae.encode(ct)[0] * scale
 
     loss_fn = make_encoder_loss_fn(encode_latent, mcfg, p, a, augment=_view_augment(dcfg, index))
     out = Path(out)
-    record = {"autoencoder_sha256": ae_sha, "views": list(names)}
-    items = _WithLatents(dataset)
+    items = _WithLatents(dataset, index)
     trainer = Trainer(network, loss_fn, items, tcfg, out, {**mcfg.to_dict(), **record})
     ae.to(trainer.device)
     items.encode(encode_latent, trainer.device)
@@ -258,6 +268,7 @@ def train_x2ct_ldm(
     split: str = "train",
     progress: Callable[..., None] | None = None,
     command: str | None = None,
+    init: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) the latent diffusion model on the frozen autoencoder and encoder; write a package.
 
@@ -276,6 +287,8 @@ def train_x2ct_ldm(
         split: cache split.
         progress: ``progress(stage, fraction, **extra)``.
         command: the command line recorded in ``model.json``.
+        init: start from these LDM weights (run folder, weights file or model name; same config)
+            instead of random ones: fine-tuning; its sha256 is recorded.
 
     Returns:
         The trainer summary plus ``"model"`` and ``"entry"``.
@@ -312,14 +325,18 @@ def train_x2ct_ldm(
     p, a, index = cache_geometry(dcfg, names)
     torch.manual_seed(tcfg.seed)
     unet, scheduler = build_ldm(mcfg)
+    record = {"autoencoder_sha256": ae_sha, "encoder_sha256": enc_src.sha256, "views": list(names)}
+    if init is not None:
+        src = locate_run(init, "ldm")
+        unet.load_state_dict(load_ldm(src.file, expected=mcfg).state_dict())
+        record["init_sha256"] = src.sha256
 
     def encode_latent(ct: torch.Tensor) -> torch.Tensor:
         return ae.encode(ct)[0] * scale
 
     loss_fn = make_ldm_loss_fn(enc, encode_latent, scheduler, p, a, augment=_view_augment(dcfg, index))
     out = Path(out)
-    record = {"autoencoder_sha256": ae_sha, "encoder_sha256": enc_src.sha256, "views": list(names)}
-    items = _WithLatents(dataset)
+    items = _WithLatents(dataset, index)
     trainer = Trainer(unet, loss_fn, items, tcfg, out, {**mcfg.to_dict(), **record})
     ae.to(trainer.device)
     items.encode(encode_latent, trainer.device)
