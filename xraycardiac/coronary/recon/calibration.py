@@ -356,9 +356,13 @@ def _sampson_px(
 
 
 def match_table(
-    matches: Mapping[tuple[int, int], tuple[np.ndarray, np.ndarray]], n_views: int, caller: str
+    matches: Mapping[tuple[int, int], tuple[np.ndarray, np.ndarray]],
+    n_views: int,
+    caller: str,
+    connected: bool = True,
 ) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
-    """Checked matches of N views: ``{(i, j): (xi, xj)}`` with ``0 <= i < j < n_views``, (M, 2) finite pixels.
+    """Checked matches of N views: ``{(i, j): (xi, xj)}`` with ``0 <= i < j < n_views``, (M, 2) finite pixels;
+    with ``connected`` every view but view 1 must have a match.
 
     Raises:
         ValueError: a pair outside the views, ``i >= j``, arrays not (M, 2), or different lengths (the pair
@@ -381,7 +385,7 @@ def match_table(
         out[(i, j)] = (xi, xj)
     seen = {v for (i, j), (xi, _) in out.items() if len(xi) for v in (i, j)}
     missing = [v + 1 for v in range(1, n_views) if v not in seen]
-    if missing:
+    if missing and connected:
         raise ValueError(f"{caller}: view(s) {missing} have no match with any other view; cannot refine them")
     return out
 
