@@ -37,13 +37,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-trees", type=int, help="the first N trees only")
     parser.add_argument("--cases", type=Path, help="append each case's figures to this JSON-lines file")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument(
+        "--table-from", type=Path, help="only print the table of a --cases file (a partial run)"
+    )
     args = parser.parse_args(argv)
 
     import torch
 
-    from xraycardiac.coronary.recon.evaluate_views import evaluate_views, format_views_table
+    from xraycardiac.coronary.recon.evaluate_views import (
+        evaluate_views,
+        format_views_table,
+        summarize_view_cases,
+    )
 
     torch.set_num_threads(args.threads)
+    if args.table_from is not None:
+        cases: dict = {}
+        for line in args.table_from.read_text(encoding="utf-8").splitlines():
+            case = json.loads(line)
+            cases.setdefault((case["model"], case["method"], case["views"]), []).append(case)
+        rows = summarize_view_cases(dict(sorted(cases.items(), key=lambda kv: (kv[0][1], kv[0][2]))))
+        print(f"{max(r['cases'] for r in rows)} trees")
+        print(format_views_table(rows))
+        return 0
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     counts = [int(v) for v in args.views.split(",") if v.strip()]
     with tempfile.TemporaryDirectory() as tmp:

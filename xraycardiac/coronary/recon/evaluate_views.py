@@ -38,7 +38,13 @@ from xraycardiac.coronary.recon.evaluate_calibration import (
 )
 from xraycardiac.geometry import CArmGeometry
 
-__all__ = ["evaluate_views", "format_views_table", "gt_view_matches", "tree_views"]
+__all__ = [
+    "evaluate_views",
+    "format_views_table",
+    "gt_view_matches",
+    "summarize_view_cases",
+    "tree_views",
+]
 
 
 def tree_views(data_dir: str | os.PathLike[str], tree_index: int) -> dict[str, Any]:
@@ -178,7 +184,7 @@ def evaluate_views(
     Raises:
         ValueError: an empty method list, a view count < 2, or a tree with fewer views than asked.
     """
-    from xraycardiac.coronary.matching.evaluate import nanmean, parse_method
+    from xraycardiac.coronary.matching.evaluate import parse_method
     from xraycardiac.coronary.synth.dataset import list_samples
 
     models = dict(PERTURBATIONS if models is None else models)
@@ -222,6 +228,13 @@ def evaluate_views(
                     cases.setdefault((model, methods[k], n), []).append(case)
                     if on_case is not None:
                         on_case({"model": model, "method": methods[k], **case})
+    return summarize_view_cases(cases)
+
+
+def summarize_view_cases(cases: dict[tuple[str, str, int], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The rows of :func:`evaluate_views` from its cases, keyed by (model, method, views)."""
+    from xraycardiac.coronary.matching.evaluate import nanmean
+
     rows = []
     for (model, method, n), per in cases.items():
         row: dict[str, Any] = {
