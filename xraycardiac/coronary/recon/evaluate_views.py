@@ -116,9 +116,9 @@ def _case(
         }
     used, record, inliers = calibrate_views(recorded, matches, config=config, vessels=masks)[:3]
 
-    def error(gs: list[CArmGeometry], seeds: dict) -> dict[str, float]:
-        try:
-            pts = reconstruct_views(masks, gs, seeds).points3d
+    def error(gs: list[CArmGeometry], seeds: dict, confirmed: bool) -> dict[str, float]:
+        try:  # as the pipeline: views no calibration confirmed drop no points
+            pts = reconstruct_views(masks, gs, seeds, veto_tol_px=None if confirmed else np.inf).points3d
         except ValueError as exc:
             if "no centreline" not in str(exc) and "contradicted" not in str(exc):
                 raise
@@ -126,14 +126,14 @@ def _case(
         e = centreline_error_mm(pts, views["gt"], tree_ids=views["trees"], geometries=tuple(true))
         return {"mean": e["mean"], "p95": e["p95"]}
 
-    before = error(recorded, matches)
+    before = error(recorded, matches, False)
     after = dict(before)
     if record["refined"]:
         cuts = np.cumsum([len(a) for a, _ in matches.values()])[:-1]
         seeds = {
             k: (a[m], b[m]) for (k, (a, b)), m in zip(matches.items(), np.split(inliers, cuts), strict=True)
         }
-        after = error(used, seeds)
+        after = error(used, seeds, True)
     rot = [float(np.mean([rotation_error_deg(g, t) for g, t in zip(gs[1:], true[1:], strict=True)]))
            for gs in (recorded, used)]  # fmt: skip
     return {

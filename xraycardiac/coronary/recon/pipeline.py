@@ -483,7 +483,11 @@ def reconstruct_views_pipeline(
             k: (a[m], b[m]) for (k, (a, b)), m in zip(matches.items(), np.split(inliers, cuts), strict=True)
         }
     report("reconstructing the centreline", 0.55)
-    result = reconstruct_views(masks_used, used, seeds)
+    # views whose poses the calibration did not confirm may be off by more than the tolerance: they
+    # refine the points they support but drop none
+    result = reconstruct_views(
+        masks_used, used, seeds, veto_tol_px=None if calibration["refined"] else np.inf
+    )
     result.tree.meta.update({"method": config.method, "refined": calibration["refined"]})
     return ViewsReconstruction(config, device, tuple(v[1] for v in vessels), matches, used, calibration, result,
                                tuple(v[2] for v in vessels))  # fmt: skip

@@ -347,6 +347,7 @@ def reconstruct_views(
     matches: Mapping[tuple[int, int], tuple[np.ndarray, np.ndarray]] | None = None,
     config: ReconstructionConfig | None = None,
     support_tol_px: float = 3.0,
+    veto_tol_px: float | None = None,
 ) -> ReconstructionResult:
     """3D centreline tree from N >= 2 views: joint calibration, one matched pair, every view in the points.
 
@@ -356,9 +357,9 @@ def reconstruct_views(
     2. The centrelines are matched on the best-conditioned pair (:func:`best_pair`), seeded by its
        matches, as :func:`reconstruct_tree` does (steps 2-4).
     3. Every other view checks and refines each 3D point: a point that projects into a view's field
-       farther than ``support_tol_px`` from its centreline is contradicted by it and dropped (a
-       wrong correspondence of the pair, or a vessel that view does not show); otherwise the
-       nearest point of that view's centreline joins the pair's projections and the point is
+       farther than ``veto_tol_px`` from its centreline is contradicted by it and dropped (a
+       wrong correspondence of the pair, or a vessel that view does not show); within
+       ``support_tol_px`` the nearest point of that view's centreline joins the pair's projections and the point is
        triangulated again from all the views that see it
        (:func:`~xraycardiac.geometry.epipolar.triangulate_views`). Pieces are split where points were
        dropped; radii stay those of the pair.
@@ -369,7 +370,11 @@ def reconstruct_views(
         matches: ``{(i, j): (xi, xj)}`` matched keypoints of view pairs (0-based i < j): seeds and
             calibration matches.
         config: :class:`ReconstructionConfig`.
-        support_tol_px: how far (pixels) from another view's centreline a point may project.
+        support_tol_px: how far (pixels) from another view's centreline a point may project to be
+            triangulated with that view too.
+        veto_tol_px: a point projecting farther than this (pixels) from another view's centreline is
+            dropped (None = ``support_tol_px``; ``inf`` = other views never drop points: for views
+            whose poses no calibration confirmed, which may be off by more than that).
 
     Returns:
         :class:`ReconstructionResult` with ``geometries`` (all views as used), ``graphs`` (one per view),
@@ -398,6 +403,11 @@ def reconstruct_views(
     if not (np.isfinite(support_tol_px) and support_tol_px > 0):
         raise ValueError(
             f"reconstruct_views: support_tol_px must be a finite number > 0, got {support_tol_px!r}"
+        )
+    veto = support_tol_px if veto_tol_px is None else float(veto_tol_px)
+    if not veto >= support_tol_px:
+        raise ValueError(
+            f"reconstruct_views: veto_tol_px must be >= support_tol_px ({support_tol_px}), got {veto_tol_px!r}"
         )
     masks = []
     for i, (data, g) in enumerate(zip(images_or_masks, views, strict=True), start=1):
@@ -442,7 +452,7 @@ def reconstruct_views(
             seen = in_field(views[k], uv)
             d, j = (np.full(len(x), np.inf), None) if tree_k is None else tree_k.query(uv)
             ok = seen & (d <= support_tol_px)
-            good &= ~seen | ok
+            good &= ~seen | (d <= veto)
             count["supported"] += int(ok.sum())
             count["contradicted"] += int((seen & ~ok).sum())
             if tree_k is not None:
