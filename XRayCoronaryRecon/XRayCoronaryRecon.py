@@ -1,4 +1,4 @@
-"""XRayCoronaryRecon: X-ray coronary reconstruction: synthetic angiograms, and 3D reconstruction from two frames.
+"""XRayCoronaryRecon: X-ray coronary reconstruction: synthetic angiograms, and 3D reconstruction from 2-4 frames.
 
 Widget -> typed parameter node -> ``XRayCoronaryReconLib`` logic -> the core ``coronary-synth`` job
 in a separate process (progress bar, Cancel) -> per view pair two 2D volume nodes on their detector

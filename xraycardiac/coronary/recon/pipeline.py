@@ -29,6 +29,9 @@ reads the inputs and writes the outputs), callable without a job. Pixels (u = co
 4. **check**: :func:`~xraycardiac.coronary.recon.plausibility.plausibility` of the result (points off
    the 2D centrelines or outside the vessels, rejected samples); each warning is logged and the
    summary's ``status`` is "warning".
+
+N >= 3 views: :func:`reconstruct_views_pipeline` runs steps 0-3 on every view pair's matches, one
+joint calibration of views 2..N and a reconstruction that uses every view (no plausibility check yet).
 """
 
 from __future__ import annotations
