@@ -107,9 +107,11 @@ def test_views_are_numbered_and_counted(view_files, tmp_path):
         job({**base, "image4": files["image4"], "geometry4": files["geometry4"]})
     with pytest.raises(ValueError, match=r"params\.frame4: there are only 3 views"):
         job({**base, "image3": files["image3"], "geometry3": files["geometry3"]}, frame4=2)
-    with pytest.raises(ValueError, match=r"inputs\.mask3: 256 x 256 pixels, but inputs\.image3 is 128 x 128"):
-        small = tmp_path / "small.npy"
-        np.save(small, np.zeros((128, 128)))
+    small = tmp_path / "small.npy"
+    np.save(small, np.zeros((128, 128)))
+    with pytest.raises(
+        ValueError, match=r"inputs\.geometry3: its detector is 256 x 256 .* inputs\.image3 is 128 x 128"
+    ):
         job({**base, "image3": str(small), "geometry3": files["geometry3"], "mask3": files["mask3"]})
     args = ["coronary", "reconstruct", "--image1", files["image1"], "--image2", files["image2"],
             "--image", files["image3"], "--image", files["image4"], "--geometry", files["geometry3"],
