@@ -97,9 +97,9 @@ def test_views_are_refined_jointly_and_kept_on_held_out_evidence(scene):
         for g, d in zip(gs[1:], rng.uniform(-1, 1, (3, 5)) * [3, 3, 5, 5, 5], strict=True)
     ]  # fmt: skip
     matches = {}
-    for (i, j), (a, c) in _all_pairs(uv, 4).items():
+    for (i, j), (a, c) in _all_pairs([u[:80] for u in uv], 4).items():  # 80 matches per pair: quick
         c = c.copy()
-        c[rng.choice(len(c), 30, replace=False)] = rng.uniform(0, 511, (30, 2))
+        c[rng.choice(len(c), 12, replace=False)] = rng.uniform(0, 511, (12, 2))
         matches[(i, j)] = (a, c)
     config = CalibrationConfig(prior_sigma_deg=2.0, prior_sigma_mm=4.0)
     used, record, inliers, result = calibrate_views(recorded, matches, config=config)
