@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="gt", help="comma-separated: gt or parse_method names")
     parser.add_argument("--views", default="2,3,4", help="comma-separated numbers of views")
     parser.add_argument("--max-trees", type=int, help="the first N trees only")
+    parser.add_argument("--first-tree", type=int, default=0, help="skip the trees before this index")
     parser.add_argument("--cases", type=Path, help="append each case's figures to this JSON-lines file")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument(
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 sink.flush()
 
         try:
-            rows = evaluate_views(root, methods, counts, seed=args.perturb_seed, max_trees=args.max_trees,
+            rows = evaluate_views(root, methods, counts, seed=args.perturb_seed, max_trees=args.max_trees, first_tree=args.first_tree,
                                   on_case=on_case)  # fmt: skip
         except (ValueError, FileNotFoundError) as exc:
             print(f"error: {exc}")

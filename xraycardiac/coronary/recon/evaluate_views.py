@@ -162,6 +162,7 @@ def evaluate_views(
     seed: int = 0,
     device: str = "cpu",
     max_trees: int | None = None,
+    first_tree: int = 0,
     on_case: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run the N-view calibration of each match source, view count and perturbation model on every tree.
@@ -174,7 +175,7 @@ def evaluate_views(
         seed: perturbation seed (tree t, view k draws from ``default_rng([seed, t, k])``: the same error
             of view k whatever N).
         device: of a learned matcher.
-        max_trees: the first N trees only.
+        max_trees: the first N trees only (from ``first_tree``, an index into the dataset's sorted trees).
         on_case: called with each case's figures (plus ``model`` and ``method``) when done.
 
     Returns:
@@ -195,7 +196,8 @@ def evaluate_views(
     banded = [m != "gt" and m.endswith("+epipolar") for m in methods]
     parsed = [None if m == "gt" else parse_method(m.removesuffix("+epipolar") + "+none" if b else m, device=device)
               for m, b in zip(methods, banded, strict=True)]  # fmt: skip
-    trees = sorted({int(p.parent.name.split("_")[1]) for p in list_samples(data_dir)})[:max_trees]
+    trees = sorted({int(p.parent.name.split("_")[1]) for p in list_samples(data_dir)})[first_tree:]
+    trees = trees[:max_trees]
     cases: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     n_max = max(view_counts)
     for t in trees:
