@@ -16,7 +16,8 @@ poses. Match sources: ``"gt"`` (the keypoints in the field of both views of a pa
 (:func:`~xraycardiac.coronary.recon.pipeline.calibration_matches`).
 
 Per case: the mean over views 2..N of the rotation error (degrees) recorded -> used, the 3D mean /
-p95 (mm) recorded -> used, accepted, and "worse" (the used poses' mean rotation error or 3D mean
+p95 (mm) recorded -> used, the used poses' 3D mean after the oracle scale about view 1's source
+("scale-fixed": the one scale N views cannot observe), accepted, and "worse" (the used poses' mean rotation error or 3D mean
 larger than the recorded ones').
 """
 
@@ -35,6 +36,7 @@ from xraycardiac.coronary.recon.evaluate_calibration import (
     perturb_view,
     prior_for,
     rotation_error_deg,
+    scale_fixed,
 )
 from xraycardiac.geometry import CArmGeometry
 
@@ -122,9 +124,13 @@ def _case(
         except ValueError as exc:
             if "no centreline" not in str(exc) and "contradicted" not in str(exc):
                 raise
-            return {"mean": float("nan"), "p95": float("nan")}
+            return {"mean": float("nan"), "p95": float("nan"), "scaled": float("nan")}
         e = centreline_error_mm(pts, views["gt"], tree_ids=views["trees"], geometries=tuple(true))
-        return {"mean": e["mean"], "p95": e["p95"]}
+        scaled = scale_fixed(
+            pts, views["gt"], views["trees"], gs[0]
+        )  # the oracle scale about view 1's source
+        s = centreline_error_mm(scaled, views["gt"], tree_ids=views["trees"], geometries=tuple(true))
+        return {"mean": e["mean"], "p95": e["p95"], "scaled": s["mean"]}
 
     before = error(recorded, matches, False)
     after = dict(before)
@@ -148,6 +154,7 @@ def _case(
         "mean_after_mm": after["mean"],
         "p95_before_mm": before["p95"],
         "p95_after_mm": after["p95"],
+        "scaled_after_mm": after["scaled"],
         "worse": bool(rot[1] > rot[0] + 1e-9)
         or bool(record["refined"] and not after["mean"] <= before["mean"]),
     }
@@ -247,8 +254,8 @@ def summarize_view_cases(cases: dict[tuple[str, str, int], list[dict[str, Any]]]
             "per_case": per,
         }
         for key in ("matches", "rotation_before_deg", "rotation_after_deg", "mean_before_mm", "mean_after_mm",
-                    "p95_before_mm", "p95_after_mm"):  # fmt: skip
-            row[key] = nanmean([float(c[key]) for c in per])
+                    "p95_before_mm", "p95_after_mm", "scaled_after_mm"):  # fmt: skip
+            row[key] = nanmean([float(c.get(key, "nan")) for c in per])
         row["accepted"] = sum(c["accepted"] for c in per)
         row["worse"] = sum(c["worse"] for c in per)
         rows.append(row)
@@ -260,7 +267,7 @@ def format_views_table(rows: Sequence[dict[str, Any]]) -> str:
     models = list(dict.fromkeys(r["model"] for r in rows))
     keys = list(dict.fromkeys((r["method"], r["views"]) for r in rows))
     by = {(r["model"], r["method"], r["views"]): r for r in rows}
-    cols = ["rot deg", "3D mean mm", "3D p95 mm", "accepted", "worse"]
+    cols = ["rot deg", "3D mean mm", "3D p95 mm", "scale-fixed mm", "accepted", "worse"]
     head = ["matches", "views"] + [f"{m}: {c}" for m in models for c in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
@@ -276,6 +283,7 @@ def format_views_table(rows: Sequence[dict[str, Any]]) -> str:
                 continue
             cells += [arrow(r["rotation_before_deg"], r["rotation_after_deg"]),
                       arrow(r["mean_before_mm"], r["mean_after_mm"]), arrow(r["p95_before_mm"], r["p95_after_mm"]),
+                      "–" if not np.isfinite(r["scaled_after_mm"]) else f"{r['scaled_after_mm']:.2f}",
                       f"{r['accepted']}/{r['cases']}", f"{r['worse']}"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
