@@ -144,7 +144,7 @@ def test_pair_config_is_checked_where_it_is_built(tmp_path):
         "method", "foundation", "refine_calibration", "epipolar_tolerance_px", "device", "prior_sigma_deg",
         "prior_sigma_mm", "segmentation",
     )  # fmt: skip
-    assert PARAMS == (*PAIR_PARAMS, "frame1", "frame2", "ecg_offset_ms")
+    assert PARAMS == (*PAIR_PARAMS, *(f"frame{v}" for v in range(1, 9)), "ecg_offset_ms")  # views 1-8
     for kwargs, match in (
         ({"method": "  "}, "params.method"),
         ({"foundation": "dinov2:/x"}, "params.foundation"),

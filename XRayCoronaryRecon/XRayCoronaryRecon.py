@@ -1,4 +1,4 @@
-"""XRayCoronaryRecon: X-ray coronary reconstruction: synthetic angiograms, and 3D reconstruction from two frames.
+"""XRayCoronaryRecon: X-ray coronary reconstruction: synthetic angiograms, and 3D reconstruction from 2-4 frames.
 
 Widget -> typed parameter node -> ``XRayCoronaryReconLib`` logic -> the core ``coronary-synth`` job
 in a separate process (progress bar, Cancel) -> per view pair two 2D volume nodes on their detector
@@ -96,6 +96,8 @@ class XRayCoronaryReconParameterNode:
     reconEcgOffsetMs: the wanted phase after the R peak (ms); 0 = end-diastole.
     reconMask1, reconMask2: optional vessel masks of the frames (the accurate path): label maps or scalar
         volumes; the frame selectors hide label maps (showChildNodeTypes false in the .ui).
+    reconVolume3, reconVolume4, reconFrame3, reconFrame4, reconMask3, reconMask4: optional views 3 and 4
+        (frame or run, its frame, its mask): an N-view reconstruction, views 2-N calibrated jointly.
     reconMethod: keypoint matcher; the learned ones (``LEARNED_METHOD_CHOICES``) use ``reconMatcherModel``.
     reconFoundation: "family:/folder" of the learned matcher's foundation model, or empty.
     reconRefine: refine view 2's geometry from the matches.
@@ -123,6 +125,12 @@ class XRayCoronaryReconParameterNode:
     reconEcgOffsetMs: Annotated[float, WithinRange(-2000.0, 2000.0)] = 0.0
     reconMask1: Union[vtkMRMLScalarVolumeNode, vtkMRMLLabelMapVolumeNode, None]  # noqa: UP007
     reconMask2: Union[vtkMRMLScalarVolumeNode, vtkMRMLLabelMapVolumeNode, None]  # noqa: UP007
+    reconVolume3: Union[vtkMRMLScalarVolumeNode, vtkMRMLSequenceNode, None]  # noqa: UP007
+    reconVolume4: Union[vtkMRMLScalarVolumeNode, vtkMRMLSequenceNode, None]  # noqa: UP007
+    reconFrame3: Annotated[int, WithinRange(-1, 99999)] = -1
+    reconFrame4: Annotated[int, WithinRange(-1, 99999)] = -1
+    reconMask3: Union[vtkMRMLScalarVolumeNode, vtkMRMLLabelMapVolumeNode, None]  # noqa: UP007
+    reconMask4: Union[vtkMRMLScalarVolumeNode, vtkMRMLLabelMapVolumeNode, None]  # noqa: UP007
     reconMethod: Annotated[str, Choice(list(RECONSTRUCT_METHOD_CHOICES))] = RECONSTRUCT_DEFAULT_METHOD
     reconMatcherModel: str = ""
     reconFoundation: str = ""
@@ -207,7 +215,7 @@ class XRayCoronaryReconWidget(XRayCardiacCommon.XRayCardiacWidget):
     def _showReconstruction(self, result: dict) -> None:
         self.ui.reconErrorLabel.text = result["text"]
         self.ui.reconStatusLabel.text = (
-            f"Added {result['table'].GetNumberOfRows()} matches, "
+            f"Added {sum(t.GetNumberOfRows() for t in result['tables'])} matches, "
             f"{len(result['branches'])} centreline branches and the tube model"
         )
 
@@ -296,6 +304,9 @@ class XRayCoronaryReconLogic(ScriptedLoadableModuleLogic):
             "segmentation": p.reconSegmentation,
             "prior_sigma_deg": float(p.reconPriorSigmaDeg),
             "prior_sigma_mm": float(p.reconPriorSigmaMm),
+            "more_volume_nodes": [p.reconVolume3, p.reconVolume4],
+            "more_mask_nodes": [p.reconMask3, p.reconMask4],
+            "more_frames": [f if f >= 0 else None for f in (p.reconFrame3, p.reconFrame4)],
         }
 
     @staticmethod
@@ -308,7 +319,7 @@ class XRayCoronaryReconLogic(ScriptedLoadableModuleLogic):
         from XRayCoronaryReconLib.cine import is_run, suggest_frame
 
         lines = []
-        for v in (1, 2):
+        for v in (1, 2, 3, 4):
             node = getattr(p, f"reconVolume{v}")
             if node is None or not is_run(node):
                 continue

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,7 @@ __all__ = [
     "ReconstructRun",
     "describe_calibration",
     "method_spec",
+    "views_from_lists",
 ]
 
 PIPELINE = "coronary-reconstruct"
@@ -120,21 +121,54 @@ def describe_calibration(calibration: dict[str, Any]) -> str:
     after = (calibration.get("error_after_px") or {}).get("mean")
     n = calibration.get("matches", 0)
     reason = calibration.get("reason") or "not refined"
+    views = int(calibration.get("views") or 2)
+    which = "view 2" if views == 2 else f"views 2-{views}"  # view 1 is the fixed reference
     if before is None:
-        return f"Reprojection error: no match ({n} matches); view 2 not refined"
+        return f"Reprojection error: no match ({n} matches); {which} not refined"
     if calibration.get("refined"):
         outliers = len(calibration.get("outliers") or [])
         return (
-            f"Reprojection error {before:.2f} px -> {after:.2f} px (view 2 refined, {n} matches, "
+            f"Reprojection error {before:.2f} px -> {after:.2f} px ({which} refined, {n} matches, "
             f"{outliers} outliers: {reason})"
         )
     candidate = ((calibration.get("candidate") or {}).get("error_after_px") or {}).get("mean")
     if candidate is not None:
         return (
             f"Reprojection error {before:.2f} px ({n} matches); refinement to {candidate:.2f} px rejected, "
-            f"recorded view 2 kept: {reason}"
+            f"recorded {which} kept: {reason}"
         )
-    return f"Reprojection error {before:.2f} px ({n} matches; view 2 not refined: {reason})"
+    return f"Reprojection error {before:.2f} px ({n} matches; {which} not refined: {reason})"
+
+
+def views_from_lists(
+    volume_nodes: Sequence[Any], mask_nodes: Sequence[Any] = (), frames: Sequence[int | None] = ()
+) -> list[tuple[Any, Any, int | None]]:
+    """Views 3, 4, ... as (volume node, mask node or None, frame or None), from the panel's lists.
+
+    Trailing None volumes are dropped (empty selectors); masks / frames may be shorter than the views.
+
+    Raises:
+        ValueError: a None view before a selected one, or a mask / frame without its view (named by
+            view number, e.g. ``more_volume_nodes[0] (view 3)``).
+    """
+    volumes = list(volume_nodes)
+    while volumes and volumes[-1] is None:
+        volumes.pop()
+    for i, node in enumerate(volumes):
+        if node is None:
+            raise ValueError(
+                f"more_volume_nodes[{i}] (view {i + 3}): empty while view {len(volumes) + 2} is selected; "
+                "select the views in order"
+            )
+    for name, values in (("more_mask_nodes", list(mask_nodes)), ("more_frames", list(frames))):
+        extra = [i for i, value in enumerate(values) if value is not None and i >= len(volumes)]
+        if extra:
+            raise ValueError(
+                f"{name}[{extra[0]}] (view {extra[0] + 3}): given, but view {extra[0] + 3} has no image; "
+                f"{len(volumes)} more view(s) selected"
+            )
+    masks, picks = list(mask_nodes) + [None] * len(volumes), list(frames) + [None] * len(volumes)
+    return [(node, masks[i], picks[i]) for i, node in enumerate(volumes)]
 
 
 def _image(node: Any, name: str) -> Volume:
@@ -220,6 +254,9 @@ class ReconstructLogic(JobLogic[ReconstructRun, dict[str, Any]]):
         segmentation: str = "network",
         prior_sigma_deg: float = 1.5,
         prior_sigma_mm: float = 3.0,
+        more_volume_nodes: Sequence[Any] = (),
+        more_mask_nodes: Sequence[Any] = (),
+        more_frames: Sequence[int | None] = (),
     ) -> ReconstructRun:
         """Check the nodes and parameters and start the job; returns at once (the scene is not changed).
 
@@ -244,6 +281,9 @@ class ReconstructLogic(JobLogic[ReconstructRun, dict[str, Any]]):
             prior_sigma_deg, prior_sigma_mm: how far view 2's recorded angles (degrees) and isocentre
                 (mm) may be off: the calibration prior's standard deviations (> 0; checked by the job's
                 ``PairConfig``).
+            more_volume_nodes: views 3, 4, ... (frames or runs, as views 1 and 2; trailing None ignored):
+                an N-view job, all views but view 1 calibrated jointly (:func:`views_from_lists`).
+            more_mask_nodes, more_frames: their masks and frames, in the same order (None = none / auto).
 
         Raises:
             ValueError: naming the parameter: a node that is not a 2D scalar volume, a volume without
@@ -253,14 +293,20 @@ class ReconstructLogic(JobLogic[ReconstructRun, dict[str, Any]]):
         volumes: dict[str, Volume] = {}
         geometries: dict[str, dict[str, Any]] = {}
         frames: dict[str, Any] = {}
-        for v, node, frame in ((1, volume_node1, frame1), (2, volume_node2, frame2)):
+        extra = views_from_lists(more_volume_nodes, more_mask_nodes, more_frames)
+        view_nodes = [(1, volume_node1, frame1), (2, volume_node2, frame2)]
+        view_nodes += [(v, node, frame) for v, (node, _, frame) in enumerate(extra, start=3)]
+        mask_nodes = [(1, mask_node1), (2, mask_node2)] + [
+            (v, m) for v, (_, m, _) in enumerate(extra, start=3)
+        ]
+        for v, node, frame in view_nodes:
             name = f"volume_node{v}"
             volumes[f"image{v}"], holder, record = _view(node, name, frame, float(ecg_offset_ms))
             geometries[f"geometry{v}"] = _geometry(holder, name, volumes[f"image{v}"].array.shape[1:])
             frames[f"geometry_node{v}"] = holder
             if record is not None:
                 frames[f"view{v}"] = record
-        for v, node in ((1, mask_node1), (2, mask_node2)):
+        for v, node in mask_nodes:
             if node is None:
                 continue
             mask = _image(node, f"mask_node{v}")
@@ -305,7 +351,9 @@ class ReconstructLogic(JobLogic[ReconstructRun, dict[str, Any]]):
         }
         if foundation is not None:
             params["foundation"] = foundation
-        nodes = {"volume1": volume_node1, "volume2": volume_node2, "mask1": mask_node1, "mask2": mask_node2}
+        nodes = {f"volume{v}": node for v, node, _ in view_nodes} | {
+            f"mask{v}": node for v, node in mask_nodes
+        }
         return self.start_job(
             PIPELINE,
             params,
@@ -354,10 +402,18 @@ class ReconstructLogic(JobLogic[ReconstructRun, dict[str, Any]]):
         refined = json.loads((root / "geometry2_refined.json").read_text(encoding="utf-8"))
         report = json.loads((root / "report.json").read_text(encoding="utf-8"))
         tree = CoronaryTree.load_json(root / "tree.json")
-        x1 = np.asarray(matches["x1"], dtype=np.float64).reshape(-1, 2)
-        x2 = np.asarray(matches["x2"], dtype=np.float64).reshape(-1, 2)
-        scores = np.asarray(matches["scores"], dtype=np.float64).reshape(-1)
-        volume2 = run.nodes["volume2"]
+        n_views = sum(1 for k in run.nodes if k.startswith("volume"))
+        used = [refined]
+        if n_views > 2:
+            used = json.loads((root / "geometries_refined.json").read_text(encoding="utf-8"))[1:]
+        pairs = matches.get("pairs") or {"1-2": {"x_i": matches["x1"], "x_j": matches["x2"]}}
+        xs = {key: tuple(np.asarray(p[k], dtype=np.float64).reshape(-1, 2) for k in ("x_i", "x_j"))
+              for key, p in pairs.items()}  # fmt: skip
+        scores = np.asarray(matches.get("scores") or np.zeros(len(xs["1-2"][0])), dtype=np.float64).reshape(
+            -1
+        )
+        x1, x2 = xs.get("1-2", (np.zeros((0, 2)), np.zeros((0, 2))))
+        targets = [run.nodes[f"volume{v}"] for v in range(2, n_views + 1)]
         g1, g2 = (
             CArmGeometry.from_dict(
                 json.loads(
@@ -376,7 +432,7 @@ class ReconstructLogic(JobLogic[ReconstructRun, dict[str, Any]]):
         }
         if summary.get("xraycardiac_version"):
             provenance["PackageVersion"] = summary["xraycardiac_version"]
-        saved = {a: volume2.GetAttribute(a) for a in _VIEW2_ATTRIBUTES}
+        saved = [{a: node.GetAttribute(a) for a in _VIEW2_ATTRIBUTES} for node in targets]
         added: list[Any] = []
         result: dict[str, Any] = {"calibration": calibration, "report": report,
                                   "frames": {k: v for k, v in run.frames.items() if k.startswith("view")}}  # fmt: skip
@@ -386,10 +442,14 @@ class ReconstructLogic(JobLogic[ReconstructRun, dict[str, Any]]):
                     node = self._add_keypoints(f"{run.prefix} keypoints view {v}", x, g, added)
                     result[f"keypoints{v}"] = node
                 result["table"] = self._add_table(f"{run.prefix} matches", x1, x2, scores, added)
+                result["tables"] = [result["table"]] + [
+                    self._add_table(f"{run.prefix} matches {key}", a, b, np.zeros(len(a)), added)
+                    for key, (a, b) in xs.items() if key != "1-2"
+                ]  # fmt: skip
                 result["branches"] = self._add_branches(run.prefix, tree, added)
                 result["centreline"] = self._add_model(f"{run.prefix} centreline", tree.to_polydata(), added)
                 result["tube"] = self._add_model(f"{run.prefix} tube", _read_vtp(root / "tube.vtp"), added)
-                for v in (1, 2):
+                for v in range(1, n_views + 1):
                     name = (report.get("outputs") or {}).get(f"vessel_probability{v}")
                     if name:
                         nodes = self._add_vessels(
@@ -398,13 +458,15 @@ class ReconstructLogic(JobLogic[ReconstructRun, dict[str, Any]]):
                         result[f"vessel_probability{v}"], result[f"vessels{v}"] = nodes
                 for node in added:
                     set_provenance(node, provenance)
-                self._store_calibration(volume2, calibration, refined)
+                for node, geometry in zip(targets, used, strict=True):
+                    self._store_calibration(node, calibration, geometry)
         except BaseException:
-            for attribute, value in saved.items():
-                if value is None:
-                    volume2.RemoveAttribute(attribute)
-                else:
-                    volume2.SetAttribute(attribute, value)
+            for node, attributes in zip(targets, saved, strict=True):
+                for attribute, value in attributes.items():
+                    if value is None:
+                        node.RemoveAttribute(attribute)
+                    else:
+                        node.SetAttribute(attribute, value)
             raise
         result["warnings"] = list((report.get("plausibility") or {}).get("warnings") or [])
         result["text"] = describe_calibration(calibration) + "".join(

@@ -54,9 +54,12 @@ _EXPORTS = {
     "evaluate_matchers": "matching.evaluate",
     "CalibrationConfig": "recon.calibration",
     "refine_second_view": "recon.calibration",
+    "refine_views": "recon.calibration",
+    "calibrate_views": "recon.acceptance",
     "ReconstructionConfig": "recon.centrelines",
     "centreline_error_mm": "recon.reconstruct",
     "reconstruct_tree": "recon.reconstruct",
+    "reconstruct_views": "recon.reconstruct",
     "save_tube_vtp": "recon.reconstruct",
 }
 

@@ -12,7 +12,8 @@ holds both trees, as in ImageCAS; 0 skips a side).
 ``phase RUN.dcm`` prints the frame of a multi-frame XA run at the wanted cardiac phase (end-diastole by
 default, from the run's ECG or, without one, its images); ``reconstruct`` runs the
 ``coronary-reconstruct`` job on two views, each a multi-frame XA run (``--frame1/--frame2 auto|N``,
-``--ecg-offset-ms``) or one 2D image with its geometry JSON.
+``--ecg-offset-ms``) or one 2D image with its geometry JSON; ``--image`` (repeated, with ``--geometry``,
+``--mask``, ``--frame`` in the same order) adds views 3, 4, ... for one joint N-view calibration.
 
 ``restyle --data D --out D2 --family training|real-ct|halo-correlated|diffusion`` copies a pair dataset
 with every view redrawn in another appearance family (:mod:`xraycardiac.coronary.synth.restyle`): the
@@ -372,8 +373,16 @@ def reconstruct(
     refine: Annotated[bool, typer.Option(help="Refine view 2's geometry from the matches.")] = True,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --out.")] = False,
+    image: Annotated[
+        list[Path] | None, typer.Option(help="Views 3, 4, ...: a run or an image (repeat; N-view job).")
+    ] = None,
+    geometry: Annotated[
+        list[Path] | None, typer.Option(help="Geometry JSON of each --image, in order (none for runs).")
+    ] = None,
+    mask: Annotated[list[Path] | None, typer.Option(help="Vessel mask of each --image, in order.")] = None,
+    frame: Annotated[list[str] | None, typer.Option(help="Frame of each --image run, in order.")] = None,
 ) -> None:
-    """Match, refine view 2 and reconstruct the 3D centreline from two views (the coronary-reconstruct job)."""
+    """Match, refine and reconstruct the 3D centreline from two views, or N with --image (the coronary-reconstruct job)."""
     import json
 
     from rich.console import Console
@@ -384,6 +393,18 @@ def reconstruct(
               "mask1": mask1, "mask2": mask2}  # fmt: skip
     params = {"method": method, "refine_calibration": refine, "device": device, "ecg_offset_ms": ecg_offset_ms,
               "frame1": _frame_option(frame1), "frame2": _frame_option(frame2), "overwrite": overwrite}  # fmt: skip
+    more = list(image or [])
+    for name, values in (("--geometry", geometry), ("--mask", mask), ("--frame", frame)):
+        if values and len(values) != len(more):
+            raise typer.BadParameter(
+                f"{len(more)} --image but {len(values)} {name}: give one {name} per --image, in order, or none"
+            )
+    for k, path in enumerate(more, start=3):
+        inputs[f"image{k}"] = path
+        inputs[f"geometry{k}"] = geometry[k - 3] if geometry else None
+        inputs[f"mask{k}"] = mask[k - 3] if mask else None
+        if frame:
+            params[f"frame{k}"] = _frame_option(frame[k - 3])
     spec = JobSpec(
         "coronary-reconstruct", {k: str(v) for k, v in inputs.items() if v is not None}, params, str(out)
     )

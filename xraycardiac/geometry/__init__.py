@@ -19,6 +19,7 @@ _LAZY = {
     "fundamental_matrix": "xraycardiac.geometry.epipolar",
     "reprojection_error": "xraycardiac.geometry.epipolar",
     "triangulate": "xraycardiac.geometry.epipolar",
+    "triangulate_views": "xraycardiac.geometry.epipolar",
 }
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "project_points",
     "reprojection_error",
     "triangulate",
+    "triangulate_views",
 ]
 
 

@@ -1,4 +1,5 @@
-"""Two-view geometry on top of kornia: fundamental matrix, epipolar lines, triangulation, errors.
+"""Two-view geometry on top of kornia: fundamental matrix, epipolar lines, triangulation (also from N
+views: :func:`triangulate_views`), errors.
 
 All functions take numpy float64 arrays and return numpy arrays; kornia does the algebra in
 float64 torch. Pixels are (u = column, v = row); 3D points are RAS mm.
@@ -97,6 +98,41 @@ def triangulate(p1: np.ndarray, p2: np.ndarray, points1: np.ndarray, points2: np
     for _ in range(3):
         x = _gauss_newton_step(x, ((p1, x1), (p2, x2)))
     return x
+
+
+def triangulate_views(projections: list[np.ndarray], pixels: np.ndarray) -> np.ndarray:
+    """N-view triangulation: DLT over the views that see each point, refined by Gauss-Newton.
+
+    Args:
+        projections: V (3, 4) projection matrices.
+        pixels: (V, N, 2) pixels (u, v) of N points in the V views; NaN where a view does not see a point.
+
+    Returns:
+        (N, 3) RAS mm points; NaN for points seen in fewer than two views.
+
+    Raises:
+        ValueError: a matrix not (3, 4), or pixels not (V, N, 2) with V = len(projections).
+    """
+    ps = [_normalise(_check_p(p, f"projections[{i}]")) for i, p in enumerate(projections)]
+    uv = np.asarray(pixels, dtype=np.float64)
+    if uv.ndim != 3 or uv.shape[0] != len(ps) or uv.shape[2] != 2:
+        raise ValueError(
+            f"triangulate_views: pixels must be (V, N, 2) with V = {len(ps)} views, got shape {uv.shape}"
+        )
+    seen = np.all(np.isfinite(uv), axis=2)  # (V, N)
+    out = np.full((uv.shape[1], 3), np.nan)
+    for pattern in np.unique(seen.T, axis=0):  # one batch per set of views seeing the points
+        idx = np.flatnonzero(np.all(seen.T == pattern, axis=1))
+        views = np.flatnonzero(pattern)
+        if len(views) < 2 or len(idx) == 0:
+            continue
+        rows = [uv[v, idx, k, None] * ps[v][None, 2] - ps[v][None, k] for v in views for k in (0, 1)]
+        _, _, vt = np.linalg.svd(np.stack(rows, axis=1))  # (n, 2 V, 4): the homogeneous DLT system
+        x = vt[:, -1, :3] / vt[:, -1, 3:]
+        for _ in range(3):
+            x = _gauss_newton_step(x, tuple((ps[v], uv[v, idx]) for v in views))
+        out[idx] = x
+    return out
 
 
 def _gauss_newton_step(x: np.ndarray, views: tuple[tuple[np.ndarray, np.ndarray], ...]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Pipeline ``coronary-reconstruct``: two angiograms -> matched keypoints, refined view 2, 3D centreline.
+"""Pipeline ``coronary-reconstruct``: two (or N) angiograms -> matches, refined views, 3D centreline.
 
 Reads the inputs, builds a :class:`~xraycardiac.coronary.recon.pipeline.PairConfig` from ``params``
 and runs :func:`~xraycardiac.coronary.recon.pipeline.reconstruct_pair` (the steps -- vessel masks,
@@ -22,6 +22,12 @@ when it has one, else the image-based phase; or a frame index), and its C-arm ge
 header unless ``geometry1`` / ``geometry2`` is given. ``report.json`` then says which frame and why
 (``frames``).
 
+N views: ``image3`` .. ``image8`` (with ``geometry<k>``, ``mask<k>``, ``frame<k>`` as for views 1 and 2)
+make it an N-view job (:func:`~xraycardiac.coronary.recon.pipeline.reconstruct_views_pipeline`): the
+matches of every view pair, one joint calibration of views 2..N (view 1 fixed) and a reconstruction
+that uses every view; ``geometries_refined.json`` lists every view as used, ``matches.json`` has the
+matches per pair ("1-2", "1-3", ...).
+
 Job spec::
 
     {"pipeline": "coronary-reconstruct",
@@ -36,7 +42,7 @@ Job spec::
      "output_dir": "out/"}
 
 Outputs: ``matches.json`` (method, x1, x2 (M, 2) pixels, scores (M,)), ``geometry2_refined.json``
-(view 2 as used: refined, or the recorded one when not), ``calibration.json`` (``kept``: "refined" or
+(view 2 as used: refined, or the recorded one when not), ``geometries_refined.json`` (every view as used), ``calibration.json`` (``kept``: "refined" or
 "recorded" and why, the reprojection error of the matches before / after, pixels, the corrections,
 the rejected candidate, the ``evidence``, the ``outliers``, the calibration matches' band),
 ``vessel_probability1.nrrd`` / ``2`` (the network's vessel probability of each view it segmented, on
@@ -55,7 +61,7 @@ from typing import Any
 import numpy as np
 
 from xraycardiac.coronary.recon.pipeline import DEFAULT_METHOD, PairConfig
-from xraycardiac.jobs.inputs import image_grid, read_geometry_input, read_run_input, read_view
+from xraycardiac.jobs.inputs import MAX_VIEWS, image_grid, read_views, view_count
 from xraycardiac.jobs.registry import Progress, register
 from xraycardiac.jobs.spec import JobSpec
 from xraycardiac.outputs import write_json_atomic
@@ -65,10 +71,12 @@ __all__ = ["DEFAULT_METHOD", "OUTPUTS", "PARAMS", "PIPELINE", "config_from_spec"
 PIPELINE = "coronary-reconstruct"
 PAIR_PARAMS = tuple(f.name for f in fields(PairConfig))
 _KINDS = (str, (str, type(None)), bool, float, str, float, float, str)  # PAIR_PARAMS' JSON types
-PARAMS = (*PAIR_PARAMS, "frame1", "frame2", "ecg_offset_ms")  # + which frame of a cine run
+FRAME_PARAMS = tuple(f"frame{v}" for v in range(1, MAX_VIEWS + 1))
+PARAMS = (*PAIR_PARAMS, *FRAME_PARAMS, "ecg_offset_ms")  # + which frame of each cine run
 OUTPUTS = {
     "matches": "matches.json",
     "geometry2_refined": "geometry2_refined.json",
+    "geometries_refined": "geometries_refined.json",
     "calibration": "calibration.json",
     "centreline": "centreline.vtp",
     "tube": "tube.vtp",
@@ -93,16 +101,21 @@ def config_from_spec(spec: JobSpec) -> PairConfig:
     )
 
 
-def frames_from_spec(spec: JobSpec) -> tuple[dict[str, int | str], float]:
-    """``frame1`` / ``frame2`` ("auto" or an index) and ``ecg_offset_ms`` of cine-run inputs."""
+def frames_from_spec(spec: JobSpec, n_views: int = 2) -> tuple[dict[str, int | str], float]:
+    """``frame<k>`` ("auto" or an index) of each of the ``n_views`` cine-run inputs, and ``ecg_offset_ms``."""
     from xraycardiac.coronary.recon.phase import parse_frame
 
     offset = spec.param("ecg_offset_ms", 0.0, float)
     if not math.isfinite(offset):
         raise ValueError(f"params.ecg_offset_ms: expected a time in ms after the R peak, got {offset!r}")
+    extra = [k for k in FRAME_PARAMS[n_views:] if k in spec.params]
+    if extra:
+        raise ValueError(
+            f"params.{extra[0]}: there are only {n_views} views (inputs.image1 .. image{n_views})"
+        )
     frames = {
         f"frame{v}": parse_frame(spec.param(f"frame{v}", "auto", (str, int)), f"params.frame{v}")
-        for v in (1, 2)
+        for v in range(1, n_views + 1)
     }
     return frames, offset
 
@@ -111,7 +124,7 @@ def frames_from_spec(spec: JobSpec) -> tuple[dict[str, int | str], float]:
 def run_coronary_reconstruct(spec: JobSpec, work_dir: Path, progress: Progress) -> dict[str, Any]:
     """Match, refine view 2 and reconstruct the 3D centreline of two angiograms (module docstring)."""
     from xraycardiac import __version__
-    from xraycardiac.coronary.recon.pipeline import reconstruct_pair
+    from xraycardiac.coronary.recon.pipeline import reconstruct_pair, reconstruct_views_pipeline
     from xraycardiac.coronary.recon.reconstruct import save_tube_vtp
     from xraycardiac.io import write_volume
     from xraycardiac.runtime import select_device
@@ -119,52 +132,43 @@ def run_coronary_reconstruct(spec: JobSpec, work_dir: Path, progress: Progress) 
 
     config = config_from_spec(spec)
     progress("reading inputs", 0.0)
-    frames, offset = frames_from_spec(spec)
-    runs = [read_run_input(spec, f"image{v}", frames[f"frame{v}"], offset, f"frame{v}") for v in (1, 2)]
-    images = [run[0] for run in runs]
-    for v in (1, 2):
-        if f"geometry{v}" not in spec.inputs and runs[v - 1][1] is None:
-            why = (
-                f"method {config.method!r} filters matches by the epipolar lines of the known geometry"
-                if config.method.endswith("+epipolar")
-                else "the 3D reconstruction triangulates through both views"
-            )
-            raise ValueError(
-                f"inputs.geometry{v}: missing; {why}: give the C-arm geometry of image {v} "
-                "(a CArmGeometry JSON, e.g. read from its DICOM XA header), or the DICOM XA run itself"
-            )
-    g1, g2 = (
-        read_geometry_input(spec, f"geometry{v}", images[v - 1].shape, f"image{v}")
-        if f"geometry{v}" in spec.inputs
-        else runs[v - 1][1]
-        for v in (1, 2)
+    frames, offset = frames_from_spec(spec, view_count(spec))
+    why = (
+        f"method {config.method!r} filters matches by the epipolar lines of the known geometry"
+        if config.method.endswith("+epipolar")
+        else "the 3D reconstruction triangulates through both views"
     )
-    masks = [read_view(spec.input_path(k), k) if k in spec.inputs else None for k in ("mask1", "mask2")]
-    pair = reconstruct_pair(
-        (images[0], images[1]), (g1, g2), (masks[0], masks[1]), config, str(select_device(config.device)),
-        progress=progress,
-        log=lambda m: progress.log(m, level="warning"),
-    )  # fmt: skip
+    images, geometries, masks, phases = read_views(spec, frames, offset, why)
+    device, warn = str(select_device(config.device)), (lambda m: progress.log(m, level="warning"))
+    if len(images) > 2:  # N views: one joint calibration, a reconstruction from every view
+        pair = reconstruct_views_pipeline(images, geometries, masks, config, device, progress, warn)
+    else:
+        pair = reconstruct_pair(
+            (images[0], images[1]), (geometries[0], geometries[1]), (masks[0], masks[1]), config, device,
+            progress=progress, log=warn,
+        )  # fmt: skip
 
     progress("writing outputs", 0.9)
     tree = pair.result.tree
     _write_json(work_dir / OUTPUTS["matches"], pair.matches_record())
-    _write_json(work_dir / OUTPUTS["geometry2_refined"], pair.geometry2.to_dict())
+    used = getattr(pair, "geometries", None) or [geometries[0], pair.geometry2]
+    _write_json(work_dir / OUTPUTS["geometry2_refined"], used[1].to_dict())
+    _write_json(work_dir / OUTPUTS["geometries_refined"], [g.to_dict() for g in used])
     _write_json(work_dir / OUTPUTS["calibration"], pair.calibration)
     tree.save_vtp(work_dir / OUTPUTS["centreline"])
     save_tube_vtp(tree, work_dir / OUTPUTS["tube"])
     tree.save_json(work_dir / OUTPUTS["tree"])
-    outputs = dict(OUTPUTS)
+    outputs = {k: v for k, v in OUTPUTS.items() if not k.startswith("vessel_probability")}
     for v, probability in enumerate(pair.probabilities, start=1):
         key = f"vessel_probability{v}"
         if probability is None:  # a given mask, or Frangi
-            del outputs[key]
             continue
+        outputs[key] = f"{key}.nrrd"
         write_volume(Volume(probability[None].astype(np.float32), image_grid(spec, f"image{v}"),
-                            meta={"quantity": "vessel probability"}), work_dir / OUTPUTS[key])  # fmt: skip
+                            meta={"quantity": "vessel probability"}), work_dir / outputs[key])  # fmt: skip
     summary = {"pipeline": PIPELINE, "xraycardiac_version": __version__, **pair.summary(), "outputs": outputs}
-    if any(run[2] for run in runs):  # a view given as a multi-frame run: which frame, and why
-        summary["frames"] = {f"view{v}": runs[v - 1][2] for v in (1, 2) if runs[v - 1][2]}
+    if any(phases):  # a view given as a multi-frame run: which frame, and why
+        summary["frames"] = {f"view{v}": p for v, p in enumerate(phases, start=1) if p}
     _write_json(work_dir / OUTPUTS["report"], summary)
     progress("done", 1.0)
     return summary

@@ -15,7 +15,15 @@ import numpy as np
 from xraycardiac.jobs.spec import JobSpec
 from xraycardiac.radiograph import check_image, read_npy_image
 
-__all__ = ["image_grid", "read_geometry_input", "read_run_input", "read_view"]
+__all__ = [
+    "MAX_VIEWS",
+    "image_grid",
+    "read_geometry_input",
+    "read_run_input",
+    "read_view",
+    "read_views",
+    "view_count",
+]
 
 
 def _require_file(path: Path, key: str, expected: str) -> None:
@@ -93,3 +101,65 @@ def image_grid(spec: JobSpec, key: str) -> np.ndarray:
 
     path = spec.input_path(key)
     return np.eye(4) if path.suffix.lower() == ".npy" or is_dicom_file(path) else read_volume(path).ijk_to_ras
+
+
+MAX_VIEWS = 8
+"""Most views a ``coronary-reconstruct`` job takes (inputs ``image1`` .. ``image8``)."""
+
+
+def view_count(spec: JobSpec) -> int:
+    """N, the number of views of a job whose inputs are ``image1`` .. ``imageN`` (with ``geometry<k>`` /
+    ``mask<k>`` for k <= N only).
+
+    Raises:
+        ValueError: fewer than 2 images, a gap in the numbering, more than :data:`MAX_VIEWS`, or a
+            geometry / mask / frame whose image is missing (the input named).
+    """
+    n = 0
+    while f"image{n + 1}" in spec.inputs:
+        n += 1
+    for key in spec.inputs:
+        for prefix in ("image", "geometry", "mask"):
+            k = key.removeprefix(prefix)
+            if key.startswith(prefix) and k.isdigit() and not 1 <= int(k) <= n:
+                raise ValueError(
+                    f"inputs.{key}: there is no inputs.image{k}; the views are inputs.image1 .. image{n} "
+                    "(numbered without gaps), each with its geometry<k> and optional mask<k>"
+                )
+    if n < 2:
+        raise ValueError(
+            f"inputs: {n} image(s) given; give inputs.image1 and inputs.image2 (at least 2 views)"
+        )
+    if n > MAX_VIEWS:
+        raise ValueError(f"inputs: {n} images given; at most {MAX_VIEWS} views")
+    return n
+
+
+def read_views(
+    spec: JobSpec, frames: dict[str, int | str], ecg_offset_ms: float, why_geometry: str
+) -> tuple[list[np.ndarray], list[Any], list[np.ndarray | None], list[dict[str, Any] | None]]:
+    """The N views of a job (:func:`view_count`): images, geometries, masks (None = segment), phase records.
+
+    Each ``image<k>`` is one radiograph or a multi-frame DICOM XA run (frame ``frames["frame<k>"]``,
+    :func:`read_run_input`); its geometry is ``geometry<k>`` or, for a run, its header's.
+
+    Raises:
+        ValueError: as :func:`view_count`, or a view without a geometry (``why_geometry`` says why one is needed).
+    """
+    n = view_count(spec)
+    runs = [read_run_input(spec, f"image{v}", frames.get(f"frame{v}", "auto"), ecg_offset_ms, f"frame{v}")
+            for v in range(1, n + 1)]  # fmt: skip
+    geometries = []
+    for v, (image, header, _) in enumerate(runs, start=1):
+        if f"geometry{v}" in spec.inputs:
+            geometries.append(read_geometry_input(spec, f"geometry{v}", image.shape, f"image{v}"))
+        elif header is not None:
+            geometries.append(header)
+        else:
+            raise ValueError(
+                f"inputs.geometry{v}: missing; {why_geometry}: give the C-arm geometry of image {v} "
+                "(a CArmGeometry JSON, e.g. read from its DICOM XA header), or the DICOM XA run itself"
+            )
+    masks = [read_view(spec.input_path(f"mask{v}"), f"mask{v}") if f"mask{v}" in spec.inputs else None
+             for v in range(1, n + 1)]  # fmt: skip
+    return [r[0] for r in runs], geometries, masks, [r[2] for r in runs]

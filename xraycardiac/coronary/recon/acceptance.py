@@ -30,23 +30,32 @@ Outliers (matches that are not inliers of the refined pose) are reported by inde
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from xraycardiac.coronary.recon.calibration import (
+    PARAMETERS,
     CalibrationConfig,
     CalibrationResult,
+    match_table,
     prior_chi2,
-    refine_second_view,
+    refine_views,
     triangulate_matches,
+    view_parameters,
 )
 from xraycardiac.coronary.recon.centrelines import epipolar_consistency
 from xraycardiac.geometry import CArmGeometry
 
-__all__ = ["AcceptanceConfig", "calibrate_from_matches", "cross_validate", "guarded_refinement"]
+__all__ = [
+    "AcceptanceConfig",
+    "calibrate_from_matches",
+    "calibrate_views",
+    "cross_validate",
+    "guarded_refinement",
+]
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,83 @@ def _truncated_cost(errors_px: np.ndarray, tau_px: float) -> float:
     return float(np.mean(np.minimum(errors_px, tau_px) ** 2)) if len(errors_px) else float("nan")
 
 
+def _errors(values: np.ndarray) -> dict[str, float | None]:
+    """Mean / median of per-match errors (None when there is no match)."""
+    if len(values) == 0:
+        return {"mean": None, "median": None}
+    return {"mean": float(np.mean(values)), "median": float(np.median(values))}
+
+
+def _cross_validate(
+    views: list[CArmGeometry],
+    table: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]],
+    config: CalibrationConfig,
+    folds: int,
+    seed: int,
+) -> dict[str, Any]:
+    """:func:`cross_validate` on N views: the folds split all pairs' matches, concatenated in pair order."""
+    pairs = list(table)
+    m = sum(len(a) for a, _ in table.values())
+    recorded = _pair_errors(views, table) if m else np.zeros(0)
+    k = min(folds, m)  # more folds leave more matches to each training set (up to leave-one-out)
+    while k < m and m - int(np.ceil(m / k)) < config.min_matches:
+        k += 1
+    if m - int(np.ceil(m / max(k, 1))) < config.min_matches:
+        k = 0
+    heldout = np.full(m, np.nan)
+    out: dict[str, Any] = {"folds": k if k >= 2 else 0, "recorded_px": recorded, "heldout_px": heldout}
+    tau = config.inlier_threshold_px
+    if k < 2:
+        return out | {"cost_refined": float("nan"), "cost_recorded": _truncated_cost(recorded, tau),
+                      "inliers_refined": 0, "inliers_recorded": int(np.sum(recorded < tau))}  # fmt: skip
+    fold_of = np.random.default_rng(seed).permutation(m) % k
+    pair_index = np.concatenate([np.full(len(table[key][0]), n) for n, key in enumerate(pairs)])
+    for f in range(k):
+        test = fold_of == f
+
+        def part(sel: np.ndarray) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
+            return {
+                key: (a[s], b[s])
+                for n, (key, (a, b)) in enumerate(table.items())
+                for s in [sel[pair_index == n]]
+            }
+
+        train = part(~test)
+        try:
+            poses = list(refine_views(views, train, config).geometries)
+        except ValueError:  # a view left without training matches in this fold: it stays as recorded
+            known = {v for key, (a, _) in train.items() if len(a) for v in key} | {0}
+            sub = [v for v in range(len(views)) if v in known]
+            poses = list(views)
+            if len(sub) >= 2:
+                fit = refine_views([views[v] for v in sub], _reindex(train, sub), config).geometries
+                for v, g in zip(sub, fit, strict=True):
+                    poses[v] = g
+        heldout[test] = _pair_errors(poses, part(test))
+    return out | {
+        "cost_refined": _truncated_cost(heldout, tau),
+        "cost_recorded": _truncated_cost(recorded, tau),
+        "inliers_refined": int(np.sum(heldout < tau)),
+        "inliers_recorded": int(np.sum(recorded < tau)),
+    }
+
+
+def _reindex(
+    table: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]], sub: list[int]
+) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
+    """The matches among the views ``sub``, renumbered 0..len(sub)-1."""
+    new = {v: n for n, v in enumerate(sub)}
+    return {(new[i], new[j]): xy for (i, j), xy in table.items() if i in new and j in new and len(xy[0])}
+
+
+def _pair_errors(
+    views: list[CArmGeometry], table: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]
+) -> np.ndarray:
+    """Per-match RMS reprojection error (pixels) of each pair's matches triangulated with its two views."""
+    errs = [triangulate_matches(views[i], views[j], a, b)[1] for (i, j), (a, b) in table.items() if len(a)]
+    return np.concatenate(errs) if errs else np.zeros(0)
+
+
 def cross_validate(
     g1: CArmGeometry,
     g2: CArmGeometry,
@@ -119,40 +205,9 @@ def cross_validate(
         / ``cost_recorded`` (truncated mean squared error, pixels^2, :func:`_truncated_cost`),
         ``inliers_refined`` / ``inliers_recorded`` (held-out matches within ``inlier_threshold_px``).
     """
-    config = config or CalibrationConfig()
     x1 = np.asarray(x1, dtype=np.float64).reshape(-1, 2)
     x2 = np.asarray(x2, dtype=np.float64).reshape(-1, 2)
-    m = len(x1)
-    recorded = triangulate_matches(g1, g2, x1, x2)[1] if m else np.zeros(0)
-    k = min(folds, m)  # more folds leave more matches to each training set (up to leave-one-out)
-    while k < m and m - int(np.ceil(m / k)) < config.min_matches:
-        k += 1
-    if m - int(np.ceil(m / max(k, 1))) < config.min_matches:
-        k = 0
-    heldout = np.full(m, np.nan)
-    out: dict[str, Any] = {"folds": k if k >= 2 else 0, "recorded_px": recorded, "heldout_px": heldout}
-    tau = config.inlier_threshold_px
-    if k < 2:
-        return out | {"cost_refined": float("nan"), "cost_recorded": _truncated_cost(recorded, tau),
-                      "inliers_refined": 0, "inliers_recorded": int(np.sum(recorded < tau))}  # fmt: skip
-    fold_of = np.random.default_rng(seed).permutation(m) % k
-    for f in range(k):
-        test = fold_of == f
-        pose = refine_second_view(g1, g2, x1[~test], x2[~test], config).geometry
-        heldout[test] = triangulate_matches(g1, pose, x1[test], x2[test])[1]
-    return out | {
-        "cost_refined": _truncated_cost(heldout, tau),
-        "cost_recorded": _truncated_cost(recorded, tau),
-        "inliers_refined": int(np.sum(heldout < tau)),
-        "inliers_recorded": int(np.sum(recorded < tau)),
-    }
-
-
-def _errors(values: np.ndarray) -> dict[str, float | None]:
-    """Mean / median of per-match errors (None when there is no match)."""
-    if len(values) == 0:
-        return {"mean": None, "median": None}
-    return {"mean": float(np.mean(values)), "median": float(np.median(values))}
+    return _cross_validate([g1, g2], {(0, 1): (x1, x2)}, config or CalibrationConfig(), folds, seed)
 
 
 def calibrate_from_matches(
@@ -169,7 +224,8 @@ def calibrate_from_matches(
     """Refine view 2 from matches and keep the refinement only when it wins on held-out evidence.
 
     The step of the ``coronary-reconstruct`` job, of :func:`reconstruct_tree` with
-    ``refine_calibration`` and of the pipeline evaluation (module docstring for the tests).
+    ``refine_calibration`` and of the pipeline evaluation (module docstring for the tests);
+    :func:`calibrate_views` with two views.
 
     Args:
         g1, g2: recorded geometries of the two views (view 1 is the fixed reference).
@@ -204,37 +260,95 @@ def guarded_refinement(
     acceptance: AcceptanceConfig | None = None,
 ) -> tuple[CArmGeometry, dict[str, Any], np.ndarray | None, CalibrationResult | None]:
     """:func:`calibrate_from_matches` plus the :class:`CalibrationResult` of an accepted refinement (else None)."""
+    x1 = np.asarray(x1, dtype=np.float64).reshape(-1, 2)
+    x2 = np.asarray(x2, dtype=np.float64).reshape(-1, 2)
+    if len(x1) != len(x2):
+        raise ValueError(f"calibrate_from_matches: x1 has {len(x1)} matches but x2 has {len(x2)}")
+    views, record, inliers, result = calibrate_views(
+        [g1, g2], {(0, 1): (x1, x2)}, refine, config, log, vessels, acceptance
+    )
+    return views[1], record, inliers, result
+
+
+def calibrate_views(
+    geometries: Sequence[CArmGeometry],
+    matches: Mapping[tuple[int, int], tuple[np.ndarray, np.ndarray]],
+    refine: bool = True,
+    config: CalibrationConfig | None = None,
+    log: Callable[[str], None] | None = None,
+    vessels: Sequence[np.ndarray] | None = None,
+    acceptance: AcceptanceConfig | None = None,
+) -> tuple[list[CArmGeometry], dict[str, Any], np.ndarray | None, CalibrationResult | None]:
+    """Refine N >= 2 views jointly (:func:`~xraycardiac.coronary.recon.calibration.refine_views`, view 1
+    fixed) and keep the refinement only when it passes the tests of the module docstring on all views.
+
+    Args:
+        geometries: recorded geometries of the views (view 1 is the fixed reference).
+        matches: ``{(i, j): (xi, xj)}`` matched pixels of view pairs (0-based ``i < j``).
+        refine, config, log, acceptance: as :func:`calibrate_from_matches`.
+        vessels: optional vessel masks or angiograms, one per view (test 4, summed over the pairs).
+
+    Returns:
+        (views to use, record, inlier mask over all matches in pair order or None, the accepted
+        :class:`CalibrationResult` or None); the record as :func:`calibrate_from_matches`'s plus
+        ``views`` (N) and ``view_params`` (the corrections of each view used, view 1's all 0).
+
+    Raises:
+        ValueError: fewer than 2 views, bad matches (:func:`~xraycardiac.coronary.recon.calibration.match_table`:
+            mismatched counts name the pair), or ``vessels`` not one per view.
+    """
     from scipy.stats import chi2
 
     config = config or CalibrationConfig()
     acceptance = acceptance or AcceptanceConfig()
-    x1 = np.asarray(x1, dtype=np.float64).reshape(-1, 2)
-    x2 = np.asarray(x2, dtype=np.float64).reshape(-1, 2)
-    before = triangulate_matches(g1, g2, x1, x2)[1] if len(x1) else np.zeros(0)
-    record: dict[str, Any] = {"refined": False, "kept": "recorded", "reason": "", "matches": len(x1)}
-
-    def keep_recorded(reason: str) -> tuple[CArmGeometry, dict[str, Any], None, None]:
-        record.update(
-            reason=reason, error_before_px=_errors(before), error_after_px=_errors(before), params={}
+    views = list(geometries)
+    if len(views) < 2:
+        raise ValueError(f"calibrate_views: {len(views)} view(s) given; at least 2 are needed")
+    if vessels is not None and len(vessels) != len(views):
+        raise ValueError(
+            f"calibrate_views: {len(vessels)} vessel images for {len(views)} views; give one per view"
         )
+    table = match_table(matches, len(views), "calibrate_views", connected=False)
+    n = sum(len(a) for a, _ in table.values())
+    unseen = [
+        v + 1 for v in range(1, len(views)) if not any(v in k and len(xy[0]) for k, xy in table.items())
+    ]
+    before = _pair_errors(views, table)
+    zero = dict.fromkeys(PARAMETERS, 0.0)
+    record: dict[str, Any] = {
+        "refined": False,
+        "kept": "recorded",
+        "reason": "",
+        "matches": n,
+        "views": len(views),
+    }
+
+    def keep_recorded(reason: str) -> tuple[list[CArmGeometry], dict[str, Any], None, None]:
+        record.update(reason=reason, error_before_px=_errors(before), error_after_px=_errors(before), params={},
+                      view_params=[dict(zero) for _ in views])  # fmt: skip
         if refine and log is not None:
             log(f"calibration not refined: {reason}")
-        return g2, record, None, None
+        return views, record, None, None
 
     if not refine:
         return keep_recorded("refine_calibration is false")
-    if len(x1) < config.min_matches:
+    if n < config.min_matches:
         return keep_recorded(
-            f"only {len(x1)} matches; refining view 2 needs at least {config.min_matches} "
-            "(the recorded geometry is used)"
+            f"only {n} matches; refining {'view 2' if len(views) == 2 else 'the views'} needs at least "
+            f"{config.min_matches} (the recorded geometry is used)"
         )
-    result = refine_second_view(g1, g2, x1, x2, config)
+    if unseen:
+        return keep_recorded(
+            f"view(s) {unseen} have no match with another view; the recorded geometry is used"
+        )
+    result = refine_views(views, table, config)
     n_in = int(np.sum(result.inliers))
     record.update(
-        inlier_fraction=n_in / len(x1),
+        inlier_fraction=n_in / n,
         outliers=np.flatnonzero(~result.inliers).tolist(),
         candidate={
             "params": {k: float(v) for k, v in result.params.items()},
+            "view_params": [dict(p) for p in result.view_params],
             "error_after_px": _errors(result.error_after_px),
             "summary": result.summary(),
         },
@@ -243,25 +357,26 @@ def guarded_refinement(
     record["evidence"] = evidence
     if n_in < config.min_matches:  # the matches agree on no pose: keep the recorded one
         return keep_recorded(
-            f"only {n_in} of {len(x1)} matches are inliers of the refined pose (at least "
+            f"only {n_in} of {n} matches are inliers of the refined pose (at least "
             f"{config.min_matches} needed); the recorded geometry is used"
         )
     if acceptance.prior_alpha is not None:
-        dof = len(config.active())
+        dof = len(view_parameters(config, len(views))) * (len(views) - 1)
         limit = float(chi2.ppf(1.0 - acceptance.prior_alpha, dof))
-        evidence["prior_chi2"] = {"value": prior_chi2(result.params, config), "limit": limit, "dof": dof}
-        if evidence["prior_chi2"]["value"] > limit:
+        value = sum(prior_chi2(p, config) for p in result.view_params[1:])
+        evidence["prior_chi2"] = {"value": value, "limit": limit, "dof": dof}
+        if value > limit:
             return keep_recorded(
-                f"the refined pose is implausible under the prior (chi-square {evidence['prior_chi2']['value']:.1f} "
+                f"the refined pose is implausible under the prior (chi-square {value:.1f} "
                 f"> {limit:.1f} with {dof} degrees of freedom; sigmas {config.prior_sigma_deg:g} deg, "
                 f"{config.prior_sigma_mm:g} mm): the matches agree on a pose the C-arm cannot be in; "
                 "the recorded geometry is used"
             )
-    cv = cross_validate(g1, g2, x1, x2, config, acceptance.folds, acceptance.seed)
+    cv = _cross_validate(views, table, config, acceptance.folds, acceptance.seed)
     evidence["cross_validation"] = {k: v for k, v in cv.items() if not isinstance(v, np.ndarray)}
     if cv["folds"] < 2:
         return keep_recorded(
-            f"{len(x1)} matches are too few to cross-validate the refinement (each fold needs "
+            f"{n} matches are too few to cross-validate the refinement (each fold needs "
             f"{config.min_matches} to refine); the recorded geometry is used"
         )
     if not cv["cost_refined"] < (1.0 - acceptance.cv_margin) * cv["cost_recorded"]:
@@ -270,16 +385,16 @@ def guarded_refinement(
             f"truncated squared error {cv['cost_refined']:.2f} px^2 vs {cv['cost_recorded']:.2f} px^2 for the "
             f"recorded pose, a {acceptance.cv_margin:.0%} gain needed); the recorded geometry is used"
         )
-    if cv["inliers_refined"] < acceptance.min_heldout_inliers * len(x1):
+    if cv["inliers_refined"] < acceptance.min_heldout_inliers * n:
         return keep_recorded(
-            f"only {cv['inliers_refined']} of {len(x1)} held-out matches are inliers of the pose refined without "
+            f"only {cv['inliers_refined']} of {n} held-out matches are inliers of the pose refined without "
             f"them (at least {acceptance.min_heldout_inliers:.0%} needed): too few matches agree on the "
             "refined pose; the recorded geometry is used"
         )
     if vessels is not None:
         scores = {
-            name: epipolar_consistency(*vessels, g1, g)
-            for name, g in (("recorded", g2), ("refined", result.geometry))
+            name: sum(epipolar_consistency(vessels[i], vessels[j], gs[i], gs[j]) for i, j in table)
+            for name, gs in (("recorded", views), ("refined", result.geometries))
         }
         evidence["vessel_consistency"] = scores
         record["vessel_consistency"] = scores
@@ -299,6 +414,7 @@ def guarded_refinement(
         error_before_px=_errors(result.error_before_px),
         error_after_px=_errors(result.error_after_px),
         params={k: float(v) for k, v in result.params.items()},
+        view_params=[dict(p) for p in result.view_params],
         summary=result.summary(),
     )
-    return result.geometry, record, np.asarray(result.inliers, dtype=bool), result
+    return list(result.geometries), record, np.asarray(result.inliers, dtype=bool), result

@@ -63,12 +63,14 @@ they are reported as ``inliers``.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from scipy.optimize import least_squares
 
+from xraycardiac.coronary.recon.robust import f_scale_schedule, robust_on_first
 from xraycardiac.geometry import CArmGeometry, project_points, triangulate
 
 __all__ = [
@@ -80,9 +82,12 @@ __all__ = [
     "apply_corrections",
     "epipolar_band_px",
     "prior_chi2",
+    "match_table",
     "refine_second_view",
+    "refine_views",
     "scale_about_source",
     "triangulate_matches",
+    "view_parameters",
 ]
 
 LOSSES = ("linear", "soft_l1", "huber", "cauchy", "arctan")
@@ -202,8 +207,8 @@ class CalibrationConfig:
             names.append(PARAMETERS[5])
         return tuple(names)
 
-    def bounds_and_sigmas(self) -> tuple[np.ndarray, np.ndarray]:
-        """(bound, prior sigma) per active correction, in its unit."""
+    def bounds_and_sigmas(self, names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(bound, prior sigma) per correction of ``names`` (default :meth:`active`), in its unit."""
         table = {
             "deg": (self.max_angle_deg, self.prior_sigma_deg),
             "mm": (self.max_shift_mm, self.prior_sigma_mm),
@@ -212,7 +217,7 @@ class CalibrationConfig:
             (self.max_sid_change_mm, self.prior_sigma_sid_mm)
             if n == "sid_change_mm"
             else table[n.rsplit("_", 1)[1]]
-            for n in self.active()
+            for n in (self.active() if names is None else names)
         ]
         arr = np.asarray(rows, dtype=np.float64).reshape(-1, 2)
         return arr[:, 0], arr[:, 1]
@@ -234,6 +239,9 @@ class CalibrationResult:
         gauge_direction_ras: (3,) unit RAS vector along the baseline (source 1 -> refined source 2):
             the isocentre component along it is not observable (module docstring).
         info: solver status, message, residual evaluations, cost, seconds.
+        geometries, view_params: every view as refined (view 1 unchanged) and its corrections
+            (:func:`refine_views`); ``geometry`` / ``params`` are view 2's.
+        pairs, pair_index: the view pairs (0-based) and the pair of each match of the per-match arrays.
     """
 
     geometry: CArmGeometry
@@ -245,6 +253,10 @@ class CalibrationResult:
     n_iterations: int
     gauge_direction_ras: np.ndarray
     info: dict[str, Any] = field(default_factory=dict)
+    geometries: tuple[CArmGeometry, ...] = ()
+    view_params: tuple[dict[str, float], ...] = ()
+    pairs: tuple[tuple[int, int], ...] = ()
+    pair_index: np.ndarray | None = None
 
     def summary(self) -> dict[str, float]:
         """Mean / median reprojection error before and after (all matches, and inliers after), pixels."""
@@ -319,59 +331,6 @@ def triangulate_matches(
     return points, np.sqrt((e1 + e2) / 2.0)
 
 
-def _f_scale_schedule(config: CalibrationConfig, error_px: np.ndarray) -> list[float]:
-    """Scales (pixels, decreasing, all > ``f_scale_px``) of the graduated soft-L1 solves before the final one.
-
-    A wrong recorded pose gives every match a structured error of many pixels. scipy's robust
-    losses use the exact second-order (Triggs) correction, which gives a Huber or Cauchy residual
-    beyond ``f_scale`` zero curvature: started with every residual there, the solver crawls.
-    So the scale starts at about the median initial error and is divided by 4 per stage
-    (graduated non-convexity) with soft-L1, whose curvature never vanishes; the configured loss
-    then runs at ``f_scale_px`` from a nearly right pose. None for plain least squares.
-    """
-    if config.loss == "linear":
-        return []
-    scales = [config.f_scale_px]
-    while scales[-1] < float(np.median(error_px)):
-        scales.append(scales[-1] * 4.0)
-    return scales[:0:-1]
-
-
-def _rho(loss: str, z: np.ndarray) -> np.ndarray:
-    """(3, n) value, first and second derivative of scipy's robust loss ``loss`` at ``z = r^2``."""
-    out = np.empty((3, len(z)))
-    if loss == "linear":
-        out[0], out[1], out[2] = z, 1.0, 0.0
-    elif loss == "soft_l1":
-        t = 1.0 + z
-        out[0], out[1], out[2] = 2.0 * (np.sqrt(t) - 1.0), t**-0.5, -0.5 * t**-1.5
-    elif loss == "huber":
-        big = z > 1.0
-        zb = np.where(big, z, 1.0)
-        out[0] = np.where(big, 2.0 * np.sqrt(zb) - 1.0, z)
-        out[1] = np.where(big, zb**-0.5, 1.0)
-        out[2] = np.where(big, -0.5 * zb**-1.5, 0.0)
-    elif loss == "cauchy":
-        t = 1.0 + z
-        out[0], out[1], out[2] = np.log1p(z), 1.0 / t, -1.0 / t**2
-    else:  # arctan
-        t = 1.0 + z**2
-        out[0], out[1], out[2] = np.arctan(z), 1.0 / t, -2.0 * z / t**2
-    return out
-
-
-def _robust_on_first(loss: str, n: int) -> Any:
-    """A scipy loss callable: ``loss`` on the first ``n`` residuals (the matches), plain squares after
-    them (the prior's residuals: a Gaussian prior is quadratic however far the pose moves)."""
-
-    def rho(z: np.ndarray) -> np.ndarray:
-        out = _rho("linear", z)
-        out[:, :n] = _rho(loss, z[:n])
-        return out
-
-    return rho
-
-
 def _homogeneous(x: np.ndarray) -> np.ndarray:
     """(M, 2) pixels -> (M, 3) homogeneous pixels."""
     return np.concatenate([x, np.ones((len(x), 1))], axis=1)
@@ -396,6 +355,54 @@ def _sampson_px(
     return num / np.maximum(den, 1e-12)
 
 
+def match_table(
+    matches: Mapping[tuple[int, int], tuple[np.ndarray, np.ndarray]],
+    n_views: int,
+    caller: str,
+    connected: bool = True,
+) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
+    """Checked matches of N views: ``{(i, j): (xi, xj)}`` with ``0 <= i < j < n_views``, (M, 2) finite pixels;
+    with ``connected`` every view but view 1 must have a match.
+
+    Raises:
+        ValueError: a pair outside the views, ``i >= j``, arrays not (M, 2), or different lengths (the pair
+            and both counts named), or a view other than view 1 without any match.
+    """
+    out = {}
+    for key in sorted(matches):
+        i, j = (int(v) for v in key)
+        if not (0 <= i < j < n_views):
+            raise ValueError(
+                f"{caller}: matches key {key!r} must be (i, j) with 0 <= i < j < {n_views} views"
+            )
+        xi, xj = (
+            _pixels(f"matches[{key!r}] view {v + 1}", x) for v, x in zip(key, matches[key], strict=True)
+        )
+        if len(xi) != len(xj):
+            raise ValueError(
+                f"{caller}: matches[{key!r}] has {len(xi)} points in view {i + 1} but {len(xj)} in view {j + 1}"
+            )
+        out[(i, j)] = (xi, xj)
+    seen = {v for (i, j), (xi, _) in out.items() if len(xi) for v in (i, j)}
+    missing = [v + 1 for v in range(1, n_views) if v not in seen]
+    if missing and connected:
+        raise ValueError(f"{caller}: view(s) {missing} have no match with any other view; cannot refine them")
+    return out
+
+
+def view_parameters(config: CalibrationConfig, n_views: int) -> tuple[str, ...]:
+    """Unknowns of one refined view: with 2 views :meth:`CalibrationConfig.active` (the isocentre across the
+    baseline), with 3 or more the angle offsets, all 3 isocentre components and the SID change as refined."""
+    if n_views == 2:
+        return config.active()
+    iso = PARAMETERS[2:5] if config.refine_isocenter else ()
+    return (
+        tuple(PARAMETERS[:2] if config.refine_angles else ())
+        + iso
+        + (PARAMETERS[5:] if config.refine_sid else ())
+    )
+
+
 def refine_second_view(
     g1: CArmGeometry,
     g2: CArmGeometry,
@@ -404,6 +411,8 @@ def refine_second_view(
     config: CalibrationConfig | None = None,
 ) -> CalibrationResult:
     """Refine view 2's angles, isocentre (and optionally SID) from matched pixels, view 1 fixed.
+
+    :func:`refine_views` with two views (the same solver).
 
     Args:
         g1: view 1 geometry (the reference, unchanged).
@@ -419,66 +428,122 @@ def refine_second_view(
     Raises:
         ValueError: x1 / x2 are not (M, 2) finite pixels of the same length, or M < ``min_matches``.
     """
-    config = config or CalibrationConfig()
     x1, x2 = _pixels("x1", x1), _pixels("x2", x2)
     if len(x1) != len(x2):
         raise ValueError(f"refine_second_view: x1 has {len(x1)} matches but x2 has {len(x2)}")
-    m = len(x1)
+    return refine_views([g1, g2], {(0, 1): (x1, x2)}, config)
+
+
+def refine_views(
+    geometries: Sequence[CArmGeometry],
+    matches: Mapping[tuple[int, int], tuple[np.ndarray, np.ndarray]],
+    config: CalibrationConfig | None = None,
+) -> CalibrationResult:
+    """Bundle adjustment of N >= 2 views from the matches of any view pairs: a MAP estimate, view 1 fixed.
+
+    Gauge: view 1 (index 0) is the reference and is not changed; each other view gets its own
+    corrections (:func:`view_parameters`) with the Gaussian prior of ``config``. The cost is the sum
+    over all pairs' matches of the robust Sampson distance (module docstring) plus the prior. With
+    two views the isocentre component along the baseline is not an unknown (it has no pull from the
+    images; the prior keeps it). With three or more, the views' isocentre shifts are observable
+    relative to one another: of the along-baseline components only one common scale is left (all
+    sources moved along their baselines from view 1 in proportion), and the prior fixes it at the
+    smallest total shift, so an error of one view along its baseline is shared with the others
+    instead of staying whole.
+
+    Args:
+        geometries: recorded geometries of the views (the starting point and the priors' centres).
+        matches: ``{(i, j): (xi, xj)}``, 0-based view indices ``i < j``, (M_ij, 2) matched pixels (u, v).
+        config: :class:`CalibrationConfig` (None = defaults).
+
+    Returns:
+        :class:`CalibrationResult`: ``geometries`` all views (view 1 unchanged), ``view_params`` the
+        corrections per view; ``geometry`` / ``params`` those of view 2; per-match arrays concatenated
+        over the pairs in sorted order (``pair_index`` gives each match's pair in ``pairs``).
+
+    Raises:
+        ValueError: fewer than 2 views, bad matches (:func:`match_table`), or fewer than ``min_matches``.
+    """
+    config = config or CalibrationConfig()
+    views = list(geometries)
+    if len(views) < 2:
+        raise ValueError(f"refine_views: {len(views)} view(s) given; at least 2 are needed")
+    table = match_table(matches, len(views), "refine_views")
+    pairs = list(table)
+    m = sum(len(a) for a, _ in table.values())
     if m < config.min_matches:
         raise ValueError(
-            f"refine_second_view: {m} matches given; at least {config.min_matches} are needed "
-            "(CalibrationConfig.min_matches) to refine the second view"
+            f"refine_views: {m} matches given; at least {config.min_matches} are needed "
+            "(CalibrationConfig.min_matches) to refine the views"
         )
     t0 = time.perf_counter()
-    names = config.active()
-    n_g = len(names)
-    bound, sigma = config.bounds_and_sigmas()
-    p1 = g1.projection_matrix()
+    names = view_parameters(config, len(views))
+    n_v = len(views) - 1
+    bound, sigma = (np.tile(a, n_v) for a in config.bounds_and_sigmas(names))
+    g1, g2 = views[0], views[1]
 
-    # The isocentre shift lives in the plane across the recorded baseline (basis e1, e2): the images
-    # carry no information along it, so its MAP value is the prior's mean (the recorded isocentre);
-    # leaving it out of the unknowns keeps the solver well conditioned (a free gauge costs 10x the
-    # iterations).
+    # With two views the isocentre shift lives in the plane across the recorded baseline (basis e1, e2):
+    # the images carry no information along it, so its MAP value is the prior's mean (the recorded
+    # isocentre); leaving it out of the unknowns keeps the solver well conditioned (a free gauge costs
+    # 10x the iterations).
     b0 = g2.source_position - g1.source_position
     b0 = b0 / np.linalg.norm(b0)
     e1 = np.cross(b0, [0.0, 0.0, 1.0] if abs(b0[2]) < 0.9 else [1.0, 0.0, 0.0])
     e1 /= np.linalg.norm(e1)
     basis = np.stack([e1, np.cross(b0, e1)])  # (2, 3)
 
-    def corrections(theta: np.ndarray) -> dict[str, float]:
-        d = dict(zip(names, theta.tolist(), strict=True))
-        if config.refine_isocenter:
-            shift = np.array([d.pop("isocenter_across_1_mm"), d.pop("isocenter_across_2_mm")]) @ basis
-            d.update(zip(PARAMETERS[2:5], shift.tolist(), strict=True))
-        return d
+    def corrections(theta: np.ndarray) -> list[dict[str, float]]:
+        out = [dict.fromkeys(PARAMETERS, 0.0)]
+        for block in np.split(theta, n_v):
+            d = dict(zip(names, block.tolist(), strict=True))
+            if "isocenter_across_1_mm" in d:
+                shift = np.array([d.pop("isocenter_across_1_mm"), d.pop("isocenter_across_2_mm")]) @ basis
+                d.update(zip(PARAMETERS[2:5], shift.tolist(), strict=True))
+            out.append(d)
+        return out
 
-    def projection(theta: np.ndarray) -> np.ndarray:
-        return apply_corrections(g2, corrections(theta)).projection_matrix()
+    def posed(theta: np.ndarray) -> list[CArmGeometry]:
+        return [views[0]] + [
+            apply_corrections(g, d) for g, d in zip(views[1:], corrections(theta)[1:], strict=True)
+        ]
 
     lower, upper = -bound, bound.copy()
-    if "sid_change_mm" in names:  # keep SID > SOD + 1 mm
-        j = names.index("sid_change_mm")
-        lower[j] = max(-bound[j], g2.sod_mm + 1.0 - g2.sid_mm)
+    if PARAMETERS[5] in names:  # keep SID > SOD + 1 mm
+        for k, g in enumerate(views[1:]):
+            j = k * len(names) + names.index(PARAMETERS[5])
+            lower[j] = max(-bound[j], g.sod_mm + 1.0 - g.sid_mm)
     counts: dict[str, Any] = {"nfev": 0, "njev": 0}
+    hom = {key: (_homogeneous(a), _homogeneous(b)) for key, (a, b) in table.items()}
+    pair_index = np.concatenate([np.full(len(table[key][0]), n) for n, key in enumerate(pairs)])
 
-    h1, h2 = _homogeneous(x1), _homogeneous(x2)
-    p1_pinv = np.linalg.pinv(p1)
-    c1 = np.append(g1.source_position, 1.0)
+    p1_pinv, c1 = np.linalg.pinv(g1.projection_matrix()), np.append(g1.source_position, 1.0)
+    in_pair = [pair_index == n for n in range(len(pairs))]
+
+    def sampson(theta: np.ndarray, use: np.ndarray) -> np.ndarray:
+        gs = posed(theta)
+        ps = [g.projection_matrix() for g in gs]
+        out = []
+        for n, (i, j) in enumerate(pairs):
+            sel = use[in_pair[n]]
+            if sel.any():  # view 1 is fixed: its pseudo-inverse is computed once
+                pinv, c = (
+                    (p1_pinv, c1) if i == 0 else (np.linalg.pinv(ps[i]), np.append(gs[i].source_position, 1))
+                )
+                out.append(_sampson_px(pinv, c, ps[j], hom[(i, j)][0][sel], hom[(i, j)][1][sel]))
+        return np.concatenate(out) / np.sqrt(2.0)
 
     def solve(theta0: np.ndarray, use: np.ndarray, f_scale: float, loss: str) -> np.ndarray:
         """MAP solve over the corrections with the matches ``use``, from ``theta0``."""
-        a, b = h1[use], h2[use]
 
         def residuals(theta: np.ndarray) -> np.ndarray:
-            d = _sampson_px(p1_pinv, c1, projection(theta), a, b) / np.sqrt(2.0)
-            return np.concatenate([d / px, theta / sigma])
+            return np.concatenate([sampson(theta, use) / px, theta / sigma])
 
         sol = least_squares(
             residuals,
             theta0,
             bounds=(lower, upper),
             method="trf",
-            loss=_robust_on_first(loss, len(a)),
+            loss=robust_on_first(loss, int(use.sum())),
             f_scale=f_scale / px,
             max_nfev=config.max_nfev,
         )
@@ -487,43 +552,47 @@ def refine_second_view(
         counts["njev"] += int(sol.njev if sol.njev is not None else sol.nfev)
         return sol.x
 
-    def errors(theta: np.ndarray) -> np.ndarray:
-        return triangulate_matches(g1, apply_corrections(g2, corrections(theta)), x1, x2)[1]
+    def errors(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        gs = posed(theta)
+        done = [triangulate_matches(gs[i], gs[j], *table[(i, j)]) for i, j in pairs]
+        return np.concatenate([p for p, _ in done]), np.concatenate([e for _, e in done])
 
     px = config.pixel_sigma_px or 1.0
-    error_before = errors(np.zeros(n_g))
+    error_before = errors(np.zeros(len(bound)))[1]
     everything = np.ones(m, dtype=bool)
-    theta = np.zeros(n_g)
-    for f_scale in _f_scale_schedule(config, error_before):
+    theta = np.zeros(len(bound))
+    for f_scale in f_scale_schedule(config.loss, config.f_scale_px, error_before):
         theta = solve(theta, everything, f_scale, "soft_l1")
     theta = solve(theta, everything, config.f_scale_px, config.loss)
     # A loss with bounded influence still lets many wrong matches lean on the weakly observed
     # direction (module docstring): refit the inliers by plain least squares until they stop changing.
-    keep = errors(theta) < config.inlier_threshold_px
+    keep = errors(theta)[1] < config.inlier_threshold_px
     for _ in range(config.reject_rounds):
         if keep.sum() < config.min_matches or keep.all():
             break
         theta = solve(theta, keep, config.f_scale_px, "linear")
-        new_keep = errors(theta) < config.inlier_threshold_px
+        new_keep = errors(theta)[1] < config.inlier_threshold_px
         if np.array_equal(new_keep, keep):
             break
         keep = new_keep
     if config.pixel_sigma_px is None and keep.sum() >= config.min_matches:
         for _ in range(4):  # the noise level of the inliers, and the MAP solve that uses it
-            d = _sampson_px(p1_pinv, c1, projection(theta), h1[keep], h2[keep]) / np.sqrt(2.0)
-            estimate = max(PIXEL_SIGMA_FLOOR_PX, 1.4826 * float(np.median(np.abs(d))))
+            estimate = max(PIXEL_SIGMA_FLOOR_PX, 1.4826 * float(np.median(np.abs(sampson(theta, keep)))))
             if abs(estimate - px) < 0.1 * px:
                 break
             px = estimate
             theta = solve(theta, keep, config.f_scale_px, "linear")
-    params = dict.fromkeys(PARAMETERS, 0.0)
-    params.update({n: float(v) for n, v in corrections(theta).items()})
-    g2_new = apply_corrections(g2, params)
-    x_new, error_after = triangulate_matches(g1, g2_new, x1, x2)
-    baseline = g2_new.source_position - g1.source_position
+    view_params = []
+    for d in corrections(theta):
+        params = dict.fromkeys(PARAMETERS, 0.0)
+        params.update({n: float(v) for n, v in d.items()})
+        view_params.append(params)
+    refined = [views[0]] + [apply_corrections(g, p) for g, p in zip(views[1:], view_params[1:], strict=True)]
+    x_new, error_after = errors(theta)
+    baseline = refined[1].source_position - g1.source_position
     return CalibrationResult(
-        geometry=g2_new,
-        params=params,
+        geometry=refined[1],
+        params=view_params[1],
         points_ras_mm=x_new,
         error_before_px=error_before,
         error_after_px=error_after,
@@ -539,6 +608,10 @@ def refine_second_view(
             "pixel_sigma_px": px,
             "refined": list(names),
         },
+        geometries=tuple(refined),
+        view_params=tuple(view_params),
+        pairs=tuple(pairs),
+        pair_index=pair_index,
     )
 
 

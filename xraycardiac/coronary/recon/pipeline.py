@@ -32,6 +32,9 @@ reads the inputs and writes the outputs), callable without a job. Pixels (u = co
 4. **check**: :func:`~xraycardiac.coronary.recon.plausibility.plausibility` of the result (points off
    the 2D centrelines or outside the vessels, rejected samples); each warning is logged and the
    summary's ``status`` is "warning".
+
+N >= 3 views: :func:`reconstruct_views_pipeline` runs steps 0-3 on every view pair's matches, one
+joint calibration of views 2..N and a reconstruction that uses every view (no plausibility check yet).
 """
 
 from __future__ import annotations
@@ -60,8 +63,10 @@ __all__ = [
     "DEFAULT_METHOD",
     "PairConfig",
     "PairReconstruction",
+    "ViewsReconstruction",
     "calibration_matches",
     "reconstruct_pair",
+    "reconstruct_views_pipeline",
     "unit_range",
     "vessel_mask",
 ]
@@ -367,3 +372,131 @@ def reconstruct_pair(
         config, device, (source1, source2), (images[0].shape, images[1].shape), match, matcher, x1, x2, scores,
         g2_used, calibration, seeds, result, check, (p1, p2),
     )  # fmt: skip
+
+
+@dataclass
+class ViewsReconstruction:
+    """Outcome of :func:`reconstruct_views_pipeline` (N >= 2 views).
+
+    Attributes:
+        config: the settings used; device: the torch device of the matcher.
+        vessels: per view, where its mask came from ("mask", "network" or "frangi").
+        matches: ``{(i, j): (xi, xj)}`` the matches of every view pair (0-based) the calibration got.
+        geometries: every view as used (view 1 unchanged; the others refined or as recorded).
+        calibration: :func:`~xraycardiac.coronary.recon.acceptance.calibrate_views`'s record (``kept``,
+            ``reason``, errors before / after, ``view_params``, ``evidence``) and ``epipolar_band_px``
+            per pair ("i-j", 1-based).
+        result: :func:`~xraycardiac.coronary.recon.reconstruct.reconstruct_views`'s result.
+        probabilities: per view, the segmentation network's vessel probability, or None.
+    """
+
+    config: PairConfig
+    device: str
+    vessels: tuple[str, ...]
+    matches: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]
+    geometries: list[CArmGeometry]
+    calibration: dict[str, Any]
+    result: ReconstructionResult
+    probabilities: tuple[np.ndarray | None, ...]
+
+    def matches_record(self) -> dict[str, Any]:
+        """The matches as JSON-ready data: per pair "i-j" (1-based) x_i, x_j pixels."""
+        return {"method": self.config.method,
+                "pairs": {f"{i + 1}-{j + 1}": {"x_i": a.tolist(), "x_j": b.tolist()}
+                          for (i, j), (a, b) in self.matches.items()}}  # fmt: skip
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready summary: params, views, vessel sources, matches per pair, calibration, tree counts."""
+        tree = self.result.tree
+        return {
+            "status": "ok",
+            "params": asdict(self.config),
+            "device": self.device,
+            "views": len(self.geometries),
+            "vessels": {f"view{v + 1}": s for v, s in enumerate(self.vessels)},
+            "matches": {f"{i + 1}-{j + 1}": len(a) for (i, j), (a, _) in self.matches.items()},
+            "calibration": {
+                k: self.calibration[k]
+                for k in ("refined", "kept", "reason", "error_before_px", "error_after_px")
+            },  # fmt: skip
+            "reconstruction": {
+                "points": int(tree.num_points),
+                "branches": len(tree.branch_names),
+                "pair": self.result.stats["pair"],
+                "other_views": self.result.stats["other_views"],
+                **{k: v for k, v in self.result.stats.items() if isinstance(v, int | float)},
+            },
+        }
+
+
+def reconstruct_views_pipeline(
+    images: list[np.ndarray],
+    geometries: list[CArmGeometry],
+    masks: list[np.ndarray | None] | None = None,
+    config: PairConfig | None = None,
+    device: str = "cpu",
+    progress: Callable[..., None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> ViewsReconstruction:
+    """The steps of :func:`reconstruct_pair` on N >= 2 views: vessels, matches of every view pair, the joint
+    calibration (:func:`~xraycardiac.coronary.recon.acceptance.calibrate_views`, view 1 fixed) and the
+    reconstruction from every view (:func:`~xraycardiac.coronary.recon.reconstruct.reconstruct_views`).
+
+    Raises:
+        ValueError: as many images, geometries and masks not given (the counts named), a mask of another
+            size than its image, or no vessel.
+    """
+    from xraycardiac.coronary.recon.acceptance import calibrate_views
+    from xraycardiac.coronary.recon.reconstruct import reconstruct_views
+
+    config = config or PairConfig()
+    masks = [None] * len(images) if masks is None else list(masks)
+    if not (len(images) == len(geometries) == len(masks)) or len(images) < 2:
+        raise ValueError(
+            f"reconstruct_views_pipeline: {len(images)} images, {len(geometries)} geometries and {len(masks)} "
+            "masks (None = segment) given; give one of each per view, at least 2 views"
+        )
+    report = progress if progress is not None else (lambda stage, fraction, **extra: None)
+    vessels = [vessel_mask(unit_range(im), m, v + 1, config.segmentation, device)
+               for v, (im, m) in enumerate(zip(images, masks, strict=True))]  # fmt: skip
+    calibration_config = config.calibration_config()
+    banded = config.refine_calibration and config.method.endswith(_EPIPOLAR)
+    matcher = parse_method(
+        config.method.removesuffix(_EPIPOLAR) + "+none" if banded else config.method,
+        epipolar_tolerance_px=config.epipolar_tolerance_px, device=device, foundation=config.foundation,
+    )  # fmt: skip
+    matches, bands = {}, {}
+    pairs = [(i, j) for i in range(len(images)) for j in range(i + 1, len(images))]
+    for n, (i, j) in enumerate(pairs):
+        report(f"matching views {i + 1} and {j + 1}", 0.1 + 0.3 * n / len(pairs))
+        sample = {"image1": unit_range(images[i]).astype(np.float32), "image2": unit_range(images[j]).astype(np.float32),
+                  "projection_matrices": np.stack([geometries[i].projection_matrix(), geometries[j].projection_matrix()])}  # fmt: skip
+        match = matcher.run(sample)
+        a, b = (np.asarray(x, dtype=np.float64).reshape(-1, 2) for x in (match.x1, match.x2))
+        if banded:
+            keep, bands[f"{i + 1}-{j + 1}"] = calibration_matches(
+                a, b, geometries[i], geometries[j], calibration_config, config.epipolar_tolerance_px
+            )
+            a, b = a[keep], b[keep]
+        matches[(i, j)] = (a, b)
+    report("refining the views", 0.45)
+    masks_used = [v[0] for v in vessels]
+    used, calibration, inliers, _ = calibrate_views(
+        geometries, matches, config.refine_calibration, calibration_config, log, masks_used
+    )
+    calibration["epipolar_band_px"] = bands or None
+    seeds = matches
+    if inliers is not None:
+        cuts = np.cumsum([len(a) for a, _ in matches.values()])[:-1]
+        seeds = {
+            k: (a[m], b[m]) for (k, (a, b)), m in zip(matches.items(), np.split(inliers, cuts), strict=True)
+        }
+    report("reconstructing the centreline", 0.55)
+    # views whose poses the calibration did not confirm may be off by more than the tolerance: they
+    # refine the points they support but drop none
+    result = reconstruct_views(
+        masks_used, used, seeds, veto_tol_px=None if calibration["refined"] else np.inf
+    )
+    result.tree.meta.update({"method": config.method, "refined": calibration["refined"]})
+    return ViewsReconstruction(config, device, tuple(v[1] for v in vessels), matches, used, calibration, result,
+                               tuple(v[2] for v in vessels))  # fmt: skip

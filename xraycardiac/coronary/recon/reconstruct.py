@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,9 +82,11 @@ from xraycardiac.outputs import require_parent_dir
 __all__ = [
     "ReconstructionConfig",
     "ReconstructionResult",
+    "best_pair",
     "calibrate_from_matches",
     "centreline_error_mm",
     "reconstruct_tree",
+    "reconstruct_views",
     "save_tube_vtp",
 ]
 
@@ -143,9 +146,10 @@ class ReconstructionResult:
     points3d: np.ndarray
     geometry2: CArmGeometry
     calibration: CalibrationResult | None
-    graphs: tuple[CentrelineGraph2D, CentrelineGraph2D]
+    graphs: tuple[CentrelineGraph2D, ...]
     stats: dict[str, Any]
     calibration_record: dict[str, Any] | None = None
+    geometries: tuple[CArmGeometry, ...] = ()
 
 
 def reconstruct_tree(
@@ -201,13 +205,37 @@ def reconstruct_tree(
         )
         if inliers is not None:
             seeds = (seeds[0][inliers], seeds[1][inliers])
-    off_epipolar = 0
-    if seeds is not None and config.seed_epipolar_px is not None and len(seeds[0]):
-        from xraycardiac.metrics.matching import symmetric_epipolar_error_px
+    seeds, off_epipolar = _on_epipolar(seeds, g1, g2, config)
+    pieces, radii, graphs, stats = _pair_pieces(masks, g1, g2, seeds, config)
+    tree = _assemble(pieces, radii, config)
+    tree.meta.update({"view1": g1.to_dict(), "view2": g2.to_dict(), "refined": calibration is not None})
+    stats.update(points=tree.num_points, seeds_off_epipolar=off_epipolar, seconds=time.perf_counter() - t0)
+    return ReconstructionResult(tree, tree.points, g2, calibration, graphs, stats, calibration_record)
 
-        p1, p2 = g1.projection_matrix(), g2.projection_matrix()
-        on = symmetric_epipolar_error_px(*seeds, p1, p2) <= config.seed_epipolar_px
-        seeds, off_epipolar = (seeds[0][on], seeds[1][on]), int(np.sum(~on))
+
+def _on_epipolar(
+    seeds: tuple[np.ndarray, np.ndarray] | None,
+    g1: CArmGeometry,
+    g2: CArmGeometry,
+    config: ReconstructionConfig,
+) -> tuple[tuple[np.ndarray, np.ndarray] | None, int]:
+    """The seeds within ``seed_epipolar_px`` of the geometry in use (module docstring, step 3), and how many were dropped."""
+    if seeds is None or config.seed_epipolar_px is None or not len(seeds[0]):
+        return seeds, 0
+    from xraycardiac.metrics.matching import symmetric_epipolar_error_px
+
+    on = (
+        symmetric_epipolar_error_px(*seeds, g1.projection_matrix(), g2.projection_matrix())
+        <= config.seed_epipolar_px
+    )
+    return (seeds[0][on], seeds[1][on]), int(np.sum(~on))
+
+
+def _pair_pieces(
+    masks: list[np.ndarray], g1: CArmGeometry, g2: CArmGeometry,
+    seeds: tuple[np.ndarray, np.ndarray] | None, config: ReconstructionConfig,
+) -> tuple[list[np.ndarray], list[np.ndarray], tuple[CentrelineGraph2D, ...], dict[str, Any]]:  # fmt: skip
+    """Steps 2-4 of the module docstring on one pair of masks: 3D pieces, radii, graphs, counts."""
     graphs = tuple(centreline_graph_2d(m, config.prune_px, config.smooth_sigma_px) for m in masks)
     if any(len(g.paths) == 0 for g in graphs):
         raise ValueError("reconstruct_tree: no vessel centreline left after pruning the skeletons")
@@ -215,14 +243,10 @@ def reconstruct_tree(
     pieces, radii, counts = smooth_runs(matches, graphs, (g1, g2), config)
     if not pieces:
         raise ValueError("reconstruct_tree: no centreline could be matched between the two views")
-    tree = _assemble(pieces, radii, config)
-    tree.meta.update({"view1": g1.to_dict(), "view2": g2.to_dict(), "refined": calibration is not None})
-    stats = dict(edges1=len(graphs[0].paths), edges2=len(graphs[1].paths), points=tree.num_points)
+    stats: dict[str, Any] = dict(edges1=len(graphs[0].paths), edges2=len(graphs[1].paths))
     stats.update(matched_samples=int(sum(len(m.sample) for m in matches)), pieces=len(pieces), **counts)
     stats["inconsistent_dropped"] = inconsistent
-    stats["seeds_off_epipolar"] = off_epipolar
-    stats["seconds"] = time.perf_counter() - t0
-    return ReconstructionResult(tree, tree.points, g2, calibration, graphs, stats, calibration_record)
+    return pieces, radii, graphs, stats
 
 
 def _distance_to_segments(points: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 512) -> np.ndarray:
@@ -306,3 +330,151 @@ def save_tube_vtp(tree: CoronaryTree, path: str | os.PathLike[str], sides: int =
     tube.CappingOn()
     tube.Update()
     return write_polydata(tube.GetOutput(), path, "save_tube_vtp")
+
+
+def best_pair(geometries: Sequence[CArmGeometry]) -> tuple[int, int]:
+    """The two views (0-based, i < j) whose central rays are closest to perpendicular: the pair whose
+    triangulation is best conditioned, where the centrelines of :func:`reconstruct_views` are matched."""
+    dirs = [g.isocenter - g.source_position for g in geometries]
+    dirs = [d / np.linalg.norm(d) for d in dirs]
+    pairs = [(i, j) for i in range(len(dirs)) for j in range(i + 1, len(dirs))]
+    return max(pairs, key=lambda p: (np.linalg.norm(np.cross(dirs[p[0]], dirs[p[1]])), -p[0], -p[1]))
+
+
+def reconstruct_views(
+    images_or_masks: Sequence[np.ndarray],
+    geometries: Sequence[CArmGeometry],
+    matches: Mapping[tuple[int, int], tuple[np.ndarray, np.ndarray]] | None = None,
+    config: ReconstructionConfig | None = None,
+    support_tol_px: float = 3.0,
+    veto_tol_px: float | None = None,
+) -> ReconstructionResult:
+    """3D centreline tree from N >= 2 views: joint calibration, one matched pair, every view in the points.
+
+    1. With ``config.refine_calibration`` all views are refined together from the matches of all
+       pairs (:func:`~xraycardiac.coronary.recon.acceptance.calibrate_views`: view 1 fixed, the
+       recorded views kept unless the refinement wins on held-out evidence).
+    2. The centrelines are matched on the best-conditioned pair (:func:`best_pair`), seeded by its
+       matches, as :func:`reconstruct_tree` does (steps 2-4).
+    3. Every other view checks and refines each 3D point: a point that projects into a view's field
+       farther than ``veto_tol_px`` from its centreline is contradicted by it and dropped (a
+       wrong correspondence of the pair, or a vessel that view does not show); within
+       ``support_tol_px`` the nearest point of that view's centreline joins the pair's projections and the point is
+       triangulated again from all the views that see it
+       (:func:`~xraycardiac.geometry.epipolar.triangulate_views`). Pieces are split where points were
+       dropped; radii stay those of the pair.
+
+    Args:
+        images_or_masks: one (rows, cols) vessel mask or angiogram per view (as :func:`reconstruct_tree`).
+        geometries: one geometry per view (view 1 is the calibration's reference).
+        matches: ``{(i, j): (xi, xj)}`` matched keypoints of view pairs (0-based i < j): seeds and
+            calibration matches.
+        config: :class:`ReconstructionConfig`.
+        support_tol_px: how far (pixels) from another view's centreline a point may project to be
+            triangulated with that view too.
+        veto_tol_px: a point projecting farther than this (pixels) from another view's centreline is
+            dropped (None = ``support_tol_px``; ``inf`` = other views never drop points: for views
+            whose poses no calibration confirmed, which may be off by more than that).
+
+    Returns:
+        :class:`ReconstructionResult` with ``geometries`` (all views as used), ``graphs`` (one per view),
+        ``geometry2`` (view 2 as used) and ``stats`` (``pair``, per other view ``supported`` /
+        ``contradicted`` counts, ``dropped_by_other_views``).
+
+    Raises:
+        ValueError: fewer than 2 views, as many images as geometries not given (both counts named),
+            an image unlike its detector, bad matches (the pair named), refinement without matches.
+    """
+    from scipy import ndimage as ndi
+    from scipy.spatial import cKDTree
+
+    from xraycardiac.coronary.recon.acceptance import calibrate_views
+    from xraycardiac.coronary.recon.calibration import match_table
+    from xraycardiac.geometry.epipolar import triangulate_views
+
+    t0 = time.perf_counter()
+    config = config or ReconstructionConfig()
+    views = list(geometries)
+    if len(images_or_masks) != len(views) or len(views) < 2:
+        raise ValueError(
+            f"reconstruct_views: {len(images_or_masks)} images/masks and {len(views)} geometries given; "
+            "give one geometry per image, at least 2 views"
+        )
+    if not (np.isfinite(support_tol_px) and support_tol_px > 0):
+        raise ValueError(
+            f"reconstruct_views: support_tol_px must be a finite number > 0, got {support_tol_px!r}"
+        )
+    veto = support_tol_px if veto_tol_px is None else float(veto_tol_px)
+    if not veto >= support_tol_px:
+        raise ValueError(
+            f"reconstruct_views: veto_tol_px must be >= support_tol_px ({support_tol_px}), got {veto_tol_px!r}"
+        )
+    masks = []
+    for i, (data, g) in enumerate(zip(images_or_masks, views, strict=True), start=1):
+        if tuple(np.shape(data)) != (g.detector_rows, g.detector_cols):
+            raise ValueError(
+                f"reconstruct_views: image {i} has shape {tuple(np.shape(data))}, its geometry's detector "
+                f"{(g.detector_rows, g.detector_cols)}"
+            )
+        masks.append(as_mask(data, f"images_or_masks[{i - 1}]"))
+    table = {} if matches is None else match_table(matches, len(views), "reconstruct_views", connected=False)
+    calibration, record = None, None
+    if config.refine_calibration:
+        if not table:
+            raise ValueError("reconstruct_views: refine_calibration needs matched keypoints (matches)")
+        views, record, inliers, calibration = calibrate_views(
+            views, table, True, config.calibration, None, masks
+        )
+        if inliers is not None:
+            cuts = np.cumsum([len(a) for a, _ in table.values()])[:-1]
+            table = {
+                k: (a[m], b[m]) for (k, (a, b)), m in zip(table.items(), np.split(inliers, cuts), strict=True)
+            }
+    a, b = best_pair(views)
+    seeds, off = _on_epipolar(table.get((a, b)), views[a], views[b], config)
+    pieces, radii, pair_graphs, stats = _pair_pieces([masks[a], masks[b]], views[a], views[b], seeds, config)
+    graphs: list[CentrelineGraph2D | None] = [None] * len(views)
+    graphs[a], graphs[b] = pair_graphs
+    ps = [g.projection_matrix() for g in views]
+    support = {}
+    for k in (k for k in range(len(views)) if k not in (a, b)):
+        graphs[k] = centreline_graph_2d(masks[k], config.prune_px, config.smooth_sigma_px)
+        dense = [np.stack([np.interp(np.arange(0, len(p) - 1 + 1e-9, 0.25), np.arange(len(p)), p[:, c]) for c in (0, 1)], 1)
+                 for p in graphs[k].paths]  # fmt: skip
+        support[k] = (cKDTree(np.concatenate(dense)) if dense else None, {"supported": 0, "contradicted": 0})
+    new_pieces, new_radii, dropped = [], [], 0
+    for x, r in zip(pieces, radii, strict=True):
+        obs = np.full((len(views), len(x), 2), np.nan)
+        obs[a], obs[b] = views[a].project(x), views[b].project(x)
+        good = np.ones(len(x), dtype=bool)
+        for k, (tree_k, count) in support.items():
+            uv = views[k].project(x)
+            seen = in_field(views[k], uv)
+            d, j = (np.full(len(x), np.inf), None) if tree_k is None else tree_k.query(uv)
+            ok = seen & (d <= support_tol_px)
+            good &= ~seen | (d <= veto)
+            count["supported"] += int(ok.sum())
+            count["contradicted"] += int((seen & ~ok).sum())
+            if tree_k is not None:
+                obs[k][ok] = tree_k.data[j[ok]]
+        dropped += int((~good).sum())
+        x = np.where(good[:, None], triangulate_views(ps, obs), x)
+        labels, n = ndi.label(good)
+        for piece in range(1, n + 1):
+            idx = np.flatnonzero(labels == piece)
+            if len(idx) >= config.min_run_samples:
+                new_pieces.append(x[idx])
+                new_radii.append(r[idx])
+    if not new_pieces:
+        raise ValueError("reconstruct_views: every centreline point was contradicted by another view")
+    tree = _assemble(new_pieces, new_radii, config)
+    tree.meta.update({"views": [g.to_dict() for g in views], "refined": calibration is not None})
+    stats.update(
+        pair=[a + 1, b + 1], seeds_off_epipolar=off, dropped_by_other_views=dropped, points=tree.num_points
+    )
+    stats["other_views"] = {f"view{k + 1}": c for k, (_, c) in support.items()}
+    stats["seconds"] = time.perf_counter() - t0
+    all_graphs = tuple(g for g in graphs if g is not None)
+    return ReconstructionResult(
+        tree, tree.points, views[1], calibration, all_graphs, stats, record, tuple(views)
+    )
