@@ -43,7 +43,7 @@ out = Path(sys.argv[1])
 torch.manual_seed(0)
 cfg = TrainConfig(steps=3, batch_size=2, lr=0.01, device="cpu", log_every=1, checkpoint_every=100)
 trainer = Trainer(torch.nn.Linear(3, 1), loss, Toy(), cfg, out, {"kind": "toy"})
-_train(out, lambda progress: trainer.fit(progress=progress))
+_train(out, lambda progress, command: trainer.fit(progress=progress))
 """
 
 
@@ -54,7 +54,7 @@ from pathlib import Path
 from xraycardiac.train_cli import _train
 
 
-def train(progress):
+def train(progress, command):
     progress("step 1/1 loss 0.5", 1.0, eta_s=0)
     return {"step": 1, "steps_run": 1, "seconds": 0.1, "entry": {"sha256": "0" * 64}}
 
