@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from xraycardiac.anatomy.coronary_tree import CoronaryTree
-from xraycardiac.coronary.recon.calibration import apply_corrections
+from xraycardiac.coronary.recon.calibration import apply_corrections, epipolar_band_px
 from xraycardiac.coronary.recon.evaluate_calibration import rotation_error_deg
 from xraycardiac.coronary.recon.reconstruct import centreline_error_mm
 from xraycardiac.io import write_volume
@@ -75,6 +75,10 @@ def test_cli_reconstructs_from_three_views_and_refines_them_jointly(view_files, 
           f"coverage {error['coverage']:.0%}; other views {report['reconstruction']['other_views']}")  # fmt: skip
     assert all(b <= a + 1e-9 for a, b in rot[1:]), "the kept calibration must not turn a view further off"
     assert calibration["views"] == 3 and len(calibration["view_params"]) == 3
+    # pair (2, 3): both views carry the prior, pairs with view 1 only the other view's
+    bands = calibration["epipolar_band_px"]
+    assert bands["2-3"] == pytest.approx(epipolar_band_px(recorded[1], recorded[2], first_fixed=False))
+    assert bands["1-3"] == pytest.approx(epipolar_band_px(recorded[0], recorded[2]))
     assert error["mean"] < 1.5 and error["coverage"] > 0.25  # views 2, 3 kept 1.8 deg off: a partial tree
     assert (out / "centreline.vtp").is_file() and (out / "geometry2_refined.json").is_file()
 

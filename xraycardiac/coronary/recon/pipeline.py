@@ -142,6 +142,7 @@ def calibration_matches(
     g2: CArmGeometry,
     config: CalibrationConfig | None = None,
     tolerance_px: float = 3.0,
+    first_fixed: bool = True,
 ) -> tuple[np.ndarray, float]:
     """The matches an epipolar filter may keep for calibrating a recorded geometry that may be wrong.
 
@@ -150,13 +151,14 @@ def calibration_matches(
         g1, g2: the recorded geometries.
         config: the calibration prior (:func:`~xraycardiac.coronary.recon.calibration.epipolar_band_px`).
         tolerance_px: the tight tolerance, pixels: the band is never narrower.
+        first_fixed: ``g1`` is view 1 (the fixed gauge), else both views' priors widen the band.
 
     Returns:
         ((M,) bool mask of the matches within the band, the band in pixels).
     """
     from xraycardiac.metrics.matching import symmetric_epipolar_error_px
 
-    band = max(float(tolerance_px), epipolar_band_px(g1, g2, config))
+    band = max(float(tolerance_px), epipolar_band_px(g1, g2, config, first_fixed=first_fixed))
     if len(x1) == 0:
         return np.zeros(0, dtype=bool), band
     err = symmetric_epipolar_error_px(x1, x2, g1.projection_matrix(), g2.projection_matrix())
@@ -475,8 +477,9 @@ def reconstruct_views_pipeline(
         a, b = (np.asarray(x, dtype=np.float64).reshape(-1, 2) for x in (match.x1, match.x2))
         if banded:
             keep, bands[f"{i + 1}-{j + 1}"] = calibration_matches(
-                a, b, geometries[i], geometries[j], calibration_config, config.epipolar_tolerance_px
-            )
+                a, b, geometries[i], geometries[j], calibration_config, config.epipolar_tolerance_px,
+                first_fixed=i == 0,
+            )  # fmt: skip
             a, b = a[keep], b[keep]
         matches[(i, j)] = (a, b)
     report("refining the views", 0.45)
