@@ -72,7 +72,8 @@ def test_cli_reconstructs_from_three_views_and_refines_them_jointly(view_files, 
     error = centreline_error_mm(tree.points, gt, tree_ids=(0,), geometries=tuple(true[:3]))
     print(f"\n3 views: kept {calibration['kept']} ({calibration['reason']}); rotation error recorded -> used "
           f"{[f'{a:.2f} -> {b:.2f}' for a, b in rot]} deg; 3D mean {error['mean']:.2f} mm, p95 {error['p95']:.2f} mm, "
-          f"coverage {error['coverage']:.0%}; other views {report['reconstruction']['other_views']}")  # fmt: skip
+          f"coverage {error['coverage']:.0%}; other views {report['reconstruction']['other_views']}; "
+          f"status {report['status']} {report['plausibility']['warnings']}")  # fmt: skip
     assert all(b <= a + 1e-9 for a, b in rot[1:]), "the kept calibration must not turn a view further off"
     assert calibration["views"] == 3 and len(calibration["view_params"]) == 3
     # pair (2, 3): both views carry the prior, pairs with view 1 only the other view's
@@ -123,3 +124,37 @@ def test_views_are_numbered_and_counted(view_files, tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code != 0 and "2 --image but 1 --geometry" in result.output
     assert not (tmp_path / "o").exists() and not (tmp_path / "c").exists()
+
+
+def test_a_bad_mask_in_view_3_gets_a_warning(view_files, tmp_path):
+    """Issue 20 follow-up: the plausibility check runs over every view. With exact geometries the points
+    of three views lie on every view's centreline and vessels; view 3 handed the vessel mask of another
+    view (view 4's, a wrong file), they do not, and the job says so (``status: warning``, the reasons in
+    ``plausibility.warnings``). (The dropped-sample fraction of the matched pair is over its 20 % limit
+    in both cases on these 256 px views: that check is the two-view one, unchanged.)"""
+    files, _, true, _ = view_files
+    inputs = {k: files[k] for k in ("image1", "image2", "image3", "mask1", "mask2", "mask3")}
+    for v in (1, 2, 3):  # exact geometries: the mask is the only fault
+        inputs[f"geometry{v}"] = str(tmp_path / f"geometry{v}.json")
+        (tmp_path / f"geometry{v}.json").write_text(json.dumps(true[v - 1].to_dict()))
+    reports = {}
+    for case, mask3 in (("good", files["mask3"]), ("bad", files["mask4"])):
+        spec = JobSpec(
+            "coronary-reconstruct", {**inputs, "mask3": mask3}, {"device": "cpu"}, str(tmp_path / case)
+        )
+        reports[case] = run_job(spec)
+        check = reports[case]["plausibility"]
+        print(f"\n{case} mask in view 3: status {reports[case]['status']}; "
+              + ", ".join(f"{k} {check[k]:.0%}" for k in ("reprojection_over_tol", "outside_vessels", "dropped"))
+              + f"; pair {reports[case]['reconstruction']['pair']}")  # fmt: skip
+    good, bad = reports["good"], reports["bad"]
+    for k in ("reprojection_over_tol", "outside_vessels"):
+        assert good["plausibility"][k] <= good["plausibility"]["max_fraction"][k], good["plausibility"][
+            "warnings"
+        ]
+        assert bad["plausibility"][k] > bad["plausibility"]["max_fraction"][k]
+    assert bad["views"] == 3 and bad["status"] == "warning" and not bad["plausibility"]["plausible"]
+    saved = json.loads((tmp_path / "bad" / "report.json").read_text())
+    assert (
+        saved["status"] == "warning" and saved["plausibility"]["warnings"] == bad["plausibility"]["warnings"]
+    )

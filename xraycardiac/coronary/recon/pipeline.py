@@ -34,7 +34,7 @@ reads the inputs and writes the outputs), callable without a job. Pixels (u = co
    summary's ``status`` is "warning".
 
 N >= 3 views: :func:`reconstruct_views_pipeline` runs steps 0-3 on every view pair's matches, one
-joint calibration of views 2..N and a reconstruction that uses every view (no plausibility check yet).
+joint calibration of views 2..N and a reconstruction that uses every view, checked as above over every view.
 """
 
 from __future__ import annotations
@@ -390,6 +390,7 @@ class ViewsReconstruction:
             per pair ("i-j", 1-based).
         result: :func:`~xraycardiac.coronary.recon.reconstruct.reconstruct_views`'s result.
         probabilities: per view, the segmentation network's vessel probability, or None.
+        plausibility: :func:`~xraycardiac.coronary.recon.plausibility.plausibility`'s record over every view.
     """
 
     config: PairConfig
@@ -400,6 +401,7 @@ class ViewsReconstruction:
     calibration: dict[str, Any]
     result: ReconstructionResult
     probabilities: tuple[np.ndarray | None, ...]
+    plausibility: dict[str, Any]
 
     def matches_record(self) -> dict[str, Any]:
         """The matches as JSON-ready data: per pair "i-j" (1-based) x_i, x_j pixels."""
@@ -411,7 +413,7 @@ class ViewsReconstruction:
         """JSON-ready summary: params, views, vessel sources, matches per pair, calibration, tree counts."""
         tree = self.result.tree
         return {
-            "status": "ok",
+            "status": "ok" if self.plausibility["plausible"] else "warning",
             "params": asdict(self.config),
             "device": self.device,
             "views": len(self.geometries),
@@ -428,6 +430,7 @@ class ViewsReconstruction:
                 "other_views": self.result.stats["other_views"],
                 **{k: v for k, v in self.result.stats.items() if isinstance(v, int | float)},
             },
+            "plausibility": self.plausibility,
         }
 
 
@@ -442,7 +445,8 @@ def reconstruct_views_pipeline(
 ) -> ViewsReconstruction:
     """The steps of :func:`reconstruct_pair` on N >= 2 views: vessels, matches of every view pair, the joint
     calibration (:func:`~xraycardiac.coronary.recon.acceptance.calibrate_views`, view 1 fixed) and the
-    reconstruction from every view (:func:`~xraycardiac.coronary.recon.reconstruct.reconstruct_views`).
+    reconstruction from every view (:func:`~xraycardiac.coronary.recon.reconstruct.reconstruct_views`), and
+    the plausibility check over every view (each warning logged; vessel maps as :func:`reconstruct_pair`).
 
     Raises:
         ValueError: as many images, geometries and masks not given (the counts named), a mask of another
@@ -501,5 +505,14 @@ def reconstruct_views_pipeline(
         masks_used, used, seeds, veto_tol_px=None if calibration["refined"] else np.inf
     )
     result.tree.meta.update({"method": config.method, "refined": calibration["refined"]})
+    probabilities = tuple(v[2] for v in vessels)
+    vessel_maps = masks_used if any(p is None for p in probabilities) else probabilities
+    check = plausibility(
+        result.points3d, used, [g.paths for g in result.graphs], vessel_maps, result.stats,
+        tolerance_px=ReconstructionConfig().reprojection_tol_px,
+    )  # fmt: skip
+    for warning in check["warnings"]:
+        if log is not None:
+            log(warning)
     return ViewsReconstruction(config, device, tuple(v[1] for v in vessels), matches, used, calibration, result,
-                               tuple(v[2] for v in vessels))  # fmt: skip
+                               probabilities, check)  # fmt: skip
