@@ -26,14 +26,12 @@ OFF = [
 
 
 @pytest.fixture(scope="module")
-def view_files(tmp_path_factory):
+def view_files(tmp_path_factory, four_view_dataset):
     """(input name -> file for 4 views, GT tree, true geometries, recorded geometries)."""
     from xraycardiac.coronary.recon.evaluate_views import tree_views
-    from xraycardiac.coronary.synth import SynthConfig, synthesize
 
     root = tmp_path_factory.mktemp("views")
-    synthesize(SynthConfig(trees=1, pairs_per_tree=2, image_size=256, seed=3, voxel_mm=0.3), root / "data")
-    views = tree_views(root / "data", 0)
+    views = tree_views(four_view_dataset, 0)
     true = views["geometries"]
     recorded = [true[0], *(apply_corrections(g, d) for g, d in zip(true[1:3], OFF, strict=True)), true[3]]
     files = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xraycardiac.coronary.recon.acceptance import calibrate_from_matches, calibrate_views
+from xraycardiac.coronary.recon.acceptance import AcceptanceConfig, calibrate_from_matches, calibrate_views
 from xraycardiac.coronary.recon.calibration import (
     CalibrationConfig,
     apply_corrections,
@@ -102,7 +102,8 @@ def test_views_are_refined_jointly_and_kept_on_held_out_evidence(scene):
         c[rng.choice(len(c), 12, replace=False)] = rng.uniform(0, 511, (12, 2))
         matches[(i, j)] = (a, c)
     config = CalibrationConfig(prior_sigma_deg=2.0, prior_sigma_mm=4.0)
-    used, record, inliers, result = calibrate_views(recorded, matches, config=config)
+    quick = AcceptanceConfig(folds=3)  # the same tests of the evidence, 3 folds instead of 5: quick
+    used, record, inliers, result = calibrate_views(recorded, matches, config=config, acceptance=quick)
     assert record["kept"] == "refined", record["reason"]
     assert (
         record["views"] == 4
