@@ -64,6 +64,9 @@ def test_reconstruct_from_three_views_reports_the_kept_calibration_on_every_view
     assert "views 2-3" in result["text"] and "Reprojection error" in result["text"]
     assert ("kept" in result["text"]) != calibration["refined"]  # the text says which calibration was kept
     assert len(result["tables"]) == 3  # one match table per view pair
+    # the plausibility check over all three views reaches the panel's status text
+    assert result["warnings"] == report["plausibility"]["warnings"]
+    assert all(f"WARNING: {w}" in result["text"] for w in result["warnings"])
     for v in (2, 3):  # each view carries the outcome; refined geometry only when the refinement was kept
         node = nodes[f"view{v}"]
         assert json.loads(node.GetAttribute("XRayCardiac.CalibrationRefined")) == calibration["refined"]
