@@ -49,3 +49,14 @@ def tiny_pair_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     summary = synthesize(SynthConfig(trees=3, pairs_per_tree=1, image_size=64, seed=0), root)
     assert summary["written"] == 3, summary
     return root
+
+
+@pytest.fixture(scope="session")
+def four_view_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One coronary tree seen in two 256 x 256 px pairs (four views; seed 3, 0.3 mm voxels), made once per
+    session for the N-view job and Slicer tests."""
+    from xraycardiac.coronary.synth import SynthConfig, synthesize
+
+    root = tmp_path_factory.mktemp("four_views") / "data"
+    synthesize(SynthConfig(trees=1, pairs_per_tree=2, image_size=256, seed=3, voxel_mm=0.3), root)
+    return root

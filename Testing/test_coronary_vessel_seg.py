@@ -247,6 +247,8 @@ def test_plausibility_passes_a_consistent_tree_and_warns_on_an_offset_one():
     good = plausibility(pts, gs, tuple(paths), tuple(masks), stats)
     assert good["plausible"] and good["reprojection_over_tol"] == 0 and good["outside_vessels"] == 0
     assert good["dropped"] == pytest.approx(7 / 105)
+    with pytest.raises(ValueError, match="2 geometries, 1 centrelines and 2 vessel maps"):
+        plausibility(pts, gs, paths[:1], masks, stats)
     bad = plausibility(pts + [0.0, 0.0, 8.0], gs, tuple(paths), tuple(masks), stats)
     assert not bad["plausible"] and bad["outside_vessels"] > 0.5
     assert any("outside the vessels" in w for w in bad["warnings"])

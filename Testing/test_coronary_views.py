@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xraycardiac.coronary.recon.acceptance import calibrate_from_matches, calibrate_views
+from xraycardiac.coronary.recon.acceptance import AcceptanceConfig, calibrate_from_matches, calibrate_views
 from xraycardiac.coronary.recon.calibration import (
     CalibrationConfig,
     apply_corrections,
@@ -102,7 +102,8 @@ def test_views_are_refined_jointly_and_kept_on_held_out_evidence(scene):
         c[rng.choice(len(c), 12, replace=False)] = rng.uniform(0, 511, (12, 2))
         matches[(i, j)] = (a, c)
     config = CalibrationConfig(prior_sigma_deg=2.0, prior_sigma_mm=4.0)
-    used, record, inliers, result = calibrate_views(recorded, matches, config=config)
+    quick = AcceptanceConfig(folds=3)  # the same tests of the evidence, 3 folds instead of 5: quick
+    used, record, inliers, result = calibrate_views(recorded, matches, config=config, acceptance=quick)
     assert record["kept"] == "refined", record["reason"]
     assert (
         record["views"] == 4
@@ -156,3 +157,26 @@ def test_triangulate_views_uses_every_view_that_sees_a_point(scene):
     assert np.mean(np.linalg.norm(noisy - x, axis=1)) < 0.8 * np.mean(np.linalg.norm(two - x, axis=1))
     with pytest.raises(ValueError, match=r"pixels must be \(V, N, 2\) with V = 4"):
         triangulate_views(ps, np.stack(uv[:3]))
+
+
+def test_the_band_of_a_pair_of_refined_views_allows_for_both_priors(scene):
+    """Issue 20 follow-up: views 2 and 3 both recorded about the prior sigma off (1.3 sigma per angle and
+    isocentre component, in opposite directions). The band of pair (2, 3) must allow for both views'
+    priors: from view 3's prior alone it loses true matches; with both it keeps every one."""
+    from xraycardiac.coronary.recon.calibration import epipolar_band_px
+    from xraycardiac.coronary.recon.pipeline import calibration_matches
+
+    gs, x, _ = scene
+    config = CalibrationConfig()
+    names = ("primary_offset_deg", "secondary_offset_deg", "isocenter_shift_r_mm", "isocenter_shift_a_mm",
+             "isocenter_shift_s_mm")  # fmt: skip
+    off = 1.3 * np.array([config.prior_sigma_deg] * 2 + [config.prior_sigma_mm] * 3) * [-1, -1, -1, -1, 1]
+    recorded = [gs[0], apply_corrections(gs[1], dict(zip(names, off, strict=True))),
+                apply_corrections(gs[2], dict(zip(names, -off, strict=True)))]  # fmt: skip
+    true2, true3 = gs[1].project(x), gs[2].project(x)  # true matches of pair (2, 3)
+    one_prior = epipolar_band_px(recorded[1], recorded[2], config)
+    keep, band = calibration_matches(true2, true3, recorded[1], recorded[2], config, first_fixed=False)
+    print(f"\npair (2, 3): band {one_prior:.1f} px from view 3's prior, {band:.1f} px from both; true matches "
+          f"kept {np.mean(keep):.0%}, {np.mean(calibration_matches(true2, true3, recorded[1], recorded[2], config)[0]):.0%} before")  # fmt: skip
+    assert not calibration_matches(true2, true3, recorded[1], recorded[2], config)[0].all()
+    assert keep.all() and 1.2 < band / one_prior < 1.6  # about sqrt(2) for views of similar geometry

@@ -34,13 +34,10 @@ def _add(scene, name, image, geometry, node_class="vtkMRMLScalarVolumeNode", wit
 
 
 @pytest.fixture(scope="module")
-def three_views(tmp_path_factory):
+def three_views(four_view_dataset):
     from xraycardiac.coronary.recon.evaluate_views import tree_views
-    from xraycardiac.coronary.synth import SynthConfig, synthesize
 
-    root = tmp_path_factory.mktemp("views") / "data"
-    synthesize(SynthConfig(trees=1, pairs_per_tree=2, image_size=256, seed=3, voxel_mm=0.3), root)
-    views = tree_views(root, 0)
+    views = tree_views(four_view_dataset, 0)
     gs = list(views["geometries"][:3])
     gs[1] = apply_corrections(gs[1], {"primary_offset_deg": 2.0, "secondary_offset_deg": -1.0})
     gs[2] = apply_corrections(gs[2], {"primary_offset_deg": -1.5, "isocenter_shift_r_mm": 2.0})
@@ -67,6 +64,9 @@ def test_reconstruct_from_three_views_reports_the_kept_calibration_on_every_view
     assert "views 2-3" in result["text"] and "Reprojection error" in result["text"]
     assert ("kept" in result["text"]) != calibration["refined"]  # the text says which calibration was kept
     assert len(result["tables"]) == 3  # one match table per view pair
+    # the plausibility check over all three views reaches the panel's status text
+    assert result["warnings"] == report["plausibility"]["warnings"]
+    assert all(f"WARNING: {w}" in result["text"] for w in result["warnings"])
     for v in (2, 3):  # each view carries the outcome; refined geometry only when the refinement was kept
         node = nodes[f"view{v}"]
         assert json.loads(node.GetAttribute("XRayCardiac.CalibrationRefined")) == calibration["refined"]

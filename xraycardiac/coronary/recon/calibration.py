@@ -643,6 +643,7 @@ def epipolar_band_px(
     config: CalibrationConfig | None = None,
     n_sigma: float = 3.0,
     half_extent_mm: float = 50.0,
+    first_fixed: bool = True,
 ) -> float:
     """Epipolar distance (pixels) a correct match may have under the recorded geometry, given the prior.
 
@@ -650,7 +651,9 @@ def epipolar_band_px(
     symmetric epipolar distance of true correspondences: for points on a grid of ``+-half_extent_mm``
     about the midpoint of the two isocentres (where the heart is), each correction is moved by one
     sigma, the distances under the recorded pose are summed in quadrature per point, and the
-    largest is scaled by ``n_sigma``. A match filter with this tolerance keeps the correct matches
+    largest is scaled by ``n_sigma``. When ``g1`` is not the fixed view (a pair of views 2..N of an
+    N-view calibration, where both poses carry the prior) its corrections are moved too and added in
+    the same sum, which widens the band by about sqrt(2) for two views of similar geometry. A match filter with this tolerance keeps the correct matches
     of a pose that is off by what the prior allows (``+epipolar`` with the default 3 px keeps
     almost none once the angles are off by a few degrees); the calibration's robust loss then deals
     with the extra wrong ones, and the tight filter is applied again with the refined pose.
@@ -660,6 +663,8 @@ def epipolar_band_px(
         config: the prior (default :class:`CalibrationConfig`).
         n_sigma: how many prior sigmas the band covers.
         half_extent_mm: half size of the cube of test points, mm.
+        first_fixed: ``g1`` is the gauge (view 1, never refined; True) or a refined view with the same
+            prior as ``g2`` (False).
 
     Returns:
         The band, pixels (>= ``config.inlier_threshold_px``).
@@ -685,7 +690,11 @@ def epipolar_band_px(
         steps[PARAMETERS[5]] = config.prior_sigma_sid_mm
     if not config.refine_angles:
         del steps[PARAMETERS[0]], steps[PARAMETERS[1]]
+    x2 = g2.project(grid)
     for name, s in steps.items():
-        x2 = apply_corrections(g2, {name: float(s)}).project(grid)
-        total += symmetric_epipolar_error_px(x1, x2, p1, p2) ** 2
+        moved = apply_corrections(g2, {name: float(s)}).project(grid)
+        total += symmetric_epipolar_error_px(x1, moved, p1, p2) ** 2
+        if not first_fixed:
+            moved = apply_corrections(g1, {name: float(s)}).project(grid)
+            total += symmetric_epipolar_error_px(moved, x2, p1, p2) ** 2
     return float(max(n_sigma * np.sqrt(total.max()), config.inlier_threshold_px))

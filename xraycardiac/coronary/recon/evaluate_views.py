@@ -114,7 +114,7 @@ def _case(
         matches = {
             (i, j): (a[k], b[k])
             for (i, j), (a, b) in matches.items()
-            for k in [calibration_matches(a, b, recorded[i], recorded[j], config)[0]]
+            for k in [calibration_matches(a, b, recorded[i], recorded[j], config, first_fixed=i == 0)[0]]
         }
     used, record, inliers = calibrate_views(recorded, matches, config=config, vessels=masks)[:3]
 

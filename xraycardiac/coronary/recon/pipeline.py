@@ -34,7 +34,7 @@ reads the inputs and writes the outputs), callable without a job. Pixels (u = co
    summary's ``status`` is "warning".
 
 N >= 3 views: :func:`reconstruct_views_pipeline` runs steps 0-3 on every view pair's matches, one
-joint calibration of views 2..N and a reconstruction that uses every view (no plausibility check yet).
+joint calibration of views 2..N and a reconstruction that uses every view, checked as above over every view.
 """
 
 from __future__ import annotations
@@ -142,6 +142,7 @@ def calibration_matches(
     g2: CArmGeometry,
     config: CalibrationConfig | None = None,
     tolerance_px: float = 3.0,
+    first_fixed: bool = True,
 ) -> tuple[np.ndarray, float]:
     """The matches an epipolar filter may keep for calibrating a recorded geometry that may be wrong.
 
@@ -150,13 +151,14 @@ def calibration_matches(
         g1, g2: the recorded geometries.
         config: the calibration prior (:func:`~xraycardiac.coronary.recon.calibration.epipolar_band_px`).
         tolerance_px: the tight tolerance, pixels: the band is never narrower.
+        first_fixed: ``g1`` is view 1 (the fixed gauge), else both views' priors widen the band.
 
     Returns:
         ((M,) bool mask of the matches within the band, the band in pixels).
     """
     from xraycardiac.metrics.matching import symmetric_epipolar_error_px
 
-    band = max(float(tolerance_px), epipolar_band_px(g1, g2, config))
+    band = max(float(tolerance_px), epipolar_band_px(g1, g2, config, first_fixed=first_fixed))
     if len(x1) == 0:
         return np.zeros(0, dtype=bool), band
     err = symmetric_epipolar_error_px(x1, x2, g1.projection_matrix(), g2.projection_matrix())
@@ -388,6 +390,7 @@ class ViewsReconstruction:
             per pair ("i-j", 1-based).
         result: :func:`~xraycardiac.coronary.recon.reconstruct.reconstruct_views`'s result.
         probabilities: per view, the segmentation network's vessel probability, or None.
+        plausibility: :func:`~xraycardiac.coronary.recon.plausibility.plausibility`'s record over every view.
     """
 
     config: PairConfig
@@ -398,6 +401,7 @@ class ViewsReconstruction:
     calibration: dict[str, Any]
     result: ReconstructionResult
     probabilities: tuple[np.ndarray | None, ...]
+    plausibility: dict[str, Any]
 
     def matches_record(self) -> dict[str, Any]:
         """The matches as JSON-ready data: per pair "i-j" (1-based) x_i, x_j pixels."""
@@ -409,7 +413,7 @@ class ViewsReconstruction:
         """JSON-ready summary: params, views, vessel sources, matches per pair, calibration, tree counts."""
         tree = self.result.tree
         return {
-            "status": "ok",
+            "status": "ok" if self.plausibility["plausible"] else "warning",
             "params": asdict(self.config),
             "device": self.device,
             "views": len(self.geometries),
@@ -426,6 +430,7 @@ class ViewsReconstruction:
                 "other_views": self.result.stats["other_views"],
                 **{k: v for k, v in self.result.stats.items() if isinstance(v, int | float)},
             },
+            "plausibility": self.plausibility,
         }
 
 
@@ -440,7 +445,8 @@ def reconstruct_views_pipeline(
 ) -> ViewsReconstruction:
     """The steps of :func:`reconstruct_pair` on N >= 2 views: vessels, matches of every view pair, the joint
     calibration (:func:`~xraycardiac.coronary.recon.acceptance.calibrate_views`, view 1 fixed) and the
-    reconstruction from every view (:func:`~xraycardiac.coronary.recon.reconstruct.reconstruct_views`).
+    reconstruction from every view (:func:`~xraycardiac.coronary.recon.reconstruct.reconstruct_views`), and
+    the plausibility check over every view (each warning logged; vessel maps as :func:`reconstruct_pair`).
 
     Raises:
         ValueError: as many images, geometries and masks not given (the counts named), a mask of another
@@ -475,8 +481,9 @@ def reconstruct_views_pipeline(
         a, b = (np.asarray(x, dtype=np.float64).reshape(-1, 2) for x in (match.x1, match.x2))
         if banded:
             keep, bands[f"{i + 1}-{j + 1}"] = calibration_matches(
-                a, b, geometries[i], geometries[j], calibration_config, config.epipolar_tolerance_px
-            )
+                a, b, geometries[i], geometries[j], calibration_config, config.epipolar_tolerance_px,
+                first_fixed=i == 0,
+            )  # fmt: skip
             a, b = a[keep], b[keep]
         matches[(i, j)] = (a, b)
     report("refining the views", 0.45)
@@ -498,5 +505,14 @@ def reconstruct_views_pipeline(
         masks_used, used, seeds, veto_tol_px=None if calibration["refined"] else np.inf
     )
     result.tree.meta.update({"method": config.method, "refined": calibration["refined"]})
+    probabilities = tuple(v[2] for v in vessels)
+    vessel_maps = masks_used if any(p is None for p in probabilities) else probabilities
+    check = plausibility(
+        result.points3d, used, [g.paths for g in result.graphs], vessel_maps, result.stats,
+        tolerance_px=ReconstructionConfig().reprojection_tol_px,
+    )  # fmt: skip
+    for warning in check["warnings"]:
+        if log is not None:
+            log(warning)
     return ViewsReconstruction(config, device, tuple(v[1] for v in vessels), matches, used, calibration, result,
-                               tuple(v[2] for v in vessels))  # fmt: skip
+                               probabilities, check)  # fmt: skip

@@ -3,15 +3,18 @@
 A reconstruction from two images can "succeed" and still be wrong: on Frangi segmentations of
 synthetic pairs the mean error was 8.7 mm with 21 % of the points more than 2 mm from any vessel.
 :func:`plausibility` measures, for the final tree's points projected into both views (view 2 as
-used, i.e. refined or recorded):
+used, i.e. refined or recorded; every view of an N-view reconstruction):
 
 * ``reprojection_over_tol``: the fraction of points whose projection lies farther than
-  ``tolerance_px`` from the 2D centreline (skeleton) of either view;
+  ``tolerance_px`` from the 2D centreline (skeleton) of any view;
 * ``outside_vessels``: the fraction of points whose projection falls outside the vessel map of
-  either view (the vessel probability >= 0.5 of the segmentation network when there is one, even
+  any view (the vessel probability >= 0.5 of the segmentation network when there is one, even
   when the masks came from elsewhere, else the mask), allowing ``margin_px`` (1 px);
 * ``dropped``: the fraction of the matched samples that the reconstruction's own checks (left-right
   consistency, reprojection, short runs) removed.
+
+A point that projects off a view's detector (a third view that does not see the whole tree) counts
+for neither projection check in that view.
 
 Each over its limit (``max_fraction`` = 0.1, 0.1, 0.2) adds a sentence to ``warnings``;
 ``plausible`` is False when there is any. The ``dropped`` limit was 0.5 until it passed a 26 mm tree:
@@ -65,9 +68,9 @@ def _sample(image: np.ndarray, uv: np.ndarray, outside: float) -> np.ndarray:
 
 def plausibility(
     points3d: np.ndarray,
-    geometries: tuple[CArmGeometry, CArmGeometry],
-    centrelines: tuple[Sequence[np.ndarray], Sequence[np.ndarray]],
-    vessel_maps: tuple[np.ndarray, np.ndarray],
+    geometries: Sequence[CArmGeometry],
+    centrelines: Sequence[Sequence[np.ndarray]],
+    vessel_maps: Sequence[np.ndarray],
     stats: Mapping[str, Any],
     tolerance_px: float = 1.5,
     margin_px: float = 1.0,
@@ -77,7 +80,7 @@ def plausibility(
 
     Args:
         points3d: (N, 3) reconstructed centreline points, RAS mm.
-        geometries: (view 1, view 2 as used).
+        geometries: every view as used (view 1, view 2 refined or recorded, ...); at least 2.
         centrelines: each view's 2D centreline polylines ((P, 2) pixels (u, v)), e.g. the
             reconstruction's ``graphs[i].paths``.
         vessel_maps: each view's vessel probability in [0, 1] or bool mask, the size of its detector.
@@ -89,10 +92,19 @@ def plausibility(
         max_fraction: warning limits of (reprojection_over_tol, outside_vessels, dropped).
 
     Returns:
-        ``points``, ``reprojection_px`` (mean / p95 over points of the larger of the two views'
+        ``points``, ``reprojection_px`` (mean / p95 over points of the largest of the views'
         errors), ``reprojection_over_tol``, ``outside_vessels``, ``dropped`` (fractions),
         ``tolerance_px``, ``max_fraction``, ``warnings`` (sentences) and ``plausible``.
+
+    Raises:
+        ValueError: not one geometry, centreline set and vessel map per view (counts named), fewer than
+            2 views, or a vessel map unlike its detector.
     """
+    if not (len(geometries) == len(centrelines) == len(vessel_maps) >= 2):
+        raise ValueError(
+            f"plausibility: {len(geometries)} geometries, {len(centrelines)} centrelines and {len(vessel_maps)} "
+            "vessel maps given; give one of each per view, at least 2 views"
+        )
     pts = np.asarray(points3d, dtype=np.float64).reshape(-1, 3)
     n = len(pts)
     worst = np.zeros(n)
@@ -105,10 +117,10 @@ def plausibility(
         uv = g.project(pts) if n else np.zeros((0, 2))
         skeleton = _rasterise(paths, shape)
         dist = ndimage.distance_transform_edt(~skeleton) if skeleton.any() else np.full(shape, np.inf)
-        worst = np.maximum(worst, _sample(dist, uv, np.inf))
+        worst = np.maximum(worst, _sample(dist, uv, 0.0))  # off a view's field: no evidence either way
         vessel = vmap >= 0.5 if vmap.dtype != bool else vmap
         near = ndimage.distance_transform_edt(~vessel) <= margin_px if vessel.any() else vessel
-        outside |= _sample(near.astype(np.float64), uv, 0.0) < 0.5
+        outside |= _sample(near.astype(np.float64), uv, 1.0) < 0.5
     inconsistent = int(stats.get("inconsistent_dropped", 0))
     rejected = inconsistent + int(stats.get("rejected_reprojection", 0))
     candidates = int(stats.get("matched_samples", 0)) + inconsistent
