@@ -68,7 +68,7 @@ def test_other_settings_in_the_same_folder_are_refused(template, tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [({"n": 0}, "n"), ({"renderer": "gan"}, "renderer"), ({"renderer": "tcdm"}, "model"),
-     ({"ssv_steps": (10,)}, "ssv_steps")],
+     ({"ssv_steps": (10,)}, "ssv_steps"), ({"hu_harmonise": "yes"}, "hu_harmonise")],
 )  # fmt: skip
 def test_bad_config_names_the_field(kwargs, name):
     with pytest.raises(ValueError, match=name):
