@@ -412,7 +412,8 @@ def _real_ct(args: argparse.Namespace) -> int:
     )
     paired: dict[str, dict[bool, dict[str, float]]] = {}
     spacing = float(np.linalg.norm(tpl.image.ijk_to_ras[:3, 0]))
-    nps_rows = [("template", region, _nps(t_img, t_img, t_lab, region, spacing)) for region in NPS_REGIONS]
+    regions = () if args.phantom_template else NPS_REGIONS  # the phantom has no 6^3 cube of soft tissue
+    nps_rows = [("template", region, _nps(t_img, t_img, t_lab, region, spacing)) for region in regions]
     for renderer, model, harmonise in plan:
         config = CardiacSynthConfig(n=args.cases, seed=0, renderer=renderer, model=model, steps=args.steps,
                                     ssv_steps=tuple(int(x) for x in args.ssv.split(",")),
@@ -441,7 +442,7 @@ def _real_ct(args: argparse.Namespace) -> int:
                 dice = 2 * np.sum(heart[0] & heart[1]) / (heart[0].sum() + heart[1].sum())
                 kept = (img > 1000.0).sum() / max(1, (warped > 1000.0).sum())
                 betti = structure_betti(lab, present) == t_betti
-                for region in NPS_REGIONS:
+                for region in regions:
                     nps_rows.append((f"{renderer} {name}", region, _nps(img, warped, lab, region, spacing)))
                 print("| " + " | ".join([renderer, name, *(f"{m[k] - t_means[k]:+.0f}" for k in keys),
                       f"{kept:.2f}", f"{img.max():.0f}", f"{dice:.3f}", f"{info['mgm']['min_jacobian']:.2f}",
