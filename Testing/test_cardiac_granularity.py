@@ -110,7 +110,7 @@ def test_tcdm_refuses_a_template_it_cannot_condition_on_before_writing(tmp_path,
     from xraycardiac.cardiac.synth import CardiacSynthConfig, synthesize_dataset
 
     tpl = _coarse_template()
-    tpl.labels.array[tpl.labels.array <= WHOLE_HEART] = 0  # only the SVC (12) remains: beyond the model's 0..10
+    tpl.labels.array[tpl.labels.array <= WHOLE_HEART] = 0  # only the SVC (12) remains, beyond 0..10
     config = CardiacSynthConfig(n=1, renderer="tcdm", model=str(_tiny_tcdm(tmp_path)), steps=2, ssv_steps=(2, 4),
                                 device="cpu")  # fmt: skip
     with pytest.raises(ValueError, match=r"all outside the 0\.\.10 .*--renderer warp"):
