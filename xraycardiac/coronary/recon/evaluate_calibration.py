@@ -39,6 +39,7 @@ __all__ = [
     "centreline_points",
     "evaluate_calibration",
     "format_calibration_table",
+    "outcome_row",
     "perturb_view",
     "prior_for",
     "rotation_error_deg",
@@ -150,22 +151,36 @@ def _case(
         after = _error(points, gt, trees, (g1, g2))
     rot = (rotation_error_deg(g2p, g2), rotation_error_deg(g2a, g2))
     after["scaled"] = _error(scale_fixed(points, gt, trees, g1), gt, trees, (g1, g2))["mean"]
+    return {"name": sample["name"], "matches": len(x1), "band_px": band,
+            **outcome_row(record, rot, before, after), "calibration_seconds": seconds}  # fmt: skip
+
+
+def outcome_row(
+    record: dict[str, Any], rotation_deg: Sequence[float], before: dict[str, float], after: dict[str, float]
+) -> dict[str, Any]:
+    """The benchmark row of one calibration: kept or not, and the errors before -> after.
+
+    Args:
+        record: the acceptance record (``refined``, ``reason``).
+        rotation_deg: mean rotation error of the refined views (deg), recorded then used.
+        before, after: 3D centreline error (mm): ``mean``, ``p95``; ``after`` also ``scaled`` (the scale
+            fixed).
+
+    Returns:
+        dict with ``worse``: the rotation error grew, or an accepted pose has a larger 3D mean error.
+    """
     worse_3d = bool(record["refined"] and not after["mean"] <= before["mean"])
     return {
-        "name": sample["name"],
-        "matches": len(x1),
-        "band_px": band,
         "accepted": bool(record["refined"]),
         "reason": record["reason"],
-        "rotation_before_deg": rot[0],
-        "rotation_after_deg": rot[1],
+        "rotation_before_deg": rotation_deg[0],
+        "rotation_after_deg": rotation_deg[1],
         "mean_before_mm": before["mean"],
         "mean_after_mm": after["mean"],
         "p95_before_mm": before["p95"],
         "p95_after_mm": after["p95"],
         "scaled_after_mm": after["scaled"],
-        "worse": bool(rot[1] > rot[0] + 1e-9) or worse_3d,
-        "calibration_seconds": seconds,
+        "worse": bool(rotation_deg[1] > rotation_deg[0] + 1e-9) or worse_3d,
     }
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from xraycardiac.coronary.recon.calibration import CalibrationConfig
 from xraycardiac.coronary.recon.evaluate_calibration import (
     PERTURBATIONS,
+    outcome_row,
     perturb_view,
     prior_for,
     rotation_error_deg,
@@ -142,22 +143,8 @@ def _case(
         after = error(used, seeds, True)
     rot = [float(np.mean([rotation_error_deg(g, t) for g, t in zip(gs[1:], true[1:], strict=True)]))
            for gs in (recorded, used)]  # fmt: skip
-    return {
-        "name": views["name"],
-        "views": n,
-        "matches": int(sum(len(a) for a, _ in matches.values())),
-        "accepted": bool(record["refined"]),
-        "reason": record["reason"],
-        "rotation_before_deg": rot[0],
-        "rotation_after_deg": rot[1],
-        "mean_before_mm": before["mean"],
-        "mean_after_mm": after["mean"],
-        "p95_before_mm": before["p95"],
-        "p95_after_mm": after["p95"],
-        "scaled_after_mm": after["scaled"],
-        "worse": bool(rot[1] > rot[0] + 1e-9)
-        or bool(record["refined"] and not after["mean"] <= before["mean"]),
-    }
+    return {"name": views["name"], "views": n, "matches": int(sum(len(a) for a, _ in matches.values())),
+            **outcome_row(record, rot, before, after)}  # fmt: skip
 
 
 def evaluate_views(
