@@ -39,10 +39,12 @@ __all__ = [
     "centreline_points",
     "evaluate_calibration",
     "format_calibration_table",
+    "outcome_cells",
     "outcome_row",
     "perturb_view",
     "prior_for",
     "rotation_error_deg",
+    "summarize_outcomes",
 ]
 
 PERTURBATIONS = {"realistic": (2.0, 3.0), "pessimistic": (5.0, 10.0)}
@@ -273,16 +275,10 @@ def evaluate_calibration(
 
 def summarize_cases(cases: dict[tuple[str, str], list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """The rows of :func:`evaluate_calibration` from its cases, keyed by (model, method)."""
-    from xraycardiac.coronary.matching.evaluate import nanmean
-
     rows = []
     for (model, method), pairs in cases.items():
         row: dict[str, Any] = {"model": model, "method": method, "pairs": len(pairs), "per_pair": pairs}
-        for key in ("matches", "rotation_before_deg", "rotation_after_deg", "mean_before_mm", "mean_after_mm",
-                    "p95_before_mm", "p95_after_mm", "scaled_after_mm"):  # fmt: skip
-            row[key] = nanmean([float(p[key]) for p in pairs])
-        row["accepted"] = sum(p["accepted"] for p in pairs)
-        row["worse"] = sum(p["worse"] for p in pairs)
+        row.update(summarize_outcomes(pairs))
         row["worse_rotation"] = sum(p["rotation_after_deg"] > p["rotation_before_deg"] + 1e-9 for p in pairs)
         row["worse_3d"] = sum(
             bool(p["accepted"] and not p["mean_after_mm"] <= p["mean_before_mm"]) for p in pairs
@@ -300,20 +296,40 @@ def format_calibration_table(rows: Sequence[dict[str, Any]]) -> str:
     head = ["matches"] + [f"{m}: {c}" for m in models for c in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
-    def arrow(a: float, b: float) -> str:
-        return "–" if not (np.isfinite(a) and np.isfinite(b)) else f"{a:.2f} → {b:.2f}"
-
     for method in methods:
         cells = [method]
         for model in models:
             r = by[(model, method)]
             cells += [
-                arrow(r["rotation_before_deg"], r["rotation_after_deg"]),
-                arrow(r["mean_before_mm"], r["mean_after_mm"]),
-                arrow(r["p95_before_mm"], r["p95_after_mm"]),
-                "–" if not np.isfinite(r["scaled_after_mm"]) else f"{r['scaled_after_mm']:.2f}",
-                f"{r['accepted']}/{r['pairs']}",
+                *outcome_cells(r, r["pairs"]),
                 f"{r['worse']} ({r['worse_rotation']} / {r['worse_3d']})",
             ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+_OUTCOME_MEANS = ("matches", "rotation_before_deg", "rotation_after_deg", "mean_before_mm", "mean_after_mm",
+                  "p95_before_mm", "p95_after_mm", "scaled_after_mm")  # fmt: skip
+
+
+def summarize_outcomes(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Means of :func:`outcome_row` figures over cases (NaN-aware), and the accepted / worse counts."""
+    from xraycardiac.coronary.matching.evaluate import nanmean
+
+    out: dict[str, Any] = {key: nanmean([float(r.get(key, "nan")) for r in rows]) for key in _OUTCOME_MEANS}
+    out["accepted"] = sum(r["accepted"] for r in rows)
+    out["worse"] = sum(r["worse"] for r in rows)
+    return out
+
+
+def outcome_cells(row: dict[str, Any], cases: int) -> list[str]:
+    """Table cells of a :func:`summarize_outcomes` row: rotation, 3D mean, p95 (before → after), the
+    scale-fixed mean and accepted / cases."""
+
+    def arrow(a: float, b: float) -> str:
+        return "–" if not (np.isfinite(a) and np.isfinite(b)) else f"{a:.2f} → {b:.2f}"
+
+    scaled = row["scaled_after_mm"]
+    return [arrow(row["rotation_before_deg"], row["rotation_after_deg"]),
+            arrow(row["mean_before_mm"], row["mean_after_mm"]), arrow(row["p95_before_mm"], row["p95_after_mm"]),
+            "–" if not np.isfinite(scaled) else f"{scaled:.2f}", f"{row['accepted']}/{cases}"]  # fmt: skip

@@ -33,11 +33,13 @@ import numpy as np
 from xraycardiac.coronary.recon.calibration import CalibrationConfig
 from xraycardiac.coronary.recon.evaluate_calibration import (
     PERTURBATIONS,
+    outcome_cells,
     outcome_row,
     perturb_view,
     prior_for,
     rotation_error_deg,
     scale_fixed,
+    summarize_outcomes,
 )
 from xraycardiac.geometry import CArmGeometry
 
@@ -229,8 +231,6 @@ def evaluate_views(
 
 def summarize_view_cases(cases: dict[tuple[str, str, int], list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """The rows of :func:`evaluate_views` from its cases, keyed by (model, method, views)."""
-    from xraycardiac.coronary.matching.evaluate import nanmean
-
     rows = []
     for (model, method, n), per in cases.items():
         row: dict[str, Any] = {
@@ -240,11 +240,7 @@ def summarize_view_cases(cases: dict[tuple[str, str, int], list[dict[str, Any]]]
             "cases": len(per),
             "per_case": per,
         }
-        for key in ("matches", "rotation_before_deg", "rotation_after_deg", "mean_before_mm", "mean_after_mm",
-                    "p95_before_mm", "p95_after_mm", "scaled_after_mm"):  # fmt: skip
-            row[key] = nanmean([float(c.get(key, "nan")) for c in per])
-        row["accepted"] = sum(c["accepted"] for c in per)
-        row["worse"] = sum(c["worse"] for c in per)
+        row.update(summarize_outcomes(per))
         rows.append(row)
     return rows
 
@@ -258,9 +254,6 @@ def format_views_table(rows: Sequence[dict[str, Any]]) -> str:
     head = ["matches", "views"] + [f"{m}: {c}" for m in models for c in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
-    def arrow(a: float, b: float) -> str:
-        return "–" if not (np.isfinite(a) and np.isfinite(b)) else f"{a:.2f} → {b:.2f}"
-
     for method, n in keys:
         cells = [method, str(n)]
         for model in models:
@@ -268,9 +261,6 @@ def format_views_table(rows: Sequence[dict[str, Any]]) -> str:
             if r is None:
                 cells += ["–"] * len(cols)
                 continue
-            cells += [arrow(r["rotation_before_deg"], r["rotation_after_deg"]),
-                      arrow(r["mean_before_mm"], r["mean_after_mm"]), arrow(r["p95_before_mm"], r["p95_after_mm"]),
-                      "–" if not np.isfinite(r["scaled_after_mm"]) else f"{r['scaled_after_mm']:.2f}",
-                      f"{r['accepted']}/{r['cases']}", f"{r['worse']}"]  # fmt: skip
+            cells += [*outcome_cells(r, r["cases"]), f"{r['worse']}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
