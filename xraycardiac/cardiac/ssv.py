@@ -309,14 +309,9 @@ def confidence_error_auroc(confidence: Any, error_map: Any, threshold: float, ma
 
 def _blocks(x: Any, block: int, name: str) -> np.ndarray:
     """Means over ``block``³ cubes of the last three axes (a partial edge cube is dropped)."""
-    a = x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x, dtype=np.float64)
-    if a.ndim < 3:
-        raise ValueError(f"{name}: expected a volume (..., D, H, W), got shape {a.shape}")
-    d, h, w = (s // block for s in a.shape[-3:])
-    if min(d, h, w) < 1:
-        raise ValueError(f"block: {block} voxels is larger than {name}'s {a.shape[-3:]}")
-    a = a[..., : d * block, : h * block, : w * block].astype(np.float64)
-    return a.reshape(*a.shape[:-3], d, block, h, block, w, block).mean(axis=(-5, -3, -1))
+    from xraycardiac.metrics.image import block_means
+
+    return block_means(x.detach().cpu().numpy() if torch.is_tensor(x) else x, block, name)
 
 
 def region_error_auroc(confidence: Any, error_map: Any, threshold: float, block: int = 4) -> float:

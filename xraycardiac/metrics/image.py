@@ -13,7 +13,15 @@ import math
 import numpy as np
 from skimage.metrics import structural_similarity
 
-__all__ = ["hu_window_metrics", "mae", "noise_power_spectrum", "psnr", "ssim3d", "ssim_slicewise"]
+__all__ = [
+    "block_means",
+    "hu_window_metrics",
+    "mae",
+    "noise_power_spectrum",
+    "psnr",
+    "ssim3d",
+    "ssim_slicewise",
+]
 
 
 def _pair(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -236,3 +244,24 @@ def noise_power_spectrum(
         sel = (radius >= low) & (radius < high)
         out.append(float(power[sel].mean()) if sel.any() else math.nan)
     return {"power": out, "rois": len(starts)}
+
+
+def block_means(volume: np.ndarray, block: int, name: str = "volume") -> np.ndarray:
+    """Means over ``block``³ voxel cubes of the last three axes (partial cubes at the far edges dropped).
+
+    Args:
+        volume: (..., K, J, I) array.
+        block: cube side (voxels).
+        name: what ``volume`` is, for the error message.
+
+    Returns:
+        (..., K // block, J // block, I // block) float64.
+    """
+    a = np.asarray(volume, dtype=np.float64)
+    if a.ndim < 3:
+        raise ValueError(f"{name}: expected a volume (..., K, J, I), got shape {a.shape}")
+    k, j, i = (n // block for n in a.shape[-3:])
+    if min(k, j, i) < 1:
+        raise ValueError(f"{name}: shape {a.shape} is smaller than one {block}³ block")
+    a = a[..., : k * block, : j * block, : i * block]
+    return a.reshape(*a.shape[:-3], k, block, j, block, i, block).mean(axis=(-5, -3, -1))

@@ -71,12 +71,9 @@ PARTS = ("autoencoder", "encoder", "ldm")
 
 def block_means(volume: np.ndarray, block: int = BLOCK) -> np.ndarray:
     """Means of the ``block``³ blocks of a (K, J, I) volume (sides cut to multiples of ``block``), raveled."""
-    v = np.asarray(volume, dtype=np.float64)
-    k, j, i = (s // block for s in v.shape)
-    if min(k, j, i) < 1:
-        raise ValueError(f"volume: shape {v.shape} is smaller than one {block}³ block")
-    v = v[: k * block, : j * block, : i * block]
-    return v.reshape(k, block, j, block, i, block).mean(axis=(1, 3, 5)).ravel()
+    from xraycardiac.metrics.image import block_means as means
+
+    return means(volume, block).ravel()
 
 
 def block_spearman(uncertainty: np.ndarray, abs_error: np.ndarray, block: int = BLOCK) -> float:
