@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from xraycardiac.runtime import configure_logging, get_logger, seed_everything, select_device
+from xraycardiac.runtime import configure_logging, get_logger, onednn_conv3d, seed_everything, select_device
 
 
 @contextmanager
@@ -147,3 +147,52 @@ def test_configure_logging_text_and_level(
     assert "WARNING xraycardiac.io: shown 3" in err, err
     with pytest.raises(ValueError, match="level='loud'"):
         configure_logging("loud")
+
+
+# --- onednn_conv3d ---------------------------------------------------------------------------------
+
+
+def _conv_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv3d(2, 16, 3, padding=1),
+        torch.nn.SiLU(),
+        torch.nn.Conv3d(16, 16, 3, padding=1, stride=2),
+        torch.nn.Conv3d(16, 4, 1),
+        torch.nn.Conv3d(4, 4, 3, padding=1, padding_mode="circular"),  # not patched: its own forward
+    ).eval()
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN not in this torch build")
+def test_onednn_conv3d_same_result_native_kernel_avoided_and_restored() -> None:
+    """Batch-1 16-channel 32³: PyTorch's own choice is its native kernel; inside the block oneDNN
+    runs it (seen in the profiler), the output agrees to float rounding, and the layers come back."""
+    net, x = _conv_net(), torch.randn(1, 2, 32, 32, 32)
+
+    def ops(fn) -> list[str]:
+        with torch.profiler.profile() as prof:
+            fn()
+        return [e.name for e in prof.events()]
+
+    with torch.inference_mode():
+        plain = net(x)
+        assert ops(lambda: net(x)).count("aten::slow_conv3d_forward") >= 2
+        with onednn_conv3d(net):
+            fast = net(x)
+            names = ops(lambda: net(x))
+        # the three zero-padded layers through oneDNN, the circular one through its own forward
+        assert names.count("aten::mkldnn_convolution") == 3, names
+        assert "aten::_pad_circular" in names
+        torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+        assert all("forward" not in m.__dict__ for m in net.modules())
+        assert torch.equal(net(x), plain)
+
+
+def test_onednn_conv3d_leaves_training_calls_alone() -> None:
+    """With gradients on, the layers' own forward (PyTorch's own backend choice: here its native
+    kernel) runs and the gradient reaches the weights."""
+    net, x = _conv_net(), torch.randn(1, 2, 8, 8, 8)
+    with onednn_conv3d(net), torch.profiler.profile() as prof:
+        net(x).square().mean().backward()
+    assert "aten::mkldnn_convolution" not in {e.name for e in prof.events()}
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())

@@ -12,6 +12,7 @@ configured on import; applications (the CLI, the job runner) call ``configure_lo
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
@@ -19,6 +20,7 @@ import os
 import random
 import re
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -29,6 +31,7 @@ __all__ = [
     "available_memory_bytes",
     "configure_logging",
     "get_logger",
+    "onednn_conv3d",
     "require_memory",
     "seed_everything",
     "select_device",
@@ -286,6 +289,58 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+# --------------------------------------------------------------------------------------------------
+# CPU convolution backend
+# --------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def onednn_conv3d(module: torch.nn.Module) -> Iterator[None]:
+    """Inside the block, run ``module``'s 3D convolutions through oneDNN whatever their batch size.
+
+    PyTorch picks a CPU convolution backend per call; for a batch of one, a 3x3x3 float32 convolution
+    goes to its native (im2col) kernel unless N*C*D*H exceeds 20480, so the 8- to 32-channel 32³ and
+    16³ feature maps of our diffusion U-Nets run there, measured 12x slower than oneDNN on the same
+    call (a 16-channel 32³ layer, 2 threads: 76 ms vs 6.4 ms; ``benchmarks/cardiac.py --time-grid``).
+    Inside the block every ``torch.nn.Conv3d`` of ``module`` calls ``torch.mkldnn_convolution`` when
+    the call needs no gradient (``no_grad`` / ``inference_mode``), its input is a float32 CPU tensor,
+    its padding is numeric with ``padding_mode="zeros"`` and oneDNN is available; any other call
+    (training, GPU, half precision) uses the layer's own forward. The results agree with the native
+    kernel to float rounding. On leaving, the layers are as they were.
+    """
+    import torch
+
+    layers = [m for m in module.modules() if type(m) is torch.nn.Conv3d]
+    if not torch.backends.mkldnn.is_available() or not layers:
+        yield
+        return
+
+    def fast(layer: torch.nn.Conv3d) -> Any:
+        plain = layer.forward
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            if (
+                torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32
+                or layer.weight.dtype != torch.float32 or layer.weight.device.type != "cpu"
+            ):  # fmt: skip
+                return plain(x)
+            return torch.mkldnn_convolution(
+                x.contiguous(), layer.weight, layer.bias, layer.padding, layer.stride, layer.dilation,
+                layer.groups,
+            )  # fmt: skip
+
+        return forward
+
+    patched = [m for m in layers if m.padding_mode == "zeros" and not isinstance(m.padding, str)]
+    try:
+        for m in patched:
+            m.forward = fast(m)  # type: ignore[method-assign]
+        yield
+    finally:
+        for m in patched:
+            m.__dict__.pop("forward", None)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -65,6 +65,7 @@ from xraycardiac.models.weights import (
     locate_model,
     write_weights_file,
 )
+from xraycardiac.runtime import onednn_conv3d
 
 __all__ = [
     "PREDICTION_TYPES", "TCDM_FORMAT", "TCDMConfig", "TCDMUNet", "build_tcdm", "check_labels", "ddim_sampler",
@@ -481,7 +482,8 @@ def sample_tcdm(
             )
             return out
 
-    x = sample(network, ddim, x, cond, timesteps=timesteps, progress=progress)
+    with onednn_conv3d(unet):
+        x = sample(network, ddim, x, cond, timesteps=timesteps, progress=progress)
     return x.clamp(-1.0, 1.0)
 
 
