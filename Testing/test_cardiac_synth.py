@@ -238,7 +238,7 @@ def test_tcdm_hu_harmonise_brings_each_structure_to_the_template_mean(tmp_path, 
     out = {}
     for on in (False, True):
         config = CardiacSynthConfig(n=1, seed=2, renderer="tcdm", model=str(weights), steps=2, ssv_steps=(2, 4),
-                                    device="cpu", hu_harmonise=on)  # fmt: skip
+                                    device="cpu", hu_harmonise=on, texture_harmonise=False)  # fmt: skip
         synthesize_dataset(small, tmp_path / str(on), config)
         root = tmp_path / str(on)
         case = json.loads((root / "cases" / "case_00000.json").read_text())
@@ -265,3 +265,68 @@ def test_tcdm_hu_harmonise_brings_each_structure_to_the_template_mean(tmp_path, 
     meta = out[True][2]["hu_harmonise"]
     assert meta["applied"] and abs(meta["structures"][str(v)]["before_hu"] - raw[v]) < 1.0
     assert out[False][2]["hu_harmonise"]["applied"] is False
+
+
+def test_tcdm_texture_harmonise_gives_the_template_texture_and_keeps_the_means(tmp_path, one_torch_thread):
+    """An untrained tiny TCDM paints noise far rougher than a smooth template: with ``texture_harmonise``
+    the finest band's RMS inside each structure comes down to that of the template warped to the case
+    (what the warp renderer gives on the same voxels; measured two voxels inside, past the edges), the
+    structure means and the confidence map stay, and the case records it."""
+    import torch
+    from scipy import ndimage
+
+    from xraycardiac.cardiac.harmonise import TEXTURE_SIGMA_MM
+    from xraycardiac.cardiac.mgm import generate_masks, warp_image
+    from xraycardiac.cardiac.tcdm import TCDMConfig, build_tcdm, save_tcdm
+    from xraycardiac.phantoms.cardiac import CardiacPhantomConfig
+
+    small = template_from_phantom(CardiacPhantomConfig(seed=0, shape_ijk=(32, 32, 32), spacing_mm=5.0))
+    # a smooth template like a real CT resampled to 5 mm (the phantom's own white noise smoothed away)
+    smooth = np.zeros_like(small.image.array)
+    for v in np.unique(small.labels.array):  # smoothed within each label: the edges stay sharp
+        w = (small.labels.array == v).astype(float)
+        g = ndimage.gaussian_filter(w * small.image.array, 1.5) / np.maximum(
+            ndimage.gaussian_filter(w, 1.5), 1e-9
+        )
+        smooth[w > 0] = g[w > 0]
+    small.image.array[...] = smooth
+    torch.manual_seed(0)
+    cfg = TCDMConfig(grid=32, channels=(8, 8, 8), attention_levels=(False, False, False), norm_num_groups=4,
+                     num_train_timesteps=20)  # fmt: skip
+    weights = save_tcdm(build_tcdm(cfg)[0], tmp_path / "tcdm.pt")
+    out = {}
+    for on in (False, True):
+        config = CardiacSynthConfig(n=1, seed=2, renderer="tcdm", model=str(weights), steps=2, ssv_steps=(2, 4),
+                                    device="cpu", texture_harmonise=on)  # fmt: skip
+        root = tmp_path / str(on)
+        synthesize_dataset(small, root, config)
+        case = json.loads((root / "cases" / "case_00000.json").read_text())
+        out[on] = (read_volume(root / "imagesTr" / "case_00000_0000.nii.gz").array,
+                   read_volume(root / "confidenceTr" / "case_00000.nii.gz").array, case)  # fmt: skip
+    sample = generate_masks(small.labels, 1, CardiacSynthConfig().mgm, seed=out[True][2]["case_seed"])[0][0]
+    labels, warped = sample.labels.array, warp_image(small.image, sample.ddf_ras_mm).array
+    sigma = TEXTURE_SIGMA_MM[0] / 5.0
+
+    def fine_rms(image: np.ndarray, region: np.ndarray) -> float:
+        w = region.astype(float)
+        smooth = ndimage.gaussian_filter(w * image, sigma) / np.maximum(
+            ndimage.gaussian_filter(w, sigma), 1e-9
+        )
+        return float(np.sqrt(np.mean((image - smooth)[ndimage.binary_erosion(region, iterations=2)] ** 2)))
+
+    checked = 0
+    for v in np.unique(labels):
+        region = labels == v
+        if v == 0 or ndimage.binary_erosion(region, iterations=2).sum() < 27:
+            continue
+        want = fine_rms(warped, region)
+        before, after = fine_rms(out[False][0], region), fine_rms(out[True][0], region)
+        assert before > 3 * want, (v, before, want)  # the model's noise dominates without the step
+        assert after < 1.2 * want + 0.5, (v, before, after, want)
+        assert abs(float(out[True][0][region].mean() - out[False][0][region].mean())) < 3.0
+        checked += 1
+    assert checked >= 2
+    np.testing.assert_array_equal(out[True][1], out[False][1])  # the SSV map is the sampler's
+    meta = out[True][2]["texture_harmonise"]
+    assert meta["applied"] and meta["sigma_mm"] == list(TEXTURE_SIGMA_MM) and "label 1" in meta["regions"]
+    assert out[False][2]["texture_harmonise"] == {"applied": False, "sigma_mm": list(TEXTURE_SIGMA_MM)}

@@ -61,7 +61,8 @@ axis Nyquist is 0.2 at 2.5 mm, the last band the corners beyond it) and its rati
 template warped by the case's own deformation, which is what the model was asked to render: the mean of
 TCDM image - warped template over the same voxels (the case's label map; deformation and partial volume
 cancel) per structure (blood pool / wall: heart voxels whose warped template is > 200 / 0..200 HU),
-with the renderer's ``hu_harmonise`` step off (the model's raw bias) and on (the default).
+with the renderer's ``hu_harmonise`` and ``texture_harmonise`` steps off (the model's raw bias) and on
+(the default); the spectra table also shows the TCDM cases with ``texture_harmonise`` off.
 ``--phantom-template`` runs all of it on the held-out phantom (``--template-seed``, 64^3 x 2.5 mm)
 instead of the real CT.
 """
@@ -407,18 +408,24 @@ def _real_ct(args: argparse.Namespace) -> int:
     head = ["renderer", "case", *(f"ΔHU {k}" for k in keys), ">1000 HU kept", "max HU", "heart Dice",
             "min Jacobian", "Betti kept", "s / case"]  # fmt: skip
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-    plan = [("warp", None, True)] + (
-        [("tcdm", args.model, True), ("tcdm", args.model, False)] if args.model else []
+    plan = [("warp", None, True, True)] + (  # renderer, model, hu_harmonise, texture_harmonise
+        [
+            ("tcdm", args.model, True, True),
+            ("tcdm", args.model, True, False),
+            ("tcdm", args.model, False, False),
+        ]
+        if args.model
+        else []
     )
     paired: dict[str, dict[bool, dict[str, float]]] = {}
     spacing = float(np.linalg.norm(tpl.image.ijk_to_ras[:3, 0]))
     regions = () if args.phantom_template else NPS_REGIONS  # the phantom has no 6^3 cube of soft tissue
     nps_rows = [("template", region, _nps(t_img, t_img, t_lab, region, spacing)) for region in regions]
-    for renderer, model, harmonise in plan:
+    for renderer, model, harmonise, texture in plan:
         config = CardiacSynthConfig(n=args.cases, seed=0, renderer=renderer, model=model, steps=args.steps,
                                     ssv_steps=tuple(int(x) for x in args.ssv.split(",")),
                                     start_strength=args.start_strength, device="cpu",
-                                    hu_harmonise=harmonise)  # fmt: skip
+                                    hu_harmonise=harmonise, texture_harmonise=texture)  # fmt: skip
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp) / "ds"
             synthesize_dataset(tpl, root, config)
@@ -434,9 +441,15 @@ def _real_ct(args: argparse.Namespace) -> int:
                 warped = warp_image(tpl.image, sample.ddf_ras_mm).array
                 if renderer == "tcdm":  # TCDM - the warped template it rendered, same voxels and labels
                     got, want = means(img, lab, warped), means(warped, lab)
-                    paired.setdefault(name, {})[harmonise] = {k: got[k] - want[k] for k in keys}
+                    if harmonise == texture:
+                        paired.setdefault(name, {})[harmonise] = {k: got[k] - want[k] for k in keys}
                     if not harmonise:
                         continue  # the raw image is only for that table
+                    if not texture:  # the texture step off: only for the noise power spectra
+                        for region in regions:
+                            nps_rows.append((f"tcdm {name}, texture off", region,
+                                             _nps(img, warped, lab, region, spacing)))  # fmt: skip
+                        continue
                 m = means(img, lab)
                 heart = (np.isin(lab, HEART), np.isin(t_lab, HEART))
                 dice = 2 * np.sum(heart[0] & heart[1]) / (heart[0].sum() + heart[1].sum())
@@ -449,7 +462,7 @@ def _real_ct(args: argparse.Namespace) -> int:
                       str(betti), f"{info['seconds']:.0f}"]) + " |")  # fmt: skip
     if paired:
         print("\nTCDM image - the template warped by the case's deformation (same voxels, the case's labels), "
-              "mean HU per structure, hu_harmonise off -> on\n| case | " + " | ".join(keys) + " |\n|"
+              "mean HU per structure, hu_harmonise and texture_harmonise off -> on\n| case | " + " | ".join(keys) + " |\n|"
               + "---|" * (len(keys) + 1))  # fmt: skip
         for name, d in paired.items():
             print(f"| {name} | " + " | ".join(f"{d[False][k]:+.0f} → {d[True][k]:+.0f}" for k in keys) + " |")

@@ -97,6 +97,13 @@ def synth(
             help="tcdm: bring each structure's mean HU to the warped template's (smooth correction)."
         ),
     ] = True,
+    texture_harmonise: Annotated[
+        bool,
+        typer.Option(
+            help="tcdm: give each structure the template's fine-scale texture power (the model's own "
+            "fine noise scaled down where it exceeds it)."
+        ),
+    ] = True,
     seed: Annotated[int, typer.Option(min=0, help="Base seed (case i: SeedSequence([seed, i])).")] = 0,
     shard: Annotated[str, typer.Option(help="i/N: make cases i, i+N, ... only.")] = "0/1",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")] = "auto",
@@ -147,6 +154,7 @@ def synth(
     config = CardiacSynthConfig(
         n=n, seed=seed, renderer=renderer, model=model, steps=steps, ssv_steps=schedule, start_strength=start_strength,
         mgm=replace(MGMConfig(), strength_mm=strength_mm), device=device, hu_harmonise=hu_harmonise,
+        texture_harmonise=texture_harmonise,
     )  # fmt: skip
     summary = synthesize_dataset(
         tmpl, out, config, shard=parse_shard(shard), overwrite=overwrite,

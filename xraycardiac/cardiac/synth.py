@@ -22,7 +22,11 @@ image for it:
   no contrast is clipped. With ``hu_harmonise`` (default) each structure's mean HU is then brought to
   the warped template's by a smooth correction (:func:`harmonise_hu`): the model's intensity prior is
   its phantoms' (on the real chest CT its blood pool came out 22-26 HU darker than the template it was
-  asked to render), the template is what the user asked for; the diffusion's texture and detail stay.
+  asked to render), the template is what the user asked for. With ``texture_harmonise`` (default) the
+  model's fine-scale deviation from the warped template is scaled per structure so that the case's
+  fine texture has the template's power (:func:`~xraycardiac.cardiac.harmonise.harmonise_texture`: the
+  model paints its phantoms' ~45 HU white noise over a real CT's finer texture); what it changes at the
+  scale of structures stays (:mod:`xraycardiac.cardiac.harmonise`).
 
 Output folder (nnU-Net / MONAI conventions, readable by ``xraycardiac cardiac pretrain``)::
 
@@ -59,6 +63,12 @@ from typing import Any
 
 import numpy as np
 
+from xraycardiac.cardiac.harmonise import (
+    HU_HARMONISE_SIGMA_MM,
+    TEXTURE_SIGMA_MM,
+    harmonise_hu,
+    harmonise_texture,
+)
 from xraycardiac.cardiac.mgm import MGMConfig
 from xraycardiac.cardiac.templates import CardiacTemplate
 from xraycardiac.outputs import check_output, discard, recorded_sample, verify_record, write_json_atomic
@@ -67,12 +77,10 @@ from xraycardiac.volume import Volume
 __all__ = [
     "DEFAULT_DATASET_ID",
     "DEFAULT_DATASET_NAME",
-    "HU_HARMONISE_SIGMA_MM",
     "RENDERERS",
     "CardiacSynthConfig",
     "case_name",
     "dataset_label_values",
-    "harmonise_hu",
     "nnunet_dataset_folder",
     "nnunet_dataset_path",
     "synthesize_dataset",
@@ -82,10 +90,6 @@ RENDERERS = ("warp", "tcdm")
 WINDOW_BLEND_HU = 100.0
 """``"tcdm"``: the warped template replaces the model's image where it lies beyond the model's HU
 window, blended in linearly over this many HU inside the window's edges."""
-HU_HARMONISE_SIGMA_MM = 5.0
-"""``hu_harmonise``: the Gaussian (standard deviation, mm) over which the per-structure HU correction is
-smoothed: 2 voxels at the demo's 2.5 mm, so the correction holds structure-scale offsets (a chamber's
-mean) and the diffusion's texture and noise above ~0.1 cycles/mm stay. A design choice, not fitted."""
 FORMAT = "xraycardiac.cardiac_synth"
 
 
@@ -115,6 +119,13 @@ class CardiacSynthConfig:
             chest CT's blood pool by -22..-26 HU); the template is what the user asked for. The step has
             no fitted constants; the confidence map is the sampler's, computed before it. Each case's
             ``cases/*.json`` records the per-structure mean offset before and after (``hu_harmonise``).
+        texture_harmonise: ``"tcdm"``: after ``hu_harmonise``, scale the model's fine-scale deviation
+            from the warped template (two bands finer than 5 mm, ``TEXTURE_SIGMA_MM``) per structure so
+            that the case's fine texture has the template's power, never more than the model's
+            (:func:`~xraycardiac.cardiac.harmonise.harmonise_texture`). Why: the demo model paints its
+            phantoms' ~45 HU white noise over any template (noise power 15-73x the real chest CT's in
+            soft tissue). No fitted constants; the confidence map is computed before it; each case's
+            ``cases/*.json`` records the per-region scales and band RMS (``texture_harmonise``).
     """
 
     n: int = 8
@@ -127,6 +138,7 @@ class CardiacSynthConfig:
     mgm: MGMConfig = field(default_factory=MGMConfig)
     device: str = "auto"
     hu_harmonise: bool = True
+    texture_harmonise: bool = True
 
     def __post_init__(self) -> None:
         name = "CardiacSynthConfig"
@@ -151,6 +163,10 @@ class CardiacSynthConfig:
             )
         if not isinstance(self.hu_harmonise, bool):
             raise ValueError(f"{name}.hu_harmonise: expected true or false, got {self.hu_harmonise!r}")
+        if not isinstance(self.texture_harmonise, bool):
+            raise ValueError(
+                f"{name}.texture_harmonise: expected true or false, got {self.texture_harmonise!r}"
+            )
         if not isinstance(self.mgm, MGMConfig):
             raise ValueError(f"{name}.mgm: expected an MGMConfig, got {type(self.mgm).__name__}")
 
@@ -336,53 +352,6 @@ def _render_warp(
     return image, np.ones(image.array.shape, dtype=np.float32), {"renderer": "warp"}
 
 
-def harmonise_hu(
-    image: np.ndarray, reference: np.ndarray, labels: np.ndarray, weight: np.ndarray, sigma_vox: Any
-) -> tuple[np.ndarray, dict[str, dict[str, float]]]:
-    """Bring each structure's mean HU to the reference's by a smooth additive correction.
-
-    For each label ``v`` > 0 of ``labels`` (voxels ``M``), with residual ``r = image - reference`` (HU)
-    and weights ``W = weight`` on ``M`` (0 elsewhere), the correction on ``M`` is
-    ``c = -G(W r) / G(W) + k``: the residual's local weighted mean (normalised Gaussian smoothing within
-    the structure, so neighbouring structures do not leak in), plus the constant ``k`` that makes the
-    weighted mean of ``r + c`` over ``M`` exactly 0. Detail finer than ``sigma_vox`` is the image's.
-
-    Args:
-        image: the model's image, HU.
-        reference: what it should match on average per structure (the warped template), HU, same shape.
-        labels: the label map (0 = background, left alone), same shape.
-        weight: in [0, 1]: how much of each voxel's image is kept afterwards (the TCDM renderer's
-            ``1 - window blend``: beyond the window the template replaces the image, so those voxels do
-            not count), same shape.
-        sigma_vox: the Gaussian's standard deviation in voxels (a number or one per axis).
-
-    Returns:
-        (image + correction as float32, ``{str(v): {"before_hu", "after_hu"}}``: the weighted mean of
-        image - reference over each structure before and after).
-    """
-    from scipy import ndimage
-
-    out = np.asarray(image, np.float64).copy()
-    residual = out - reference
-    stats: dict[str, dict[str, float]] = {}
-    for v in np.unique(labels):
-        inside = labels == v
-        if v == 0 or float(weight[inside].sum()) <= 1e-6:
-            continue
-        w = np.where(inside, weight, 0.0)
-        num = ndimage.gaussian_filter(w * residual, sigma_vox, mode="nearest")
-        den = ndimage.gaussian_filter(w, sigma_vox, mode="nearest")
-        wm, rm = w[inside], residual[inside]
-        c = -num[inside] / np.maximum(den[inside], 1e-12)
-        c += -float(np.sum(wm * (rm + c))) / float(wm.sum())
-        out[inside] += c
-        stats[str(int(v))] = {
-            "before_hu": float(np.sum(wm * rm) / wm.sum()),
-            "after_hu": float(np.sum(wm * (rm + c)) / wm.sum()),
-        }
-    return out.astype(np.float32), stats
-
-
 def _tcdm_renderer(
     template: CardiacTemplate, config: CardiacSynthConfig
 ) -> tuple[Callable[..., Any], str | None]:
@@ -467,12 +436,18 @@ def _tcdm_renderer(
             np.maximum(warped - (hi - WINDOW_BLEND_HU), (lo + WINDOW_BLEND_HU) - warped), 0.0, None
         )
         w = np.minimum(beyond / WINDOW_BLEND_HU, 1.0)
+        spacing = np.linalg.norm(sample.labels.ijk_to_ras[:3, :3], axis=0)
         harmonised = {"applied": config.hu_harmonise, "sigma_mm": HU_HARMONISE_SIGMA_MM}
         if config.hu_harmonise:
-            spacing = np.linalg.norm(sample.labels.ijk_to_ras[:3, :3], axis=0)
             hu, harmonised["structures"] = harmonise_hu(
                 hu, warped, sample.labels.array, 1.0 - w, HU_HARMONISE_SIGMA_MM / spacing
             )
+        texture = {"applied": config.texture_harmonise, "sigma_mm": TEXTURE_SIGMA_MM}
+        if config.texture_harmonise:
+            hu, texture["regions"] = harmonise_texture(
+                hu, warped, sample.labels.array, template.image.array, template.labels.array, 1.0 - w,
+                tuple(sigma / spacing for sigma in TEXTURE_SIGMA_MM),
+            )  # fmt: skip
         hu = ((1.0 - w) * hu + w * warped).astype(np.float32)
         image = Volume(hu, sample.labels.ijk_to_ras.copy())
         info_case = {
@@ -480,6 +455,7 @@ def _tcdm_renderer(
             "start_strength": config.start_strength,
             "variance_mean": float(variance.mean()), "confidence_tau": resolve_tau(None, max(shape)),
             "conditioned_as_background": coarse, "hu_harmonise": harmonised,
+            "texture_harmonise": texture,
         }  # fmt: skip
         return image, confidence[0, 0].cpu().numpy().astype(np.float32), info_case
 

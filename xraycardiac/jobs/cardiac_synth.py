@@ -6,7 +6,7 @@ Job spec::
      "inputs": {"template_image": "image.nrrd", "template_labels": "labels.nrrd"},  # or none: phantom
      "params": {"n": 4, "seed": 0, "renderer": "warp" | "tcdm", "model": null, "steps": 20,
                 "ssv_steps": [10, 20, 50], "start_strength": 0.5, "strength_mm": 4.0, "phantom_seed": 0, "phantom_grid": 64,
-                "hu_harmonise": true, "label_mapping": null, "clean_mask": true, "device": "auto"},
+                "hu_harmonise": true, "texture_harmonise": true, "label_mapping": null, "clean_mask": true, "device": "auto"},
      "output_dir": "out/"}
 
 Without template inputs the template is the procedural cardiac phantom of ``phantom_seed`` on a
@@ -19,8 +19,8 @@ the result's ``dropped_labels``. ``clean_mask`` (default true) removes specks, t
 of the mapped mask (:func:`xraycardiac.cardiac.templates.clean_label_map`). The output folder is the dataset of
 :func:`xraycardiac.cardiac.synth.synthesize_dataset` (``imagesTr/``, ``labelsTr/``,
 ``confidenceTr/``, ``cases/``, ``records/``, ``dataset.json``, ``datalist.json``, ``synth.json``) plus
-``template_image.nrrd`` / ``template_labels.nrrd`` (the template as used). ``hu_harmonise`` (tcdm,
-default true): :attr:`xraycardiac.cardiac.synth.CardiacSynthConfig.hu_harmonise`.
+``template_image.nrrd`` / ``template_labels.nrrd`` (the template as used). ``hu_harmonise`` / ``texture_harmonise``
+(tcdm, default true): :class:`xraycardiac.cardiac.synth.CardiacSynthConfig`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from xraycardiac.jsonutil import is_int
 PIPELINE = "cardiac-synth"
 _ALLOWED_PARAMS = {
     "n", "seed", "renderer", "model", "steps", "ssv_steps", "start_strength", "strength_mm", "phantom_seed", "phantom_grid",
-    "label_mapping", "clean_mask", "hu_harmonise",
+    "label_mapping", "clean_mask", "hu_harmonise", "texture_harmonise",
     "device",
 }  # fmt: skip
 
@@ -93,6 +93,7 @@ def run_cardiac_synth(spec: JobSpec, work_dir: Path, progress: Progress) -> dict
         n=p.get("n", 4), seed=p.get("seed", 0), renderer=p.get("renderer", "warp"), model=p.get("model"),
         steps=p.get("steps", 20), ssv_steps=tuple(p.get("ssv_steps", (10, 20, 50))), mgm=mgm,
         start_strength=p.get("start_strength", 0.5), hu_harmonise=p.get("hu_harmonise", True),
+        texture_harmonise=p.get("texture_harmonise", True),
         device=str(p.get("device", "auto")),
     )  # fmt: skip
     progress("loading the template", 0.0)
