@@ -89,6 +89,7 @@ class CardiacSynthParameterNode:
     renderer: "warp" (the template CT deformed) or "tcdm" (diffusion model ``tcdmModel``).
     tcdmModel: TCDM model name (``xraycardiac models list``), run folder or weights file ("tcdm").
     samplerSteps: DDIM steps of each image ("tcdm").
+    harmonise: "tcdm": bring each structure's mean HU and fine texture to the template's (default on).
     exportDir: a new or empty folder that receives the dataset; empty = the dataset is not kept. With
         exportNnunet: the nnUNet_raw folder that receives it as Dataset<datasetId>_<datasetName>.
     exportNnunet: export as an nnU-Net raw dataset (default on).
@@ -108,6 +109,7 @@ class CardiacSynthParameterNode:
     renderer: Annotated[str, Choice(list(RENDERER_CHOICES))] = "warp"
     tcdmModel: str = ""
     samplerSteps: Annotated[int, WithinRange(1, 1000)] = DEFAULT_STEPS
+    harmonise: bool = True
     exportDir: str = ""
     exportNnunet: bool = True
     datasetId: Annotated[int, WithinRange(1, 999)] = DEFAULT_DATASET_ID
@@ -136,7 +138,7 @@ class CardiacSynthWidget(XRayCardiacCommon.XRayCardiacWidget):
         ):
             widget.enabled = fromNodes
         diffusion = p is not None and p.renderer == "tcdm"
-        for widget in (self.ui.tcdmModelLineEdit, self.ui.samplerStepsSpinBox):
+        for widget in (self.ui.tcdmModelLineEdit, self.ui.samplerStepsSpinBox, self.ui.harmoniseCheckBox):
             widget.enabled = diffusion
         for widget in (self.ui.datasetIdSpinBox, self.ui.datasetNameLineEdit):
             widget.enabled = p is not None and p.exportNnunet
@@ -230,6 +232,7 @@ class CardiacSynthLogic(ScriptedLoadableModuleLogic):
             "renderer": p.renderer,
             "model": p.tcdmModel.strip() or None,
             "steps": p.samplerSteps,
+            "harmonise": p.harmonise,
             "device": p.device,
             "export_dir": p.exportDir.strip() or None,
             **nnunet,

@@ -410,6 +410,7 @@ def bad_inputs():
         (None, None, {"renderer": "tcdm"}, r"model: renderer 'tcdm' needs a TCDM model"),
         (None, None, {"device": "tpu"}, r"device: expected one of"),
         (None, None, {"steps": 0}, r"steps: expected an integer from 1 to 1000"),
+        (None, None, {"harmonise": "yes"}, r"harmonise: expected true or false"),
     ],
 )
 def test_bad_inputs_raise_and_leave_the_scene_unchanged(bad_inputs, image, labels, options, pattern) -> None:
@@ -445,6 +446,21 @@ def test_a_failed_job_adds_no_node(tmp_path) -> None:
         logic.import_results(run)
     assert _names(scene) == before
     assert not work_dir.exists(), work_dir
+
+
+def test_the_harmonise_switch_reaches_the_job_as_both_steps(tmp_path) -> None:
+    """The panel's one switch is the job's hu_harmonise and texture_harmonise (tcdm only)."""
+    scene = slicer.vtkMRMLScene()
+    image, labelmap, _, _ = _small_template_nodes(scene)
+    logic = CardiacSynthLogic(scene)
+    for on in (True, False):
+        run = logic.start(image, labelmap, n=1, renderer="tcdm", model=str(tmp_path / "missing.pt"), device="cpu",
+                          harmonise=on)  # fmt: skip
+        assert run.params["hu_harmonise"] is on and run.params["texture_harmonise"] is on
+        assert logic.wait(run, timeout_s=TIMEOUT_S).state == "error"  # the model file is missing
+    warp = logic.start(n=1, device="cpu", harmonise=False)
+    assert "hu_harmonise" not in warp.params and "texture_harmonise" not in warp.params
+    logic.cancel(warp)
 
 
 def test_a_broken_output_adds_no_node() -> None:

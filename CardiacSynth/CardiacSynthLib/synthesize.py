@@ -108,7 +108,14 @@ def _grid_text(volume: Volume) -> str:
 
 
 def _job_params(
-    n: Any, seed: Any, strength_mm: Any, renderer: Any, model: Any, steps: Any, device: Any
+    n: Any,
+    seed: Any,
+    strength_mm: Any,
+    renderer: Any,
+    model: Any,
+    steps: Any,
+    device: Any,
+    harmonise: Any = True,
 ) -> dict[str, Any]:
     """The ``cardiac-synth`` job parameters, checked here and by the core's own config."""
     if not is_int(n, numpy=True) or not 1 <= n <= MAX_CASES:
@@ -147,13 +154,16 @@ def _job_params(
         "strength_mm": float(strength_mm),
         "device": device_text,
     }
+    if not isinstance(harmonise, bool | np.bool_):
+        raise ValueError(f"harmonise: expected true or false, got {harmonise!r}")
     if renderer == "tcdm":
         params["model"] = model_text
+        params["hu_harmonise"] = params["texture_harmonise"] = bool(harmonise)
     # the job's own checks, now, so that a bad setting is reported before a process starts
     CardiacSynthConfig(
         n=params["n"], seed=params["seed"], renderer=renderer, model=params.get("model"),
         steps=params["steps"], mgm=replace(MGMConfig(), strength_mm=params["strength_mm"]),
-        device=device_text,
+        device=device_text, hu_harmonise=bool(harmonise), texture_harmonise=bool(harmonise),
     )  # fmt: skip
     return params
 
@@ -349,6 +359,7 @@ class CardiacSynthLogic(JobLogic[CardiacSynthRun, dict[str, Any]]):
         renderer: str = "warp",
         model: str | None = None,
         steps: int = 20,
+        harmonise: bool = True,
         device: str = "auto",
         export_dir: str | os.PathLike[str] | None = None,
         phantom_seed: int = 0,
@@ -370,6 +381,8 @@ class CardiacSynthLogic(JobLogic[CardiacSynthRun, dict[str, Any]]):
             renderer: ``"warp"`` (the template CT deformed) or ``"tcdm"`` (diffusion model ``model``).
             model: "tcdm": model name (``xraycardiac models list``), run folder or weights file.
             steps: "tcdm": DDIM steps of each image, 1..1000.
+            harmonise: "tcdm": bring each structure's mean HU and fine texture to the template's (the
+                job's ``hu_harmonise`` and ``texture_harmonise``; False: the model's raw image).
             device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
             export_dir: None / "" for no export, else a new or empty folder that receives a copy of
                 the dataset when the results are imported; with ``nnunet_dataset_id`` the nnUNet_raw
@@ -388,7 +401,7 @@ class CardiacSynthLogic(JobLogic[CardiacSynthRun, dict[str, Any]]):
                 labels (or the reverse), another node type, the CT and label map on different grids
                 (both nodes named), an empty mask, label values or segment names not in the table.
         """
-        params = _job_params(n, seed, strength_mm, renderer, model, steps, device)
+        params = _job_params(n, seed, strength_mm, renderer, model, steps, device, harmonise)
         target = export_target(export_dir, nnunet_dataset_id, nnunet_dataset_name)
         labels_node = template_segmentation_or_labelmap
         if template_volume is None and labels_node is None:
