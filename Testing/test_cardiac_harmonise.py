@@ -74,3 +74,19 @@ def test_voxels_the_window_blend_replaces_do_not_count_and_small_regions_are_rec
         assert stats[name]["scale"] == [1.0, 1.0] and np.isnan(stats[name]["band_hu_after"]).all()
     np.testing.assert_allclose(out[labels == 1], image[labels == 1], atol=1e-3)
     assert max(stats["background -400..200 HU"]["scale"]) < 0.3
+
+
+def test_voxels_beyond_the_window_do_not_spread_into_their_neighbours() -> None:
+    """Contrast above the model's window: the model's image there is far off (clipped) and the window
+    blend replaces it (weight 0). The kept voxels next to it come out as if it were not there."""
+    image, template, labels, _ = _case(noise_hu=45.0, texture_hu=8.0)
+    weight = np.ones_like(image)
+    plain, _ = harmonise_texture(image, template, labels, template, labels, weight, SIGMAS)
+    hot_template, hot_image = template.copy(), image.copy()
+    block = (slice(14, 18),) * 3  # inside the chamber
+    hot_template[block] = 2500.0  # contrast the model cannot render...
+    hot_image[block] = 1000.0  # ...so its image is clipped there
+    weight[block] = 0.0
+    hot, _ = harmonise_texture(hot_image, hot_template, labels, template, labels, weight, SIGMAS)
+    kept = weight > 0
+    assert np.abs(hot - plain)[kept].max() < 5.0, np.abs(hot - plain)[kept].max()  # 268 HU before weighting

@@ -111,18 +111,18 @@ def texture_regions(reference: np.ndarray, labels: np.ndarray) -> dict[str, np.n
     return out
 
 
-def _bands(image: np.ndarray, region: np.ndarray, sigmas_vox: tuple[Any, ...]) -> list[np.ndarray]:
-    """``image``'s bands between successive Gaussian smoothings normalised within ``region``
-    (:func:`harmonise_texture`); 0 outside ``region``."""
+def _bands(image: np.ndarray, weight: np.ndarray, sigmas_vox: tuple[Any, ...]) -> list[np.ndarray]:
+    """``image``'s bands between successive Gaussian smoothings normalised by ``weight`` (the region's
+    voxels, each as much as it counts: :func:`harmonise_texture`); 0 where ``weight`` is 0."""
     from scipy import ndimage
 
-    w = region.astype(np.float64)
+    w = np.asarray(weight, np.float64)
     den = [np.maximum(ndimage.gaussian_filter(w, s, mode="nearest"), 1e-12) for s in sigmas_vox]
     levels = [image] + [
         ndimage.gaussian_filter(w * image, s, mode="nearest") / g
         for s, g in zip(sigmas_vox, den, strict=True)
     ]
-    return [np.where(region, levels[k] - levels[k + 1], 0.0) for k in range(len(sigmas_vox))]
+    return [np.where(w > 0, levels[k] - levels[k + 1], 0.0) for k in range(len(sigmas_vox))]
 
 
 def harmonise_texture(
@@ -137,7 +137,9 @@ def harmonise_texture(
     """Give the model's image its template's fine-scale texture, region by region and band by band.
 
     Within each region ``R`` of :func:`texture_regions`, ``G_k`` is a Gaussian of ``sigmas_vox[k]``
-    normalised within ``R`` (the edges of neighbouring structures are not texture) and a signal ``x``
+    normalised within ``R`` and weighted by ``weight`` (the edges of neighbouring structures are not
+    texture, and the voxels the window blend replaces, e.g. contrast above the model's window, do
+    not spread into their neighbours) and a signal ``x``
     splits into bands ``B_0(x) = x - G_0 x``, ``B_k(x) = G_(k-1) x - G_k x`` and the rest ``G_last x``.
     With ``d = image - reference``, ``R`` gets ``reference + G_last d + sum_k a_k B_k(d)``, ``a_k =
     sqrt(clip((P_T - P_ref) / P_d, 0, 1))``, where ``P`` is the mean square of band ``k`` over the
@@ -189,8 +191,9 @@ def harmonise_texture(
         def power(x: np.ndarray, where: np.ndarray, mask: np.ndarray) -> list[float]:
             return [float(np.mean(band[mask] ** 2)) for band in _bands(x, where, sigmas_vox)]
 
-        bands_d = _bands(img - ref, region, sigmas_vox)
-        p_t, p_ref = power(tpl, tpl_regions[name], inner_t), power(ref, region, inner)
+        kept = np.where(region, weight, 0.0)  # voxels the window blend replaces do not enter the smoothing
+        bands_d = _bands(img - ref, kept, sigmas_vox)
+        p_t, p_ref = power(tpl, tpl_regions[name], inner_t), power(ref, kept, inner)
         p_d = [float(np.mean(band[inner] ** 2)) for band in bands_d]
         scale = [
             float(np.sqrt(np.clip((t - r) / max(d, 1e-12), 0.0, 1.0)))
@@ -200,7 +203,7 @@ def harmonise_texture(
             out[region] -= (1.0 - a) * band[region]
         stats[name] = {
             "scale": scale, "band_hu_template": [float(np.sqrt(p)) for p in p_t],
-            "band_hu_before": [float(np.sqrt(p)) for p in power(img, region, inner)],
-            "band_hu_after": [float(np.sqrt(p)) for p in power(out, region, inner)],
+            "band_hu_before": [float(np.sqrt(p)) for p in power(img, kept, inner)],
+            "band_hu_after": [float(np.sqrt(p)) for p in power(out, kept, inner)],
         }  # fmt: skip
     return out.astype(np.float32), stats
