@@ -39,7 +39,7 @@ def test_white_noise_brought_to_the_template_texture_smooth_change_kept() -> Non
     image, template, labels, ramp = _case(noise_hu=45.0, texture_hu=8.0)
     weight = np.ones_like(image)
     out, stats = harmonise_texture(image, template, labels, template, labels, weight, SIGMAS)
-    for v, name in ((1, "label 1"), (0, "background -400..200 HU")):
+    for v, name in ((1, "label 1, 200..inf HU"), (0, "label 0, -20..200 HU")):
         region = labels == v
         want = _fine_rms(template, region)
         assert _fine_rms(image, region) > 3 * want  # the model's noise dominates before
@@ -50,8 +50,11 @@ def test_white_noise_brought_to_the_template_texture_smooth_change_kept() -> Non
         smooth = ndimage.gaussian_filter(out - template, 3.0, mode="nearest")
         assert np.abs(smooth - ndimage.gaussian_filter(ramp, 3.0, mode="nearest"))[inner].mean() < 3.0
         assert abs(float(out[region].mean() - image[region].mean())) < 1.0
-    assert set(stats) == set(texture_regions(template, labels)) - {"background -inf..-400 HU",
-                                                                  "background 200..inf HU"}  # fmt: skip
+    assert (
+        set(stats)
+        == set(texture_regions(template, labels))
+        == {"label 0, -20..200 HU", "label 1, 200..inf HU"}
+    )
 
 
 def test_a_model_finer_than_the_template_is_left_alone() -> None:
@@ -59,7 +62,7 @@ def test_a_model_finer_than_the_template_is_left_alone() -> None:
     image, template, labels, _ = _case(noise_hu=0.0, texture_hu=8.0)
     rough = template + np.random.default_rng(1).normal(scale=40.0, size=template.shape)
     out, stats = harmonise_texture(image, template, labels, rough, labels, np.ones_like(image), SIGMAS)
-    assert stats["label 1"]["scale"] == [1.0, 1.0] == stats["background -400..200 HU"]["scale"]
+    assert stats["label 1, 200..inf HU"]["scale"] == [1.0, 1.0] == stats["label 0, -20..200 HU"]["scale"]
     np.testing.assert_allclose(out, image, atol=1e-3)
 
 
@@ -70,10 +73,10 @@ def test_voxels_the_window_blend_replaces_do_not_count_and_small_regions_are_rec
     weight = np.ones_like(image)
     weight[labels == 1] = 0.5  # all of the chamber blended with the template afterwards
     out, stats = harmonise_texture(image, template, labels, template, labels, weight, SIGMAS)
-    for name in ("label 1", "label 7"):
+    for name in ("label 1, 200..inf HU", "label 7, -20..200 HU"):
         assert stats[name]["scale"] == [1.0, 1.0] and np.isnan(stats[name]["band_hu_after"]).all()
     np.testing.assert_allclose(out[labels == 1], image[labels == 1], atol=1e-3)
-    assert max(stats["background -400..200 HU"]["scale"]) < 0.3
+    assert max(stats["label 0, -20..200 HU"]["scale"]) < 0.3
 
 
 def test_voxels_beyond_the_window_do_not_spread_into_their_neighbours() -> None:

@@ -328,5 +328,9 @@ def test_tcdm_texture_harmonise_gives_the_template_texture_and_keeps_the_means(t
     assert checked >= 2
     np.testing.assert_array_equal(out[True][1], out[False][1])  # the SSV map is the sampler's
     meta = out[True][2]["texture_harmonise"]
-    assert meta["applied"] and meta["sigma_mm"] == list(TEXTURE_SIGMA_MM) and "label 1" in meta["regions"]
+    assert (
+        meta["applied"]
+        and meta["sigma_mm"] == list(TEXTURE_SIGMA_MM)
+        and "label 1, 200..inf HU" in meta["regions"]
+    )
     assert out[False][2]["texture_harmonise"] == {"applied": False, "sigma_mm": list(TEXTURE_SIGMA_MM)}

@@ -10,9 +10,9 @@ with nothing fitted on any data set:
 * :func:`harmonise_hu` (``hu_harmonise``): each structure's mean HU to the warped template's, by a
   correction smoothed within the structure (``HU_HARMONISE_SIGMA_MM``).
 * :func:`harmonise_texture` (``texture_harmonise``): the model's deviation from the warped template is
-  split at ``TEXTURE_SIGMA_MM`` into two fine bands, scaled per region so that the case's power in each
-  band in each structure (and in the background's air, soft-tissue and dense classes) is the
-  template's own, never more than the model's, and the structure-scale rest, kept. What the model changes at the scale of
+  split at ``TEXTURE_SIGMA_MM`` into two fine bands, scaled per region (each structure and the
+  background, split into air, fat, soft tissue and enhanced blood / bone) so that the case's power in
+  each band is the template's own, never more than the model's, and the structure-scale rest, kept. What the model changes at the scale of
   structures stays; the texture is the template's.
 
 Both act on the voxels the model's image is kept on (``weight``: the TCDM renderer's ``1 - window
@@ -28,6 +28,7 @@ import numpy as np
 __all__ = [
     "HU_HARMONISE_SIGMA_MM",
     "TEXTURE_SIGMA_MM",
+    "TEXTURE_TISSUE_HU",
     "harmonise_hu",
     "harmonise_texture",
     "texture_regions",
@@ -86,16 +87,18 @@ def harmonise_hu(
     return out.astype(np.float32), stats
 
 
-TEXTURE_SIGMA_MM = (2.5, 5.0)
+TEXTURE_SIGMA_MM = (1.25, 2.5, 5.0)
 """``texture_harmonise``: the Gaussians (standard deviations, mm) that split the model's deviation from the
 warped template into bands: finer than 2.5 mm (one voxel at the demo's 2.5 mm), 2.5-5 mm, and the
 structure scale beyond 5 mm (``HU_HARMONISE_SIGMA_MM``), which is kept as the model made it. The demo
 TCDM's noise power exceeds the real CT's from ~0.1 cycles/mm up (2-8x in the blood pool, 15-73x in soft
 tissue: ``benchmarks/README.md``), which the two finer bands cover. A design choice, not fitted."""
 
-TEXTURE_BACKGROUND_HU = ((-np.inf, -400.0), (-400.0, 200.0), (200.0, np.inf))
-"""The background (label 0) is split by the reference's HU into air / lung, soft tissue and dense
-(bone, contrast) regions, each with its own texture."""
+TEXTURE_TISSUE_HU = ((-np.inf, -400.0), (-400.0, -20.0), (-20.0, 200.0), (200.0, np.inf))
+"""Each label (the background 0 included) is split by the reference's HU into air / lung, fat, soft
+tissue (muscle, myocardium, unenhanced blood) and enhanced blood / bone, each with its own texture: a
+label such as TotalSegmentator's one-piece heart holds both the contrast-filled blood pool and the wall,
+whose boundary is not texture."""
 
 MIN_TEXTURE_VOXELS = 27
 """A region's texture is measured on its interior (one voxel eroded); with fewer interior voxels in the
@@ -103,11 +106,14 @@ case or the template its fine part is left as the model made it (recorded)."""
 
 
 def texture_regions(reference: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
-    """The regions :func:`harmonise_texture` treats separately: every label > 0, and the background's
-    :data:`TEXTURE_BACKGROUND_HU` classes of ``reference`` (HU), as ``{name: boolean mask}``."""
-    out = {f"label {int(v)}": labels == v for v in np.unique(labels) if v != 0}
-    for lo, hi in TEXTURE_BACKGROUND_HU:
-        out[f"background {lo:g}..{hi:g} HU"] = (labels == 0) & (reference >= lo) & (reference < hi)
+    """The regions :func:`harmonise_texture` treats separately: each label (0 included) split into the
+    :data:`TEXTURE_TISSUE_HU` classes of ``reference`` (HU), as ``{name: boolean mask}`` (non-empty ones)."""
+    out = {}
+    for v in np.unique(labels):
+        for lo, hi in TEXTURE_TISSUE_HU:
+            region = (labels == v) & (reference >= lo) & (reference < hi)
+            if region.any():
+                out[f"label {int(v)}, {lo:g}..{hi:g} HU"] = region
     return out
 
 

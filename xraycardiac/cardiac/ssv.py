@@ -65,11 +65,13 @@ SampleFn = Callable[..., torch.Tensor]
 CALIBRATION_HU = 100.0
 """The error the calibrated confidence is about: |synthetic - reference| > 100 HU at a voxel."""
 
-CALIBRATED_TAU: dict[int, float] = {32: 0.0107, 64: 0.0158}
+CALIBRATED_TAU: dict[int, float] = {32: 0.0108, 64: 0.0170}
 """Grid side (voxels) -> tau (squared [-1, 1] units) fitted with :func:`fit_tau` (smooth_vox 1,
 endpoint_weight 0.3, schedules 10/20/50, start strength 0.5) on tuning cases of the shipped
-``cardiac-tcdm-demo``: 64: its own grid, 3 cases (phantom template seed 0, MGM seed 1, 64³ x 2.5 mm);
-32: the same model run at 32³ x 5 mm (the benchmark's default grid), one case of that template.
+``cardiac-tcdm-demo``: 64: its own grid, 3 cases (phantom template seed 0, MGM seed 1, 64³ x 2.5 mm;
+0.3.0: 0.0170, 0.2.0: 0.0158);
+32: the same model run at 32³ x 5 mm (the benchmark's default grid), two cases of that template (0.3.0:
+0.0108; 0.2.0, one case: 0.0107).
 Other grids use the nearest entry (uncalibrated there). Measure with ``benchmarks/cardiac.py --calibrate``."""
 
 
