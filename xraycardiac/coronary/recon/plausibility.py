@@ -35,11 +35,12 @@ the crossing angles spread evenly over [0, 90] deg the share dropped is ``(2 / p
 consistency_mm)``; the limit ``L_ref`` set at ``r_ref = consistency_mm / d`` pixels becomes
 ``(2 / pi) asin(min(1, sin(pi L_ref / 2) r_ref / r))`` at ``r`` pixels, never below ``L_ref`` (finer
 pixels were not measured). ``r_ref`` = :data:`DROPPED_REFERENCE_PX` (1 mm over 0.20-0.28 mm at 512 px,
-where 0.2 was set); at 256 px (0.41-0.56 mm) the limit is 0.27-0.48. On 20 tuning pairs at 256 px
-(trees 60000-60019, true masks and matches) exact geometry dropped 0.2-42 % (median 11 %): 7 warned
-at 0.2, 2 with this limit; view 2 off by 5 deg (2.4 mm mean 3D error) dropped 0.7-57 %: 11 warned at
-0.2, 6 now; off by 10 mm (9.8 mm) 10-70 %: 17 of 19, now 14. The check flags gross errors, not a few
-degrees.
+where 0.2 was set); at 256 px (0.38-0.58 mm) it is 0.31-0.51. On 40 tuning pairs at 256 px (trees
+60000-60019, true masks and matches; the flag at 0.2 -> now): exact geometry dropped 0.2-42 % (median
+11 %), flagged 14 -> 3; view 2 off by 5 deg (2.3 mm mean 3D error) 0.6-65 % (median 24 %), flagged
+23 -> 11; its isocentre off by 10 mm (9.0 mm) 10-73 % (median 52 %), flagged 38 -> 30. At 512 px the
+limit stays 0.2 (exact geometry on 4 pairs of trees 61000-61003: 2, 59, 7 and 2 %). The check flags
+gross errors, not a few degrees.
 """
 
 from __future__ import annotations
