@@ -24,6 +24,23 @@ tree 4.7 mm or more off dropped 50-83 % (network, Frangi and true-mask vessels a
 two projection checks were 0 % for all of them (a wrong correspondence still lies on both views'
 vessels). The ``coronary-reconstruct`` job writes the record into
 its report, logs the warnings and the Slicer module shows them in its status line.
+
+The ``dropped`` limit scales with the pixel size (:func:`dropped_limit`). Most drops are the left-right
+check's: a sample is kept when the two matching directions agree within ``consistency_mm`` in 3D.
+With a right geometry they disagree where a vessel crosses the epipolar lines at a shallow angle
+``a``: a localisation error of about a pixel at the isocentre, ``d`` (detector spacing x SOD / SID),
+moves the point in depth by about ``d / sin a``, so a sample is dropped when ``sin a < k d /
+consistency_mm`` (a heavy tail: the share grows in proportion to ``d``, not like a Gaussian's). With
+the crossing angles spread evenly over [0, 90] deg the share dropped is ``(2 / pi) asin(k d /
+consistency_mm)``; the limit ``L_ref`` set at ``r_ref = consistency_mm / d`` pixels becomes
+``(2 / pi) asin(min(1, sin(pi L_ref / 2) r_ref / r))`` at ``r`` pixels, never below ``L_ref`` (finer
+pixels were not measured). ``r_ref`` = :data:`DROPPED_REFERENCE_PX` (1 mm over 0.20-0.28 mm at 512 px,
+where 0.2 was set); at 256 px (0.38-0.58 mm) it is 0.31-0.51. On 40 tuning pairs at 256 px (trees
+60000-60019, true masks and matches; the flag at 0.2 -> now): exact geometry dropped 0.2-42 % (median
+11 %), flagged 14 -> 3; view 2 off by 5 deg (2.3 mm mean 3D error) 0.6-65 % (median 24 %), flagged
+23 -> 11; its isocentre off by 10 mm (9.0 mm) 10-73 % (median 52 %), flagged 38 -> 30. At 512 px the
+limit stays 0.2 (exact geometry on 4 pairs of trees 61000-61003: 2, 59, 7 and 2 %). The check flags
+gross errors, not a few degrees.
 """
 
 from __future__ import annotations
@@ -36,7 +53,10 @@ from scipy import ndimage
 
 from xraycardiac.geometry import CArmGeometry
 
-__all__ = ["plausibility"]
+__all__ = ["DROPPED_REFERENCE_PX", "dropped_limit", "plausibility"]
+
+DROPPED_REFERENCE_PX = 4.0
+"""Left-right tolerance in pixels at the isocentre (1 mm / ~0.25 mm) of the 512 px pairs the 0.2 limit was set on."""
 
 
 def _rasterise(paths: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
@@ -66,6 +86,23 @@ def _sample(image: np.ndarray, uv: np.ndarray, outside: float) -> np.ndarray:
     return out
 
 
+def dropped_limit(limit: float, geometries: Sequence[CArmGeometry], consistency_mm: float) -> float:
+    """The ``dropped`` limit at these views' pixel size (module docstring).
+
+    Args:
+        limit: the limit at :data:`DROPPED_REFERENCE_PX` (a fraction in (0, 1)).
+        geometries: the views; the coarsest pixel at the isocentre (spacing x SOD / SID, mm) counts.
+        consistency_mm: the reconstruction's left-right tolerance, mm.
+
+    Returns:
+        ``(2 / pi) asin(min(1, sin(pi limit / 2) r_ref / r))`` with ``r = consistency_mm / pixel``, never
+        below ``limit``.
+    """
+    pixel_mm = max(max(g.pixel_spacing_mm) * g.sod_mm / g.sid_mm for g in geometries)
+    ratio = DROPPED_REFERENCE_PX * pixel_mm / consistency_mm
+    return float(max(limit, 2.0 / np.pi * np.arcsin(min(1.0, np.sin(np.pi * limit / 2.0) * ratio))))
+
+
 def plausibility(
     points3d: np.ndarray,
     geometries: Sequence[CArmGeometry],
@@ -75,6 +112,7 @@ def plausibility(
     tolerance_px: float = 1.5,
     margin_px: float = 1.0,
     max_fraction: tuple[float, float, float] = (0.1, 0.1, 0.2),
+    consistency_mm: float = 1.0,
 ) -> dict[str, Any]:
     """Ground-truth-free plausibility of a reconstruction (module docstring).
 
@@ -89,12 +127,14 @@ def plausibility(
             ``rejected_reprojection`` (removed by the reprojection check after it).
         tolerance_px: reprojection tolerance, pixels.
         margin_px: a projection within this of a vessel pixel counts as on the vessel.
-        max_fraction: warning limits of (reprojection_over_tol, outside_vessels, dropped).
+        max_fraction: warning limits of (reprojection_over_tol, outside_vessels, dropped); the last at
+            :data:`DROPPED_REFERENCE_PX`, scaled to the views' pixel size (:func:`dropped_limit`).
+        consistency_mm: the left-right tolerance of the reconstruction (``ReconstructionConfig``), mm.
 
     Returns:
         ``points``, ``reprojection_px`` (mean / p95 over points of the largest of the views'
         errors), ``reprojection_over_tol``, ``outside_vessels``, ``dropped`` (fractions),
-        ``tolerance_px``, ``max_fraction``, ``warnings`` (sentences) and ``plausible``.
+        ``tolerance_px``, ``max_fraction`` (the limits used), ``warnings`` (sentences) and ``plausible``.
 
     Raises:
         ValueError: not one geometry, centreline set and vessel map per view (counts named), fewer than
@@ -134,6 +174,11 @@ def plausibility(
         "outside_vessels": "of the points project outside the vessels of a view",
         "dropped": "of the matched samples were rejected by the consistency / reprojection checks",
     }
+    if not (np.isfinite(consistency_mm) and consistency_mm > 0):
+        raise ValueError(
+            f"plausibility: consistency_mm must be a finite number of mm > 0, got {consistency_mm!r}"
+        )
+    max_fraction = (*max_fraction[:2], dropped_limit(max_fraction[2], geometries, consistency_mm))
     warnings = [
         f"{100 * fractions[k]:.0f} % {what[k]} (limit {100 * lim:.0f} %): the 3D centreline is implausible; "
         "check the vessel segmentation and the geometry"
