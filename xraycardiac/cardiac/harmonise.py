@@ -101,7 +101,7 @@ label such as TotalSegmentator's one-piece heart holds both the contrast-filled 
 whose boundary is not texture."""
 
 MIN_TEXTURE_VOXELS = 27
-"""A region's texture is measured on its interior (one voxel eroded); with fewer interior voxels in the
+"""A region's texture is measured on its interior (:func:`_interior`); with fewer interior voxels in the
 case or the template its fine part is left as the model made it (recorded)."""
 
 
@@ -131,6 +131,15 @@ def _bands(image: np.ndarray, weight: np.ndarray, sigmas_vox: tuple[Any, ...]) -
     return [np.where(w > 0, levels[k] - levels[k + 1], 0.0) for k in range(len(sigmas_vox))]
 
 
+def _interior(region: np.ndarray) -> np.ndarray:
+    """``region`` eroded by two voxels (past a partial-volume edge), or by one where two leave fewer than
+    :data:`MIN_TEXTURE_VOXELS`."""
+    from scipy import ndimage
+
+    deep = ndimage.binary_erosion(region, iterations=2)
+    return deep if deep.sum() >= MIN_TEXTURE_VOXELS else ndimage.binary_erosion(region)
+
+
 def harmonise_texture(
     image: np.ndarray,
     reference: np.ndarray,
@@ -149,7 +158,8 @@ def harmonise_texture(
     splits into bands ``B_0(x) = x - G_0 x``, ``B_k(x) = G_(k-1) x - G_k x`` and the rest ``G_last x``.
     With ``d = image - reference``, ``R`` gets ``reference + G_last d + sum_k a_k B_k(d)``, ``a_k =
     sqrt(clip((P_T - P_ref) / P_d, 0, 1))``, where ``P`` is the mean square of band ``k`` over the
-    region's interior (one voxel eroded, voxels with ``weight`` 1): ``P_T`` of the template in its own
+    region's interior (two voxels eroded past partial-volume edges, one for thin regions; voxels with
+    ``weight`` 1): ``P_T`` of the template in its own
     region of that name, ``P_ref`` of the reference (the warped template), ``P_d`` of ``d``. So where the
     model added more than the template has, the case's power in the band is the template's (``a`` < 1),
     and never more than the model's own (``a`` <= 1); the structure-scale rest is the model's.
@@ -170,7 +180,6 @@ def harmonise_texture(
         of the template, of the image before and after; scales 1 and RMS values NaN for a region with
         fewer than :data:`MIN_TEXTURE_VOXELS` interior voxels in the case or the template).
     """
-    from scipy import ndimage
 
     img = np.asarray(image, np.float64)
     ref = np.asarray(reference, np.float64)
@@ -182,8 +191,8 @@ def harmonise_texture(
     for name, region in texture_regions(ref, labels).items():
         if not region.any():
             continue
-        inner = ndimage.binary_erosion(region) & (weight >= 1.0)
-        inner_t = ndimage.binary_erosion(tpl_regions.get(name, np.zeros(tpl.shape, bool)))
+        inner = _interior(region & (weight >= 1.0))
+        inner_t = _interior(tpl_regions.get(name, np.zeros(tpl.shape, bool)))
         if inner.sum() < MIN_TEXTURE_VOXELS or inner_t.sum() < MIN_TEXTURE_VOXELS:
             nan = [float("nan")] * n
             stats[name] = {
