@@ -341,8 +341,11 @@ def case_features(
     window = bundle.data_config.hu_window
     s = unit_to_hu(r.samples[:, 0, 0].float().cpu().numpy(), window)
     direct = unit_to_hu(r.direct[0, 0].float().cpu().numpy(), window)
-    geoms = view_geometries(case.config, case.centre_ras)
-    geoms = view_size_geometries([geoms[v] for v in bundle.views], bundle.view_size)
+    if case.geometries is not None:  # the views' own (a drawn acquisition, a clinical geometry)
+        geoms = [case.geometries[i] for i in order]
+    else:
+        geoms = [view_geometries(case.config, case.centre_ras)[v] for v in bundle.views]
+    geoms = view_size_geometries(geoms, bundle.view_size)
     f = uncertainty_features(s, direct, case.ijk_to_ras, views, geoms, bundle.data_config)
     seconds = {"generate": t1 - t0, "uncertainty": time.perf_counter() - t1}
     return f, unit_to_hu(r.mean[0, 0].float().cpu().numpy(), window), seconds
