@@ -15,6 +15,7 @@ from xraycardiac.projection import MU_WATER_PER_MM, render_drr
 from xraycardiac.volume import Volume
 from xraycardiac.xray2ct.body_source import degrade_view
 from xraycardiac.xray2ct.data import X2CTDataConfig, X2CTDataset, build_cache, unit_to_hu
+from xraycardiac.xray2ct.evaluate import load_cache_cases
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -71,7 +72,8 @@ def test_body_cache_renders_the_whole_body_about_a_drawn_isocentre(tmp_path: Pat
     matrices = [it["projection_matrices"].numpy() for it in items]
     assert not np.allclose(matrices[0], matrices[1])  # a drawn geometry per case
     s = SMALL.image_size
-    for it, case in zip(items, data.cases, strict=True):
+    evals = load_cache_cases(out, "all")  # each case with the geometry of its drawn acquisition
+    for it, case, ev in zip(items, data.cases, evals, strict=True):
         with np.load(out / case["file"]) as z:
             np.testing.assert_array_equal(it["projection_matrices"].numpy(), z["projection_matrices"])
             acq = json.loads(str(z["acquisition"]))
@@ -87,6 +89,7 @@ def test_body_cache_renders_the_whole_body_about_a_drawn_isocentre(tmp_path: Pat
             g = CArmGeometry.preset(view, sid_mm=acq["sid_mm"], sod_mm=acq["sid_mm"] - acq["views"][view]["gap_mm"],
                                     detector_rows=s, detector_cols=s, pixel_spacing_mm=(pixel, pixel),
                                     isocenter_ras_mm=tuple(centre))  # fmt: skip
+            assert ev.geometries[k] == g, (ev.geometries[k], g)
             np.testing.assert_allclose(g.projection_matrix(), it["projection_matrices"].numpy()[k], rtol=1e-9)
             alone = render_drr(cube, g).array[0] / (MU_WATER_PER_MM * SMALL.drr_water_mm)
             outside = alone < 1e-6  # rays that miss the cube: the body shows there (no box edge)

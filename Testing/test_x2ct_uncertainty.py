@@ -55,6 +55,58 @@ def test_calibrated_map_ranks_a_confidently_wrong_region_and_std_or_constant_do_
     assert u[np.ravel_multi_index(worst, (8, 8, 8))] > np.quantile(u, 0.9), "the worst block is not flagged"
 
 
+def _outside_slab_views(truth, geoms: list, thickness_mm: float = 100.0) -> np.ndarray:
+    """(V, S, S) view units of a water slab outside the cube in each view: ``thickness_mm`` thick,
+    perpendicular to that view's beam, 150 mm beyond the cube centre toward the detector (the cube
+    reaches 128 mm), wider than the field (tissue outside the volume, as in a real radiograph)."""
+    from xraycardiac.projection import MU_WATER_PER_MM
+    from xraycardiac.projection.drr import DRRConfig, render_drr
+    from xraycardiac.volume import Volume
+
+    n, step = 81, 10.0  # an 800 mm box about the centre
+    c = truth.center_ras()
+    ijk_to_ras = np.diag([step, step, step, 1.0])
+    ijk_to_ras[:3, 3] = c - step * (n - 1) / 2.0
+    k, j, i = np.indices((n, n, n))
+    ras = np.stack([i, j, k], axis=-1) * step + ijk_to_ras[:3, 3] - c
+    out = []
+    for g in geoms:
+        depth = ras @ g.beam_direction
+        slab = np.where((depth >= 150.0) & (depth < 150.0 + thickness_mm), 0.0, -1000.0).astype(np.float32)
+        line = render_drr(Volume(slab, ijk_to_ras, {}), g, DRRConfig(step_mm=CFG.drr_step_mm)).array[0]
+        out.append(line / (MU_WATER_PER_MM * CFG.drr_water_mm))
+    return np.stack(out)
+
+
+def test_view_residual_ignores_tissue_outside_the_volume_and_still_sees_the_wrong_region() -> None:
+    """A radiograph holds tissue outside the cube: the raw residual then lights up every ray (and stops
+    ranking the error); the residual with its local median removed barely changes and still ranks it."""
+    truth = load_case_ct(CTCase("p1", "phantom:1", "p1", "phantom"), CFG)
+    geoms = list(view_geometries(CFG, truth.center_ras()).values())
+    views = render_views(truth, CFG)
+    k, j, i = np.indices(truth.array.shape)
+    wrong = truth.array + 600.0 * np.exp(-((k - 20) ** 2 + (j - 12) ** 2 + (i - 20) ** 2) / (2 * 5.0**2))
+    wrong = np.clip(wrong, -1000, 1000)
+    err = np.abs(wrong - np.clip(truth.array, -1000, 1000))
+    slab = _outside_slab_views(truth, geoms)
+    assert slab.min() > 0.2, f"the slab must lie on every ray (min {slab.min():.3f} view units)"
+
+    def residual(v: np.ndarray, median_mm: float | None) -> np.ndarray:
+        return unc.view_residual(wrong, truth.ijk_to_ras, v, geoms, CFG, median_mm=median_mm)
+
+    raw, raw_slab = residual(views, None), residual(views + slab, None)
+    new, new_slab = residual(views, unc.RESIDUAL_MEDIAN_MM), residual(views + slab, unc.RESIDUAL_MEDIAN_MM)
+    rho = {name: unc.block_spearman(x, err, BLOCK) for name, x in
+           {"raw": raw, "raw_slab": raw_slab, "new": new, "new_slab": new_slab}.items()}  # fmt: skip
+    change = {
+        "raw": np.abs(raw_slab - raw).mean() / raw.mean(),
+        "new": np.abs(new_slab - new).mean() / new.mean(),
+    }
+    assert rho["raw"] >= 0.4 and rho["raw_slab"] < 0.4, f"the raw residual should lose the error: {rho}"
+    assert rho["new_slab"] >= 0.4, f"the residual without its local median should rank the error: {rho}"
+    assert change["raw"] > 1.0 and change["new"] < 0.25, f"mean relative change from the slab: {change}"
+
+
 def test_fit_recovers_known_weights_and_the_reliability_table_matches_the_error() -> None:
     rng = np.random.default_rng(0)
     feats = [
@@ -79,10 +131,18 @@ def test_fit_recovers_known_weights_and_the_reliability_table_matches_the_error(
 
 def test_calibration_file_round_trip_and_other_weights_are_not_used(tmp_path: Path) -> None:
     parts = {"autoencoder": "a" * 64, "encoder": "b" * 64, "ldm": "c" * 64}
-    cal = unc.UncertaintyCalibration(5.0, dict.fromkeys(unc.FEATURES, 1.0), parts, {"command": "x"})
+    source = {"command": "x", "view_residual_median_mm": unc.RESIDUAL_MEDIAN_MM}
+    cal = unc.UncertaintyCalibration(5.0, dict.fromkeys(unc.FEATURES, 1.0), parts, source)
     cal.save(tmp_path / "uncertainty.json")
     found, where = unc.find_calibration(tmp_path, "m", parts)
     assert found == cal and where.endswith("uncertainty.json")
+    # fitted on the raw view residual (before the median window was recorded): not used with this one
+    unc.UncertaintyCalibration(5.0, dict.fromkeys(unc.FEATURES, 1.0), parts, {"command": "x"}).save(
+        tmp_path / "m.uncertainty.json"
+    )
+    stale, why = unc.find_calibration(tmp_path, "m", parts)
+    assert stale is None and "another view_residual" in why, why
+    (tmp_path / "m.uncertainty.json").unlink()
     other, why = unc.find_calibration(tmp_path, "m", {**parts, "ldm": "d" * 64})
     assert other is None and "other weights" in why
     assert "NOT calibrated" in unc.describe_method(other, why)

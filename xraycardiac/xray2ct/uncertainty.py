@@ -10,10 +10,17 @@ per-voxel signals (:data:`FEATURES`, :func:`uncertainty_features`), each a voxel
 * ``local_std``: the standard deviation of the mean CT in the 3³ neighbourhood of each voxel (HU):
   edges and small structures are where a 4 mm generated CT is wrong first;
 * ``view_residual``: input consistency. The mean CT is re-projected with the views' geometry (our DRR
-  projector, the model's DRR scale), compared with the views the encoder saw, and the absolute
-  residual is back-projected along the rays (each voxel takes the residual at the pixel it projects
-  to, summed over the views; view units = line integral / (mu_water * drr_water_mm)): where the CT
-  disagrees with what was seen.
+  projector, the model's DRR scale) and compared with the views the encoder saw; the part of the
+  signed residual the volume cannot explain locally is removed, and the absolute remainder is
+  back-projected along the rays (each voxel takes it at the pixel it projects to, summed over the
+  views; view units = line integral / (mu_water * drr_water_mm)): where the CT disagrees with what was
+  seen. A real radiograph holds tissue outside the cube (shoulders, arms, abdomen, the table): its line
+  integrals add a broad, smooth or step-like field to every ray through it, which the cube's DRR cannot
+  have and which would read as disagreement everywhere along those rays (block Spearman of the raw
+  residual vs |error| ~0 on whole-body phantom radiographs). The residual's local background, its
+  median over a window of :data:`RESIDUAL_MEDIAN_MM` at the isocentre (the median keeps the edges of
+  such fields, e.g. collimation and body outline, out of the remainder, which a Gaussian or polynomial
+  fit does not), is that part; a disagreement smaller than about half the window survives.
 
 ``uncertainty = intercept + sum_f weight_f * feature_f`` (HU), with non-negative weights fitted by
 :func:`calibrate` (non-negative least squares, :func:`scipy.optimize.nnls`) on 8³-block means of
@@ -46,6 +53,7 @@ __all__ = [
     "BLOCK",
     "FEATURES",
     "FORMAT",
+    "RESIDUAL_MEDIAN_MM",
     "UncertaintyCalibration",
     "block_means",
     "block_spearman",
@@ -67,6 +75,12 @@ FEATURE_UNITS = {"sample_std": "HU", "direct_gap": "HU", "local_std": "HU", "vie
 BLOCK = 8
 """Side (voxels) of the blocks the calibration is fitted on and the rank check is made on."""
 PARTS = ("autoencoder", "encoder", "ldm")
+RESIDUAL_MEDIAN_MM = 55.0
+"""Side (mm at the isocentre) of the median window whose value is removed from the signed view residual as
+what tissue outside the volume adds (module docstring); 11 pixels of the demo views (5.2 mm at the
+isocentre). Chosen on the val splits of the phantom and whole-body caches (leave-one-case-out block
+Spearman of the calibrated map), never on the real CT. Recorded in a calibration (``source``), which
+is used only with the same value."""
 
 
 def block_means(volume: np.ndarray, block: int = BLOCK) -> np.ndarray:
@@ -112,9 +126,10 @@ def reliability_table(
 
 def view_residual(
     mean_hu: np.ndarray, ijk_to_ras: np.ndarray, views: np.ndarray, geometries: Sequence[Any],
-    data_config: Any,
+    data_config: Any, median_mm: float | None = RESIDUAL_MEDIAN_MM,
 ) -> np.ndarray:  # fmt: skip
-    """|DRR of the mean CT - view|, back-projected along the rays and summed over the views.
+    """|r - median of r over a median_mm window|, r = DRR of the mean CT - view, back-projected along the
+    rays and summed over the views (module docstring).
 
     Args:
         mean_hu: (K, J, I) the generated CT (HU).
@@ -122,6 +137,8 @@ def view_residual(
         views: (V, S, S) the views as the encoder saw them (view units).
         geometries: V :class:`~xraycardiac.geometry.CArmGeometry` with S x S detectors (the views' own).
         data_config: the model's data config (``drr_water_mm``, ``drr_step_mm``).
+        median_mm: side of the median window at the isocentre (mm; odd pixel count >= 3); None: the raw
+            |r| (what tissue outside the volume lights up).
 
     Returns:
         (K, J, I) float32, view units.
@@ -140,7 +157,12 @@ def view_residual(
     out = np.zeros(vol.array.shape, dtype=np.float64)
     for view, geom in zip(views, geometries, strict=True):
         drr = render_drr(vol, geom, DRRConfig(step_mm=data_config.drr_step_mm)).array[0] * scale
-        res = np.abs(drr - np.asarray(view, dtype=np.float64))
+        res = drr - np.asarray(view, dtype=np.float64)
+        if median_mm is not None:
+            iso_mm = min(geom.pixel_spacing_mm) * geom.sod_mm / geom.sid_mm
+            size = max(3, 2 * int(round(median_mm / iso_mm / 2.0)) + 1)
+            res = res - ndimage.median_filter(res, size=size, mode="nearest")
+        res = np.abs(res)
         uvw = pts @ geom.projection_matrix().T
         rows, cols = uvw[:, 1] / uvw[:, 2], uvw[:, 0] / uvw[:, 2]
         out += ndimage.map_coordinates(res, [rows, cols], order=1, mode="nearest").reshape(out.shape)
@@ -273,8 +295,9 @@ def calibrate(
     Args:
         model: x2ct bundle folder or installed name.
         cases: :class:`~xraycardiac.xray2ct.evaluate.EvalCase` of a split the model was not trained on
-            (``load_cache_cases(cache, "val")``).
-        data: where the cases come from ({"cache", "split"}), recorded in the calibration.
+            (``load_cache_cases(cache, "val")``; several caches pooled, e.g. cube DRRs and whole-body
+            radiographs of a ``body:`` cache, each case with its own view geometry).
+        data: where the cases come from ({"cache": folder(s), "split"}), recorded in the calibration.
         samples, steps, seed: the sampler, as ``x2ct generate`` will run it.
         command: the command line, recorded.
 
@@ -302,7 +325,8 @@ def calibrate(
         spearman.append(block_spearman(calibrated_uncertainty(f, cal), e))
     source = {"model": bundle.source["model"], "version": bundle.source["version"], **dict(data),
               "cases": len(cases), "samples": samples, "steps": steps, "seed": seed,
-              "block": BLOCK, "command": command, "threads": torch.get_num_threads(),
+              "block": BLOCK, "view_residual_median_mm": RESIDUAL_MEDIAN_MM, "command": command,
+              "threads": torch.get_num_threads(),
               "calibration_block_spearman": [round(s, 3) for s in spearman],
               "calibration_mean_abs_error_hu": round(float(np.mean([e.mean() for e in errors])), 1)}  # fmt: skip
     return UncertaintyCalibration(round(intercept, 6), {k: round(v, 6) for k, v in weights.items()},
@@ -341,8 +365,11 @@ def case_features(
     window = bundle.data_config.hu_window
     s = unit_to_hu(r.samples[:, 0, 0].float().cpu().numpy(), window)
     direct = unit_to_hu(r.direct[0, 0].float().cpu().numpy(), window)
-    geoms = view_geometries(case.config, case.centre_ras)
-    geoms = view_size_geometries([geoms[v] for v in bundle.views], bundle.view_size)
+    if case.geometries is not None:  # the views' own (a drawn acquisition, a clinical geometry)
+        geoms = [case.geometries[i] for i in order]
+    else:
+        geoms = [view_geometries(case.config, case.centre_ras)[v] for v in bundle.views]
+    geoms = view_size_geometries(geoms, bundle.view_size)
     f = uncertainty_features(s, direct, case.ijk_to_ras, views, geoms, bundle.data_config)
     seconds = {"generate": t1 - t0, "uncertainty": time.perf_counter() - t1}
     return f, unit_to_hu(r.mean[0, 0].float().cpu().numpy(), window), seconds
@@ -360,6 +387,10 @@ def find_calibration(
             if {p: cal.parts_sha256.get(p) for p in PARTS} != {p: parts_sha256.get(p) for p in PARTS}:
                 return None, (f"{path} was fitted for other weights (parts sha256 differ); rerun "
                               "xraycardiac x2ct calibrate-uncertainty for this model")  # fmt: skip
+            if cal.source.get("view_residual_median_mm") != RESIDUAL_MEDIAN_MM:
+                return None, (f"{path} was fitted for another view_residual (median window "
+                              f"{cal.source.get('view_residual_median_mm')} mm, this version uses "
+                              f"{RESIDUAL_MEDIAN_MM} mm); rerun xraycardiac x2ct calibrate-uncertainty")  # fmt: skip
             return cal, str(path)
     return (
         None,
@@ -373,6 +404,7 @@ def describe_method(calibration: UncertaintyCalibration | None, source: str) -> 
         return f"std over samples (unbiased), HU; NOT calibrated to the error: {source}"
     terms = " + ".join(f"{calibration.weights[n]:.4g} {n}" for n in FEATURES)
     s = calibration.source
+    cache = " + ".join(s["cache"]) if isinstance(s.get("cache"), list) else s.get("cache")
     return (f"expected |error|, HU: {calibration.intercept_hu:.4g} + {terms} (xraycardiac.xray2ct.uncertainty; "
-            f"fitted on {s.get('cases')} {s.get('split')} cases of {s.get('cache')}, K {s.get('samples')}, "
+            f"fitted on {s.get('cases')} {s.get('split')} cases of {cache}, K {s.get('samples')}, "
             f"{s.get('steps')} steps; {source})")  # fmt: skip
