@@ -162,7 +162,9 @@ def harmonise_texture(
     ``weight`` 1): ``P_T`` of the template in its own
     region of that name, ``P_ref`` of the reference (the warped template), ``P_d`` of ``d``. So where the
     model added more than the template has, the case's power in the band is the template's (``a`` < 1),
-    and never more than the model's own (``a`` <= 1); the structure-scale rest is the model's.
+    and never more than the model's own (``a`` <= 1); the structure-scale rest is the model's. Each
+    band is taken minus its ``weight``-weighted mean over the region, so the region's weighted mean HU
+    (set by :func:`harmonise_hu`) does not move.
 
     Args:
         image: the model's image, HU.
@@ -215,7 +217,10 @@ def harmonise_texture(
             for t, r, d in zip(p_t, p_ref, p_d, strict=True)
         ]
         for a, band in zip(scale, bands_d, strict=True):
-            out[region] -= (1.0 - a) * band[region]
+            # each band minus its weighted mean over the region: the step never moves a region's mean,
+            # which hu_harmonise has set (a thin region's band is biased by its partial-volume rim)
+            centred = band[region] - float(np.sum(kept * band)) / max(float(kept.sum()), 1e-12)
+            out[region] -= (1.0 - a) * centred
         stats[name] = {
             "scale": scale, "band_hu_template": [float(np.sqrt(p)) for p in p_t],
             "band_hu_before": [float(np.sqrt(p)) for p in power(img, kept, inner)],
