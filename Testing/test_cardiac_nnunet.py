@@ -71,7 +71,8 @@ def test_dataset_id_and_name_are_checked(tmp_path):
 def test_nnunet_verify_dataset_integrity_accepts_the_export(tmp_path):
     """nnU-Net v2's own check. nnunetv2 2.8.1's pip dependencies pull torch 2.14.1 with CUDA 13 beside our
     torch 2.13.0, so it is not a test extra: install it with ``pip install --no-deps nnunetv2==2.8.1
-    batchgenerators nibabel pandas python-dateutil acvl_utils blosc2 msgpack ndindex`` to run this."""
+    batchgenerators nibabel pandas python-dateutil acvl_utils blosc2 msgpack ndindex httpx httpcore h11 anyio
+    sniffio certifi idna`` to run this (blosc2 now imports httpx; checked 2026-12-08)."""
     verify = pytest.importorskip(
         "nnunetv2.experiment_planning.verify_dataset_integrity",
         reason="nnunetv2 not installed (its dependencies pull a CUDA torch; see the docstring)",
