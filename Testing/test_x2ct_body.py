@@ -116,3 +116,28 @@ def test_encoder_trains_on_each_body_case_geometry_single_and_biplanar(tmp_path:
         out = train_x2ct_encoder(tmp_path / "cache", tmp_path / f"enc{n_views}", tmp_path / "ae",
                                  overrides=[*enc, f"n_views={n_views}"], **kw)  # fmt: skip
         assert out["step"] == 1 and np.isfinite(out["last_log"]["loss"])
+
+
+def test_sart_reconstructs_a_body_case_with_its_own_geometry(tmp_path: Path) -> None:
+    """x2ct evaluate's classical rows on a body: cache: SART runs with each case's drawn geometry (it
+    refused these cases before), beats the air it starts from, and beats the same SART given the
+    training geometry instead (measured 9.9 vs 7.1 dB)."""
+    from dataclasses import replace
+
+    from xraycardiac.metrics import psnr
+    from xraycardiac.xray2ct.data import view_geometries
+    from xraycardiac.xray2ct.evaluate import parse_x2ct_method
+    from xraycardiac.xray2ct.sparse_view import reconstruct_sparse_view
+
+    build_cache(["body:0"], tmp_path / "cache", SMALL, seed=5)
+    (case,) = load_cache_cases(tmp_path / "cache", "all")
+    got = parse_x2ct_method("sart:5").run(case)
+    assert got.shape == case.truth_hu.shape and np.isfinite(got).all()
+    cfg = case.config
+    training = list(view_geometries(replace(cfg, views=case.view_names), case.centre_ras).values())
+    lines = case.views.astype(np.float64) * (MU_WATER_PER_MM * cfg.drr_water_mm)
+    wrong = reconstruct_sparse_view(lines, training, case.truth_hu.shape, case.ijk_to_ras, "sart", 5,
+                                    step_mm=cfg.drr_step_mm).array  # fmt: skip
+    score = {k: psnr(v, case.truth_hu, data_range=2000.0) for k, v in
+             (("own", got), ("training", wrong), ("air", np.full_like(got, -1000.0)))}  # fmt: skip
+    assert score["own"] > score["air"] and score["own"] > score["training"] + 2.0, score

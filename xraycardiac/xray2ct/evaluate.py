@@ -359,12 +359,17 @@ def _sparse_method(spec: str, kind: str, n_iter: int, device: Any) -> X2CTMethod
 
     def run(case: EvalCase) -> np.ndarray:
         cfg = case.config
-        geoms = list(view_geometries(replace(cfg, views=tuple(case.view_names)), case.centre_ras).values())
+        if case.geometries is not None:  # a body: case's drawn acquisition, the real CT's whole-CT views
+            geoms, which = list(case.geometries), "geometry recorded with it"
+        else:
+            geoms = list(
+                view_geometries(replace(cfg, views=tuple(case.view_names)), case.centre_ras).values()
+            )
+            which = "config's geometry about the cube centre"
         for g, p in zip(geoms, case.projection_matrices, strict=True):
             if not np.allclose(g.projection_matrix(), p, rtol=1e-6, atol=1e-6 * float(np.abs(p).max())):
                 raise ValueError(
-                    f"method {spec!r}: the {g.name} view of case {case.name} was not taken with the "
-                    "config's geometry about the cube centre"
+                    f"method {spec!r}: the {g.name} view of case {case.name} was not taken with the {which}"
                 )
         line_integrals = case.views.astype(np.float64) * (MU_WATER_PER_MM * cfg.drr_water_mm)
         vol = reconstruct_sparse_view(line_integrals, geoms, case.truth_hu.shape, case.ijk_to_ras, kind,
