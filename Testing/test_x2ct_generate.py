@@ -236,7 +236,7 @@ def test_calibrated_uncertainty_is_written_with_its_method_and_other_weights_fal
     import shutil
 
     from xraycardiac.xray2ct.bundle import import_bundle
-    from xraycardiac.xray2ct.uncertainty import UncertaintyCalibration
+    from xraycardiac.xray2ct.uncertainty import RESIDUAL_CANDIDATES, UncertaintyCalibration
 
     model = tmp_path / "model"
     shutil.copytree(setup["bi"], model)
@@ -247,6 +247,9 @@ def test_calibrated_uncertainty_is_written_with_its_method_and_other_weights_fal
     assert cli.exit_code == 0, cli.output
     cal = UncertaintyCalibration.load(cal_file)
     assert cal.source["cases"] == 2 and "calibrate-uncertainty" in cal.source["command"], cal.source
+    chosen = cal.source["view_residual_selection"]["loo_block_spearman_mean"]  # --view-residual auto
+    assert cal.view_residual in chosen and chosen[cal.view_residual] == max(chosen.values()), cal.source
+    assert set(chosen) == set(RESIDUAL_CANDIDATES), chosen
     inputs = {"pa": setup["pa"], "lateral": setup["lateral"]}
     summary = _run(setup, tmp_path / "out", inputs, model=str(model))
     unc = read_volume(tmp_path / "out" / "uncertainty.nrrd")
@@ -266,3 +269,13 @@ def test_calibrated_uncertainty_is_written_with_its_method_and_other_weights_fal
     other = _run(setup, tmp_path / "stale", inputs, model=str(model))
     assert "other weights" in other["uncertainty"], other["uncertainty"]
     assert np.array_equal(read_volume(tmp_path / "stale" / "uncertainty.nrrd").array, std)
+    # a calibration without the residual term is applied as such: here exactly the sample std
+    weights = {"sample_std": 1.0, "direct_gap": 0.0, "local_std": 0.0, "view_residual": 0.0}
+    UncertaintyCalibration(0.0, weights, cal.parts_sha256, {**cal.source, "view_residual": "none"}).save(
+        cal_file
+    )
+    none = _run(setup, tmp_path / "none", inputs, model=str(model))
+    assert (
+        none["uncertainty"].startswith("expected |error|, HU") and "view residual none" in none["uncertainty"]
+    )
+    np.testing.assert_allclose(read_volume(tmp_path / "none" / "uncertainty.nrrd").array, std, atol=1e-3)

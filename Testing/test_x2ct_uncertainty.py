@@ -16,7 +16,9 @@ CFG = X2CTDataConfig(grid=32, spacing_mm=8.0)
 BLOCK = 4  # 8³ blocks of a 32³ cube would be 64; 4³ gives 512
 
 
-def _confidently_wrong(phantom: int, centre: tuple[int, int, int], seed: int) -> tuple[dict, np.ndarray]:
+def _confidently_wrong(
+    phantom: int, centre: tuple[int, int, int], seed: int, residual: str = unc.RESIDUAL_DEFAULT
+) -> tuple[dict, np.ndarray]:
     """Features and |error| of a "generation" that is wrong around ``centre`` (up to +600 HU, a 5-voxel
     Gaussian) and everywhere else right, with samples that agree (std 20 HU noise everywhere) and a direct
     estimate equal to the mean: only the input consistency can see where the CT is wrong."""
@@ -29,7 +31,9 @@ def _confidently_wrong(phantom: int, centre: tuple[int, int, int], seed: int) ->
     samples = wrong[None] + rng.normal(0.0, 20.0, (4, *wrong.shape))
     mean = samples.mean(axis=0)
     geoms = view_geometries(CFG, truth.center_ras())
-    feats = unc.uncertainty_features(samples, mean, truth.ijk_to_ras, views, list(geoms.values()), CFG)
+    feats = unc.uncertainty_features(
+        samples, mean, truth.ijk_to_ras, views, list(geoms.values()), CFG, residual
+    )
     return feats, np.abs(mean - np.clip(truth.array, -1000, 1000))
 
 
@@ -38,7 +42,36 @@ def cases() -> dict[str, tuple[dict, np.ndarray]]:
     return {
         "calibration": _confidently_wrong(0, (12, 18, 10), 0),
         "held_out": _confidently_wrong(1, (20, 12, 20), 1),
+        "calibration_none": _confidently_wrong(0, (12, 18, 10), 0, "none"),
+        "held_out_none": _confidently_wrong(1, (20, 12, 20), 1, "none"),
     }
+
+
+def test_no_residual_form_is_zeros_and_the_choice_keeps_a_residual_that_sees_the_error(cases) -> None:
+    """'none' leaves the view residual out (zeros, the other features unchanged); choosing on a case left
+    out of the fit keeps the residual where it is the only feature that sees the error, and records
+    every form's score."""
+    (f, err), (f_none, _) = cases["held_out"], cases["held_out_none"]
+    assert not f_none["view_residual"].any() and f["view_residual"].max() > 0
+    for name in ("sample_std", "direct_gap", "local_std"):
+        np.testing.assert_array_equal(f_none[name], f[name])
+    errors = [cases["calibration"][1], err]
+    by_form = {
+        "none": [cases["calibration_none"][0], f_none],
+        unc.RESIDUAL_DEFAULT: [cases["calibration"][0], f],
+    }
+    best, scores = unc.select_view_residual(by_form, errors, BLOCK)
+    assert best == unc.RESIDUAL_DEFAULT and set(scores) == set(by_form), scores
+    assert min(scores[best]) > max(scores["none"]) + 0.2, scores
+    with pytest.raises(ValueError, match="needs >= 2 cases"):
+        unc.select_view_residual({"none": [f_none]}, [err], BLOCK)
+    for bad in ("median", "median:-5", "gauss:4", ""):
+        with pytest.raises(ValueError, match="expected 'none', 'raw' or 'median:<window mm > 0>'"):
+            unc.parse_view_residual(bad)
+    assert unc.parse_view_residual("median:55") == ("median", 55.0) and unc.parse_view_residual("none") == (
+        "none",
+        None,
+    )
 
 
 def test_calibrated_map_ranks_a_confidently_wrong_region_and_std_or_constant_do_not(cases) -> None:
@@ -151,3 +184,39 @@ def test_calibration_file_round_trip_and_other_weights_are_not_used(tmp_path: Pa
     )
     with pytest.raises(ValueError, match="uncertainty.json: not xraycardiac.x2ct_uncertainty"):
         unc.find_calibration(tmp_path, "m", parts)
+
+
+def test_calibration_records_its_residual_form_none_included_and_a_mismatch_is_refused(
+    tmp_path: Path,
+) -> None:
+    parts = {"autoencoder": "a" * 64, "encoder": "b" * 64, "ldm": "c" * 64}
+    weights = {"sample_std": 1.5, "direct_gap": 0.5, "local_std": 0.0, "view_residual": 0.0}
+    none = unc.UncertaintyCalibration(
+        3.0, weights, parts, {"view_residual": "none", "view_residual_median_mm": None}
+    )
+    none.save(tmp_path / "m.uncertainty.json")
+    found, _ = unc.find_calibration(tmp_path, "m", parts)
+    assert found == none and found.view_residual == "none", found
+    assert "view residual none" in unc.describe_method(found, "here")
+    raw = unc.UncertaintyCalibration(3.0, weights, parts, {"view_residual": "raw"})
+    assert raw.view_residual == "raw"
+    # the window alone (files written before the form was recorded): the median form
+    assert (
+        unc.UncertaintyCalibration(3.0, weights, parts, {"view_residual_median_mm": 55.0}).view_residual
+        == "median:55"
+    )
+    refused = {
+        "no residual recorded": ({}, weights),
+        "median without a window": ({"view_residual": "median"}, weights),
+        "a form this version does not compute": (
+            {"view_residual": "gauss", "view_residual_median_mm": 4.0},
+            weights,
+        ),
+        "not a string": ({"view_residual": None}, weights),
+        "'none' with a residual weight": ({"view_residual": "none"}, {**weights, "view_residual": 2.0}),
+    }
+    for what, (source, w) in refused.items():
+        unc.UncertaintyCalibration(3.0, w, parts, source).save(tmp_path / "m.uncertainty.json")
+        cal, why = unc.find_calibration(tmp_path, "m", parts)
+        assert cal is None and "view_residual" in why and "calibrate-uncertainty" in why, (what, why)
+        assert "NOT calibrated" in unc.describe_method(cal, why)

@@ -69,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     maps = [*unc.FEATURES, "calibrated"] if cal is not None else list(unc.FEATURES)
     rows, pooled = [], {}
     for group, case in cases:
-        feats, mean_hu, sec = unc.case_features(bundle, case, args.samples, args.steps, args.seed)
+        residual = cal.view_residual if cal is not None else unc.RESIDUAL_DEFAULT
+        by_form, mean_hu, sec = unc.case_features(
+            bundle, case, args.samples, args.steps, args.seed, [residual]
+        )
+        feats = by_form[residual]
         t0 = time.perf_counter()
         if cal is not None:
             feats["calibrated"] = unc.calibrated_uncertainty(feats, cal)

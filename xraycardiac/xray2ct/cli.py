@@ -301,6 +301,14 @@ def calibrate_uncertainty(
     samples: Annotated[int, typer.Option(help="K samples per case (>= 2), as x2ct generate will run.")] = 4,
     steps: Annotated[int, typer.Option(help="Sampler steps, as x2ct generate will run.")] = 20,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
+    view_residual: Annotated[
+        str,
+        typer.Option(
+            help="Form of the view-residual term: 'auto' (each of none, raw, median:25..85 fitted, the one "
+            "ranking the error best on a case left out of the fit kept and recorded), or one of 'none', 'raw', "
+            "'median:<window mm>'."
+        ),
+    ] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
 ) -> None:
     """Fit the calibrated uncertainty (expected |error|, HU) of a model on phantoms it was not trained on."""
@@ -314,10 +322,12 @@ def calibrate_uncertainty(
     cases = [c for d in data for c in load_cache_cases(d, split, max_cases)]
     cache = [str(d) for d in data] if len(data) > 1 else str(data[0])
     cal = calibrate(model, cases, {"cache": cache, "split": split}, samples, steps, seed,
-                    command="xraycardiac x2ct calibrate-uncertainty " + " ".join(sys.argv[3:]))  # fmt: skip
+                    command="xraycardiac x2ct calibrate-uncertainty " + " ".join(sys.argv[3:]),
+                    residual=view_residual)  # fmt: skip
     cal.save(out)
     rho = cal.source["calibration_block_spearman"]
-    typer.echo(f"{cal.source['cases']} {split} cases: intercept {cal.intercept_hu:.1f} HU, weights {cal.weights}; "
+    typer.echo(f"{cal.source['cases']} {split} cases, view residual {cal.view_residual}: intercept "
+               f"{cal.intercept_hu:.1f} HU, weights {cal.weights}; "
                f"block Spearman on them {min(rho):.2f}..{max(rho):.2f} -> {out}")  # fmt: skip
 
 

@@ -361,7 +361,7 @@ def _uncertainty(
     feats = unc.uncertainty_features(
         unit_to_hu(result.samples[:, 0, 0].float().cpu().numpy(), window),
         unit_to_hu(result.direct[0, 0].float().cpu().numpy(), window),
-        ijk_to_ras, prepared["views"], geoms, bundle.data_config,
+        ijk_to_ras, prepared["views"], geoms, bundle.data_config, cal.view_residual,
     )  # fmt: skip
     return unc.calibrated_uncertainty(feats, cal), unc.describe_method(cal, source)
 

@@ -22,6 +22,13 @@ per-voxel signals (:data:`FEATURES`, :func:`uncertainty_features`), each a voxel
   such fields, e.g. collimation and body outline, out of the remainder, which a Gaussian or polynomial
   fit does not), is that part; a disagreement smaller than about half the window survives.
 
+  Its form is chosen per model (:data:`RESIDUAL_CANDIDATES`, a :func:`parse_view_residual` spec:
+  ``"none"``, no residual term; ``"raw"``, |r|; ``"median:<mm>"``, the median removed): :func:`calibrate`
+  with ``residual="auto"`` fits every candidate on the same generations and keeps the one whose map ranks
+  the error best on a case left out of the fit (:func:`select_view_residual`). The calibration records
+  it (:attr:`UncertaintyCalibration.view_residual`) and the map is computed with that form; one view's
+  residual, back-projected along its rays, localises little, and a model may be better without it.
+
 ``uncertainty = intercept + sum_f weight_f * feature_f`` (HU), with non-negative weights fitted by
 :func:`calibrate` (non-negative least squares, :func:`scipy.optimize.nnls`) on 8³-block means of
 calibration phantoms (a cache split the model was not trained on, e.g. ``val``; never test data, never
@@ -53,6 +60,8 @@ __all__ = [
     "BLOCK",
     "FEATURES",
     "FORMAT",
+    "RESIDUAL_CANDIDATES",
+    "RESIDUAL_DEFAULT",
     "RESIDUAL_MEDIAN_MM",
     "UncertaintyCalibration",
     "block_means",
@@ -63,7 +72,9 @@ __all__ = [
     "describe_method",
     "find_calibration",
     "fit_calibration",
+    "parse_view_residual",
     "reliability_table",
+    "select_view_residual",
     "uncertainty_features",
     "view_residual",
     "view_size_geometries",
@@ -79,8 +90,40 @@ RESIDUAL_MEDIAN_MM = 55.0
 """Side (mm at the isocentre) of the median window whose value is removed from the signed view residual as
 what tissue outside the volume adds (module docstring); 11 pixels of the demo views (5.2 mm at the
 isocentre). Chosen on the val splits of the phantom and whole-body caches (leave-one-case-out block
-Spearman of the calibrated map), never on the real CT. Recorded in a calibration (``source``), which
-is used only with the same value."""
+Spearman of the calibrated map), never on the real CT. The default form (``"median:55"``) where a model
+has no calibration to say otherwise."""
+RESIDUAL_DEFAULT = f"median:{RESIDUAL_MEDIAN_MM:g}"
+RESIDUAL_CANDIDATES = (
+    "none",
+    "raw",
+    "median:25",
+    "median:35",
+    "median:45",
+    "median:55",
+    "median:65",
+    "median:85",
+)
+"""The view-residual forms ``calibrate(residual="auto")`` chooses from (:func:`parse_view_residual`)."""
+
+
+def parse_view_residual(spec: str) -> tuple[str, float | None]:
+    """(form, median window mm) of a view-residual spec: ``"none"`` (no residual term), ``"raw"`` (|r|) or
+    ``"median:<mm>"`` (|r - its median over a window of that side at the isocentre|, mm > 0).
+
+    Raises:
+        ValueError: anything else (naming the value and what is allowed).
+    """
+    text = str(spec).strip().lower()
+    if text in ("none", "raw"):
+        return text, None
+    form, _, mm = text.partition(":")
+    try:
+        value = float(mm)
+    except ValueError:
+        value = float("nan")
+    if form != "median" or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"view residual {spec!r}: expected 'none', 'raw' or 'median:<window mm > 0>'")
+    return "median", value
 
 
 def block_means(volume: np.ndarray, block: int = BLOCK) -> np.ndarray:
@@ -171,7 +214,7 @@ def view_residual(
 
 def uncertainty_features(
     samples_hu: np.ndarray, direct_hu: np.ndarray, ijk_to_ras: np.ndarray, views: np.ndarray,
-    geometries: Sequence[Any], data_config: Any,
+    geometries: Sequence[Any], data_config: Any, residual: str = RESIDUAL_DEFAULT,
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """The :data:`FEATURES` of one generation (module docstring), each (K, J, I) float32.
 
@@ -179,9 +222,11 @@ def uncertainty_features(
         samples_hu: (N, K, J, I) the decoded samples (HU), N >= 2.
         direct_hu: (K, J, I) the encoder's direct estimate (HU).
         ijk_to_ras, views, geometries, data_config: as :func:`view_residual`.
+        residual: the view residual's form (:func:`parse_view_residual`; the calibration's
+            :attr:`UncertaintyCalibration.view_residual`); ``"none"`` gives zeros (not computed).
 
     Raises:
-        ValueError: fewer than 2 samples.
+        ValueError: fewer than 2 samples, an unknown residual form.
     """
     from scipy import ndimage
 
@@ -197,9 +242,20 @@ def uncertainty_features(
         "sample_std": s.std(axis=0, ddof=1),
         "direct_gap": np.abs(mean - np.asarray(direct_hu, dtype=np.float64)),
         "local_std": np.sqrt(np.clip(local_var, 0.0, None)),
-        "view_residual": view_residual(mean, ijk_to_ras, views, geometries, data_config),
+        "view_residual": _residual_feature(mean, ijk_to_ras, views, geometries, data_config, residual),
     }
     return {k: np.asarray(v, dtype=np.float32) for k, v in feats.items()}
+
+
+def _residual_feature(
+    mean_hu: np.ndarray, ijk_to_ras: np.ndarray, views: np.ndarray, geometries: Sequence[Any],
+    data_config: Any, residual: str,
+) -> np.ndarray:  # fmt: skip
+    """The ``view_residual`` feature in the form ``residual`` (zeros for ``"none"``)."""
+    form, median_mm = parse_view_residual(residual)
+    if form == "none":
+        return np.zeros(np.shape(mean_hu), dtype=np.float32)
+    return view_residual(mean_hu, ijk_to_ras, views, geometries, data_config, median_mm=median_mm)
 
 
 @dataclass(frozen=True)
@@ -210,13 +266,30 @@ class UncertaintyCalibration:
         intercept_hu: HU.
         weights: per feature (:data:`FEATURES`), HU per feature unit (:data:`FEATURE_UNITS`), >= 0.
         parts_sha256: {part: sha256} of the bundle parts the fit was made for.
-        source: cache, split, cases, samples, steps, seed, command, block, the fit's own figures.
+        source: cache, split, cases, samples, steps, seed, command, block, the fit's own figures, and
+            the view residual's form (``view_residual``: "none" / "raw" / "median", with
+            ``view_residual_median_mm``; a file with the window alone is "median").
     """
 
     intercept_hu: float
     weights: dict[str, float]
     parts_sha256: dict[str, str]
     source: dict[str, Any]
+
+    @property
+    def view_residual(self) -> str | None:
+        """The recorded view-residual spec (:func:`parse_view_residual`), or None when the file records
+        none this version can compute (then the calibration must not be used)."""
+        form = self.source.get("view_residual", "median")  # files with the window alone: the median form
+        mm = self.source.get("view_residual_median_mm")
+        if not isinstance(form, str):
+            return None
+        spec = f"median:{mm:g}" if form == "median" and isinstance(mm, (int, float)) else form
+        try:
+            parse_view_residual(spec)
+        except ValueError:
+            return None
+        return str(spec)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (with ``format`` and the feature names and units)."""
@@ -282,15 +355,53 @@ def fit_calibration(
     return float(coef[0]), {n: float(c) for n, c in zip(FEATURES, coef[1:], strict=True)}
 
 
+def select_view_residual(
+    features: Mapping[str, Sequence[Mapping[str, np.ndarray]]], abs_errors: Sequence[np.ndarray],
+    block: int = BLOCK,
+) -> tuple[str, dict[str, list[float]]]:  # fmt: skip
+    """The view-residual form whose calibrated map ranks the error best on a case left out of the fit.
+
+    For each form, each case in turn is left out, the weights are fitted on the others
+    (:func:`fit_calibration`) and the block Spearman of that case's map vs its |error| is taken; the form
+    with the highest mean over the cases wins (ties: the first given).
+
+    Args:
+        features: {residual spec: the cases' features computed with it}, the same cases for every spec.
+        abs_errors: the cases' |error| (HU).
+
+    Returns:
+        (chosen spec, {spec: the left-out block Spearman of each case}).
+
+    Raises:
+        ValueError: fewer than 2 cases, or feature lists of another length.
+    """
+    if len(abs_errors) < 2 or any(len(f) != len(abs_errors) for f in features.values()):
+        raise ValueError(f"choosing the view residual needs >= 2 cases with features for every form, got "
+                         f"{len(abs_errors)} cases and {[len(f) for f in features.values()]} feature sets")  # fmt: skip
+    scores: dict[str, list[float]] = {}
+    for spec, feats in features.items():
+        scores[spec] = []
+        for i, (f, e) in enumerate(zip(feats, abs_errors, strict=True)):
+            rest = [j for j in range(len(feats)) if j != i]
+            a, w = fit_calibration([feats[j] for j in rest], [abs_errors[j] for j in rest], block)
+            left_out = calibrated_uncertainty(f, UncertaintyCalibration(a, w, {}, {}))
+            scores[spec].append(block_spearman(left_out, e, block))
+    best = max(scores, key=lambda k: float(np.mean(scores[k])))  # max keeps the first of equal means
+    return best, scores
+
+
 def calibrate(
     model: str, cases: Sequence[Any], data: Mapping[str, Any], samples: int = 4, steps: int = 20,
-    seed: int = 0, command: str = "",
+    seed: int = 0, command: str = "", residual: str = "auto",
 ) -> UncertaintyCalibration:  # fmt: skip
     """Fit :class:`UncertaintyCalibration` for ``model`` on calibration phantoms.
 
     Each case is generated as ``x2ct generate`` does (``samples`` K, ``steps``, ``seed``) from its cached
     views at the training geometry; its features and |error| against the cached CT (both clipped to the
-    HU window) are pooled over the cases and fitted (:func:`fit_calibration`).
+    HU window) are pooled over the cases and fitted (:func:`fit_calibration`). With ``residual="auto"``
+    every form of :data:`RESIDUAL_CANDIDATES` is computed on the same generations and the one
+    :func:`select_view_residual` picks is fitted; the choice and every form's left-out Spearman are
+    recorded.
 
     Args:
         model: x2ct bundle folder or installed name.
@@ -300,9 +411,11 @@ def calibrate(
         data: where the cases come from ({"cache": folder(s), "split"}), recorded in the calibration.
         samples, steps, seed: the sampler, as ``x2ct generate`` will run it.
         command: the command line, recorded.
+        residual: ``"auto"`` or a :func:`parse_view_residual` spec (the form used, not chosen).
 
     Raises:
-        ValueError: no cases, samples < 2, a model that does not fit the cases.
+        ValueError: no cases, samples < 2, a model that does not fit the cases, an unknown residual,
+            ``"auto"`` with fewer than 2 cases.
     """
     import torch
 
@@ -312,20 +425,39 @@ def calibrate(
         raise ValueError(f"samples: the sample std needs K >= 2, got {samples}")
     if not cases:
         raise ValueError("cases: expected at least one calibration case, got none")
+    specs = list(RESIDUAL_CANDIDATES) if residual == "auto" else [residual]
+    for spec in specs:
+        parse_view_residual(spec)
+    if residual == "auto" and len(cases) < 2:
+        raise ValueError(
+            f"residual 'auto' chooses on cases left out of the fit: needs >= 2 cases, got {len(cases)}"
+        )
     bundle = load_bundle(model)
-    feats, errors, spearman = [], [], []
+    by_spec: dict[str, list[dict[str, np.ndarray]]] = {spec: [] for spec in specs}
+    errors, spearman = [], []
     for case in cases:
-        f, mean_hu, _ = case_features(bundle, case, samples, steps, seed)
+        fs, mean_hu, _ = case_features(bundle, case, samples, steps, seed, residuals=specs)
         window = bundle.data_config.hu_window
         errors.append(np.abs(mean_hu - np.clip(case.truth_hu, *window)))
-        feats.append(f)
+        for spec in specs:
+            by_spec[spec].append(fs[spec])
+    selection: dict[str, Any] = {}
+    if residual == "auto":
+        residual, scores = select_view_residual(by_spec, errors)
+        selection = {"view_residual_selection": {
+            "rule": "highest mean leave-one-case-out block Spearman of the calibrated map",
+            "loo_block_spearman_mean": {k: round(float(np.mean(v)), 3) for k, v in scores.items()},
+            "loo_block_spearman_min": {k: round(float(np.min(v)), 3) for k, v in scores.items()}}}  # fmt: skip
+    form, median_mm = parse_view_residual(residual)
+    feats = by_spec[residual]
     intercept, weights = fit_calibration(feats, errors)
     cal = UncertaintyCalibration(intercept, weights, dict(bundle.source["sha256"]), {})
     for f, e in zip(feats, errors, strict=True):
         spearman.append(block_spearman(calibrated_uncertainty(f, cal), e))
     source = {"model": bundle.source["model"], "version": bundle.source["version"], **dict(data),
               "cases": len(cases), "samples": samples, "steps": steps, "seed": seed,
-              "block": BLOCK, "view_residual_median_mm": RESIDUAL_MEDIAN_MM, "command": command,
+              "block": BLOCK, "view_residual": form, "view_residual_median_mm": median_mm, **selection,
+              "command": command,
               "threads": torch.get_num_threads(),
               "calibration_block_spearman": [round(s, 3) for s in spearman],
               "calibration_mean_abs_error_hu": round(float(np.mean([e.mean() for e in errors])), 1)}  # fmt: skip
@@ -344,10 +476,16 @@ def view_size_geometries(geometries: Sequence[Any], size: int) -> list[Any]:
 
 
 def case_features(
-    bundle: Any, case: Any, samples: int, steps: int, seed: int
-) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, float]]:
-    """(features, mean HU, seconds {"generate", "uncertainty"}) of one
-    :class:`~xraycardiac.xray2ct.evaluate.EvalCase` (views at the training geometry about its centre)."""
+    bundle: Any,
+    case: Any,
+    samples: int,
+    steps: int,
+    seed: int,
+    residuals: Sequence[str] = (RESIDUAL_DEFAULT,),
+) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray, dict[str, float]]:
+    """({residual spec: features}, mean HU, seconds {"generate", "uncertainty"}) of one
+    :class:`~xraycardiac.xray2ct.evaluate.EvalCase` (views at the training geometry about its centre), one
+    generation for every view-residual form in ``residuals`` (the seconds: of the first)."""
     import time
 
     import torch
@@ -370,9 +508,13 @@ def case_features(
     else:
         geoms = [view_geometries(case.config, case.centre_ras)[v] for v in bundle.views]
     geoms = view_size_geometries(geoms, bundle.view_size)
-    f = uncertainty_features(s, direct, case.ijk_to_ras, views, geoms, bundle.data_config)
+    f = uncertainty_features(s, direct, case.ijk_to_ras, views, geoms, bundle.data_config, residuals[0])
     seconds = {"generate": t1 - t0, "uncertainty": time.perf_counter() - t1}
-    return f, unit_to_hu(r.mean[0, 0].float().cpu().numpy(), window), seconds
+    out = {residuals[0]: f}
+    for spec in residuals[1:]:
+        out[spec] = {**f, "view_residual": _residual_feature(s.astype(np.float64).mean(axis=0), case.ijk_to_ras, views, geoms,
+                                                             bundle.data_config, spec)}  # fmt: skip
+    return out, unit_to_hu(r.mean[0, 0].float().cpu().numpy(), window), seconds
 
 
 def find_calibration(
@@ -387,10 +529,14 @@ def find_calibration(
             if {p: cal.parts_sha256.get(p) for p in PARTS} != {p: parts_sha256.get(p) for p in PARTS}:
                 return None, (f"{path} was fitted for other weights (parts sha256 differ); rerun "
                               "xraycardiac x2ct calibrate-uncertainty for this model")  # fmt: skip
-            if cal.source.get("view_residual_median_mm") != RESIDUAL_MEDIAN_MM:
-                return None, (f"{path} was fitted for another view_residual (median window "
-                              f"{cal.source.get('view_residual_median_mm')} mm, this version uses "
-                              f"{RESIDUAL_MEDIAN_MM} mm); rerun xraycardiac x2ct calibrate-uncertainty")  # fmt: skip
+            if cal.view_residual is None:
+                return None, (f"{path} was fitted for another view_residual (view_residual "
+                              f"{cal.source.get('view_residual')!r}, median window "
+                              f"{cal.source.get('view_residual_median_mm')} mm; this version computes 'none', "
+                              "'raw' or 'median' with a window); rerun xraycardiac x2ct calibrate-uncertainty")  # fmt: skip
+            if cal.view_residual == "none" and cal.weights.get("view_residual", 0.0) != 0.0:
+                return None, (f"{path} records view_residual 'none' but weighs it "
+                              f"{cal.weights['view_residual']}; rerun xraycardiac x2ct calibrate-uncertainty")  # fmt: skip
             return cal, str(path)
     return (
         None,
@@ -407,4 +553,4 @@ def describe_method(calibration: UncertaintyCalibration | None, source: str) -> 
     cache = " + ".join(s["cache"]) if isinstance(s.get("cache"), list) else s.get("cache")
     return (f"expected |error|, HU: {calibration.intercept_hu:.4g} + {terms} (xraycardiac.xray2ct.uncertainty; "
             f"fitted on {s.get('cases')} {s.get('split')} cases of {cache}, K {s.get('samples')}, "
-            f"{s.get('steps')} steps; {source})")  # fmt: skip
+            f"{s.get('steps')} steps; view residual {calibration.view_residual}; {source})")  # fmt: skip
