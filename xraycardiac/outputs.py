@@ -30,7 +30,7 @@ import re
 import shutil
 import stat
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -45,6 +45,7 @@ __all__ = [
     "move_into_place",
     "new_work_dir",
     "parse_shard",
+    "read_format_json",
     "recorded_sample",
     "remove_stale_temps",
     "sha256_file",
@@ -279,6 +280,33 @@ def write_json_atomic(
     """
     text = json.dumps(data, indent=indent, allow_nan=allow_nan, default=default) + "\n"
     return write_bytes_atomic(text.encode("utf-8"), path, fsync=fsync)
+
+
+def read_format_json(
+    path: str | os.PathLike[str], what: str, fmt: str, features: Sequence[str], remedy: str
+) -> dict[str, Any]:
+    """Read a JSON file this package wrote with ``{"format": fmt, "features": [...], ...}``.
+
+    Args:
+        path: the file.
+        what: what it is, for the message (e.g. ``"input statistics"``).
+        fmt, features: the ``format`` and ``features`` it must record.
+        remedy: the command that makes it again (named in the message).
+
+    Returns:
+        The document.
+
+    Raises:
+        ValueError: unreadable, not a JSON object, or another format / other features (naming the file).
+    """
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable {what} ({exc})") from None
+    if not isinstance(d, dict) or d.get("format") != fmt or d.get("features") != list(features):
+        raise ValueError(f"{path}: not {fmt} with features {list(features)}; recompute it ({remedy})")
+    return d
 
 
 def sha256_stream(stream: IO[bytes], sink: IO[bytes] | None = None) -> str:

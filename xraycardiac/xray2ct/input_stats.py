@@ -23,7 +23,6 @@ integral / (mu_water * drr_water_mm)). Per view it holds
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -32,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from xraycardiac.outputs import write_json_atomic
+from xraycardiac.outputs import read_format_json, write_json_atomic
 
 __all__ = [
     "FEATURES",
@@ -120,15 +119,7 @@ class InputStats:
         Raises:
             ValueError: not such a file, or features of another version (naming the file).
         """
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: unreadable input statistics ({exc})") from None
-        if not isinstance(d, dict) or d.get("format") != FORMAT or d.get("features") != list(FEATURES):
-            raise ValueError(
-                f"{path}: not {FORMAT} with features {list(FEATURES)}; recompute it (x2ct input-stats)"
-            )
+        d = read_format_json(path, "input statistics", FORMAT, FEATURES, "x2ct input-stats")
         keep = {k: d[k] for k in ("view_size", "data_config", "median", "spread", "quantiles", "mean_image",
                                   "threshold", "source")}  # fmt: skip
         return cls(views=tuple(d["views"]), **keep)

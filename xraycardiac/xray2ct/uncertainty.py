@@ -45,7 +45,6 @@ says so (:func:`describe_method`).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -54,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from xraycardiac.outputs import write_json_atomic
+from xraycardiac.outputs import read_format_json, write_json_atomic
 
 __all__ = [
     "BLOCK",
@@ -303,15 +302,7 @@ class UncertaintyCalibration:
         Raises:
             ValueError: unreadable, or not this format / these features (naming the file).
         """
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: unreadable uncertainty calibration ({exc})") from None
-        if not isinstance(d, dict) or d.get("format") != FORMAT or d.get("features") != list(FEATURES):
-            raise ValueError(
-                f"{path}: not {FORMAT} with features {list(FEATURES)}; recompute it (x2ct calibrate-uncertainty)"
-            )
+        d = read_format_json(path, "uncertainty calibration", FORMAT, FEATURES, "x2ct calibrate-uncertainty")
         return cls(float(d["intercept_hu"]), {k: float(v) for k, v in d["weights"].items()},
                    dict(d["parts_sha256"]), dict(d["source"]))  # fmt: skip
 
