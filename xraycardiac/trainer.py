@@ -377,6 +377,8 @@ class Trainer:
         config: the :class:`TrainConfig`.
         out_dir: folder for ``checkpoint.pt`` and ``log.jsonl``.
         model_config: JSON-ready model config, stored in checkpoints and compared on resume.
+        resume_free: ``model_config`` keys that may differ on resume (settings chosen after training,
+            which do not change the optimisation, e.g. a mask threshold).
     """
 
     def __init__(
@@ -387,11 +389,13 @@ class Trainer:
         config: TrainConfig,
         out_dir: str | os.PathLike[str],
         model_config: Mapping[str, Any],
+        resume_free: tuple[str, ...] = (),
     ) -> None:
         from xraycardiac.runtime import select_device
 
         self.config = config
         self.model_config = json.loads(json.dumps(dict(model_config)))
+        self.resume_free = frozenset(resume_free)
         self.out_dir = Path(out_dir)
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
@@ -451,17 +455,16 @@ class Trainer:
         """Restore model, EMA, optimizer and step from ``path``; returns the step.
 
         Raises:
-            ValueError: the checkpoint was made with another model config or another training
+            ValueError: the checkpoint was made with another model config (other than the
+                ``resume_free`` keys) or another training
                 config (other than ``steps``, ``device``, ``num_workers``, ``log_every``,
                 ``checkpoint_every``); names the first differing key.
         """
         state = torch.load(path, map_location=self.device, weights_only=False)
-        if state.get("model_config") != self.model_config:
-            keys = sorted(
-                k
-                for k in set(state.get("model_config", {})) | set(self.model_config)
-                if state.get("model_config", {}).get(k) != self.model_config.get(k)
-            )
+        stored = {k: v for k, v in state.get("model_config", {}).items() if k not in self.resume_free}
+        current = {k: v for k, v in self.model_config.items() if k not in self.resume_free}
+        if stored != current:
+            keys = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
             raise ValueError(
                 f"{path}: checkpoint of another model config (differs in {keys}); use a new --out folder"
             )

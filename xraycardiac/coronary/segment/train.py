@@ -29,35 +29,57 @@ import numpy as np
 
 from xraycardiac.coronary.segment.vessel_seg import VesselSegConfig
 
-__all__ = ["build_scene_bank", "skeleton_target", "train_vessel_seg"]
+__all__ = [
+    "best_postprocessing",
+    "build_scene_bank",
+    "choose_postprocessing",
+    "skeleton_target",
+    "train_vessel_seg",
+]
 
 SCENES = "scenes.npz"
+VAL_SCENES = "val_scenes.npz"
+# fields chosen after training (on validation scenes): they do not change a resumed run's optimisation
+POSTPROCESSING = ("threshold", "min_object_px", "val_scenes", "val_seed")
 
 
 def build_scene_bank(
-    config: VesselSegConfig, cache: Path | None = None, progress: Callable[..., None] | None = None
+    config: VesselSegConfig,
+    cache: Path | None = None,
+    progress: Callable[..., None] | None = None,
+    validation: bool = False,
 ) -> list[Any]:
-    """The training scenes of ``config`` (read from ``cache`` when it holds them, else made and saved).
+    """The training scenes of ``config``, or its validation scenes (read from ``cache`` when it holds them,
+    else made and saved).
+
+    Args:
+        config: ``n_scenes`` from ``scene_seed`` (training) or ``val_scenes`` from ``val_seed``
+            (``validation``); sizes and backgrounds cycle through ``scene_sizes`` / ``backgrounds``.
+        cache: ``.npz`` file of the bank (checked against the fields that make it).
+        progress: ``progress(stage, fraction)``.
+        validation: make the validation bank.
 
     Returns:
-        A list of :class:`~xraycardiac.coronary.synth.appearance.VesselScene`.
+        A list of :class:`~xraycardiac.coronary.synth.appearance.VesselScene` (validation scenes keep
+        their centreline; cached training scenes do not need it).
     """
     from xraycardiac.coronary.synth.appearance import VesselScene, make_scene
     from xraycardiac.coronary.synth.projection import OutsideFieldOfViewError
     from xraycardiac.outputs import atomic_path
 
-    key = json.dumps({k: v for k, v in asdict(config).items() if k in (
-        "n_scenes", "scene_seed", "scene_sizes", "backgrounds")}, sort_keys=True)  # fmt: skip
+    n, first = (config.val_scenes, config.val_seed) if validation else (config.n_scenes, config.scene_seed)
+    key = json.dumps({"n_scenes": n, "scene_seed": first, "scene_sizes": list(config.scene_sizes),
+                      "backgrounds": list(config.backgrounds)}, sort_keys=True)  # fmt: skip
     if cache is not None and cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
             if str(z["key"]) == key:
                 return [
-                    VesselScene(z[f"t{i}"], z[f"t{i}"] > 0.05, np.zeros((0, 2)),
+                    VesselScene(z[f"t{i}"], z[f"t{i}"] > 0.05, z[f"c{i}"] if f"c{i}" in z else np.zeros((0, 2)),
                                 z[f"b{i}"] if z[f"b{i}"].size > 1 else None, str(z[f"s{i}"]))
                     for i in range(int(z["n"]))
                 ]  # fmt: skip
-    scenes, seed = [], config.scene_seed
-    while len(scenes) < config.n_scenes:
+    scenes, seed = [], first
+    while len(scenes) < n:
         i = len(scenes)
         size = config.scene_sizes[i % len(config.scene_sizes)]
         background = config.backgrounds[i % len(config.backgrounds)]
@@ -67,17 +89,76 @@ def build_scene_bank(
             pass
         seed += 1
         if progress is not None:
-            progress(f"training scenes {len(scenes)}/{config.n_scenes}", 0.0)
+            progress(f"{'validation' if validation else 'training'} scenes {len(scenes)}/{n}", 0.0)
     if cache is not None:
         arrays: dict[str, Any] = {"key": np.array(key), "n": np.array(len(scenes))}
         for i, s in enumerate(scenes):
             arrays[f"t{i}"] = s.thickness_mm
             arrays[f"b{i}"] = s.background_mu if s.background_mu is not None else np.zeros(1, np.float32)
             arrays[f"s{i}"] = np.array(s.background)
+            if validation:
+                arrays[f"c{i}"] = s.centreline_px
         cache.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(cache, ".npz") as tmp:
             np.savez(tmp, **arrays)
     return scenes
+
+
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+MIN_OBJECTS_PX = (20, 100, 400)
+
+
+def best_postprocessing(
+    probabilities: list[np.ndarray], labels: list[np.ndarray]
+) -> tuple[float, int, list[dict[str, float]]]:
+    """The ``threshold`` x ``min_object_px`` (of ``THRESHOLDS`` x ``MIN_OBJECTS_PX``) with the best mean Dice.
+
+    Args:
+        probabilities: (rows, cols) vessel probability maps.
+        labels: their (rows, cols) bool ground-truth masks.
+
+    Returns:
+        (threshold, min_object_px, table: one row per setting with its mean ``dice``).
+    """
+    from xraycardiac.coronary.segment.vessel_seg import vessel_mask
+
+    table = []
+    for threshold in THRESHOLDS:
+        for min_px in MIN_OBJECTS_PX:
+            dice = []
+            for prob, label in zip(probabilities, labels, strict=True):
+                pred = vessel_mask(prob, threshold, min_px)
+                dice.append(2.0 * np.sum(pred & label) / max(int(pred.sum() + label.sum()), 1))
+            table.append({"threshold": threshold, "min_object_px": min_px, "dice": float(np.mean(dice))})
+    best = max(table, key=lambda r: r["dice"])
+    return float(best["threshold"]), int(best["min_object_px"]), table
+
+
+def choose_postprocessing(
+    network: Any, config: VesselSegConfig, scenes: list[Any], seed: int = 0
+) -> tuple[VesselSegConfig, list[dict[str, float]]]:
+    """``config`` with the threshold and speck size that give the best mean Dice on validation ``scenes``.
+
+    Each scene is shown once in a training-family look (seeded by ``seed`` and its index; vessels
+    dark, as clinical frames are) and segmented whole by ``network``; no held-out family is used.
+
+    Returns:
+        (the config with ``threshold`` / ``min_object_px`` replaced, the table of :func:`best_postprocessing`).
+    """
+    from dataclasses import replace
+
+    from xraycardiac.coronary.segment.vessel_seg import VesselSegmenter
+    from xraycardiac.coronary.synth.appearance import AppearanceConfig, render_randomised
+
+    segmenter = VesselSegmenter(network.eval(), config, "cpu", {})
+    look = AppearanceConfig(profiles=config.profiles, noises=config.noises, p_invert=0.0)
+    probs, labels = [], []
+    for k, scene in enumerate(scenes):
+        image, label, _ = render_randomised(scene, look, np.random.default_rng([seed, 73, k]))
+        probs.append(segmenter(image).probability)
+        labels.append(label)
+    threshold, min_px, table = best_postprocessing(probs, labels)
+    return replace(config, threshold=threshold, min_object_px=min_px), table
 
 
 def skeleton_target(label: np.ndarray) -> np.ndarray:
@@ -166,10 +247,22 @@ def train_vessel_seg(
             metrics["skeleton_recall"] = float(recall.detach())
         return loss, metrics
 
-    trainer = Trainer(network, loss_fn, dataset, tcfg, out, mcfg.to_dict())
+    trainer = Trainer(network, loss_fn, dataset, tcfg, out, mcfg.to_dict(), resume_free=POSTPROCESSING)
     summary = trainer.fit(progress=progress)
     if not trainer.is_main:
         return summary
+    chosen = ""
+    if mcfg.val_scenes:
+        val = build_scene_bank(mcfg, out / VAL_SCENES, progress, validation=True)
+        if progress is not None:
+            progress(f"choosing the threshold on {len(val)} validation scenes", 1.0)
+        mcfg, table = choose_postprocessing(trainer.averaged_model(), mcfg, val, tcfg.seed)
+        best = max(r["dice"] for r in table)
+        (out / "postprocessing.json").write_text(json.dumps(table, indent=1))
+        chosen = (
+            f"; mask threshold {mcfg.threshold} and min_object_px {mcfg.min_object_px} chosen after training on "
+            f"{len(val)} validation scenes (trees {mcfg.val_seed}.., training families; mean Dice {best:.3f})"
+        )
     weights = save_weights(trainer.averaged_model(), mcfg, out / "model.pt")
     n_params = sum(p.numel() for p in network.parameters())
     entry = write_model_package(
@@ -178,7 +271,7 @@ def train_vessel_seg(
             f"{len(scenes)} synthetic scenes (procedural coronary trees {mcfg.scene_seed}.., one standard view "
             f"each at {list(mcfg.scene_sizes)} px, backgrounds {list(mcfg.backgrounds)}), "
             f"{mcfg.crop_px} px crops zoomed {list(mcfg.zoom)} with randomised appearance (profiles "
-            f"{list(mcfg.profiles)}, noise {list(mcfg.noises)}); no real CT, no held-out family"
+            f"{list(mcfg.profiles)}, noise {list(mcfg.noises)}); no real CT, no held-out family{chosen}"
         ),
         description=(
             f"coronary vessel segmentation (MONAI UNet 2D {list(mcfg.channels)}, {n_params / 1e6:.2f}M parameters, "

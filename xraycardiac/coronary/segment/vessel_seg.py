@@ -45,6 +45,7 @@ __all__ = [
     "segment_image",
     "segment_vessels",
     "standardise",
+    "vessel_mask",
 ]
 
 DEFAULT_MODEL = "coronary-vessel-seg-demo"
@@ -76,6 +77,10 @@ class VesselSegConfig(JsonConfig):
         backgrounds: background families of the bank (``appearance.BACKGROUNDS`` minus "real-ct").
         profiles, noises: vessel profiles and noise models drawn in training
             (``appearance.PROFILES`` / ``NOISES``; the held-out ones are for benchmarks).
+        val_scenes: validation scenes on which ``threshold`` and ``min_object_px`` are chosen after
+            training (best mean Dice; training families only, trees ``val_seed ..``); 0 = keep the
+            given ones. See :func:`xraycardiac.coronary.segment.train.choose_postprocessing`.
+        val_seed: first tree seed of the validation scenes (apart from the training bank's seeds).
     """
 
     channels: tuple[int, ...] = (12, 24, 48, 96, 96)
@@ -94,6 +99,8 @@ class VesselSegConfig(JsonConfig):
     backgrounds: tuple[str, ...] = ("chest-phantom", "procedural", "lowfreq")
     profiles: tuple[str, ...] = ("beer-lambert", "flat", "blurred-edge")
     noises: tuple[str, ...] = ("poisson", "gaussian")
+    val_scenes: int = 0
+    val_seed: int = 70_000
 
     def __post_init__(self) -> None:
         for name in ("channels", "strides", "scene_sizes", "backgrounds", "profiles", "noises", "zoom"):
@@ -119,6 +126,18 @@ class VesselSegConfig(JsonConfig):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and not isinstance(v, bool) and lo_ <= v <= hi_):
                 raise ValueError(f"VesselSegConfig.{name}: expected a number in [{lo_}, {hi_}], got {v!r}")
+        for name in ("val_scenes", "val_seed", "min_object_px"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+                raise ValueError(f"VesselSegConfig.{name}: expected an integer >= 0, got {v!r}")
+        # tree seeds used: n_scenes from scene_seed, skipping trees outside the field of view
+        bank = (self.scene_seed, self.scene_seed + 4 * self.n_scenes + 8)
+        val = (self.val_seed, self.val_seed + 4 * self.val_scenes + 8)
+        if self.val_scenes and max(bank[0], val[0]) < min(bank[1], val[1]):
+            raise ValueError(
+                f"VesselSegConfig.val_seed: the validation trees ({self.val_seed}..) overlap the training "
+                f"bank's ({self.scene_seed}..); keep them at least 4 x the scene count + 8 seeds apart"
+            )
         lo, hi = self.zoom
         if not 0.1 <= lo <= hi <= 10.0:
             raise ValueError(
@@ -226,7 +245,6 @@ class VesselSegmenter:
         import time
 
         import torch
-        from scipy import ndimage
 
         img = np.asarray(image, dtype=np.float32)
         if img.ndim != 2 or min(img.shape) < 8 or not np.all(np.isfinite(img)):
@@ -241,14 +259,21 @@ class VesselSegmenter:
         with torch.no_grad():
             x = torch.from_numpy(np.ascontiguousarray(padded))[None, None].to(self.device)
             prob = torch.sigmoid(self.network(x))[0, 0, :rows, :cols].float().cpu().numpy()
-        mask = prob >= self.config.threshold
-        if self.config.min_object_px > 1 and mask.any():
-            lab, n = ndimage.label(mask, structure=np.ones((3, 3)))
-            sizes = np.bincount(lab.ravel(), minlength=n + 1)
-            keep = sizes >= self.config.min_object_px
-            keep[0] = False
-            mask = keep[lab]
+        mask = vessel_mask(prob, self.config.threshold, self.config.min_object_px)
         return VesselSegmentation(prob.astype(np.float32), mask, time.perf_counter() - t0, self.provenance)
+
+
+def vessel_mask(probability: np.ndarray, threshold: float, min_object_px: int) -> np.ndarray:
+    """``probability >= threshold`` without 8-connected components under ``min_object_px`` pixels (bool)."""
+    from scipy import ndimage
+
+    mask = np.asarray(probability) >= threshold
+    if min_object_px > 1 and mask.any():
+        lab, n = ndimage.label(mask, structure=np.ones((3, 3)))
+        keep = np.bincount(lab.ravel(), minlength=n + 1) >= min_object_px
+        keep[0] = False
+        mask = keep[lab]
+    return mask
 
 
 @functools.lru_cache(maxsize=4)
