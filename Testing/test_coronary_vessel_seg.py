@@ -234,7 +234,7 @@ def test_train_command_makes_an_importable_package_and_resumes(tmp_path):
     assert result.exit_code == 0, result.output
     entry = json.loads((out / "model.json").read_text())
     table = json.loads((out / "postprocessing.json").read_text())
-    assert len(table) == 21 and (out / "val_scenes.npz").is_file()
+    assert len(table) == 24 and (out / "val_scenes.npz").is_file()
     best = max(table, key=lambda r: r["dice"])
     assert (entry["config"]["threshold"], entry["config"]["min_object_px"]) == (
         best["threshold"],

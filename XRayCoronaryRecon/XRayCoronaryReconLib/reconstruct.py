@@ -21,7 +21,7 @@ the job segments the vessels with the learned network (``segmentation="network"`
   at its parent point so the branches connect), a model node "... centreline" (polylines with
   ``Radius``) and a model node "... tube" (the tube surface), RAS mm;
 * for each view the network segmented: a scalar volume "... vessel probability view N" (0-1, on the
-  image's grid) and a segmentation "... vessels view N" (probability >= 0.5);
+  image's grid) and a segmentation "... vessels view N" (the model's mask: probability >= its threshold);
 * on volume node 2: ``XRayCardiac.Geometry`` / ``XRayCardiac.ProjectionMatrix`` replaced by the
   refined geometry (when refined), the previous geometry kept once as ``XRayCardiac.GeometryOriginal``
   (a second run keeps the first original), and ``XRayCardiac.CalibrationRefined``,

@@ -65,6 +65,7 @@ def build_scene_bank(
     """
     from xraycardiac.coronary.synth.appearance import VesselScene, make_scene
     from xraycardiac.coronary.synth.projection import OutsideFieldOfViewError
+    from xraycardiac.geometry import CArmGeometry
     from xraycardiac.outputs import atomic_path
 
     n, first = (config.val_scenes, config.val_seed) if validation else (config.n_scenes, config.scene_seed)
@@ -73,9 +74,11 @@ def build_scene_bank(
     if cache is not None and cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
             if str(z["key"]) == key:
+                # the view (its pixel size sets the catheters' width) is kept since session 6; older banks lack it
                 return [
                     VesselScene(z[f"t{i}"], z[f"t{i}"] > 0.05, z[f"c{i}"] if f"c{i}" in z else np.zeros((0, 2)),
-                                z[f"b{i}"] if z[f"b{i}"].size > 1 else None, str(z[f"s{i}"]))
+                                z[f"b{i}"] if z[f"b{i}"].size > 1 else None, str(z[f"s{i}"]),
+                                CArmGeometry.from_dict(json.loads(str(z[f"g{i}"]))) if f"g{i}" in z else None)
                     for i in range(int(z["n"]))
                 ]  # fmt: skip
     scenes, seed = [], first
@@ -96,6 +99,7 @@ def build_scene_bank(
             arrays[f"t{i}"] = s.thickness_mm
             arrays[f"b{i}"] = s.background_mu if s.background_mu is not None else np.zeros(1, np.float32)
             arrays[f"s{i}"] = np.array(s.background)
+            arrays[f"g{i}"] = np.array(json.dumps(s.geometry.to_dict()))
             if validation:
                 arrays[f"c{i}"] = s.centreline_px
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -104,7 +108,7 @@ def build_scene_bank(
     return scenes
 
 
-THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 MIN_OBJECTS_PX = (20, 100, 400)
 
 

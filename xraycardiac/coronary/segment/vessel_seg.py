@@ -15,7 +15,8 @@ demo weights are ``coronary-vessel-seg-demo`` (the model manifest records the ex
 
 Inference (:func:`segment_vessels`): the image is padded (reflect) to a multiple of 16 and run
 whole (fully convolutional, any size); ~0.3-0.5 s at 512 x 512 on one CPU thread. The mask is
-``probability >= threshold`` (0.5), with 8-connected specks under ``min_object_px`` removed.
+``probability >= threshold``, with 8-connected specks under ``min_object_px`` removed (both chosen after
+training on validation scenes, see ``VesselSegConfig.val_scenes``, and stored with the weights).
 The Frangi segmentation (:func:`xraycardiac.coronary.matching.vessel_keypoints.detect_vessel_keypoints`)
 stays the classical baseline (``benchmarks/coronary_vessel_seg.py`` compares them on held-out
 appearance families).
