@@ -183,16 +183,20 @@ def test_demo_network_beats_frangi_on_a_held_out_real_ct_scene():
 
 def test_postprocessing_choice_drops_specks_and_keeps_the_vessel():
     from xraycardiac.coronary.segment.train import best_postprocessing
-    from xraycardiac.coronary.segment.vessel_seg import VesselSegConfig
+    from xraycardiac.coronary.segment.vessel_seg import VesselSegConfig, vessel_mask
 
     label = np.zeros((60, 60), bool)
     label[20:23, 10:50] = True  # a 120 px vessel
     prob = np.full(label.shape, 0.45)
     prob[label] = 0.75
     prob[40:46, 40:46] = 0.95  # a 36 px speck, more confident than the vessel
-    threshold, min_px, table = best_postprocessing([prob], [label])
-    assert threshold in (0.5, 0.6, 0.7) and min_px == 100, (threshold, min_px)
-    assert max(r["dice"] for r in table) == pytest.approx(1.0)
+    best, table = best_postprocessing([prob], [label])
+    assert best["threshold"] in (0.5, 0.6, 0.7) and best["dice"] == pytest.approx(1.0), best
+    assert best["min_object_px"] >= 100 or best["min_object_fraction"] * 120 > 36, best  # the speck is gone
+    # either rule alone removes the speck: by its size, or beside the largest component
+    assert np.array_equal(vessel_mask(prob, 0.5, 100), label)
+    assert np.array_equal(vessel_mask(prob, 0.5, 20, 0.4), label)
+    assert vessel_mask(prob, 0.5, 20).sum() == 120 + 36
     assert min(r["dice"] for r in table) < 0.2  # threshold 0.3 keeps the whole background
     with pytest.raises(ValueError, match="val_seed"):
         VesselSegConfig(n_scenes=16, scene_seed=50_000, val_scenes=4, val_seed=50_040)
@@ -234,12 +238,10 @@ def test_train_command_makes_an_importable_package_and_resumes(tmp_path):
     assert result.exit_code == 0, result.output
     entry = json.loads((out / "model.json").read_text())
     table = json.loads((out / "postprocessing.json").read_text())
-    assert len(table) == 24 and (out / "val_scenes.npz").is_file()
+    assert len(table) == 120 and (out / "val_scenes.npz").is_file()
     best = max(table, key=lambda r: r["dice"])
-    assert (entry["config"]["threshold"], entry["config"]["min_object_px"]) == (
-        best["threshold"],
-        best["min_object_px"],
-    )
+    keys = ("threshold", "min_object_px", "min_object_fraction")
+    assert [entry["config"][k] for k in keys] == [best[k] for k in keys]
     assert "chosen after training on 2 validation scenes (trees 60000.." in entry["training_data"]
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [x["step"] for x in log] == [1, 2, 3]

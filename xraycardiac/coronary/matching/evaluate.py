@@ -18,10 +18,6 @@ named by a short string (:func:`parse_method`):
                                    (:func:`~xraycardiac.coronary.matching.vessel_keypoints.probability_keypoints`:
                                    bifurcations, endpoints, curvature points, centreline samples),
                                    described by the KeypointNet; s/pair includes the segmentation
-``segmatcher:<model>``,            the same on the **segmentation alone**: vessel-probability keypoints,
-``segmatcher-nofm:<model>``        described on the probability map drawn as a clean angiogram (dark
-                                   vessels on a flat field, :func:`probability_image`), so that nothing
-                                   of the frame's appearance (anatomy, noise, processing) reaches the matcher
 ``<matcher>+band``                 a learned matcher whose cross-attention and assignment are masked by
                                    the epipolar band that the recorded geometry's tolerance allows
                                    (the sample's ``band_px``, pixels: the evaluation computes it from the
@@ -65,7 +61,6 @@ __all__ = [
     "evaluate_matchers",
     "format_table",
     "parse_method",
-    "probability_image",
     "write_results",
 ]
 
@@ -73,8 +68,7 @@ RESULTS_FORMAT = "xraycardiac.coronary_match_evaluation"
 METHOD_FORMS = (
     "sift, orb, vessel (each optionally +ransac, +epipolar or +none; default: sift/orb +ransac, vessel +none), "
     "matcher:<model name, run folder or .pt file>[+epipolar|+band], matcher-nofm:<...>[+epipolar|+band], "
-    "vmatcher:<...>[+epipolar|+band], vmatcher-nofm:<...>[+epipolar|+band], "
-    "segmatcher:<...>[+epipolar|+band], segmatcher-nofm:<...>[+epipolar|+band]"
+    "vmatcher:<...>[+epipolar|+band], vmatcher-nofm:<...>[+epipolar|+band]"
 )
 METRIC_FIELDS = (
     "keypoints_per_image",
@@ -96,7 +90,7 @@ METRIC_FIELDS = (
     "seconds_per_pair",
 )
 _CLASSICAL = {"sift": ("SIFT", "ransac"), "orb": ("ORB", "ransac"), "vessel": ("vessel kp + NN", "none")}
-_LEARNED = ("matcher", "matcher-nofm", "vmatcher", "vmatcher-nofm", "segmatcher", "segmatcher-nofm")
+_LEARNED = ("matcher", "matcher-nofm", "vmatcher", "vmatcher-nofm")
 _FILTER_NAMES = {"ransac": "RANSAC", "none": "", "epipolar": "epipolar"}
 
 
@@ -236,11 +230,10 @@ def _matcher_method(
             cache[key] = load_foundation(parsed, net.device, input_size=net.config.foundation_input_size)
         fm = cache[key]
     tol = tolerance_px if flt == "epipolar" else None
-    on = {"v": " on vessel kp", "s": " on the segmentation"}.get(kind[0], "")
-    label = ("matcher" if masked else "matcher w/o FM mask") + on
+    label = ("matcher" if masked else "matcher w/o FM mask") + (" on vessel kp" if kind[0] == "v" else "")
     name = f"{label} ({net.source.get('model')})" + (f" + epipolar {tolerance_px:g}px" if tol else "")
     name += " + band mask" if flt == "band" else ""
-    vessel_keypoints = _probability_keypoints(device, kind[0] == "s") if kind[0] in "vs" else None
+    vessel_keypoints = _probability_keypoints(device) if kind[0] == "v" else None
 
     def run(sample: dict[str, Any]) -> Any:
         band = None
@@ -251,14 +244,13 @@ def _matcher_method(
                     f"method {spec!r}: the epipolar band mask needs the band's half width, the sample's "
                     "'band_px' (pixels; from the recorded geometry's tolerance), which this sample lacks"
                 )
-        seconds, keypoints, images = 0.0, None, (sample["image1"], sample["image2"])
+        seconds, keypoints = 0.0, None
         if vessel_keypoints is not None:
             t0 = time.perf_counter()
-            (k1, i1), (k2, i2) = vessel_keypoints(images[0]), vessel_keypoints(images[1])
-            keypoints, images = (k1, k2), (i1, i2)
+            keypoints = (vessel_keypoints(sample["image1"]), vessel_keypoints(sample["image2"]))
             seconds = time.perf_counter() - t0
         r = net.match(
-            images[0], images[1], foundation=fm, projection_matrices=sample["projection_matrices"],
+            sample["image1"], sample["image2"], foundation=fm, projection_matrices=sample["projection_matrices"],
             epipolar_tolerance_px=tol, keypoints=keypoints, band_px=band,
         )  # fmt: skip
         r.seconds += seconds
@@ -273,26 +265,17 @@ def _matcher_method(
     return EvalMethod(spec, name, run, info)
 
 
-def probability_image(probability: np.ndarray) -> np.ndarray:
-    """A vessel probability map drawn as a clean angiogram: ``1 - 0.7 p`` (float32, vessels dark on a flat field)."""
-    return (1.0 - 0.7 * np.clip(np.asarray(probability, dtype=np.float32), 0.0, 1.0)).astype(np.float32)
-
-
-def _probability_keypoints(
-    device: str, segmentation_image: bool = False
-) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """``image -> ((N, 2) keypoints on the shipped segmentation network's vessel probability, the image to
-    describe them on)``: the frame itself, or with ``segmentation_image`` its :func:`probability_image`."""
+def _probability_keypoints(device: str) -> Callable[[np.ndarray], np.ndarray]:
+    """``image -> (N, 2)`` keypoints on the vessel probability of the shipped segmentation network."""
     from xraycardiac.coronary.matching.vessel_keypoints import probability_keypoints
     from xraycardiac.coronary.segment.vessel_seg import DEFAULT_MODEL, load_segmenter
     from xraycardiac.runtime import select_device
 
     segmenter = load_segmenter(DEFAULT_MODEL, str(select_device(device)))
 
-    def keypoints(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def keypoints(image: np.ndarray) -> np.ndarray:
         seg = segmenter(image)
-        kp = probability_keypoints(seg.probability, segmenter.config.threshold).keypoints
-        return kp, probability_image(seg.probability) if segmentation_image else image
+        return probability_keypoints(seg.probability, segmenter.config.threshold).keypoints
 
     return keypoints
 

@@ -108,7 +108,7 @@ class PairConfig:
         if not method:
             raise ValueError(f"params.method: expected a method name such as {DEFAULT_METHOD!r}, got ''")
         foundation = self.foundation.strip() or None if isinstance(self.foundation, str) else None
-        if foundation is not None and not method.startswith(("matcher:", "vmatcher:", "segmatcher:")):
+        if foundation is not None and not method.startswith(("matcher:", "vmatcher:")):
             raise ValueError(
                 f"params.foundation: a foundation model is used by the learned matcher only "
                 f"(method 'matcher:<model>'), but method is {method!r}; leave foundation empty"

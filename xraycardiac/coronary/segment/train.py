@@ -40,7 +40,7 @@ __all__ = [
 SCENES = "scenes.npz"
 VAL_SCENES = "val_scenes.npz"
 # fields chosen after training (on validation scenes): they do not change a resumed run's optimisation
-POSTPROCESSING = ("threshold", "min_object_px", "val_scenes", "val_seed")
+POSTPROCESSING = ("threshold", "min_object_px", "min_object_fraction", "val_scenes", "val_seed")
 
 
 def build_scene_bank(
@@ -110,44 +110,47 @@ def build_scene_bank(
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 MIN_OBJECTS_PX = (20, 100, 400)
+MIN_OBJECT_FRACTIONS = (0.0, 0.05, 0.1, 0.2, 0.4)
 
 
 def best_postprocessing(
     probabilities: list[np.ndarray], labels: list[np.ndarray]
-) -> tuple[float, int, list[dict[str, float]]]:
-    """The ``threshold`` x ``min_object_px`` (of ``THRESHOLDS`` x ``MIN_OBJECTS_PX``) with the best mean Dice.
+) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """The mask settings (``THRESHOLDS`` x ``MIN_OBJECTS_PX`` x ``MIN_OBJECT_FRACTIONS``) of best mean Dice.
 
     Args:
         probabilities: (rows, cols) vessel probability maps.
         labels: their (rows, cols) bool ground-truth masks.
 
     Returns:
-        (threshold, min_object_px, table: one row per setting with its mean ``dice``).
+        (the best row: ``threshold``, ``min_object_px``, ``min_object_fraction``, ``dice``; the table: one
+        row per setting with its mean ``dice``).
     """
     from xraycardiac.coronary.segment.vessel_seg import vessel_mask
 
     table = []
     for threshold in THRESHOLDS:
         for min_px in MIN_OBJECTS_PX:
-            dice = []
-            for prob, label in zip(probabilities, labels, strict=True):
-                pred = vessel_mask(prob, threshold, min_px)
-                dice.append(2.0 * np.sum(pred & label) / max(int(pred.sum() + label.sum()), 1))
-            table.append({"threshold": threshold, "min_object_px": min_px, "dice": float(np.mean(dice))})
-    best = max(table, key=lambda r: r["dice"])
-    return float(best["threshold"]), int(best["min_object_px"]), table
+            for fraction in MIN_OBJECT_FRACTIONS:
+                dice = []
+                for prob, label in zip(probabilities, labels, strict=True):
+                    pred = vessel_mask(prob, threshold, min_px, fraction)
+                    dice.append(2.0 * np.sum(pred & label) / max(int(pred.sum() + label.sum()), 1))
+                table.append({"threshold": threshold, "min_object_px": min_px, "min_object_fraction": fraction,
+                              "dice": float(np.mean(dice))})  # fmt: skip
+    return max(table, key=lambda r: r["dice"]), table
 
 
 def choose_postprocessing(
     network: Any, config: VesselSegConfig, scenes: list[Any], seed: int = 0
 ) -> tuple[VesselSegConfig, list[dict[str, float]]]:
-    """``config`` with the threshold and speck size that give the best mean Dice on validation ``scenes``.
+    """``config`` with the mask settings that give the best mean Dice on validation ``scenes``.
 
     Each scene is shown once in a training-family look (seeded by ``seed`` and its index; vessels
     dark, as clinical frames are) and segmented whole by ``network``; no held-out family is used.
 
     Returns:
-        (the config with ``threshold`` / ``min_object_px`` replaced, the table of :func:`best_postprocessing`).
+        (the config with its mask settings replaced, the table of :func:`best_postprocessing`).
     """
     from dataclasses import replace
 
@@ -161,8 +164,9 @@ def choose_postprocessing(
         image, label, _ = render_randomised(scene, look, np.random.default_rng([seed, 73, k]))
         probs.append(segmenter(image).probability)
         labels.append(label)
-    threshold, min_px, table = best_postprocessing(probs, labels)
-    return replace(config, threshold=threshold, min_object_px=min_px), table
+    best, table = best_postprocessing(probs, labels)
+    chosen = {k: best[k] for k in ("threshold", "min_object_px", "min_object_fraction")}
+    return replace(config, **chosen), table
 
 
 def skeleton_target(label: np.ndarray) -> np.ndarray:
@@ -264,7 +268,8 @@ def train_vessel_seg(
         best = max(r["dice"] for r in table)
         (out / "postprocessing.json").write_text(json.dumps(table, indent=1))
         chosen = (
-            f"; mask threshold {mcfg.threshold} and min_object_px {mcfg.min_object_px} chosen after training on "
+            f"; mask threshold {mcfg.threshold}, min_object_px {mcfg.min_object_px} and min_object_fraction "
+            f"{mcfg.min_object_fraction} chosen after training on "
             f"{len(val)} validation scenes (trees {mcfg.val_seed}.., training families; mean Dice {best:.3f})"
         )
     weights = save_weights(trainer.averaged_model(), mcfg, out / "model.pt")

@@ -1,10 +1,11 @@
 """Learned vessel segmentation of angiograms: a small 2D U-Net with a vessel probability output.
 
 What it is (chosen for a 2-core CPU; the config fields say it): MONAI's ``UNet`` (2D, residual units,
-strided-convolution down-sampling; channels 12-24-48-96-96, four stride-2 levels, one residual
-unit per level: 0.33 M parameters, 1.3 MB in float32) behind :func:`standardise`, one logit per
-pixel; the probability is its sigmoid. ``standardise`` is either the whole-image ``(x - mean) / std``
-(``local_norm_px = 0``, the 0.1.0 weights) or a local contrast normalisation (``local_norm_px`` =
+strided-convolution down-sampling, four stride-2 levels; the demo 0.2.0: channels 16-32-64-128-128,
+two residual units per level, 0.93 M parameters, 3.7 MB in float32; 0.1.0 had 12-24-48-96-96 with one
+unit, 0.33 M) behind :func:`standardise`, one logit per pixel; the probability is its sigmoid.
+``standardise`` is either the whole-image ``(x - mean) / std`` (``local_norm_px = 0``, the 0.1.0
+weights) or a local contrast normalisation (0.2.0: sigma 20 px; ``local_norm_px`` =
 sigma > 0: the 1st-99th percentile range mapped to [0, 1], minus a Gaussian-blurred background,
 divided by the local standard deviation over the same Gaussian). The local form gives a vessel the
 same input in a training crop and in a whole frame, whatever anatomy, window or grey range the
@@ -15,7 +16,8 @@ demo weights are ``coronary-vessel-seg-demo`` (the model manifest records the ex
 
 Inference (:func:`segment_vessels`): the image is padded (reflect) to a multiple of 16 and run
 whole (fully convolutional, any size); ~0.3-0.5 s at 512 x 512 on one CPU thread. The mask is
-``probability >= threshold``, with 8-connected specks under ``min_object_px`` removed (both chosen after
+``probability >= threshold``, with 8-connected specks under ``min_object_px`` and fragments under
+``min_object_fraction`` of the largest component removed (all three chosen after
 training on validation scenes, see ``VesselSegConfig.val_scenes``, and stored with the weights).
 The Frangi segmentation (:func:`xraycardiac.coronary.matching.vessel_keypoints.detect_vessel_keypoints`)
 stays the classical baseline (``benchmarks/coronary_vessel_seg.py`` compares them on held-out
@@ -65,6 +67,8 @@ class VesselSegConfig(JsonConfig):
         num_res_units: residual units per level.
         threshold: probability at and above which a pixel is vessel.
         min_object_px: 8-connected mask components smaller than this are removed.
+        min_object_fraction: components smaller than this fraction of the largest are removed too (an
+            injection fills one connected tree; fragments on rib and lung edges are small beside it).
         crop_px: training crop size, pixels.
         zoom: (lo, hi) rescaling of training crops (vessel width in pixels varies with it).
         local_norm_px: Gaussian sigma (pixels) of the local contrast normalisation of the input;
@@ -89,6 +93,7 @@ class VesselSegConfig(JsonConfig):
     num_res_units: int = 1
     threshold: float = 0.5
     min_object_px: int = 20
+    min_object_fraction: float = 0.0
     crop_px: int = 96
     zoom: tuple[float, float] = (0.6, 2.0)
     local_norm_px: float = 0.0
@@ -123,7 +128,7 @@ class VesselSegConfig(JsonConfig):
         if not (self.crop_px >= 32 and self.crop_px % 16 == 0):
             raise ValueError(f"VesselSegConfig.crop_px: expected a multiple of 16 >= 32, got {self.crop_px}")
         for name, lo_, hi_ in (("local_norm_px", 0.0, 256.0), ("p_vessel_crop", 0.0, 1.0),
-                               ("skeleton_weight", 0.0, 100.0)):  # fmt: skip
+                               ("skeleton_weight", 0.0, 100.0), ("min_object_fraction", 0.0, 1.0)):  # fmt: skip
             v = getattr(self, name)
             if not (isinstance(v, int | float) and not isinstance(v, bool) and lo_ <= v <= hi_):
                 raise ValueError(f"VesselSegConfig.{name}: expected a number in [{lo_}, {hi_}], got {v!r}")
@@ -260,18 +265,25 @@ class VesselSegmenter:
         with torch.no_grad():
             x = torch.from_numpy(np.ascontiguousarray(padded))[None, None].to(self.device)
             prob = torch.sigmoid(self.network(x))[0, 0, :rows, :cols].float().cpu().numpy()
-        mask = vessel_mask(prob, self.config.threshold, self.config.min_object_px)
+        mask = vessel_mask(
+            prob, self.config.threshold, self.config.min_object_px, self.config.min_object_fraction
+        )
         return VesselSegmentation(prob.astype(np.float32), mask, time.perf_counter() - t0, self.provenance)
 
 
-def vessel_mask(probability: np.ndarray, threshold: float, min_object_px: int) -> np.ndarray:
-    """``probability >= threshold`` without 8-connected components under ``min_object_px`` pixels (bool)."""
+def vessel_mask(
+    probability: np.ndarray, threshold: float, min_object_px: int, min_object_fraction: float = 0.0
+) -> np.ndarray:
+    """``probability >= threshold`` without the 8-connected components under ``min_object_px`` pixels or
+    under ``min_object_fraction`` of the largest component (bool)."""
     from scipy import ndimage
 
     mask = np.asarray(probability) >= threshold
-    if min_object_px > 1 and mask.any():
+    if (min_object_px > 1 or min_object_fraction > 0) and mask.any():
         lab, n = ndimage.label(mask, structure=np.ones((3, 3)))
-        keep = np.bincount(lab.ravel(), minlength=n + 1) >= min_object_px
+        sizes = np.bincount(lab.ravel(), minlength=n + 1)
+        sizes[0] = 0
+        keep = (sizes >= min_object_px) & (sizes >= min_object_fraction * sizes.max())
         keep[0] = False
         mask = keep[lab]
     return mask
