@@ -172,6 +172,8 @@ def test_demo_network_beats_frangi_on_a_held_out_real_ct_scene():
     frangi = vessel_segmentation_scores(detect_vessel_keypoints(image).mask, label, scene.centreline_px)
     assert seg.model["model"] == "coronary-vessel-seg-demo"
     # the CPU-trained demo is far from the targets (benchmarks/README.md), but ahead of Frangi
+    # 0.2.0 on this scene: Dice 0.746, recall 0.974 (0.1.0 did not reach 0.65 on real-CT backgrounds)
+    assert net["dice"] > 0.65 and net["centreline_recall"] > 0.9, net
     assert net["dice"] > frangi["dice"] + 0.1 and net["centreline_recall"] > frangi["centreline_recall"], (
         net,
         frangi,
