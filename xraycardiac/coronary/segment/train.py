@@ -127,17 +127,16 @@ def best_postprocessing(
         row per setting with its mean ``dice``).
     """
     from xraycardiac.coronary.segment.vessel_seg import vessel_mask
+    from xraycardiac.metrics.chest_masks import dice as dice_of
 
     table = []
     for threshold in THRESHOLDS:
         for min_px in MIN_OBJECTS_PX:
             for fraction in MIN_OBJECT_FRACTIONS:
-                dice = []
-                for prob, label in zip(probabilities, labels, strict=True):
-                    pred = vessel_mask(prob, threshold, min_px, fraction)
-                    dice.append(2.0 * np.sum(pred & label) / max(int(pred.sum() + label.sum()), 1))
+                dice = [dice_of(vessel_mask(prob, threshold, min_px, fraction), np.asarray(label, dtype=bool))
+                        for prob, label in zip(probabilities, labels, strict=True)]  # fmt: skip
                 table.append({"threshold": threshold, "min_object_px": min_px, "min_object_fraction": fraction,
-                              "dice": float(np.mean(dice))})  # fmt: skip
+                              "dice": float(np.nanmean(dice))})  # fmt: skip
     return max(table, key=lambda r: r["dice"]), table
 
 

@@ -82,9 +82,9 @@ class VesselSegConfig(JsonConfig):
         backgrounds: background families of the bank (``appearance.BACKGROUNDS`` minus "real-ct").
         profiles, noises: vessel profiles and noise models drawn in training
             (``appearance.PROFILES`` / ``NOISES``; the held-out ones are for benchmarks).
-        val_scenes: validation scenes on which ``threshold`` and ``min_object_px`` are chosen after
-            training (best mean Dice; training families only, trees ``val_seed ..``); 0 = keep the
-            given ones. See :func:`xraycardiac.coronary.segment.train.choose_postprocessing`.
+        val_scenes: validation scenes on which ``threshold``, ``min_object_px`` and
+            ``min_object_fraction`` are chosen after training (best mean Dice; training families only,
+            trees ``val_seed ..``); 0 = keep the given ones. See :func:`xraycardiac.coronary.segment.train.choose_postprocessing`.
         val_seed: first tree seed of the validation scenes (apart from the training bank's seeds).
     """
 
